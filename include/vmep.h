@@ -1,0 +1,254 @@
+/*
+ * vmep: expert-parallel communication for Mixture-of-Experts models over
+ * memory shared through the CUDA Virtual Memory Management API.
+ *
+ * This is the only public header. It is C99, usable from C++ and from
+ * Python through ctypes/cffi. Every function returns a vmep_status (or a
+ * plain accessor value) and never aborts; after a failure,
+ * vmep_last_error() names what failed and why.
+ */
+#ifndef VMEP_H
+#define VMEP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define VMEP_API __attribute__((visibility("default")))
+#else
+#define VMEP_API
+#endif
+
+#define VMEP_VERSION_MAJOR 0
+#define VMEP_VERSION_MINOR 1
+#define VMEP_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------
+ * Status codes. One list generates the enum, the names and the texts.
+ * Values are never renumbered; new codes are appended.
+ * --------------------------------------------------------------------- */
+
+#define VMEP_STATUS_MAP(X)                                                     \
+  X(OK, 0, "success")                                                          \
+  X(ERR_INVALID_ARG, -1, "invalid argument")                                   \
+  X(ERR_CUDA, -2, "CUDA driver error")                                         \
+  X(ERR_UNSUPPORTED, -3, "not supported on this machine")                      \
+  X(ERR_OUT_OF_MEMORY, -4, "out of memory")                                    \
+  X(ERR_TIMEOUT, -5, "timed out")                                              \
+  X(ERR_PEER, -6, "a peer failed or left")                                     \
+  X(ERR_SYSTEM, -7, "system call failed")
+
+typedef enum vmep_status {
+#define VMEP_STATUS_ENUM(name, value, text) VMEP_##name = value,
+  VMEP_STATUS_MAP(VMEP_STATUS_ENUM)
+#undef VMEP_STATUS_ENUM
+} vmep_status;
+
+/* "VMEP_ERR_CUDA" for VMEP_ERR_CUDA; "VMEP_UNKNOWN_STATUS" for other values. */
+VMEP_API const char *vmep_status_name(vmep_status status);
+
+/* A short static text ("out of memory"); "unknown status" for other values. */
+VMEP_API const char *vmep_status_string(vmep_status status);
+
+/*
+ * The message of the last failure on the calling thread, written where the
+ * failure was first detected, e.g.
+ *   "cuMemCreate(fabric, 2097152 B, device 0): CUDA_ERROR_NOT_PERMITTED
+ *    (no IMEX channel?)".
+ * Valid until the next vmep call on this thread fails. "" if none.
+ */
+VMEP_API const char *vmep_last_error(void);
+
+/* "0.1.0". */
+VMEP_API const char *vmep_version(void);
+
+/* ------------------------------------------------------------------------
+ * Driver and devices. The CUDA driver is loaded at run time; on a machine
+ * without one these return VMEP_ERR_UNSUPPORTED with a message.
+ * --------------------------------------------------------------------- */
+
+/* The driver's CUDA version, e.g. 13000. */
+VMEP_API vmep_status vmep_driver_version(int *version_out);
+
+/* Number of CUDA devices visible to this process. */
+VMEP_API vmep_status vmep_device_count(int *count_out);
+
+/* ------------------------------------------------------------------------
+ * Memory sharing strategies and the device probe.
+ * --------------------------------------------------------------------- */
+
+typedef enum vmep_mem_strategy {
+  VMEP_MEM_NONE = 0,   /* no strategy (probe found none usable) */
+  VMEP_MEM_FABRIC = 1, /* VMM + fabric handle: any rank of the NVLink domain */
+  VMEP_MEM_POSIX_FD =
+      2,              /* VMM + POSIX fd passed over a Unix socket: one node */
+  VMEP_MEM_LEGACY = 3 /* cuMemAlloc + legacy IPC handle: one node, no VMM */
+} vmep_mem_strategy;
+
+#define VMEP_MEM_STRATEGY_COUNT 4
+
+/* "none", "fabric", "posix_fd", "legacy"; "unknown" for other values. */
+VMEP_API const char *vmep_mem_strategy_name(vmep_mem_strategy strategy);
+
+#define VMEP_MEM_REASON_BYTES 256
+
+/*
+ * What one device supports for shared memory. A capability is 1 only when
+ * the attribute says so and a trial allocation confirmed it: on some
+ * machines the fabric attribute reads 1 while cuMemCreate(FABRIC) returns
+ * CUDA_ERROR_NOT_PERMITTED (no IMEX channel).
+ */
+typedef struct vmep_mem_caps {
+  int device;
+  char name[256];
+  unsigned char uuid[16];
+  int cc_major, cc_minor;
+  size_t total_bytes;
+  int vmm;            /* virtual memory management supported */
+  int posix_fd;       /* POSIX-fd VMM handles: attribute and trial allocation */
+  int fabric_attr;    /* the fabric attribute alone (a hint) */
+  int fabric;         /* fabric handles: attribute and trial allocation */
+  int rdma_with_vmm;  /* GPUDirect RDMA with VMM allocations */
+  int legacy_ipc;     /* cuMemAlloc + cuIpcGetMemHandle: trial */
+  size_t granularity; /* minimum VMM granularity for a POSIX-fd allocation */
+  vmep_mem_strategy best; /* what VMEP_MEM_SHARE=auto picks on this device */
+  /* reason[s]: why strategy s is not usable here; "" when it is. */
+  char reason[VMEP_MEM_STRATEGY_COUNT][VMEP_MEM_REASON_BYTES];
+} vmep_mem_caps;
+
+/*
+ * Probes device `device` once (cached per device, thread-safe) and copies
+ * the result to *caps_out. Fails with VMEP_ERR_UNSUPPORTED when there is no
+ * driver, VMEP_ERR_INVALID_ARG for a device ordinal out of range.
+ */
+VMEP_API vmep_status vmep_mem_probe(int device, vmep_mem_caps *caps_out);
+
+/* ------------------------------------------------------------------------
+ * Regions: device memory that peers can map.
+ * --------------------------------------------------------------------- */
+
+typedef struct vmep_region vmep_region;
+
+/* Flags of vmep_region_alloc: the strategies it may use (0 = all). The
+ * environment variable VMEP_MEM_SHARE narrows this further. */
+#define VMEP_REGION_ALLOW_FABRIC (1u << VMEP_MEM_FABRIC)
+#define VMEP_REGION_ALLOW_POSIX_FD (1u << VMEP_MEM_POSIX_FD)
+#define VMEP_REGION_ALLOW_LEGACY (1u << VMEP_MEM_LEGACY)
+#define VMEP_REGION_ALLOW_ALL                                                  \
+  (VMEP_REGION_ALLOW_FABRIC | VMEP_REGION_ALLOW_POSIX_FD |                     \
+   VMEP_REGION_ALLOW_LEGACY)
+
+/*
+ * Allocates at least `bytes` (rounded up to the granularity) on `device`,
+ * trying FABRIC, then POSIX_FD, then LEGACY among the allowed strategies.
+ * A strategy that answers CUDA_ERROR_NOT_PERMITTED, NOT_SUPPORTED or
+ * INVALID_VALUE is skipped and the reason recorded; out of memory is an
+ * error (VMEP_ERR_OUT_OF_MEMORY), not a fallback. A strategy forced by
+ * flags or VMEP_MEM_SHARE that cannot be had gives VMEP_ERR_UNSUPPORTED.
+ * On failure nothing stays allocated and *region_out is untouched.
+ */
+VMEP_API vmep_status vmep_region_alloc(int device, size_t bytes, unsigned flags,
+                                       vmep_region **region_out);
+
+/*
+ * Waits for all work on the device (so a kernel still writing the memory
+ * finishes first), then unmaps and releases. NULL is a no-op. Returns the
+ * first error met; the region is freed regardless.
+ */
+VMEP_API vmep_status vmep_region_free(vmep_region *region);
+
+VMEP_API void *vmep_region_ptr(const vmep_region *region);
+VMEP_API size_t vmep_region_size(const vmep_region *region);
+VMEP_API int vmep_region_device(const vmep_region *region);
+VMEP_API vmep_mem_strategy vmep_region_strategy(const vmep_region *region);
+/* Why the stronger strategies were not used ("" if the first one was). */
+VMEP_API const char *vmep_region_reason(const vmep_region *region);
+
+/* ------------------------------------------------------------------------
+ * Portable descriptors: how a peer finds a region.
+ * --------------------------------------------------------------------- */
+
+#define VMEP_MEM_DESC_VERSION 1
+#define VMEP_MEM_HANDLE_BYTES 64
+/* Upper bound of vmep_mem_desc_serialize's output. */
+#define VMEP_MEM_DESC_MAX_BYTES 128
+
+typedef struct vmep_mem_desc {
+  uint32_t version;
+  vmep_mem_strategy strategy;
+  uint64_t size; /* bytes, a multiple of the granularity */
+  unsigned char device_uuid[16];
+  /* POSIX_FD: the exported file descriptor, owned by the descriptor until
+   * vmep_region_import or vmep_mem_desc_close; -1 otherwise. It does not
+   * travel in the serialized bytes: pass it with SCM_RIGHTS. */
+  int fd;
+  /* FABRIC: the CUmemFabricHandle; LEGACY: the CUipcMemHandle. */
+  unsigned char handle[VMEP_MEM_HANDLE_BYTES];
+} vmep_mem_desc;
+
+/* Fills *desc_out so that another process can map `region`. A POSIX_FD
+ * descriptor holds a new fd: close it with vmep_mem_desc_close if it is not
+ * imported. */
+VMEP_API vmep_status vmep_region_export(const vmep_region *region,
+                                        vmep_mem_desc *desc_out);
+
+/* Closes the descriptor's fd, if any, and sets it to -1. NULL is a no-op. */
+VMEP_API void vmep_mem_desc_close(vmep_mem_desc *desc);
+
+/* Writes the descriptor (without its fd) into buf[0..capacity) and the byte
+ * count into *len_out. VMEP_ERR_INVALID_ARG if it does not fit. */
+VMEP_API vmep_status vmep_mem_desc_serialize(const vmep_mem_desc *desc,
+                                             void *buf, size_t capacity,
+                                             size_t *len_out);
+
+/* Parses bytes from vmep_mem_desc_serialize, validating everything (magic,
+ * version, length, strategy, size, checksum): VMEP_ERR_INVALID_ARG with a
+ * message otherwise. The result's fd is -1. */
+VMEP_API vmep_status vmep_mem_desc_parse(const void *buf, size_t len,
+                                         vmep_mem_desc *desc_out);
+
+/* ------------------------------------------------------------------------
+ * Mappings: a peer's region mapped into this process.
+ * --------------------------------------------------------------------- */
+
+typedef struct vmep_mapping vmep_mapping;
+
+/*
+ * Maps the region that `desc` describes, with read/write access for
+ * `device`. A POSIX_FD descriptor's fd is consumed (closed and set to -1)
+ * whether or not the import succeeds. On failure nothing stays mapped.
+ */
+VMEP_API vmep_status vmep_region_import(int device, vmep_mem_desc *desc,
+                                        vmep_mapping **mapping_out);
+
+/* Waits for the device's work, unmaps and releases the imported handle.
+ * NULL is a no-op. */
+VMEP_API vmep_status vmep_mapping_release(vmep_mapping *mapping);
+
+VMEP_API void *vmep_mapping_ptr(const vmep_mapping *mapping);
+VMEP_API size_t vmep_mapping_size(const vmep_mapping *mapping);
+
+/* ------------------------------------------------------------------------
+ * Configuration: every environment variable vmep reads.
+ * --------------------------------------------------------------------- */
+
+/* Number of configuration variables. */
+VMEP_API int vmep_config_count(void);
+
+/* Row `index` (0 <= index < vmep_config_count()): its name, default, doc and
+ * the value now in the environment (NULL when unset). Any output pointer
+ * may be NULL. VMEP_ERR_INVALID_ARG for an index out of range. */
+VMEP_API vmep_status vmep_config_row(int index, const char **name_out,
+                                     const char **default_out,
+                                     const char **doc_out,
+                                     const char **value_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VMEP_H */

@@ -1,0 +1,141 @@
+/*
+ * core: the layer below all others. Status and last-error text, the
+ * logger, the host allocator indirection (so tests can inject malloc
+ * faults) and the table of configuration variables. Includes nothing of
+ * the other layers.
+ */
+#ifndef VMEP_CORE_H
+#define VMEP_CORE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+#include "vmep.h"
+
+/* ---- logging ---------------------------------------------------------- */
+
+enum vmep_log_level {
+  VMEP_LOG_ERROR = 0,
+  VMEP_LOG_WARN = 1,
+  VMEP_LOG_INFO = 2,
+  VMEP_LOG_DEBUG = 3
+};
+
+/* Nonzero when records of `level` are written (VMEP_LOG, default warn). */
+int vmep__log_enabled(int level);
+
+/* Writes one record to stderr with a single write(): "vmep[rank N] warn: "
+ * (plus file:line at debug level) then the text. Never touches stdout. */
+void vmep__log(int level, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The rank shown in the log prefix; -1 (the default) shows the pid. */
+void vmep__log_set_rank(int rank);
+
+#define vmep_log_error(...)                                                    \
+  do {                                                                         \
+    if (vmep__log_enabled(VMEP_LOG_ERROR))                                     \
+      vmep__log(VMEP_LOG_ERROR, __FILE__, __LINE__, __VA_ARGS__);              \
+  } while (0)
+#define vmep_log_warn(...)                                                     \
+  do {                                                                         \
+    if (vmep__log_enabled(VMEP_LOG_WARN))                                      \
+      vmep__log(VMEP_LOG_WARN, __FILE__, __LINE__, __VA_ARGS__);               \
+  } while (0)
+#define vmep_log_info(...)                                                     \
+  do {                                                                         \
+    if (vmep__log_enabled(VMEP_LOG_INFO))                                      \
+      vmep__log(VMEP_LOG_INFO, __FILE__, __LINE__, __VA_ARGS__);               \
+  } while (0)
+#define vmep_log_debug(...)                                                    \
+  do {                                                                         \
+    if (vmep__log_enabled(VMEP_LOG_DEBUG))                                     \
+      vmep__log(VMEP_LOG_DEBUG, __FILE__, __LINE__, __VA_ARGS__);              \
+  } while (0)
+
+/* ---- errors ----------------------------------------------------------- */
+
+/*
+ * Records a failure where it is first detected: formats the message into
+ * the thread's last-error buffer, logs it at `level` and returns `status`,
+ * so that the detection site reads `return vmep__fail(...)`. Callers that
+ * only propagate a status do not call it again.
+ */
+vmep_status vmep__fail(vmep_status status, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Same as vmep__fail for a failed system call: appends ": <strerror(err)>"
+ * and returns VMEP_ERR_SYSTEM. */
+vmep_status vmep__fail_errno(int err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Replaces the thread's last-error text without logging (used to restore a
+ * cached message, e.g. the driver's load failure). */
+void vmep__set_last_error(const char *text);
+
+/* ---- host allocation -------------------------------------------------- */
+
+/* All host memory of the library goes through these, so tests can fail the
+ * n-th allocation. vmep__calloc zeroes. vmep__free(NULL) is a no-op. */
+void *vmep__malloc(size_t bytes);
+void *vmep__calloc(size_t count, size_t bytes);
+void vmep__free(void *ptr);
+
+struct vmep_allocator {
+  void *(*malloc_fn)(size_t bytes);
+  void (*free_fn)(void *ptr);
+};
+
+/* Tests only: routes vmep__malloc/vmep__free through `allocator`; NULL
+ * restores the C library's. Not thread-safe against concurrent
+ * allocations. */
+void vmep__allocator_install(const struct vmep_allocator *allocator);
+
+/* ---- configuration ---------------------------------------------------- */
+
+/* Every environment variable vmep reads, as one list: (id, name, default,
+ * doc). vmep-info --config prints them; a test checks README's table. */
+#define VMEP_CONFIG_ROWS(X)                                                    \
+  X(LOG, "VMEP_LOG", "warn",                                                   \
+    "log level on stderr: error, warn, info or debug")                         \
+  X(MEM_SHARE, "VMEP_MEM_SHARE", "auto",                                       \
+    "memory sharing strategy: auto (fabric, then posix_fd, then legacy), "     \
+    "fabric, posix_fd or legacy")
+
+enum vmep_config_id {
+#define VMEP_CONFIG_ENUM(id, name, def, doc) VMEP_CONFIG_##id,
+  VMEP_CONFIG_ROWS(VMEP_CONFIG_ENUM)
+#undef VMEP_CONFIG_ENUM
+      VMEP_CONFIG_COUNT
+};
+
+/* The variable's value from the environment, or its default when unset or
+ * empty. Never NULL. */
+const char *vmep__config_get(enum vmep_config_id id);
+
+/* The variable's name, e.g. "VMEP_MEM_SHARE". */
+const char *vmep__config_name(enum vmep_config_id id);
+
+/*
+ * Parses the variable as one of `choices` (a NULL-terminated list) and
+ * stores its index in *index_out. An unknown value gives
+ * VMEP_ERR_INVALID_ARG naming the variable and the accepted values.
+ */
+vmep_status vmep__config_choice(enum vmep_config_id id,
+                                const char *const *choices, int *index_out);
+
+/* ---- small helpers ---------------------------------------------------- */
+
+#define VMEP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Rounds `value` up to a multiple of `align` (> 0); 0 on overflow. */
+static inline size_t vmep__round_up(size_t value, size_t align) {
+  size_t rest = value % align;
+  if (rest == 0)
+    return value;
+  if (value > (size_t)-1 - (align - rest))
+    return 0;
+  return value + (align - rest);
+}
+
+#endif /* VMEP_CORE_H */

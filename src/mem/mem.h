@@ -1,0 +1,70 @@
+/*
+ * mem: device capability probe, regions (device memory peers can map),
+ * portable descriptors, and mappings of peers' regions. Builds on the
+ * driver layer; knows nothing of process groups.
+ */
+#ifndef VMEP_MEM_H
+#define VMEP_MEM_H
+
+#include "driver/driver.h"
+
+/* Devices the probe cache holds; a larger ordinal is refused. */
+#define VMEP_MAX_DEVICES 64
+
+struct vmep_region {
+  int device;
+  vmep_mem_strategy strategy;
+  CUcontext ctx; /* retained for the region's life */
+  CUdeviceptr ptr;
+  size_t size;
+  CUmemGenericAllocationHandle handle; /* VMM strategies only */
+  unsigned char uuid[16];
+  char reason[VMEP_MEM_STRATEGY_COUNT * VMEP_MEM_REASON_BYTES];
+};
+
+struct vmep_mapping {
+  int device;
+  vmep_mem_strategy strategy;
+  CUcontext ctx; /* retained for the mapping's life */
+  CUdeviceptr ptr;
+  size_t size;
+  CUmemGenericAllocationHandle handle; /* VMM strategies only */
+  int owns_va; /* the mapping reserved its VA range and frees it */
+};
+
+/* The cached probe of `device` (see vmep_mem_probe); the pointer stays
+ * valid until the driver table is replaced. */
+vmep_status vmep__mem_probe_get(int device, const vmep_mem_caps **caps_out);
+
+/* Fills the allocation properties vmep uses for a VMM strategy (FABRIC is
+ * requested together with POSIX_FD), with the GPUDirect RDMA flag when
+ * `rdma` is set. */
+void vmep__vmm_prop(int device, vmep_mem_strategy strategy, int rdma,
+                    CUmemAllocationProp *prop);
+
+/*
+ * Maps `handle` (size bytes) with read/write access for `device`: at
+ * `fixed_va` when it is not 0 (a range the caller reserved), else in a new
+ * reservation aligned to `align`. The caller's context must be current. On
+ * failure nothing stays mapped or reserved.
+ */
+vmep_status vmep__vmm_map(const struct vmep_driver *drv, int device,
+                          CUmemGenericAllocationHandle handle, size_t size,
+                          size_t align, CUdeviceptr fixed_va,
+                          CUdeviceptr *va_out);
+
+/* Unmaps [va, va+size) and frees the reservation when `owns_va`. Returns
+ * the first error; always attempts both. */
+vmep_status vmep__vmm_unmap(const struct vmep_driver *drv, CUdeviceptr va,
+                            size_t size, int owns_va);
+
+/*
+ * Imports `desc` for `device` (see vmep_region_import); a VMM region goes
+ * at `fixed_va` when it is not 0 (a slot of a window the caller reserved).
+ * Consumes desc->fd on every path.
+ */
+vmep_status vmep__mapping_import(int device, vmep_mem_desc *desc,
+                                 CUdeviceptr fixed_va,
+                                 vmep_mapping **mapping_out);
+
+#endif /* VMEP_MEM_H */
