@@ -233,6 +233,77 @@ VMEP_API void *vmep_mapping_ptr(const vmep_mapping *mapping);
 VMEP_API size_t vmep_mapping_size(const vmep_mapping *mapping);
 
 /* ------------------------------------------------------------------------
+ * Process groups: how the ranks of a job find each other (host side).
+ * --------------------------------------------------------------------- */
+
+typedef struct vmep_group vmep_group;
+
+/*
+ * Collective: joins group `rank` of `size` through the TCP store at
+ * `store_addr` ("host:port"). Rank 0 hosts the store on that port; the
+ * others connect (retrying until VMEP_TIMEOUT_MS). Every connection
+ * presents `token` (NULL: VMEP_JOB_TOKEN; a store refuses a wrong one).
+ */
+VMEP_API vmep_status vmep_group_create(int rank, int size,
+                                       const char *store_addr,
+                                       const char *token,
+                                       vmep_group **group_out);
+
+/*
+ * Collective: like vmep_group_create with rank, size and store address
+ * taken from the launch environment, tried in this order: vmep-run
+ * (VMEP_RANK, VMEP_WORLD_SIZE, VMEP_LOCAL_RANK, VMEP_STORE_ADDR), torchrun
+ * (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Open MPI
+ * (OMPI_COMM_WORLD_*), Slurm (SLURM_*). Missing or contradictory variables
+ * give VMEP_ERR_INVALID_ARG naming them.
+ */
+VMEP_API vmep_status vmep_group_create_from_env(vmep_group **group_out);
+
+/* A framework's own collectives: gathers `bytes` from every rank into
+ * recv[size * bytes] in rank order / waits for every rank. */
+typedef vmep_status (*vmep_allgather_fn)(const void *send, size_t bytes,
+                                         void *recv, void *user);
+typedef vmep_status (*vmep_barrier_fn)(void *user);
+
+/* A group over a framework's process group (no store is started). */
+VMEP_API vmep_status vmep_group_create_custom(int rank, int size,
+                                              vmep_allgather_fn allgather,
+                                              vmep_barrier_fn barrier,
+                                              void *user,
+                                              vmep_group **group_out);
+
+/* Leaves the group (not collective). NULL is a no-op. */
+VMEP_API vmep_status vmep_group_destroy(vmep_group *group);
+
+VMEP_API int vmep_group_rank(const vmep_group *group);
+VMEP_API int vmep_group_size(const vmep_group *group);
+/* Rank within this node, and the node index (0..) of any rank: ranks with
+ * the same node index share a host (same hostname and boot id). */
+VMEP_API int vmep_group_local_rank(const vmep_group *group);
+VMEP_API int vmep_group_node(const vmep_group *group, int rank);
+
+/* Collective: recv[size * bytes] gets every rank's `bytes` in rank order. */
+VMEP_API vmep_status vmep_group_allgather(vmep_group *group, const void *send,
+                                          size_t bytes, void *recv);
+
+/* Collective, payload sizes may differ: recv gets the payloads concatenated
+ * in rank order and sizes_out[size] their sizes. VMEP_ERR_INVALID_ARG when
+ * the total exceeds recv_capacity (on every rank). */
+VMEP_API vmep_status vmep_group_allgatherv(vmep_group *group, const void *send,
+                                           size_t bytes, void *recv,
+                                           size_t recv_capacity,
+                                           size_t *sizes_out);
+
+/* Collective: every rank gets root's buf[0..bytes). */
+VMEP_API vmep_status vmep_group_broadcast(vmep_group *group, int root,
+                                          void *buf, size_t bytes);
+
+/* Collective: returns when every rank has entered. A rank that died makes
+ * every collective return VMEP_ERR_PEER naming it within a few seconds;
+ * a wait longer than VMEP_TIMEOUT_MS gives VMEP_ERR_TIMEOUT. */
+VMEP_API vmep_status vmep_group_barrier(vmep_group *group);
+
+/* ------------------------------------------------------------------------
  * Configuration: every environment variable vmep reads.
  * --------------------------------------------------------------------- */
 

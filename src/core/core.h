@@ -100,7 +100,21 @@ void vmep__allocator_install(const struct vmep_allocator *allocator);
     "log level on stderr: error, warn, info or debug")                         \
   X(MEM_SHARE, "VMEP_MEM_SHARE", "auto",                                       \
     "memory sharing strategy: auto (fabric, then posix_fd, then legacy), "     \
-    "fabric, posix_fd or legacy")
+    "fabric, posix_fd or legacy")                                              \
+  X(TIMEOUT_MS, "VMEP_TIMEOUT_MS", "300000",                                   \
+    "milliseconds any wait for a peer may take before VMEP_ERR_TIMEOUT")       \
+  X(JOB_TOKEN, "VMEP_JOB_TOKEN", "",                                           \
+    "secret every store and fd-passing connection must present "               \
+    "(vmep-run generates one)")                                                \
+  X(JOB_ID, "VMEP_JOB_ID", "",                                                 \
+    "names the job's Unix sockets (vmep-run sets it; default: the store "      \
+    "address)")                                                                \
+  X(RANK, "VMEP_RANK", "", "this process's rank (set by vmep-run)")            \
+  X(WORLD_SIZE, "VMEP_WORLD_SIZE", "", "number of ranks (set by vmep-run)")    \
+  X(LOCAL_RANK, "VMEP_LOCAL_RANK", "",                                         \
+    "rank within this node (set by vmep-run)")                                 \
+  X(STORE_ADDR, "VMEP_STORE_ADDR", "",                                         \
+    "host:port of the job's TCP store (set by vmep-run)")
 
 enum vmep_config_id {
 #define VMEP_CONFIG_ENUM(id, name, def, doc) VMEP_CONFIG_##id,
