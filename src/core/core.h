@@ -114,7 +114,10 @@ void vmep__allocator_install(const struct vmep_allocator *allocator);
   X(LOCAL_RANK, "VMEP_LOCAL_RANK", "",                                         \
     "rank within this node (set by vmep-run)")                                 \
   X(STORE_ADDR, "VMEP_STORE_ADDR", "",                                         \
-    "host:port of the job's TCP store (set by vmep-run)")
+    "host:port of the job's TCP store (set by vmep-run)")                      \
+  X(DEVICE, "VMEP_DEVICE", "",                                                 \
+    "CUDA device ordinal of this rank (set by vmep-run; default: local rank "  \
+    "modulo the device count)")
 
 enum vmep_config_id {
 #define VMEP_CONFIG_ENUM(id, name, def, doc) VMEP_CONFIG_##id,
