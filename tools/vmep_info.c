@@ -1,1 +1,111 @@
-int main(void) { return 0; }
+/*
+ * vmep-info: what this machine supports for vmep and why. Prints the driver
+ * and runtime versions, every device's sharing capabilities, the strategy
+ * the allocation chain picks there and the reason for every strategy it
+ * cannot use; with --config, every environment variable vmep reads.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "vmep.h"
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: vmep-info [--config] [--help]\n"
+               "  (no option)  versions, devices, capabilities, strategy\n"
+               "  --config     every environment variable vmep reads, with "
+               "value, default and doc\n");
+}
+
+static void print_config(void) {
+  for (int i = 0; i < vmep_config_count(); i++) {
+    const char *name, *def, *doc, *value;
+    if (vmep_config_row(i, &name, &def, &doc, &value) != VMEP_OK)
+      continue;
+    printf("%-18s = %-10s (default \"%s\")\n    %s\n", name,
+           value ? value : "(unset)", def, doc);
+  }
+}
+
+static const char *yes_no(int v) { return v ? "yes" : "no"; }
+
+static void print_strategy(const vmep_mem_caps *caps, vmep_mem_strategy s,
+                           int usable) {
+  printf("  %-20s %s%s%s\n", vmep_mem_strategy_name(s), yes_no(usable),
+         usable ? "" : ": ", usable ? "" : caps->reason[s]);
+}
+
+static int print_device(int device) {
+  vmep_mem_caps caps;
+  vmep_status st = vmep_mem_probe(device, &caps);
+  if (st != VMEP_OK) {
+    printf("device %d: probe failed: %s (%s)\n", device, vmep_status_name(st),
+           vmep_last_error());
+    return 1;
+  }
+  printf("device %d: %s, sm_%d%d, %.1f GiB, uuid ", device, caps.name,
+         caps.cc_major, caps.cc_minor,
+         (double)caps.total_bytes / (1024.0 * 1024.0 * 1024.0));
+  for (int i = 0; i < 16; i++)
+    printf("%02x%s", caps.uuid[i],
+           (i == 3 || i == 5 || i == 7 || i == 9) ? "-" : "");
+  printf("\n");
+  printf("  %-20s %s\n", "vmm", yes_no(caps.vmm));
+  printf("  %-20s %s\n", "fabric attribute", yes_no(caps.fabric_attr));
+  printf("  %-20s %s\n", "rdma with vmm", yes_no(caps.rdma_with_vmm));
+  printf("  %-20s %zu B\n", "granularity", caps.granularity);
+  printf("  strategies (trial allocation and export):\n");
+  print_strategy(&caps, VMEP_MEM_FABRIC, caps.fabric);
+  print_strategy(&caps, VMEP_MEM_POSIX_FD, caps.posix_fd);
+  print_strategy(&caps, VMEP_MEM_LEGACY, caps.legacy_ipc);
+  printf("  %-20s %s\n", "auto picks", vmep_mem_strategy_name(caps.best));
+
+  /* What a real allocation does under the current VMEP_MEM_SHARE. */
+  vmep_region *region = NULL;
+  st = vmep_region_alloc(device, 1, 0, &region);
+  if (st == VMEP_OK) {
+    printf("  %-20s %s (%zu B region)%s%s\n", "allocation uses",
+           vmep_mem_strategy_name(vmep_region_strategy(region)),
+           vmep_region_size(region),
+           vmep_region_reason(region)[0] ? "; skipped: " : "",
+           vmep_region_reason(region));
+    vmep_region_free(region);
+  } else {
+    printf("  %-20s failed: %s (%s)\n", "allocation", vmep_status_name(st),
+           vmep_last_error());
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--config") == 0) {
+      print_config();
+      return 0;
+    }
+    usage(strcmp(argv[i], "--help") == 0 ? stdout : stderr);
+    return strcmp(argv[i], "--help") == 0 ? 0 : 2;
+  }
+  int runtime = 0, driver = 0, count = 0;
+  printf("vmep %s\n", vmep_version());
+  if (cudaRuntimeGetVersion(&runtime) == cudaSuccess)
+    printf("CUDA runtime: %d.%d\n", runtime / 1000, (runtime % 1000) / 10);
+  vmep_status st = vmep_driver_version(&driver);
+  if (st != VMEP_OK) {
+    printf("CUDA driver: not available: %s\n", vmep_last_error());
+    printf("devices: 0\n");
+    return 0;
+  }
+  printf("CUDA driver: %d.%d\n", driver / 1000, (driver % 1000) / 10);
+  st = vmep_device_count(&count);
+  if (st != VMEP_OK) {
+    printf("devices: unknown (%s)\n", vmep_last_error());
+    return 1;
+  }
+  printf("devices: %d\n", count);
+  int failed = 0;
+  for (int d = 0; d < count; d++)
+    failed |= print_device(d);
+  return failed;
+}

@@ -54,7 +54,7 @@ static vmep_status load(void) {
   void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
   if (!lib)
     return load_failed(VMEP_ERR_UNSUPPORTED,
-                       "CUDA driver not found (libcuda.so.1: %s): no GPU on "
+                       "CUDA driver not found (%s): no GPU on "
                        "this machine?",
                        dlerror());
   get_proc_fn get_proc = (get_proc_fn)dlsym(lib, "cuGetProcAddress_v2");

@@ -113,8 +113,8 @@ static vmep_status alloc_chain(const struct vmep_driver *drv,
                                unsigned allowed, const vmep_mem_caps *caps) {
   static const vmep_mem_strategy order[] = {VMEP_MEM_FABRIC, VMEP_MEM_POSIX_FD,
                                             VMEP_MEM_LEGACY};
-  int usable[VMEP_MEM_STRATEGY_COUNT] = {0, caps->fabric, caps->posix_fd,
-                                         caps->legacy_ipc};
+  const int usable[VMEP_MEM_STRATEGY_COUNT] = {0, caps->fabric, caps->posix_fd,
+                                               caps->legacy_ipc};
   for (size_t i = 0; i < VMEP_ARRAY_SIZE(order); i++) {
     vmep_mem_strategy s = order[i];
     int fell_back = 0;

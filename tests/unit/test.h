@@ -18,65 +18,65 @@
 
 #define VMEP_TEST_SKIP_CODE 77
 
-#define TEST_FAIL(...)                                                        \
-  do {                                                                        \
-    fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);                     \
-    fprintf(stderr, __VA_ARGS__);                                             \
-    fprintf(stderr, "\n");                                                    \
-    exit(1);                                                                  \
+#define TEST_FAIL(...)                                                         \
+  do {                                                                         \
+    fprintf(stderr, "%s:%d: FAIL: ", __FILE__, __LINE__);                      \
+    fprintf(stderr, __VA_ARGS__);                                              \
+    fprintf(stderr, "\n");                                                     \
+    exit(1);                                                                   \
   } while (0)
 
-#define TEST_SKIP(...)                                                        \
-  do {                                                                        \
-    printf("SKIP: ");                                                         \
-    printf(__VA_ARGS__);                                                      \
-    printf("\n");                                                             \
-    exit(VMEP_TEST_SKIP_CODE);                                                \
+#define TEST_SKIP(...)                                                         \
+  do {                                                                         \
+    printf("SKIP: ");                                                          \
+    printf(__VA_ARGS__);                                                       \
+    printf("\n");                                                              \
+    exit(VMEP_TEST_SKIP_CODE);                                                 \
   } while (0)
 
-#define ASSERT_TRUE(cond)                                                     \
-  do {                                                                        \
-    if (!(cond))                                                              \
-      TEST_FAIL("expected %s", #cond);                                        \
+#define ASSERT_TRUE(cond)                                                      \
+  do {                                                                         \
+    if (!(cond))                                                               \
+      TEST_FAIL("expected %s", #cond);                                         \
   } while (0)
 
-#define ASSERT_EQ(a, b)                                                       \
-  do {                                                                        \
-    long long va_ = (long long)(a), vb_ = (long long)(b);                     \
-    if (va_ != vb_)                                                           \
-      TEST_FAIL("%s == %s: %lld != %lld", #a, #b, va_, vb_);                  \
+#define ASSERT_EQ(a, b)                                                        \
+  do {                                                                         \
+    long long va_ = (long long)(a), vb_ = (long long)(b);                      \
+    if (va_ != vb_)                                                            \
+      TEST_FAIL("%s == %s: %lld != %lld", #a, #b, va_, vb_);                   \
   } while (0)
 
-#define ASSERT_NE(a, b)                                                       \
-  do {                                                                        \
-    long long va_ = (long long)(a), vb_ = (long long)(b);                     \
-    if (va_ == vb_)                                                           \
-      TEST_FAIL("%s != %s: both %lld", #a, #b, va_);                          \
+#define ASSERT_NE(a, b)                                                        \
+  do {                                                                         \
+    long long va_ = (long long)(a), vb_ = (long long)(b);                      \
+    if (va_ == vb_)                                                            \
+      TEST_FAIL("%s != %s: both %lld", #a, #b, va_);                           \
   } while (0)
 
-#define ASSERT_STR_CONTAINS(haystack, needle)                                 \
-  do {                                                                        \
-    const char *h_ = (haystack), *n_ = (needle);                              \
-    if (!h_ || !strstr(h_, n_))                                               \
-      TEST_FAIL("\"%s\" does not contain \"%s\"", h_ ? h_ : "(null)", n_);    \
+#define ASSERT_STR_CONTAINS(haystack, needle)                                  \
+  do {                                                                         \
+    const char *h_ = (haystack), *n_ = (needle);                               \
+    if (!h_ || !strstr(h_, n_))                                                \
+      TEST_FAIL("\"%s\" does not contain \"%s\"", h_ ? h_ : "(null)", n_);     \
   } while (0)
 
 /* A vmep call that must succeed; prints the status and last error if not. */
-#define ASSERT_OK(call)                                                       \
-  do {                                                                        \
-    vmep_status st_ = (call);                                                 \
-    if (st_ != VMEP_OK)                                                       \
-      TEST_FAIL("%s: %s (%s)", #call, vmep_status_name(st_),                  \
-                vmep_last_error());                                           \
+#define ASSERT_OK(call)                                                        \
+  do {                                                                         \
+    vmep_status st_ = (call);                                                  \
+    if (st_ != VMEP_OK)                                                        \
+      TEST_FAIL("%s: %s (%s)", #call, vmep_status_name(st_),                   \
+                vmep_last_error());                                            \
   } while (0)
 
 /* A vmep call that must fail with `expected`. */
-#define ASSERT_STATUS(call, expected)                                         \
-  do {                                                                        \
-    vmep_status st_ = (call);                                                 \
-    if (st_ != (expected))                                                    \
-      TEST_FAIL("%s: %s, expected %s (%s)", #call, vmep_status_name(st_),     \
-                vmep_status_name(expected), vmep_last_error());               \
+#define ASSERT_STATUS(call, expected)                                          \
+  do {                                                                         \
+    vmep_status st_ = (call);                                                  \
+    if (st_ != (expected))                                                     \
+      TEST_FAIL("%s: %s, expected %s (%s)", #call, vmep_status_name(st_),      \
+                vmep_status_name(expected), vmep_last_error());                \
   } while (0)
 
 /* xorshift64*: small, fast, and the same on every machine. */

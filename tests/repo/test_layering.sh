@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Fails on any #include that reaches up the layer stack (DESIGN.md section 1):
+# core <- driver <- mem <- ep, core <- boot <- ep, kernels below ep. boot moves
+# bytes and fds and never includes mem or driver.
+set -u
+src=${1:?usage: test_layering.sh SRC_DIR}
+declare -A forbidden=(
+  [core]="driver mem boot ep kernels"
+  [driver]="mem boot ep kernels"
+  [mem]="boot ep kernels"
+  [boot]="driver mem ep kernels"
+  [kernels]="driver mem boot ep"
+  [ep]=""
+)
+bad=0
+for layer in "${!forbidden[@]}"; do
+  [ -d "$src/$layer" ] || continue
+  for above in ${forbidden[$layer]}; do
+    hits=$(grep -rnE "#include +\"$above/" "$src/$layer" 2>/dev/null)
+    if [ -n "$hits" ]; then
+      echo "layering violation: $layer includes $above:"
+      echo "$hits"
+      bad=1
+    fi
+  done
+done
+# Public header: nothing private may leak into it.
+if grep -nE '#include +"(core|driver|mem|boot|ep|kernels)/' "$src/../include/vmep.h"; then
+  echo "include/vmep.h includes a private header"
+  bad=1
+fi
+[ $bad -eq 0 ] && echo "layering: ok"
+exit $bad
