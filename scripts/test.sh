@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: builds vmep and runs every test. On a machine without a
+# GPU the GPU tests report "skipped" (never passed). Then the CPU tests again
+# under AddressSanitizer + UBSan, and the fuzz targets for a bounded time.
+set -eo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+# shellcheck source=scripts/setup.sh
+. scripts/setup.sh
+
+echo "== build and test (build-test) =="
+cmake -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build-test -j "$VMEP_JOBS"
+(cd build-test && ctest --output-on-failure -j "$VMEP_JOBS")
+
+echo "== CPU tests under ASan + UBSan (build-asan) =="
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DVMEP_SANITIZE=ON \
+  -DVMEP_GPU_TESTS=OFF >/dev/null
+cmake --build build-asan -j "$VMEP_JOBS"
+(cd build-asan && ctest --output-on-failure -j "$VMEP_JOBS" -L cpu -LE repo)
+
+if [ -x scripts/fuzz.sh ]; then
+  echo "== fuzz targets (bounded) =="
+  scripts/fuzz.sh
+fi
