@@ -7,23 +7,24 @@
 #include "driver/driver.h"
 
 vmep_status vmep__ctx_retain(const struct vmep_driver *drv, int device,
-                             CUcontext *ctx_out) {
+                             CUdevice *dev_out, CUcontext *ctx_out) {
   CUdevice dev;
   vmep_status status =
       vmep__cu_check(drv->cuDeviceGet(&dev, device), VMEP_LOG_ERROR, NULL,
                      "cuDeviceGet(device %d)", device);
   if (status != VMEP_OK)
     return status;
-  return vmep__cu_check(drv->cuDevicePrimaryCtxRetain(ctx_out, dev),
-                        VMEP_LOG_ERROR, NULL,
-                        "cuDevicePrimaryCtxRetain(device %d)", device);
+  status = vmep__cu_check(drv->cuDevicePrimaryCtxRetain(ctx_out, dev),
+                          VMEP_LOG_ERROR, NULL,
+                          "cuDevicePrimaryCtxRetain(device %d)", device);
+  if (status == VMEP_OK)
+    *dev_out = dev;
+  return status;
 }
 
-void vmep__ctx_release(const struct vmep_driver *drv, int device) {
-  CUdevice dev;
-  /* Cannot fail for a device that was retained; nothing to undo if it did. */
-  if (drv->cuDeviceGet(&dev, device) == CUDA_SUCCESS)
-    (void)drv->cuDevicePrimaryCtxRelease(dev);
+void vmep__ctx_release(const struct vmep_driver *drv, CUdevice dev) {
+  /* Cannot fail for a retained context; nothing to undo if it did. */
+  (void)drv->cuDevicePrimaryCtxRelease(dev);
 }
 
 vmep_status vmep__ctx_push(const struct vmep_driver *drv, CUcontext ctx,

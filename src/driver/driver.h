@@ -92,15 +92,17 @@ vmep_status vmep__cu_check(CUresult result, int level, const char *hint,
 
 /*
  * Explicit device selection. vmep__ctx_retain retains device `device`'s
- * primary context (the one the CUDA runtime uses too); every object that
- * owns device memory (region, mapping) holds one retain for its life, so
- * the context cannot be destroyed under it. vmep__ctx_push makes a context
- * current on this thread for a group of driver calls; vmep__ctx_pop undoes
- * it. No call depends on what happened to be current before.
+ * primary context (the one the CUDA runtime uses too) and gives its
+ * CUdevice, which vmep__ctx_release takes back (so that releasing needs no
+ * call that could fail); every object that owns device memory (region,
+ * mapping) holds one retain for its life, so the context cannot be
+ * destroyed under it. vmep__ctx_push makes a context current on this
+ * thread for a group of driver calls; vmep__ctx_pop undoes it. No call
+ * depends on what happened to be current before.
  */
 vmep_status vmep__ctx_retain(const struct vmep_driver *driver, int device,
-                             CUcontext *ctx_out);
-void vmep__ctx_release(const struct vmep_driver *driver, int device);
+                             CUdevice *dev_out, CUcontext *ctx_out);
+void vmep__ctx_release(const struct vmep_driver *driver, CUdevice dev);
 vmep_status vmep__ctx_push(const struct vmep_driver *driver, CUcontext ctx,
                            int device);
 void vmep__ctx_pop(const struct vmep_driver *driver);

@@ -39,10 +39,10 @@ static vmep_status import_vmm(const struct vmep_driver *drv,
   if (status != VMEP_OK)
     return status;
   if (d->strategy == VMEP_MEM_FABRIC) {
+    CUresult rc = drv->cuMemImportFromShareableHandle(
+        &m->handle, d->handle, CU_MEM_HANDLE_TYPE_FABRIC);
     status = vmep__cu_check(
-        drv->cuMemImportFromShareableHandle(&m->handle, d->handle,
-                                            CU_MEM_HANDLE_TYPE_FABRIC),
-        VMEP_LOG_ERROR, "no IMEX channel for this process?",
+        rc, VMEP_LOG_ERROR, vmep__share_hint(VMEP_MEM_FABRIC, rc),
         "cuMemImportFromShareableHandle(fabric, %llu B, device %d)",
         (unsigned long long)d->size, m->device);
   } else {
@@ -59,7 +59,7 @@ static vmep_status import_vmm(const struct vmep_driver *drv,
   if (status != VMEP_OK)
     return status;
   status = vmep__vmm_map(drv, m->device, m->handle, m->size,
-                         caps->granularity ? caps->granularity : m->size,
+                         caps->granularity, /* 0: the driver's default */
                          fixed_va, &m->ptr);
   if (status != VMEP_OK) {
     (void)drv->cuMemRelease(m->handle);
@@ -104,7 +104,7 @@ vmep_status vmep__mapping_import(int device, vmep_mem_desc *d,
   m->device = device;
   m->strategy = d->strategy;
   m->size = (size_t)d->size;
-  status = vmep__ctx_retain(drv, device, &m->ctx);
+  status = vmep__ctx_retain(drv, device, &m->dev, &m->ctx);
   if (status != VMEP_OK)
     goto err_free;
   status = vmep__ctx_push(drv, m->ctx, device);
@@ -121,7 +121,7 @@ vmep_status vmep__mapping_import(int device, vmep_mem_desc *d,
   return VMEP_OK;
 
 err_release_ctx:
-  vmep__ctx_release(drv, device);
+  vmep__ctx_release(drv, m->dev);
 err_free:
   vmep__free(m);
 err_close:
@@ -154,24 +154,25 @@ vmep_status vmep_mapping_release(vmep_mapping *m) {
     status =
         vmep__cu_check(drv->cuCtxSynchronize(), VMEP_LOG_ERROR, NULL,
                        "cuCtxSynchronize(device %d) before unmap", m->device);
-    vmep_status undone;
     if (m->strategy == VMEP_MEM_LEGACY) {
-      undone =
+      vmep_status closed =
           vmep__cu_check(drv->cuIpcCloseMemHandle(m->ptr), VMEP_LOG_ERROR, NULL,
                          "cuIpcCloseMemHandle(device %d)", m->device);
-    } else {
-      undone = vmep__vmm_unmap(drv, m->ptr, m->size, m->owns_va);
-      vmep_status released =
-          vmep__cu_check(drv->cuMemRelease(m->handle), VMEP_LOG_ERROR, NULL,
-                         "cuMemRelease(imported, device %d)", m->device);
-      if (undone == VMEP_OK)
-        undone = released;
+      if (status == VMEP_OK)
+        status = closed;
     }
-    if (status == VMEP_OK)
-      status = undone;
     vmep__ctx_pop(drv);
   }
-  vmep__ctx_release(drv, m->device);
+  if (m->strategy != VMEP_MEM_LEGACY) {
+    /* VMM calls need no current context: undone even if the push failed. */
+    vmep_status undone = vmep__vmm_unmap(drv, m->ptr, m->size, m->owns_va);
+    vmep_status released =
+        vmep__cu_check(drv->cuMemRelease(m->handle), VMEP_LOG_ERROR, NULL,
+                       "cuMemRelease(imported, device %d)", m->device);
+    if (status == VMEP_OK)
+      status = undone != VMEP_OK ? undone : released;
+  }
+  vmep__ctx_release(drv, m->dev);
   vmep__free(m);
   return status;
 }

@@ -14,6 +14,7 @@
 struct vmep_region {
   int device;
   vmep_mem_strategy strategy;
+  CUdevice dev;  /* the driver's handle of `device` */
   CUcontext ctx; /* retained for the region's life */
   CUdeviceptr ptr;
   size_t size;
@@ -25,12 +26,23 @@ struct vmep_region {
 struct vmep_mapping {
   int device;
   vmep_mem_strategy strategy;
+  CUdevice dev;  /* the driver's handle of `device` */
   CUcontext ctx; /* retained for the mapping's life */
   CUdeviceptr ptr;
   size_t size;
   CUmemGenericAllocationHandle handle; /* VMM strategies only */
   int owns_va; /* the mapping reserved its VA range and frees it */
 };
+
+/* The hint added to the message of a failed call on `strategy`'s memory:
+ * a missing IMEX channel shows as CUDA_ERROR_NOT_PERMITTED on fabric
+ * handles; any other failure gets none (NULL). */
+static inline const char *vmep__share_hint(vmep_mem_strategy strategy,
+                                           CUresult rc) {
+  return strategy == VMEP_MEM_FABRIC && rc == CUDA_ERROR_NOT_PERMITTED
+             ? "no IMEX channel for this process?"
+             : NULL;
+}
 
 /* The cached probe of `device` (see vmep_mem_probe); the pointer stays
  * valid until the driver table is replaced. */

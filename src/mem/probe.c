@@ -56,8 +56,6 @@ static vmep_status trial_vmm(const struct vmep_driver *drv, vmep_mem_caps *caps,
   size_t granularity = 0;
   CUmemGenericAllocationHandle handle;
   const char *name = vmep_mem_strategy_name(s);
-  const char *hint =
-      s == VMEP_MEM_FABRIC ? "no IMEX channel for this process?" : NULL;
   *usable = 0;
   vmep__vmm_prop(caps->device, s, caps->rdma_with_vmm, &prop);
   CUresult rc = drv->cuMemGetAllocationGranularity(
@@ -70,7 +68,7 @@ static vmep_status trial_vmm(const struct vmep_driver *drv, vmep_mem_caps *caps,
     return is_unavailable(rc) ? VMEP_OK : status;
   }
   rc = drv->cuMemCreate(&handle, granularity, &prop, 0);
-  status = vmep__cu_check(rc, VMEP_LOG_INFO, hint,
+  status = vmep__cu_check(rc, VMEP_LOG_INFO, vmep__share_hint(s, rc),
                           "cuMemCreate(%s, %zu B, device %d)", name,
                           granularity, caps->device);
   if (status != VMEP_OK) {
@@ -88,7 +86,7 @@ static vmep_status trial_vmm(const struct vmep_driver *drv, vmep_mem_caps *caps,
     if (rc == CUDA_SUCCESS)
       close(fd);
   }
-  status = vmep__cu_check(rc, VMEP_LOG_INFO, hint,
+  status = vmep__cu_check(rc, VMEP_LOG_INFO, vmep__share_hint(s, rc),
                           "cuMemExportToShareableHandle(%s, device %d)", name,
                           caps->device);
   (void)drv->cuMemRelease(handle);
@@ -216,7 +214,7 @@ static vmep_status probe_device(const struct vmep_driver *drv, int device,
     status = probe_identity(drv, dev, caps);
   if (status != VMEP_OK)
     return status;
-  status = vmep__ctx_retain(drv, device, &ctx);
+  status = vmep__ctx_retain(drv, device, &dev, &ctx);
   if (status != VMEP_OK)
     return status;
   status = vmep__ctx_push(drv, ctx, device);
@@ -226,7 +224,7 @@ static vmep_status probe_device(const struct vmep_driver *drv, int device,
       status = trial_legacy(drv, caps);
     vmep__ctx_pop(drv);
   }
-  vmep__ctx_release(drv, device);
+  vmep__ctx_release(drv, dev);
   if (status != VMEP_OK)
     return status;
   caps->best = caps->fabric       ? VMEP_MEM_FABRIC

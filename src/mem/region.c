@@ -72,8 +72,7 @@ static vmep_status alloc_vmm(const struct vmep_driver *drv,
   rc = drv->cuMemCreate(&r->handle, size, &prop, 0);
   *fell_back = may_fall_back(rc);
   status = vmep__cu_check(
-      rc, *fell_back ? VMEP_LOG_INFO : VMEP_LOG_ERROR,
-      s == VMEP_MEM_FABRIC ? "no IMEX channel for this process?" : NULL,
+      rc, *fell_back ? VMEP_LOG_INFO : VMEP_LOG_ERROR, vmep__share_hint(s, rc),
       "cuMemCreate(%s, %zu B, device %d)", name, size, r->device);
   if (status != VMEP_OK)
     return status;
@@ -171,7 +170,7 @@ vmep_status vmep_region_alloc(int device, size_t bytes, unsigned flags,
                       sizeof(*r));
   r->device = device;
   memcpy(r->uuid, caps->uuid, sizeof(r->uuid));
-  status = vmep__ctx_retain(drv, device, &r->ctx);
+  status = vmep__ctx_retain(drv, device, &r->dev, &r->ctx);
   if (status != VMEP_OK)
     goto err_free;
   status = vmep__ctx_push(drv, r->ctx, device);
@@ -188,7 +187,7 @@ vmep_status vmep_region_alloc(int device, size_t bytes, unsigned flags,
   return VMEP_OK;
 
 err_release_ctx:
-  vmep__ctx_release(drv, device);
+  vmep__ctx_release(drv, r->dev);
 err_free:
   vmep__free(r);
   return status;
@@ -209,23 +208,25 @@ vmep_status vmep_region_free(vmep_region *r) {
     status =
         vmep__cu_check(drv->cuCtxSynchronize(), VMEP_LOG_ERROR, NULL,
                        "cuCtxSynchronize(device %d) before free", r->device);
-    vmep_status freed;
     if (r->strategy == VMEP_MEM_LEGACY) {
-      freed = vmep__cu_check(drv->cuMemFree(r->ptr), VMEP_LOG_ERROR, NULL,
-                             "cuMemFree(%zu B, device %d)", r->size, r->device);
-    } else {
-      freed = vmep__vmm_unmap(drv, r->ptr, r->size, 1);
-      vmep_status released =
-          vmep__cu_check(drv->cuMemRelease(r->handle), VMEP_LOG_ERROR, NULL,
-                         "cuMemRelease(%zu B, device %d)", r->size, r->device);
-      if (freed == VMEP_OK)
-        freed = released;
+      vmep_status freed =
+          vmep__cu_check(drv->cuMemFree(r->ptr), VMEP_LOG_ERROR, NULL,
+                         "cuMemFree(%zu B, device %d)", r->size, r->device);
+      if (status == VMEP_OK)
+        status = freed;
     }
-    if (status == VMEP_OK)
-      status = freed;
     vmep__ctx_pop(drv);
   }
-  vmep__ctx_release(drv, r->device);
+  if (r->strategy != VMEP_MEM_LEGACY) {
+    /* VMM calls need no current context: undone even if the push failed. */
+    vmep_status freed = vmep__vmm_unmap(drv, r->ptr, r->size, 1);
+    vmep_status released =
+        vmep__cu_check(drv->cuMemRelease(r->handle), VMEP_LOG_ERROR, NULL,
+                       "cuMemRelease(%zu B, device %d)", r->size, r->device);
+    if (status == VMEP_OK)
+      status = freed != VMEP_OK ? freed : released;
+  }
+  vmep__ctx_release(drv, r->dev);
   vmep__free(r);
   return status;
 }
