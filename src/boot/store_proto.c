@@ -1,0 +1,454 @@
+/*
+ * The store's wire protocol: limits, frame encoders, and the parsers of
+ * requests and replies. The parsers are pure functions over one byte range
+ * (no allocation, no logging, never a read past the range), because they
+ * face whatever a socket delivers: the server, the client, the unit tests
+ * and the fuzz target share them. Layout: see "store and group" in boot.h.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "boot/boot.h"
+
+/* ---- reading ---------------------------------------------------------- */
+
+/* A cursor over one frame body; `bad` is set by any read past its end. */
+struct reader {
+  const unsigned char *p;
+  size_t left;
+  int bad;
+};
+
+static uint64_t read_le(struct reader *r, size_t bytes) {
+  uint64_t v = 0;
+  if (r->bad || r->left < bytes) {
+    r->bad = 1;
+    return 0;
+  }
+  for (size_t i = 0; i < bytes; i++)
+    v |= (uint64_t)r->p[i] << (8 * i);
+  r->p += bytes;
+  r->left -= bytes;
+  return v;
+}
+
+/* A (u32 length, bytes) field of at most `max` bytes. */
+static struct vmep_store_bytes read_bytes(struct reader *r, size_t max) {
+  struct vmep_store_bytes b = {NULL, 0};
+  uint32_t n = (uint32_t)read_le(r, 4);
+  if (r->bad || n > max || n > r->left) {
+    r->bad = 1;
+    return b;
+  }
+  b.data = r->p;
+  b.len = n;
+  r->p += n;
+  r->left -= n;
+  return b;
+}
+
+/* `count` entries of at most `max` bytes each (VMEP_STORE_ABSENT allowed
+ * when `absent_ok`); returns the range they cover. */
+static struct vmep_store_bytes read_list(struct reader *r, uint32_t count,
+                                         size_t max, int absent_ok) {
+  struct vmep_store_bytes list = {r->p, 0};
+  size_t start = r->left;
+  for (uint32_t i = 0; i < count && !r->bad; i++) {
+    struct reader peek = *r;
+    if (absent_ok && read_le(&peek, 4) == VMEP_STORE_ABSENT && !peek.bad)
+      *r = peek;
+    else
+      read_bytes(r, max);
+  }
+  list.len = start - r->left;
+  return list;
+}
+
+/*
+ * The frame envelope: 0 when incomplete, -1 (with *error_out) when
+ * impossible, else the frame size with *body set to the body.
+ */
+static long frame_envelope(const unsigned char *buf, size_t len,
+                           struct reader *body, const char **error_out) {
+  if (len < 4)
+    return 0;
+  uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 |
+               (uint32_t)buf[2] << 16 | (uint32_t)buf[3] << 24;
+  if (n == 0 || n > VMEP_STORE_FRAME_MAX) {
+    *error_out = n ? "frame length over the limit" : "empty frame";
+    return -1;
+  }
+  if (len - 4 < n)
+    return 0;
+  body->p = buf + 4;
+  body->left = n;
+  body->bad = 0;
+  return (long)n + 4;
+}
+
+static void parse_request_fields(struct reader *r,
+                                 struct vmep_store_request *q) {
+  switch (q->cmd) {
+  case VMEP_STORE_HELLO:
+    q->version = (uint32_t)read_le(r, 4);
+    q->rank = (int32_t)(uint32_t)read_le(r, 4);
+    q->session = read_le(r, 8);
+    q->token = read_bytes(r, VMEP_STORE_TOKEN_MAX);
+    if (q->rank < -1)
+      r->bad = 1;
+    break;
+  case VMEP_STORE_SET:
+    q->key = read_bytes(r, VMEP_STORE_KEY_MAX);
+    q->value = read_bytes(r, VMEP_STORE_VALUE_MAX);
+    break;
+  case VMEP_STORE_GET:
+  case VMEP_STORE_WAIT:
+    q->timeout_ms = (int32_t)(uint32_t)read_le(r, 4);
+    q->nkeys = (uint32_t)read_le(r, 4);
+    if (q->nkeys == 0 || q->timeout_ms < -1)
+      r->bad = 1;
+    q->keys = read_list(r, q->nkeys, VMEP_STORE_KEY_MAX, 0);
+    break;
+  case VMEP_STORE_ADD:
+    q->key = read_bytes(r, VMEP_STORE_KEY_MAX);
+    q->delta = (int64_t)read_le(r, 8);
+    break;
+  case VMEP_STORE_CAS:
+    q->key = read_bytes(r, VMEP_STORE_KEY_MAX);
+    q->expect_present = (int)read_le(r, 1);
+    q->expected = read_bytes(r, VMEP_STORE_VALUE_MAX);
+    q->value = read_bytes(r, VMEP_STORE_VALUE_MAX);
+    if (q->expect_present > 1 || (!q->expect_present && q->expected.len))
+      r->bad = 1;
+    break;
+  case VMEP_STORE_DELETE:
+    q->key = read_bytes(r, VMEP_STORE_KEY_MAX);
+    break;
+  default: /* BYE has no fields */
+    break;
+  }
+}
+
+long vmep__store_request_parse(const void *buf, size_t len,
+                               struct vmep_store_request *req_out,
+                               const char **error_out) {
+  struct reader r;
+  struct vmep_store_request q;
+  long size = frame_envelope(buf, len, &r, error_out);
+  if (size <= 0)
+    return size;
+  memset(&q, 0, sizeof(q));
+  q.cmd = (unsigned)read_le(&r, 1);
+  q.seq = read_le(&r, 8);
+  if (q.cmd < VMEP_STORE_HELLO || q.cmd >= VMEP_STORE_CMD_END) {
+    *error_out = "unknown command";
+    return -1;
+  }
+  parse_request_fields(&r, &q);
+  if (r.bad || r.left) {
+    *error_out = r.bad ? "malformed request" : "trailing bytes in request";
+    return -1;
+  }
+  *req_out = q;
+  return size;
+}
+
+static void parse_reply_fields(struct reader *r, unsigned cmd,
+                               struct vmep_store_reply *a) {
+  if (a->answer != VMEP_STORE_OK) {
+    a->rank = (int32_t)(uint32_t)read_le(r, 4);
+    a->message = read_bytes(r, VMEP_STORE_MESSAGE_MAX);
+    return;
+  }
+  switch (cmd) {
+  case VMEP_STORE_GET:
+    a->count = (uint32_t)read_le(r, 4);
+    a->values = read_list(r, a->count, VMEP_STORE_VALUE_MAX, 1);
+    break;
+  case VMEP_STORE_WAIT:
+    a->count = (uint32_t)read_le(r, 4);
+    break;
+  case VMEP_STORE_ADD:
+    a->number = (int64_t)read_le(r, 8);
+    break;
+  case VMEP_STORE_CAS:
+  case VMEP_STORE_DELETE:
+    a->number = (int64_t)read_le(r, 1);
+    if (a->number > 1)
+      r->bad = 1;
+    break;
+  default: /* HELLO, BYE and SET answer OK alone */
+    break;
+  }
+}
+
+long vmep__store_reply_parse(const void *buf, size_t len, unsigned cmd,
+                             struct vmep_store_reply *reply_out,
+                             const char **error_out) {
+  struct reader r;
+  struct vmep_store_reply a;
+  long size = frame_envelope(buf, len, &r, error_out);
+  if (size <= 0)
+    return size;
+  memset(&a, 0, sizeof(a));
+  a.rank = -1;
+  a.answer = (unsigned)read_le(&r, 1);
+  if (a.answer >= VMEP_STORE_ANSWER_END) {
+    *error_out = "unknown answer";
+    return -1;
+  }
+  parse_reply_fields(&r, cmd, &a);
+  if (r.bad || r.left) {
+    *error_out = r.bad ? "malformed reply" : "trailing bytes in reply";
+    return -1;
+  }
+  *reply_out = a;
+  return size;
+}
+
+int vmep__store_entry_next(struct vmep_store_bytes *list,
+                           struct vmep_store_bytes *entry_out) {
+  struct reader r = {list->data, list->len, 0};
+  struct reader peek = r;
+  struct vmep_store_bytes e = {NULL, 0};
+  if (read_le(&peek, 4) == VMEP_STORE_ABSENT && !peek.bad)
+    r = peek;
+  else
+    e = read_bytes(&r, VMEP_STORE_VALUE_MAX);
+  if (r.bad)
+    return 0;
+  list->data = r.p;
+  list->len = r.left;
+  *entry_out = e;
+  return 1;
+}
+
+int vmep__store_token_equal(const unsigned char *a, size_t a_len,
+                            const unsigned char *b, size_t b_len) {
+  /* Time depends on a_len only (the expected token), never on where the
+   * bytes differ. */
+  unsigned diff = a_len != b_len;
+  for (size_t i = 0; i < a_len; i++)
+    diff |= (unsigned)(a[i] ^ (i < b_len ? b[i] : 0));
+  return diff == 0;
+}
+
+vmep_status vmep__store_addr_parse(const char *addr, char *host,
+                                   size_t host_cap, int *port_out) {
+  const char *colon = addr ? strrchr(addr, ':') : NULL;
+  const char *h = addr;
+  size_t h_len = colon ? (size_t)(colon - addr) : 0;
+  char *end = NULL;
+  long port = colon ? strtol(colon + 1, &end, 10) : 0;
+  if (h_len >= 2 && h[0] == '[' && h[h_len - 1] == ']') {
+    h++;
+    h_len -= 2;
+  } else if (colon && memchr(addr, ':', h_len)) {
+    h_len = 0; /* a bare IPv6 address: its port is ambiguous */
+  }
+  if (!colon || h_len == 0 || colon[1] < '0' || colon[1] > '9' || *end ||
+      port < 1 || port > 65535)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "store address \"%s\": expected host:port with a port "
+                      "in 1..65535 ([addr]:port for IPv6)",
+                      addr ? addr : "(null)");
+  if (h_len >= host_cap)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "store address \"%s\": host name longer than %zu bytes",
+                      addr, host_cap - 1);
+  memcpy(host, h, h_len);
+  host[h_len] = '\0';
+  *port_out = (int)port;
+  return VMEP_OK;
+}
+
+/* ---- writing ---------------------------------------------------------- */
+
+void vmep__wbuf_put(struct vmep_store_wbuf *w, const void *p, size_t n) {
+  if (w->failed || n == 0)
+    return;
+  if (w->cap - w->len < n) {
+    size_t cap = w->cap ? w->cap : 256;
+    while (cap - w->len < n && cap <= (size_t)-1 / 2)
+      cap *= 2;
+    unsigned char *grown = cap - w->len >= n ? vmep__malloc(cap) : NULL;
+    if (!grown) {
+      w->failed = 1;
+      return;
+    }
+    if (w->len)
+      memcpy(grown, w->data, w->len);
+    vmep__free(w->data);
+    w->data = grown;
+    w->cap = cap;
+  }
+  memcpy(w->data + w->len, p, n);
+  w->len += n;
+}
+
+static void put_le(struct vmep_store_wbuf *w, uint64_t v, size_t bytes) {
+  unsigned char b[8];
+  for (size_t i = 0; i < bytes; i++)
+    b[i] = (unsigned char)(v >> (8 * i));
+  vmep__wbuf_put(w, b, bytes);
+}
+
+void vmep__wbuf_put_u8(struct vmep_store_wbuf *w, unsigned v) {
+  put_le(w, v, 1);
+}
+
+void vmep__wbuf_put_u32(struct vmep_store_wbuf *w, uint32_t v) {
+  put_le(w, v, 4);
+}
+
+void vmep__wbuf_put_u64(struct vmep_store_wbuf *w, uint64_t v) {
+  put_le(w, v, 8);
+}
+
+void vmep__wbuf_put_bytes(struct vmep_store_wbuf *w, const void *p, size_t n) {
+  vmep__wbuf_put_u32(w, (uint32_t)n);
+  vmep__wbuf_put(w, p, n);
+}
+
+void vmep__wbuf_frame_begin(struct vmep_store_wbuf *w) {
+  w->frame_start = w->len;
+  vmep__wbuf_put_u32(w, 0);
+}
+
+vmep_status vmep__wbuf_frame_end(struct vmep_store_wbuf *w) {
+  size_t body = w->len - w->frame_start - 4;
+  if (w->failed || body > VMEP_STORE_FRAME_MAX) {
+    vmep_status status =
+        w->failed ? VMEP_ERR_OUT_OF_MEMORY : VMEP_ERR_INVALID_ARG;
+    w->len = w->frame_start;
+    w->failed = 0;
+    return status;
+  }
+  for (int i = 0; i < 4; i++)
+    w->data[w->frame_start + (size_t)i] = (unsigned char)(body >> (8 * i));
+  return VMEP_OK;
+}
+
+void vmep__wbuf_reset(struct vmep_store_wbuf *w) {
+  w->len = 0;
+  w->failed = 0;
+}
+
+void vmep__wbuf_release(struct vmep_store_wbuf *w) {
+  vmep__free(w->data);
+  memset(w, 0, sizeof(*w));
+}
+
+void vmep__store_reply_error(struct vmep_store_wbuf *w, unsigned answer,
+                             int32_t rank, const char *fmt, ...) {
+  char text[VMEP_STORE_MESSAGE_MAX + 1];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(text, sizeof(text), fmt, ap);
+  va_end(ap);
+  size_t len = n < 0                      ? 0
+               : (size_t)n < sizeof(text) ? (size_t)n
+                                          : sizeof(text) - 1;
+  vmep__wbuf_frame_begin(w);
+  vmep__wbuf_put_u8(w, answer);
+  vmep__wbuf_put_u32(w, (uint32_t)rank);
+  vmep__wbuf_put_bytes(w, text, len);
+  vmep__wbuf_frame_end(w);
+}
+
+static vmep_status check_len(const char *what, size_t len, size_t max) {
+  if (len <= max)
+    return VMEP_OK;
+  return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                    "store: %s of %zu bytes is over the limit of %zu", what,
+                    len, max);
+}
+
+/* The fields of one request, after its command and sequence number. */
+static vmep_status encode_fields(struct vmep_store_wbuf *w,
+                                 const struct vmep_store_op *op,
+                                 size_t *packed) {
+  size_t key_len = op->key ? strlen(op->key) : 0;
+  vmep_status status = check_len("key", key_len, VMEP_STORE_KEY_MAX);
+  if (status == VMEP_OK)
+    status = check_len("value", op->value_len, VMEP_STORE_VALUE_MAX);
+  if (status == VMEP_OK)
+    status =
+        check_len("expected value", op->expected_len, VMEP_STORE_VALUE_MAX);
+  if (status != VMEP_OK)
+    return status;
+  switch (op->cmd) {
+  case VMEP_STORE_HELLO: {
+    size_t token_len = strlen(op->token);
+    status = check_len("job token", token_len, VMEP_STORE_TOKEN_MAX);
+    vmep__wbuf_put_u32(w, VMEP_STORE_PROTOCOL_VERSION);
+    vmep__wbuf_put_u32(w, (uint32_t)op->rank);
+    vmep__wbuf_put_u64(w, op->session);
+    vmep__wbuf_put_bytes(w, op->token, token_len);
+    return status;
+  }
+  case VMEP_STORE_SET:
+    vmep__wbuf_put_bytes(w, op->key, key_len);
+    vmep__wbuf_put_bytes(w, op->value, op->value_len);
+    return VMEP_OK;
+  case VMEP_STORE_GET:
+  case VMEP_STORE_WAIT: {
+    size_t count_at = w->len + 4, body = 1 + 8 + 4 + 4;
+    vmep__wbuf_put_u32(w, (uint32_t)op->timeout_ms);
+    vmep__wbuf_put_u32(w, 0); /* patched below */
+    for (*packed = 0; *packed < op->nkeys && !w->failed; ++*packed) {
+      size_t n = strlen(op->keys[*packed]);
+      if ((status = check_len("key", n, VMEP_STORE_KEY_MAX)) != VMEP_OK)
+        return status;
+      if (body + 4 + n > VMEP_STORE_FRAME_MAX)
+        break;
+      body += 4 + n;
+      vmep__wbuf_put_bytes(w, op->keys[*packed], n);
+    }
+    for (int i = 0; i < 4 && !w->failed; i++)
+      w->data[count_at + (size_t)i] = (unsigned char)(*packed >> (8 * i));
+    return VMEP_OK;
+  }
+  case VMEP_STORE_ADD:
+    vmep__wbuf_put_bytes(w, op->key, key_len);
+    vmep__wbuf_put_u64(w, (uint64_t)op->delta);
+    return VMEP_OK;
+  case VMEP_STORE_CAS:
+    vmep__wbuf_put_bytes(w, op->key, key_len);
+    vmep__wbuf_put_u8(w, op->expected != NULL);
+    vmep__wbuf_put_bytes(w, op->expected, op->expected_len);
+    vmep__wbuf_put_bytes(w, op->value, op->value_len);
+    return VMEP_OK;
+  case VMEP_STORE_DELETE:
+    vmep__wbuf_put_bytes(w, op->key, key_len);
+    return VMEP_OK;
+  default: /* BYE */
+    return VMEP_OK;
+  }
+}
+
+vmep_status vmep__store_request_encode(struct vmep_store_wbuf *w,
+                                       const struct vmep_store_op *op,
+                                       size_t *packed_out) {
+  size_t packed = 0, start = w->len;
+  vmep__wbuf_frame_begin(w);
+  vmep__wbuf_put_u8(w, op->cmd);
+  vmep__wbuf_put_u64(w, op->seq);
+  vmep_status status = encode_fields(w, op, &packed);
+  if (status != VMEP_OK) {
+    w->len = start;
+    w->failed = 0;
+    return status;
+  }
+  status = vmep__wbuf_frame_end(w);
+  if (status != VMEP_OK)
+    return vmep__fail(status, VMEP_LOG_ERROR,
+                      status == VMEP_ERR_OUT_OF_MEMORY
+                          ? "store: no memory for a request frame"
+                          : "store: request over the frame limit");
+  if (packed_out)
+    *packed_out = packed;
+  return VMEP_OK;
+}

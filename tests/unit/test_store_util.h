@@ -1,0 +1,102 @@
+/*
+ * Helpers of the store and group tests: a free loopback port, ranks run as
+ * forked processes, payloads derived from (seed, rank, round) so that any
+ * process can check what any other must have sent, and a millisecond clock.
+ */
+#ifndef VMEP_TEST_STORE_UTIL_H
+#define VMEP_TEST_STORE_UTIL_H
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "test.h"
+
+/* A port the kernel just handed out on 127.0.0.1 (free again now; taking
+ * it back races only with other ephemeral binds, which start elsewhere). */
+static inline int test_free_port(void) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof(a);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_TRUE(fd >= 0);
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+  ASSERT_EQ(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+static inline uint64_t test_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* splitmix64 of three words: independent streams per (seed, rank, round). */
+static inline uint64_t test_mix(uint64_t a, uint64_t b, uint64_t c) {
+  uint64_t z = a * 0x9e3779b97f4a7c15ull ^
+               (b + 0x632be59bd9b4e019ull) * 0xbf58476d1ce4e5b9ull ^
+               (c + 1) * 0x94d049bb133111ebull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* The bytes of a payload named by `key`. */
+static inline unsigned char test_byte(uint64_t key, size_t i) {
+  return (unsigned char)(test_mix(key, i / 8, 7) >> (8 * (i % 8)));
+}
+
+static inline void test_fill(unsigned char *buf, size_t n, uint64_t key) {
+  for (size_t i = 0; i < n; i++)
+    buf[i] = test_byte(key, i);
+}
+
+/* Fails naming the first byte of buf[0..n) that is not payload `key`'s. */
+static inline void test_check(const unsigned char *buf, size_t n, uint64_t key,
+                              const char *what) {
+  for (size_t i = 0; i < n; i++)
+    if (buf[i] != test_byte(key, i))
+      TEST_FAIL("%s: byte %zu of %zu is 0x%02x, expected 0x%02x", what, i, n,
+                buf[i], test_byte(key, i));
+}
+
+typedef void (*test_rank_fn)(int rank, int size, void *arg);
+
+/* Runs fn(rank, size, arg) in `size` forked processes (exit 0 when fn
+ * returns) and waits for them all; returns how many failed. A child that
+ * fails leaves without closing its store connection, so the others' waits
+ * end at once with VMEP_ERR_PEER instead of hanging. */
+static inline int test_run_ranks(int size, test_rank_fn fn, void *arg) {
+  pid_t pids[64];
+  int failed = 0;
+  ASSERT_TRUE(size <= 64);
+  fflush(stdout);
+  for (int r = 0; r < size; r++) {
+    pids[r] = fork();
+    ASSERT_TRUE(pids[r] >= 0);
+    if (pids[r] == 0) {
+      fn(r, size, arg);
+      fflush(stdout);
+      _exit(0);
+    }
+  }
+  for (int r = 0; r < size; r++) {
+    int wstatus = 0;
+    ASSERT_EQ(waitpid(pids[r], &wstatus, 0), pids[r]);
+    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+      fprintf(stderr, "rank %d: %s %d\n", r,
+              WIFEXITED(wstatus) ? "exit" : "signal",
+              WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : WTERMSIG(wstatus));
+      failed++;
+    }
+  }
+  return failed;
+}
+
+#endif /* VMEP_TEST_STORE_UTIL_H */
