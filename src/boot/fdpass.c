@@ -37,12 +37,6 @@ static uint32_t get_u32(const unsigned char *p) {
   return v;
 }
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 vmep_status vmep__fd_send(int sock, int fd, const void *payload, size_t bytes,
                           const char *peer) {
   unsigned char frame[FRAME_HEADER + VMEP_FD_PAYLOAD_MAX];
@@ -82,15 +76,12 @@ vmep_status vmep__fd_send(int sock, int fd, const void *payload, size_t bytes,
   return VMEP_OK;
 }
 
-/* Waits until `sock` is readable or the deadline (-1: none) passes. */
-static vmep_status wait_readable(int sock, int64_t deadline, const char *peer,
+/* Waits until `sock` is readable or the deadline passes (none when
+ * timeout_ms < 0). */
+static vmep_status wait_readable(int sock, uint64_t deadline, const char *peer,
                                  int timeout_ms) {
   for (;;) {
-    int wait = -1;
-    if (deadline >= 0) {
-      int64_t left = deadline - now_ms();
-      wait = left > 0 ? (int)left : 0;
-    }
+    int wait = timeout_ms < 0 ? -1 : vmep__ms_left(deadline);
     struct pollfd p = {.fd = sock, .events = POLLIN};
     int n = poll(&p, 1, wait);
     if (n > 0)
@@ -127,7 +118,7 @@ static int take_fds(struct msghdr *msg, int *fd_out) {
 
 /* Reads the rest of a frame that a stream socket split. */
 static vmep_status read_rest(int sock, unsigned char *frame, size_t have,
-                             size_t want, int64_t deadline, int timeout_ms,
+                             size_t want, uint64_t deadline, int timeout_ms,
                              const char *peer) {
   while (have < want) {
     vmep_status status = wait_readable(sock, deadline, peer, timeout_ms);
@@ -196,7 +187,7 @@ static vmep_status malformed(const char *peer, size_t got) {
  * read; on a message socket the first read must have brought all of it. */
 static vmep_status recv_frame_rest(int sock, int stream, unsigned char *frame,
                                    size_t got, size_t capacity,
-                                   int64_t deadline, int timeout_ms,
+                                   uint64_t deadline, int timeout_ms,
                                    size_t *bytes_out, const char *peer) {
   vmep_status status = VMEP_OK;
   if (stream)
@@ -227,7 +218,8 @@ vmep_status vmep__fd_recv(int sock, int timeout_ms, int *fd_out, void *payload,
                           size_t capacity, size_t *bytes_out,
                           const char *peer) {
   unsigned char frame[FRAME_HEADER + VMEP_FD_PAYLOAD_MAX];
-  int64_t deadline = timeout_ms >= 0 ? now_ms() + timeout_ms : -1;
+  uint64_t deadline =
+      timeout_ms >= 0 ? vmep__now_ms() + (uint64_t)timeout_ms : 0;
   size_t got = 0, bytes = 0;
   int fd = -1, type = 0;
   socklen_t type_len = sizeof(type);
@@ -289,14 +281,14 @@ vmep_status vmep__fd_token_check(const char *token) {
 
 /* Connects to the fd server of `rank`, retrying while nobody listens. */
 static vmep_status connect_server(const char *job_id, int rank,
-                                  int64_t deadline, int timeout_ms,
+                                  uint64_t deadline, int timeout_ms,
                                   int *sock_out) {
   struct sockaddr_un addr;
   size_t len = 0;
   vmep_status status = vmep__fd_socket_address(job_id, rank, &addr, &len);
   if (status != VMEP_OK)
     return status;
-  for (int64_t pause_ms = 1;; pause_ms = pause_ms < 32 ? 2 * pause_ms : 50) {
+  for (int pause_ms = 1;; pause_ms = pause_ms < 32 ? 2 * pause_ms : 50) {
     int sock =
         socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (sock < 0)
@@ -318,7 +310,7 @@ static vmep_status connect_server(const char *job_id, int rank,
     if (err != ECONNREFUSED && err != EAGAIN && err != EINTR)
       return vmep__fail_errno(err, "connect(@%s, fd server of rank %d)",
                               addr.sun_path + 1, rank);
-    int64_t left = deadline - now_ms();
+    int left = vmep__ms_left(deadline);
     if (left <= 0)
       return vmep__fail(VMEP_ERR_TIMEOUT, VMEP_LOG_ERROR,
                         "fd fetch from rank %d: its fd server (@%s) did not "
@@ -389,7 +381,7 @@ vmep_status vmep__fd_fetch(const char *job_id, int rank, const char *token,
   vmep_status status = vmep__fd_token_check(token);
   if (status != VMEP_OK)
     return status;
-  int64_t deadline = now_ms() + timeout_ms;
+  uint64_t deadline = vmep__now_ms() + (uint64_t)timeout_ms;
   status = connect_server(job_id, rank, deadline, timeout_ms, &sock);
   if (status != VMEP_OK)
     return status;
@@ -404,11 +396,9 @@ vmep_status vmep__fd_fetch(const char *job_id, int rank, const char *token,
   if (status == VMEP_OK)
     status =
         vmep__fd_send(sock, -1, req, VMEP_FD_REQUEST_HEADER + token_len, peer);
-  if (status == VMEP_OK) {
-    int64_t left = deadline - now_ms();
-    status = vmep__fd_recv(sock, left > 0 ? (int)left : 0, &fd, rep,
-                           sizeof(rep), &n, peer);
-  }
+  if (status == VMEP_OK)
+    status = vmep__fd_recv(sock, vmep__ms_left(deadline), &fd, rep, sizeof(rep),
+                           &n, peer);
   close(sock);
   if (status != VMEP_OK)
     return status;
