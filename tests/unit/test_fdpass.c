@@ -243,6 +243,41 @@ static void test_foreign_uid(int rank, uint64_t key) {
   ASSERT_EQ(WEXITSTATUS(status), 0);
 }
 
+/* Withdraw, a second server for the rank, and stop with offers left. */
+static void test_withdraw_and_stop(struct vmep_fd_server *server, int rank,
+                                   uint64_t key, const unsigned char *content,
+                                   size_t bytes) {
+  unsigned char *other = NULL;
+  int fd = -1;
+  /* Withdrawn: no longer served; fds fetched before stay valid. */
+  ASSERT_OK(vmep__fd_fetch(job_id, rank, token, key, 1000, &fd));
+  ASSERT_OK(vmep__fd_server_withdraw(server, key));
+  ASSERT_STATUS(vmep__fd_server_withdraw(server, key), VMEP_ERR_INVALID_ARG);
+  int none = -1;
+  ASSERT_STATUS(vmep__fd_fetch(job_id, rank, token, key, 1000, &none),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_EQ(none, -1);
+  ASSERT_TRUE(fd_holds(fd, content, bytes));
+  close(fd);
+
+  /* A second server for the same rank cannot start, and leaks nothing. */
+  struct vmep_fd_server *twin = NULL;
+  int with_server = count_open_fds();
+  ASSERT_STATUS(vmep__fd_server_start(job_id, rank, token, &twin),
+                VMEP_ERR_SYSTEM);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "rank");
+  ASSERT_TRUE(twin == NULL);
+  ASSERT_EQ(count_open_fds(), with_server);
+
+  /* Offers still open at stop are closed by it. */
+  int memfd = random_memfd(16, &other);
+  ASSERT_OK(vmep__fd_server_offer(server, key, memfd));
+  close(memfd);
+  free(other);
+  vmep__fd_server_stop(server);
+  vmep__fd_server_stop(NULL);
+}
+
 /* Refusals of every kind, each followed by a good fetch: the server keeps
  * serving. Runs in-process, so the fd count covers the server's side. */
 static void test_refusals(int rank) {
@@ -281,35 +316,8 @@ static void test_refusals(int rank) {
   ASSERT_OK(vmep__fd_fetch(job_id, rank, token, key, 1000, &fd));
   ASSERT_TRUE(fd_holds(fd, content, bytes));
   close(fd);
-
-  /* Withdrawn: no longer served; fds fetched before stay valid. */
-  ASSERT_OK(vmep__fd_fetch(job_id, rank, token, key, 1000, &fd));
-  ASSERT_OK(vmep__fd_server_withdraw(server, key));
-  ASSERT_STATUS(vmep__fd_server_withdraw(server, key), VMEP_ERR_INVALID_ARG);
-  int none = -1;
-  ASSERT_STATUS(vmep__fd_fetch(job_id, rank, token, key, 1000, &none),
-                VMEP_ERR_INVALID_ARG);
-  ASSERT_EQ(none, -1);
-  ASSERT_TRUE(fd_holds(fd, content, bytes));
-  close(fd);
-
-  /* A second server for the same rank cannot start, and leaks nothing. */
-  struct vmep_fd_server *twin = NULL;
-  int with_server = count_open_fds();
-  ASSERT_STATUS(vmep__fd_server_start(job_id, rank, token, &twin),
-                VMEP_ERR_SYSTEM);
-  ASSERT_STR_CONTAINS(vmep_last_error(), "rank");
-  ASSERT_TRUE(twin == NULL);
-  ASSERT_EQ(count_open_fds(), with_server);
-
-  /* Offers still open at stop are closed by it. */
+  test_withdraw_and_stop(server, rank, key, content, bytes);
   free(content);
-  memfd = random_memfd(16, &content);
-  ASSERT_OK(vmep__fd_server_offer(server, key, memfd));
-  close(memfd);
-  free(content);
-  vmep__fd_server_stop(server);
-  vmep__fd_server_stop(NULL);
   ASSERT_EQ(count_open_fds(), before);
 }
 

@@ -200,9 +200,11 @@ static void test_environment(void) {
   }
   ASSERT_STR_CONTAINS(res.err, "[rank 0] err 0\n");
   ASSERT_STR_CONTAINS(res.err, "[rank 2] err 2\n");
+}
 
-  /* Without --gpus: every device, or none (and no VMEP_DEVICE) without a
-   * driver. */
+/* Without --gpus: every device, or none (and no VMEP_DEVICE) without a
+ * driver. */
+static void test_default_devices(void) {
   static const char *const all[] = {
       "--mps", "off", "-n", "2",
       "--",    "sh",  "-c", "echo \"dev $VMEP_RANK ${VMEP_DEVICE-none}\"",
@@ -380,7 +382,8 @@ static void read_record(char *buf, size_t size) {
   buf[n] = '\0';
 }
 
-static void test_mps(void) {
+/* The daemon's life cycle through the fake, and a rank killed under it. */
+static void test_mps_lifecycle(void) {
   char path[160], rec[4096], pipe_dir[256], start_line[512];
   snprintf(path, sizeof(path), "%s:/usr/bin:/bin", fake_dir);
 
@@ -418,8 +421,14 @@ static void test_mps(void) {
   ASSERT_STR_CONTAINS(res.err, "ranks 0, 1 on GPU 0) is lost");
   read_record(rec, sizeof(rec));
   ASSERT_STR_CONTAINS(rec, "input=[quit]");
+}
 
-  /* No GPU shared, or --mps off: no daemon. */
+/* No daemon when no GPU is shared or with --mps off; a daemon that is not
+ * installed or does not start: an error with --mps on, a warning with
+ * auto. */
+static void test_mps_absent(void) {
+  char path[160], rec[4096];
+  snprintf(path, sizeof(path), "%s:/usr/bin:/bin", fake_dir);
   static const char *const apart[] = {"--gpus", "0,1",  "-n", "2",
                                       "--",     "true", NULL};
   static const char *const off[] = {"--mps", "off", "--gpus", "0", "-n",
@@ -463,10 +472,12 @@ int main(int argc, char **argv) {
   make_fake_control();
   test_usage();
   test_environment();
+  test_default_devices();
   test_whole_lines();
   test_failure();
   test_timeout_and_signals();
-  test_mps();
+  test_mps_lifecycle();
+  test_mps_absent();
   char cleanup[160];
   snprintf(cleanup, sizeof(cleanup), "rm -rf %s", fake_dir);
   ASSERT_EQ(system(cleanup), 0);
