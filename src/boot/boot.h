@@ -299,6 +299,8 @@ int vmep__store_peer_poll(struct vmep_store_state *state,
                           struct vmep_store_peer *peer, uint64_t now_ms,
                           struct vmep_store_wbuf *out,
                           uint64_t *next_deadline_ms);
+/* "client 127.0.0.1:5000 rank 3": the peer's name in logs. */
+const char *vmep__store_peer_name(const struct vmep_store_peer *peer);
 /* The rank the connection speaks for, -1 if none (or after BYE). */
 int vmep__store_peer_rank(const struct vmep_store_peer *peer);
 /* Frees the peer. If it spoke for a rank and never said BYE, the rank is

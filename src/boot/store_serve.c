@@ -97,6 +97,10 @@ struct vmep_store_peer *vmep__store_peer_open(struct vmep_store_state *st,
   return p;
 }
 
+const char *vmep__store_peer_name(const struct vmep_store_peer *p) {
+  return p->name;
+}
+
 int vmep__store_peer_rank(const struct vmep_store_peer *p) {
   return p->session && p->session->peer == p ? p->session->rank : -1;
 }
@@ -172,12 +176,20 @@ static void reply_ok(struct vmep_store_wbuf *out) {
   vmep__wbuf_frame_end(out);
 }
 
-static struct session *find_session(struct vmep_store_state *st, uint64_t id,
-                                    int32_t rank) {
+static struct session *find_session(struct vmep_store_state *st, uint64_t id) {
   for (struct session *s = st->sessions; s; s = s->next)
-    if ((id && s->id == id) || (rank >= 0 && s->rank == rank && s->peer))
+    if (s->id == id)
       return s;
   return NULL;
+}
+
+/* Whether a connection other than the session `id`'s speaks for `rank`. */
+static int rank_taken(const struct vmep_store_state *st, int32_t rank,
+                      uint64_t id) {
+  for (const struct session *s = st->sessions; s; s = s->next)
+    if (rank >= 0 && s->rank == rank && s->peer && s->id != id)
+      return 1;
+  return 0;
 }
 
 static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
@@ -194,12 +206,14 @@ static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
   if (!vmep__store_token_equal(st->token, st->token_len, q->token.data,
                                q->token.len))
     return reject(p, out, "wrong job token");
-  struct session *s = find_session(st, q->session, q->rank);
-  if (s && s->rank != q->rank) {
+  struct session *s = find_session(st, q->session);
+  if (s && s->rank != q->rank)
+    return reject(p, out, "a session cannot change its rank");
+  if (rank_taken(st, q->rank, q->session)) {
     snprintf(why, sizeof(why),
              "rank %d is already connected (two processes with one rank?)",
              (int)q->rank);
-    return reject(p, out, s->id == q->session ? "session changed rank" : why);
+    return reject(p, out, why);
   }
   if (!s) {
     s = st->nsessions < MAX_SESSIONS ? vmep__calloc(1, sizeof(*s)) : NULL;

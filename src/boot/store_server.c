@@ -69,7 +69,8 @@ static void conn_flush(struct vmep_store_server *s, struct conn *c) {
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       break;
     } else {
-      vmep_log_warn("store: send to a client failed: %s", strerror(errno));
+      vmep_log_warn("store: send to %s failed: %s",
+                    vmep__store_peer_name(c->peer), strerror(errno));
       conn_close(s, c);
       return;
     }
@@ -98,7 +99,8 @@ static void conn_process(struct vmep_store_server *s, struct conn *c) {
     if (n == 0)
       break;
     if (n < 0) {
-      vmep_log_warn("store: %s; closing that connection", error);
+      vmep_log_warn("store: %s: %s; closing that connection",
+                    vmep__store_peer_name(c->peer), error);
       vmep__store_reply_error(&c->out, VMEP_STORE_REJECTED, -1, "%s", error);
       c->closing = 1;
     } else {
@@ -144,7 +146,8 @@ static int conn_reserve(struct conn *c) {
 static void conn_read(struct vmep_store_server *s, struct conn *c) {
   while (conn_ready(c)) {
     if (!conn_reserve(c)) {
-      vmep_log_warn("store: no memory for a client's frame; closing it");
+      vmep_log_warn("store: no memory for a frame of %s; closing it",
+                    vmep__store_peer_name(c->peer));
       conn_close(s, c);
       return;
     }
@@ -152,15 +155,16 @@ static void conn_read(struct vmep_store_server *s, struct conn *c) {
     if (n > 0) {
       c->in_len += (size_t)n;
       conn_process(s, c);
-    } else if (n == 0) {
+    } else if (n == 0 || errno == ECONNRESET) { /* closed, or died */
       if (c->in_len > 0)
-        vmep_log_warn("store: a client closed its connection in the middle "
-                      "of a frame (%zu bytes received)",
-                      c->in_len);
+        vmep_log_warn("store: %s closed its connection in the middle of a "
+                      "frame (%zu bytes received)",
+                      vmep__store_peer_name(c->peer), c->in_len);
       conn_close(s, c);
     } else if (errno != EINTR) {
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        vmep_log_warn("store: recv from a client failed: %s", strerror(errno));
+        vmep_log_warn("store: recv from %s failed: %s",
+                      vmep__store_peer_name(c->peer), strerror(errno));
         conn_close(s, c);
       }
       return;
@@ -466,8 +470,8 @@ vmep_status vmep__store_server_drain(struct vmep_store_server *s,
   if (left == 0)
     return VMEP_OK;
   return vmep__fail(VMEP_ERR_TIMEOUT, VMEP_LOG_WARN,
-                    "store: %d rank(s) still connected after %d ms; stopping "
-                    "the store anyway",
+                    "store: %d rank(s) still connected after waiting %d ms "
+                    "for them to leave",
                     left, timeout_ms);
 }
 

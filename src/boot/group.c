@@ -1,0 +1,500 @@
+/*
+ * Process groups: the public vmep_group_* API. A group runs its
+ * collectives either over the TCP store (rank 0 hosts it in a thread of
+ * its process) or over a framework's allgather and barrier callbacks. At
+ * creation every rank contributes its host identity (hostname and boot
+ * id), from which the node indices and local ranks follow.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "boot/boot.h"
+
+#define MAX_GROUP_SIZE 65536
+#define HOST_BYTES 256
+#define BOOT_ID_BYTES 64
+/* Identity record: host, boot id, u32 group size, u32 pid. */
+#define IDENTITY_BYTES (HOST_BYTES + BOOT_ID_BYTES + 8)
+
+struct vmep_group {
+  int rank, size, local_rank;
+  int *node_of; /* [size] */
+  int timeout_ms;
+  struct vmep_store_server *server; /* rank 0 of a store group */
+  struct vmep_store_gather gather;  /* a store group's collectives */
+  vmep_allgather_fn allgather;      /* a custom group's */
+  vmep_barrier_fn barrier;
+  void *user;
+  char token[VMEP_STORE_TOKEN_MAX + 1];
+  char job_id[sizeof(((struct vmep_launch_env *)0)->job_id)];
+};
+
+/* ---- collectives over either backend --------------------------------- */
+
+static vmep_status callback_failed(const char *what, vmep_status status) {
+  return vmep__fail(status == VMEP_OK ? VMEP_ERR_PEER : status, VMEP_LOG_ERROR,
+                    "the group's %s callback returned %s", what,
+                    vmep_status_name(status));
+}
+
+/* allgatherv through the callback: sizes first, then payloads padded to
+ * the largest. Every rank makes the same callback calls, even one whose
+ * recv is too small (it fails after them). */
+static vmep_status custom_allgatherv(vmep_group *g, const void *send,
+                                     size_t bytes, void *recv, size_t cap,
+                                     size_t *sizes) {
+  uint64_t mine = bytes, *all = vmep__calloc((size_t)g->size, sizeof(*all));
+  unsigned char *padded = NULL, *gathered = NULL;
+  size_t max = 0, total = 0;
+  int overflow = 0;
+  vmep_status status = VMEP_OK;
+  if (!all)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "allgatherv: no memory for %d sizes", g->size);
+  if ((status = g->allgather(&mine, sizeof(mine), all, g->user)) != VMEP_OK) {
+    status = callback_failed("allgather", status);
+    goto out;
+  }
+  for (int r = 0; r < g->size; r++) {
+    max = all[r] > max ? (size_t)all[r] : max;
+    overflow |= all[r] > SIZE_MAX - total;
+    total += overflow ? 0 : (size_t)all[r];
+  }
+  if (max > 0) {
+    padded = vmep__calloc(1, max);
+    gathered = max <= SIZE_MAX / (size_t)g->size
+                   ? vmep__malloc(max * (size_t)g->size)
+                   : NULL;
+    if (!padded || !gathered) {
+      status =
+          vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                     "allgatherv: no memory for %d x %zu bytes", g->size, max);
+      goto out;
+    }
+    if (bytes)
+      memcpy(padded, send, bytes);
+    if ((status = g->allgather(padded, max, gathered, g->user)) != VMEP_OK) {
+      status = callback_failed("allgather", status);
+      goto out;
+    }
+  }
+  if (overflow || total > cap) {
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "allgatherv: the ranks send %zu bytes in all, more "
+                        "than recv_capacity %zu",
+                        total, cap);
+    goto out;
+  }
+  total = 0;
+  for (int r = 0; r < g->size; r++) {
+    if (all[r])
+      memcpy((unsigned char *)recv + total, gathered + (size_t)r * max,
+             (size_t)all[r]);
+    sizes[r] = (size_t)all[r];
+    total += sizes[r];
+  }
+out:
+  vmep__free(gathered);
+  vmep__free(padded);
+  vmep__free(all);
+  return status;
+}
+
+static vmep_status exchange(vmep_group *g, const void *send, size_t bytes,
+                            void *recv, size_t cap, size_t *sizes) {
+  if (g->allgather)
+    return custom_allgatherv(g, send, bytes, recv, cap, sizes);
+  return vmep__store_allgatherv(&g->gather, send, bytes, recv, cap, sizes);
+}
+
+/* Fixed-size allgather: every rank must give `bytes`. */
+static vmep_status gather_fixed(vmep_group *g, const void *send, size_t bytes,
+                                void *recv) {
+  if (g->allgather) {
+    vmep_status status = g->allgather(send, bytes, recv, g->user);
+    return status == VMEP_OK ? VMEP_OK : callback_failed("allgather", status);
+  }
+  size_t *sizes = vmep__calloc((size_t)g->size, sizeof(*sizes));
+  if (!sizes)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "allgather: no memory for %d sizes", g->size);
+  vmep_status status =
+      exchange(g, send, bytes, recv, bytes * (size_t)g->size, sizes);
+  for (int r = 0; status == VMEP_OK && r < g->size; r++)
+    if (sizes[r] != bytes)
+      status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                          "allgather: rank %d gave %zu bytes, rank %d %zu", r,
+                          sizes[r], g->rank, bytes);
+  vmep__free(sizes);
+  return status;
+}
+
+/* ---- identity: which ranks share a node ------------------------------ */
+
+static void identity_make(const vmep_group *g, unsigned char *rec) {
+  memset(rec, 0, IDENTITY_BYTES);
+  gethostname((char *)rec, HOST_BYTES - 1);
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f) {
+    char *id = (char *)rec + HOST_BYTES;
+    if (fgets(id, BOOT_ID_BYTES, f))
+      id[strcspn(id, "\n")] = '\0';
+    fclose(f);
+  }
+  const uint32_t fields[2] = {(uint32_t)g->size, (uint32_t)getpid()};
+  for (int i = 0; i < 8; i++)
+    rec[HOST_BYTES + BOOT_ID_BYTES + i] =
+        (unsigned char)(fields[i / 4] >> (8 * (i % 4)));
+}
+
+static uint32_t identity_field(const unsigned char *rec, int index) {
+  const unsigned char *p = rec + HOST_BYTES + BOOT_ID_BYTES + 4 * index;
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+         (uint32_t)p[3] << 24;
+}
+
+/* Node indices in order of first appearance, and this rank's local rank. */
+static vmep_status identity_apply(vmep_group *g, const unsigned char *all) {
+  int *first = vmep__calloc((size_t)g->size, sizeof(*first));
+  g->node_of = vmep__calloc((size_t)g->size, sizeof(*g->node_of));
+  if (!first || !g->node_of) {
+    vmep__free(first);
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "group: no memory for %d node indices", g->size);
+  }
+  int nodes = 0;
+  for (int r = 0; r < g->size; r++) {
+    const unsigned char *rec = all + (size_t)r * IDENTITY_BYTES;
+    if (identity_field(rec, 0) != (uint32_t)g->size) {
+      vmep__free(first);
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "group: rank %d was created with size %u, rank %d "
+                        "with size %d",
+                        r, identity_field(rec, 0), g->rank, g->size);
+    }
+    int n = 0;
+    while (n < nodes && memcmp(rec, all + (size_t)first[n] * IDENTITY_BYTES,
+                               HOST_BYTES + BOOT_ID_BYTES) != 0)
+      n++;
+    if (n == nodes)
+      first[nodes++] = r;
+    g->node_of[r] = n;
+  }
+  for (int r = 0; r < g->rank; r++)
+    g->local_rank += g->node_of[r] == g->node_of[g->rank];
+  vmep__free(first);
+  return VMEP_OK;
+}
+
+/* Exchanges identities; a custom group without VMEP_JOB_ID names its job
+ * after rank 0's identity (host, boot id, pid), the same on every rank. */
+static vmep_status identify(vmep_group *g, int name_job) {
+  unsigned char mine[IDENTITY_BYTES];
+  unsigned char *all = vmep__malloc((size_t)g->size * IDENTITY_BYTES);
+  if (!all)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "group: no memory for %d identities", g->size);
+  identity_make(g, mine);
+  vmep_status status = gather_fixed(g, mine, IDENTITY_BYTES, all);
+  if (status == VMEP_OK)
+    status = identity_apply(g, all);
+  if (status == VMEP_OK && name_job)
+    snprintf(g->job_id, sizeof(g->job_id), "custom-%016llx",
+             (unsigned long long)vmep__bytes_hash(all, IDENTITY_BYTES));
+  vmep__free(all);
+  return status;
+}
+
+/* ---- creation and destruction ---------------------------------------- */
+
+static vmep_status timeout_from_env(int *ms_out) {
+  const char *text = vmep__config_get(VMEP_CONFIG_TIMEOUT_MS);
+  char *end = NULL;
+  long ms = strtol(text, &end, 10);
+  if (end == text || *end || ms < 1 || ms > 2147483647L)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s=\"%s\": expected milliseconds in 1..2147483647",
+                      vmep__config_name(VMEP_CONFIG_TIMEOUT_MS), text);
+  *ms_out = (int)ms;
+  return VMEP_OK;
+}
+
+/* Feeds vmep__launch_env_parse the explicit arguments, so that token and
+ * job id follow the same rules (VMEP_JOB_TOKEN, VMEP_JOB_ID, the id
+ * derived from the store address) as under a launcher. */
+struct job_args {
+  const char *addr, *token;
+};
+
+static const char *job_lookup(const char *name, void *user) {
+  const struct job_args *a = user;
+  if (strcmp(name, vmep__config_name(VMEP_CONFIG_WORLD_SIZE)) == 0)
+    return "1";
+  if (strcmp(name, vmep__config_name(VMEP_CONFIG_RANK)) == 0 ||
+      strcmp(name, vmep__config_name(VMEP_CONFIG_LOCAL_RANK)) == 0)
+    return "0";
+  if (strcmp(name, vmep__config_name(VMEP_CONFIG_STORE_ADDR)) == 0)
+    return a->addr;
+  if (strcmp(name, vmep__config_name(VMEP_CONFIG_JOB_TOKEN)) == 0 && a->token)
+    return a->token;
+  if (strcmp(name, vmep__config_name(VMEP_CONFIG_JOB_TOKEN)) == 0 ||
+      strcmp(name, vmep__config_name(VMEP_CONFIG_JOB_ID)) == 0)
+    return getenv(name);
+  return NULL;
+}
+
+static vmep_status job_env(const char *addr, const char *token,
+                           struct vmep_launch_env *env_out) {
+  struct job_args args = {addr, token};
+  return vmep__launch_env_parse(job_lookup, &args, env_out);
+}
+
+/* A group shell: ranks, timeout, token and job id; no backend yet. */
+static vmep_status group_new(int rank, int size,
+                             const struct vmep_launch_env *job,
+                             vmep_group **group_out) {
+  vmep_group *g = vmep__calloc(1, sizeof(*g));
+  if (!g)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "group: no memory");
+  vmep_status status = timeout_from_env(&g->timeout_ms);
+  if (status != VMEP_OK) {
+    vmep__free(g);
+    return status;
+  }
+  g->rank = rank;
+  g->size = size;
+  snprintf(g->token, sizeof(g->token), "%s", job->token);
+  snprintf(g->job_id, sizeof(g->job_id), "%s", job->job_id);
+  vmep__log_set_rank(rank);
+  *group_out = g;
+  return VMEP_OK;
+}
+
+static void group_free(vmep_group *g) {
+  vmep__free(g->node_of);
+  vmep__free(g);
+}
+
+/* A loopback store stays on loopback; any other is bound on every
+ * interface, because a host name may resolve to a loopback address
+ * locally (Debian's 127.0.1.1) and to the real one elsewhere. */
+static int is_loopback(const char *host) {
+  return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
+         strcmp(host, "::1") == 0;
+}
+
+static vmep_status store_group_create(int rank, int size, const char *addr,
+                                      const struct vmep_launch_env *job,
+                                      vmep_group **group_out) {
+  char host[256];
+  int port = 0;
+  vmep_group *g = NULL;
+  vmep_status status = vmep__store_addr_parse(addr, host, sizeof(host), &port);
+  if (status == VMEP_OK)
+    status = group_new(rank, size, job, &g);
+  if (status != VMEP_OK)
+    return status;
+  if (rank == 0)
+    status = vmep__store_server_start(is_loopback(host) ? host : NULL, port,
+                                      g->token, &g->server);
+  if (status == VMEP_OK)
+    status = vmep__store_client_connect(addr, g->token, rank, 0, g->timeout_ms,
+                                        &g->gather.client);
+  g->gather.rank = rank;
+  g->gather.size = size;
+  if (status == VMEP_OK)
+    status = identify(g, 0);
+  if (status != VMEP_OK) {
+    /* No goodbye: the others' waits fail now instead of timing out. */
+    vmep__store_client_close(g->gather.client, 0);
+    vmep__store_server_stop(g->server);
+    group_free(g);
+    return status;
+  }
+  vmep_log_info("group: rank %d of %d joined through store %s (node %d, "
+                "local rank %d)",
+                rank, size, addr, g->node_of[rank], g->local_rank);
+  *group_out = g;
+  return VMEP_OK;
+}
+
+static vmep_status check_ranks(const char *fn, int rank, int size,
+                               const void *group_out) {
+  if (!group_out)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: group_out is NULL", fn);
+  if (size < 1 || size > MAX_GROUP_SIZE)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: size %d is not in 1..%d", fn, size, MAX_GROUP_SIZE);
+  if (rank < 0 || rank >= size)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: rank %d is not in 0..%d (size %d)", fn, rank,
+                      size - 1, size);
+  return VMEP_OK;
+}
+
+vmep_status vmep_group_create(int rank, int size, const char *store_addr,
+                              const char *token, vmep_group **group_out) {
+  struct vmep_launch_env job;
+  vmep_status status = check_ranks("vmep_group_create", rank, size, group_out);
+  if (status == VMEP_OK && !store_addr)
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "vmep_group_create: store_addr is NULL");
+  if (status == VMEP_OK && token && strlen(token) > VMEP_STORE_TOKEN_MAX)
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "vmep_group_create: token of %zu bytes (at most %u)",
+                        strlen(token), VMEP_STORE_TOKEN_MAX);
+  if (status == VMEP_OK) {
+    char host[256];
+    int port;
+    status = vmep__store_addr_parse(store_addr, host, sizeof(host), &port);
+  }
+  if (status == VMEP_OK)
+    status = job_env(store_addr, token, &job);
+  if (status != VMEP_OK)
+    return status;
+  return store_group_create(rank, size, store_addr, &job, group_out);
+}
+
+vmep_status vmep_group_create_from_env(vmep_group **group_out) {
+  struct vmep_launch_env env;
+  if (!group_out)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_group_create_from_env: group_out is NULL");
+  vmep_status status = vmep__launch_env_detect(&env);
+  if (status == VMEP_OK)
+    status = check_ranks(env.source, env.rank, env.size, group_out);
+  if (status != VMEP_OK)
+    return status;
+  return store_group_create(env.rank, env.size, env.store_addr, &env,
+                            group_out);
+}
+
+vmep_status vmep_group_create_custom(int rank, int size,
+                                     vmep_allgather_fn allgather,
+                                     vmep_barrier_fn barrier, void *user,
+                                     vmep_group **group_out) {
+  struct vmep_launch_env job;
+  vmep_group *g = NULL;
+  vmep_status status =
+      check_ranks("vmep_group_create_custom", rank, size, group_out);
+  if (status == VMEP_OK && !allgather)
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "vmep_group_create_custom: allgather is NULL");
+  /* No store address: the job id comes from VMEP_JOB_ID or rank 0. */
+  if (status == VMEP_OK)
+    status = job_env("localhost:1", NULL, &job);
+  if (status == VMEP_OK)
+    status = group_new(rank, size, &job, &g);
+  if (status != VMEP_OK)
+    return status;
+  g->allgather = allgather;
+  g->barrier = barrier;
+  g->user = user;
+  const char *job_id = getenv(vmep__config_name(VMEP_CONFIG_JOB_ID));
+  status = identify(g, !job_id || !job_id[0]);
+  if (status != VMEP_OK) {
+    group_free(g);
+    return status;
+  }
+  *group_out = g;
+  return VMEP_OK;
+}
+
+vmep_status vmep_group_destroy(vmep_group *g) {
+  vmep_status status = VMEP_OK;
+  if (!g)
+    return VMEP_OK;
+  vmep__store_client_close(g->gather.client, 1);
+  if (g->server) {
+    /* Serve the others until they have left too (bounded). */
+    status = vmep__store_server_drain(g->server, g->timeout_ms);
+    vmep__store_server_stop(g->server);
+  }
+  group_free(g);
+  return status;
+}
+
+/* ---- accessors ------------------------------------------------------- */
+
+int vmep_group_rank(const vmep_group *g) { return g ? g->rank : -1; }
+int vmep_group_size(const vmep_group *g) { return g ? g->size : -1; }
+int vmep_group_local_rank(const vmep_group *g) {
+  return g ? g->local_rank : -1;
+}
+int vmep_group_node(const vmep_group *g, int rank) {
+  return g && rank >= 0 && rank < g->size ? g->node_of[rank] : -1;
+}
+
+struct vmep_store_client *vmep__group_store(const vmep_group *g) {
+  return g->gather.client;
+}
+const char *vmep__group_job_id(const vmep_group *g) { return g->job_id; }
+const char *vmep__group_token(const vmep_group *g) { return g->token; }
+int vmep__group_timeout_ms(const vmep_group *g) { return g->timeout_ms; }
+
+/* ---- collectives ----------------------------------------------------- */
+
+static vmep_status bad_call(const char *fn, const char *what) {
+  return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s", fn, what);
+}
+
+vmep_status vmep_group_allgather(vmep_group *g, const void *send, size_t bytes,
+                                 void *recv) {
+  if (!g || (bytes && (!send || !recv)))
+    return bad_call("vmep_group_allgather", "NULL group or buffer");
+  if (bytes > SIZE_MAX / (size_t)g->size)
+    return bad_call("vmep_group_allgather", "bytes * size overflows");
+  return gather_fixed(g, send, bytes, recv);
+}
+
+vmep_status vmep_group_allgatherv(vmep_group *g, const void *send, size_t bytes,
+                                  void *recv, size_t recv_capacity,
+                                  size_t *sizes_out) {
+  if (!g || (bytes && !send) || (recv_capacity && !recv) || !sizes_out)
+    return bad_call("vmep_group_allgatherv", "NULL group, buffer or sizes");
+  return exchange(g, send, bytes, recv, recv_capacity, sizes_out);
+}
+
+vmep_status vmep_group_broadcast(vmep_group *g, int root, void *buf,
+                                 size_t bytes) {
+  if (!g || (bytes && !buf))
+    return bad_call("vmep_group_broadcast", "NULL group or buffer");
+  if (root < 0 || root >= g->size)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_group_broadcast: root %d is not in 0..%d", root,
+                      g->size - 1);
+  size_t *sizes = vmep__calloc((size_t)g->size, sizeof(*sizes));
+  if (!sizes)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "broadcast: no memory for %d sizes", g->size);
+  int is_root = g->rank == root;
+  vmep_status status =
+      exchange(g, is_root ? buf : NULL, is_root ? bytes : 0, buf, bytes, sizes);
+  if (status == VMEP_OK && sizes[root] != bytes)
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "broadcast: root %d sent %zu bytes, rank %d expected "
+                        "%zu",
+                        root, sizes[root], g->rank, bytes);
+  vmep__free(sizes);
+  return status;
+}
+
+vmep_status vmep_group_barrier(vmep_group *g) {
+  if (!g)
+    return bad_call("vmep_group_barrier", "NULL group");
+  if (g->barrier) {
+    vmep_status status = g->barrier(g->user);
+    return status == VMEP_OK ? VMEP_OK : callback_failed("barrier", status);
+  }
+  size_t *sizes = vmep__calloc((size_t)g->size, sizeof(*sizes));
+  if (!sizes)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "barrier: no memory for %d sizes", g->size);
+  vmep_status status = exchange(g, NULL, 0, NULL, 0, sizes);
+  vmep__free(sizes);
+  return status;
+}
