@@ -49,7 +49,7 @@ static const char *const entry_names[FAKE_ENTRY_COUNT] = {
 
 /* ---- fault plans ------------------------------------------------------ */
 
-void fake_fault_hit(void) {
+__attribute__((noinline)) void fake_fault_hit(void) {
   /* Keeps the compiler from dropping calls to an empty function. */
   __asm__ volatile("");
 }
