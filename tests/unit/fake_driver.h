@@ -46,7 +46,8 @@ struct fake_device {
  * Restores a clean machine of `devices` devices (1..FAKE_MAX_DEVICES) with
  * defaults: an H100-like device with VMM, POSIX fd, fabric and RDMA
  * support, 2 MiB granularity, 80 GiB; driver version 13000. Clears every
- * object, counter, fault plan, exemption and record. Does not install.
+ * object, counter, fault plan, exemption and record, and puts dropped
+ * entries back. Does not install, nor touch the host allocator.
  */
 void fake_reset(int devices);
 
@@ -142,7 +143,7 @@ unsigned long fake_calls(enum fake_entry entry);
 /*
  * Fails the nth call (1 = the next one) of `entry` from now with `result`:
  * that call only (persistent 0), or that one and every later one.
- * Replaces the entry's previous plan.
+ * Replaces the entry's previous plan; nth <= 0 disarms it.
  */
 void fake_fail(enum fake_entry entry, int nth, CUresult result, int persistent);
 
@@ -152,7 +153,8 @@ void fake_fail_any(int nth, CUresult result, int persistent);
 /* Whether fake_fail_any skips (does not count or fail) `entry`. */
 void fake_fault_exempt(enum fake_entry entry, int exempt);
 
-/* Disarms every plan; counters and exemptions stay. */
+/* Disarms every plan, the host allocation plan included; counters and
+ * exemptions stay. */
 void fake_faults_clear(void);
 
 /* Driver faults fired since the last fake_reset: in all, and in `entry`. */
@@ -169,7 +171,8 @@ void fake_fault_hit(void);
  * zeroes its counts and plan. fake_uninstall removes it. */
 void fake_alloc_install(void);
 
-/* Fails the nth host allocation from now (transient or persistent). */
+/* Fails the nth host allocation from now (transient or persistent);
+ * nth <= 0 disarms. */
 void fake_alloc_fail(int nth, int persistent);
 
 /* Allocations not yet freed, and allocation faults fired, since

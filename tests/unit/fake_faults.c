@@ -37,6 +37,7 @@ struct fault_plan {
 static unsigned long calls[FAKE_ENTRY_COUNT];
 static struct fault_plan entry_plan[FAKE_ENTRY_COUNT];
 static struct fault_plan any_plan;
+static struct fault_plan alloc_plan; /* host allocations */
 static int exempt[FAKE_ENTRY_COUNT];
 static int fired;
 static int fired_at[FAKE_ENTRY_COUNT];
@@ -56,7 +57,7 @@ __attribute__((noinline)) void fake_fault_hit(void) {
 
 static void arm(struct fault_plan *p, int nth, CUresult result,
                 int persistent) {
-  p->countdown = nth > 0 ? nth : 1;
+  p->countdown = nth > 0 ? nth : 0;
   p->persistent = persistent;
   p->firing = 0;
   p->result = result;
@@ -118,6 +119,7 @@ void fake_fault_exempt(enum fake_entry entry, int is_exempt) {
 void fake_faults_clear(void) {
   memset(entry_plan, 0, sizeof(entry_plan));
   memset(&any_plan, 0, sizeof(any_plan));
+  memset(&alloc_plan, 0, sizeof(alloc_plan));
 }
 
 int fake_faults_fired(void) { return fired; }
@@ -179,7 +181,6 @@ CUresult fake_cuGetErrorName(CUresult error, const char **name) {
 
 /* ---- host allocations ------------------------------------------------- */
 
-static struct fault_plan alloc_plan;
 static long alloc_live;
 static int alloc_fired;
 

@@ -196,6 +196,9 @@ static void test_fault_plans(void) {
   ASSERT_EQ(fake_calls(FAKE_cuDeviceGetCount), 2 * (nth + 3));
   fake_faults_clear();
   EXPECT_CU(drv->cuDeviceGetCount(&count), CUDA_SUCCESS);
+  fake_fail(FAKE_cuDeviceGetCount, 1, CUDA_ERROR_UNKNOWN, 1);
+  fake_fail(FAKE_cuDeviceGetCount, 0, CUDA_ERROR_UNKNOWN, 1); /* disarms */
+  EXPECT_CU(drv->cuDeviceGetCount(&count), CUDA_SUCCESS);
   /* The any-entry plan counts every entry but the exempt ones. */
   int version;
   fake_fault_exempt(FAKE_cuDriverGetVersion, 1);
@@ -234,6 +237,10 @@ static void test_host_allocations(void) {
   void *first = vmep__malloc(8);
   ASSERT_TRUE(first != NULL);
   ASSERT_TRUE(vmep__malloc(8) == NULL && vmep__calloc(2, 8) == NULL);
+  fake_faults_clear(); /* disarms the host plan too */
+  void *second = vmep__malloc(8);
+  ASSERT_TRUE(second != NULL);
+  vmep__free(second);
   vmep__free(first);
   fake_uninstall();
 }

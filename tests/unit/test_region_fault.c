@@ -81,7 +81,6 @@ static struct outcome run_sequence(unsigned flags) {
   if (out.status != VMEP_OK && out.step == 2)
     ASSERT_TRUE(m == NULL);
   fake_faults_clear();
-  fake_alloc_fail(0, 0);
   ASSERT_OK(vmep_mapping_release(m));
   ASSERT_OK(vmep_region_free(r));
   return out;
