@@ -416,7 +416,8 @@ struct vmep_store_gather {
  * fails, and the round completes on all); store failures as
  * vmep__store_wait_get gives them (VMEP_ERR_PEER naming a dead rank,
  * VMEP_ERR_TIMEOUT naming missing keys). Deletes this rank's keys of two
- * rounds before. Not thread-safe per gather.
+ * rounds before. Its keys are "vmep/<round>/rank<r>/part<p>": other users
+ * of the store pick other names. Not thread-safe per gather.
  */
 vmep_status vmep__store_allgatherv(struct vmep_store_gather *gather,
                                    const void *send, size_t bytes, void *recv,
@@ -434,6 +435,23 @@ const char *vmep__group_job_id(const vmep_group *group);
 const char *vmep__group_token(const vmep_group *group);
 /* VMEP_TIMEOUT_MS as read when the group was created. */
 int vmep__group_timeout_ms(const vmep_group *group);
+
+/* ---- TCP with deadlines (store_net.c) ---- */
+
+/* poll() for `events` until deadline_ms: 1 ready, 0 timed out, -1 error
+ * (errno set). */
+int vmep__tcp_wait(int fd, short events, uint64_t deadline_ms);
+/* A connected non-blocking TCP socket to host:port (TCP_NODELAY), trying
+ * each address until deadline_ms; -1 with *err_out an errno value
+ * (EHOSTUNREACH when the name does not resolve). Does not log: callers
+ * retry. */
+int vmep__tcp_dial(const char *host, int port, uint64_t deadline_ms,
+                   int *err_out);
+/* A non-blocking listening socket on host:port (host NULL: every
+ * interface; port 0: any) and the port it got. VMEP_ERR_SYSTEM naming the
+ * address; nothing open on failure. */
+vmep_status vmep__tcp_listen(const char *host, int port, int *fd_out,
+                             int *port_out);
 
 /* ---- deadlines (deadline.c) ---- */
 

@@ -7,9 +7,6 @@
  * its cache instead of applying it twice.
  */
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -32,7 +29,7 @@ struct vmep_store_client {
   int fd;
   char addr[300]; /* for messages */
   char host[256];
-  char port[8];
+  int port;
   char token[VMEP_STORE_TOKEN_MAX + 1];
   int32_t rank;
   int host_rank;
@@ -44,7 +41,7 @@ struct vmep_store_client {
 };
 
 /* What one attempt at a socket operation came to. */
-enum io { IO_OK, IO_LOST, IO_TIMEOUT, IO_BAD };
+enum io { IO_OK, IO_LOST, IO_TIMEOUT, IO_BAD, IO_NOMEM };
 
 static void hang_up(struct vmep_store_client *c) {
   if (c->fd >= 0)
@@ -52,61 +49,10 @@ static void hang_up(struct vmep_store_client *c) {
   c->fd = -1;
 }
 
-/* Waits until fd is ready for `events` or the deadline passes. */
+/* Waits until the socket is ready for `events` or the deadline passes. */
 static enum io wait_fd(int fd, short events, uint64_t deadline) {
-  for (;;) {
-    struct pollfd p = {fd, events, 0};
-    int n = poll(&p, 1, vmep__ms_left(deadline));
-    if (n > 0)
-      return IO_OK;
-    if (n == 0)
-      return IO_TIMEOUT;
-    if (errno != EINTR)
-      return IO_LOST;
-  }
-}
-
-/* A connected non-blocking socket, or -1 with *err set. */
-static int dial(const struct vmep_store_client *c, uint64_t deadline,
-                int *err) {
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  if (getaddrinfo(c->host, c->port, &hints, &res) != 0) {
-    *err = EHOSTUNREACH; /* may resolve later: retried like a refusal */
-    return -1;
-  }
-  int fd = -1;
-  for (const struct addrinfo *a = res; a && fd < 0; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                a->ai_protocol);
-    if (fd < 0) {
-      *err = errno;
-      continue;
-    }
-    int rc = connect(fd, a->ai_addr, a->ai_addrlen), soerr = 0;
-    socklen_t len = sizeof(soerr);
-    if (rc != 0 && errno == EINPROGRESS &&
-        wait_fd(fd, POLLOUT, deadline) == IO_OK &&
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0)
-      rc = soerr ? -1 : 0;
-    *err = rc == 0                ? 0
-           : soerr                ? soerr
-           : errno == EINPROGRESS ? ETIMEDOUT
-                                  : errno;
-    if (rc != 0) {
-      close(fd);
-      fd = -1;
-    }
-  }
-  freeaddrinfo(res);
-  if (fd >= 0) {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  }
-  return fd;
+  int ready = vmep__tcp_wait(fd, events, deadline);
+  return ready > 0 ? IO_OK : ready == 0 ? IO_TIMEOUT : IO_LOST;
 }
 
 static enum io send_all(struct vmep_store_client *c, uint64_t deadline) {
@@ -145,7 +91,7 @@ static enum io recv_reply(struct vmep_store_client *c, unsigned cmd,
     if (need > c->in_cap) {
       unsigned char *grown = vmep__malloc(need);
       if (!grown)
-        return IO_BAD;
+        return IO_NOMEM;
       if (c->in_len)
         memcpy(grown, c->in, c->in_len);
       vmep__free(c->in);
@@ -188,6 +134,15 @@ static vmep_status answer_failure(const struct vmep_store_client *c,
   }
 }
 
+/* A malformed answer, or no memory for one, as this call's failure. */
+static vmep_status io_failure(const struct vmep_store_client *c, enum io io) {
+  if (io == IO_NOMEM)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "store %s: no memory for an answer", c->addr);
+  return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
+                    "store %s sent a malformed answer", c->addr);
+}
+
 /* One try: connect and say HELLO. VMEP_OK; VMEP_ERR_TIMEOUT (not logged,
  * *err set) when it may be retried; any other status is final. */
 static vmep_status try_open(struct vmep_store_client *c, uint64_t deadline,
@@ -197,22 +152,26 @@ static vmep_status try_open(struct vmep_store_client *c, uint64_t deadline,
                                 .session = c->session,
                                 .token = c->token};
   struct vmep_store_reply a;
-  c->fd = dial(c, deadline, err);
+  c->fd = vmep__tcp_dial(c->host, c->port, deadline, err);
   if (c->fd < 0)
     return VMEP_ERR_TIMEOUT;
   vmep__wbuf_reset(&c->out);
   vmep_status status = vmep__store_request_encode(&c->out, &hello, NULL);
-  enum io io = status == VMEP_OK ? send_all(c, deadline) : IO_BAD;
+  if (status != VMEP_OK) {
+    hang_up(c);
+    return status;
+  }
+  enum io io = send_all(c, deadline);
   if (io == IO_OK)
     io = recv_reply(c, VMEP_STORE_HELLO, deadline, &a);
   if (io == IO_OK && a.answer == VMEP_STORE_OK)
     return VMEP_OK;
   hang_up(c);
-  if (status != VMEP_OK)
-    return status;
   if (io == IO_OK)
     return answer_failure(c, &a);
-  *err = io == IO_BAD ? EPROTO : io == IO_TIMEOUT ? ETIMEDOUT : ECONNRESET;
+  if (io == IO_BAD || io == IO_NOMEM)
+    return io_failure(c, io);
+  *err = io == IO_TIMEOUT ? ETIMEDOUT : ECONNRESET;
   return VMEP_ERR_TIMEOUT;
 }
 
@@ -286,9 +245,7 @@ static vmep_status exchange(struct vmep_store_client *c,
       return vmep__fail(VMEP_ERR_TIMEOUT, VMEP_LOG_ERROR,
                         "store %s did not answer within %d ms", c->addr,
                         wait_deadline ? REPLY_SLACK_MS : c->timeout_ms);
-    return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
-                      "store %s sent a malformed answer (or no memory for it)",
-                      c->addr);
+    return io_failure(c, io);
   }
 }
 
@@ -317,7 +274,7 @@ vmep_status vmep__store_client_connect(const char *addr, const char *token,
   c->fd = -1;
   snprintf(c->addr, sizeof(c->addr), "%s", addr);
   snprintf(c->host, sizeof(c->host), "%s", host);
-  snprintf(c->port, sizeof(c->port), "%d", port);
+  c->port = port;
   snprintf(c->token, sizeof(c->token), "%s", token);
   c->rank = rank;
   c->host_rank = host_rank;

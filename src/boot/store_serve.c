@@ -26,7 +26,9 @@ struct session {
 
 struct vmep_store_peer {
   char name[96];
-  struct session *session; /* set by HELLO, cleared by BYE */
+  /* Set by HELLO; cleared by BYE, or when the session's client reconnects
+   * on another connection before this one's close was seen. */
+  struct session *session;
   /* The pending GET or WAIT, if `waiting`. */
   int waiting;
   unsigned wait_cmd;
@@ -102,7 +104,7 @@ const char *vmep__store_peer_name(const struct vmep_store_peer *p) {
 }
 
 int vmep__store_peer_rank(const struct vmep_store_peer *p) {
-  return p->session && p->session->peer == p ? p->session->rank : -1;
+  return p->session ? p->session->rank : -1;
 }
 
 static void forget_dead(struct vmep_store_state *st, int32_t rank) {
@@ -149,7 +151,7 @@ void vmep__store_peer_close(struct vmep_store_state *st,
   if (!p)
     return;
   struct session *s = p->session;
-  if (st && s && s->peer == p) {
+  if (st && s) {
     s->peer = NULL; /* kept: the client may reconnect */
     if (s->rank >= 0) {
       vmep_log_warn("store: rank %d (%s) closed its connection without "
@@ -192,6 +194,30 @@ static int rank_taken(const struct vmep_store_state *st, int32_t rank,
   return 0;
 }
 
+/* A new session; at the limit, the oldest one without a connection (a
+ * client that died or went away) makes room. NULL when none can. */
+static struct session *new_session(struct vmep_store_state *st, uint64_t id,
+                                   int32_t rank) {
+  if (st->nsessions >= MAX_SESSIONS) {
+    struct session *oldest = NULL;
+    for (struct session *s = st->sessions; s; s = s->next)
+      if (!s->peer)
+        oldest = s; /* the list runs from newest to oldest */
+    if (!oldest)
+      return NULL;
+    unlink_session(st, oldest);
+  }
+  struct session *s = vmep__calloc(1, sizeof(*s));
+  if (!s)
+    return NULL;
+  s->id = id;
+  s->rank = rank;
+  s->next = st->sessions;
+  st->sessions = s;
+  st->nsessions++;
+  return s;
+}
+
 static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
                  const struct vmep_store_request *q,
                  struct vmep_store_wbuf *out) {
@@ -215,17 +241,11 @@ static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
              (int)q->rank);
     return reject(p, out, why);
   }
-  if (!s) {
-    s = st->nsessions < MAX_SESSIONS ? vmep__calloc(1, sizeof(*s)) : NULL;
-    if (!s)
-      return reject(p, out, "no room for another session");
-    s->id = q->session;
-    s->rank = q->rank;
-    s->next = st->sessions;
-    st->sessions = s;
-    st->nsessions++;
-  }
-  s->peer = p; /* a reconnect replaces the old connection */
+  if (!s && !(s = new_session(st, q->session, q->rank)))
+    return reject(p, out, "no room for another session");
+  if (s->peer)
+    s->peer->session = NULL; /* a reconnect replaces the old connection */
+  s->peer = p;
   p->session = s;
   if (q->rank >= 0)
     forget_dead(st, q->rank);
@@ -300,7 +320,7 @@ static void mutate_once(struct vmep_store_state *st, struct session *s,
   size_t start = out->len;
   mutate(st, q, out);
   size_t n = out->len - start;
-  if (!out->failed && n <= CACHED_REPLY_MAX && out->data[start + 4] == 0) {
+  if (n > 4 && n <= CACHED_REPLY_MAX && out->data[start + 4] == VMEP_STORE_OK) {
     memcpy(s->last_reply, out->data + start, n);
     s->last_reply_len = n;
     s->last_seq = q->seq;
@@ -460,10 +480,11 @@ int vmep__store_peer_request(struct vmep_store_state *st,
     return hello(st, p, q, out);
   if (!p->session)
     return reject(p, out, "request before HELLO");
+  if (p->waiting) /* the server reads nothing while a wait blocks */
+    return reject(p, out, "request while a wait is pending");
   switch (q->cmd) {
   case VMEP_STORE_BYE:
-    if (p->session->peer == p)
-      unlink_session(st, p->session);
+    unlink_session(st, p->session);
     p->session = NULL;
     reply_ok(out);
     return VMEP_STORE_PEER_CLOSE;

@@ -39,10 +39,9 @@ struct vmep_store_server {
   int listen_fd, wake_fd, port;
   pthread_t thread;
   struct vmep_store_state *state;
-  struct conn **conns;
-  size_t nconns, conns_cap;
-  struct pollfd *pfds;
-  size_t pfds_cap;
+  struct conn **conns; /* [MAX_CONNS] */
+  size_t nconns;
+  struct pollfd *pfds;  /* [MAX_CONNS + 2] */
   pthread_mutex_t lock; /* guards rank_conns and keys */
   pthread_cond_t changed;
   int rank_conns; /* connections of ranks that have not said BYE */
@@ -51,6 +50,13 @@ struct vmep_store_server {
 };
 
 static void conn_close(struct vmep_store_server *s, struct conn *c) {
+  /* Unread input would make close() reset the connection, and the reset
+   * can destroy the answer before the client reads it: discard what has
+   * arrived (bounded). */
+  char sink[4096];
+  for (int i = 0; c->closing && i < 256; i++)
+    if (recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT) <= 0)
+      break;
   vmep__store_peer_close(s->state, c->peer);
   close(c->fd);
   c->fd = -1;
@@ -89,6 +95,17 @@ static int conn_ready(const struct conn *c) {
   return c->fd >= 0 && !c->pending && !c->closing && c->out_off == c->out.len;
 }
 
+/* Every request gets an answer, unless it waits: when there was no memory
+ * to queue one, the connection closes (the client reconnects and resends)
+ * instead of leaving the client waiting. */
+static int answered(const struct conn *c, int next, size_t queued_before) {
+  if (next == VMEP_STORE_PEER_PENDING || c->out.len > queued_before)
+    return next;
+  vmep_log_warn("store: no memory for an answer to %s; closing it",
+                vmep__store_peer_name(c->peer));
+  return VMEP_STORE_PEER_CLOSE;
+}
+
 /* Handles the complete frames buffered, one at a time, while the client
  * is not blocked in a wait and its answers are not backed up. */
 static void conn_process(struct vmep_store_server *s, struct conn *c) {
@@ -104,7 +121,9 @@ static void conn_process(struct vmep_store_server *s, struct conn *c) {
       vmep__store_reply_error(&c->out, VMEP_STORE_REJECTED, -1, "%s", error);
       c->closing = 1;
     } else {
+      size_t queued = c->out.len;
       int next = vmep__store_peer_request(s->state, c->peer, &q, &c->out);
+      next = answered(c, next, queued);
       c->in_len -= (size_t)n;
       memmove(c->in, c->in + n, c->in_len);
       if (c->in_len == 0 && c->in_cap > IN_BUF_MIN) {
@@ -191,8 +210,10 @@ static void accept_clients(struct vmep_store_server *s) {
     int fd = accept4(s->listen_fd, (struct sockaddr *)&addr, &addr_len,
                      SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         vmep_log_warn("store: accept failed: %s", strerror(errno));
+        usleep(10000); /* out of fds: do not spin on the listener */
+      }
       return;
     }
     char host[INET6_ADDRSTRLEN] = "?", port[8] = "?", name[64];
@@ -202,18 +223,7 @@ static void accept_clients(struct vmep_store_server *s) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct conn *c = NULL;
-    if (s->nconns == s->conns_cap && s->conns_cap < MAX_CONNS) {
-      size_t cap = s->conns_cap ? s->conns_cap * 2 : 16;
-      struct conn **grown = vmep__malloc(cap * sizeof(*grown));
-      if (grown) {
-        if (s->nconns)
-          memcpy(grown, s->conns, s->nconns * sizeof(*grown));
-        vmep__free(s->conns);
-        s->conns = grown;
-        s->conns_cap = cap;
-      }
-    }
-    if (s->nconns < s->conns_cap)
+    if (s->nconns < MAX_CONNS)
       c = vmep__calloc(1, sizeof(*c));
     if (c)
       c->peer = vmep__store_peer_open(s->state, name);
@@ -236,9 +246,12 @@ static uint64_t poll_waits(struct vmep_store_server *s) {
     struct conn *c = s->conns[i];
     if (c->fd < 0 || !c->pending)
       continue;
-    if (vmep__store_peer_poll(s->state, c->peer, now, &c->out, &next) ==
-        VMEP_STORE_PEER_IDLE) {
+    size_t queued = c->out.len;
+    int after = vmep__store_peer_poll(s->state, c->peer, now, &c->out, &next);
+    after = answered(c, after, queued);
+    if (after != VMEP_STORE_PEER_PENDING) {
       c->pending = 0;
+      c->closing = after == VMEP_STORE_PEER_CLOSE;
       conn_flush(s, c);
       conn_process(s, c);
     }
@@ -272,16 +285,7 @@ static void sweep(struct vmep_store_server *s) {
 }
 
 /* The poll set: wake fd, listening socket, then every connection. */
-static int build_pollset(struct vmep_store_server *s) {
-  if (s->pfds_cap < s->nconns + 2) {
-    size_t cap = s->conns_cap + 2;
-    struct pollfd *grown = vmep__malloc(cap * sizeof(*grown));
-    if (!grown)
-      return 0;
-    vmep__free(s->pfds);
-    s->pfds = grown;
-    s->pfds_cap = cap;
-  }
+static void build_pollset(struct vmep_store_server *s) {
   s->pfds[0] = (struct pollfd){s->wake_fd, POLLIN, 0};
   s->pfds[1] = (struct pollfd){s->listen_fd, POLLIN, 0};
   for (size_t i = 0; i < s->nconns; i++) {
@@ -293,7 +297,6 @@ static int build_pollset(struct vmep_store_server *s) {
       events |= POLLOUT;
     s->pfds[i + 2] = (struct pollfd){c->fd, events, 0};
   }
-  return 1;
 }
 
 static void *serve(void *arg) {
@@ -302,11 +305,7 @@ static void *serve(void *arg) {
     uint64_t next = poll_waits(s);
     sweep(s);
     size_t watched = s->nconns;
-    if (!build_pollset(s)) {
-      vmep_log_warn("store: no memory for the poll set; retrying");
-      usleep(10000);
-      continue;
-    }
+    build_pollset(s);
     int timeout = next == UINT64_MAX ? -1 : vmep__ms_left(next);
     if (poll(s->pfds, watched + 2, timeout) < 0) {
       if (errno != EINTR)
@@ -325,51 +324,6 @@ static void *serve(void *arg) {
         conn_events(s, s->conns[i], s->pfds[i + 2].revents);
   }
   return NULL;
-}
-
-/* A listening socket on host:port (host NULL: every interface). */
-static vmep_status listen_on(const char *host, int port, int *fd_out) {
-  struct addrinfo hints, *res = NULL;
-  char service[16];
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  snprintf(service, sizeof(service), "%d", port);
-  int rc = getaddrinfo(host, service, &hints, &res);
-  if (rc != 0)
-    return vmep__fail(VMEP_ERR_SYSTEM, VMEP_LOG_ERROR,
-                      "store: cannot resolve %s for listening: %s",
-                      host ? host : "*", gai_strerror(rc));
-  int err = 0;
-  for (const struct addrinfo *a = res; a; a = a->ai_next) {
-    int one = 1;
-    int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    a->ai_protocol);
-    if (fd >= 0 &&
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
-        bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0) {
-      freeaddrinfo(res);
-      *fd_out = fd;
-      return VMEP_OK;
-    }
-    err = errno;
-    if (fd >= 0)
-      close(fd);
-  }
-  freeaddrinfo(res);
-  return vmep__fail_errno(err, "store: listen on %s:%d", host ? host : "*",
-                          port);
-}
-
-static int bound_port(int fd) {
-  struct sockaddr_storage addr;
-  socklen_t len = sizeof(addr);
-  if (getsockname(fd, (struct sockaddr *)&addr, &len) != 0)
-    return -1;
-  if (addr.ss_family == AF_INET6)
-    return ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
-  return ntohs(((struct sockaddr_in *)&addr)->sin_port);
 }
 
 /* The sync objects and the thread, with every signal blocked in it (the
@@ -407,17 +361,22 @@ vmep_status vmep__store_server_start(const char *host, int port,
                       port, token ? "set" : "NULL",
                       server_out ? "set" : "NULL");
   struct vmep_store_server *s = vmep__calloc(1, sizeof(*s));
-  if (!s)
-    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                      "store: no memory for the server");
-  s->listen_fd = s->wake_fd = -1;
-  vmep_status status = vmep__store_state_create(token, &s->state);
+  if (s) {
+    s->conns = vmep__calloc(MAX_CONNS, sizeof(*s->conns));
+    s->pfds = vmep__calloc(MAX_CONNS + 2, sizeof(*s->pfds));
+  }
+  vmep_status status = VMEP_OK;
+  if (!s || !s->conns || !s->pfds) {
+    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                        "store: no memory for the server");
+    goto err_free;
+  }
+  status = vmep__store_state_create(token, &s->state);
   if (status != VMEP_OK)
     goto err_free;
-  status = listen_on(host, port, &s->listen_fd);
+  status = vmep__tcp_listen(host, port, &s->listen_fd, &s->port);
   if (status != VMEP_OK)
     goto err_state;
-  s->port = bound_port(s->listen_fd);
   s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (s->wake_fd < 0) {
     status = vmep__fail_errno(errno, "store: eventfd");
@@ -436,6 +395,10 @@ err_listen:
 err_state:
   vmep__store_state_destroy(s->state);
 err_free:
+  if (s) {
+    vmep__free(s->pfds);
+    vmep__free(s->conns);
+  }
   vmep__free(s);
   return status;
 }
