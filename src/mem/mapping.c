@@ -149,29 +149,34 @@ vmep_status vmep_mapping_release(vmep_mapping *m) {
     vmep__free(m);
     return status;
   }
-  status = vmep__ctx_push(drv, m->ctx, m->device);
-  if (status == VMEP_OK) {
+  vmep_status pushed = vmep__ctx_push(drv, m->ctx, m->device);
+  status = pushed;
+  if (pushed == VMEP_OK)
     status =
         vmep__cu_check(drv->cuCtxSynchronize(), VMEP_LOG_ERROR, NULL,
                        "cuCtxSynchronize(device %d) before unmap", m->device);
-    if (m->strategy == VMEP_MEM_LEGACY) {
-      vmep_status closed =
+  vmep_status undone = VMEP_OK;
+  if (m->strategy == VMEP_MEM_LEGACY) {
+    /* cuIpcCloseMemHandle needs the context current (driver 580): without
+     * it the handle stays open until the process exits. */
+    if (pushed == VMEP_OK)
+      undone =
           vmep__cu_check(drv->cuIpcCloseMemHandle(m->ptr), VMEP_LOG_ERROR, NULL,
                          "cuIpcCloseMemHandle(device %d)", m->device);
-      if (status == VMEP_OK)
-        status = closed;
-    }
-    vmep__ctx_pop(drv);
-  }
-  if (m->strategy != VMEP_MEM_LEGACY) {
-    /* VMM calls need no current context: undone even if the push failed. */
-    vmep_status undone = vmep__vmm_unmap(drv, m->ptr, m->size, m->owns_va);
+  } else {
+    /* The VMM calls need no current context: undone even if the push
+     * failed. */
+    undone = vmep__vmm_unmap(drv, m->ptr, m->size, m->owns_va);
     vmep_status released =
         vmep__cu_check(drv->cuMemRelease(m->handle), VMEP_LOG_ERROR, NULL,
                        "cuMemRelease(imported, device %d)", m->device);
-    if (status == VMEP_OK)
-      status = undone != VMEP_OK ? undone : released;
+    if (undone == VMEP_OK)
+      undone = released;
   }
+  if (status == VMEP_OK)
+    status = undone;
+  if (pushed == VMEP_OK)
+    vmep__ctx_pop(drv);
   vmep__ctx_release(drv, m->dev);
   vmep__free(m);
   return status;

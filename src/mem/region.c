@@ -202,30 +202,31 @@ vmep_status vmep_region_free(vmep_region *r) {
     vmep__free(r);
     return status;
   }
-  status = vmep__ctx_push(drv, r->ctx, r->device);
-  if (status == VMEP_OK) {
+  vmep_status pushed = vmep__ctx_push(drv, r->ctx, r->device);
+  status = pushed;
+  if (pushed == VMEP_OK)
     /* A kernel may still be writing the memory: let it finish first. */
     status =
         vmep__cu_check(drv->cuCtxSynchronize(), VMEP_LOG_ERROR, NULL,
                        "cuCtxSynchronize(device %d) before free", r->device);
-    if (r->strategy == VMEP_MEM_LEGACY) {
-      vmep_status freed =
-          vmep__cu_check(drv->cuMemFree(r->ptr), VMEP_LOG_ERROR, NULL,
-                         "cuMemFree(%zu B, device %d)", r->size, r->device);
-      if (status == VMEP_OK)
-        status = freed;
-    }
-    vmep__ctx_pop(drv);
-  }
-  if (r->strategy != VMEP_MEM_LEGACY) {
-    /* VMM calls need no current context: undone even if the push failed. */
-    vmep_status freed = vmep__vmm_unmap(drv, r->ptr, r->size, 1);
+  /* cuMemFree and the VMM calls need no current context (driver 580): the
+   * memory is released even if the push failed. */
+  vmep_status freed;
+  if (r->strategy == VMEP_MEM_LEGACY) {
+    freed = vmep__cu_check(drv->cuMemFree(r->ptr), VMEP_LOG_ERROR, NULL,
+                           "cuMemFree(%zu B, device %d)", r->size, r->device);
+  } else {
+    freed = vmep__vmm_unmap(drv, r->ptr, r->size, 1);
     vmep_status released =
         vmep__cu_check(drv->cuMemRelease(r->handle), VMEP_LOG_ERROR, NULL,
                        "cuMemRelease(%zu B, device %d)", r->size, r->device);
-    if (status == VMEP_OK)
-      status = freed != VMEP_OK ? freed : released;
+    if (freed == VMEP_OK)
+      freed = released;
   }
+  if (status == VMEP_OK)
+    status = freed;
+  if (pushed == VMEP_OK)
+    vmep__ctx_pop(drv);
   vmep__ctx_release(drv, r->dev);
   vmep__free(r);
   return status;

@@ -386,8 +386,7 @@ CUresult fake_cuMemFree(CUdeviceptr dptr) {
   CUresult rc = fake__enter(FAKE_cuMemFree);
   if (rc != CUDA_SUCCESS)
     return rc;
-  if (fake__current_device() < 0)
-    return CUDA_ERROR_INVALID_CONTEXT;
+  /* Unlike cuMemAlloc, it needs no current context (driver 580). */
   struct fake_object *o = fake__at(&fake__m.blocks, dptr);
   if (!o)
     return CUDA_ERROR_INVALID_VALUE;

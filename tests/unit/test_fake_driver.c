@@ -160,8 +160,9 @@ static void test_contexts_and_legacy(void) {
                       "1 allocs, 1 ipc_opened, 1 ctx_retains, 1 ctx_pushes");
   EXPECT_CU(drv->cuIpcCloseMemHandle(ptr), CUDA_ERROR_INVALID_VALUE);
   EXPECT_CU(drv->cuIpcCloseMemHandle(opened), CUDA_SUCCESS);
-  EXPECT_CU(drv->cuMemFree(ptr), CUDA_SUCCESS);
   EXPECT_CU(drv->cuCtxPopCurrent(NULL), CUDA_SUCCESS);
+  EXPECT_CU(drv->cuIpcGetMemHandle(&ipc, ptr), CUDA_ERROR_INVALID_CONTEXT);
+  EXPECT_CU(drv->cuMemFree(ptr), CUDA_SUCCESS); /* needs no context */
   EXPECT_CU(drv->cuDevicePrimaryCtxRelease(dev), CUDA_SUCCESS);
   ASSERT_TRUE(fake_leaks() == NULL);
   const enum fake_entry order[] = {FAKE_cuIpcCloseMemHandle, FAKE_cuMemFree};

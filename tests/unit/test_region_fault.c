@@ -62,13 +62,14 @@ static struct outcome run_sequence(unsigned flags) {
     out.status = vmep_region_export(r, &d);
   if (out.status == VMEP_OK && ++out.step)
     out.status = vmep_region_import(0, &d, &m);
-  /* cuMemFree and cuIpcCloseMemHandle need the context current: a LEGACY
-   * object whose context cannot be pushed cannot be released at all. VMM
-   * objects are released without it. */
-  if (vmep_region_strategy(r) == VMEP_MEM_LEGACY)
-    fake_fault_exempt(FAKE_cuCtxPushCurrent, 1);
+  /* cuIpcCloseMemHandle needs the context current: an opened LEGACY
+   * handle whose context cannot be pushed cannot be closed at all (the
+   * VMM calls and cuMemFree need none). */
   if (out.status == VMEP_OK && ++out.step) {
+    int legacy = vmep_region_strategy(r) == VMEP_MEM_LEGACY;
+    fake_fault_exempt(FAKE_cuCtxPushCurrent, legacy);
     out.status = vmep_mapping_release(m);
+    fake_fault_exempt(FAKE_cuCtxPushCurrent, 0);
     m = NULL;
   }
   if (out.status == VMEP_OK && ++out.step) {
