@@ -21,6 +21,7 @@ enum fake_entry {
 };
 
 #define FAKE_MAX_DEVICES 8
+#define FAKE_MIB ((size_t)1 << 20)
 
 /* A simulated device. fake_reset fills the defaults; a test edits them
  * through fake_device() and then calls fake_install(). */

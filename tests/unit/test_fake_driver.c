@@ -10,7 +10,7 @@
 #include "fake_driver.h"
 #include "test.h"
 
-#define MiB ((size_t)1 << 20)
+#define FAKE_MIB ((size_t)1 << 20)
 #define EXPECT_CU(call, expected) ASSERT_EQ((call), (expected))
 
 static const struct vmep_driver *drv;
@@ -25,7 +25,7 @@ static CUmemAllocationProp prop_for(int device, unsigned types) {
   return prop;
 }
 
-static size_t granules(void) { return (1 + test_rand() % 8) * 2 * MiB; }
+static size_t granules(void) { return (1 + test_rand() % 8) * 2 * FAKE_MIB; }
 
 static void test_vmm_checks(void) {
   fake_reset(2);
@@ -45,7 +45,7 @@ static void test_vmm_checks(void) {
   CUdeviceptr va = 0, other = 0;
   EXPECT_CU(drv->cuMemAddressReserve(&va, size + 4096, 0, 0, 0),
             CUDA_ERROR_INVALID_VALUE);
-  EXPECT_CU(drv->cuMemAddressReserve(&va, size, 3 * MiB, 0, 0),
+  EXPECT_CU(drv->cuMemAddressReserve(&va, size, 3 * FAKE_MIB, 0, 0),
             CUDA_ERROR_INVALID_VALUE);
   EXPECT_CU(drv->cuMemAddressReserve(&va, 2 * size, 0, 0, 0), CUDA_SUCCESS);
   EXPECT_CU(drv->cuMemAddressReserve(&other, size, 0, 0, 0), CUDA_SUCCESS);
@@ -135,7 +135,8 @@ static void test_contexts_and_legacy(void) {
   CUdevice dev;
   CUcontext ctx;
   CUdeviceptr ptr, opened;
-  size_t bytes = 1 + test_rand() % (64 * MiB), free_before, free_after, total;
+  size_t bytes = 1 + test_rand() % (64 * FAKE_MIB), free_before, free_after,
+         total;
   EXPECT_CU(drv->cuDeviceGet(&dev, 2), CUDA_ERROR_INVALID_DEVICE);
   EXPECT_CU(drv->cuDeviceGet(&dev, 1), CUDA_SUCCESS);
   EXPECT_CU(drv->cuMemAlloc(&ptr, bytes), CUDA_ERROR_INVALID_CONTEXT);

@@ -9,8 +9,6 @@
 #include "fake_driver.h"
 #include "test.h"
 
-#define MiB ((size_t)1 << 20)
-
 static unsigned long all_calls(void) {
   unsigned long n = 0;
   for (int e = 0; e < FAKE_ENTRY_COUNT; e++)
@@ -45,7 +43,7 @@ static void test_two_devices(void) {
   d1->cc_minor = 9;
   d1->fabric_attr = 0;
   d1->rdma_with_vmm = 0;
-  d1->granularity = 4 * MiB;
+  d1->granularity = 4 * FAKE_MIB;
   d1->total_bytes = ((size_t)40 + test_rand() % 8) << 30;
   fake_install();
   int fds = fake_open_fds();
@@ -61,11 +59,11 @@ static void test_two_devices(void) {
   ASSERT_EQ(c1.total_bytes, d1->total_bytes);
   ASSERT_EQ(c0.vmm + c0.posix_fd + c0.fabric_attr + c0.fabric, 4);
   ASSERT_EQ(c0.rdma_with_vmm + c0.legacy_ipc, 2);
-  ASSERT_EQ(c0.granularity, 2 * MiB);
+  ASSERT_EQ(c0.granularity, 2 * FAKE_MIB);
   ASSERT_EQ(c0.best, VMEP_MEM_FABRIC);
   ASSERT_EQ(c1.fabric_attr + c1.fabric + c1.rdma_with_vmm, 0);
   ASSERT_EQ(c1.posix_fd, 1);
-  ASSERT_EQ(c1.granularity, 4 * MiB);
+  ASSERT_EQ(c1.granularity, 4 * FAKE_MIB);
   ASSERT_EQ(c1.best, VMEP_MEM_POSIX_FD);
   ASSERT_STR_CONTAINS(c1.reason[VMEP_MEM_FABRIC], "fabric handles not");
   check_reasons(&c0);
@@ -143,7 +141,7 @@ static void test_every_reason(void) {
   check_reasons(&caps);
   ASSERT_NO_LEAKS(); /* the trial's cuMemAlloc was freed */
   vmep_region *r = NULL;
-  ASSERT_STATUS(vmep_region_alloc(0, 1 + test_rand() % MiB, 0, &r),
+  ASSERT_STATUS(vmep_region_alloc(0, 1 + test_rand() % FAKE_MIB, 0, &r),
                 VMEP_ERR_UNSUPPORTED);
   for (int s = VMEP_MEM_FABRIC; s < VMEP_MEM_STRATEGY_COUNT; s++)
     ASSERT_STR_CONTAINS(vmep_last_error(), caps.reason[s]);

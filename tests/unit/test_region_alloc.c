@@ -8,9 +8,7 @@
 #include "fake_driver.h"
 #include "test.h"
 
-#define MiB ((size_t)1 << 20)
-
-static size_t random_bytes(void) { return 1 + test_rand() % (64 * MiB); }
+static size_t random_bytes(void) { return 1 + test_rand() % (64 * FAKE_MIB); }
 
 static vmep_region *alloc_ok(int device, size_t bytes, unsigned flags) {
   vmep_region *r = NULL;
@@ -85,8 +83,8 @@ static void test_posix_not_supported(void) {
   ASSERT_EQ(vmep_region_strategy(r), VMEP_MEM_LEGACY);
   ASSERT_STR_CONTAINS(vmep_region_reason(r), "fabric: ");
   ASSERT_STR_CONTAINS(vmep_region_reason(r), "posix_fd: ");
-  ASSERT_EQ(vmep_region_size(r) % (2 * MiB), 0);
-  ASSERT_TRUE(vmep_region_size(r) - bytes < 2 * MiB);
+  ASSERT_EQ(vmep_region_size(r) % (2 * FAKE_MIB), 0);
+  ASSERT_TRUE(vmep_region_size(r) - bytes < 2 * FAKE_MIB);
   ASSERT_EQ(fake_live().allocs, 1);
   free_ok(r);
 
@@ -103,15 +101,16 @@ static void test_posix_not_supported(void) {
 
 static void test_out_of_memory(void) {
   fake_setup(1);
-  fake_device(0)->total_bytes = 16 * MiB;
+  fake_device(0)->total_bytes = 16 * FAKE_MIB;
   fake_install();
   vmep_mem_caps caps;
   ASSERT_OK(vmep_mem_probe(0, &caps));
   unsigned long creates = fake_calls(FAKE_cuMemCreate);
   unsigned long mallocs = fake_calls(FAKE_cuMemAlloc);
   vmep_region *r = (vmep_region *)&caps;
-  ASSERT_STATUS(vmep_region_alloc(0, 16 * MiB + 1 + test_rand() % MiB, 0, &r),
-                VMEP_ERR_OUT_OF_MEMORY);
+  ASSERT_STATUS(
+      vmep_region_alloc(0, 16 * FAKE_MIB + 1 + test_rand() % FAKE_MIB, 0, &r),
+      VMEP_ERR_OUT_OF_MEMORY);
   ASSERT_STR_CONTAINS(vmep_last_error(), "cuMemCreate(fabric");
   ASSERT_STR_CONTAINS(vmep_last_error(), "CUDA_ERROR_OUT_OF_MEMORY");
   if (strstr(vmep_last_error(), "IMEX"))
@@ -190,14 +189,14 @@ static void test_flags(void) {
 }
 
 static void test_sizes(void) {
-  static const size_t granularities[] = {64 << 10, 2 * MiB, 4 * MiB};
+  static const size_t granularities[] = {64 << 10, 2 * FAKE_MIB, 4 * FAKE_MIB};
   for (int s = VMEP_MEM_FABRIC; s < VMEP_MEM_STRATEGY_COUNT; s++) {
     fake_setup(1);
     size_t g = granularities[test_rand() % 3];
     fake_device(0)->granularity = g;
     fake_install();
     for (int i = 0; i < 20; i++) {
-      size_t bytes = 1 + test_rand() % (i < 10 ? 4 * g : 256 * MiB);
+      size_t bytes = 1 + test_rand() % (i < 10 ? 4 * g : 256 * FAKE_MIB);
       vmep_region *r = alloc_ok(0, bytes, 1u << s);
       ASSERT_EQ(vmep_region_size(r) % g, 0);
       ASSERT_TRUE(vmep_region_size(r) - bytes < g);
