@@ -14,17 +14,21 @@
 
 /* ---- reading ---------------------------------------------------------- */
 
-/* A cursor over one frame body; `bad` is set by any read past its end. */
+#define KEY_OVER "key over the limit"
+#define VALUE_OVER "value over the limit"
+
+/* A cursor over one frame body; `bad` names the first problem met (a
+ * read past the end, a field over its limit), NULL while there is none. */
 struct reader {
   const unsigned char *p;
   size_t left;
-  int bad;
+  const char *bad;
 };
 
 static uint64_t read_le(struct reader *r, size_t bytes) {
   uint64_t v = 0;
   if (r->bad || r->left < bytes) {
-    r->bad = 1;
+    r->bad = r->bad ? r->bad : "a field runs past the end of the frame";
     return 0;
   }
   for (size_t i = 0; i < bytes; i++)
@@ -34,14 +38,18 @@ static uint64_t read_le(struct reader *r, size_t bytes) {
   return v;
 }
 
-/* A (u32 length, bytes) field of at most `max` bytes. */
-static struct vmep_store_bytes read_bytes(struct reader *r, size_t max) {
+/* A (u32 length, bytes) field of at most `max` bytes; `over` says what
+ * is wrong when it is longer. */
+static struct vmep_store_bytes read_bytes(struct reader *r, size_t max,
+                                          const char *over) {
   struct vmep_store_bytes b = {NULL, 0};
   uint32_t n = (uint32_t)read_le(r, 4);
-  if (r->bad || n > max || n > r->left) {
-    r->bad = 1;
+  if (!r->bad && n > max)
+    r->bad = over;
+  if (!r->bad && n > r->left)
+    r->bad = "a field runs past the end of the frame";
+  if (r->bad)
     return b;
-  }
   b.data = r->p;
   b.len = n;
   r->p += n;
@@ -52,7 +60,8 @@ static struct vmep_store_bytes read_bytes(struct reader *r, size_t max) {
 /* `count` entries of at most `max` bytes each (VMEP_STORE_ABSENT allowed
  * when `absent_ok`); returns the range they cover. */
 static struct vmep_store_bytes read_list(struct reader *r, uint32_t count,
-                                         size_t max, int absent_ok) {
+                                         size_t max, int absent_ok,
+                                         const char *over) {
   struct vmep_store_bytes list = {r->p, 0};
   size_t start = r->left;
   for (uint32_t i = 0; i < count && !r->bad; i++) {
@@ -60,7 +69,7 @@ static struct vmep_store_bytes read_list(struct reader *r, uint32_t count,
     if (absent_ok && read_le(&peek, 4) == VMEP_STORE_ABSENT && !peek.bad)
       *r = peek;
     else
-      read_bytes(r, max);
+      read_bytes(r, max, over);
   }
   list.len = start - r->left;
   return list;
@@ -84,7 +93,7 @@ static long frame_envelope(const unsigned char *buf, size_t len,
     return 0;
   body->p = buf + 4;
   body->left = n;
-  body->bad = 0;
+  body->bad = NULL;
   return (long)n + 4;
 }
 
@@ -95,36 +104,37 @@ static void parse_request_fields(struct reader *r,
     q->version = (uint32_t)read_le(r, 4);
     q->rank = (int32_t)(uint32_t)read_le(r, 4);
     q->session = read_le(r, 8);
-    q->token = read_bytes(r, VMEP_STORE_TOKEN_MAX);
-    if (q->rank < -1)
-      r->bad = 1;
+    q->token = read_bytes(r, VMEP_STORE_TOKEN_MAX, "job token over the limit");
+    if (q->rank < -1 && !r->bad)
+      r->bad = "rank below -1";
     break;
   case VMEP_STORE_SET:
-    q->key = read_bytes(r, VMEP_STORE_KEY_MAX);
-    q->value = read_bytes(r, VMEP_STORE_VALUE_MAX);
+    q->key = read_bytes(r, VMEP_STORE_KEY_MAX, KEY_OVER);
+    q->value = read_bytes(r, VMEP_STORE_VALUE_MAX, VALUE_OVER);
     break;
   case VMEP_STORE_GET:
   case VMEP_STORE_WAIT:
     q->timeout_ms = (int32_t)(uint32_t)read_le(r, 4);
     q->nkeys = (uint32_t)read_le(r, 4);
-    if (q->nkeys == 0 || q->timeout_ms < -1)
-      r->bad = 1;
-    q->keys = read_list(r, q->nkeys, VMEP_STORE_KEY_MAX, 0);
+    if ((q->nkeys == 0 || q->timeout_ms < -1) && !r->bad)
+      r->bad = q->nkeys ? "timeout below -1" : "a wait for no keys";
+    q->keys = read_list(r, q->nkeys, VMEP_STORE_KEY_MAX, 0, KEY_OVER);
     break;
   case VMEP_STORE_ADD:
-    q->key = read_bytes(r, VMEP_STORE_KEY_MAX);
+    q->key = read_bytes(r, VMEP_STORE_KEY_MAX, KEY_OVER);
     q->delta = (int64_t)read_le(r, 8);
     break;
   case VMEP_STORE_CAS:
-    q->key = read_bytes(r, VMEP_STORE_KEY_MAX);
+    q->key = read_bytes(r, VMEP_STORE_KEY_MAX, KEY_OVER);
     q->expect_present = (int)read_le(r, 1);
-    q->expected = read_bytes(r, VMEP_STORE_VALUE_MAX);
-    q->value = read_bytes(r, VMEP_STORE_VALUE_MAX);
-    if (q->expect_present > 1 || (!q->expect_present && q->expected.len))
-      r->bad = 1;
+    q->expected = read_bytes(r, VMEP_STORE_VALUE_MAX, VALUE_OVER);
+    q->value = read_bytes(r, VMEP_STORE_VALUE_MAX, VALUE_OVER);
+    if ((q->expect_present > 1 || (!q->expect_present && q->expected.len)) &&
+        !r->bad)
+      r->bad = "CAS expectation neither present nor absent";
     break;
   case VMEP_STORE_DELETE:
-    q->key = read_bytes(r, VMEP_STORE_KEY_MAX);
+    q->key = read_bytes(r, VMEP_STORE_KEY_MAX, KEY_OVER);
     break;
   default: /* BYE has no fields */
     break;
@@ -148,7 +158,7 @@ long vmep__store_request_parse(const void *buf, size_t len,
   }
   parse_request_fields(&r, &q);
   if (r.bad || r.left) {
-    *error_out = r.bad ? "malformed request" : "trailing bytes in request";
+    *error_out = r.bad ? r.bad : "trailing bytes in request";
     return -1;
   }
   *req_out = q;
@@ -159,13 +169,14 @@ static void parse_reply_fields(struct reader *r, unsigned cmd,
                                struct vmep_store_reply *a) {
   if (a->answer != VMEP_STORE_OK) {
     a->rank = (int32_t)(uint32_t)read_le(r, 4);
-    a->message = read_bytes(r, VMEP_STORE_MESSAGE_MAX);
+    a->message =
+        read_bytes(r, VMEP_STORE_MESSAGE_MAX, "message over the limit");
     return;
   }
   switch (cmd) {
   case VMEP_STORE_GET:
     a->count = (uint32_t)read_le(r, 4);
-    a->values = read_list(r, a->count, VMEP_STORE_VALUE_MAX, 1);
+    a->values = read_list(r, a->count, VMEP_STORE_VALUE_MAX, 1, VALUE_OVER);
     break;
   case VMEP_STORE_WAIT:
     a->count = (uint32_t)read_le(r, 4);
@@ -176,8 +187,8 @@ static void parse_reply_fields(struct reader *r, unsigned cmd,
   case VMEP_STORE_CAS:
   case VMEP_STORE_DELETE:
     a->number = (int64_t)read_le(r, 1);
-    if (a->number > 1)
-      r->bad = 1;
+    if (a->number > 1 && !r->bad)
+      r->bad = "a flag neither 0 nor 1";
     break;
   default: /* HELLO, BYE and SET answer OK alone */
     break;
@@ -201,7 +212,7 @@ long vmep__store_reply_parse(const void *buf, size_t len, unsigned cmd,
   }
   parse_reply_fields(&r, cmd, &a);
   if (r.bad || r.left) {
-    *error_out = r.bad ? "malformed reply" : "trailing bytes in reply";
+    *error_out = r.bad ? r.bad : "trailing bytes in reply";
     return -1;
   }
   *reply_out = a;
@@ -210,13 +221,13 @@ long vmep__store_reply_parse(const void *buf, size_t len, unsigned cmd,
 
 int vmep__store_entry_next(struct vmep_store_bytes *list,
                            struct vmep_store_bytes *entry_out) {
-  struct reader r = {list->data, list->len, 0};
+  struct reader r = {list->data, list->len, NULL};
   struct reader peek = r;
   struct vmep_store_bytes e = {NULL, 0};
   if (read_le(&peek, 4) == VMEP_STORE_ABSENT && !peek.bad)
     r = peek;
   else
-    e = read_bytes(&r, VMEP_STORE_VALUE_MAX);
+    e = read_bytes(&r, VMEP_STORE_VALUE_MAX, VALUE_OVER);
   if (r.bad)
     return 0;
   list->data = r.p;

@@ -4,7 +4,8 @@
  * checks, a group of one, a group from the launch environment, and the
  * ways a create fails across processes: a missing rank (VMEP_ERR_TIMEOUT
  * naming it), ranks that disagree on the size, a wrong token, a port in
- * use. Failed creates leave no fd and no thread behind.
+ * use. Failed creates leave no fd and no thread behind, and rank 0's
+ * destroy keeps the store up until the other ranks have left.
  */
 #include <dirent.h>
 
@@ -160,7 +161,7 @@ struct job {
   int mode;
 };
 
-enum { FROM_ENV, SIZE_MISMATCH, WRONG_TOKEN, MISSING_RANK };
+enum { FROM_ENV, DRAIN, SIZE_MISMATCH, WRONG_TOKEN, MISSING_RANK };
 
 static void rank_main(int rank, int size, void *arg) {
   const struct job *j = arg;
@@ -184,6 +185,19 @@ static void rank_main(int rank, int size, void *arg) {
     ASSERT_EQ(strcmp(vmep__group_token(g), "from-env"), 0);
     ASSERT_OK(vmep_group_destroy(g));
     return;
+  case DRAIN: { /* rank 0 keeps the store up until rank 1 has left */
+    ASSERT_OK(vmep_group_create(rank, size, j->addr, NULL, &g));
+    ASSERT_OK(vmep_group_barrier(g));
+    uint64_t start = test_now_ms();
+    if (rank == 1) {
+      usleep(400000);
+      ASSERT_OK(vmep__store_set(vmep__group_store(g), "late", "x", 1));
+    }
+    ASSERT_OK(vmep_group_destroy(g));
+    if (rank == 0)
+      ASSERT_TRUE(test_now_ms() - start >= 350);
+    return;
+  }
   case SIZE_MISMATCH:
     status = vmep_group_create(rank, rank ? 3 : 2, j->addr, NULL, &g);
     if (rank == 0) {
@@ -226,6 +240,7 @@ int main(void) {
   test_group_of_one();
   test_local_failures();
   run_job(FROM_ENV, 2);
+  run_job(DRAIN, 2);
   setenv("VMEP_TIMEOUT_MS", "1500", 1);
   run_job(SIZE_MISMATCH, 2);
   run_job(WRONG_TOKEN, 2);

@@ -2,7 +2,7 @@
  * Bad input against a live store while three worker processes run
  * allgathers through it: random bytes, oversize lengths, a wrong token,
  * unknown commands, requests before HELLO, a second HELLO, a rank that is
- * already connected, an oversize key, half a frame then close, and
+ * already connected, an oversize key and value, half a frame then close, and
  * connections that go silent. Each bad connection must be answered
  * REJECTED (where a frame was complete) and closed; the store must keep
  * serving a fresh client after each one, and the workers must finish with
@@ -202,16 +202,36 @@ static void bad_requests(void) {
   fd = raw_connect();
   send_op(fd, &dup);
   expect_closed(fd, "already connected");
-  /* A key one byte over the limit, by hand (the encoder refuses it). */
+}
+
+/* A key and a value one byte over their limits, by hand (the encoder
+ * refuses them); the value's whole frame travels. */
+static void oversize_fields(void) {
   unsigned char del[9 + 4 + VMEP_STORE_KEY_MAX + 1] = {VMEP_STORE_DELETE};
   del[9] = (VMEP_STORE_KEY_MAX + 1) & 0xff;
   del[10] = (VMEP_STORE_KEY_MAX + 1) >> 8;
-  fd = raw_connect();
+  int fd = raw_connect();
   hello(fd, TOKEN, -1);
   unsigned char prefix[4] = {sizeof(del) & 0xff, sizeof(del) >> 8, 0, 0};
   send_raw(fd, prefix, 4);
   send_raw(fd, del, sizeof(del));
-  expect_closed(fd, "malformed");
+  expect_closed(fd, "key over the limit");
+  size_t n = 9 + 4 + 1 + 4 + VMEP_STORE_VALUE_MAX + 1;
+  unsigned char *frame = calloc(1, n);
+  ASSERT_TRUE(frame != NULL);
+  frame[0] = VMEP_STORE_SET;
+  frame[9] = 1;
+  frame[13] = 'k';
+  for (int i = 0; i < 4; i++) {
+    frame[14 + i] = (unsigned char)((VMEP_STORE_VALUE_MAX + 1) >> (8 * i));
+    prefix[i] = (unsigned char)(n >> (8 * i));
+  }
+  fd = raw_connect();
+  hello(fd, TOKEN, -1);
+  send_raw(fd, prefix, 4);
+  send_raw(fd, frame, n);
+  expect_closed(fd, "value over the limit");
+  free(frame);
 }
 
 /* Half a frame, then close; and connections that stay silent. */
@@ -259,6 +279,7 @@ int main(void) {
   random_frames(300);
   expect_alive();
   bad_requests();
+  oversize_fields();
   expect_alive();
   int rounds_during = sh->rounds - rounds_before;
   printf("the workers ran %d allgather rounds during the abuse\n",

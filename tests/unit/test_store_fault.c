@@ -4,8 +4,8 @@
  * persistent) until a run fires no fault, and require every step to end
  * either well or with its documented failure, and no allocation or fd to
  * stay behind. Covers the request semantics (driven directly, one thread)
- * and the client with allgatherv (against a store in another process, so
- * that only this process's allocations are counted).
+ * the client with allgatherv (against a store in another process, so
+ * that only this process's allocations are counted), and a custom group.
  */
 #include <signal.h>
 
@@ -184,6 +184,32 @@ static void client_script(int run) {
   vmep__store_client_close(c, 1);
 }
 
+/* ---- a custom group of one ------------------------------------------- */
+
+static vmep_status copy_allgather(const void *send, size_t bytes, void *recv,
+                                  void *user) {
+  (void)user;
+  if (bytes)
+    memcpy(recv, send, bytes);
+  return VMEP_OK;
+}
+
+static void group_script(int run) {
+  vmep_group *g = NULL;
+  unsigned char buf[64] = {(unsigned char)run}, out[64];
+  size_t size = 0;
+  vmep_status status =
+      vmep_group_create_custom(0, 1, copy_allgather, NULL, NULL, &g);
+  expect_ok_or_oom(status);
+  if (status != VMEP_OK)
+    return;
+  expect_ok_or_oom(vmep_group_allgatherv(g, buf, 10, out, 64, &size));
+  expect_ok_or_oom(vmep_group_broadcast(g, 0, buf, 64));
+  expect_ok_or_oom(vmep_group_allgather(g, buf, 64, out));
+  expect_ok_or_oom(vmep_group_barrier(g));
+  ASSERT_OK(vmep_group_destroy(g));
+}
+
 static void fault_loop(const char *what, void (*script)(int)) {
   int fds = fake_open_fds();
   for (int persistent = 0; persistent < 2; persistent++) {
@@ -217,6 +243,7 @@ int main(void) {
   test_seed("test_store_fault");
   fake_quiet_stderr(1);
   fault_loop("store requests", run_state_script);
+  fault_loop("custom group", group_script);
   snprintf(addr, sizeof(addr), "127.0.0.1:%d", test_free_port());
   ASSERT_EQ(pipe(ready), 0);
   fflush(stdout);

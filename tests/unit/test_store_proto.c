@@ -301,6 +301,9 @@ static void test_malformed(void) {
   del[9] = (unsigned char)((VMEP_STORE_KEY_MAX + 1) & 0xff);
   del[10] = (unsigned char)((VMEP_STORE_KEY_MAX + 1) >> 8);
   ASSERT_EQ(parse_body(del, n, &error), -1);
+  ASSERT_STR_CONTAINS(error, "key over the limit");
+  ASSERT_EQ(parse_body(del, 12, &error), -1);
+  ASSERT_STR_CONTAINS(error, "past the end");
   del[9] = (unsigned char)(VMEP_STORE_KEY_MAX & 0xff);
   del[10] = (unsigned char)(VMEP_STORE_KEY_MAX >> 8);
   ASSERT_EQ(parse_body(del, n - 1, &error), (long)(n - 1 + 4));
