@@ -163,41 +163,45 @@ struct job {
 
 enum { FROM_ENV, DRAIN, SIZE_MISMATCH, WRONG_TOKEN, MISSING_RANK };
 
-static void rank_main(int rank, int size, void *arg) {
-  const struct job *j = arg;
+static void from_env(int rank, const struct job *j) {
   char text[16], id[128] = {0}, ids[2][128];
+  vmep_group *g = NULL;
+  snprintf(text, sizeof(text), "%d", rank);
+  setenv("VMEP_RANK", text, 1);
+  setenv("VMEP_LOCAL_RANK", text, 1);
+  setenv("VMEP_WORLD_SIZE", "2", 1);
+  setenv("VMEP_STORE_ADDR", j->addr, 1);
+  setenv("VMEP_JOB_TOKEN", "from-env", 1);
+  ASSERT_OK(vmep_group_create_from_env(&g));
+  ASSERT_EQ(vmep_group_rank(g), rank);
+  ASSERT_EQ(vmep_group_local_rank(g), rank);
+  snprintf(id, sizeof(id), "%s", vmep__group_job_id(g));
+  ASSERT_OK(vmep_group_allgather(g, id, sizeof(id), ids));
+  ASSERT_EQ(strcmp(ids[0], ids[1]), 0);
+  ASSERT_EQ(strcmp(vmep__group_token(g), "from-env"), 0);
+  ASSERT_OK(vmep_group_destroy(g));
+}
+
+/* Rank 0 keeps the store up until rank 1 has left. */
+static void drain(int rank, const struct job *j) {
+  vmep_group *g = NULL;
+  ASSERT_OK(vmep_group_create(rank, 2, j->addr, NULL, &g));
+  ASSERT_OK(vmep_group_barrier(g));
+  uint64_t start = test_now_ms();
+  if (rank == 1) {
+    usleep(400000);
+    ASSERT_OK(vmep__store_set(vmep__group_store(g), "late", "x", 1));
+  }
+  ASSERT_OK(vmep_group_destroy(g));
+  if (rank == 0)
+    ASSERT_TRUE(test_now_ms() - start >= 350);
+}
+
+/* Creates that must fail, on every rank, each with its reason. */
+static void failing_create(int rank, int size, const struct job *j) {
   vmep_group *g = untouched;
   vmep_status status;
   switch (j->mode) {
-  case FROM_ENV:
-    snprintf(text, sizeof(text), "%d", rank);
-    setenv("VMEP_RANK", text, 1);
-    setenv("VMEP_LOCAL_RANK", text, 1);
-    setenv("VMEP_WORLD_SIZE", "2", 1);
-    setenv("VMEP_STORE_ADDR", j->addr, 1);
-    setenv("VMEP_JOB_TOKEN", "from-env", 1);
-    ASSERT_OK(vmep_group_create_from_env(&g));
-    ASSERT_EQ(vmep_group_rank(g), rank);
-    ASSERT_EQ(vmep_group_local_rank(g), rank);
-    snprintf(id, sizeof(id), "%s", vmep__group_job_id(g));
-    ASSERT_OK(vmep_group_allgather(g, id, sizeof(id), ids));
-    ASSERT_EQ(strcmp(ids[0], ids[1]), 0);
-    ASSERT_EQ(strcmp(vmep__group_token(g), "from-env"), 0);
-    ASSERT_OK(vmep_group_destroy(g));
-    return;
-  case DRAIN: { /* rank 0 keeps the store up until rank 1 has left */
-    ASSERT_OK(vmep_group_create(rank, size, j->addr, NULL, &g));
-    ASSERT_OK(vmep_group_barrier(g));
-    uint64_t start = test_now_ms();
-    if (rank == 1) {
-      usleep(400000);
-      ASSERT_OK(vmep__store_set(vmep__group_store(g), "late", "x", 1));
-    }
-    ASSERT_OK(vmep_group_destroy(g));
-    if (rank == 0)
-      ASSERT_TRUE(test_now_ms() - start >= 350);
-    return;
-  }
   case SIZE_MISMATCH:
     status = vmep_group_create(rank, rank ? 3 : 2, j->addr, NULL, &g);
     if (rank == 0) {
@@ -226,6 +230,16 @@ static void rank_main(int rank, int size, void *arg) {
     break;
   }
   ASSERT_TRUE(g == untouched);
+}
+
+static void rank_main(int rank, int size, void *arg) {
+  const struct job *j = arg;
+  if (j->mode == FROM_ENV)
+    from_env(rank, j);
+  else if (j->mode == DRAIN)
+    drain(rank, j);
+  else
+    failing_create(rank, size, j);
 }
 
 static void run_job(int mode, int ranks) {

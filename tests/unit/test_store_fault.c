@@ -68,6 +68,45 @@ static void expect_ok_or_nomem(unsigned answer) {
               answer == VMEP_STORE_ANSWER_END);
 }
 
+/* A wait that a second client q (rank 5) completes, then one that fails
+ * because q leaves without goodbye. Closes q. */
+static void wait_and_death(struct vmep_store_state *st,
+                           struct vmep_store_peer *p,
+                           struct vmep_store_peer *q) {
+  int pending = 0, q_pending = 0;
+  struct vmep_store_op wait = {.cmd = VMEP_STORE_GET,
+                               .seq = 20,
+                               .keys = (const char *[]){"a", "e"},
+                               .nkeys = 2,
+                               .timeout_ms = 1000};
+  unsigned answer = request(st, p, &wait, &pending);
+  ASSERT_TRUE(pending || answer == VMEP_STORE_FAILED ||
+              answer == VMEP_STORE_ANSWER_END);
+  struct vmep_store_op hello = {
+      .cmd = VMEP_STORE_HELLO, .rank = 5, .session = 10, .token = TOKEN};
+  struct vmep_store_op set_e = {.cmd = VMEP_STORE_SET, .seq = 1, .key = "e"};
+  if (request(st, q, &hello, &q_pending) == VMEP_STORE_OK)
+    expect_ok_or_nomem(request(st, q, &set_e, &q_pending));
+  /* Done, or still waiting for "a" (its SET failed): then it times out. */
+  if (pending)
+    answer = poll_wait(st, p, vmep__now_ms() + 2000, VMEP_STORE_GET);
+  ASSERT_TRUE(!pending || answer == VMEP_STORE_OK ||
+              answer == VMEP_STORE_TIMEOUT || answer == VMEP_STORE_ANSWER_END);
+  /* Rank 5 leaves without goodbye: a wait fails (DEAD), or, when there was
+   * no memory to record the death, times out. */
+  vmep__store_peer_close(st, q);
+  struct vmep_store_op never = {.cmd = VMEP_STORE_WAIT,
+                                .seq = 21,
+                                .keys = (const char *[]){"never"},
+                                .nkeys = 1,
+                                .timeout_ms = 50};
+  request(st, p, &never, &pending);
+  answer = pending ? poll_wait(st, p, vmep__now_ms() + 100, VMEP_STORE_WAIT)
+                   : VMEP_STORE_FAILED;
+  ASSERT_TRUE(answer == VMEP_STORE_DEAD || answer == VMEP_STORE_TIMEOUT ||
+              answer == VMEP_STORE_FAILED || answer == VMEP_STORE_ANSWER_END);
+}
+
 static void state_script(void) {
   struct vmep_store_state *st = NULL;
   struct vmep_store_peer *p = NULL, *q = NULL;
@@ -94,40 +133,8 @@ static void state_script(void) {
       ops[i].seq = i + 1;
       expect_ok_or_nomem(request(st, p, &ops[i], &pending));
     }
-    /* A wait that a second client completes. */
-    struct vmep_store_op wait = {.cmd = VMEP_STORE_GET,
-                                 .seq = 20,
-                                 .keys = (const char *[]){"a", "e"},
-                                 .nkeys = 2,
-                                 .timeout_ms = 1000};
-    unsigned answer = request(st, p, &wait, &pending);
-    ASSERT_TRUE(pending || answer == VMEP_STORE_FAILED ||
-                answer == VMEP_STORE_ANSWER_END);
-    hello.rank = 5;
-    hello.session = 10;
-    struct vmep_store_op set_e = {.cmd = VMEP_STORE_SET, .seq = 1, .key = "e"};
-    if (request(st, q, &hello, &pending) == VMEP_STORE_OK)
-      expect_ok_or_nomem(request(st, q, &set_e, &pending));
-    /* Done, or still waiting for "a" (its SET failed): then it times out. */
-    if (pending)
-      answer = poll_wait(st, p, vmep__now_ms() + 2000, VMEP_STORE_GET);
-    ASSERT_TRUE(!pending || answer == VMEP_STORE_OK ||
-                answer == VMEP_STORE_TIMEOUT ||
-                answer == VMEP_STORE_ANSWER_END);
-    /* Rank 5 leaves without goodbye: a wait fails (DEAD), or, when there
-     * was no memory to record the death, times out. */
-    vmep__store_peer_close(st, q);
-    q = NULL;
-    struct vmep_store_op never = {.cmd = VMEP_STORE_WAIT,
-                                  .seq = 21,
-                                  .keys = (const char *[]){"never"},
-                                  .nkeys = 1,
-                                  .timeout_ms = 50};
-    request(st, p, &never, &pending);
-    answer = pending ? poll_wait(st, p, vmep__now_ms() + 100, VMEP_STORE_WAIT)
-                     : VMEP_STORE_FAILED;
-    ASSERT_TRUE(answer == VMEP_STORE_DEAD || answer == VMEP_STORE_TIMEOUT ||
-                answer == VMEP_STORE_FAILED || answer == VMEP_STORE_ANSWER_END);
+    wait_and_death(st, p, q);
+    q = NULL; /* closed there */
   }
   vmep__store_peer_close(st, q);
   vmep__store_peer_close(st, p);

@@ -259,7 +259,7 @@ static long parse_body(const unsigned char *body, size_t n,
   return got;
 }
 
-static void test_malformed(void) {
+static void test_malformed_requests(void) {
   const char *error = NULL;
   struct vmep_store_request q;
   unsigned char huge[4] = {0x01, 0x00, 0x80, 0x00}; /* FRAME_MAX + 1 */
@@ -315,7 +315,11 @@ static void test_malformed(void) {
   ASSERT_EQ(parse_body(cas, 22, &error), 26);
   unsigned char cas2[23] = {VMEP_STORE_CAS, [14] = 1, [18] = 0x55};
   ASSERT_EQ(parse_body(cas2, 23, &error), -1);
-  /* Replies: unknown answer; CAS answer 2; GET answer with absent keys. */
+}
+
+/* Replies: unknown answer; CAS answer 2; GET answer with absent keys. */
+static void test_malformed_replies(void) {
+  const char *error = NULL;
   struct vmep_store_reply a;
   unsigned char r1[5] = {1, 0, 0, 0, 9};
   ASSERT_EQ(vmep__store_reply_parse(r1, 5, VMEP_STORE_SET, &a, &error), -1);
@@ -405,7 +409,8 @@ static void test_addr_and_token(void) {
 int main(void) {
   test_seed("test_store_proto");
   setenv("VMEP_LOG", "error", 1);
-  test_malformed();
+  test_malformed_requests();
+  test_malformed_replies();
   test_encode_limits();
   test_addr_and_token();
   long parsed = fuzz_frames(8000);
