@@ -4,6 +4,7 @@
  * read from the environment at each use, so a process (or a test) may
  * change them between calls.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +44,20 @@ vmep_status vmep__config_choice(enum vmep_config_id id,
   return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                     "%s=%s: expected one of %s", rows[id].name, value,
                     accepted);
+}
+
+vmep_status vmep__config_int(enum vmep_config_id id, long long min,
+                             long long max, long long *value_out) {
+  const char *text = vmep__config_get(id);
+  char *end = NULL;
+  errno = 0;
+  long long value = strtoll(text, &end, 10);
+  if (end == text || *end || errno || value < min || value > max)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s=\"%s\": expected an integer in %lld..%lld",
+                      rows[id].name, text, min, max);
+  *value_out = value;
+  return VMEP_OK;
 }
 
 int vmep_config_count(void) { return (int)VMEP_CONFIG_COUNT; }

@@ -141,6 +141,15 @@ const char *vmep__config_name(enum vmep_config_id id);
 vmep_status vmep__config_choice(enum vmep_config_id id,
                                 const char *const *choices, int *index_out);
 
+/*
+ * Parses the variable as a decimal integer in [min, max] into *value_out.
+ * VMEP_ERR_INVALID_ARG naming the variable and the range otherwise; an
+ * unset variable with an empty default is VMEP_ERR_INVALID_ARG too, so
+ * callers check vmep__config_get(id)[0] first when it is optional.
+ */
+vmep_status vmep__config_int(enum vmep_config_id id, long long min,
+                             long long max, long long *value_out);
+
 /* ---- small helpers ---------------------------------------------------- */
 
 #define VMEP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
