@@ -79,4 +79,29 @@ vmep_status vmep__mapping_import(int device, vmep_mem_desc *desc,
                                  CUdeviceptr fixed_va,
                                  vmep_mapping **mapping_out);
 
+/*
+ * The strategies `device` can use under `flags` (0: all) and
+ * VMEP_MEM_SHARE, as VMEP_REGION_ALLOW_* bits (0 when none), with the
+ * probe's reasons for the others in caps_out when it is not NULL. Fails
+ * as vmep_mem_probe, or VMEP_ERR_INVALID_ARG for a bad VMEP_MEM_SHARE.
+ */
+vmep_status vmep__mem_usable(int device, unsigned flags, unsigned *mask_out,
+                             vmep_mem_caps *caps_out);
+
+/* Reserves `bytes` of device virtual address space aligned to `align`
+ * (a VA window for peers' regions) / frees it. */
+vmep_status vmep__va_reserve(size_t bytes, size_t align, CUdeviceptr *va_out);
+vmep_status vmep__va_free(CUdeviceptr va, size_t bytes);
+
+/* Maps a VMM region's own memory a second time at `va` (its slot in a
+ * window) with access for its device / unmaps it again. LEGACY regions
+ * cannot be placed: VMEP_ERR_UNSUPPORTED. */
+vmep_status vmep__region_map_at(const struct vmep_region *region,
+                                CUdeviceptr va);
+vmep_status vmep__region_unmap_at(const struct vmep_region *region,
+                                  CUdeviceptr va);
+
+/* Waits for all work on the region's device (cuCtxSynchronize). */
+vmep_status vmep__region_sync(const struct vmep_region *region);
+
 #endif /* VMEP_MEM_H */

@@ -25,7 +25,7 @@ static void add_reason(struct vmep_region *r, vmep_mem_strategy s,
            used ? "; " : "", vmep_mem_strategy_name(s), why);
 }
 
-/* The strategies allowed by `flags` and VMEP_MEM_SHARE. */
+/* The strategies allowed by `flags` and VMEP_MEM_SHARE (before the probe). */
 static vmep_status allowed_strategies(unsigned flags, unsigned *allowed_out) {
   int choice;
   unsigned allowed = flags ? flags : VMEP_REGION_ALLOW_ALL;
@@ -246,4 +246,64 @@ vmep_mem_strategy vmep_region_strategy(const vmep_region *r) {
 
 const char *vmep_region_reason(const vmep_region *r) {
   return r ? r->reason : "";
+}
+
+vmep_status vmep__mem_usable(int device, unsigned flags, unsigned *mask_out,
+                             vmep_mem_caps *caps_out) {
+  const vmep_mem_caps *caps = NULL;
+  unsigned allowed = 0;
+  vmep_status status = allowed_strategies(flags, &allowed);
+  if (status == VMEP_OK)
+    status = vmep__mem_probe_get(device, &caps);
+  if (status != VMEP_OK)
+    return status;
+  unsigned usable = (caps->fabric ? VMEP_REGION_ALLOW_FABRIC : 0u) |
+                    (caps->posix_fd ? VMEP_REGION_ALLOW_POSIX_FD : 0u) |
+                    (caps->legacy_ipc ? VMEP_REGION_ALLOW_LEGACY : 0u);
+  *mask_out = usable & allowed;
+  if (caps_out)
+    *caps_out = *caps;
+  return VMEP_OK;
+}
+
+vmep_status vmep__region_map_at(const struct vmep_region *r, CUdeviceptr va) {
+  const struct vmep_driver *drv = NULL;
+  CUdeviceptr mapped = 0;
+  if (r->strategy == VMEP_MEM_LEGACY)
+    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                      "a legacy region cannot be mapped at a chosen address");
+  vmep_status status = vmep__driver_get(&drv);
+  if (status == VMEP_OK)
+    status = vmep__ctx_push(drv, r->ctx, r->device);
+  if (status != VMEP_OK)
+    return status;
+  status =
+      vmep__vmm_map(drv, r->device, r->handle, r->size, r->size, va, &mapped);
+  vmep__ctx_pop(drv);
+  return status;
+}
+
+vmep_status vmep__region_unmap_at(const struct vmep_region *r, CUdeviceptr va) {
+  const struct vmep_driver *drv = NULL;
+  vmep_status status = vmep__driver_get(&drv);
+  if (status == VMEP_OK)
+    status = vmep__ctx_push(drv, r->ctx, r->device);
+  if (status != VMEP_OK)
+    return status;
+  status = vmep__vmm_unmap(drv, va, r->size, 0);
+  vmep__ctx_pop(drv);
+  return status;
+}
+
+vmep_status vmep__region_sync(const struct vmep_region *r) {
+  const struct vmep_driver *drv = NULL;
+  vmep_status status = vmep__driver_get(&drv);
+  if (status == VMEP_OK)
+    status = vmep__ctx_push(drv, r->ctx, r->device);
+  if (status != VMEP_OK)
+    return status;
+  status = vmep__cu_check(drv->cuCtxSynchronize(), VMEP_LOG_ERROR, NULL,
+                          "cuCtxSynchronize(device %d)", r->device);
+  vmep__ctx_pop(drv);
+  return status;
 }

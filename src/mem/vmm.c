@@ -73,3 +73,22 @@ vmep_status vmep__vmm_unmap(const struct vmep_driver *drv, CUdeviceptr va,
   }
   return status;
 }
+
+vmep_status vmep__va_reserve(size_t bytes, size_t align, CUdeviceptr *va_out) {
+  const struct vmep_driver *drv = NULL;
+  vmep_status status = vmep__driver_get(&drv);
+  if (status != VMEP_OK)
+    return status;
+  return vmep__cu_check(drv->cuMemAddressReserve(va_out, bytes, align, 0, 0),
+                        VMEP_LOG_ERROR, NULL, "cuMemAddressReserve(%zu B)",
+                        bytes);
+}
+
+vmep_status vmep__va_free(CUdeviceptr va, size_t bytes) {
+  const struct vmep_driver *drv = NULL;
+  vmep_status status = vmep__driver_get(&drv);
+  if (status != VMEP_OK)
+    return status;
+  return vmep__cu_check(drv->cuMemAddressFree(va, bytes), VMEP_LOG_ERROR, NULL,
+                        "cuMemAddressFree(%zu B)", bytes);
+}
