@@ -304,6 +304,175 @@ VMEP_API vmep_status vmep_group_broadcast(vmep_group *group, int root,
 VMEP_API vmep_status vmep_group_barrier(vmep_group *group);
 
 /* ------------------------------------------------------------------------
+ * Symmetric windows: one region per rank, every peer's mapped here.
+ * --------------------------------------------------------------------- */
+
+typedef struct vmep_window vmep_window;
+
+/*
+ * Collective: each rank allocates `bytes` (rounded up to the granularity)
+ * on `device`; the ranks agree on the strongest strategy every rank can use
+ * (ranks on different nodes need FABRIC, else VMEP_ERR_UNSUPPORTED saying
+ * why); descriptors and fds are exchanged and every peer's region is mapped
+ * with read/write access for `device`, VMM regions into one reserved VA
+ * range at base + rank * stride. A failure on any rank fails the call on
+ * every rank (VMEP_ERR_PEER naming it) and leaves nothing behind.
+ */
+VMEP_API vmep_status vmep_window_create(vmep_group *group, int device,
+                                        size_t bytes, vmep_window **win_out);
+
+/* Collective: waits for the device's work and for every rank (so no peer
+ * still uses our memory), then unmaps and releases everything. NULL is a
+ * no-op. A dead peer gives VMEP_ERR_PEER, after releasing all the same. */
+VMEP_API vmep_status vmep_window_destroy(vmep_window *win);
+
+VMEP_API void *vmep_window_local(const vmep_window *win);
+/* Rank `rank`'s region as this process sees it; NULL out of range. */
+VMEP_API void *vmep_window_peer(const vmep_window *win, int rank);
+/* Bytes of each rank's region (the slot stride of a VMM window). */
+VMEP_API size_t vmep_window_size(const vmep_window *win);
+VMEP_API vmep_mem_strategy vmep_window_strategy(const vmep_window *win);
+
+/* ------------------------------------------------------------------------
+ * The EP buffer and low-latency dispatch / combine.
+ *
+ * R ranks, E experts (a multiple of R), L = E / R local experts per rank;
+ * expert e lives on rank e / L. Per call each rank sends at most T tokens
+ * (max_tokens_per_rank) of hidden size H with top-k K. Shapes, on rank d:
+ *   recv_x       [L, R*T, H]  bf16, or fp8 e4m3 with recv_scales
+ *                             [L, R*T, H/128] fp32 (one scale per 128
+ *                             channels: amax / 448)
+ *   recv_count   [L] int32    rows [0, recv_count[l]) of expert l are valid
+ *   src_info     [L, R*T] int32  source token index of each valid row
+ *   layout_range [L, R] int64 (begin << 32) | count of the rows of expert
+ *                             l that came from rank r (contiguous)
+ * combine: out[t] = sum_k w[t,k] * expert_out(topk_idx[t,k], t), in fp32,
+ * written as bf16; -1 entries and masked ranks count as zero.
+ * Everything is asynchronous on the caller's stream and capturable in a
+ * CUDA graph. All pointers are device pointers, 16-byte aligned.
+ * --------------------------------------------------------------------- */
+
+typedef struct vmep_ep vmep_ep;
+
+typedef struct vmep_ep_config {
+  int num_experts;         /* E: a multiple of the group size */
+  int hidden;              /* H: a multiple of 128, 128..32768 */
+  int max_tokens_per_rank; /* T: 1..65535 */
+  int max_topk;            /* 1..16 */
+  int device;     /* CUDA device; -1: VMEP_DEVICE, else local rank modulo
+                     the device count */
+  int num_sms;    /* blocks per kernel; 0: 24, at most the device's SMs
+                     divided by the ranks sharing the GPU */
+  int timeout_ms; /* a silent peer is masked after this; 0: VMEP_TIMEOUT_MS */
+} vmep_ep_config;
+
+/* Fills *config with the defaults: 0 experts / hidden / tokens (must be
+ * set), max_topk 8, device -1, num_sms 0, timeout_ms 0. */
+VMEP_API void vmep_ep_config_init(vmep_ep_config *config);
+
+/* Bytes of the symmetric buffer each rank allocates for `config` in a
+ * group of `num_ranks` (before rounding to the allocation granularity).
+ * VMEP_ERR_INVALID_ARG naming the field for an invalid config. */
+VMEP_API vmep_status vmep_ep_buffer_bytes(const vmep_ep_config *config,
+                                          int num_ranks, size_t *bytes_out);
+
+/* The size DeepEP's low-latency mode asks for the same shape
+ * (get_low_latency_rdma_size_hint), for comparison. */
+VMEP_API vmep_status vmep_ep_deepep_bytes(const vmep_ep_config *config,
+                                          int num_ranks, size_t *bytes_out);
+
+/*
+ * Collective: creates the EP buffer of this rank for `config` over
+ * `group`: validates the config (VMEP_ERR_INVALID_ARG naming the field),
+ * allocates one symmetric window (vmep_ep_buffer_bytes per rank) and the
+ * rank's private routing state. The group must outlive the buffer.
+ */
+VMEP_API vmep_status vmep_ep_create(vmep_group *group,
+                                    const vmep_ep_config *config,
+                                    vmep_ep **ep_out);
+
+/* Collective: waits for outstanding work and releases everything. NULL is
+ * a no-op. */
+VMEP_API vmep_status vmep_ep_destroy(vmep_ep *ep);
+
+VMEP_API int vmep_ep_rank(const vmep_ep *ep);
+VMEP_API int vmep_ep_num_ranks(const vmep_ep *ep);
+VMEP_API int vmep_ep_num_local_experts(const vmep_ep *ep);
+/* The CUDA device the buffer lives on. */
+VMEP_API int vmep_ep_device(const vmep_ep *ep);
+/* Blocks each kernel uses (the SM budget actually applied). */
+VMEP_API int vmep_ep_num_sms(const vmep_ep *ep);
+
+/* Phases of vmep_ep_dispatch / vmep_ep_combine. SEND alone launches only
+ * the sending half and returns; the matching *_recv call launches the
+ * receiving half later (e.g. after overlapping computation). */
+#define VMEP_EP_SEND 1
+#define VMEP_EP_RECV 2
+#define VMEP_EP_SEND_RECV 3
+
+/* Identifies one dispatch for its combine. At most two dispatches may be
+ * outstanding (they use two buffer parities); a handle whose parity was
+ * reused by a later dispatch is refused by combine. */
+typedef struct vmep_ep_handle {
+  int parity;
+  int num_tokens;
+  int num_topk;
+  uint64_t call; /* this buffer's dispatch number, from 1 */
+} vmep_ep_handle;
+
+typedef struct vmep_ep_dispatch_args {
+  const void *x;           /* bf16 [num_tokens, H]; NULL when num_tokens 0 */
+  const int64_t *topk_idx; /* [num_tokens, num_topk], -1 = none */
+  int num_tokens;          /* 0..T */
+  int num_topk;            /* 1..max_topk, the same on every rank */
+  int use_fp8;             /* recv_x as fp8 e4m3 with recv_scales */
+  int round_scale;         /* fp8 scales rounded up to powers of two */
+  void *recv_x;            /* bf16 or fp8 [L, R*T, H] */
+  float *recv_scales;      /* [L, R*T, H/128] when use_fp8, else NULL */
+  int32_t *recv_count;     /* [L] */
+  int32_t *src_info;       /* [L, R*T] */
+  int64_t *layout_range;   /* [L, R] */
+} vmep_ep_dispatch_args;
+
+/* Collective, asynchronous on `stream` (a cudaStream_t of the buffer's
+ * device). An expert id >= E or < -1 in topk_idx is skipped and counted
+ * (vmep_ep_poll_errors), never a fault. */
+VMEP_API vmep_status vmep_ep_dispatch(vmep_ep *ep,
+                                      const vmep_ep_dispatch_args *args,
+                                      int phases, void *stream,
+                                      vmep_ep_handle *handle_out);
+
+/* Launches the receiving half of a dispatch made with VMEP_EP_SEND. */
+VMEP_API vmep_status vmep_ep_dispatch_recv(vmep_ep *ep,
+                                           const vmep_ep_handle *handle,
+                                           void *stream);
+
+typedef struct vmep_ep_combine_args {
+  const void *expert_out;    /* bf16 [L, R*T, H] in the dispatch layout */
+  const int64_t *topk_idx;   /* [num_tokens, num_topk], as dispatched */
+  const float *topk_weights; /* [num_tokens, num_topk] */
+  void *out;                 /* bf16 [num_tokens, H] */
+} vmep_ep_combine_args;
+
+/* Collective, asynchronous: the weighted sum of the dispatch `handle`. */
+VMEP_API vmep_status vmep_ep_combine(vmep_ep *ep,
+                                     const vmep_ep_combine_args *args,
+                                     const vmep_ep_handle *handle, int phases,
+                                     void *stream);
+
+/* Launches the receiving half of a combine made with VMEP_EP_SEND. */
+VMEP_API vmep_status vmep_ep_combine_recv(vmep_ep *ep,
+                                          const vmep_ep_handle *handle,
+                                          void *stream);
+
+/* Synchronous: the device error bits (1: an invalid expert id was skipped;
+ * 2: a rank was masked after a timeout) and the number of skipped
+ * selections since the last call, which clears them. Any output may be
+ * NULL. */
+VMEP_API vmep_status vmep_ep_poll_errors(vmep_ep *ep, unsigned *errors_out,
+                                         uint64_t *bad_experts_out);
+
+/* ------------------------------------------------------------------------
  * Configuration: every environment variable vmep reads.
  * --------------------------------------------------------------------- */
 

@@ -1,0 +1,228 @@
+/*
+ * The EP buffer: one symmetric window per rank (layout.c) plus private
+ * device memory for the routing state the kernels keep between dispatch
+ * and combine. Creation resolves the device, the SM budget (ranks sharing
+ * a GPU split its SMs, so that every rank's spinning kernels fit at once)
+ * and the timeout, then zeroes the window's flags before any peer can
+ * write them.
+ */
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "boot/boot.h"
+#include "ep/ep.h"
+
+#define DEFAULT_NUM_SMS 24
+#define ARENA_ALIGN 256
+
+static vmep_status cuda_fail(cudaError_t err, const char *what) {
+  return vmep__fail(VMEP_ERR_CUDA, VMEP_LOG_ERROR, "%s: %s", what,
+                    cudaGetErrorString(err));
+}
+
+static vmep_status resolve_device(vmep_ep *ep) {
+  int count = 0;
+  vmep_status status = vmep_device_count(&count);
+  if (status != VMEP_OK)
+    return status;
+  long long device = ep->config.device;
+  if (device < 0 && vmep__config_get(VMEP_CONFIG_DEVICE)[0]) {
+    status = vmep__config_int(VMEP_CONFIG_DEVICE, 0, count - 1, &device);
+    if (status != VMEP_OK)
+      return status;
+  } else if (device < 0) {
+    device = count > 0 ? vmep_group_local_rank(ep->group) % count : 0;
+  }
+  if (device < 0 || device >= count)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_ep_create: device %lld does not exist (%d visible)",
+                      device, count);
+  ep->config.device = (int)device;
+  return VMEP_OK;
+}
+
+/* Ranks of this node on our GPU split its SMs between them. */
+static vmep_status resolve_sms(vmep_ep *ep) {
+  vmep_mem_caps caps;
+  int sms = 0, sharing = 0;
+  vmep_status status = vmep_mem_probe(ep->config.device, &caps);
+  if (status != VMEP_OK)
+    return status;
+  cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
+                                           ep->config.device);
+  if (err != cudaSuccess)
+    return cuda_fail(err, "cudaDeviceGetAttribute(multiprocessors)");
+  unsigned char *uuids = vmep__calloc((size_t)ep->num_ranks, 16);
+  if (!uuids)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "vmep_ep_create: host allocation failed");
+  status = vmep_group_allgather(ep->group, caps.uuid, 16, uuids);
+  for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
+    sharing += memcmp(uuids + 16 * r, caps.uuid, 16) == 0;
+  vmep__free(uuids);
+  if (status != VMEP_OK)
+    return status;
+  int budget = sms / (sharing > 0 ? sharing : 1);
+  int want = ep->config.num_sms ? ep->config.num_sms : DEFAULT_NUM_SMS;
+  if (want > budget)
+    vmep_log_info("num_sms %d capped to %d: %d ranks share device %d", want,
+                  budget, sharing, ep->config.device);
+  ep->config.num_sms = want < budget ? want : (budget > 0 ? budget : 1);
+  return VMEP_OK;
+}
+
+/* Carves the private arena; with base NULL only sums its size. */
+static size_t carve(vmep_ep *ep, char *base) {
+  const size_t R = (size_t)ep->num_ranks, L = (size_t)ep->local_experts;
+  const size_t T = (size_t)ep->config.max_tokens_per_rank;
+  const size_t K = (size_t)ep->config.max_topk;
+  struct {
+    void **field;
+    size_t bytes;
+  } parts[] = {
+      {(void **)&ep->peers, R * sizeof(char *)},
+      {(void **)&ep->state, sizeof(struct vmep_ll_state)},
+      {(void **)&ep->entries, 2 * R * T * K * sizeof(int)},
+      {(void **)&ep->counts, 2 * R * (L + 1) * sizeof(int)},
+      {(void **)&ep->begins, 2 * R * L * sizeof(int)},
+      {(void **)&ep->recv_count_copy, 2 * L * sizeof(int)},
+      {(void **)&ep->row_map, 2 * L * R * T * sizeof(unsigned int)},
+  };
+  size_t at = 0;
+  for (size_t i = 0; i < VMEP_ARRAY_SIZE(parts); i++) {
+    if (base)
+      *parts[i].field = base + at;
+    at += vmep__round_up(parts[i].bytes, ARENA_ALIGN);
+  }
+  return at;
+}
+
+/* Device memory: the arena, the peer table, zeroed state and flags. */
+static vmep_status setup_device(vmep_ep *ep) {
+  size_t bytes = carve(ep, NULL);
+  char *bases[VMEP_LL_MAX_RANKS];
+  cudaError_t err = cudaMalloc(&ep->arena, bytes);
+  if (err != cudaSuccess) {
+    ep->arena = NULL;
+    return err == cudaErrorMemoryAllocation
+               ? vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                            "vmep_ep_create: cudaMalloc(%zu B) failed", bytes)
+               : cuda_fail(err, "vmep_ep_create: cudaMalloc");
+  }
+  carve(ep, ep->arena);
+  for (int r = 0; r < ep->num_ranks; r++)
+    bases[r] = vmep_window_peer(ep->window, r);
+  err = cudaMemset(ep->arena, 0, bytes);
+  if (err == cudaSuccess)
+    err = cudaMemcpy(ep->peers, bases, sizeof(char *) * ep->num_ranks,
+                     cudaMemcpyHostToDevice);
+  if (err == cudaSuccess)
+    err = cudaMemset(vmep_window_local(ep->window), 0, ep->layout.total);
+  if (err == cudaSuccess)
+    err = cudaDeviceSynchronize();
+  return err == cudaSuccess ? VMEP_OK : cuda_fail(err, "vmep_ep_create");
+}
+
+static vmep_status create(vmep_ep *ep) {
+  int previous = 0;
+  vmep_status status = resolve_device(ep);
+  if (status == VMEP_OK)
+    status = resolve_sms(ep);
+  if (status != VMEP_OK)
+    return status;
+  vmep__ep_layout(&ep->config, ep->num_ranks, &ep->layout);
+  status = vmep_window_create(ep->group, ep->config.device, ep->layout.total,
+                              &ep->window);
+  if (status != VMEP_OK)
+    return status;
+  cudaGetDevice(&previous);
+  cudaSetDevice(ep->config.device);
+  status = setup_device(ep);
+  cudaSetDevice(previous);
+  /* No rank's flags may be written before every rank zeroed its own. */
+  vmep_status met = vmep_group_barrier(ep->group);
+  return status != VMEP_OK ? status : met;
+}
+
+static void release(vmep_ep *ep) {
+  if (ep->arena) {
+    int previous = 0;
+    cudaGetDevice(&previous);
+    cudaSetDevice(ep->config.device);
+    cudaFree(ep->arena);
+    cudaSetDevice(previous);
+  }
+  vmep__free(ep);
+}
+
+vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
+                           vmep_ep **ep_out) {
+  if (!group || !ep_out)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_ep_create: %s is NULL", group ? "ep_out" : "group");
+  vmep_status status = vmep__ep_config_check(config, vmep_group_size(group));
+  if (status != VMEP_OK)
+    return status;
+  vmep_ep *ep = vmep__calloc(1, sizeof(*ep));
+  if (!ep)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "vmep_ep_create: host allocation failed");
+  ep->group = group;
+  ep->config = *config;
+  ep->rank = vmep_group_rank(group);
+  ep->num_ranks = vmep_group_size(group);
+  ep->local_experts = config->num_experts / ep->num_ranks;
+  long long timeout_ms =
+      config->timeout_ms ? config->timeout_ms : vmep__group_timeout_ms(group);
+  ep->timeout_ns = timeout_ms * 1000000ll;
+  status = create(ep);
+  if (status != VMEP_OK) {
+    if (ep->window)
+      (void)vmep_window_destroy(ep->window);
+    release(ep);
+    return status;
+  }
+  *ep_out = ep;
+  return VMEP_OK;
+}
+
+vmep_status vmep_ep_destroy(vmep_ep *ep) {
+  if (!ep)
+    return VMEP_OK;
+  vmep_status status = vmep_window_destroy(ep->window);
+  release(ep);
+  return status;
+}
+
+vmep_status vmep_ep_poll_errors(vmep_ep *ep, unsigned *errors_out,
+                                uint64_t *bad_experts_out) {
+  struct vmep_ll_state st;
+  int previous = 0;
+  if (!ep)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_ep_poll_errors: ep is NULL");
+  cudaGetDevice(&previous);
+  cudaSetDevice(ep->config.device);
+  cudaError_t err = cudaDeviceSynchronize();
+  if (err == cudaSuccess)
+    err = cudaMemcpy(&st, ep->state, sizeof(st), cudaMemcpyDeviceToHost);
+  if (err == cudaSuccess)
+    err = cudaMemset(&ep->state->errors, 0, 2 * sizeof(unsigned int));
+  cudaSetDevice(previous);
+  if (err != cudaSuccess)
+    return cuda_fail(err, "vmep_ep_poll_errors");
+  if (errors_out)
+    *errors_out = st.errors;
+  if (bad_experts_out)
+    *bad_experts_out = st.bad_experts;
+  return VMEP_OK;
+}
+
+int vmep_ep_rank(const vmep_ep *ep) { return ep ? ep->rank : -1; }
+int vmep_ep_num_ranks(const vmep_ep *ep) { return ep ? ep->num_ranks : 0; }
+int vmep_ep_num_local_experts(const vmep_ep *ep) {
+  return ep ? ep->local_experts : 0;
+}
+int vmep_ep_device(const vmep_ep *ep) { return ep ? ep->config.device : -1; }
+int vmep_ep_num_sms(const vmep_ep *ep) { return ep ? ep->config.num_sms : 0; }

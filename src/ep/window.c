@@ -1,0 +1,269 @@
+/*
+ * Symmetric windows: every rank of a group allocates one region, and every
+ * rank maps every peer's. The ranks first agree on one strategy (the
+ * strongest all can use; FABRIC when they span nodes), then exchange
+ * descriptors through the group and POSIX fds through a short-lived fd
+ * server. VMM regions are mapped into one reserved VA range at
+ * base + rank * stride; LEGACY IPC cannot choose addresses, so the peer
+ * table is what kernels use in every case. Each fallible step ends with an
+ * allgather of statuses, so a failure on one rank unwinds every rank.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "boot/boot.h"
+#include "ep/ep.h"
+#include "mem/mem.h"
+
+struct vmep_window {
+  vmep_group *group;
+  int rank, size, device;
+  vmep_mem_strategy strategy;
+  vmep_region *local;
+  size_t stride;
+  CUdeviceptr base;        /* VMM: the reserved range [size * stride] */
+  int own_slot_mapped;     /* VMM: our region mapped at base + rank * stride */
+  vmep_mapping **mappings; /* [size], NULL for ourselves */
+  void **peers;            /* [size] what each rank's region is here */
+};
+
+/* What each rank tells the others at each step. */
+struct step_report {
+  int32_t status;
+  uint32_t value; /* step 1: usable strategies; step 2: descriptor bytes */
+  unsigned char desc[VMEP_MEM_DESC_MAX_BYTES];
+};
+
+/* Allgathers this rank's report; when any rank failed, returns (on every
+ * rank) that failure: ours as it is, a peer's as VMEP_ERR_PEER naming it. */
+static vmep_status share_step(vmep_window *w, vmep_status mine,
+                              struct step_report *me, struct step_report *all,
+                              const char *step) {
+  me->status = mine;
+  vmep_status status = vmep_group_allgather(w->group, me, sizeof(*me), all);
+  if (status != VMEP_OK || mine != VMEP_OK)
+    return status != VMEP_OK ? status : mine;
+  for (int r = 0; r < w->size; r++)
+    if (all[r].status != VMEP_OK)
+      return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
+                        "vmep_window_create: rank %d failed to %s (%s)", r,
+                        step, vmep_status_name((vmep_status)all[r].status));
+  return VMEP_OK;
+}
+
+/* The strongest strategy in every rank's mask; FABRIC alone across nodes. */
+static vmep_status agree_strategy(vmep_window *w,
+                                  const struct step_report *all) {
+  unsigned common = VMEP_REGION_ALLOW_ALL;
+  int spans_nodes = 0;
+  for (int r = 0; r < w->size; r++) {
+    common &= all[r].value;
+    spans_nodes |= vmep_group_node(w->group, r) != vmep_group_node(w->group, 0);
+  }
+  if (spans_nodes)
+    common &= VMEP_REGION_ALLOW_FABRIC;
+  for (int s = VMEP_MEM_FABRIC; s <= VMEP_MEM_LEGACY; s++)
+    if (common & (1u << s)) {
+      w->strategy = (vmep_mem_strategy)s;
+      return VMEP_OK;
+    }
+  for (int r = 0; r < w->size; r++)
+    if (spans_nodes && !(all[r].value & VMEP_REGION_ALLOW_FABRIC))
+      return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                        "vmep_window_create: the ranks span nodes, which needs "
+                        "fabric handles, and rank %d cannot use them (see "
+                        "vmep-info on its node)",
+                        r);
+  return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                    "vmep_window_create: no sharing strategy is usable on "
+                    "every rank (rank %d allows 0x%x, rank 0 0x%x)",
+                    w->rank, all[w->rank].value, all[0].value);
+}
+
+/* Maps rank r's region from its report (fd fetched from its server). */
+static vmep_status map_peer(vmep_window *w, int r,
+                            const struct step_report *rep, const char *job) {
+  vmep_mem_desc desc;
+  vmep_status status = vmep_mem_desc_parse(rep->desc, rep->value, &desc);
+  if (status == VMEP_OK && desc.strategy == VMEP_MEM_POSIX_FD)
+    status = vmep__fd_fetch(job, r, vmep__group_token(w->group), 0,
+                            vmep__group_timeout_ms(w->group), &desc.fd);
+  if (status != VMEP_OK)
+    return status;
+  if (desc.size != w->stride) {
+    vmep_mem_desc_close(&desc);
+    return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
+                      "vmep_window_create: rank %d's region has %llu B, ours "
+                      "%zu B",
+                      r, (unsigned long long)desc.size, w->stride);
+  }
+  CUdeviceptr at = w->base ? w->base + (CUdeviceptr)r * w->stride : 0;
+  status = vmep__mapping_import(w->device, &desc, at, &w->mappings[r]);
+  if (status == VMEP_OK)
+    w->peers[r] = vmep_mapping_ptr(w->mappings[r]);
+  return status;
+}
+
+/* Exports our region, serves its fd if it has one, and maps every peer. */
+static vmep_status exchange(vmep_window *w, struct step_report *all) {
+  struct step_report me;
+  vmep_mem_desc desc = {0};
+  struct vmep_fd_server *server = NULL;
+  char job[VMEP_JOB_ID_MAX + 1];
+  uint64_t id = ((uint64_t)getpid() << 20) ^ (uint64_t)(uintptr_t)w;
+  size_t len = 0;
+  desc.fd = -1;
+  /* Every rank serves its fd under rank 0's id for this window. */
+  vmep_status status = vmep_group_broadcast(w->group, 0, &id, sizeof(id));
+  if (status != VMEP_OK)
+    return status;
+  snprintf(job, sizeof(job), "w%016llx", (unsigned long long)id);
+  memset(&me, 0, sizeof(me));
+  status = vmep_region_export(w->local, &desc);
+  if (status == VMEP_OK)
+    status = vmep_mem_desc_serialize(&desc, me.desc, sizeof(me.desc), &len);
+  if (status == VMEP_OK && desc.fd >= 0)
+    status = vmep__fd_server_start(job, w->rank, vmep__group_token(w->group),
+                                   &server);
+  if (status == VMEP_OK && server)
+    status = vmep__fd_server_offer(server, 0, desc.fd);
+  vmep_mem_desc_close(&desc);
+  me.value = (uint32_t)len;
+  status = share_step(w, status, &me, all, "export its region");
+  for (int r = 0; r < w->size && status == VMEP_OK; r++)
+    if (r != w->rank)
+      status = map_peer(w, r, &all[r], job);
+  /* Everyone has fetched our fd (or failed) once all reach this point. */
+  status = share_step(w, status, &me, all, "map its peers");
+  vmep__fd_server_stop(server);
+  return status;
+}
+
+static vmep_status place_local(vmep_window *w) {
+  w->stride = vmep_region_size(w->local);
+  w->peers[w->rank] = vmep_region_ptr(w->local);
+  if (w->strategy == VMEP_MEM_LEGACY)
+    return VMEP_OK;
+  vmep_mem_caps caps;
+  vmep_status status = vmep_mem_probe(w->device, &caps);
+  /* The alignment must be a power of two: the granularity, not the stride
+   * (a region of 6 MiB gives a 6 MiB stride). */
+  if (status == VMEP_OK)
+    status = vmep__va_reserve((size_t)w->size * w->stride, caps.granularity,
+                              &w->base);
+  if (status != VMEP_OK)
+    return status;
+  CUdeviceptr slot = w->base + (CUdeviceptr)w->rank * w->stride;
+  status = vmep__region_map_at(w->local, slot);
+  if (status == VMEP_OK) {
+    w->own_slot_mapped = 1;
+    w->peers[w->rank] = (void *)(uintptr_t)slot;
+  }
+  return status;
+}
+
+/* Releases whatever `w` holds; returns the first error. */
+static vmep_status release(vmep_window *w) {
+  vmep_status status = VMEP_OK, st;
+  for (int r = 0; w->mappings && r < w->size; r++) {
+    st = vmep_mapping_release(w->mappings[r]);
+    status = status != VMEP_OK ? status : st;
+  }
+  if (w->own_slot_mapped) {
+    st = vmep__region_unmap_at(w->local,
+                               w->base + (CUdeviceptr)w->rank * w->stride);
+    status = status != VMEP_OK ? status : st;
+  }
+  if (w->base) {
+    st = vmep__va_free(w->base, (size_t)w->size * w->stride);
+    status = status != VMEP_OK ? status : st;
+  }
+  st = vmep_region_free(w->local);
+  status = status != VMEP_OK ? status : st;
+  vmep__free(w->mappings);
+  vmep__free(w->peers);
+  vmep__free(w);
+  return status;
+}
+
+vmep_status vmep_window_create(vmep_group *group, int device, size_t bytes,
+                               vmep_window **win_out) {
+  if (!group || !win_out || bytes == 0)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_window_create: %s",
+                      !group     ? "group is NULL"
+                      : !win_out ? "win_out is NULL"
+                                 : "size is 0");
+  vmep_window *w = vmep__calloc(1, sizeof(*w));
+  int size = vmep_group_size(group);
+  struct step_report *all = vmep__calloc((size_t)size, sizeof(*all));
+  if (w) {
+    w->mappings = vmep__calloc((size_t)size, sizeof(*w->mappings));
+    w->peers = vmep__calloc((size_t)size, sizeof(*w->peers));
+  }
+  vmep_status status = VMEP_OK;
+  if (!w || !all || !w->mappings || !w->peers)
+    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                        "vmep_window_create: host allocation failed");
+  struct step_report me;
+  memset(&me, 0, sizeof(me));
+  if (status == VMEP_OK) {
+    w->group = group;
+    w->rank = vmep_group_rank(group);
+    w->size = size;
+    w->device = device;
+    status = vmep__mem_usable(device, 0, &me.value, NULL);
+  }
+  /* A rank that failed to probe still joins the exchange, so that no peer
+   * waits for it until the timeout. */
+  if (status == VMEP_OK || (w && all && w->group))
+    status = share_step(w, status, &me, all, "probe its device");
+  if (status == VMEP_OK)
+    status = agree_strategy(w, all);
+  if (status == VMEP_OK) {
+    vmep_status local =
+        vmep_region_alloc(device, bytes, 1u << w->strategy, &w->local);
+    if (local == VMEP_OK)
+      local = place_local(w);
+    status = share_step(w, local, &me, all, "allocate its region");
+  }
+  if (status == VMEP_OK)
+    status = exchange(w, all);
+  vmep__free(all);
+  if (status != VMEP_OK) {
+    if (w)
+      (void)release(w);
+    return status;
+  }
+  vmep_log_info("window of %zu B per rank over %d ranks, strategy %s",
+                w->stride, w->size, vmep_mem_strategy_name(w->strategy));
+  *win_out = w;
+  return VMEP_OK;
+}
+
+vmep_status vmep_window_destroy(vmep_window *w) {
+  if (!w)
+    return VMEP_OK;
+  /* Our kernels may still write into peers' memory: finish them, then wait
+   * until no rank uses the window before anyone unmaps. */
+  vmep_status status = vmep__region_sync(w->local);
+  vmep_status met = vmep_group_barrier(w->group);
+  status = status != VMEP_OK ? status : met;
+  vmep_status released = release(w);
+  return status != VMEP_OK ? status : released;
+}
+
+void *vmep_window_local(const vmep_window *w) {
+  return w ? w->peers[w->rank] : NULL;
+}
+
+void *vmep_window_peer(const vmep_window *w, int rank) {
+  return w && rank >= 0 && rank < w->size ? w->peers[rank] : NULL;
+}
+
+size_t vmep_window_size(const vmep_window *w) { return w ? w->stride : 0; }
+
+vmep_mem_strategy vmep_window_strategy(const vmep_window *w) {
+  return w ? w->strategy : VMEP_MEM_NONE;
+}

@@ -1,0 +1,129 @@
+/*
+ * kernels: the CUDA C kernels of low-latency dispatch and combine, behind
+ * extern "C" launchers that return vmep_status and check the launch. No
+ * policy here: the ep layer validates arguments, owns the memory and
+ * decides what to launch. This header is shared by C and CUDA code.
+ *
+ * Transport (see docs/EP.md): every rank's EP buffer has the same layout;
+ * peers reach it through `peers[r]` (a device array of base addresses).
+ * Dispatch is pull-based: a sender stages its tokens once in its own send
+ * area and raises a ready flag in each receiver's buffer; receivers read
+ * the rows they need and acknowledge. Combine pushes each expert row into
+ * the source's per-(token, k) slot; the source reduces in fp32. Flags hold
+ * monotonic epochs per buffer parity, so nothing is ever reset and CUDA
+ * graph replays stay consistent.
+ */
+#ifndef VMEP_KERNELS_H
+#define VMEP_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vmep.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VMEP_LL_MAX_TOPK 16
+#define VMEP_LL_MAX_RANKS 1024
+#define VMEP_LL_FP8_GROUP 128
+
+/* Device error word bits (vmep_ep_poll_errors). */
+#define VMEP_LL_ERR_BAD_EXPERT 1u /* an expert id >= E or < -1 was skipped */
+#define VMEP_LL_ERR_TIMEOUT 2u    /* a rank was masked after a timeout */
+
+/* Byte offsets of the parts of one rank's EP buffer (identical on all
+ * ranks). Flags are uint64 epochs, indexed [parity][peer rank]. */
+struct vmep_ll_layout {
+  size_t disp_ready; /* written by sender s at [b][s] when send[b] is ready */
+  size_t disp_ack;   /* written by receiver d at [b][d] when it read send[b] */
+  size_t comb_ready; /* written by expert rank d at [b][d] after its rows */
+  size_t comb_ack;   /* written by source s at [b][s] after reducing */
+  size_t send[2];    /* per parity: header, topk [T][K] int32, rows [T] */
+  size_t send_topk;  /* offset of topk within a send area */
+  size_t send_rows;  /* offset of the rows within a send area */
+  size_t row_bytes;  /* one staged row: max(2H, H + 4H/128), 16-aligned */
+  size_t slots[2];   /* per parity: combine slots [T][K][H] bf16 */
+  size_t total;      /* bytes, a multiple of 4096 */
+};
+
+/* Per-rank device state private to the rank (not shared). */
+struct vmep_ll_state {
+  uint64_t disp_epoch[2];
+  uint64_t comb_epoch[2];
+  unsigned int done[8];     /* "last block" counters of each kernel */
+  unsigned int errors;      /* VMEP_LL_ERR_* bits */
+  unsigned int bad_experts; /* selections skipped for a bad expert id */
+  int masked[VMEP_LL_MAX_RANKS];
+};
+
+/* Everything a launch needs. Pointers are device pointers. */
+struct vmep_ll_params {
+  int rank, num_ranks, num_experts, hidden, max_tokens, num_topk;
+  int num_blocks; /* the SM budget */
+  int parity;     /* buffer parity of this call (0 or 1) */
+  long long timeout_ns;
+  struct vmep_ll_layout layout;
+  char *const *peers;          /* [num_ranks] base of each rank's buffer */
+  struct vmep_ll_state *state; /* this rank's private state */
+  /* routing scratch (private): entries [2][R][T][K] (l << 16 | rank within
+   * (source, l), or -1), per-(source, local expert) counts and begins
+   * [2][R][L], and the combine map [2][L][R*T] ((t << 16) | (s << 5) | k) */
+  int *entries;
+  int *counts;
+  int *begins;
+  unsigned int *row_map;
+  int *recv_count_copy; /* [2][L] */
+};
+
+struct vmep_ll_dispatch_io {
+  const void *x;           /* bf16 [n, H] */
+  const int64_t *topk_idx; /* [n, K] */
+  int num_tokens;
+  int use_fp8, round_scale;
+  void *recv_x;          /* bf16 or fp8 [L, R*T, H] */
+  float *recv_scales;    /* fp8 only: [L, R*T, H/128] */
+  int *recv_count;       /* [L] */
+  int *src_info;         /* [L, R*T] */
+  int64_t *layout_range; /* [L, R] */
+};
+
+struct vmep_ll_combine_io {
+  const void *expert_out;    /* bf16 [L, R*T, H] */
+  const int64_t *topk_idx;   /* [n, K] */
+  const float *topk_weights; /* [n, K] */
+  int num_tokens;
+  void *out; /* bf16 [n, H] */
+};
+
+/* Dispatch send phase: waits until every receiver released send[parity],
+ * stages the tokens (bf16 copy or fp8 quantization) and raises the ready
+ * flags. Asynchronous on `stream` (a cudaStream_t). */
+vmep_status vmep__ll_dispatch_send(const struct vmep_ll_params *p,
+                                   const struct vmep_ll_dispatch_io *io,
+                                   void *stream);
+
+/* Dispatch receive phase: waits for every live sender, routes, pulls the
+ * rows into recv_x and acknowledges. */
+vmep_status vmep__ll_dispatch_recv(const struct vmep_ll_params *p,
+                                   const struct vmep_ll_dispatch_io *io,
+                                   void *stream);
+
+/* Combine send phase: pushes every received row's expert output into its
+ * source's slot and raises the ready flags. */
+vmep_status vmep__ll_combine_send(const struct vmep_ll_params *p,
+                                  const struct vmep_ll_combine_io *io,
+                                  void *stream);
+
+/* Combine receive phase: waits for every live expert rank, reduces the
+ * slots with the weights in fp32 and writes bf16 out; acknowledges. */
+vmep_status vmep__ll_combine_recv(const struct vmep_ll_params *p,
+                                  const struct vmep_ll_combine_io *io,
+                                  void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VMEP_KERNELS_H */

@@ -1,0 +1,132 @@
+/*
+ * Low-latency combine, in two launches:
+ *  send - on each expert rank: wait until each source has reduced the
+ *         previous use of its slots, push every received row's expert output
+ *         into the source's slot [t][k], raise the ready flags;
+ *  recv - on each source: wait for every live expert rank, reduce each
+ *         token's K slots with its weights in fp32, write bf16; acknowledge.
+ * Selections of masked ranks and invalid expert ids count as zero.
+ */
+#include "kernels/rows.cuh"
+#include "kernels/sync.cuh"
+
+extern "C" {
+#include "core/core.h"
+}
+
+__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
+    combine_send_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
+  const int L = p.num_experts / p.num_ranks, K = p.num_topk;
+  const size_t RT = (size_t)p.num_ranks * p.max_tokens;
+  uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
+  ll_wait_all(p, p.layout.comb_ack, epoch - 1);
+  const int *recv_count = p.recv_count_copy + p.parity * L;
+  const unsigned int *row_map = p.row_map + (size_t)p.parity * L * RT;
+  const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
+  const int chunks = p.hidden / 8, slices = ll_slices(chunks);
+  /* Items (row, slice) over the rows [0, recv_count[l]) of every expert,
+   * walked as one sequence: a warp's items only move forward. */
+  int l = 0, before = 0;
+  for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;; item += warps) {
+    int row = item / slices, slice = item % slices;
+    while (l < L && row >= before + recv_count[l])
+      before += recv_count[l++];
+    if (l == L)
+      break;
+    size_t local = (size_t)l * RT + (row - before);
+    unsigned int m = row_map[local];
+    int t = (int)(m >> 16), s = (int)((m >> 5) & 0x7ff), k = (int)(m & 31);
+    if (ll_is_masked(p.state, s))
+      continue;
+    const uint4 *src = (const uint4 *)((const __nv_bfloat16 *)io.expert_out +
+                                       local * p.hidden);
+    uint4 *dst = (uint4 *)(p.peers[s] + p.layout.slots[p.parity] +
+                           ((size_t)t * K + k) * p.hidden * 2);
+    ll_copy_slice(src, dst, chunks, slice, lane);
+  }
+  if (ll_last_block(p.state, 3))
+    ll_signal_all(p, p.layout.comb_ready, epoch);
+}
+
+__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
+    combine_recv_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
+  const int L = p.num_experts / p.num_ranks, K = p.num_topk;
+  uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
+  ll_wait_all(p, p.layout.comb_ready, epoch);
+  const char *slots = p.peers[p.rank] + p.layout.slots[p.parity];
+  const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
+  const int chunks = p.hidden / 8, groups = (chunks + 31) / 32;
+  /* Items (token, 32 chunks of 8 channels): each lane reduces one chunk,
+   * with all K loads issued before the first multiply. */
+  for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
+       item < io.num_tokens * groups; item += warps) {
+    int t = item / groups, c = (item % groups) * 32 + lane;
+    float w = 0.0f;
+    int use = 0;
+    if (lane < K) {
+      int64_t e = io.topk_idx[(size_t)t * K + lane];
+      use = e >= 0 && e < p.num_experts && !ll_is_masked(p.state, (int)(e / L));
+      w = io.topk_weights[(size_t)t * K + lane];
+    }
+    const unsigned int valid = __ballot_sync(LL_FULL_MASK, use);
+    const int active = c < chunks; /* the last group may be partial */
+    const uint4 *row = (const uint4 *)(slots + (size_t)t * K * p.hidden * 2);
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    /* K in batches of 8: every load of a batch is in flight before the
+     * first multiply, within the register budget. */
+    for (int k0 = 0; k0 < K; k0 += 8) {
+      uint4 v[8];
+#pragma unroll
+      for (int k = 0; k < 8; k++)
+        if (active && (valid >> (k0 + k) & 1u))
+          v[k] = __ldcg(row + (size_t)(k0 + k) * chunks + c);
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        if (!(valid >> (k0 + k) & 1u))
+          continue;
+        const float wk = __shfl_sync(LL_FULL_MASK, w, k0 + k);
+        const __nv_bfloat16 *h = (const __nv_bfloat16 *)&v[k];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+          acc[j] = fmaf(wk, __bfloat162float(h[j]), acc[j]);
+      }
+    }
+    if (!active)
+      continue;
+    uint4 packed;
+    __nv_bfloat16 *o = (__nv_bfloat16 *)&packed;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+      o[j] = __float2bfloat16_rn(acc[j]);
+    ((uint4 *)((__nv_bfloat16 *)io.out + (size_t)t * p.hidden))[c] = packed;
+  }
+  if (!ll_last_block(p.state, 4))
+    return;
+  ll_signal_all(p, p.layout.comb_ack, epoch);
+  if (threadIdx.x == 0)
+    p.state->comb_epoch[p.parity] = epoch;
+}
+
+static vmep_status launched(const char *what) {
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess)
+    return VMEP_OK;
+  return vmep__fail(VMEP_ERR_CUDA, VMEP_LOG_ERROR, "%s launch: %s", what,
+                    cudaGetErrorString(err));
+}
+
+extern "C" vmep_status
+vmep__ll_combine_send(const struct vmep_ll_params *p,
+                      const struct vmep_ll_combine_io *io, void *stream) {
+  combine_send_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
+      *p, *io);
+  return launched("combine send kernel");
+}
+
+extern "C" vmep_status
+vmep__ll_combine_recv(const struct vmep_ll_params *p,
+                      const struct vmep_ll_combine_io *io, void *stream) {
+  combine_recv_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
+      *p, *io);
+  return launched("combine recv kernel");
+}

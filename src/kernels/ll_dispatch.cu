@@ -1,0 +1,208 @@
+/*
+ * Low-latency dispatch, pull-based, in three launches:
+ *  send  - wait until every receiver released send[parity], stage each token
+ *          once (bf16 copy or fp8 quantization, expert ids as int32), raise
+ *          the ready flag in every receiver's buffer;
+ *  count - per source: wait for its flag, read its expert ids, give each of
+ *          our (token, k) selections its rank within (source, local expert);
+ *          the last block turns counts into begins, layout_range, recv_count;
+ *  copy  - per (source, token): read the staged row once and write it to
+ *          every local expert that selected it; acknowledge every source.
+ * No grid-wide barrier inside a kernel: ranks sharing a GPU under MPS
+ * cannot starve one another of SMs into a deadlock.
+ */
+#include "kernels/rows.cuh"
+#include "kernels/sync.cuh"
+
+extern "C" {
+#include "core/core.h"
+}
+
+/* The send area of `rank` for this call's parity. */
+__device__ __forceinline__ char *send_area(const vmep_ll_params &p, int rank) {
+  return p.peers[rank] + p.layout.send[p.parity];
+}
+
+__device__ __forceinline__ int32_t checked_expert(const vmep_ll_params &p,
+                                                  int64_t e) {
+  if (e >= 0 && e < p.num_experts)
+    return (int32_t)e;
+  if (e != -1) {
+    atomicAdd(&p.state->bad_experts, 1u);
+    atomicOr(&p.state->errors, VMEP_LL_ERR_BAD_EXPERT);
+  }
+  return -1;
+}
+
+__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
+    dispatch_send_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
+  uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
+  ll_wait_all(p, p.layout.disp_ack, epoch - 1);
+  char *area = send_area(p, p.rank);
+  int32_t *topk = (int32_t *)(area + p.layout.send_topk);
+  const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
+  const int thread = blockIdx.x * blockDim.x + threadIdx.x;
+  if (thread == 0)
+    *(int *)area = io.num_tokens;
+  for (int i = thread; i < io.num_tokens * p.num_topk;
+       i += gridDim.x * blockDim.x)
+    topk[i] = checked_expert(p, io.topk_idx[i]);
+  /* Work items: (token, 2 KiB slice) in bf16, (token, group) in fp8. */
+  const int per_row =
+      io.use_fp8 ? p.hidden / VMEP_LL_FP8_GROUP : ll_slices(p.hidden / 8);
+  for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
+       item < io.num_tokens * per_row; item += warps) {
+    int t = item / per_row, part = item % per_row;
+    const __nv_bfloat16 *x = (const __nv_bfloat16 *)io.x + (size_t)t * p.hidden;
+    char *row = area + p.layout.send_rows + (size_t)t * p.layout.row_bytes;
+    if (io.use_fp8)
+      ll_quantize_group(x, (unsigned char *)row, p.hidden, part, io.round_scale,
+                        lane);
+    else
+      ll_copy_slice((const uint4 *)x, (uint4 *)row, p.hidden / 8, part, lane);
+  }
+  if (ll_last_block(p.state, 0))
+    ll_signal_all(p, p.layout.disp_ready, epoch);
+}
+
+__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
+    dispatch_count_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
+  extern __shared__ int counts_smem[];
+  __shared__ int n_src;
+  const int L = p.num_experts / p.num_ranks, K = p.num_topk;
+  const int first = p.rank * L;
+  uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
+  int *entries = p.entries + (size_t)p.parity * p.num_ranks * p.max_tokens * K;
+  int *counts = p.counts + (size_t)p.parity * p.num_ranks * (L + 1);
+  for (int s = blockIdx.x; s < p.num_ranks; s += gridDim.x) {
+    if (threadIdx.x == 0) {
+      int ready = ll_wait_flag(ll_flag(p.peers[p.rank], p.layout.disp_ready,
+                                       p.parity, p.num_ranks, s),
+                               epoch, p.state, s, p.timeout_ns);
+      n_src = ready ? __ldcg((const int *)send_area(p, s)) : 0;
+    }
+    for (int l = threadIdx.x; l < L; l += blockDim.x)
+      counts_smem[l] = 0;
+    __syncthreads();
+    const int32_t *topk =
+        (const int32_t *)(send_area(p, s) + p.layout.send_topk);
+    int *out = entries + (size_t)s * p.max_tokens * K;
+    for (int i = threadIdx.x; i < n_src * K; i += blockDim.x) {
+      int e = __ldcg(topk + i), entry = -1;
+      if (e >= first && e < first + L)
+        entry = ((e - first) << 16) | atomicAdd(&counts_smem[e - first], 1);
+      out[i] = entry;
+    }
+    __syncthreads();
+    for (int l = threadIdx.x; l < L; l += blockDim.x)
+      counts[s * (L + 1) + l] = counts_smem[l];
+    if (threadIdx.x == 0)
+      counts[s * (L + 1) + L] = n_src;
+    __syncthreads();
+  }
+  if (!ll_last_block(p.state, 1))
+    return;
+  int *begins = p.begins + (size_t)p.parity * p.num_ranks * L;
+  for (int l = threadIdx.x; l < L; l += blockDim.x) {
+    long long run = 0;
+    for (int s = 0; s < p.num_ranks; s++) {
+      int c = counts[s * (L + 1) + l];
+      begins[s * L + l] = (int)run;
+      io.layout_range[(size_t)l * p.num_ranks + s] = (run << 32) | c;
+      run += c;
+    }
+    io.recv_count[l] = (int)run;
+    p.recv_count_copy[p.parity * L + l] = (int)run;
+  }
+}
+
+__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
+    dispatch_copy_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
+  const int L = p.num_experts / p.num_ranks, K = p.num_topk, T = p.max_tokens;
+  const size_t RT = (size_t)p.num_ranks * T;
+  uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
+  const int *entries = p.entries + (size_t)p.parity * p.num_ranks * T * K;
+  const int *counts = p.counts + (size_t)p.parity * p.num_ranks * (L + 1);
+  const int *begins = p.begins + (size_t)p.parity * p.num_ranks * L;
+  unsigned int *row_map = p.row_map + (size_t)p.parity * L * RT;
+  const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
+  /* A row is bf16 (2H bytes) or fp8 (H bytes, then the scales). */
+  const int chunks = io.use_fp8 ? p.hidden / 16 : p.hidden / 8;
+  const int groups = p.hidden / VMEP_LL_FP8_GROUP;
+  const int slices = ll_slices(chunks);
+  const size_t row_bytes = io.use_fp8 ? (size_t)p.hidden : 2 * (size_t)p.hidden;
+  for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
+       item < p.num_ranks * T * slices; item += warps) {
+    int pair = item / slices, slice = item % slices;
+    int s = pair / T, t = pair % T;
+    if (t >= counts[s * (L + 1) + L])
+      continue;
+    int entry = lane < K ? entries[(size_t)pair * K + lane] : -1;
+    unsigned int todo = __ballot_sync(LL_FULL_MASK, entry >= 0);
+    if (!todo)
+      continue;
+    size_t dst_row = 0;
+    if (entry >= 0) {
+      int l = entry >> 16;
+      dst_row = (size_t)l * RT + begins[s * L + l] + (entry & 0xffff);
+      if (slice == 0) {
+        io.src_info[dst_row] = t;
+        row_map[dst_row] = ((unsigned)t << 16) | ((unsigned)s << 5) | lane;
+      }
+    }
+    const char *src =
+        send_area(p, s) + p.layout.send_rows + (size_t)t * p.layout.row_bytes;
+    uint4 v[LL_UNROLL];
+    ll_load_slice((const uint4 *)src, chunks, slice, lane, v);
+    const float *scales = (const float *)(src + p.hidden);
+    float scale = 0.0f;
+    if (io.use_fp8 && slice == 0 && lane < groups)
+      scale = __ldcg(scales + lane); /* groups <= 32 per pass below */
+    while (todo) {
+      int j = __ffs(todo) - 1;
+      todo &= todo - 1;
+      size_t row = __shfl_sync(LL_FULL_MASK, dst_row, j);
+      ll_store_slice((uint4 *)((char *)io.recv_x + row * row_bytes), chunks,
+                     slice, lane, v);
+      if (io.use_fp8 && slice == 0)
+        for (int g = lane; g < groups; g += 32)
+          io.recv_scales[row * groups + g] =
+              g < 32 ? scale : __ldcg(scales + g);
+    }
+  }
+  if (!ll_last_block(p.state, 2))
+    return;
+  ll_signal_all(p, p.layout.disp_ack, epoch);
+  if (threadIdx.x == 0)
+    p.state->disp_epoch[p.parity] = epoch;
+}
+
+static vmep_status launched(const char *what) {
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess)
+    return VMEP_OK;
+  return vmep__fail(VMEP_ERR_CUDA, VMEP_LOG_ERROR, "%s launch: %s", what,
+                    cudaGetErrorString(err));
+}
+
+extern "C" vmep_status
+vmep__ll_dispatch_send(const struct vmep_ll_params *p,
+                       const struct vmep_ll_dispatch_io *io, void *stream) {
+  dispatch_send_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
+      *p, *io);
+  return launched("dispatch send kernel");
+}
+
+extern "C" vmep_status
+vmep__ll_dispatch_recv(const struct vmep_ll_params *p,
+                       const struct vmep_ll_dispatch_io *io, void *stream) {
+  size_t smem = sizeof(int) * (size_t)(p->num_experts / p->num_ranks);
+  dispatch_count_kernel<<<p->num_blocks, LL_THREADS, smem,
+                          (cudaStream_t)stream>>>(*p, *io);
+  vmep_status status = launched("dispatch count kernel");
+  if (status != VMEP_OK)
+    return status;
+  dispatch_copy_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
+      *p, *io);
+  return launched("dispatch copy kernel");
+}

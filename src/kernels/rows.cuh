@@ -1,0 +1,107 @@
+/*
+ * Warp-wide row movement for the dispatch and combine kernels: rows go in
+ * 2 KiB slices, 16-byte accesses, four loads in flight per lane before the
+ * first store, loads that bypass L1 (rows written by other processes must
+ * never be served from a stale L1 line), and fp8 e4m3 quantization of a
+ * bf16 row with one fp32 scale per 128 channels, a group per warp item.
+ */
+#ifndef VMEP_KERNELS_ROWS_CUH
+#define VMEP_KERNELS_ROWS_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include "kernels/kernels.h"
+
+#define LL_THREADS 512
+#define LL_WARPS (LL_THREADS / 32)
+#define LL_UNROLL 4
+/* Two blocks fit on every SM (at most 64 registers a thread). Kernels wait
+ * for peers' kernels; when ranks share a GPU, every rank's spinning blocks
+ * must leave room for the others, or they would starve each other. */
+#define LL_MIN_BLOCKS 2
+#define LL_FULL_MASK 0xffffffffu
+
+/* A row is moved in slices of LL_SLICE_CHUNKS 16-byte chunks (2 KiB): one
+ * warp-sized work item with LL_UNROLL loads in flight per lane. Splitting
+ * rows this way gives enough independent work when tokens are few. */
+#define LL_SLICE_CHUNKS (32 * LL_UNROLL)
+
+__device__ __forceinline__ int ll_slices(int chunks) {
+  return (chunks + LL_SLICE_CHUNKS - 1) / LL_SLICE_CHUNKS;
+}
+
+/* Loads slice `slice` of a row into registers (one warp)... */
+__device__ __forceinline__ void ll_load_slice(const uint4 *src, int chunks,
+                                              int slice, int lane,
+                                              uint4 v[LL_UNROLL]) {
+  int base = slice * LL_SLICE_CHUNKS + lane;
+#pragma unroll
+  for (int j = 0; j < LL_UNROLL; j++)
+    if (base + j * 32 < chunks)
+      v[j] = __ldcg(src + base + j * 32);
+}
+
+/* ...and stores it, to as many destinations as needed. */
+__device__ __forceinline__ void ll_store_slice(uint4 *dst, int chunks,
+                                               int slice, int lane,
+                                               const uint4 v[LL_UNROLL]) {
+  int base = slice * LL_SLICE_CHUNKS + lane;
+#pragma unroll
+  for (int j = 0; j < LL_UNROLL; j++)
+    if (base + j * 32 < chunks)
+      dst[base + j * 32] = v[j];
+}
+
+/* Copies slice `slice` of a row of `chunks` 16-byte chunks with a warp. */
+__device__ __forceinline__ void ll_copy_slice(const uint4 *src, uint4 *dst,
+                                              int chunks, int slice, int lane) {
+  uint4 v[LL_UNROLL];
+  ll_load_slice(src, chunks, slice, lane, v);
+  ll_store_slice(dst, chunks, slice, lane, v);
+}
+
+/* The smallest power of two >= scale (positive, normal), bit-exact. */
+__device__ __forceinline__ float ll_pow2_ceil(float scale) {
+  unsigned int bits = __float_as_uint(scale);
+  if (bits & 0x7fffffu)
+    bits = (bits & 0xff800000u) + 0x800000u;
+  return __uint_as_float(bits);
+}
+
+/*
+ * Quantizes group `g` (channels [128 g, 128 g + 128)) of one bf16 row with
+ * a warp: amax (floored at 1e-4), scale = amax / 448 (a power of two when
+ * round_scale), q = fp8(x / scale). The staged row holds q[hidden] bytes,
+ * then the scales as floats.
+ */
+__device__ __forceinline__ void ll_quantize_group(const __nv_bfloat16 *src,
+                                                  unsigned char *dst,
+                                                  int hidden, int g,
+                                                  int round_scale, int lane) {
+  uint2 raw = __ldcg((const uint2 *)(src + g * VMEP_LL_FP8_GROUP) + lane);
+  const __nv_bfloat16 *h = (const __nv_bfloat16 *)&raw;
+  float v[4], amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    v[j] = __bfloat162float(h[j]);
+    amax = fmaxf(amax, fabsf(v[j]));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1)
+    amax = fmaxf(amax, __shfl_xor_sync(LL_FULL_MASK, amax, off));
+  float scale = fmaxf(amax, 1e-4f) / 448.0f;
+  if (round_scale)
+    scale = ll_pow2_ceil(scale);
+  unsigned int packed = 0;
+#pragma unroll
+  for (int j = 0; j < 4; j++)
+    packed |= (unsigned int)__nv_cvt_float_to_fp8(v[j] / scale, __NV_SATFINITE,
+                                                  __NV_E4M3)
+              << (8 * j);
+  ((unsigned int *)(dst + g * VMEP_LL_FP8_GROUP))[lane] = packed;
+  if (lane == 0)
+    ((float *)(dst + hidden))[g] = scale;
+}
+
+#endif /* VMEP_KERNELS_ROWS_CUH */

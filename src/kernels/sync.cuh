@@ -1,0 +1,119 @@
+/*
+ * Device-side signalling shared by the dispatch and combine kernels: flags
+ * are uint64 epochs stored with release and read with acquire semantics at
+ * system scope (peers are other processes, possibly other GPUs), waits are
+ * bounded by the global nanosecond timer (SM clocks differ between SMs and
+ * a preempted block may resume elsewhere), and a rank that does not signal
+ * in time is masked instead of hanging the kernel.
+ */
+#ifndef VMEP_KERNELS_SYNC_CUH
+#define VMEP_KERNELS_SYNC_CUH
+
+#include "kernels/kernels.h"
+
+__device__ __forceinline__ uint64_t ll_load_acquire(const uint64_t *p) {
+  uint64_t v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];"
+               : "=l"(v)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void ll_store_release(uint64_t *p, uint64_t v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v)
+               : "memory");
+}
+
+__device__ __forceinline__ long long ll_now_ns(void) {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return (long long)t;
+}
+
+__device__ __forceinline__ int ll_is_masked(const struct vmep_ll_state *st,
+                                            int rank) {
+  return *(volatile const int *)&st->masked[rank];
+}
+
+/* Masks `rank` after a timeout (idempotent across threads and blocks). */
+__device__ __forceinline__ void ll_mask_rank(struct vmep_ll_state *st,
+                                             int rank) {
+  atomicExch(&st->masked[rank], 1);
+  atomicOr(&st->errors, VMEP_LL_ERR_TIMEOUT);
+}
+
+/* Waits until *flag >= target. Returns 1 when it got there, 0 when `rank`
+ * is (or has just been) masked because the deadline passed. One thread. */
+__device__ __forceinline__ int ll_wait_flag(const uint64_t *flag,
+                                            uint64_t target,
+                                            struct vmep_ll_state *st, int rank,
+                                            long long timeout_ns) {
+  if (ll_is_masked(st, rank))
+    return 0;
+  if (ll_load_acquire(flag) >= target)
+    return 1;
+  long long deadline = ll_now_ns() + timeout_ns;
+  while (ll_load_acquire(flag) < target) {
+    if (ll_is_masked(st, rank))
+      return 0;
+    if (ll_now_ns() > deadline) {
+      ll_mask_rank(st, rank);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+/* Address of flag [parity][peer] at `offset` in the buffer at `base`. */
+__device__ __forceinline__ uint64_t *
+ll_flag(char *base, size_t offset, int parity, int num_ranks, int peer) {
+  return (uint64_t *)(base + offset) + (size_t)parity * num_ranks + peer;
+}
+
+/*
+ * Called by every block when its part of a kernel is done: makes the
+ * block's writes visible system-wide and counts it in done[slot]. Returns
+ * nonzero in exactly one block, the last, after resetting the counter for
+ * the next launch. All threads of the block must call it.
+ */
+__device__ __forceinline__ int ll_last_block(struct vmep_ll_state *st,
+                                             int slot) {
+  __shared__ int last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence_system();
+    unsigned int prev = atomicAdd(&st->done[slot], 1u);
+    last = prev == gridDim.x - 1;
+    if (last) {
+      st->done[slot] = 0;
+      __threadfence();
+    }
+  }
+  __syncthreads();
+  return last;
+}
+
+/* Raises flag [parity][rank] to `epoch` in every live peer's buffer. One
+ * thread per peer; the caller is the last block. */
+__device__ __forceinline__ void ll_signal_all(const struct vmep_ll_params &p,
+                                              size_t offset, uint64_t epoch) {
+  for (int peer = threadIdx.x; peer < p.num_ranks; peer += blockDim.x)
+    if (!ll_is_masked(p.state, peer))
+      ll_store_release(
+          ll_flag(p.peers[peer], offset, p.parity, p.num_ranks, p.rank), epoch);
+}
+
+/* Every thread 0 of a block waits until each live peer's flag [parity][peer]
+ * in our own buffer reaches `target`; then the block proceeds. */
+__device__ __forceinline__ void ll_wait_all(const struct vmep_ll_params &p,
+                                            size_t offset, uint64_t target) {
+  if (threadIdx.x == 0)
+    for (int peer = 0; peer < p.num_ranks; peer++)
+      ll_wait_flag(
+          ll_flag(p.peers[p.rank], offset, p.parity, p.num_ranks, peer), target,
+          p.state, peer, p.timeout_ns);
+  __syncthreads();
+}
+
+#endif /* VMEP_KERNELS_SYNC_CUH */
