@@ -1,0 +1,58 @@
+/*
+ * vmep-bench: shared declarations of its parts. bench_main.c parses the
+ * command line and starts the ranks through vmep-run when no launcher did;
+ * bench_run.c times dispatch, combine and the same-run copy ceiling for one
+ * token count; bench_report.c prints the per-rank lines, the summary table
+ * and the JSON file.
+ */
+#ifndef VMEP_BENCH_H
+#define VMEP_BENCH_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "vmep.h"
+
+#define BENCH_MAX_SWEEP 16
+
+struct bench_options {
+  int ranks; /* ranks to launch when no launcher started us */
+  int tokens[BENCH_MAX_SWEEP];
+  int num_tokens_values;
+  int hidden, topk, experts; /* experts 0: 4 per rank */
+  int fp8, round_scale;
+  int iters, warmup;
+  int check;
+  int num_sms; /* 0: this rank's whole share of the GPU */
+  uint64_t seed;
+  const char *json;
+};
+
+/* One rank's numbers for one token count. */
+struct bench_result {
+  int rank, tokens;
+  double dispatch_bytes, combine_bytes;     /* per call, DeepEP LL accounting */
+  double dispatch_us, combine_us;           /* median per call */
+  double copy_dispatch_us, copy_combine_us; /* same bytes, D2D copy */
+  int checked;                              /* 1 passed, 0 not run */
+  int num_sms;                              /* blocks per kernel used */
+};
+
+/* Runs one token count on this rank: creates the buffer, optionally checks
+ * against the reference, times, destroys. Prints nothing. */
+vmep_status bench_run_tokens(vmep_group *group, const struct bench_options *o,
+                             int tokens, struct bench_result *result);
+
+/* Per-rank line, as users of other EP libraries know it. `prefix` adds
+ * "[rank N] " (when no launcher prefixes lines). */
+void bench_print_rank(const struct bench_result *r, int prefix);
+
+/* Rank 0: the summary of every rank's results for every token count. */
+void bench_print_summary(const struct bench_options *o,
+                         const struct bench_result *all, int ranks, int sweeps);
+
+/* Rank 0: the same as JSON into `path`. 0 on success. */
+int bench_write_json(const char *path, const struct bench_options *o,
+                     const struct bench_result *all, int ranks, int sweeps);
+
+#endif /* VMEP_BENCH_H */
