@@ -1,0 +1,87 @@
+/*
+ * Shared pieces of the dispatch / combine GPU tests: random inputs that
+ * are never zero (bf16 values, distinct expert choices with some -1), and
+ * the expert model: expert e maps a row to bf16(x * (1 + e / 16)), a
+ * function of the row's content as a real expert is, so any rank can
+ * rebuild any rank's expert outputs from its dispatch layout.
+ */
+#ifndef VMEP_EP_TEST_CUH
+#define VMEP_EP_TEST_CUH
+
+#include <cuda_bf16.h>
+
+#include "gpu_test.cuh"
+
+extern "C" {
+#include "ep/ep.h"
+}
+
+/* A bf16 value that is never zero: sign * (0.5 .. 2) * 2^(-2..2). */
+static uint16_t random_bf16(void) {
+  float mag = (float)(0.5 + (test_rand() % 1536) / 1024.0);
+  mag = ldexpf(mag, (int)(test_rand() % 5) - 2);
+  return vmep__bf16_from_float(test_rand() & 1 ? -mag : mag);
+}
+
+/* Distinct experts per token, some slots -1. */
+static void random_topk(int64_t *topk, int n, int K, int E, int skew) {
+  for (int t = 0; t < n; t++)
+    for (int k = 0; k < K; k++) {
+      int64_t e;
+      int again;
+      do {
+        e = skew ? (int64_t)(test_rand() % 2) * (E - 1)
+                 : (int64_t)(test_rand() % E);
+        again = 0;
+        for (int j = 0; j < k; j++)
+          again |= topk[t * K + j] == e;
+      } while (again && !skew);
+      if (test_rand() % 10 == 0 || (skew && again))
+        e = -1;
+      topk[t * K + k] = e;
+    }
+}
+
+/* Fills expert_out [L, R*T, H] of rank d from its layout (recv_count,
+ * src_info, layout_range) and the sources' inputs; NaN outside the valid
+ * rows, so a combine that reads them shows it. */
+static void expert_model(const struct vmep_ref_problem *p, int d,
+                         const struct vmep_ref_recv *recv, uint16_t *eo) {
+  const int R = p->num_ranks, L = p->num_experts / R, H = p->hidden;
+  const size_t RT = (size_t)R * p->max_tokens;
+  for (size_t i = 0; i < (size_t)L * RT * H; i++)
+    eo[i] = 0x7fc0;
+  for (int l = 0; l < L; l++)
+    for (int src = 0; src < R; src++) {
+      int64_t range = recv->layout_range[l * R + src];
+      int begin = (int)(range >> 32), count = (int)(range & 0xffffffff);
+      float f = 1.0f + (float)(d * L + l) / 16.0f;
+      const struct vmep_ref_rank_input *in = &p->ranks[src];
+      for (int i = begin; i < begin + count; i++) {
+        int t = recv->src_info[l * RT + i];
+        ASSERT_TRUE(t >= 0 && t < in->num_tokens);
+        for (int c = 0; c < H; c++)
+          eo[(l * RT + i) * H + c] = vmep__bf16_from_float(
+              vmep__bf16_to_float(in->x[(size_t)t * H + c]) * f);
+      }
+    }
+}
+
+/* The same expert model on the device (bf16 dispatch): rows [0,
+ * recv_count[l]) of recv_x [L, RT, H] through expert first_expert + l. */
+__global__ void expert_model_kernel(const __nv_bfloat16 *recv_x,
+                                    const int *recv_count, int L, size_t RT,
+                                    int H, int first_expert,
+                                    __nv_bfloat16 *eo) {
+  size_t total = (size_t)L * RT * H;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+       i += (size_t)gridDim.x * blockDim.x) {
+    int l = (int)(i / (RT * H));
+    size_t row = i / H % RT;
+    if (row < (size_t)recv_count[l])
+      eo[i] = __float2bfloat16_rn(__bfloat162float(recv_x[i]) *
+                                  (1.0f + (float)(first_expert + l) / 16.0f));
+  }
+}
+
+#endif /* VMEP_EP_TEST_CUH */

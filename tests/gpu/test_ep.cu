@@ -1,0 +1,421 @@
+/*
+ * The EP buffer end to end across processes (run under vmep-run, several
+ * ranks on one GPU). Every rank derives every rank's inputs from one seed,
+ * so each can compute the reference of the whole group; layouts are
+ * exchanged through the group for the combine check. Covered: hidden sizes
+ * 512..8192, bf16 and fp8 (with round_scale), top-k 1..16, uniform routing
+ * with -1 entries, all tokens to one expert, a rank that sends nothing,
+ * n = T, invalid expert ids (reported, not trapped), 1000 back-to-back
+ * dispatch / expert / combine sequences in batches without host
+ * synchronization (two in flight), and a captured CUDA graph of dispatch,
+ * experts and combine replayed 100 times with new inputs copied in. The
+ * expert is a device kernel mapping each row to bf16(x * (1 + e / 16)); the
+ * host's copy of that model is the oracle for combine.
+ */
+#include "ep_test.cuh"
+
+#define MAX_RANKS 8
+#define BATCH 10
+
+enum routing { UNIFORM, ONE_EXPERT, SILENT_RANK, FULL, INVALID_IDS };
+
+struct world {
+  int R, E, L, T, H, K, fp8, round_scale;
+  struct vmep_ref_rank_input in[MAX_RANKS];
+  uint16_t *x[MAX_RANKS];
+  int64_t *topk[MAX_RANKS];
+  float *w[MAX_RANKS];
+  int invalid[MAX_RANKS];
+};
+
+/* This rank's device buffers for one call. */
+struct io {
+  uint16_t *x, *expert_out, *out;
+  int64_t *topk;
+  float *w, *recv_scales;
+  void *recv_x;
+  int *recv_count, *src_info;
+  int64_t *layout_range;
+};
+
+static struct world shape(int R, int T, int H, int K, int fp8,
+                          int round_scale) {
+  struct world w;
+  memset(&w, 0, sizeof(w));
+  w.R = R;
+  w.E = 4 * R;
+  w.L = 4;
+  w.T = T;
+  w.H = H;
+  w.K = K < w.E ? K : w.E;
+  w.fp8 = fp8;
+  w.round_scale = round_scale;
+  return w;
+}
+
+static void gen_world(struct world *w, uint64_t seed, enum routing how) {
+  uint64_t saved = test_rng_state;
+  test_rng_state = seed | 1;
+  for (int r = 0; r < w->R; r++) {
+    int n = how == FULL ? w->T : (int)(test_rand() % (w->T + 1));
+    if (how == SILENT_RANK && r == 1)
+      n = 0;
+    w->x[r] = (uint16_t *)calloc((size_t)w->T * w->H + 1, 2);
+    w->topk[r] = (int64_t *)calloc((size_t)w->T * w->K + 1, 8);
+    w->w[r] = (float *)calloc((size_t)w->T * w->K + 1, 4);
+    for (size_t i = 0; i < (size_t)n * w->H; i++)
+      w->x[r][i] = random_bf16();
+    random_topk(w->topk[r], n, w->K, w->E, 0);
+    w->invalid[r] = 0;
+    for (int t = 0; t < n; t++) {
+      if (how == ONE_EXPERT)
+        for (int k = 0; k < w->K; k++)
+          w->topk[r][t * w->K + k] = k == 0 ? (int64_t)(seed % w->E) : -1;
+      if (how == INVALID_IDS && t % 3 == 0) {
+        w->topk[r][t * w->K] = t % 2 ? w->E + 5 : -7;
+        w->invalid[r]++;
+      }
+    }
+    for (size_t i = 0; i < (size_t)n * w->K; i++)
+      w->w[r][i] = (float)(test_rand() % 2000) / 1000.0f - 1.0f + 1e-3f;
+    w->in[r].num_tokens = n;
+    w->in[r].x = w->x[r];
+    w->in[r].topk_idx = w->topk[r];
+    w->in[r].topk_weights = w->w[r];
+  }
+  test_rng_state = saved;
+}
+
+static void free_world(struct world *w) {
+  for (int r = 0; r < w->R; r++) {
+    free(w->x[r]);
+    free(w->topk[r]);
+    free(w->w[r]);
+  }
+}
+
+static struct vmep_ref_problem problem(const struct world *w) {
+  struct vmep_ref_problem p = {w->R,   w->E,           w->T, w->H, w->K,
+                               w->fp8, w->round_scale, NULL, w->in};
+  return p;
+}
+
+template <typename T> static T *dmalloc(size_t count) {
+  T *p = NULL;
+  CUDA_OK(cudaMalloc((void **)&p, count * sizeof(T) + 16));
+  return p;
+}
+
+static void io_alloc(struct io *b, const struct world *w) {
+  size_t RT = (size_t)w->R * w->T, rows = (size_t)w->L * RT;
+  b->x = dmalloc<uint16_t>((size_t)w->T * w->H);
+  b->topk = dmalloc<int64_t>((size_t)w->T * w->K);
+  b->w = dmalloc<float>((size_t)w->T * w->K);
+  b->recv_x = dmalloc<uint16_t>(rows * w->H);
+  b->recv_scales = dmalloc<float>(rows * (w->H / 128));
+  b->recv_count = dmalloc<int>(w->L);
+  b->src_info = dmalloc<int>(rows);
+  b->layout_range = dmalloc<int64_t>((size_t)w->L * w->R);
+  b->expert_out = dmalloc<uint16_t>(rows * w->H);
+  b->out = dmalloc<uint16_t>((size_t)w->T * w->H);
+}
+
+static void io_free(struct io *b) {
+  void *p[] = {b->x,           b->topk,       b->w,        b->recv_x,
+               b->recv_scales, b->recv_count, b->src_info, b->layout_range,
+               b->expert_out,  b->out};
+  for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++)
+    CUDA_OK(cudaFree(p[i]));
+}
+
+/* Copies this rank's inputs in and poisons every output. */
+static void io_load(struct io *b, const struct world *w, int me) {
+  size_t RT = (size_t)w->R * w->T, rows = (size_t)w->L * RT;
+  int n = w->in[me].num_tokens;
+  CUDA_OK(
+      cudaMemcpy(b->x, w->x[me], (size_t)n * w->H * 2, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(b->topk, w->topk[me], (size_t)n * w->K * 8,
+                     cudaMemcpyHostToDevice));
+  CUDA_OK(
+      cudaMemcpy(b->w, w->w[me], (size_t)n * w->K * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemset(b->recv_x, 0xff, rows * w->H * 2));
+  CUDA_OK(cudaMemset(b->recv_scales, 0xff, rows * (w->H / 128) * 4));
+  CUDA_OK(cudaMemset(b->recv_count, 0xff, w->L * 4));
+  CUDA_OK(cudaMemset(b->src_info, 0xff, rows * 4));
+  CUDA_OK(cudaMemset(b->layout_range, 0xff, (size_t)w->L * w->R * 8));
+  CUDA_OK(cudaMemset(b->out, 0xff, (size_t)w->T * w->H * 2));
+}
+
+static vmep_ep_dispatch_args dispatch_args(const struct io *b,
+                                           const struct world *w, int me) {
+  vmep_ep_dispatch_args a = {b->x,
+                             b->topk,
+                             w->in[me].num_tokens,
+                             w->K,
+                             w->fp8,
+                             w->round_scale,
+                             b->recv_x,
+                             w->fp8 ? b->recv_scales : NULL,
+                             b->recv_count,
+                             b->src_info,
+                             b->layout_range};
+  return a;
+}
+
+static vmep_ep_combine_args combine_args(const struct io *b) {
+  vmep_ep_combine_args a = {b->expert_out, b->topk, b->w, b->out};
+  return a;
+}
+
+/* Host copies of every rank's layout, and of every rank's expert output. */
+struct layouts {
+  struct vmep_ref_recv recv[MAX_RANKS];
+  uint16_t *eo[MAX_RANKS];
+  void *mine_x;
+  float *mine_scales;
+};
+
+/* Checks this rank's dispatch, shares the layouts and builds every rank's
+ * expert outputs on the host. */
+static void check_dispatch(vmep_group *g, const struct world *w, int me,
+                           const struct io *b, struct layouts *lay) {
+  size_t RT = (size_t)w->R * w->T, rows = (size_t)w->L * RT;
+  size_t per_rank = w->L * 4 + rows * 4 + (size_t)w->L * w->R * 8;
+  char *mine = (char *)malloc(per_rank), *all = (char *)malloc(per_rank * w->R);
+  lay->mine_x = malloc(rows * w->H * 2);
+  lay->mine_scales = (float *)malloc(rows * (w->H / 128) * 4 + 4);
+  CUDA_OK(cudaMemcpy(mine, b->recv_count, w->L * 4, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(mine + w->L * 4, b->src_info, rows * 4,
+                     cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(mine + w->L * 4 + rows * 4, b->layout_range,
+                     (size_t)w->L * w->R * 8, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(lay->mine_x, b->recv_x, rows * w->H * (w->fp8 ? 1 : 2),
+                     cudaMemcpyDeviceToHost));
+  if (w->fp8)
+    CUDA_OK(cudaMemcpy(lay->mine_scales, b->recv_scales,
+                       rows * (w->H / 128) * 4, cudaMemcpyDeviceToHost));
+  ASSERT_OK(vmep_group_allgather(g, mine, per_rank, all));
+  struct vmep_ref_problem p = problem(w);
+  for (int r = 0; r < w->R; r++) {
+    char *at = all + per_rank * r;
+    lay->recv[r].recv_x = r == me ? lay->mine_x : NULL;
+    lay->recv[r].recv_scales = r == me ? lay->mine_scales : NULL;
+    lay->recv[r].recv_count = (int32_t *)at;
+    lay->recv[r].src_info = (int32_t *)(at + w->L * 4);
+    lay->recv[r].layout_range = (int64_t *)(at + w->L * 4 + rows * 4);
+    lay->eo[r] = (uint16_t *)malloc(rows * w->H * 2);
+    expert_model(&p, r, &lay->recv[r], lay->eo[r]);
+  }
+  struct vmep_ref_report rep;
+  ASSERT_OK(vmep__ref_check_dispatch(&p, me, &lay->recv[me], &rep));
+  if (rep.mismatches)
+    TEST_FAIL("rank %d dispatch: %lld mismatches, first: %s", me,
+              (long long)rep.mismatches, rep.first);
+  free(mine); /* `all` is freed through recv[0].recv_count */
+}
+
+static void check_combine(const struct world *w, int me, const struct io *b,
+                          struct layouts *lay) {
+  uint16_t *out = (uint16_t *)malloc((size_t)w->T * w->H * 2 + 2);
+  struct vmep_ref_problem p = problem(w);
+  struct vmep_ref_report rep;
+  CUDA_OK(cudaMemcpy(out, b->out, (size_t)w->in[me].num_tokens * w->H * 2,
+                     cudaMemcpyDeviceToHost));
+  const uint16_t *eo[MAX_RANKS];
+  for (int r = 0; r < w->R; r++)
+    eo[r] = lay->eo[r];
+  ASSERT_OK(vmep__ref_check_combine(&p, me, lay->recv, eo, out, &rep));
+  if (rep.mismatches)
+    TEST_FAIL("rank %d combine: %lld mismatches, first: %s", me,
+              (long long)rep.mismatches, rep.first);
+  free(out);
+}
+
+static void free_layouts(const struct world *w, struct layouts *lay) {
+  free(lay->recv[0].recv_count);
+  free(lay->mine_x);
+  free(lay->mine_scales);
+  for (int r = 0; r < w->R; r++)
+    free(lay->eo[r]);
+}
+
+/* The expert computation between dispatch and combine, on `stream`. */
+static void run_experts(const struct io *b, const struct world *w, int me,
+                        cudaStream_t stream) {
+  LAUNCH_OK(expert_model_kernel<<<132, 256, 0, stream>>>(
+      (const __nv_bfloat16 *)b->recv_x, b->recv_count, w->L,
+      (size_t)w->R * w->T, w->H, me * w->L, (__nv_bfloat16 *)b->expert_out));
+}
+
+static vmep_ep *make_ep(vmep_group *g, const struct world *w) {
+  vmep_ep_config c;
+  vmep_ep *ep = NULL;
+  vmep_ep_config_init(&c);
+  c.num_experts = w->E;
+  c.hidden = w->H;
+  c.max_tokens_per_rank = w->T;
+  c.max_topk = w->K;
+  c.timeout_ms = 60000;
+  ASSERT_OK(vmep_ep_create(g, &c, &ep));
+  return ep;
+}
+
+/* One checked dispatch + combine of a fresh world. */
+static void checked_pair(vmep_group *g, vmep_ep *ep, struct world *w,
+                         struct io *b, uint64_t seed, enum routing how) {
+  int me = vmep_group_rank(g);
+  struct layouts lay;
+  vmep_ep_handle h;
+  gen_world(w, seed, how);
+  io_load(b, w, me);
+  vmep_ep_dispatch_args da = dispatch_args(b, w, me);
+  ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, NULL, &h));
+  CUDA_OK(cudaDeviceSynchronize());
+  check_dispatch(g, w, me, b, &lay);
+  CUDA_OK(cudaMemcpy(b->expert_out, lay.eo[me],
+                     (size_t)w->L * w->R * w->T * w->H * 2,
+                     cudaMemcpyHostToDevice));
+  vmep_ep_combine_args ca = combine_args(b);
+  ASSERT_OK(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL));
+  CUDA_OK(cudaDeviceSynchronize());
+  check_combine(w, me, b, &lay);
+  unsigned errors = 0;
+  uint64_t bad = 0;
+  ASSERT_OK(vmep_ep_poll_errors(ep, &errors, &bad));
+  ASSERT_EQ(bad, w->invalid[me]);
+  ASSERT_EQ(errors, w->invalid[me] ? 1u : 0u);
+  free_layouts(w, &lay);
+  free_world(w);
+}
+
+static void shapes(vmep_group *g, uint64_t seed) {
+  static const int hiddens[] = {512, 2048, 4096, 7168, 8192};
+  static const int topks[] = {1, 8, 16};
+  int R = vmep_group_size(g), cases = 0;
+  for (size_t hi = 0; hi < 5; hi++)
+    for (int fp8 = 0; fp8 < 2; fp8++) {
+      struct world w =
+          shape(R, 32, hiddens[hi], topks[(hi + fp8) % 3], fp8, fp8 && hi % 2);
+      struct io b;
+      io_alloc(&b, &w);
+      vmep_ep *ep = make_ep(g, &w);
+      for (int how = UNIFORM; how <= INVALID_IDS; how++)
+        checked_pair(g, ep, &w, &b, seed + 100 * cases + how,
+                     (enum routing)how);
+      ASSERT_OK(vmep_ep_destroy(ep));
+      io_free(&b);
+      cases++;
+      printf("H=%d K=%d %s%s: 5 routings exact\n", w.H, w.K,
+             fp8 ? "fp8" : "bf16", w.round_scale ? " round_scale" : "");
+    }
+}
+
+/* 1000 pairs: batches of BATCH enqueued back to back, then all checked. */
+static void back_to_back(vmep_group *g, uint64_t seed) {
+  int R = vmep_group_size(g), me = vmep_group_rank(g);
+  struct world w[BATCH];
+  struct io b[BATCH];
+  vmep_ep_handle h[BATCH];
+  for (int i = 0; i < BATCH; i++) {
+    w[i] = shape(R, 16, 512, 4, 0, 0);
+    io_alloc(&b[i], &w[i]);
+  }
+  vmep_ep *ep = make_ep(g, &w[0]);
+  for (int round = 0; round < 1000 / BATCH; round++) {
+    for (int i = 0; i < BATCH; i++) {
+      gen_world(&w[i], seed + round * BATCH + i, UNIFORM);
+      io_load(&b[i], &w[i], me);
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    /* Two in flight at a time, nothing waited for on the host. */
+    for (int i = 0; i < BATCH; i += 2) {
+      for (int j = i; j < i + 2; j++) {
+        vmep_ep_dispatch_args da = dispatch_args(&b[j], &w[j], me);
+        ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, NULL, &h[j]));
+      }
+      for (int j = i; j < i + 2; j++) {
+        run_experts(&b[j], &w[j], me, NULL);
+        vmep_ep_combine_args ca = combine_args(&b[j]);
+        ASSERT_OK(vmep_ep_combine(ep, &ca, &h[j], VMEP_EP_SEND_RECV, NULL));
+      }
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    for (int i = 0; i < BATCH; i++) {
+      struct layouts lay;
+      check_dispatch(g, &w[i], me, &b[i], &lay);
+      check_combine(&w[i], me, &b[i], &lay);
+      free_layouts(&w[i], &lay);
+      free_world(&w[i]);
+    }
+  }
+  /* A third outstanding handle is refused, not used. */
+  ASSERT_STATUS(vmep_ep_combine(ep, NULL, &h[0], VMEP_EP_SEND_RECV, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_OK(vmep_ep_destroy(ep));
+  for (int i = 0; i < BATCH; i++)
+    io_free(&b[i]);
+  printf("1000 back-to-back dispatch + combine pairs exact\n");
+}
+
+/* Dispatch + combine captured once, replayed with new inputs. */
+static void graph_replay(vmep_group *g, uint64_t seed) {
+  int R = vmep_group_size(g), me = vmep_group_rank(g);
+  struct world w = shape(R, 32, 2048, 8, 0, 0);
+  struct io b;
+  cudaStream_t stream;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  vmep_ep_handle h;
+  io_alloc(&b, &w);
+  vmep_ep *ep = make_ep(g, &w);
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  gen_world(&w, seed, FULL); /* the shapes the graph is captured with */
+  io_load(&b, &w, me);
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  vmep_ep_dispatch_args da = dispatch_args(&b, &w, me);
+  ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, stream, &h));
+  run_experts(&b, &w, me, stream);
+  vmep_ep_combine_args ca = combine_args(&b);
+  ASSERT_OK(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, stream));
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  free_world(&w);
+  for (int replay = 0; replay < 100; replay++) {
+    struct layouts lay;
+    gen_world(&w, seed + 1 + replay, FULL);
+    io_load(&b, &w, me);
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    check_dispatch(g, &w, me, &b, &lay);
+    check_combine(&w, me, &b, &lay);
+    free_layouts(&w, &lay);
+    free_world(&w);
+  }
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamDestroy(stream));
+  ASSERT_OK(vmep_ep_destroy(ep));
+  io_free(&b);
+  printf("CUDA graph of dispatch, experts and combine replayed 100 times with "
+         "new inputs, exact\n");
+}
+
+int main(void) {
+  vmep_group *g = NULL;
+  if (!getenv("VMEP_RANK"))
+    TEST_SKIP("run under vmep-run");
+  gpu_test_require_device();
+  ASSERT_OK(vmep_group_create_from_env(&g));
+  ASSERT_TRUE(vmep_group_size(g) <= MAX_RANKS);
+  uint64_t seed = test_seed("test_ep");
+  ASSERT_OK(vmep_group_broadcast(g, 0, &seed, sizeof(seed)));
+  int count = 0;
+  ASSERT_OK(vmep_device_count(&count));
+  CUDA_OK(cudaSetDevice(vmep_group_local_rank(g) % count));
+  shapes(g, seed);
+  back_to_back(g, seed + 1000000);
+  graph_replay(g, seed + 2000000);
+  ASSERT_OK(vmep_group_destroy(g));
+  printf("3 passed, 0 failed\n");
+  return 0;
+}
