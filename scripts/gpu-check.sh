@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call on the device machine: vmep-info,
-# then every GPU test, with logs under $OUT (or ./gpu-logs). Expects a build
-# folder made elsewhere (default build-gpu, carried to the device) so that
-# device time goes to running, not compiling; builds one if it is missing.
+# every GPU test, the default benchmark with --check, and the bf16 and fp8
+# sweeps (T = 128 .. 4096) as JSON, with logs under $OUT (or ./gpu-logs).
+# Expects a build folder made elsewhere (default build-gpu, carried to the
+# device) so that device time goes to running, not compiling; builds one if
+# it is missing. GPU_CHECK_BENCH=0 skips the benchmarks.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -31,5 +33,18 @@ fi
 
 (cd "$build" && ctest -L gpu --output-on-failure --timeout 600) 2>&1 | tee "$out/ctest-gpu.log"
 status=${PIPESTATUS[0]}
-grep -E "tests passed|tests failed|Skipped|Failed" "$out/ctest-gpu.log" | tail -12
+
+if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
+  bench="$build/tools/vmep-bench"
+  sweep=128,512,1024,2048,4096
+  timeout 300 "$bench" --check > "$out/bench-default.log" 2>&1 || status=1
+  timeout 300 "$bench" --tokens $sweep --iters 50 --json "$out/bench-bf16.json" \
+    > "$out/bench-bf16.log" 2>&1 || status=1
+  timeout 300 "$bench" --fp8 --tokens $sweep --iters 50 \
+    --json "$out/bench-fp8.json" > "$out/bench-fp8.log" 2>&1 || status=1
+  for f in bench-default bench-bf16 bench-fp8; do
+    echo "== $f"; grep -A16 "summary" "$out/$f.log" | sed 's/^\[rank 0\] //'
+  done
+fi
+grep -E "tests passed|tests failed|Failed" "$out/ctest-gpu.log" | tail -12
 exit "$status"

@@ -36,6 +36,9 @@ struct bench_result {
   double copy_dispatch_us, copy_combine_us; /* same bytes, D2D copy */
   int checked;                              /* 1 passed, 0 not run */
   int num_sms;                              /* blocks per kernel used */
+  /* medians of dispatch send, dispatch receive, combine send, combine
+   * receive, each launched alone */
+  double phase_us[4];
 };
 
 /* Runs one token count on this rank: creates the buffer, optionally checks

@@ -43,9 +43,14 @@ static int parse_int(const char *text, int min, int max, int *out) {
   return 0;
 }
 
-static int parse_tokens(char *list, struct bench_options *o) {
+/* Parses a copy: argv is passed on unchanged when we re-exec ourselves. */
+static int parse_tokens(const char *text, struct bench_options *o) {
+  char list[256], *save = NULL;
+  if (snprintf(list, sizeof(list), "%s", text) >= (int)sizeof(list))
+    return -1;
   o->num_tokens_values = 0;
-  for (char *item = strtok(list, ","); item; item = strtok(NULL, ",")) {
+  for (char *item = strtok_r(list, ",", &save); item;
+       item = strtok_r(NULL, ",", &save)) {
     if (o->num_tokens_values == BENCH_MAX_SWEEP ||
         parse_int(item, 1, 65535, &o->tokens[o->num_tokens_values]) != 0)
       return -1;

@@ -45,6 +45,23 @@ static struct summary summarize(const struct bench_result *r, int ranks) {
   return s;
 }
 
+/* Where the time goes: each phase's median, mean over ranks. */
+static void print_phases(const struct bench_result *all, int ranks,
+                         int sweeps) {
+  printf("\nwhere the time goes (us, each half launched alone; mean over "
+         "ranks)\n%7s | %13s %13s | %12s %12s\n",
+         "tokens", "dispatch send", "dispatch recv", "combine send",
+         "combine recv");
+  for (int i = 0; i < sweeps; i++) {
+    double ph[4] = {0, 0, 0, 0};
+    for (int r = 0; r < ranks; r++)
+      for (int k = 0; k < 4; k++)
+        ph[k] += all[(size_t)i * ranks + r].phase_us[k] / ranks;
+    printf("%7d | %13.1f %13.1f | %12.1f %12.1f\n",
+           all[(size_t)i * ranks].tokens, ph[0], ph[1], ph[2], ph[3]);
+  }
+}
+
 void bench_print_summary(const struct bench_options *o,
                          const struct bench_result *all, int ranks,
                          int sweeps) {
@@ -65,6 +82,7 @@ void bench_print_summary(const struct bench_options *o,
            : s.checked ? "passed"
                        : "FAILED");
   }
+  print_phases(all, ranks, sweeps);
 }
 
 int bench_write_json(const char *path, const struct bench_options *o,
@@ -85,10 +103,12 @@ int bench_write_json(const char *path, const struct bench_options *o,
             "  {\"tokens\": %d, \"rank\": %d, \"dispatch_bytes\": %.0f, "
             "\"dispatch_us\": %.3f, \"dispatch_copy_us\": %.3f, "
             "\"combine_bytes\": %.0f, \"combine_us\": %.3f, "
-            "\"combine_copy_us\": %.3f, \"num_sms\": %d, \"checked\": %s}%s\n",
+            "\"combine_copy_us\": %.3f, \"num_sms\": %d, \"phase_us\": "
+            "[%.3f, %.3f, %.3f, %.3f], \"checked\": %s}%s\n",
             r->tokens, r->rank, r->dispatch_bytes, r->dispatch_us,
             r->copy_dispatch_us, r->combine_bytes, r->combine_us,
-            r->copy_combine_us, r->num_sms, r->checked ? "true" : "false",
+            r->copy_combine_us, r->num_sms, r->phase_us[0], r->phase_us[1],
+            r->phase_us[2], r->phase_us[3], r->checked ? "true" : "false",
             i + 1 < sweeps * ranks ? "," : "");
   }
   fprintf(f, "]}\n");

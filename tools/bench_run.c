@@ -229,49 +229,68 @@ static vmep_status check_call(vmep_ep *ep, const struct bench_options *o,
   return st == VMEP_OK ? cuda_check(cudaDeviceSynchronize(), "check") : st;
 }
 
-/* Median microseconds of `iters` dispatch + combine pairs. */
+/* Medians over `iters` dispatch + combine pairs, each phase on its own:
+ * events around dispatch send, dispatch receive, combine send, combine
+ * receive (each half launched by itself, as a receive hook would). */
+#define PHASES 4
+
 static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
                               const vmep_ep_dispatch_args *da,
                               const vmep_ep_combine_args *ca, cudaStream_t s,
-                              double *d_us, double *c_us) {
+                              struct bench_result *res) {
   int n = o->iters;
-  cudaEvent_t *ev = calloc((size_t)3 * n, sizeof(cudaEvent_t));
-  double *dt = calloc((size_t)n, sizeof(double)), *ct = calloc((size_t)n, 8);
-  vmep_status st = ev && dt && ct ? VMEP_OK : VMEP_ERR_OUT_OF_MEMORY;
-  for (int i = 0; st == VMEP_OK && i < 3 * n; i++)
+  cudaEvent_t *ev = calloc((size_t)(PHASES + 1) * n, sizeof(cudaEvent_t));
+  double *t = calloc((size_t)PHASES * n, sizeof(double));
+  vmep_status st = ev && t ? VMEP_OK : VMEP_ERR_OUT_OF_MEMORY;
+  for (int i = 0; st == VMEP_OK && i < (PHASES + 1) * n; i++)
     st = cuda_check(cudaEventCreate(&ev[i]), "cudaEventCreate");
   for (int i = 0; st == VMEP_OK && i < o->warmup + n; i++) {
     vmep_ep_handle h;
-    int timed = i >= o->warmup, j = 3 * (i - o->warmup);
-    if (timed)
-      cudaEventRecord(ev[j], s);
-    st = vmep_ep_dispatch(ep, da, VMEP_EP_SEND_RECV, s, &h);
-    if (timed)
-      cudaEventRecord(ev[j + 1], s);
+    cudaEvent_t *e =
+        i >= o->warmup ? ev + (PHASES + 1) * (i - o->warmup) : NULL;
+    if (e)
+      cudaEventRecord(e[0], s);
+    st = vmep_ep_dispatch(ep, da, VMEP_EP_SEND, s, &h);
+    if (e)
+      cudaEventRecord(e[1], s);
     if (st == VMEP_OK)
-      st = vmep_ep_combine(ep, ca, &h, VMEP_EP_SEND_RECV, s);
-    if (timed)
-      cudaEventRecord(ev[j + 2], s);
+      st = vmep_ep_dispatch_recv(ep, &h, s);
+    if (e)
+      cudaEventRecord(e[2], s);
+    if (st == VMEP_OK)
+      st = vmep_ep_combine(ep, ca, &h, VMEP_EP_SEND, s);
+    if (e)
+      cudaEventRecord(e[3], s);
+    if (st == VMEP_OK)
+      st = vmep_ep_combine_recv(ep, &h, s);
+    if (e)
+      cudaEventRecord(e[4], s);
   }
   if (st == VMEP_OK)
     st = cuda_check(cudaStreamSynchronize(s), "timed calls");
-  for (int i = 0; st == VMEP_OK && i < n; i++) {
-    float a = 0, b2 = 0;
-    cudaEventElapsedTime(&a, ev[3 * i], ev[3 * i + 1]);
-    cudaEventElapsedTime(&b2, ev[3 * i + 1], ev[3 * i + 2]);
-    dt[i] = a * 1000.0;
-    ct[i] = b2 * 1000.0;
-  }
+  for (int i = 0; st == VMEP_OK && i < n; i++)
+    for (int ph = 0; ph < PHASES; ph++) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, ev[(PHASES + 1) * i + ph],
+                           ev[(PHASES + 1) * i + ph + 1]);
+      t[ph * n + i] = ms * 1000.0;
+    }
   if (st == VMEP_OK) {
-    *d_us = median(dt, n);
-    *c_us = median(ct, n);
+    for (int ph = 0; ph < PHASES; ph++)
+      res->phase_us[ph] = median(t + ph * n, n);
+    /* A call's time: the median of the sums, not the sum of medians. */
+    for (int i = 0; i < n; i++) {
+      t[i] = t[i] + t[n + i];
+      t[2 * n + i] = t[2 * n + i] + t[3 * n + i];
+    }
+    res->dispatch_us = median(t, n);
+    res->combine_us = median(t + 2 * n, n);
   }
-  for (int i = 0; ev && i < 3 * n; i++)
+  for (int i = 0; ev && i < (PHASES + 1) * n; i++)
     if (ev[i])
       cudaEventDestroy(ev[i]);
   free(ev);
-  free(dt);
-  free(ct);
+  free(t);
   return st;
 }
 
@@ -376,7 +395,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK)
     st = vmep_group_barrier(g);
   if (st == VMEP_OK)
-    st = time_calls(ep, o, &da, &ca, s, &res->dispatch_us, &res->combine_us);
+    st = time_calls(ep, o, &da, &ca, s, res);
   if (st == VMEP_OK)
     st = time_copy(g, o, b, (size_t)res->dispatch_bytes, s,
                    &res->copy_dispatch_us);

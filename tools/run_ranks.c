@@ -261,6 +261,9 @@ static void report_failure(struct supervisor *s, int r, int wstatus) {
   stop_all(s, SIGTERM);
 }
 
+/* Longest wait between two reaps (see run_ranks_supervise). */
+#define REAP_MS 200
+
 static void reap(struct supervisor *s) {
   int wstatus = 0;
   pid_t pid;
@@ -393,7 +396,13 @@ int run_ranks_supervise(struct run_job *job, int signal_fd) {
     if (s.drain_from >= 0 && now_ms() - s.drain_from >= DRAIN_MS)
       break; /* something the ranks started still holds their output */
     fds[0] = (struct pollfd){.fd = signal_fd, .events = POLLIN};
-    int n = poll(fds, 1 + 2 * (nfds_t)job->count, next_wakeup(&s));
+    /* Reaping also on a short timeout, in case a SIGCHLD went to a thread
+     * of a library we loaded instead of our signalfd. */
+    int wake = next_wakeup(&s);
+    int n = poll(fds, 1 + 2 * (nfds_t)job->count,
+                 wake < 0 || wake > REAP_MS ? REAP_MS : wake);
+    if (n == 0)
+      reap(&s);
     if (n < 0 && errno != EINTR) {
       fprintf(stderr, "vmep-run: poll: %s: stopping all ranks\n",
               strerror(errno));

@@ -408,16 +408,12 @@ int main(int argc, char **argv) {
   sigset_t handled;
   memset(&opt, 0, sizeof(opt));
   memset(&job, 0, sizeof(job));
-  opt.mps = MPS_AUTO;
-  int status = parse_args(argc, argv, &opt);
-  if (status >= 0)
-    return status;
-  status = resolve_gpus(&opt);
-  if (status != 0)
-    return status;
   /* From here on these signals arrive through a signalfd: the supervisor
    * forwards them to the ranks instead of dying. Children get the old mask
-   * back before exec. */
+   * back before exec. Blocked first thing: resolve_gpus loads the CUDA
+   * driver, whose threads inherit the mask in force when they start; a
+   * thread that does not block SIGCHLD would take (and discard) a rank's
+   * exit, and the launcher would never reap it. */
   sigemptyset(&handled);
   sigaddset(&handled, SIGCHLD);
   sigaddset(&handled, SIGINT);
@@ -425,6 +421,13 @@ int main(int argc, char **argv) {
   sigaddset(&handled, SIGHUP);
   sigprocmask(SIG_BLOCK, &handled, &job.parent_mask);
   signal(SIGPIPE, SIG_IGN); /* a closed stdout must not kill the launcher */
+  opt.mps = MPS_AUTO;
+  int status = parse_args(argc, argv, &opt);
+  if (status >= 0)
+    return status;
+  status = resolve_gpus(&opt);
+  if (status != 0)
+    return status;
   int signal_fd = signalfd(-1, &handled, SFD_CLOEXEC | SFD_NONBLOCK);
   if (signal_fd < 0) {
     fprintf(stderr, "vmep-run: signalfd: %s\n", strerror(errno));

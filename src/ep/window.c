@@ -52,6 +52,36 @@ static vmep_status share_step(vmep_window *w, vmep_status mine,
   return VMEP_OK;
 }
 
+/* The refusal when the ranks share no strategy: which strategies each
+ * rank allows, and why this rank cannot use the others. */
+static vmep_status no_common_strategy(const vmep_window *w,
+                                      const struct step_report *all) {
+  char why[3 * VMEP_MEM_REASON_BYTES] = "", ranks[256] = "";
+  vmep_mem_caps caps;
+  size_t used = 0;
+  if (vmep_mem_probe(w->device, &caps) == VMEP_OK)
+    for (int s = VMEP_MEM_FABRIC; s <= VMEP_MEM_LEGACY; s++)
+      if (!(all[w->rank].value & (1u << s)) && used < sizeof(why))
+        used += (size_t)snprintf(why + used, sizeof(why) - used, "; %s: %s",
+                                 vmep_mem_strategy_name((vmep_mem_strategy)s),
+                                 caps.reason[s][0] ? caps.reason[s]
+                                                   : "excluded by "
+                                                     "VMEP_MEM_SHARE");
+  used = 0;
+  for (int r = 0; r < w->size && used < sizeof(ranks); r++)
+    used += (size_t)snprintf(
+        ranks + used, sizeof(ranks) - used, "%s%d:%s%s%s", r ? " " : "", r,
+        all[r].value & VMEP_REGION_ALLOW_FABRIC ? "F" : "",
+        all[r].value & VMEP_REGION_ALLOW_POSIX_FD ? "P" : "",
+        all[r].value & VMEP_REGION_ALLOW_LEGACY ? "L" : "");
+  return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                    "vmep_window_create: no sharing strategy is usable on "
+                    "every rank (VMEP_MEM_SHARE=%s; usable per rank, F fabric "
+                    "P posix_fd L legacy: %s); on this rank%s",
+                    vmep__config_get(VMEP_CONFIG_MEM_SHARE), ranks,
+                    why[0] ? why : ": all usable");
+}
+
 /* The strongest strategy in every rank's mask; FABRIC alone across nodes. */
 static vmep_status agree_strategy(vmep_window *w,
                                   const struct step_report *all) {
@@ -75,10 +105,7 @@ static vmep_status agree_strategy(vmep_window *w,
                         "fabric handles, and rank %d cannot use them (see "
                         "vmep-info on its node)",
                         r);
-  return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-                    "vmep_window_create: no sharing strategy is usable on "
-                    "every rank (rank %d allows 0x%x, rank 0 0x%x)",
-                    w->rank, all[w->rank].value, all[0].value);
+  return no_common_strategy(w, all);
 }
 
 /* Maps rank r's region from its report (fd fetched from its server). */
@@ -163,13 +190,20 @@ static vmep_status place_local(vmep_window *w) {
   return status;
 }
 
-/* Releases whatever `w` holds; returns the first error. */
-static vmep_status release(vmep_window *w) {
-  vmep_status status = VMEP_OK, st;
+/* Releases the mappings of peers' regions; returns the first error. */
+static vmep_status release_peers(vmep_window *w) {
+  vmep_status status = VMEP_OK;
   for (int r = 0; w->mappings && r < w->size; r++) {
-    st = vmep_mapping_release(w->mappings[r]);
+    vmep_status st = vmep_mapping_release(w->mappings[r]);
+    w->mappings[r] = NULL;
     status = status != VMEP_OK ? status : st;
   }
+  return status;
+}
+
+/* Releases whatever `w` still holds, then `w`; returns the first error. */
+static vmep_status release(vmep_window *w) {
+  vmep_status status = release_peers(w), st;
   if (w->own_slot_mapped) {
     st = vmep__region_unmap_at(w->local,
                                w->base + (CUdeviceptr)w->rank * w->stride);
@@ -246,12 +280,18 @@ vmep_status vmep_window_destroy(vmep_window *w) {
   if (!w)
     return VMEP_OK;
   /* Our kernels may still write into peers' memory: finish them, then wait
-   * until no rank uses the window before anyone unmaps. */
+   * until no rank uses the window; unmap the peers, and wait again, so
+   * that no region is freed (and no process exits) while a peer still maps
+   * it. */
   vmep_status status = vmep__region_sync(w->local);
-  vmep_status met = vmep_group_barrier(w->group);
-  status = status != VMEP_OK ? status : met;
-  vmep_status released = release(w);
-  return status != VMEP_OK ? status : released;
+  vmep_status st = vmep_group_barrier(w->group);
+  status = status != VMEP_OK ? status : st;
+  st = release_peers(w);
+  status = status != VMEP_OK ? status : st;
+  st = vmep_group_barrier(w->group);
+  status = status != VMEP_OK ? status : st;
+  st = release(w);
+  return status != VMEP_OK ? status : st;
 }
 
 void *vmep_window_local(const vmep_window *w) {

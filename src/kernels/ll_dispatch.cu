@@ -47,16 +47,18 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   for (int i = thread; i < io.num_tokens * p.num_topk;
        i += gridDim.x * blockDim.x)
     topk[i] = checked_expert(p, io.topk_idx[i]);
-  /* Work items: (token, 2 KiB slice) in bf16, (token, group) in fp8. */
-  const int per_row =
-      io.use_fp8 ? p.hidden / VMEP_LL_FP8_GROUP : ll_slices(p.hidden / 8);
+  /* Work items: (token, 2 KiB slice) in bf16, (token, 1024 channels) in
+   * fp8. */
+  const int per_row = io.use_fp8
+                          ? (p.hidden + LL_QUANT_SLICE - 1) / LL_QUANT_SLICE
+                          : ll_slices(p.hidden / 8);
   for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
        item < io.num_tokens * per_row; item += warps) {
     int t = item / per_row, part = item % per_row;
     const __nv_bfloat16 *x = (const __nv_bfloat16 *)io.x + (size_t)t * p.hidden;
     char *row = area + p.layout.send_rows + (size_t)t * p.layout.row_bytes;
     if (io.use_fp8)
-      ll_quantize_group(x, (unsigned char *)row, p.hidden, part, io.round_scale,
+      ll_quantize_slice(x, (unsigned char *)row, p.hidden, part, io.round_scale,
                         lane);
     else
       ll_copy_slice((const uint4 *)x, (uint4 *)row, p.hidden / 8, part, lane);

@@ -69,39 +69,56 @@ __device__ __forceinline__ float ll_pow2_ceil(float scale) {
   return __uint_as_float(bits);
 }
 
+/* Channels quantized per warp item: 4 loads of 16 bytes per lane. */
+#define LL_QUANT_SLICE (LL_UNROLL * 256)
+
 /*
- * Quantizes group `g` (channels [128 g, 128 g + 128)) of one bf16 row with
- * a warp: amax (floored at 1e-4), scale = amax / 448 (a power of two when
- * round_scale), q = fp8(x / scale). The staged row holds q[hidden] bytes,
- * then the scales as floats.
+ * Quantizes channels [slice * 1024, +1024) of one bf16 row with a warp.
+ * Each load covers 256 channels, 8 per lane: lanes 0-15 hold one group of
+ * 128 channels, lanes 16-31 the next, so a group's amax is a half-warp
+ * reduction. Per group: amax (floored at 1e-4), scale = amax / 448 (a power
+ * of two when round_scale), q = fp8(x / scale). The staged row holds
+ * q[hidden] bytes, then the scales as floats.
  */
-__device__ __forceinline__ void ll_quantize_group(const __nv_bfloat16 *src,
+__device__ __forceinline__ void ll_quantize_slice(const __nv_bfloat16 *src,
                                                   unsigned char *dst,
-                                                  int hidden, int g,
+                                                  int hidden, int slice,
                                                   int round_scale, int lane) {
-  uint2 raw = __ldcg((const uint2 *)(src + g * VMEP_LL_FP8_GROUP) + lane);
-  const __nv_bfloat16 *h = (const __nv_bfloat16 *)&raw;
-  float v[4], amax = 0.0f;
+  uint4 raw[LL_UNROLL];
 #pragma unroll
-  for (int j = 0; j < 4; j++) {
-    v[j] = __bfloat162float(h[j]);
-    amax = fmaxf(amax, fabsf(v[j]));
+  for (int j = 0; j < LL_UNROLL; j++) {
+    int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;
+    if (c < hidden)
+      raw[j] = __ldcg((const uint4 *)(src + c));
   }
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1)
-    amax = fmaxf(amax, __shfl_xor_sync(LL_FULL_MASK, amax, off));
-  float scale = fmaxf(amax, 1e-4f) / 448.0f;
-  if (round_scale)
-    scale = ll_pow2_ceil(scale);
-  unsigned int packed = 0;
+  for (int j = 0; j < LL_UNROLL; j++) {
+    int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;
+    const __nv_bfloat16 *h = (const __nv_bfloat16 *)&raw[j];
+    float v[8], amax = 0.0f;
 #pragma unroll
-  for (int j = 0; j < 4; j++)
-    packed |= (unsigned int)__nv_cvt_float_to_fp8(v[j] / scale, __NV_SATFINITE,
-                                                  __NV_E4M3)
-              << (8 * j);
-  ((unsigned int *)(dst + g * VMEP_LL_FP8_GROUP))[lane] = packed;
-  if (lane == 0)
-    ((float *)(dst + hidden))[g] = scale;
+    for (int i = 0; i < 8; i++) {
+      v[i] = c < hidden ? __bfloat162float(h[i]) : 0.0f;
+      amax = fmaxf(amax, fabsf(v[i]));
+    }
+#pragma unroll
+    for (int off = 8; off > 0; off >>= 1)
+      amax = fmaxf(amax, __shfl_xor_sync(LL_FULL_MASK, amax, off));
+    if (c >= hidden)
+      continue; /* groups are whole: hidden is a multiple of 128 */
+    float scale = fmaxf(amax, 1e-4f) / 448.0f;
+    if (round_scale)
+      scale = ll_pow2_ceil(scale);
+    unsigned int packed[2] = {0, 0};
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+      packed[i / 4] |= (unsigned int)__nv_cvt_float_to_fp8(
+                           v[i] / scale, __NV_SATFINITE, __NV_E4M3)
+                       << (8 * (i % 4));
+    *(uint2 *)(dst + c) = make_uint2(packed[0], packed[1]);
+    if (lane % 16 == 0)
+      ((float *)(dst + hidden))[c / VMEP_LL_FP8_GROUP] = scale;
+  }
 }
 
 #endif /* VMEP_KERNELS_ROWS_CUH */
