@@ -36,6 +36,12 @@ static int run_child(int sock) {
   ASSERT_OK(vmep_mem_desc_parse(
       msg.desc, got - offsetof(struct ipc_message, desc), &desc));
   desc.fd = fd;
+  /* The driver opens its device files at first use: start it before the
+   * fd baseline is taken. */
+  vmep_mem_caps caps;
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaFree(0));
+  ASSERT_OK(vmep_mem_probe(0, &caps));
   int fds_before = count_open_fds();
   ASSERT_OK(vmep_region_import(0, &desc, &mapping));
   ASSERT_EQ(desc.fd, -1);
