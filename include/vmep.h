@@ -364,10 +364,13 @@ typedef struct vmep_ep_config {
   int num_sms;    /* blocks per kernel; 0: 24, at most the device's SMs
                      divided by the ranks sharing the GPU */
   int timeout_ms; /* a silent peer is masked after this; 0: VMEP_TIMEOUT_MS */
+  int zero_copy;  /* 1: the window also holds two [L, R*T, H] bf16 combine
+                     buffers (vmep_ep_combine_buffer); expert outputs written
+                     there are pulled by their sources, with no copy */
 } vmep_ep_config;
 
 /* Fills *config with the defaults: 0 experts / hidden / tokens (must be
- * set), max_topk 8, device -1, num_sms 0, timeout_ms 0. */
+ * set), max_topk 8, device -1, num_sms 0, timeout_ms 0, zero_copy 0. */
 VMEP_API void vmep_ep_config_init(vmep_ep_config *config);
 
 /* Bytes of the symmetric buffer each rank allocates for `config` in a
@@ -453,6 +456,17 @@ typedef struct vmep_ep_combine_args {
   const float *topk_weights; /* [num_tokens, num_topk] */
   void *out;                 /* bf16 [num_tokens, H] */
 } vmep_ep_combine_args;
+
+/*
+ * With config.zero_copy: the [L, R*T, H] bf16 buffer in this rank's window
+ * for the dispatch `handle` (one per parity). Expert outputs written there,
+ * in the dispatch layout, are read by their sources directly when the
+ * combine is given this pointer as expert_out. VMEP_ERR_UNSUPPORTED
+ * without config.zero_copy.
+ */
+VMEP_API vmep_status vmep_ep_combine_buffer(vmep_ep *ep,
+                                            const vmep_ep_handle *handle,
+                                            void **buf_out);
 
 /* Collective, asynchronous: the weighted sum of the dispatch `handle`. */
 VMEP_API vmep_status vmep_ep_combine(vmep_ep *ep,

@@ -18,6 +18,7 @@ void vmep_ep_config_init(vmep_ep_config *config) {
   config->device = -1;
   config->num_sms = 0;
   config->timeout_ms = 0;
+  config->zero_copy = 0;
 }
 
 static vmep_status bad_field(const char *field, long long value,
@@ -46,6 +47,11 @@ vmep_status vmep__ep_config_check(const vmep_ep_config *c, int num_ranks) {
     return bad_field("hidden", c->hidden, "a multiple of 128 in 128..32768");
   if (c->max_tokens_per_rank < 1 || c->max_tokens_per_rank > TOKENS_MAX)
     return bad_field("max_tokens_per_rank", c->max_tokens_per_rank, "1..65535");
+  if ((long long)c->num_experts * c->max_tokens_per_rank > 0x7fffffffLL)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_ep_config: num_experts * max_tokens_per_rank = "
+                      "%lld, expected < 2^31 (rows are 32-bit indices)",
+                      (long long)c->num_experts * c->max_tokens_per_rank);
   if (c->max_topk < 1 || c->max_topk > VMEP_EP_MAX_TOPK)
     return bad_field("max_topk", c->max_topk, "1..16");
   if (c->device < -1)
@@ -54,5 +60,7 @@ vmep_status vmep__ep_config_check(const vmep_ep_config *c, int num_ranks) {
     return bad_field("num_sms", c->num_sms, "0 (default) or 1..1024");
   if (c->timeout_ms < 0)
     return bad_field("timeout_ms", c->timeout_ms, "0 (default) or > 0");
+  if (c->zero_copy != 0 && c->zero_copy != 1)
+    return bad_field("zero_copy", c->zero_copy, "0 or 1");
   return VMEP_OK;
 }

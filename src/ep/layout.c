@@ -1,10 +1,12 @@
 /*
  * Layout of one rank's EP buffer (pure C, the same on every rank): four
  * flag arrays [parity][rank] of uint64 epochs, two send areas (header,
- * expert ids, staged rows) and two combine slot areas [T][K][H] bf16. Two
- * of each so that two calls can be in flight. The buffer grows with T, K
- * and H only, not with the number of experts: dispatch is pull-based, so a
- * rank needs room for its own tokens, not for everyone's.
+ * expert ids, staged rows), two combine slot areas [T][K][H] bf16 and two
+ * "where" tables [T][K]. Two of each so that two calls can be in flight.
+ * The buffer grows with T, K and H only, not with the number of experts:
+ * dispatch is pull-based, so a rank needs room for its own tokens, not for
+ * everyone's. Only the optional zero-copy combine buffers ([L][R*T][H]
+ * bf16, two) grow with the experts.
  */
 #include "ep/ep.h"
 
@@ -38,6 +40,17 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
   for (int b = 0; b < 2; b++) {
     out->slots[b] = at;
     at += slot_bytes;
+  }
+  for (int b = 0; b < 2; b++) {
+    out->where[b] = at;
+    at += align_up(T * K * sizeof(int32_t), PART_ALIGN);
+  }
+  const size_t experts_rows =
+      (size_t)(c->num_experts / num_ranks) * (size_t)num_ranks * T;
+  for (int b = 0; b < 2; b++) {
+    out->zero_copy[b] = c->zero_copy ? at : 0;
+    if (c->zero_copy)
+      at += align_up(experts_rows * H * 2, PART_ALIGN);
   }
   out->total = align_up(at, 4096);
 }

@@ -164,6 +164,25 @@ vmep_status vmep_ep_dispatch_recv(vmep_ep *ep, const vmep_ep_handle *h,
   return status;
 }
 
+static void *zero_copy_buffer(const vmep_ep *ep, int parity) {
+  return (char *)vmep_window_local(ep->window) + ep->layout.zero_copy[parity];
+}
+
+vmep_status vmep_ep_combine_buffer(vmep_ep *ep, const vmep_ep_handle *h,
+                                   void **buf_out) {
+  vmep_status status = check_handle(ep, h, "vmep_ep_combine_buffer");
+  if (status != VMEP_OK)
+    return status;
+  if (!buf_out)
+    return bad_arg("vmep_ep_combine_buffer", "buf_out is NULL");
+  if (!ep->layout.zero_copy[h->parity])
+    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                      "vmep_ep_combine_buffer: the buffer was created without "
+                      "config.zero_copy");
+  *buf_out = zero_copy_buffer(ep, h->parity);
+  return VMEP_OK;
+}
+
 vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
                             const vmep_ep_handle *h, int phases, void *stream) {
   const char *call = "vmep_ep_combine";
@@ -188,8 +207,12 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
     return bad_arg(call, "topk_idx and topk_weights must be aligned pointers");
   if (bad_ptr(args->out, 16, none))
     return bad_arg(call, "out must be a 16-byte aligned pointer");
-  struct vmep_ll_combine_io io = {args->expert_out, args->topk_idx,
-                                  args->topk_weights, h->num_tokens, args->out};
+  /* Expert outputs left in this parity's zero-copy buffer are pulled. */
+  int zero_copy = ep->layout.zero_copy[h->parity] &&
+                  args->expert_out == zero_copy_buffer(ep, h->parity);
+  struct vmep_ll_combine_io io = {args->expert_out, zero_copy,
+                                  args->topk_idx,   args->topk_weights,
+                                  h->num_tokens,    args->out};
   vmep__ep_params(ep, h->parity, h->num_topk, &p);
   status = on_device(ep, &previous);
   if (status != VMEP_OK)

@@ -45,7 +45,12 @@ struct vmep_ll_layout {
   size_t send_rows;  /* offset of the rows within a send area */
   size_t row_bytes;  /* one staged row: max(2H, H + 4H/128), 16-aligned */
   size_t slots[2];   /* per parity: combine slots [T][K][H] bf16 */
-  size_t total;      /* bytes, a multiple of 4096 */
+  size_t where[2];   /* per parity: [T][K] int32, written by the expert
+                        ranks: the row (l * R*T + i) each selection of
+                        ours landed in */
+  size_t zero_copy[2]; /* per parity: [L][R*T][H] bf16 expert outputs that
+                          sources pull (0 when the buffer has none) */
+  size_t total;        /* bytes, a multiple of 4096 */
 };
 
 /* Per-rank device state private to the rank (not shared). */
@@ -90,8 +95,10 @@ struct vmep_ll_dispatch_io {
 };
 
 struct vmep_ll_combine_io {
-  const void *expert_out;    /* bf16 [L, R*T, H] */
-  const int64_t *topk_idx;   /* [n, K] */
+  const void *expert_out;  /* bf16 [L, R*T, H] */
+  int zero_copy;           /* expert_out is this rank's zero-copy buffer of the
+                              call's parity: sources pull from it */
+  const int64_t *topk_idx; /* [n, K] */
   const float *topk_weights; /* [n, K] */
   int num_tokens;
   void *out; /* bf16 [n, H] */
@@ -111,13 +118,15 @@ vmep_status vmep__ll_dispatch_recv(const struct vmep_ll_params *p,
                                    void *stream);
 
 /* Combine send phase: pushes every received row's expert output into its
- * source's slot and raises the ready flags. */
+ * source's slot (or, zero-copy, only announces the outputs) and raises the
+ * ready flags. */
 vmep_status vmep__ll_combine_send(const struct vmep_ll_params *p,
                                   const struct vmep_ll_combine_io *io,
                                   void *stream);
 
 /* Combine receive phase: waits for every live expert rank, reduces the
- * slots with the weights in fp32 and writes bf16 out; acknowledges. */
+ * slots (or, zero-copy, the rows pulled from the expert ranks' buffers) with
+ * the weights in fp32 and writes bf16 out; acknowledges. */
 vmep_status vmep__ll_combine_recv(const struct vmep_ll_params *p,
                                   const struct vmep_ll_combine_io *io,
                                   void *stream);

@@ -5,6 +5,9 @@
  *         into the source's slot [t][k], raise the ready flags;
  *  recv - on each source: wait for every live expert rank, reduce each
  *         token's K slots with its weights in fp32, write bf16; acknowledge.
+ * Zero-copy: the expert outputs already sit in each expert rank's window,
+ * so send only raises the flags and recv pulls each selection's row from
+ * where dispatch recorded it landed (sel + n rows of traffic, not 3 sel + n).
  * Selections of masked ranks and invalid expert ids count as zero.
  */
 #include "kernels/rows.cuh"
@@ -27,7 +30,10 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   /* Items (row, slice) over the rows [0, recv_count[l]) of every expert,
    * walked as one sequence: a warp's items only move forward. */
   int l = 0, before = 0;
-  for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;; item += warps) {
+  /* Zero-copy: the outputs stay where the experts wrote them; the sources
+   * pull them, so only the flags go out. */
+  for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32; !io.zero_copy;
+       item += warps) {
     int row = item / slices, slice = item % slices;
     while (l < L && row >= before + recv_count[l])
       before += recv_count[l++];
@@ -54,6 +60,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
   ll_wait_all(p, p.layout.comb_ready, epoch);
   const char *slots = p.peers[p.rank] + p.layout.slots[p.parity];
+  const int *where = (const int *)(p.peers[p.rank] + p.layout.where[p.parity]);
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
   const int chunks = p.hidden / 8, groups = (chunks + 31) / 32;
   /* Items (token, 32 chunks of 8 channels): each lane reduces one chunk,
@@ -63,23 +70,32 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     int t = item / groups, c = (item % groups) * 32 + lane;
     float w = 0.0f;
     int use = 0;
+    const uint4 *row = NULL; /* selection `lane`'s row */
     if (lane < K) {
       int64_t e = io.topk_idx[(size_t)t * K + lane];
       use = e >= 0 && e < p.num_experts && !ll_is_masked(p.state, (int)(e / L));
       w = io.topk_weights[(size_t)t * K + lane];
+      if (use && io.zero_copy)
+        row =
+            (const uint4 *)(p.peers[e / L] + p.layout.zero_copy[p.parity] +
+                            (size_t)where[(size_t)t * K + lane] * p.hidden * 2);
+      else if (use)
+        row = (const uint4 *)(slots + ((size_t)t * K + lane) * p.hidden * 2);
     }
     const unsigned int valid = __ballot_sync(LL_FULL_MASK, use);
     const int active = c < chunks; /* the last group may be partial */
-    const uint4 *row = (const uint4 *)(slots + (size_t)t * K * p.hidden * 2);
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     /* K in batches of 8: every load of a batch is in flight before the
      * first multiply, within the register budget. */
     for (int k0 = 0; k0 < K; k0 += 8) {
       uint4 v[8];
 #pragma unroll
-      for (int k = 0; k < 8; k++)
+      for (int k = 0; k < 8; k++) {
+        const uint4 *rk = (const uint4 *)__shfl_sync(
+            LL_FULL_MASK, (unsigned long long)row, (k0 + k) & 31);
         if (active && (valid >> (k0 + k) & 1u))
-          v[k] = __ldcg(row + (size_t)(k0 + k) * chunks + c);
+          v[k] = __ldcg(rk + c);
+      }
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         if (!(valid >> (k0 + k) & 1u))

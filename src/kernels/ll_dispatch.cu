@@ -150,6 +150,11 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
       if (slice == 0) {
         io.src_info[dst_row] = t;
         row_map[dst_row] = ((unsigned)t << 16) | ((unsigned)s << 5) | lane;
+        /* Where this selection landed, for a zero-copy combine's pull. */
+        if (p.layout.zero_copy[0])
+          ((int *)(p.peers[s] +
+                   p.layout.where[p.parity]))[(size_t)t * K + lane] =
+              (int)dst_row;
       }
     }
     const char *src =

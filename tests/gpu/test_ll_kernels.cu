@@ -193,8 +193,8 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
     for (int r = 0; r < s->R; r++) {
       struct sim_rank *k = &s->rank[r];
       struct vmep_ll_params p = sim_params(s, r, parity);
-      struct vmep_ll_combine_io io = {k->expert_out, k->topk, k->weights,
-                                      in[r].num_tokens, k->out};
+      struct vmep_ll_combine_io io = {
+          k->expert_out, 0, k->topk, k->weights, in[r].num_tokens, k->out};
       if (phase == 0)
         ASSERT_OK(vmep__ll_combine_send(&p, &io, k->stream));
       else
