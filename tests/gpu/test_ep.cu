@@ -241,13 +241,13 @@ static void free_layouts(const struct world *w, struct layouts *lay) {
 
 /* The expert computation between dispatch and combine, on `stream`. */
 static void run_experts(const struct io *b, const struct world *w, int me,
-                        cudaStream_t stream) {
+                        void *expert_out, cudaStream_t stream) {
   LAUNCH_OK(expert_model_kernel<<<132, 256, 0, stream>>>(
       (const __nv_bfloat16 *)b->recv_x, b->recv_count, w->L,
-      (size_t)w->R * w->T, w->H, me * w->L, (__nv_bfloat16 *)b->expert_out));
+      (size_t)w->R * w->T, w->H, me * w->L, (__nv_bfloat16 *)expert_out));
 }
 
-static vmep_ep *make_ep(vmep_group *g, const struct world *w) {
+static vmep_ep *make_ep(vmep_group *g, const struct world *w, int zero_copy) {
   vmep_ep_config c;
   vmep_ep *ep = NULL;
   vmep_ep_config_init(&c);
@@ -256,13 +256,15 @@ static vmep_ep *make_ep(vmep_group *g, const struct world *w) {
   c.max_tokens_per_rank = w->T;
   c.max_topk = w->K;
   c.timeout_ms = 60000;
+  c.zero_copy = zero_copy;
   ASSERT_OK(vmep_ep_create(g, &c, &ep));
   return ep;
 }
 
 /* One checked dispatch + combine of a fresh world. */
 static void checked_pair(vmep_group *g, vmep_ep *ep, struct world *w,
-                         struct io *b, uint64_t seed, enum routing how) {
+                         struct io *b, uint64_t seed, enum routing how,
+                         int zero_copy) {
   int me = vmep_group_rank(g);
   struct layouts lay;
   vmep_ep_handle h;
@@ -272,10 +274,14 @@ static void checked_pair(vmep_group *g, vmep_ep *ep, struct world *w,
   ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, NULL, &h));
   CUDA_OK(cudaDeviceSynchronize());
   check_dispatch(g, w, me, b, &lay);
-  CUDA_OK(cudaMemcpy(b->expert_out, lay.eo[me],
-                     (size_t)w->L * w->R * w->T * w->H * 2,
+  /* Zero-copy: the expert outputs go straight into the buffer's area. */
+  void *eo = b->expert_out;
+  if (zero_copy)
+    ASSERT_OK(vmep_ep_combine_buffer(ep, &h, &eo));
+  CUDA_OK(cudaMemcpy(eo, lay.eo[me], (size_t)w->L * w->R * w->T * w->H * 2,
                      cudaMemcpyHostToDevice));
   vmep_ep_combine_args ca = combine_args(b);
+  ca.expert_out = eo;
   ASSERT_OK(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL));
   CUDA_OK(cudaDeviceSynchronize());
   check_combine(w, me, b, &lay);
@@ -298,15 +304,17 @@ static void shapes(vmep_group *g, uint64_t seed) {
           shape(R, 32, hiddens[hi], topks[(hi + fp8) % 3], fp8, fp8 && hi % 2);
       struct io b;
       io_alloc(&b, &w);
-      vmep_ep *ep = make_ep(g, &w);
+      int zero_copy = (int)(hi + fp8) % 2;
+      vmep_ep *ep = make_ep(g, &w, zero_copy);
       for (int how = UNIFORM; how <= INVALID_IDS; how++)
-        checked_pair(g, ep, &w, &b, seed + 100 * cases + how,
-                     (enum routing)how);
+        checked_pair(g, ep, &w, &b, seed + 100 * cases + how, (enum routing)how,
+                     zero_copy);
       ASSERT_OK(vmep_ep_destroy(ep));
       io_free(&b);
       cases++;
-      printf("H=%d K=%d %s%s: 5 routings exact\n", w.H, w.K,
-             fp8 ? "fp8" : "bf16", w.round_scale ? " round_scale" : "");
+      printf("H=%d K=%d %s%s%s: 5 routings exact\n", w.H, w.K,
+             fp8 ? "fp8" : "bf16", w.round_scale ? " round_scale" : "",
+             zero_copy ? " zero-copy" : "");
     }
 }
 
@@ -320,7 +328,7 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
     w[i] = shape(R, 16, 512, 4, 0, 0);
     io_alloc(&b[i], &w[i]);
   }
-  vmep_ep *ep = make_ep(g, &w[0]);
+  vmep_ep *ep = make_ep(g, &w[0], 1);
   for (int round = 0; round < 1000 / BATCH; round++) {
     for (int i = 0; i < BATCH; i++) {
       gen_world(&w[i], seed + round * BATCH + i, UNIFORM);
@@ -334,8 +342,11 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
         ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, NULL, &h[j]));
       }
       for (int j = i; j < i + 2; j++) {
-        run_experts(&b[j], &w[j], me, NULL);
+        /* Odd rounds: the experts write into the zero-copy buffer. */
         vmep_ep_combine_args ca = combine_args(&b[j]);
+        if (round % 2)
+          ASSERT_OK(vmep_ep_combine_buffer(ep, &h[j], (void **)&ca.expert_out));
+        run_experts(&b[j], &w[j], me, (void *)ca.expert_out, NULL);
         ASSERT_OK(vmep_ep_combine(ep, &ca, &h[j], VMEP_EP_SEND_RECV, NULL));
       }
     }
@@ -354,7 +365,8 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
   ASSERT_OK(vmep_ep_destroy(ep));
   for (int i = 0; i < BATCH; i++)
     io_free(&b[i]);
-  printf("1000 back-to-back dispatch + combine pairs exact\n");
+  printf("1000 back-to-back dispatch + combine pairs exact (half of them "
+         "zero-copy)\n");
 }
 
 /* Dispatch + combine captured once, replayed with new inputs. */
@@ -367,14 +379,14 @@ static void graph_replay(vmep_group *g, uint64_t seed) {
   cudaGraphExec_t exec;
   vmep_ep_handle h;
   io_alloc(&b, &w);
-  vmep_ep *ep = make_ep(g, &w);
+  vmep_ep *ep = make_ep(g, &w, 0);
   CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   gen_world(&w, seed, FULL); /* the shapes the graph is captured with */
   io_load(&b, &w, me);
   CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   vmep_ep_dispatch_args da = dispatch_args(&b, &w, me);
   ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, stream, &h));
-  run_experts(&b, &w, me, stream);
+  run_experts(&b, &w, me, b.expert_out, stream);
   vmep_ep_combine_args ca = combine_args(&b);
   ASSERT_OK(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, stream));
   CUDA_OK(cudaStreamEndCapture(stream, &graph));

@@ -26,7 +26,7 @@ struct sim_rank {
 };
 
 struct sim {
-  int R, E, L, T, H, K, fp8, round_scale, blocks;
+  int R, E, L, T, H, K, fp8, round_scale, zero_copy, blocks;
   struct vmep_ll_layout layout;
   char **peers; /* device array */
   struct sim_rank rank[8];
@@ -46,6 +46,7 @@ static void sim_init(struct sim *s) {
   c.hidden = s->H;
   c.max_tokens_per_rank = s->T;
   c.max_topk = s->K;
+  c.zero_copy = s->zero_copy;
   ASSERT_OK(vmep__ep_config_check(&c, s->R));
   vmep__ep_layout(&c, s->R, &s->layout);
   s->L = s->E / s->R;
@@ -187,6 +188,12 @@ static void run_dispatch(struct sim *s, const struct vmep_ref_rank_input *in,
   CUDA_OK(cudaDeviceSynchronize());
 }
 
+static void *expert_out_of(struct sim *s, int r, int parity) {
+  if (s->zero_copy)
+    return s->rank[r].buffer + s->layout.zero_copy[parity];
+  return s->rank[r].expert_out;
+}
+
 static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
                         int parity) {
   for (int phase = 0; phase < 2; phase++)
@@ -203,14 +210,16 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
   CUDA_OK(cudaDeviceSynchronize());
 }
 
+/* Expert outputs of rank d by the model, uploaded where the combine will
+ * read them: the rank's own tensor, or (zero-copy) its buffer's area. */
 static void make_expert_out(struct sim *s, struct host_rank *h, int d,
-                            const struct vmep_ref_rank_input *in) {
+                            const struct vmep_ref_rank_input *in, int parity) {
   size_t RT = (size_t)s->R * s->T;
   struct vmep_ref_problem prob = {s->R, s->E, s->T, s->H, s->K, 0, 0, NULL, in};
   struct vmep_ref_recv recv = {NULL, NULL, h[d].recv_count, h[d].src_info,
                                h[d].layout_range};
   expert_model(&prob, d, &recv, h[d].expert_out);
-  CUDA_OK(cudaMemcpy(s->rank[d].expert_out, h[d].expert_out,
+  CUDA_OK(cudaMemcpy(expert_out_of(s, d, parity), h[d].expert_out,
                      s->L * RT * s->H * 2, cudaMemcpyHostToDevice));
 }
 
@@ -283,7 +292,7 @@ static void one_round(struct sim *s, int round) {
                 r, (long long)rep.mismatches, rep.first);
   }
   for (int r = 0; r < s->R; r++) {
-    make_expert_out(s, h, r, in);
+    make_expert_out(s, h, r, in, round & 1);
     eo[r] = h[r].expert_out;
   }
   if (getenv("VMEP_TEST_VERBOSE"))
@@ -334,12 +343,13 @@ int main(void) {
   test_seed("test_ll_kernels");
   gpu_test_require_device();
   CUDA_OK(cudaSetDevice(0));
-  /* R, experts per rank, T, H, K, fp8, round_scale */
-  static const int cases[][7] = {
-      {2, 2, 16, 512, 1, 0, 0},   {4, 4, 64, 2048, 8, 0, 0},
-      {4, 4, 32, 7168, 8, 1, 0},  {2, 8, 24, 4096, 16, 1, 1},
-      {8, 2, 16, 8192, 4, 0, 0},  {4, 4, 128, 7168, 8, 0, 0},
-      {4, 4, 128, 7168, 8, 1, 1}, {3, 5, 40, 640, 5, 1, 0},
+  /* R, experts per rank, T, H, K, fp8, round_scale, zero_copy */
+  static const int cases[][8] = {
+      {2, 2, 16, 512, 1, 0, 0, 0},   {4, 4, 64, 2048, 8, 0, 0, 0},
+      {4, 4, 32, 7168, 8, 1, 0, 0},  {2, 8, 24, 4096, 16, 1, 1, 0},
+      {8, 2, 16, 8192, 4, 0, 0, 0},  {4, 4, 128, 7168, 8, 0, 0, 0},
+      {4, 4, 128, 7168, 8, 1, 1, 0}, {3, 5, 40, 640, 5, 1, 0, 0},
+      {4, 4, 64, 7168, 8, 0, 0, 1},  {2, 8, 24, 4096, 16, 1, 1, 1},
   };
   int passed = 0;
   for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -352,14 +362,16 @@ int main(void) {
     s.K = cases[c][4];
     s.fp8 = cases[c][5];
     s.round_scale = cases[c][6];
+    s.zero_copy = cases[c][7];
     sim_init(&s);
     for (int round = 0; round < 6; round++)
       one_round(&s, round);
     sim_free(&s);
-    printf("R=%d E=%d T=%d H=%d K=%d %s%s: 6 rounds of dispatch + combine "
+    printf("R=%d E=%d T=%d H=%d K=%d %s%s%s: 6 rounds of dispatch + combine "
            "exact\n",
            s.R, s.E, s.T, s.H, s.K, s.fp8 ? "fp8" : "bf16",
-           s.round_scale ? " round_scale" : "");
+           s.round_scale ? " round_scale" : "",
+           s.zero_copy ? " zero-copy" : "");
     passed++;
   }
   printf("%d passed, 0 failed\n", passed);
