@@ -23,7 +23,8 @@ struct bench_options {
   int fp8, round_scale;
   int iters, warmup;
   int check;
-  int num_sms; /* 0: this rank's whole share of the GPU */
+  int zero_copy; /* experts write into the buffer's combine area */
+  int num_sms;   /* 0: this rank's whole share of the GPU */
   uint64_t seed;
   const char *json;
 };

@@ -30,6 +30,7 @@ static void usage(FILE *out) {
           "  --num-sms N      blocks per kernel (default: this rank's share of "
           "the GPU)\n"
           "  --check          check against the host reference before timing\n"
+          "  --zero-copy      experts write into the EP buffer; combine pulls\n"
           "  --seed S         random seed (default 1)\n"
           "  --json FILE      also write the results as JSON (rank 0)\n");
 }
@@ -73,6 +74,9 @@ static int parse(int argc, char **argv, struct bench_options *o) {
       used = 0;
     } else if (!strcmp(a, "--check")) {
       o->check = 1;
+      used = 0;
+    } else if (!strcmp(a, "--zero-copy")) {
+      o->zero_copy = 1;
       used = 0;
     } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
@@ -173,10 +177,11 @@ static int run_rank(const struct bench_options *o) {
       calloc((size_t)size * o->num_tokens_values, sizeof(*all));
   int failed = !all;
   if (rank == 0)
-    printf("vmep-bench: %d ranks, hidden %d, top-k %d, experts %d, %s, seed "
-           "%llu\n",
+    printf("vmep-bench: %d ranks, hidden %d, top-k %d, experts %d, %s%s, "
+           "seed %llu\n",
            size, o->hidden, o->topk, o->experts ? o->experts : 4 * size,
-           o->fp8 ? "fp8" : "bf16", (unsigned long long)o->seed);
+           o->fp8 ? "fp8" : "bf16", o->zero_copy ? ", zero-copy combine" : "",
+           (unsigned long long)o->seed);
   for (int i = 0; !failed && i < o->num_tokens_values; i++) {
     struct bench_result mine;
     if (rank == 0 && o->num_tokens_values > 1)

@@ -94,9 +94,11 @@ int bench_write_json(const char *path, const struct bench_options *o,
   }
   fprintf(f,
           "{\"ranks\": %d, \"hidden\": %d, \"topk\": %d, \"experts\": %d, "
-          "\"fp8\": %s, \"seed\": %llu, \"iters\": %d, \"results\": [\n",
+          "\"fp8\": %s, \"zero_copy\": %s, \"seed\": %llu, \"iters\": %d, "
+          "\"results\": [\n",
           ranks, o->hidden, o->topk, o->experts ? o->experts : 4 * ranks,
-          o->fp8 ? "true" : "false", (unsigned long long)o->seed, o->iters);
+          o->fp8 ? "true" : "false", o->zero_copy ? "true" : "false",
+          (unsigned long long)o->seed, o->iters);
   for (int i = 0; i < sweeps * ranks; i++) {
     const struct bench_result *r = &all[i];
     fprintf(f,

@@ -250,6 +250,7 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
         i >= o->warmup ? ev + (PHASES + 1) * (i - o->warmup) : NULL;
     if (e)
       cudaEventRecord(e[0], s);
+    vmep_ep_combine_args this_ca = *ca;
     st = vmep_ep_dispatch(ep, da, VMEP_EP_SEND, s, &h);
     if (e)
       cudaEventRecord(e[1], s);
@@ -257,8 +258,11 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
       st = vmep_ep_dispatch_recv(ep, &h, s);
     if (e)
       cudaEventRecord(e[2], s);
+    /* Zero-copy: the experts' outputs are in this parity's buffer. */
+    if (st == VMEP_OK && o->zero_copy)
+      st = vmep_ep_combine_buffer(ep, &h, (void **)&this_ca.expert_out);
     if (st == VMEP_OK)
-      st = vmep_ep_combine(ep, ca, &h, VMEP_EP_SEND, s);
+      st = vmep_ep_combine(ep, &this_ca, &h, VMEP_EP_SEND, s);
     if (e)
       cudaEventRecord(e[3], s);
     if (st == VMEP_OK)
@@ -345,6 +349,25 @@ static vmep_status time_copy(vmep_group *g, const struct bench_options *o,
   return st;
 }
 
+/* One dispatch, its combine buffer filled with the expert outputs, and the
+ * combine that releases it: called once per parity before timing. */
+static vmep_status fill_zero_copy(vmep_ep *ep, const vmep_ep_dispatch_args *da,
+                                  const struct buffers *b, size_t bytes) {
+  vmep_ep_handle h;
+  void *buf = NULL;
+  vmep_status st = vmep_ep_dispatch(ep, da, VMEP_EP_SEND_RECV, NULL, &h);
+  if (st == VMEP_OK)
+    st = vmep_ep_combine_buffer(ep, &h, &buf);
+  if (st == VMEP_OK)
+    st = cuda_check(
+        cudaMemcpy(buf, b->expert_out, bytes, cudaMemcpyDeviceToDevice),
+        "zero-copy buffer");
+  vmep_ep_combine_args ca = {buf, b->topk, b->weights, b->out};
+  if (st == VMEP_OK)
+    st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
+  return st == VMEP_OK ? cuda_check(cudaDeviceSynchronize(), "fill") : st;
+}
+
 static vmep_status upload(const struct buffers *b, const struct inputs *in,
                           const struct bench_options *o) {
   size_t n = (size_t)in->n, K = (size_t)o->topk;
@@ -381,13 +404,15 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
     st = check_call(ep, o, c, R, b, &da);
     res->checked = st == VMEP_OK;
   }
-  /* Expert outputs with real values: the received rows themselves. */
+  /* Expert outputs with real values: the received rows themselves, in the
+   * caller's tensor and (zero-copy) in both parities' buffers. */
+  const size_t eo_bytes = (size_t)c->num_experts * res->tokens * c->hidden * 2;
   if (st == VMEP_OK && !o->fp8)
-    st = cuda_check(
-        cudaMemcpy(b->expert_out, b->recv_x,
-                   (size_t)c->num_experts * res->tokens * c->hidden * 2,
-                   cudaMemcpyDeviceToDevice),
-        "expert_out");
+    st = cuda_check(cudaMemcpy(b->expert_out, b->recv_x, eo_bytes,
+                               cudaMemcpyDeviceToDevice),
+                    "expert_out");
+  for (int parity = 0; st == VMEP_OK && o->zero_copy && parity < 2; parity++)
+    st = fill_zero_copy(ep, &da, b, eo_bytes);
   if (st == VMEP_OK)
     st = cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
                     "cudaStreamCreate");
@@ -422,6 +447,7 @@ vmep_status bench_run_tokens(vmep_group *g, const struct bench_options *o,
    * the SMs divided by the ranks sharing the GPU), as the copy ceiling
    * uses the whole GPU too. */
   c.num_sms = o->num_sms ? o->num_sms : 1024;
+  c.zero_copy = o->zero_copy;
   memset(res, 0, sizeof(*res));
   res->rank = vmep_group_rank(g);
   res->tokens = tokens;
