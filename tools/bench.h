@@ -3,13 +3,16 @@
  * command line and starts the ranks through vmep-run when no launcher did;
  * bench_run.c times dispatch, combine and the same-run copy ceiling for one
  * token count; bench_report.c prints the per-rank lines, the summary table
- * and the JSON file.
+ * and the JSON file; bench_shared.c holds what the NCCL baseline (bench/)
+ * shares with it: inputs, checks, the median.
  */
 #ifndef VMEP_BENCH_H
 #define VMEP_BENCH_H
 
 #include <stdint.h>
 #include <stdio.h>
+
+#include <cuda_runtime_api.h>
 
 #include "vmep.h"
 
@@ -58,5 +61,45 @@ void bench_print_summary(const struct bench_options *o,
 /* Rank 0: the same as JSON into `path`. 0 on success. */
 int bench_write_json(const char *path, const struct bench_options *o,
                      const struct bench_result *all, int ranks, int sweeps);
+
+/* ---- shared with the NCCL baseline (bench_shared.c) ------------------ */
+
+/* One rank's inputs, host arrays: x bf16 [n, H], topk [n, K], weights. */
+struct bench_inputs {
+  int n;
+  uint16_t *x;
+  int64_t *topk;
+  float *weights;
+};
+
+struct vmep_ref_recv;
+
+/* Rank `rank`'s inputs (seeded per rank, so any rank can rebuild any
+ * rank's): n = tokens, non-zero bf16 values, K distinct experts per token,
+ * positive weights. -1 when out of memory; free with bench_free_inputs
+ * either way. */
+int bench_make_inputs(const struct bench_options *o, int rank, int tokens,
+                      int experts, struct bench_inputs *in);
+void bench_free_inputs(struct bench_inputs *in);
+
+/* VMEP_OK, or VMEP_ERR_CUDA after printing "<program>: what: error". */
+vmep_status bench_cuda_check(cudaError_t err, const char *what);
+
+/* Sorts v[n] and returns its median. */
+double bench_median(double *v, int n);
+
+/* Rank `me`'s dispatch outputs (device pointers in `dev`; recv_scales only
+ * read with fp8) against the host reference over every rank's inputs.
+ * VMEP_OK when they match; VMEP_ERR_CUDA after printing the first
+ * mismatch or a failed copy. */
+vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
+                                 int experts, int tokens, int me,
+                                 const struct vmep_ref_recv *dev);
+
+/* Rank `me`'s combine output out_dev bf16 [tokens, H] with identity
+ * experts against sum_k w[t,k] * x[t], element by element, within one
+ * bf16 ulp. VMEP_ERR_CUDA after printing the first difference. */
+vmep_status bench_check_combine(const struct bench_options *o, int me,
+                                int tokens, int experts, const void *out_dev);
 
 #endif /* VMEP_BENCH_H */

@@ -7,7 +7,6 @@
  * efficiency is measured against.
  */
 #include <cuda_runtime_api.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,66 +21,6 @@ struct buffers {
   int *recv_count, *src_info;
   int64_t *layout_range;
 };
-
-struct inputs {
-  int n;
-  uint16_t *x;
-  int64_t *topk;
-  float *weights;
-};
-
-static uint64_t rng_next(uint64_t *s) {
-  *s ^= *s >> 12;
-  *s ^= *s << 25;
-  *s ^= *s >> 27;
-  return *s * 2685821657736338717ull;
-}
-
-/* Rank `rank`'s inputs: n = T tokens, non-zero bf16 values, K distinct
- * experts per token, positive weights. */
-static int make_inputs(const struct bench_options *o, int rank, int tokens,
-                       int experts, struct inputs *in) {
-  uint64_t s = (o->seed ^ ((uint64_t)rank << 32) ^ (uint64_t)tokens) | 1;
-  size_t n = (size_t)tokens, H = (size_t)o->hidden, K = (size_t)o->topk;
-  in->n = tokens;
-  in->x = malloc(n * H * 2);
-  in->topk = malloc(n * K * 8);
-  in->weights = malloc(n * K * 4);
-  if (!in->x || !in->topk || !in->weights)
-    return -1;
-  for (size_t i = 0; i < n * H; i++) {
-    float mag = ldexpf(0.5f + (float)(rng_next(&s) % 1024) / 1024.0f,
-                       (int)(rng_next(&s) % 5) - 2);
-    in->x[i] = vmep__bf16_from_float(rng_next(&s) & 1 ? -mag : mag);
-  }
-  for (size_t t = 0; t < n; t++)
-    for (size_t k = 0; k < K; k++) {
-      int64_t e;
-      int taken;
-      do {
-        e = (int64_t)(rng_next(&s) % (uint64_t)experts);
-        taken = 0;
-        for (size_t j = 0; j < k; j++)
-          taken |= in->topk[t * K + j] == e;
-      } while (taken);
-      in->topk[t * K + k] = e;
-      in->weights[t * K + k] = (float)(1 + rng_next(&s) % 1000) / 1000.0f;
-    }
-  return 0;
-}
-
-static void free_inputs(struct inputs *in) {
-  free(in->x);
-  free(in->topk);
-  free(in->weights);
-}
-
-static vmep_status cuda_check(cudaError_t err, const char *what) {
-  if (err == cudaSuccess)
-    return VMEP_OK;
-  fprintf(stderr, "vmep-bench: %s: %s\n", what, cudaGetErrorString(err));
-  return VMEP_ERR_CUDA;
-}
 
 static vmep_status alloc_buffers(struct buffers *b, const vmep_ep_config *c,
                                  int ranks, size_t copy_bytes) {
@@ -107,13 +46,13 @@ static vmep_status alloc_buffers(struct buffers *b, const vmep_ep_config *c,
   };
   memset(b, 0, sizeof(*b));
   for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-    vmep_status st =
-        cuda_check(cudaMalloc(parts[i].p, parts[i].bytes + 16), "cudaMalloc");
+    vmep_status st = bench_cuda_check(
+        cudaMalloc(parts[i].p, parts[i].bytes + 16), "cudaMalloc");
     if (st != VMEP_OK)
       return st;
     /* 0x3c: bf16 about 0.0115, never zero, for what is read unwritten. */
-    st = cuda_check(cudaMemset(*parts[i].p, 0x3c, parts[i].bytes + 16),
-                    "cudaMemset");
+    st = bench_cuda_check(cudaMemset(*parts[i].p, 0x3c, parts[i].bytes + 16),
+                          "cudaMemset");
     if (st != VMEP_OK)
       return st;
   }
@@ -128,16 +67,6 @@ static void free_buffers(struct buffers *b) {
     cudaFree(p[i]);
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof(double), cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* Dispatch checked against the reference over every rank's inputs; then,
  * with each expert returning its input (bf16 only), combine checked
  * against sum_k w[t,k] * x[t] within one bf16 ulp. */
@@ -145,88 +74,25 @@ static vmep_status check_call(vmep_ep *ep, const struct bench_options *o,
                               const vmep_ep_config *c, int ranks,
                               const struct buffers *b,
                               const vmep_ep_dispatch_args *da) {
-  int me = vmep_ep_rank(ep), L = c->num_experts / ranks;
-  size_t RT = (size_t)ranks * c->max_tokens_per_rank, H = (size_t)c->hidden;
-  struct inputs in[VMEP_LL_MAX_RANKS];
-  struct vmep_ref_rank_input ref_in[VMEP_LL_MAX_RANKS];
+  int me = vmep_ep_rank(ep), T = c->max_tokens_per_rank;
   vmep_ep_handle h;
   vmep_status st = vmep_ep_dispatch(ep, da, VMEP_EP_SEND_RECV, NULL, &h);
   if (st == VMEP_OK)
-    st = cuda_check(cudaDeviceSynchronize(), "dispatch");
-  if (st != VMEP_OK)
-    return st;
-  struct vmep_ref_recv got = {malloc((size_t)L * RT * H * 2),
-                              malloc((size_t)L * RT * (H / 128) * 4 + 4),
-                              malloc((size_t)L * 4), malloc((size_t)L * RT * 4),
-                              malloc((size_t)L * ranks * 8)};
-  for (int r = 0; r < ranks; r++) {
-    make_inputs(o, r, c->max_tokens_per_rank, c->num_experts, &in[r]);
-    struct vmep_ref_rank_input one = {in[r].n, in[r].x, in[r].topk,
-                                      in[r].weights};
-    ref_in[r] = one;
-  }
-  cudaMemcpy(got.recv_x, b->recv_x, (size_t)L * RT * H * (o->fp8 ? 1 : 2),
-             cudaMemcpyDeviceToHost);
-  cudaMemcpy(got.recv_scales, b->recv_scales, (size_t)L * RT * (H / 128) * 4,
-             cudaMemcpyDeviceToHost);
-  cudaMemcpy(got.recv_count, b->recv_count, (size_t)L * 4,
-             cudaMemcpyDeviceToHost);
-  cudaMemcpy(got.src_info, b->src_info, (size_t)L * RT * 4,
-             cudaMemcpyDeviceToHost);
-  cudaMemcpy(got.layout_range, b->layout_range, (size_t)L * ranks * 8,
-             cudaMemcpyDeviceToHost);
-  struct vmep_ref_problem p = {
-      ranks,          c->num_experts, c->max_tokens_per_rank,
-      c->hidden,      o->topk,        o->fp8,
-      o->round_scale, NULL,           ref_in};
-  struct vmep_ref_report rep = {0, ""};
-  st = vmep__ref_check_dispatch(&p, me, &got, &rep);
-  if (st == VMEP_OK && rep.mismatches) {
-    fprintf(stderr,
-            "vmep-bench: rank %d dispatch check: %lld mismatches, "
-            "first: %s\n",
-            me, (long long)rep.mismatches, rep.first);
-    st = VMEP_ERR_CUDA;
-  }
-  if (st == VMEP_OK && !o->fp8) {
-    vmep_ep_combine_args ca = {b->recv_x, b->topk, b->weights, b->out};
+    st = bench_cuda_check(cudaDeviceSynchronize(), "dispatch");
+  struct vmep_ref_recv dev = {b->recv_x, b->recv_scales, b->recv_count,
+                              b->src_info, b->layout_range};
+  if (st == VMEP_OK)
+    st = bench_check_dispatch(o, ranks, c->num_experts, T, me, &dev);
+  /* bf16: each expert returns its input; fp8: any outputs, unchecked. */
+  vmep_ep_combine_args ca = {o->fp8 ? b->expert_out : b->recv_x, b->topk,
+                             b->weights, b->out};
+  if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
-    uint16_t *out = malloc((size_t)in[me].n * H * 2 + 2);
-    if (st == VMEP_OK)
-      st = cuda_check(cudaMemcpy(out, b->out, (size_t)in[me].n * H * 2,
-                                 cudaMemcpyDeviceToHost),
-                      "combine");
-    for (size_t t = 0; st == VMEP_OK && t < (size_t)in[me].n; t++) {
-      float wsum = 0.0f;
-      for (int k = 0; k < o->topk; k++)
-        wsum += in[me].weights[t * o->topk + k];
-      for (size_t h2 = 0; h2 < H; h2++) {
-        float x = vmep__bf16_to_float(in[me].x[t * H + h2]);
-        float want = vmep__bf16_to_float(vmep__bf16_from_float(wsum * x));
-        float have = vmep__bf16_to_float(out[t * H + h2]);
-        if (fabsf(have - want) > fabsf(want) * (1.0f / 128.0f)) {
-          fprintf(stderr,
-                  "vmep-bench: rank %d combine check: token %zu "
-                  "channel %zu is %g, expected %g\n",
-                  me, t, h2, have, want);
-          st = VMEP_ERR_CUDA;
-          break;
-        }
-      }
-    }
-    free(out);
-  } else if (st == VMEP_OK) {
-    vmep_ep_combine_args ca = {b->expert_out, b->topk, b->weights, b->out};
-    st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
-  }
-  for (int r = 0; r < ranks; r++)
-    free_inputs(&in[r]);
-  free(got.recv_x);
-  free(got.recv_scales);
-  free(got.recv_count);
-  free(got.src_info);
-  free(got.layout_range);
-  return st == VMEP_OK ? cuda_check(cudaDeviceSynchronize(), "check") : st;
+  if (st == VMEP_OK)
+    st = bench_cuda_check(cudaDeviceSynchronize(), "combine");
+  if (st == VMEP_OK && !o->fp8)
+    st = bench_check_combine(o, me, T, c->num_experts, b->out);
+  return st;
 }
 
 /* Medians over `iters` dispatch + combine pairs, each phase on its own:
@@ -243,7 +109,7 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
   double *t = calloc((size_t)PHASES * n, sizeof(double));
   vmep_status st = ev && t ? VMEP_OK : VMEP_ERR_OUT_OF_MEMORY;
   for (int i = 0; st == VMEP_OK && i < (PHASES + 1) * n; i++)
-    st = cuda_check(cudaEventCreate(&ev[i]), "cudaEventCreate");
+    st = bench_cuda_check(cudaEventCreate(&ev[i]), "cudaEventCreate");
   for (int i = 0; st == VMEP_OK && i < o->warmup + n; i++) {
     vmep_ep_handle h;
     cudaEvent_t *e =
@@ -271,7 +137,7 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
       cudaEventRecord(e[4], s);
   }
   if (st == VMEP_OK)
-    st = cuda_check(cudaStreamSynchronize(s), "timed calls");
+    st = bench_cuda_check(cudaStreamSynchronize(s), "timed calls");
   for (int i = 0; st == VMEP_OK && i < n; i++)
     for (int ph = 0; ph < PHASES; ph++) {
       float ms = 0;
@@ -281,14 +147,14 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
     }
   if (st == VMEP_OK) {
     for (int ph = 0; ph < PHASES; ph++)
-      res->phase_us[ph] = median(t + ph * n, n);
+      res->phase_us[ph] = bench_median(t + ph * n, n);
     /* A call's time: the median of the sums, not the sum of medians. */
     for (int i = 0; i < n; i++) {
       t[i] = t[i] + t[n + i];
       t[2 * n + i] = t[2 * n + i] + t[3 * n + i];
     }
-    res->dispatch_us = median(t, n);
-    res->combine_us = median(t + 2 * n, n);
+    res->dispatch_us = bench_median(t, n);
+    res->combine_us = bench_median(t + 2 * n, n);
   }
   for (int i = 0; ev && i < (PHASES + 1) * n; i++)
     if (ev[i])
@@ -320,27 +186,27 @@ static vmep_status time_copy(vmep_group *g, const struct bench_options *o,
   double *t = calloc((size_t)n, sizeof(double));
   vmep_status st = ev && t ? vmep_group_barrier(g) : VMEP_ERR_OUT_OF_MEMORY;
   for (int i = 0; st == VMEP_OK && i <= n; i++)
-    st = cuda_check(cudaEventCreate(&ev[i]), "cudaEventCreate");
+    st = bench_cuda_check(cudaEventCreate(&ev[i]), "cudaEventCreate");
   for (int i = 0; st == VMEP_OK && i < o->warmup + n; i++) {
     size_t at = (size_t)i % sets * bytes;
     if (i >= o->warmup && i == o->warmup)
       cudaEventRecord(ev[0], s);
-    st = cuda_check(cudaMemcpyAsync((char *)b->copy_dst + at,
-                                    (char *)b->copy_src + at, bytes,
-                                    cudaMemcpyDeviceToDevice, s),
-                    "cudaMemcpyAsync");
+    st = bench_cuda_check(cudaMemcpyAsync((char *)b->copy_dst + at,
+                                          (char *)b->copy_src + at, bytes,
+                                          cudaMemcpyDeviceToDevice, s),
+                          "cudaMemcpyAsync");
     if (i >= o->warmup)
       cudaEventRecord(ev[i - o->warmup + 1], s);
   }
   if (st == VMEP_OK)
-    st = cuda_check(cudaStreamSynchronize(s), "copies");
+    st = bench_cuda_check(cudaStreamSynchronize(s), "copies");
   for (int i = 0; st == VMEP_OK && i < n; i++) {
     float ms = 0;
     cudaEventElapsedTime(&ms, ev[i], ev[i + 1]);
     t[i] = ms * 1000.0;
   }
   if (st == VMEP_OK)
-    *us = median(t, n);
+    *us = bench_median(t, n);
   for (int i = 0; ev && i <= n; i++)
     if (ev[i])
       cudaEventDestroy(ev[i]);
@@ -359,26 +225,27 @@ static vmep_status fill_zero_copy(vmep_ep *ep, const vmep_ep_dispatch_args *da,
   if (st == VMEP_OK)
     st = vmep_ep_combine_buffer(ep, &h, &buf);
   if (st == VMEP_OK)
-    st = cuda_check(
+    st = bench_cuda_check(
         cudaMemcpy(buf, b->expert_out, bytes, cudaMemcpyDeviceToDevice),
         "zero-copy buffer");
   vmep_ep_combine_args ca = {buf, b->topk, b->weights, b->out};
   if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
-  return st == VMEP_OK ? cuda_check(cudaDeviceSynchronize(), "fill") : st;
+  return st == VMEP_OK ? bench_cuda_check(cudaDeviceSynchronize(), "fill") : st;
 }
 
-static vmep_status upload(const struct buffers *b, const struct inputs *in,
+static vmep_status upload(const struct buffers *b,
+                          const struct bench_inputs *in,
                           const struct bench_options *o) {
   size_t n = (size_t)in->n, K = (size_t)o->topk;
-  vmep_status st = cuda_check(
+  vmep_status st = bench_cuda_check(
       cudaMemcpy(b->x, in->x, n * o->hidden * 2, cudaMemcpyHostToDevice), "x");
   if (st == VMEP_OK)
-    st = cuda_check(
+    st = bench_cuda_check(
         cudaMemcpy(b->topk, in->topk, n * K * 8, cudaMemcpyHostToDevice),
         "topk");
   if (st == VMEP_OK)
-    st = cuda_check(
+    st = bench_cuda_check(
         cudaMemcpy(b->weights, in->weights, n * K * 4, cudaMemcpyHostToDevice),
         "weights");
   return st;
@@ -390,12 +257,12 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
                            const vmep_ep_config *c, struct buffers *b,
                            struct bench_result *res) {
   int R = vmep_group_size(g);
-  struct inputs in;
+  struct bench_inputs in;
   cudaStream_t s = NULL;
-  if (make_inputs(o, res->rank, res->tokens, c->num_experts, &in) != 0)
+  if (bench_make_inputs(o, res->rank, res->tokens, c->num_experts, &in) != 0)
     return VMEP_ERR_OUT_OF_MEMORY;
   vmep_status st = upload(b, &in, o);
-  free_inputs(&in);
+  bench_free_inputs(&in);
   vmep_ep_dispatch_args da = {b->x,        b->topk,        res->tokens,
                               o->topk,     o->fp8,         o->round_scale,
                               b->recv_x,   b->recv_scales, b->recv_count,
@@ -408,14 +275,14 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
    * caller's tensor and (zero-copy) in both parities' buffers. */
   const size_t eo_bytes = (size_t)c->num_experts * res->tokens * c->hidden * 2;
   if (st == VMEP_OK && !o->fp8)
-    st = cuda_check(cudaMemcpy(b->expert_out, b->recv_x, eo_bytes,
-                               cudaMemcpyDeviceToDevice),
-                    "expert_out");
+    st = bench_cuda_check(cudaMemcpy(b->expert_out, b->recv_x, eo_bytes,
+                                     cudaMemcpyDeviceToDevice),
+                          "expert_out");
   for (int parity = 0; st == VMEP_OK && o->zero_copy && parity < 2; parity++)
     st = fill_zero_copy(ep, &da, b, eo_bytes);
   if (st == VMEP_OK)
-    st = cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
-                    "cudaStreamCreate");
+    st = bench_cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
+                          "cudaStreamCreate");
   vmep_ep_combine_args ca = {b->expert_out, b->topk, b->weights, b->out};
   if (st == VMEP_OK)
     st = vmep_group_barrier(g);

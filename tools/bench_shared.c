@@ -1,0 +1,167 @@
+/*
+ * What vmep-bench and the NCCL baseline (bench/) share, so that both run
+ * on the same inputs and are judged by the same rules: the seeded inputs
+ * of any rank, the dispatch check against the host reference, the combine
+ * check with identity experts, the CUDA check that names the call, and the
+ * median of timed calls.
+ */
+#include <cuda_runtime_api.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "ep/ep.h"
+
+static uint64_t rng_next(uint64_t *s) {
+  *s ^= *s >> 12;
+  *s ^= *s << 25;
+  *s ^= *s >> 27;
+  return *s * 2685821657736338717ull;
+}
+
+int bench_make_inputs(const struct bench_options *o, int rank, int tokens,
+                      int experts, struct bench_inputs *in) {
+  uint64_t s = (o->seed ^ ((uint64_t)rank << 32) ^ (uint64_t)tokens) | 1;
+  size_t n = (size_t)tokens, H = (size_t)o->hidden, K = (size_t)o->topk;
+  in->n = tokens;
+  in->x = malloc(n * H * 2);
+  in->topk = malloc(n * K * 8);
+  in->weights = malloc(n * K * 4);
+  if (!in->x || !in->topk || !in->weights)
+    return -1;
+  for (size_t i = 0; i < n * H; i++) {
+    float mag = ldexpf(0.5f + (float)(rng_next(&s) % 1024) / 1024.0f,
+                       (int)(rng_next(&s) % 5) - 2);
+    in->x[i] = vmep__bf16_from_float(rng_next(&s) & 1 ? -mag : mag);
+  }
+  for (size_t t = 0; t < n; t++)
+    for (size_t k = 0; k < K; k++) {
+      int64_t e;
+      int taken;
+      do {
+        e = (int64_t)(rng_next(&s) % (uint64_t)experts);
+        taken = 0;
+        for (size_t j = 0; j < k; j++)
+          taken |= in->topk[t * K + j] == e;
+      } while (taken);
+      in->topk[t * K + k] = e;
+      in->weights[t * K + k] = (float)(1 + rng_next(&s) % 1000) / 1000.0f;
+    }
+  return 0;
+}
+
+void bench_free_inputs(struct bench_inputs *in) {
+  free(in->x);
+  free(in->topk);
+  free(in->weights);
+}
+
+vmep_status bench_cuda_check(cudaError_t err, const char *what) {
+  if (err == cudaSuccess)
+    return VMEP_OK;
+  fprintf(stderr, "%s: %s: %s\n", program_invocation_short_name, what,
+          cudaGetErrorString(err));
+  return VMEP_ERR_CUDA;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+double bench_median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof(double), cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Copies `bytes` of device memory into a new host buffer (NULL on error). */
+static void *fetch(const void *dev, size_t bytes) {
+  void *host = malloc(bytes + 16);
+  if (host &&
+      bench_cuda_check(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost),
+                       "cudaMemcpy (check)") != VMEP_OK) {
+    free(host);
+    host = NULL;
+  }
+  return host;
+}
+
+vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
+                                 int experts, int tokens, int me,
+                                 const struct vmep_ref_recv *dev) {
+  size_t L = (size_t)(experts / ranks), RT = (size_t)ranks * tokens,
+         H = (size_t)o->hidden;
+  struct bench_inputs in[VMEP_LL_MAX_RANKS];
+  struct vmep_ref_rank_input ref_in[VMEP_LL_MAX_RANKS];
+  vmep_status st = VMEP_OK;
+  struct vmep_ref_recv got = {
+      fetch(dev->recv_x, L * RT * H * (o->fp8 ? 1 : 2)),
+      o->fp8 ? fetch(dev->recv_scales, L * RT * (H / 128) * 4) : NULL,
+      fetch(dev->recv_count, L * 4), fetch(dev->src_info, L * RT * 4),
+      fetch(dev->layout_range, L * ranks * 8)};
+  if (!got.recv_x || (o->fp8 && !got.recv_scales) || !got.recv_count ||
+      !got.src_info || !got.layout_range)
+    st = VMEP_ERR_CUDA;
+  memset(in, 0, sizeof(in[0]) * (size_t)ranks);
+  for (int r = 0; st == VMEP_OK && r < ranks; r++) {
+    if (bench_make_inputs(o, r, tokens, experts, &in[r]) != 0)
+      st = VMEP_ERR_OUT_OF_MEMORY;
+    struct vmep_ref_rank_input one = {in[r].n, in[r].x, in[r].topk,
+                                      in[r].weights};
+    ref_in[r] = one;
+  }
+  struct vmep_ref_problem p = {ranks,          experts, tokens,
+                               o->hidden,      o->topk, o->fp8,
+                               o->round_scale, NULL,    ref_in};
+  struct vmep_ref_report rep = {0, ""};
+  if (st == VMEP_OK)
+    st = vmep__ref_check_dispatch(&p, me, &got, &rep);
+  if (st == VMEP_OK && rep.mismatches) {
+    fprintf(stderr, "%s: rank %d dispatch check: %lld mismatches, first: %s\n",
+            program_invocation_short_name, me, (long long)rep.mismatches,
+            rep.first);
+    st = VMEP_ERR_CUDA;
+  }
+  for (int r = 0; r < ranks; r++)
+    bench_free_inputs(&in[r]);
+  free(got.recv_x);
+  free(got.recv_scales);
+  free(got.recv_count);
+  free(got.src_info);
+  free(got.layout_range);
+  return st;
+}
+
+vmep_status bench_check_combine(const struct bench_options *o, int me,
+                                int tokens, int experts, const void *out_dev) {
+  struct bench_inputs in;
+  size_t H = (size_t)o->hidden, K = (size_t)o->topk;
+  uint16_t *out = fetch(out_dev, (size_t)tokens * H * 2);
+  vmep_status st = out ? VMEP_OK : VMEP_ERR_CUDA;
+  memset(&in, 0, sizeof(in));
+  if (st == VMEP_OK && bench_make_inputs(o, me, tokens, experts, &in) != 0)
+    st = VMEP_ERR_OUT_OF_MEMORY;
+  for (size_t t = 0; st == VMEP_OK && t < (size_t)tokens; t++) {
+    float wsum = 0.0f;
+    for (size_t k = 0; k < K; k++)
+      wsum += in.weights[t * K + k];
+    for (size_t h = 0; h < H; h++) {
+      float x = vmep__bf16_to_float(in.x[t * H + h]);
+      float want = vmep__bf16_to_float(vmep__bf16_from_float(wsum * x));
+      float have = vmep__bf16_to_float(out[t * H + h]);
+      if (fabsf(have - want) > fabsf(want) * (1.0f / 128.0f)) {
+        fprintf(stderr,
+                "%s: rank %d combine check: token %zu channel %zu is %g, "
+                "expected %g\n",
+                program_invocation_short_name, me, t, h, have, want);
+        st = VMEP_ERR_CUDA;
+        break;
+      }
+    }
+  }
+  bench_free_inputs(&in);
+  free(out);
+  return st;
+}
