@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call on the device machine: vmep-info,
-# every GPU test, the default benchmark with --check, and the bf16 and fp8
-# sweeps (T = 128 .. 4096) as JSON, with logs under $OUT (or ./gpu-logs).
+# every GPU test, the default benchmark with --check, and the bf16, fp8 and
+# zero-copy sweeps (T = 128 .. 4096) as JSON, with logs under $OUT (or ./gpu-logs).
 # Expects a build folder made elsewhere (default build-gpu, carried to the
 # device) so that device time goes to running, not compiling; builds one if
 # it is missing. GPU_CHECK_BENCH=0 skips the benchmarks.
@@ -42,7 +42,9 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
     > "$out/bench-bf16.log" 2>&1 || status=1
   timeout 300 "$bench" --fp8 --tokens $sweep --iters 50 \
     --json "$out/bench-fp8.json" > "$out/bench-fp8.log" 2>&1 || status=1
-  for f in bench-default bench-bf16 bench-fp8; do
+  timeout 300 "$bench" --zero-copy --tokens $sweep --iters 50 \
+    --json "$out/bench-zc.json" > "$out/bench-zc.log" 2>&1 || status=1
+  for f in bench-default bench-bf16 bench-fp8 bench-zc; do
     echo "== $f"; grep -A16 "summary" "$out/$f.log" | sed 's/^\[rank 0\] //'
   done
 fi

@@ -200,8 +200,12 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
     for (int r = 0; r < s->R; r++) {
       struct sim_rank *k = &s->rank[r];
       struct vmep_ll_params p = sim_params(s, r, parity);
-      struct vmep_ll_combine_io io = {
-          k->expert_out, 0, k->topk, k->weights, in[r].num_tokens, k->out};
+      struct vmep_ll_combine_io io = {expert_out_of(s, r, parity),
+                                      s->zero_copy,
+                                      k->topk,
+                                      k->weights,
+                                      in[r].num_tokens,
+                                      k->out};
       if (phase == 0)
         ASSERT_OK(vmep__ll_combine_send(&p, &io, k->stream));
       else
@@ -245,6 +249,38 @@ static void fetch_dispatch(struct sim *s, struct host_rank *h) {
     CUDA_OK(cudaMemcpy(h[r].layout_range, k->layout_range,
                        (size_t)s->L * s->R * 8, cudaMemcpyDeviceToHost));
   }
+}
+
+/* Zero-copy: every valid selection of every source must have its landing
+ * row recorded in the source's "where" table by its expert rank. */
+static void check_where(struct sim *s, struct host_rank *h,
+                        const struct vmep_ref_rank_input *in, int parity) {
+  size_t RT = (size_t)s->R * s->T;
+  int *where = (int *)malloc((size_t)s->T * s->K * sizeof(int));
+  for (int src = 0; src < s->R; src++) {
+    CUDA_OK(cudaMemcpy(where, s->rank[src].buffer + s->layout.where[parity],
+                       (size_t)s->T * s->K * sizeof(int),
+                       cudaMemcpyDeviceToHost));
+    for (int t = 0; t < in[src].num_tokens; t++)
+      for (int k = 0; k < s->K; k++) {
+        int64_t e = in[src].topk_idx[(size_t)t * s->K + k];
+        if (e < 0 || e >= s->E)
+          continue;
+        int d = (int)(e / s->L), l = (int)(e % s->L);
+        int64_t range = h[d].layout_range[l * s->R + src];
+        int begin = (int)(range >> 32), count = (int)(range & 0xffffffff);
+        int row = -1;
+        for (int i = begin; i < begin + count; i++)
+          if (h[d].src_info[l * RT + i] == t)
+            row = (int)(l * RT + i);
+        if (where[(size_t)t * s->K + k] != row)
+          TEST_FAIL("where[%d][%d] of rank %d is %d, its row is %d (expert "
+                    "%lld on rank %d)",
+                    t, k, src, where[(size_t)t * s->K + k], row, (long long)e,
+                    d);
+      }
+  }
+  free(where);
 }
 
 static struct vmep_ref_recv as_recv(struct host_rank *h) {
@@ -291,6 +327,8 @@ static void one_round(struct sim *s, int round) {
       TEST_FAIL("round %d rank %d dispatch: %lld mismatches, first: %s", round,
                 r, (long long)rep.mismatches, rep.first);
   }
+  if (s->zero_copy)
+    check_where(s, h, in, round & 1);
   for (int r = 0; r < s->R; r++) {
     make_expert_out(s, h, r, in, round & 1);
     eo[r] = h[r].expert_out;
