@@ -30,6 +30,8 @@ struct bench_options {
   int num_sms;   /* 0: this rank's whole share of the GPU */
   uint64_t seed;
   const char *json;
+  int compare_nccl; /* --compare nccl: the NCCL baseline after vmep */
+  int own_gpus;     /* set per run: every rank has a GPU of its own */
 };
 
 /* One rank's numbers for one token count. */
@@ -43,6 +45,14 @@ struct bench_result {
   /* medians of dispatch send, dispatch receive, combine send, combine
    * receive, each launched alone */
   double phase_us[4];
+  /* the ceiling used: 0 a D2D copy (ranks share a GPU), 1 the all-pairs
+   * peer copy; pair_us: rank 0 -> rank 1 alone, dispatch bytes (rank 0,
+   * when own_gpus and 2+ ranks; else 0) */
+  int ceiling;
+  double pair_us;
+  /* --compare nccl: the NCCL baseline's medians (0: not run) */
+  double nccl_dispatch_us, nccl_combine_us;
+  int nccl_checked;
 };
 
 /* Runs one token count on this rank: creates the buffer, optionally checks
@@ -50,9 +60,27 @@ struct bench_result {
 vmep_status bench_run_tokens(vmep_group *group, const struct bench_options *o,
                              int tokens, struct bench_result *result);
 
+/* The multi-GPU ceilings (bench_peer.c), collective, with own_gpus: each
+ * rank writes `bytes` split evenly over the other ranks' GPUs, every rank
+ * at once (*us: its median); and rank 0 alone writes `bytes` to rank 1
+ * (*pair_us on rank 0; 0 elsewhere or with 1 rank). */
+vmep_status bench_time_peer_copy(vmep_group *g, const struct bench_options *o,
+                                 size_t bytes, double *us, double *pair_us);
+
+/* The NCCL baseline (bench/nccl_run.c, or bench/nccl_none.c without
+ * NCCL): 1 when built in; collective: times one token count on the same
+ * inputs (checked with o->check), filling r's nccl_* fields.
+ * VMEP_ERR_UNSUPPORTED when not built. */
+int bench_nccl_built(void);
+vmep_status bench_nccl_run_tokens(vmep_group *g, const struct bench_options *o,
+                                  int tokens, struct bench_result *r);
+
 /* Per-rank line, as users of other EP libraries know it. `prefix` adds
  * "[rank N] " (when no launcher prefixes lines). */
 void bench_print_rank(const struct bench_result *r, int prefix);
+
+/* The NCCL baseline's per-rank line (--compare nccl, nccl-a2a). */
+void bench_print_nccl_rank(const struct bench_result *r, int prefix);
 
 /* Rank 0: the summary of every rank's results for every token count. */
 void bench_print_summary(const struct bench_options *o,
@@ -84,6 +112,17 @@ void bench_free_inputs(struct bench_inputs *in);
 
 /* VMEP_OK, or VMEP_ERR_CUDA after printing "<program>: what: error". */
 vmep_status bench_cuda_check(cudaError_t err, const char *what);
+
+/* The defaults: 128 tokens, hidden 7168, top-k 8, 100 iterations after
+ * 10 warm-up calls, seed 1, everything else 0. */
+void bench_options_defaults(struct bench_options *o);
+
+/* 1 when a launcher (vmep-run, torchrun, mpirun, Slurm) started us. */
+int bench_under_launcher(void);
+
+/* Collective: *shared_out = 1 when two ranks use one GPU (same node, same
+ * PCI bus id of their current device), on every rank. */
+vmep_status bench_gpu_sharing(vmep_group *g, int *shared_out);
 
 /* Sorts v[n] and returns its median. */
 double bench_median(double *v, int n);

@@ -31,6 +31,8 @@ static void usage(FILE *out) {
           "the GPU)\n"
           "  --check          check against the host reference before timing\n"
           "  --zero-copy      experts write into the EP buffer; combine pulls\n"
+          "  --compare nccl   also time the NCCL all-to-all baseline (one GPU "
+          "per rank)\n"
           "  --seed S         random seed (default 1)\n"
           "  --json FILE      also write the results as JSON (rank 0)\n");
 }
@@ -103,6 +105,14 @@ static int parse(int argc, char **argv, struct bench_options *o) {
       o->seed = strtoull(v, NULL, 0);
     } else if (!strcmp(a, "--json")) {
       o->json = v;
+    } else if (!strcmp(a, "--compare")) {
+      bad = strcmp(v, "nccl") != 0;
+      o->compare_nccl = 1;
+      if (!bad && !bench_nccl_built()) {
+        fprintf(stderr, "vmep-bench: --compare nccl: this build has no NCCL "
+                        "(nccl.h or libnccl not found when configuring)\n");
+        return 2;
+      }
     } else {
       bad = 1;
     }
@@ -154,16 +164,7 @@ static int launch(int argc, char **argv, const struct bench_options *o) {
   return 1;
 }
 
-static int under_launcher(void) {
-  static const char *vars[] = {"VMEP_RANK", "RANK", "OMPI_COMM_WORLD_RANK",
-                               "SLURM_PROCID"};
-  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
-    if (getenv(vars[i]))
-      return 1;
-  return 0;
-}
-
-static int run_rank(const struct bench_options *o) {
+static int run_rank(struct bench_options *o) {
   vmep_group *g = NULL;
   int count = 0;
   if (vmep_group_create_from_env(&g) != VMEP_OK) {
@@ -175,7 +176,16 @@ static int run_rank(const struct bench_options *o) {
     cudaSetDevice(vmep_group_local_rank(g) % count);
   struct bench_result *all =
       calloc((size_t)size * o->num_tokens_values, sizeof(*all));
-  int failed = !all;
+  int failed = !all, shared = 1;
+  if (bench_gpu_sharing(g, &shared) != VMEP_OK)
+    failed = 1;
+  o->own_gpus = !shared;
+  if (!failed && shared && o->compare_nccl) {
+    if (rank == 0)
+      printf("vmep-bench: --compare nccl skipped: ranks share a GPU, and "
+             "NCCL needs one GPU per rank\n");
+    o->compare_nccl = 0;
+  }
   if (rank == 0)
     printf("vmep-bench: %d ranks, hidden %d, top-k %d, experts %d, %s%s, "
            "seed %llu\n",
@@ -188,6 +198,8 @@ static int run_rank(const struct bench_options *o) {
       fprintf(stderr, "vmep-bench: tokens %d (%d of %d)\n", o->tokens[i], i + 1,
               o->num_tokens_values);
     vmep_status st = bench_run_tokens(g, o, o->tokens[i], &mine);
+    if (st == VMEP_OK && o->compare_nccl)
+      st = bench_nccl_run_tokens(g, o, o->tokens[i], &mine);
     if (st != VMEP_OK) {
       fprintf(stderr, "vmep-bench: rank %d, tokens %d: %s (%s)\n", rank,
               o->tokens[i], vmep_status_name(st), vmep_last_error());
@@ -212,18 +224,12 @@ static int run_rank(const struct bench_options *o) {
 }
 
 int main(int argc, char **argv) {
-  struct bench_options o = {0};
-  o.tokens[0] = 128;
-  o.num_tokens_values = 1;
-  o.hidden = 7168;
-  o.topk = 8;
-  o.iters = 100;
-  o.warmup = 10;
-  o.seed = 1;
+  struct bench_options o;
+  bench_options_defaults(&o);
   int rc = parse(argc, argv, &o);
   if (rc != 0)
     return rc;
-  if (!under_launcher())
+  if (!bench_under_launcher())
     return launch(argc, argv, &o);
   return run_rank(&o);
 }

@@ -2,7 +2,8 @@
  * vmep-bench output: the per-rank line (bandwidth and time of dispatch and
  * combine, DeepEP low-latency byte accounting), the summary per token count
  * with the same-run copy ceiling and the efficiency, and the JSON file.
- * "avg_t" in the per-rank line is the median of the timed calls.
+ * "avg_t" in the per-rank line is the median of the timed calls. With
+ * --compare nccl, the NCCL baseline's line and table sit next to vmep's.
  */
 #include "bench.h"
 
@@ -10,13 +11,26 @@ static double gbps(double bytes, double us) {
   return us > 0 ? bytes / us / 1e3 : 0.0;
 }
 
-void bench_print_rank(const struct bench_result *r, int prefix) {
+static void print_line(const struct bench_result *r, int prefix,
+                       const char *dispatch, const char *combine, double d_us,
+                       double c_us) {
   if (prefix)
     printf("[rank %d] ", r->rank);
-  printf("Dispatch bandwidth: %.2f GB/s, avg_t=%.2f us | Combine bandwidth: "
-         "%.2f GB/s, avg_t=%.2f us\n",
-         gbps(r->dispatch_bytes, r->dispatch_us), r->dispatch_us,
-         gbps(r->combine_bytes, r->combine_us), r->combine_us);
+  printf("%s bandwidth: %.2f GB/s, avg_t=%.2f us | %s bandwidth: %.2f GB/s, "
+         "avg_t=%.2f us\n",
+         dispatch, gbps(r->dispatch_bytes, d_us), d_us, combine,
+         gbps(r->combine_bytes, c_us), c_us);
+}
+
+void bench_print_rank(const struct bench_result *r, int prefix) {
+  print_line(r, prefix, "Dispatch", "Combine", r->dispatch_us, r->combine_us);
+  if (r->nccl_dispatch_us > 0)
+    bench_print_nccl_rank(r, prefix);
+}
+
+void bench_print_nccl_rank(const struct bench_result *r, int prefix) {
+  print_line(r, prefix, "NCCL dispatch", "NCCL combine", r->nccl_dispatch_us,
+             r->nccl_combine_us);
 }
 
 struct summary {
@@ -62,13 +76,46 @@ static void print_phases(const struct bench_result *all, int ranks,
   }
 }
 
+/* vmep against the NCCL baseline: means over ranks, ratio vmep / NCCL. */
+static void print_nccl(const struct bench_options *o,
+                       const struct bench_result *all, int ranks, int sweeps) {
+  printf("\nvmep against NCCL send/recv (per rank, mean over ranks; NCCL "
+         "with its gather, count exchange and scatter)\n%7s | %9s %9s %9s "
+         "%6s | %9s %9s %9s %6s | %s\n",
+         "tokens", "vmep GB/s", "nccl GB/s", "nccl us", "ratio", "vmep GB/s",
+         "nccl GB/s", "nccl us", "ratio", "nccl check");
+  for (int i = 0; i < sweeps; i++) {
+    const struct bench_result *r = all + (size_t)i * ranks;
+    struct summary s = summarize(r, ranks);
+    double d = 0, c = 0, d_us = 0, c_us = 0;
+    int checked = 1;
+    for (int k = 0; k < ranks; k++) {
+      d += gbps(r[k].dispatch_bytes, r[k].nccl_dispatch_us) / ranks;
+      c += gbps(r[k].combine_bytes, r[k].nccl_combine_us) / ranks;
+      d_us += r[k].nccl_dispatch_us / ranks;
+      c_us += r[k].nccl_combine_us / ranks;
+      checked &= r[k].nccl_checked;
+    }
+    printf("%7d | %9.1f %9.1f %9.1f %6.2f | %9.1f %9.1f %9.1f %6.2f | %s\n",
+           r->tokens, s.d_gbps, d, d_us, d > 0 ? s.d_gbps / d : 0, s.c_gbps, c,
+           c_us, c > 0 ? s.c_gbps / c : 0,
+           !o->check ? "not run"
+           : checked ? "passed"
+                     : "FAILED");
+  }
+}
+
 void bench_print_summary(const struct bench_options *o,
                          const struct bench_result *all, int ranks,
                          int sweeps) {
   printf("\nsummary (per rank: mean over ranks; %d blocks per kernel; "
-         "ceiling = a device-to-device copy of the same bytes, every rank at "
-         "once, buffers rotated past L2)\n",
-         all[0].num_sms);
+         "ceiling = %s)\n",
+         all[0].num_sms,
+         all[0].ceiling ? "an all-pairs peer copy of the same bytes, each "
+                          "rank writing its share to every other GPU, every "
+                          "rank at once"
+                        : "a device-to-device copy of the same bytes, every "
+                          "rank at once, buffers rotated past L2");
   printf("%7s | %9s %9s %9s %5s | %9s %9s %9s %5s | %s\n", "tokens",
          "disp GB/s", "avg_t us", "ceil GB/s", "eff", "comb GB/s", "avg_t us",
          "ceil GB/s", "eff", "check");
@@ -83,6 +130,15 @@ void bench_print_summary(const struct bench_options *o,
                        : "FAILED");
   }
   print_phases(all, ranks, sweeps);
+  for (int i = 0; all[0].pair_us > 0 && i < sweeps; i++)
+    printf("%s%d tokens: peer copy rank 0 -> rank 1 alone, %.0f bytes: "
+           "%.1f GB/s\n",
+           i ? "" : "\n", all[(size_t)i * ranks].tokens,
+           all[(size_t)i * ranks].dispatch_bytes,
+           gbps(all[(size_t)i * ranks].dispatch_bytes,
+                all[(size_t)i * ranks].pair_us));
+  if (o->compare_nccl)
+    print_nccl(o, all, ranks, sweeps);
 }
 
 int bench_write_json(const char *path, const struct bench_options *o,
@@ -95,10 +151,12 @@ int bench_write_json(const char *path, const struct bench_options *o,
   fprintf(f,
           "{\"ranks\": %d, \"hidden\": %d, \"topk\": %d, \"experts\": %d, "
           "\"fp8\": %s, \"zero_copy\": %s, \"seed\": %llu, \"iters\": %d, "
-          "\"results\": [\n",
+          "\"ceiling\": \"%s\", \"compare_nccl\": %s, \"results\": [\n",
           ranks, o->hidden, o->topk, o->experts ? o->experts : 4 * ranks,
           o->fp8 ? "true" : "false", o->zero_copy ? "true" : "false",
-          (unsigned long long)o->seed, o->iters);
+          (unsigned long long)o->seed, o->iters,
+          all[0].ceiling ? "peer_all_pairs" : "d2d",
+          o->compare_nccl ? "true" : "false");
   for (int i = 0; i < sweeps * ranks; i++) {
     const struct bench_result *r = &all[i];
     fprintf(f,
@@ -106,11 +164,15 @@ int bench_write_json(const char *path, const struct bench_options *o,
             "\"dispatch_us\": %.3f, \"dispatch_copy_us\": %.3f, "
             "\"combine_bytes\": %.0f, \"combine_us\": %.3f, "
             "\"combine_copy_us\": %.3f, \"num_sms\": %d, \"phase_us\": "
-            "[%.3f, %.3f, %.3f, %.3f], \"checked\": %s}%s\n",
+            "[%.3f, %.3f, %.3f, %.3f], \"checked\": %s, \"pair_copy_us\": "
+            "%.3f, \"nccl_dispatch_us\": %.3f, \"nccl_combine_us\": %.3f, "
+            "\"nccl_checked\": %s}%s\n",
             r->tokens, r->rank, r->dispatch_bytes, r->dispatch_us,
             r->copy_dispatch_us, r->combine_bytes, r->combine_us,
             r->copy_combine_us, r->num_sms, r->phase_us[0], r->phase_us[1],
             r->phase_us[2], r->phase_us[3], r->checked ? "true" : "false",
+            r->pair_us, r->nccl_dispatch_us, r->nccl_combine_us,
+            r->nccl_checked ? "true" : "false",
             i + 1 < sweeps * ranks ? "," : "");
   }
   fprintf(f, "]}\n");

@@ -3,8 +3,9 @@
  * so any rank can rebuild any rank's), an optional check against the host
  * reference, then the timing of dispatch and combine with CUDA events
  * (median of many calls after warm-up) and of a device-to-device copy of
- * the same bytes on the same GPU at the same time: the ceiling that the
- * efficiency is measured against.
+ * the same bytes on the same GPU at the same time (or, when every rank has
+ * its own GPU, the all-pairs peer copy of bench_peer.c): the ceiling that
+ * the efficiency is measured against.
  */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
@@ -288,10 +289,19 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
     st = vmep_group_barrier(g);
   if (st == VMEP_OK)
     st = time_calls(ep, o, &da, &ca, s, res);
-  if (st == VMEP_OK)
+  /* The ceiling: NVLink (all-pairs peer copy) when every rank has its own
+   * GPU, else HBM (a D2D copy on the shared GPU). */
+  res->ceiling = o->own_gpus && R > 1;
+  if (st == VMEP_OK && res->ceiling)
+    st = bench_time_peer_copy(g, o, (size_t)res->dispatch_bytes,
+                              &res->copy_dispatch_us, &res->pair_us);
+  if (st == VMEP_OK && res->ceiling)
+    st = bench_time_peer_copy(g, o, (size_t)res->combine_bytes,
+                              &res->copy_combine_us, NULL);
+  if (st == VMEP_OK && !res->ceiling)
     st = time_copy(g, o, b, (size_t)res->dispatch_bytes, s,
                    &res->copy_dispatch_us);
-  if (st == VMEP_OK)
+  if (st == VMEP_OK && !res->ceiling)
     st = time_copy(g, o, b, (size_t)res->combine_bytes, s,
                    &res->copy_combine_us);
   if (s)

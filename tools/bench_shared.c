@@ -165,3 +165,54 @@ vmep_status bench_check_combine(const struct bench_options *o, int me,
   free(out);
   return st;
 }
+
+int bench_under_launcher(void) {
+  static const char *vars[] = {"VMEP_RANK", "RANK", "OMPI_COMM_WORLD_RANK",
+                               "SLURM_PROCID"};
+  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+    if (getenv(vars[i]))
+      return 1;
+  return 0;
+}
+
+/* Which GPU a rank uses: its node and its current device's PCI bus id. */
+struct gpu_id {
+  int node;
+  char bus[32];
+};
+
+vmep_status bench_gpu_sharing(vmep_group *g, int *shared_out) {
+  int R = vmep_group_size(g), dev = 0;
+  struct gpu_id mine, *all = calloc((size_t)R, sizeof(*all));
+  memset(&mine, 0, sizeof(mine));
+  mine.node = vmep_group_node(g, vmep_group_rank(g));
+  vmep_status st = all ? bench_cuda_check(cudaGetDevice(&dev), "cudaGetDevice")
+                       : VMEP_ERR_OUT_OF_MEMORY;
+  if (st == VMEP_OK)
+    st =
+        bench_cuda_check(cudaDeviceGetPCIBusId(mine.bus, sizeof(mine.bus), dev),
+                         "cudaDeviceGetPCIBusId");
+  /* Every rank enters the allgather, failed or not: no rank waits alone. */
+  vmep_status gathered =
+      all ? vmep_group_allgather(g, &mine, sizeof(mine), all) : st;
+  st = st != VMEP_OK ? st : gathered;
+  int shared = 0;
+  for (int i = 0; st == VMEP_OK && i < R; i++)
+    for (int j = i + 1; j < R; j++)
+      shared |= all[i].node == all[j].node && !strcmp(all[i].bus, all[j].bus);
+  if (st == VMEP_OK)
+    *shared_out = shared;
+  free(all);
+  return st;
+}
+
+void bench_options_defaults(struct bench_options *o) {
+  memset(o, 0, sizeof(*o));
+  o->tokens[0] = 128;
+  o->num_tokens_values = 1;
+  o->hidden = 7168;
+  o->topk = 8;
+  o->iters = 100;
+  o->warmup = 10;
+  o->seed = 1;
+}
