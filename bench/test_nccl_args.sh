@@ -23,7 +23,9 @@ bad stray
 "$bin" --help >/dev/null || { echo "FAIL: --help"; fail=1; }
 [ "$fail" = 0 ] || exit 1
 echo "usage errors: exit 2 with a message"
-out=$("$bin" --tokens 8 --hidden 128 --iters 2 --warmup 1 2>&1); rc=$?
+# No device visible, on any machine: the program must say so and exit 77.
+out=$(CUDA_VISIBLE_DEVICES= "$bin" --tokens 8 --hidden 128 --iters 2 \
+  --warmup 1 2>&1); rc=$?
 echo "$out"
 if [ "$rc" = 77 ]; then
   grep -q "no GPU" <<<"$out" || { echo "FAIL: 77 without a reason"; exit 1; }
