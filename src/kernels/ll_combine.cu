@@ -13,9 +13,7 @@
 #include "kernels/rows.cuh"
 #include "kernels/sync.cuh"
 
-extern "C" {
-#include "core/core.h"
-}
+#include "kernels/launch.cuh"
 
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     combine_send_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
@@ -123,20 +121,12 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     p.state->comb_epoch[p.parity] = epoch;
 }
 
-static vmep_status launched(const char *what) {
-  cudaError_t err = cudaGetLastError();
-  if (err == cudaSuccess)
-    return VMEP_OK;
-  return vmep__fail(VMEP_ERR_CUDA, VMEP_LOG_ERROR, "%s launch: %s", what,
-                    cudaGetErrorString(err));
-}
-
 extern "C" vmep_status
 vmep__ll_combine_send(const struct vmep_ll_params *p,
                       const struct vmep_ll_combine_io *io, void *stream) {
   combine_send_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
       *p, *io);
-  return launched("combine send kernel");
+  return ll_launched("combine send kernel");
 }
 
 extern "C" vmep_status
@@ -144,5 +134,5 @@ vmep__ll_combine_recv(const struct vmep_ll_params *p,
                       const struct vmep_ll_combine_io *io, void *stream) {
   combine_recv_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
       *p, *io);
-  return launched("combine recv kernel");
+  return ll_launched("combine recv kernel");
 }

@@ -14,9 +14,7 @@
 #include "kernels/rows.cuh"
 #include "kernels/sync.cuh"
 
-extern "C" {
-#include "core/core.h"
-}
+#include "kernels/launch.cuh"
 
 /* The send area of `rank` for this call's parity. */
 __device__ __forceinline__ char *send_area(const vmep_ll_params &p, int rank) {
@@ -184,20 +182,12 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     p.state->disp_epoch[p.parity] = epoch;
 }
 
-static vmep_status launched(const char *what) {
-  cudaError_t err = cudaGetLastError();
-  if (err == cudaSuccess)
-    return VMEP_OK;
-  return vmep__fail(VMEP_ERR_CUDA, VMEP_LOG_ERROR, "%s launch: %s", what,
-                    cudaGetErrorString(err));
-}
-
 extern "C" vmep_status
 vmep__ll_dispatch_send(const struct vmep_ll_params *p,
                        const struct vmep_ll_dispatch_io *io, void *stream) {
   dispatch_send_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
       *p, *io);
-  return launched("dispatch send kernel");
+  return ll_launched("dispatch send kernel");
 }
 
 extern "C" vmep_status
@@ -206,10 +196,10 @@ vmep__ll_dispatch_recv(const struct vmep_ll_params *p,
   size_t smem = sizeof(int) * (size_t)(p->num_experts / p->num_ranks);
   dispatch_count_kernel<<<p->num_blocks, LL_THREADS, smem,
                           (cudaStream_t)stream>>>(*p, *io);
-  vmep_status status = launched("dispatch count kernel");
+  vmep_status status = ll_launched("dispatch count kernel");
   if (status != VMEP_OK)
     return status;
   dispatch_copy_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
       *p, *io);
-  return launched("dispatch copy kernel");
+  return ll_launched("dispatch copy kernel");
 }

@@ -266,15 +266,23 @@ vmep_status vmep__mem_usable(int device, unsigned flags, unsigned *mask_out,
   return VMEP_OK;
 }
 
+/* Makes the region's context current for a group of driver calls; the
+ * caller pops it with vmep__ctx_pop. */
+static vmep_status enter(const struct vmep_region *r,
+                         const struct vmep_driver **drv_out) {
+  vmep_status status = vmep__driver_get(drv_out);
+  if (status == VMEP_OK)
+    status = vmep__ctx_push(*drv_out, r->ctx, r->device);
+  return status;
+}
+
 vmep_status vmep__region_map_at(const struct vmep_region *r, CUdeviceptr va) {
   const struct vmep_driver *drv = NULL;
   CUdeviceptr mapped = 0;
   if (r->strategy == VMEP_MEM_LEGACY)
     return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
                       "a legacy region cannot be mapped at a chosen address");
-  vmep_status status = vmep__driver_get(&drv);
-  if (status == VMEP_OK)
-    status = vmep__ctx_push(drv, r->ctx, r->device);
+  vmep_status status = enter(r, &drv);
   if (status != VMEP_OK)
     return status;
   status =
@@ -285,9 +293,7 @@ vmep_status vmep__region_map_at(const struct vmep_region *r, CUdeviceptr va) {
 
 vmep_status vmep__region_unmap_at(const struct vmep_region *r, CUdeviceptr va) {
   const struct vmep_driver *drv = NULL;
-  vmep_status status = vmep__driver_get(&drv);
-  if (status == VMEP_OK)
-    status = vmep__ctx_push(drv, r->ctx, r->device);
+  vmep_status status = enter(r, &drv);
   if (status != VMEP_OK)
     return status;
   status = vmep__vmm_unmap(drv, va, r->size, 0);
@@ -297,9 +303,7 @@ vmep_status vmep__region_unmap_at(const struct vmep_region *r, CUdeviceptr va) {
 
 vmep_status vmep__region_sync(const struct vmep_region *r) {
   const struct vmep_driver *drv = NULL;
-  vmep_status status = vmep__driver_get(&drv);
-  if (status == VMEP_OK)
-    status = vmep__ctx_push(drv, r->ctx, r->device);
+  vmep_status status = enter(r, &drv);
   if (status != VMEP_OK)
     return status;
   status = vmep__cu_check(drv->cuCtxSynchronize(), VMEP_LOG_ERROR, NULL,

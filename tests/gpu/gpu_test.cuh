@@ -36,6 +36,27 @@ static inline void gpu_test_require_device(void) {
     TEST_SKIP("no GPU: the driver reports 0 devices");
 }
 
+/*
+ * The start of a multi-rank GPU test (run under vmep-run): skips without a
+ * launcher or a GPU, joins the group, gives every rank rank 0's seed (so all
+ * agree on sizes and inputs) and makes the rank's device current. Returns
+ * the device.
+ */
+static inline int gpu_test_join(const char *name, vmep_group **group_out,
+                                uint64_t *seed_out) {
+  int count = 0;
+  if (!getenv("VMEP_RANK"))
+    TEST_SKIP("run under vmep-run");
+  gpu_test_require_device();
+  ASSERT_OK(vmep_group_create_from_env(group_out));
+  *seed_out = test_seed(name);
+  ASSERT_OK(vmep_group_broadcast(*group_out, 0, seed_out, sizeof(*seed_out)));
+  ASSERT_OK(vmep_device_count(&count));
+  int device = vmep_group_local_rank(*group_out) % count;
+  CUDA_OK(cudaSetDevice(device));
+  return device;
+}
+
 /* Word i of the pattern for `seed`: distinct per seed and index, never a
  * run of zeros. */
 __host__ __device__ static inline uint32_t pattern_word(uint64_t seed,

@@ -414,16 +414,9 @@ static void graph_replay(vmep_group *g, uint64_t seed) {
 
 int main(void) {
   vmep_group *g = NULL;
-  if (!getenv("VMEP_RANK"))
-    TEST_SKIP("run under vmep-run");
-  gpu_test_require_device();
-  ASSERT_OK(vmep_group_create_from_env(&g));
+  uint64_t seed = 0;
+  gpu_test_join("test_ep", &g, &seed);
   ASSERT_TRUE(vmep_group_size(g) <= MAX_RANKS);
-  uint64_t seed = test_seed("test_ep");
-  ASSERT_OK(vmep_group_broadcast(g, 0, &seed, sizeof(seed)));
-  int count = 0;
-  ASSERT_OK(vmep_device_count(&count));
-  CUDA_OK(cudaSetDevice(vmep_group_local_rank(g) % count));
   shapes(g, seed);
   back_to_back(g, seed + 1000000);
   graph_replay(g, seed + 2000000);

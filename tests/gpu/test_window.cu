@@ -87,17 +87,8 @@ static void forced(vmep_group *g, int device, const char *share,
 
 int main(void) {
   vmep_group *g = NULL;
-  if (!getenv("VMEP_RANK"))
-    TEST_SKIP("run under vmep-run");
-  gpu_test_require_device();
-  ASSERT_OK(vmep_group_create_from_env(&g));
-  uint64_t seed = test_seed("test_window");
-  /* Every rank uses rank 0's seed, so all agree on sizes and patterns. */
-  ASSERT_OK(vmep_group_broadcast(g, 0, &seed, sizeof(seed)));
-  int count = 0, device;
-  ASSERT_OK(vmep_device_count(&count));
-  device = vmep_group_local_rank(g) % count;
-  CUDA_OK(cudaSetDevice(device));
+  uint64_t seed = 0;
+  int device = gpu_test_join("test_window", &g, &seed);
   vmep_mem_caps caps;
   ASSERT_OK(vmep_mem_probe(device, &caps));
   exchange_patterns(g, device, seed);
