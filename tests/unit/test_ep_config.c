@@ -4,7 +4,8 @@
  * layout (and DeepEP's low-latency size its published formula); and the
  * dispatch / combine entry points refuse bad arguments (NULL or misaligned
  * pointers, n > T, K > max_topk, bad phases, stale or foreign handles)
- * before anything is launched.
+ * before anything is launched; creating a buffer or a window refuses bad
+ * arguments and, without a driver, fails cleanly leaving no output.
  */
 #include "ep/ep.h"
 #include "test.h"
@@ -229,12 +230,63 @@ static void combine_args(void) {
   ASSERT_STATUS(vmep_ep_dispatch_recv(&ep, &stale, NULL), VMEP_ERR_INVALID_ARG);
 }
 
+static vmep_status solo_allgather(const void *send, size_t bytes, void *recv,
+                                  void *user) {
+  (void)user;
+  memcpy(recv, send, bytes);
+  return VMEP_OK;
+}
+
+static vmep_status solo_barrier(void *user) {
+  (void)user;
+  return VMEP_OK;
+}
+
+/* Creation refusals that need no GPU: NULL arguments, a bad config (named
+ * before anything is allocated), and, on a machine without a driver, a
+ * clean VMEP_ERR_UNSUPPORTED that leaves no output behind. */
+static void create_refusals(void) {
+  vmep_group *g = NULL;
+  vmep_ep *ep = (vmep_ep *)0x1;
+  vmep_window *w = (vmep_window *)0x1;
+  ASSERT_OK(
+      vmep_group_create_custom(0, 1, solo_allgather, solo_barrier, NULL, &g));
+  vmep_ep_config c = valid_config();
+  c.num_experts = 4; /* one rank: any positive multiple of 1 */
+  ASSERT_STATUS(vmep_ep_create(NULL, &c, &ep), VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_create(g, NULL, &ep), VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_create(g, &c, NULL), VMEP_ERR_INVALID_ARG);
+  c.hidden = 100;
+  ASSERT_STATUS(vmep_ep_create(g, &c, &ep), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "hidden");
+  ASSERT_TRUE(ep == (vmep_ep *)0x1);
+  ASSERT_STATUS(vmep_window_create(NULL, 0, 4096, &w), VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_window_create(g, 0, 0, &w), VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_window_create(g, 0, 4096, NULL), VMEP_ERR_INVALID_ARG);
+  ASSERT_TRUE(w == (vmep_window *)0x1);
+  ASSERT_STATUS(vmep_ep_poll_errors(NULL, NULL, NULL), VMEP_ERR_INVALID_ARG);
+  ASSERT_OK(vmep_ep_destroy(NULL));
+  ASSERT_OK(vmep_window_destroy(NULL));
+  int count = 0;
+  if (vmep_device_count(&count) != VMEP_OK) {
+    /* No driver here: creation fails cleanly, saying so. */
+    c.hidden = 512;
+    ASSERT_STATUS(vmep_ep_create(g, &c, &ep), VMEP_ERR_UNSUPPORTED);
+    ASSERT_STR_CONTAINS(vmep_last_error(), "libcuda.so.1");
+    ASSERT_TRUE(ep == (vmep_ep *)0x1);
+    ASSERT_STATUS(vmep_window_create(g, 0, 4096, &w), VMEP_ERR_UNSUPPORTED);
+    ASSERT_TRUE(w == (vmep_window *)0x1);
+  }
+  ASSERT_OK(vmep_group_destroy(g));
+}
+
 int main(void) {
   test_seed("test_ep_config");
+  create_refusals();
   config_fields();
   sizes();
   dispatch_args();
   combine_args();
-  printf("4 passed, 0 failed\n");
+  printf("5 passed, 0 failed\n");
   return 0;
 }
