@@ -110,18 +110,6 @@ static int parse(int argc, char **argv, struct bench_options *o) {
   return rc;
 }
 
-/* A group of one, for a plain start. */
-static vmep_status solo_allgather(const void *send, size_t bytes, void *recv,
-                                  void *user) {
-  (void)user;
-  memcpy(recv, send, bytes);
-  return VMEP_OK;
-}
-static vmep_status solo_barrier(void *user) {
-  (void)user;
-  return VMEP_OK;
-}
-
 /* Every token count: time (and check), print this rank's line. */
 static int run(vmep_group *g, const struct bench_options *o) {
   int rank = vmep_group_rank(g), prefix = !getenv("VMEP_RANK");
@@ -170,8 +158,7 @@ int main(int argc, char **argv) {
   vmep_group *g = NULL;
   vmep_status st = bench_under_launcher()
                        ? vmep_group_create_from_env(&g)
-                       : vmep_group_create_custom(0, 1, solo_allgather,
-                                                  solo_barrier, NULL, &g);
+                       : vmep_group_create_custom(0, 1, NULL, NULL, NULL, &g);
   if (st != VMEP_OK) {
     fprintf(stderr, "nccl-a2a: %s\n", vmep_last_error());
     return 1;

@@ -265,7 +265,9 @@ typedef vmep_status (*vmep_allgather_fn)(const void *send, size_t bytes,
                                          void *recv, void *user);
 typedef vmep_status (*vmep_barrier_fn)(void *user);
 
-/* A group over a framework's process group (no store is started). */
+/* A group over a framework's process group (no store is started).
+ * `barrier` may be NULL (an allgather serves); a group of one (size 1) may
+ * pass NULL for both. */
 VMEP_API vmep_status vmep_group_create_custom(int rank, int size,
                                               vmep_allgather_fn allgather,
                                               vmep_barrier_fn barrier,

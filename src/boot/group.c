@@ -373,6 +373,15 @@ vmep_status vmep_group_create_from_env(vmep_group **group_out) {
                             group_out);
 }
 
+/* The allgather of a group of one: its own payload. */
+static vmep_status solo_allgather(const void *send, size_t bytes, void *recv,
+                                  void *user) {
+  (void)user;
+  if (bytes)
+    memcpy(recv, send, bytes);
+  return VMEP_OK;
+}
+
 vmep_status vmep_group_create_custom(int rank, int size,
                                      vmep_allgather_fn allgather,
                                      vmep_barrier_fn barrier, void *user,
@@ -381,9 +390,12 @@ vmep_status vmep_group_create_custom(int rank, int size,
   vmep_group *g = NULL;
   vmep_status status =
       check_ranks("vmep_group_create_custom", rank, size, group_out);
+  if (status == VMEP_OK && !allgather && size == 1)
+    allgather = solo_allgather; /* a group of one needs no framework */
   if (status == VMEP_OK && !allgather)
     status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                        "vmep_group_create_custom: allgather is NULL");
+                        "vmep_group_create_custom: allgather is NULL (only a "
+                        "group of one may omit it)");
   /* No store address: the job id comes from VMEP_JOB_ID or rank 0. */
   if (status == VMEP_OK)
     status = job_env("localhost:1", NULL, &job);

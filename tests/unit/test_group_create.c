@@ -70,9 +70,17 @@ static void test_arguments(void) {
   expect_invalid(0, 1, "127.0.0.1:5", NULL, "VMEP_JOB_ID");
   unsetenv("VMEP_JOB_ID");
   vmep_group *g = untouched;
-  ASSERT_STATUS(vmep_group_create_custom(0, 1, NULL, NULL, NULL, &g),
+  ASSERT_STATUS(vmep_group_create_custom(0, 2, NULL, NULL, NULL, &g),
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "allgather is NULL");
+  /* A group of one needs no collectives: its allgather is a copy. */
+  vmep_group *solo = NULL;
+  unsigned char one = 0x5a, back = 0;
+  ASSERT_OK(vmep_group_create_custom(0, 1, NULL, NULL, NULL, &solo));
+  ASSERT_OK(vmep_group_allgather(solo, &one, 1, &back));
+  ASSERT_EQ(back, 0x5a);
+  ASSERT_OK(vmep_group_barrier(solo));
+  ASSERT_OK(vmep_group_destroy(solo));
   ASSERT_STATUS(vmep_group_create_from_env(&g), VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "no launch environment");
   ASSERT_TRUE(g == untouched);
