@@ -437,7 +437,22 @@ typedef struct vmep_ep_dispatch_args {
   int32_t *recv_count;     /* [L] */
   int32_t *src_info;       /* [L, R*T] */
   int64_t *layout_range;   /* [L, R] */
+  int scale_layout;        /* use_fp8: how recv_scales is stored, one of
+                              VMEP_EP_SCALES_* (0: row-major) */
 } vmep_ep_dispatch_args;
+
+/* Layouts of vmep_ep_dispatch_args.recv_scales. The scale of channel group
+ * g (128 channels) of row i of local expert l, with RT = R*T, G = H/128:
+ *   ROW_MAJOR  fp32 at l*RT*G + i*G + g    ([L, RT, G])
+ *   COL_MAJOR  fp32 at l*G*RT + g*RT + i   ([L, G, RT]: DeepEP's layout,
+ *              the transpose of a [L, RT, G] view)
+ *   UE8M0      byte g % 4 of int32 word l*(G/4)*RT + (g/4)*RT + i
+ *              ([L, G/4, RT] int32): the scale's biased exponent (the scale
+ *              is a power of two); needs round_scale and H a multiple of 512.
+ */
+#define VMEP_EP_SCALES_ROW_MAJOR 0
+#define VMEP_EP_SCALES_COL_MAJOR 1
+#define VMEP_EP_SCALES_UE8M0 2
 
 /* Collective, asynchronous on `stream` (a cudaStream_t of the buffer's
  * device). An expert id >= E or < -1 in topk_idx is skipped and counted

@@ -264,10 +264,10 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
     return VMEP_ERR_OUT_OF_MEMORY;
   vmep_status st = upload(b, &in, o);
   bench_free_inputs(&in);
-  vmep_ep_dispatch_args da = {b->x,        b->topk,        res->tokens,
-                              o->topk,     o->fp8,         o->round_scale,
-                              b->recv_x,   b->recv_scales, b->recv_count,
-                              b->src_info, b->layout_range};
+  vmep_ep_dispatch_args da = {
+      b->x,          b->topk,        res->tokens,     o->topk,
+      o->fp8,        o->round_scale, b->recv_x,       b->recv_scales,
+      b->recv_count, b->src_info,    b->layout_range, VMEP_EP_SCALES_ROW_MAJOR};
   if (st == VMEP_OK && o->check) {
     st = check_call(ep, o, c, R, b, &da);
     res->checked = st == VMEP_OK;

@@ -112,9 +112,9 @@ vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
                                       in[r].weights};
     ref_in[r] = one;
   }
-  struct vmep_ref_problem p = {ranks,          experts, tokens,
-                               o->hidden,      o->topk, o->fp8,
-                               o->round_scale, NULL,    ref_in};
+  struct vmep_ref_problem p = {
+      ranks,  experts,        tokens, o->hidden, o->topk,
+      o->fp8, o->round_scale, NULL,   ref_in,    VMEP_EP_SCALES_ROW_MAJOR};
   struct vmep_ref_report rep = {0, ""};
   if (st == VMEP_OK)
     st = vmep__ref_check_dispatch(&p, me, &got, &rep);

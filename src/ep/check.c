@@ -92,16 +92,17 @@ static void check_row(struct dispatch_check *c, int l, uint32_t row, int src,
   }
   size_t groups = hidden / VMEP_FP8_GROUP;
   const uint8_t *got = (const uint8_t *)c->impl->recv_x + at * hidden;
-  const float *got_scales = c->impl->recv_scales + at * groups;
   vmep__fp8_quantize_row(x, c->p->hidden, c->p->round_scale, c->q, c->scales);
-  for (size_t g = 0; g < groups; g++)
-    if (memcmp(&got_scales[g], &c->scales[g], sizeof(float)) != 0) {
+  for (size_t g = 0; g < groups; g++) {
+    float got_scale = vmep__ref_scale_load(c->p, c->impl->recv_scales, at, g);
+    if (memcmp(&got_scale, &c->scales[g], sizeof(float)) != 0) {
       mismatch(c->report,
                "rank %d expert %d row %u (token %d of rank %d): scale %zu is "
                "%.9g, expected %.9g",
-               c->rank, l, row, token, src, g, got_scales[g], c->scales[g]);
+               c->rank, l, row, token, src, g, got_scale, c->scales[g]);
       return;
     }
+  }
   for (size_t h = 0; h < hidden; h++)
     if (got[h] != c->q[h]) {
       mismatch(c->report,

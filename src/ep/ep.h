@@ -115,6 +115,8 @@ struct vmep_ref_problem {
   int round_scale;   /* fp8 scales rounded up to powers of two */
   const int *masked; /* [R], nonzero = rank masked; NULL: none masked */
   const struct vmep_ref_rank_input *ranks; /* [R] */
+  int scale_layout; /* use_fp8: VMEP_EP_SCALES_* of recv_scales (UE8M0
+                       needs round_scale and hidden a multiple of 512) */
 };
 
 /*
@@ -126,11 +128,23 @@ struct vmep_ref_problem {
  */
 struct vmep_ref_recv {
   void *recv_x;          /* [L, RT, H]: bf16 (uint16_t) or fp8 (uint8_t) */
-  float *recv_scales;    /* [L, RT, H / 128] with use_fp8; else unused */
+  float *recv_scales;    /* with use_fp8, H / 128 scales per row in the
+                            problem's scale_layout; else unused */
   int32_t *recv_count;   /* [L] */
   int32_t *src_info;     /* [L, RT]: source token index of each valid row */
   int64_t *layout_range; /* [L, R] */
 };
+
+/*
+ * Stores / loads the scale of channel group g of row `row` (l * R*T + i) in
+ * recv_scales, in p->scale_layout (vmep.h). A UE8M0 store keeps the biased
+ * exponent only (exact for the power-of-two scales round_scale gives); its
+ * load gives that power of two back. Cannot fail.
+ */
+void vmep__ref_scale_store(const struct vmep_ref_problem *p, float *scales,
+                           size_t row, size_t g, float scale);
+float vmep__ref_scale_load(const struct vmep_ref_problem *p,
+                           const float *scales, size_t row, size_t g);
 
 /* layout_range entries: (begin << 32) | count. */
 static inline int64_t vmep__range_pack(uint32_t begin, uint32_t count) {

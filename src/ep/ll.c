@@ -66,6 +66,18 @@ static vmep_status check_dispatch(const vmep_ep *ep,
     return bad_arg(call, "recv_x must be a 16-byte aligned device pointer");
   if (a->use_fp8 && bad_ptr(a->recv_scales, 4, 0))
     return bad_arg(call, "use_fp8 needs recv_scales (4-byte aligned)");
+  if (a->use_fp8 && (a->scale_layout < VMEP_EP_SCALES_ROW_MAJOR ||
+                     a->scale_layout > VMEP_EP_SCALES_UE8M0))
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: scale_layout = %d, expected a VMEP_EP_SCALES_* "
+                      "value (0..2)",
+                      call, a->scale_layout);
+  if (a->use_fp8 && a->scale_layout == VMEP_EP_SCALES_UE8M0 &&
+      (!a->round_scale || ep->config.hidden % (4 * VMEP_FP8_GROUP) != 0))
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: UE8M0 scales need round_scale and hidden a "
+                      "multiple of 512 (round_scale %d, hidden %d)",
+                      call, a->round_scale, ep->config.hidden);
   if (bad_ptr(a->recv_count, 4, 0) || bad_ptr(a->src_info, 4, 0))
     return bad_arg(call, "recv_count and src_info must be 4-byte aligned");
   if (bad_ptr(a->layout_range, 8, 0))
@@ -104,10 +116,12 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
     return bad_arg("vmep_ep_dispatch",
                    "two dispatches already wait for their receive phase "
                    "(vmep_ep_dispatch_recv)");
-  struct vmep_ll_dispatch_io io = {
-      args->x,           args->topk_idx,    args->num_tokens,  args->use_fp8,
-      args->round_scale, args->recv_x,      args->recv_scales, args->recv_count,
-      args->src_info,    args->layout_range};
+  struct vmep_ll_dispatch_io io = {args->x,           args->topk_idx,
+                                   args->num_tokens,  args->use_fp8,
+                                   args->round_scale, args->recv_x,
+                                   args->recv_scales, args->recv_count,
+                                   args->src_info,    args->layout_range,
+                                   args->scale_layout};
   vmep__ep_params(ep, parity, args->num_topk, &p);
   status = on_device(ep, &previous);
   if (status != VMEP_OK)

@@ -77,6 +77,14 @@ vmep_status vmep__ref_validate(const struct vmep_ref_problem *p,
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "reference: hidden %d must be positive%s", p->hidden,
                       p->use_fp8 ? " and a multiple of 128 with fp8" : "");
+  if (p->use_fp8 && (p->scale_layout < VMEP_EP_SCALES_ROW_MAJOR ||
+                     p->scale_layout > VMEP_EP_SCALES_UE8M0 ||
+                     (p->scale_layout == VMEP_EP_SCALES_UE8M0 &&
+                      (!p->round_scale || p->hidden % 512 != 0))))
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "reference: scale_layout %d (UE8M0 needs round_scale "
+                      "and hidden a multiple of 512)",
+                      p->scale_layout);
   if (p->top_k < 1 || p->top_k > VMEP_EP_MAX_TOPK)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "reference: top_k %d outside [1, %d]", p->top_k,
@@ -121,15 +129,61 @@ vmep_status vmep__ref_send_stats(const struct vmep_ref_problem *p, int rank,
   return VMEP_OK;
 }
 
+void vmep__ref_scale_store(const struct vmep_ref_problem *p, float *scales,
+                           size_t row, size_t g, float scale) {
+  size_t groups = (size_t)p->hidden / VMEP_FP8_GROUP;
+  size_t rows = (size_t)expert_rows(p), l = row / rows, i = row % rows;
+  uint32_t bits;
+  switch (p->scale_layout) {
+  case VMEP_EP_SCALES_COL_MAJOR:
+    scales[(l * groups + g) * rows + i] = scale;
+    break;
+  case VMEP_EP_SCALES_UE8M0:
+    memcpy(&bits, &scale, sizeof(bits));
+    ((uint8_t *)scales)[((l * (groups / 4) + g / 4) * rows + i) * 4 + g % 4] =
+        (uint8_t)(bits >> 23);
+    break;
+  default:
+    scales[row * groups + g] = scale;
+  }
+}
+
+float vmep__ref_scale_load(const struct vmep_ref_problem *p,
+                           const float *scales, size_t row, size_t g) {
+  size_t groups = (size_t)p->hidden / VMEP_FP8_GROUP;
+  size_t rows = (size_t)expert_rows(p), l = row / rows, i = row % rows;
+  uint32_t bits;
+  float value;
+  switch (p->scale_layout) {
+  case VMEP_EP_SCALES_COL_MAJOR:
+    return scales[(l * groups + g) * rows + i];
+  case VMEP_EP_SCALES_UE8M0:
+    bits =
+        (uint32_t)((
+            const uint8_t
+                *)scales)[((l * (groups / 4) + g / 4) * rows + i) * 4 + g % 4]
+        << 23;
+    memcpy(&value, &bits, sizeof(value));
+    return value;
+  default:
+    return scales[row * groups + g];
+  }
+}
+
 /* Writes token `token` of rank `src` into row `row` (l * R*T + i). */
 static void copy_row(const struct vmep_ref_problem *p, int src, int token,
                      const struct vmep_ref_recv *out, size_t row) {
   size_t hidden = (size_t)p->hidden;
   const uint16_t *x = p->ranks[src].x + (size_t)token * hidden;
   if (p->use_fp8)
-    vmep__fp8_quantize_row(x, p->hidden, p->round_scale,
-                           (uint8_t *)out->recv_x + row * hidden,
-                           out->recv_scales + row * (hidden / VMEP_FP8_GROUP));
+    /* group by group, so that any scale layout needs no scratch */
+    for (size_t g = 0; g < hidden / VMEP_FP8_GROUP; g++) {
+      float scale;
+      vmep__fp8_quantize_row(
+          x + g * VMEP_FP8_GROUP, VMEP_FP8_GROUP, p->round_scale,
+          (uint8_t *)out->recv_x + row * hidden + g * VMEP_FP8_GROUP, &scale);
+      vmep__ref_scale_store(p, out->recv_scales, row, g, scale);
+    }
   else
     memcpy((uint16_t *)out->recv_x + row * hidden, x,
            hidden * sizeof(uint16_t));

@@ -88,10 +88,11 @@ struct vmep_ll_dispatch_io {
   int num_tokens;
   int use_fp8, round_scale;
   void *recv_x;          /* bf16 or fp8 [L, R*T, H] */
-  float *recv_scales;    /* fp8 only: [L, R*T, H/128] */
+  float *recv_scales;    /* fp8 only: [L, R*T, H/128] in scale_layout */
   int *recv_count;       /* [L] */
   int *src_info;         /* [L, R*T] */
   int64_t *layout_range; /* [L, R] */
+  int scale_layout;      /* VMEP_EP_SCALES_* */
 };
 
 struct vmep_ll_combine_io {

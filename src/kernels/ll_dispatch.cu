@@ -171,8 +171,8 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
                      slice, lane, v);
       if (io.use_fp8 && slice == 0)
         for (int g = lane; g < groups; g += 32)
-          io.recv_scales[row * groups + g] =
-              g < 32 ? scale : __ldcg(scales + g);
+          ll_store_scale(io, row, RT, groups, g,
+                         g < 32 ? scale : __ldcg(scales + g));
     }
   }
   if (!ll_last_block(p.state, 2))

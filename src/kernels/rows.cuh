@@ -121,4 +121,27 @@ __device__ __forceinline__ void ll_quantize_slice(const __nv_bfloat16 *src,
   }
 }
 
+/*
+ * Stores the scale of channel group g of received row `row` (l * RT + i)
+ * in the caller's layout (VMEP_EP_SCALES_*, see vmep.h): row-major,
+ * column-major per expert, or the UE8M0 byte (the biased exponent of a
+ * power-of-two scale) in column-major int32 words of four groups.
+ */
+__device__ __forceinline__ void ll_store_scale(const vmep_ll_dispatch_io &io,
+                                               size_t row, size_t rows,
+                                               int groups, int g, float scale) {
+  if (io.scale_layout == VMEP_EP_SCALES_ROW_MAJOR) {
+    io.recv_scales[row * groups + g] = scale;
+    return;
+  }
+  size_t l = row / rows, i = row % rows;
+  if (io.scale_layout == VMEP_EP_SCALES_COL_MAJOR) {
+    io.recv_scales[(l * groups + g) * rows + i] = scale;
+    return;
+  }
+  size_t word = (l * (groups / 4) + g / 4) * rows + i;
+  ((unsigned char *)io.recv_scales)[word * 4 + g % 4] =
+      (unsigned char)(__float_as_uint(scale) >> 23);
+}
+
 #endif /* VMEP_KERNELS_ROWS_CUH */

@@ -95,8 +95,9 @@ static void free_world(struct world *w) {
 }
 
 static struct vmep_ref_problem problem(const struct world *w) {
-  struct vmep_ref_problem p = {w->R,   w->E,           w->T, w->H, w->K,
-                               w->fp8, w->round_scale, NULL, w->in};
+  struct vmep_ref_problem p = {
+      w->R,   w->E,           w->T, w->H,  w->K,
+      w->fp8, w->round_scale, NULL, w->in, VMEP_EP_SCALES_ROW_MAJOR};
   return p;
 }
 
@@ -158,7 +159,8 @@ static vmep_ep_dispatch_args dispatch_args(const struct io *b,
                              w->fp8 ? b->recv_scales : NULL,
                              b->recv_count,
                              b->src_info,
-                             b->layout_range};
+                             b->layout_range,
+                             VMEP_EP_SCALES_ROW_MAJOR};
   return a;
 }
 

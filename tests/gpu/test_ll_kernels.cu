@@ -27,6 +27,7 @@ struct sim_rank {
 
 struct sim {
   int R, E, L, T, H, K, fp8, round_scale, zero_copy, blocks;
+  int scale_layout;     /* VMEP_EP_SCALES_* */
   int dead;             /* a rank whose kernels never run (-1: none) */
   long long timeout_ns; /* after which the others mask it */
   struct vmep_ll_layout layout;
@@ -181,9 +182,9 @@ static void run_dispatch(struct sim *s, const struct vmep_ref_rank_input *in,
       struct sim_rank *k = &s->rank[r];
       struct vmep_ll_params p = sim_params(s, r, parity);
       struct vmep_ll_dispatch_io io = {
-          k->x,           k->topk,        in[r].num_tokens, s->fp8,
-          s->round_scale, k->recv_x,      k->recv_scales,   k->recv_count,
-          k->src_info,    k->layout_range};
+          k->x,           k->topk,         in[r].num_tokens, s->fp8,
+          s->round_scale, k->recv_x,       k->recv_scales,   k->recv_count,
+          k->src_info,    k->layout_range, s->scale_layout};
       if (phase == 0)
         ASSERT_OK(vmep__ll_dispatch_send(&p, &io, k->stream));
       else
@@ -225,7 +226,8 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
 static void make_expert_out(struct sim *s, struct host_rank *h, int d,
                             const struct vmep_ref_rank_input *in, int parity) {
   size_t RT = (size_t)s->R * s->T;
-  struct vmep_ref_problem prob = {s->R, s->E, s->T, s->H, s->K, 0, 0, NULL, in};
+  struct vmep_ref_problem prob = {
+      s->R, s->E, s->T, s->H, s->K, 0, 0, NULL, in, VMEP_EP_SCALES_ROW_MAJOR};
   struct vmep_ref_recv recv = {NULL, NULL, h[d].recv_count, h[d].src_info,
                                h[d].layout_range};
   expert_model(&prob, d, &recv, h[d].expert_out);
@@ -343,9 +345,9 @@ static void one_round(struct sim *s, int round) {
   if (s->dead >= 0)
     masked[s->dead] = 1;
   struct vmep_ref_problem prob = {
-      s->R, s->E,   s->T,           s->H,
-      s->K, s->fp8, s->round_scale, s->dead >= 0 ? masked : NULL,
-      in};
+      s->R, s->E,           s->T,           s->H,
+      s->K, s->fp8,         s->round_scale, s->dead >= 0 ? masked : NULL,
+      in,   s->scale_layout};
   poison_outputs(s);
   if (getenv("VMEP_TEST_VERBOSE"))
     fprintf(stderr, "round %d: dispatch\n", round);
@@ -438,13 +440,16 @@ int main(void) {
   test_seed("test_ll_kernels");
   gpu_test_require_device();
   CUDA_OK(cudaSetDevice(0));
-  /* R, experts per rank, T, H, K, fp8, round_scale, zero_copy */
-  static const int cases[][8] = {
-      {2, 2, 16, 512, 1, 0, 0, 0},   {4, 4, 64, 2048, 8, 0, 0, 0},
-      {4, 4, 32, 7168, 8, 1, 0, 0},  {2, 8, 24, 4096, 16, 1, 1, 0},
-      {8, 2, 16, 8192, 4, 0, 0, 0},  {4, 4, 128, 7168, 8, 0, 0, 0},
-      {4, 4, 128, 7168, 8, 1, 1, 0}, {3, 5, 40, 640, 5, 1, 0, 0},
-      {4, 4, 64, 7168, 8, 0, 0, 1},  {2, 8, 24, 4096, 16, 1, 1, 1},
+  /* R, experts per rank, T, H, K, fp8, round_scale, zero_copy, scale
+   * layout (0 row-major, 1 column-major, 2 UE8M0) */
+  static const int cases[][9] = {
+      {2, 2, 16, 512, 1, 0, 0, 0, 0},   {4, 4, 64, 2048, 8, 0, 0, 0, 0},
+      {4, 4, 32, 7168, 8, 1, 0, 0, 0},  {2, 8, 24, 4096, 16, 1, 1, 0, 0},
+      {8, 2, 16, 8192, 4, 0, 0, 0, 0},  {4, 4, 128, 7168, 8, 0, 0, 0, 0},
+      {4, 4, 128, 7168, 8, 1, 1, 0, 0}, {3, 5, 40, 640, 5, 1, 0, 0, 0},
+      {4, 4, 64, 7168, 8, 0, 0, 1, 0},  {2, 8, 24, 4096, 16, 1, 1, 1, 0},
+      {4, 4, 32, 7168, 8, 1, 0, 0, 1},  {3, 5, 40, 640, 5, 1, 1, 0, 1},
+      {4, 4, 64, 7168, 8, 1, 1, 0, 2},  {2, 8, 24, 4096, 16, 1, 1, 1, 2},
   };
   int passed = 0;
   for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -458,17 +463,20 @@ int main(void) {
     s.fp8 = cases[c][5];
     s.round_scale = cases[c][6];
     s.zero_copy = cases[c][7];
+    s.scale_layout = cases[c][8];
     s.dead = -1;
     s.timeout_ns = 5ll * 1000 * 1000 * 1000; /* a stuck peer shows as masked */
     sim_init(&s);
     for (int round = 0; round < 6; round++)
       one_round(&s, round);
     sim_free(&s);
-    printf("R=%d E=%d T=%d H=%d K=%d %s%s%s: 6 rounds of dispatch + combine "
-           "exact\n",
+    printf("R=%d E=%d T=%d H=%d K=%d %s%s%s%s: 6 rounds of dispatch + "
+           "combine exact\n",
            s.R, s.E, s.T, s.H, s.K, s.fp8 ? "fp8" : "bf16",
-           s.round_scale ? " round_scale" : "",
-           s.zero_copy ? " zero-copy" : "");
+           s.round_scale ? " round_scale" : "", s.zero_copy ? " zero-copy" : "",
+           s.scale_layout == 1   ? " col-major scales"
+           : s.scale_layout == 2 ? " ue8m0 scales"
+                                 : "");
     passed++;
   }
   passed += dead_rank();

@@ -137,7 +137,8 @@ static void dispatch_args(void) {
                              NULL,
                              (int32_t *)mem,
                              (int32_t *)mem,
-                             (int64_t *)mem};
+                             (int64_t *)mem,
+                             VMEP_EP_SCALES_ROW_MAJOR};
   vmep_ep_handle h;
   struct {
     vmep_ep_dispatch_args args;
@@ -171,6 +172,17 @@ static void dispatch_args(void) {
   ASSERT_STATUS(vmep_ep_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "recv_scales");
+  b = a;
+  b.use_fp8 = 1;
+  b.recv_scales = (float *)mem;
+  b.scale_layout = 3; /* no such layout */
+  ASSERT_STATUS(vmep_ep_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "scale_layout");
+  b.scale_layout = VMEP_EP_SCALES_UE8M0; /* without round_scale */
+  ASSERT_STATUS(vmep_ep_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "UE8M0");
   b = a;
   b.recv_count = NULL;
   ASSERT_STATUS(vmep_ep_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),

@@ -35,7 +35,8 @@ static inline size_t RT_of(const struct world *w) {
 static inline void world_init(struct world *w, int R, int E, int T, int H,
                               int K, const int *tokens) {
   memset(w, 0, sizeof(*w));
-  w->p = (struct vmep_ref_problem){R, E, T, H, K, 0, 0, w->masked, w->in};
+  w->p = (struct vmep_ref_problem){
+      R, E, T, H, K, 0, 0, w->masked, w->in, VMEP_EP_SCALES_ROW_MAJOR};
   w->single_rank = -1;
   for (int r = 0; r < R; r++) {
     size_t n = (size_t)tokens[r];

@@ -351,8 +351,95 @@ static void test_capacity(void) {
   world_free(&w);
 }
 
+/* ---- fp8 scale layouts -----------------------------------------------------
+ */
+
+/* Random bf16 rows and two distinct experts per token, 2 ranks x 3 tokens,
+ * 4 experts, H 512 (four UE8M0 groups). */
+static void scale_world(struct world *w) {
+  static const int tokens[2] = {3, 3};
+  world_init(w, 2, 4, 3, 512, 2, tokens);
+  w->p.use_fp8 = 1;
+  for (int r = 0; r < 2; r++)
+    for (int t = 0; t < 3; t++) {
+      int64_t e = (int64_t)(test_rand() % 4);
+      w->idx[r][t * 2] = e;
+      w->idx[r][t * 2 + 1] = (e + 1 + (int64_t)(test_rand() % 3)) % 4;
+      for (int h = 0; h < 512; h++)
+        w->x[r][t * 512 + h] = vmep__bf16_from_float(
+            (float)((int)(test_rand() % 2001) - 1000) / 64.0f);
+    }
+}
+
+/* The scales of a COL_MAJOR or UE8M0 dispatch sit where vmep.h says, with
+ * the row-major dispatch's values; the checker accepts them and catches one
+ * changed scale. */
+static void check_scale_layout(struct world *w, int layout, int round) {
+  struct vmep_ref_recv row_major, laid;
+  const size_t G = 4, RT = RT_of(w);
+  recv_alloc(w, &row_major);
+  recv_alloc(w, &laid);
+  w->p.round_scale = round;
+  for (int d = 0; d < 2; d++) {
+    struct vmep_ref_report rep;
+    w->p.scale_layout = VMEP_EP_SCALES_ROW_MAJOR;
+    ASSERT_OK(vmep__ref_dispatch(&w->p, d, &row_major));
+    w->p.scale_layout = layout;
+    ASSERT_OK(vmep__ref_dispatch(&w->p, d, &laid));
+    for (size_t l = 0; l < 2; l++)
+      for (size_t i = 0; i < (size_t)laid.recv_count[l]; i++)
+        for (size_t g = 0; g < G; g++) {
+          float want = row_major.recv_scales[(l * RT + i) * G + g];
+          uint32_t bits;
+          memcpy(&bits, &want, sizeof(bits));
+          if (layout == VMEP_EP_SCALES_COL_MAJOR)
+            ASSERT_EQ(memcmp(&laid.recv_scales[(l * G + g) * RT + i], &want,
+                             sizeof(float)),
+                      0);
+          else
+            ASSERT_EQ(((const uint8_t *)laid.recv_scales)[(l * RT + i) * 4 + g],
+                      bits >> 23); /* one word per row: G / 4 == 1 */
+          float got =
+              vmep__ref_scale_load(&w->p, laid.recv_scales, l * RT + i, g);
+          ASSERT_EQ(memcmp(&got, &want, sizeof(float)), 0);
+        }
+    ASSERT_OK(vmep__ref_check_dispatch(&w->p, d, &laid, &rep));
+    ASSERT_EQ(rep.mismatches, 0);
+    if (laid.recv_count[0] > 0) {
+      float changed = 2 * vmep__ref_scale_load(&w->p, laid.recv_scales, 0, 1);
+      vmep__ref_scale_store(&w->p, laid.recv_scales, 0, 1, changed);
+      ASSERT_OK(vmep__ref_check_dispatch(&w->p, d, &laid, &rep));
+      ASSERT_EQ(rep.mismatches, 1);
+      ASSERT_STR_CONTAINS(rep.first, "scale 1");
+    }
+  }
+  recv_free(&laid);
+  recv_free(&row_major);
+}
+
+static void test_scale_layouts(void) {
+  struct world w;
+  scale_world(&w);
+  check_scale_layout(&w, VMEP_EP_SCALES_COL_MAJOR, 0);
+  check_scale_layout(&w, VMEP_EP_SCALES_COL_MAJOR, 1);
+  check_scale_layout(&w, VMEP_EP_SCALES_UE8M0, 1);
+  /* UE8M0 needs power-of-two scales and whole words of four groups. */
+  w.p.scale_layout = VMEP_EP_SCALES_UE8M0;
+  w.p.round_scale = 0;
+  ASSERT_STATUS(vmep__ref_validate(&w.p, 0), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "UE8M0");
+  w.p.round_scale = 1;
+  w.p.hidden = 384;
+  ASSERT_STATUS(vmep__ref_validate(&w.p, 0), VMEP_ERR_INVALID_ARG);
+  w.p.hidden = 512;
+  w.p.scale_layout = 3;
+  ASSERT_STATUS(vmep__ref_validate(&w.p, 0), VMEP_ERR_INVALID_ARG);
+  world_free(&w);
+}
+
 int main(void) {
   test_seed("test_reference");
+  test_scale_layouts();
   test_hand_basic();
   test_hand_fp8();
   test_hand_one_expert();
