@@ -1,0 +1,269 @@
+"""
+The C library through ctypes: where libvmep.so is found, the C structs
+mirrored field by field (tests/python/test_structs.py compiles a C program
+against include/vmep.h and compares every size and offset), the function
+prototypes, and C status codes turned into Python exceptions.
+
+Nothing here imports torch, so the layout and error tests run without it.
+"""
+import ctypes
+import glob
+import os
+import threading
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_int32,
+                    c_size_t, c_uint, c_uint64, c_void_p)
+
+from .errors import LibraryNotFoundError, error_from_status
+
+# vmep_status values (include/vmep.h, never renumbered).
+OK = 0
+ERR_INVALID_ARG = -1
+ERR_CUDA = -2
+ERR_UNSUPPORTED = -3
+ERR_OUT_OF_MEMORY = -4
+ERR_TIMEOUT = -5
+ERR_PEER = -6
+ERR_SYSTEM = -7
+
+EP_SEND = 1
+EP_RECV = 2
+EP_SEND_RECV = 3
+
+SCALES_ROW_MAJOR = 0
+SCALES_COL_MAJOR = 1
+SCALES_UE8M0 = 2
+
+LIBRARY_ENV = "VMEP_LIBRARY"
+LIBRARY_NAMES = ("libvmep.so", "libvmep.so.0")
+
+
+class EpConfig(Structure):
+    """vmep_ep_config, as every libvmep has it."""
+    _fields_ = [
+        ("num_experts", c_int),
+        ("hidden", c_int),
+        ("max_tokens_per_rank", c_int),
+        ("max_topk", c_int),
+        ("device", c_int),
+        ("num_sms", c_int),
+        ("timeout_ms", c_int),
+        ("zero_copy", c_int),
+    ]
+
+
+class EpConfigElastic(EpConfig):
+    """vmep_ep_config with the elastic field appended (max_ranks; 0 = the
+    group's size). Only used when the library has vmep_ep_max_ranks."""
+    _fields_ = [("max_ranks", c_int)]
+
+
+class EpHandle(Structure):
+    """vmep_ep_handle: one dispatch, for its combine."""
+    _fields_ = [
+        ("parity", c_int),
+        ("num_tokens", c_int),
+        ("num_topk", c_int),
+        ("call", c_uint64),
+    ]
+
+
+class DispatchArgs(Structure):
+    """vmep_ep_dispatch_args (pointers are device addresses)."""
+    _fields_ = [
+        ("x", c_void_p),
+        ("topk_idx", c_void_p),
+        ("num_tokens", c_int),
+        ("num_topk", c_int),
+        ("use_fp8", c_int),
+        ("round_scale", c_int),
+        ("recv_x", c_void_p),
+        ("recv_scales", c_void_p),
+        ("recv_count", c_void_p),
+        ("src_info", c_void_p),
+        ("layout_range", c_void_p),
+        ("scale_layout", c_int),
+    ]
+
+
+class CombineArgs(Structure):
+    """vmep_ep_combine_args."""
+    _fields_ = [
+        ("expert_out", c_void_p),
+        ("topk_idx", c_void_p),
+        ("topk_weights", c_void_p),
+        ("out", c_void_p),
+    ]
+
+
+# The C names of the mirrored structs, for the layout test.
+STRUCTS = {
+    "vmep_ep_config": EpConfig,
+    "vmep_ep_handle": EpHandle,
+    "vmep_ep_dispatch_args": DispatchArgs,
+    "vmep_ep_combine_args": CombineArgs,
+}
+
+# vmep_allgather_fn / vmep_barrier_fn.
+ALLGATHER_FN = CFUNCTYPE(c_int, c_void_p, c_size_t, c_void_p, c_void_p)
+BARRIER_FN = CFUNCTYPE(c_int, c_void_p)
+
+_P = c_void_p  # opaque handles and device pointers
+_PROTOTYPES = {
+    "vmep_status_name": (c_char_p, [c_int]),
+    "vmep_last_error": (c_char_p, []),
+    "vmep_version": (c_char_p, []),
+    "vmep_device_count": (c_int, [POINTER(c_int)]),
+    "vmep_group_create_from_env": (c_int, [POINTER(_P)]),
+    "vmep_group_create_custom":
+        (c_int, [c_int, c_int, ALLGATHER_FN, BARRIER_FN, _P, POINTER(_P)]),
+    "vmep_group_destroy": (c_int, [_P]),
+    "vmep_group_rank": (c_int, [_P]),
+    "vmep_group_size": (c_int, [_P]),
+    "vmep_group_local_rank": (c_int, [_P]),
+    "vmep_group_node": (c_int, [_P, c_int]),
+    "vmep_group_allgather": (c_int, [_P, _P, c_size_t, _P]),
+    "vmep_group_barrier": (c_int, [_P]),
+    "vmep_ep_config_init": (None, [_P]),
+    "vmep_ep_buffer_bytes": (c_int, [_P, c_int, POINTER(c_size_t)]),
+    "vmep_ep_deepep_bytes": (c_int, [_P, c_int, POINTER(c_size_t)]),
+    "vmep_ep_create": (c_int, [_P, _P, POINTER(_P)]),
+    "vmep_ep_destroy": (c_int, [_P]),
+    "vmep_ep_rank": (c_int, [_P]),
+    "vmep_ep_num_ranks": (c_int, [_P]),
+    "vmep_ep_num_local_experts": (c_int, [_P]),
+    "vmep_ep_device": (c_int, [_P]),
+    "vmep_ep_num_sms": (c_int, [_P]),
+    "vmep_ep_dispatch":
+        (c_int, [_P, POINTER(DispatchArgs), c_int, _P, POINTER(EpHandle)]),
+    "vmep_ep_dispatch_recv": (c_int, [_P, POINTER(EpHandle), _P]),
+    "vmep_ep_combine_buffer": (c_int, [_P, POINTER(EpHandle), POINTER(_P)]),
+    "vmep_ep_combine":
+        (c_int, [_P, POINTER(CombineArgs), POINTER(EpHandle), c_int, _P]),
+    "vmep_ep_combine_recv": (c_int, [_P, POINTER(EpHandle), _P]),
+    "vmep_ep_poll_errors": (c_int, [_P, POINTER(c_uint), POINTER(c_uint64)]),
+}
+
+# Elastic entry points: bound when the library has them; calling one it
+# lacks raises NotImplementedError.
+_OPTIONAL_PROTOTYPES = {
+    "vmep_ep_max_ranks": (c_int, [_P]),
+    "vmep_ep_query_mask": (c_int, [_P, POINTER(c_int32)]),
+    "vmep_ep_set_mask": (c_int, [_P, c_int, c_int]),
+    "vmep_ep_clear_mask": (c_int, [_P]),
+    "vmep_ep_connect_ranks": (c_int, [_P, POINTER(c_int), c_int, c_int]),
+    "vmep_ep_disconnect_ranks": (c_int, [_P, POINTER(c_int), c_int]),
+    "vmep_ep_barrier": (c_int, [_P]),
+    "vmep_group_join": (c_int, [c_int, c_int, c_char_p, c_char_p, POINTER(_P)]),
+}
+
+
+def library_candidates():
+    """Where libvmep.so is looked for, in order: $VMEP_LIBRARY (a file, or a
+    folder holding it); next to the package (the installed layout puts the
+    package in <libdir>/python/vmep beside <libdir>/libvmep.so); the build
+    trees of this checkout (<repo>/build*/src, newest first); then the
+    system loader's search path (LD_LIBRARY_PATH, ldconfig)."""
+    found = []
+    env = os.environ.get(LIBRARY_ENV)
+    if env:
+        if os.path.isdir(env):
+            found += [os.path.join(env, n) for n in LIBRARY_NAMES]
+        else:
+            found.append(env)
+    package = os.path.dirname(os.path.abspath(__file__))
+    for up in (package, os.path.dirname(package),
+               os.path.dirname(os.path.dirname(package))):
+        found += [os.path.join(up, n) for n in LIBRARY_NAMES]
+    repo = os.path.dirname(os.path.dirname(package))
+    builds = glob.glob(os.path.join(repo, "build*", "src", "libvmep.so"))
+    found += sorted(builds, key=os.path.getmtime, reverse=True)
+    found += list(LIBRARY_NAMES)  # bare names: the system loader
+    return found
+
+
+class Library:
+    """libvmep with its prototypes set. `call(name, *args)` raises the
+    mapped exception for a failed status; `optional(name)` gives a bound
+    elastic entry point or raises NotImplementedError."""
+
+    def __init__(self, path):
+        self.path = path
+        self.cdll = ctypes.CDLL(path)
+        for name, (restype, argtypes) in _PROTOTYPES.items():
+            fn = getattr(self.cdll, name)
+            fn.restype, fn.argtypes = restype, argtypes
+        self._optional = {}
+        for name, (restype, argtypes) in _OPTIONAL_PROTOTYPES.items():
+            fn = getattr(self.cdll, name, None)
+            if fn is not None:
+                fn.restype, fn.argtypes = restype, argtypes
+                self._optional[name] = fn
+
+    def __getattr__(self, name):
+        if name.startswith("vmep_") and name in _PROTOTYPES:
+            return getattr(self.cdll, name)
+        raise AttributeError(name)
+
+    def has(self, name):
+        return name in self._optional or name in _PROTOTYPES
+
+    def optional(self, name):
+        fn = self._optional.get(name)
+        if fn is None:
+            raise NotImplementedError(
+                f"{name} is not in {self.path}: this libvmep has no elastic "
+                "membership yet (rebuild it from a checkout that has it)")
+        return fn
+
+    def last_error(self):
+        text = self.cdll.vmep_last_error()
+        return text.decode(errors="replace") if text else ""
+
+    def status_name(self, status):
+        text = self.cdll.vmep_status_name(status)
+        return text.decode() if text else f"status {status}"
+
+    def check(self, status, what):
+        """Raises the exception of a failed C status (with vmep_last_error's
+        text, read on this thread right after the call)."""
+        if status != OK:
+            raise error_from_status(status, self.last_error(), what,
+                                    self.status_name(status))
+
+    def call(self, name, *args):
+        fn = self._optional[name] if name in self._optional else \
+            getattr(self.cdll, name)
+        self.check(fn(*args), name)
+
+
+_lock = threading.Lock()
+_library = None
+
+
+def load():
+    """The process's Library, loaded on first use. LibraryNotFoundError
+    (an OSError) lists every place tried when none loads."""
+    global _library
+    with _lock:
+        if _library is not None:
+            return _library
+        tried = []
+        for candidate in library_candidates():
+            if os.sep in candidate and not os.path.exists(candidate):
+                tried.append(f"{candidate} (absent)")
+                continue
+            try:
+                _library = Library(candidate)
+                return _library
+            except (OSError, AttributeError) as exc:
+                tried.append(f"{candidate} ({exc})")
+        raise LibraryNotFoundError(
+            "libvmep.so not found; set VMEP_LIBRARY to its path. Tried: " +
+            "; ".join(tried))
+
+
+def reset_for_tests():
+    """Forgets the loaded library (tests that point VMEP_LIBRARY elsewhere)."""
+    global _library
+    with _lock:
+        _library = None

@@ -1,0 +1,666 @@
+"""
+vmep.Buffer: the low-latency Buffer of DeepEP and NIXL EP, answered by
+libvmep. Same names, positional order, defaults, return order, shapes and
+dtypes; vmep-only options are keyword-only. All logic is in C; this file
+checks tensors, allocates outputs from torch's allocator and passes device
+pointers and the current CUDA stream.
+
+The EP buffer (vmep_ep) needs the call's shapes (T, H, E, top-k), which
+DeepEP gives only per call: it is created, collectively, at the first
+dispatch (or at construction / update_memory_buffers when the shape
+keywords are given), after the ranks compare their shapes, so that a
+mismatch raises on every rank instead of hanging.
+"""
+import ctypes
+import struct
+import sys
+
+import torch
+
+from . import _lib
+from ._group import (CommCallbacks, Group, StoreCallbacks, TorchCallbacks,
+                     raise_with_callback_error)
+from .errors import Error
+from .event import EventHandle, EventOverlap
+
+FP8_GROUP = 128
+
+
+def _fp8_dtype():
+    dtype = getattr(torch, "float8_e4m3fn", None)
+    if dtype is None:
+        raise Error(f"use_fp8 needs torch.float8_e4m3fn (torch "
+                    f"{torch.__version__} has none)")
+    return dtype
+
+
+class Handle(tuple):
+    """What a dispatch returns for its combine: the tuple DeepEP returns,
+    (src_info, layout_range, num_max_dispatch_tokens_per_rank, hidden,
+    num_experts), which unpacks the same, plus vmep's C handle."""
+
+    def __new__(cls, items, c_handle, buffer, num_tokens, num_topk):
+        self = super().__new__(cls, items)
+        self.c_handle = c_handle
+        self.buffer_id = id(buffer)
+        self.num_tokens = num_tokens
+        self.num_topk = num_topk
+        return self
+
+
+class Buffer:
+    """
+    The low-latency EP buffer of one rank. Collective over `group` (a
+    torch.distributed ProcessGroup), `comm` (an mpi4py communicator), the
+    `tcp_store_group` (a torch Store, with `rank`; the size comes from
+    update_memory_buffers), or, with none of them, vmep's own launch
+    environment (vmep-run, torchrun, Open MPI, Slurm); with `rank` and
+    `max_num_ranks` and no group, an elastic join through vmep's store.
+
+    num_nvl_bytes, num_rdma_bytes, low_latency_mode, num_qps_per_rank,
+    allow_nvlink_for_low_latency_mode and enable_shrink are accepted and
+    ignored (vmep sizes its buffer from the shapes, always allows NVLink
+    and always keeps a mask). allow_mnnvl=False refuses ranks on more than
+    one node.
+
+    Keyword-only (vmep): timeout_ms (0/None: VMEP_TIMEOUT_MS), after which
+    a silent peer is masked; max_num_ranks (elastic capacity);
+    num_max_dispatch_tokens_per_rank, hidden, num_experts, num_topk to
+    create the EP buffer now instead of at the first dispatch; zero_copy
+    to give the EP buffer its combine buffers (get_next_low_latency_
+    combine_buffer then hands out memory that combine reads in place);
+    device (default: the current CUDA device).
+    """
+
+    num_sms = 24
+
+    def __init__(self, group=None, num_nvl_bytes=0, num_rdma_bytes=0,
+                 low_latency_mode=True, num_qps_per_rank=1,
+                 allow_nvlink_for_low_latency_mode=True, allow_mnnvl=False,
+                 explicitly_destroy=False, enable_shrink=False, comm=None, *,
+                 rank=None, tcp_store_group=None, timeout_ms=None,
+                 max_num_ranks=None, num_max_dispatch_tokens_per_rank=None,
+                 hidden=None, num_experts=None, num_topk=None,
+                 zero_copy=False, device=None, nvlink_backend=None):
+        self._ep = None
+        self._group = None
+        self._comm_stream = None
+        self._combine_buffers = {}
+        if not torch.cuda.is_available():
+            raise Error("vmep.Buffer needs a CUDA device (torch.cuda is not "
+                        "available)")
+        if torch.cuda.is_current_stream_capturing():
+            raise Error("vmep.Buffer cannot be created while the current "
+                        "stream is capturing a CUDA graph: create it before "
+                        "capture (creation is collective and allocates)")
+        if group is not None and comm is not None:
+            raise ValueError("pass group or comm, not both")
+        self._lib = _lib.load()
+        self.num_nvl_bytes = num_nvl_bytes
+        self.num_rdma_bytes = num_rdma_bytes
+        self.low_latency_mode = low_latency_mode
+        self.explicitly_destroy = explicitly_destroy
+        self.enable_shrink = enable_shrink
+        self.allow_mnnvl = allow_mnnvl
+        self.group = group if group is not None else comm
+        self.tcp_store_group = tcp_store_group
+        self.timeout_ms = int(timeout_ms or 0)
+        self.max_num_ranks = max_num_ranks
+        self.zero_copy = bool(zero_copy)
+        self.device = torch.device(
+            "cuda", torch.cuda.current_device() if device is None else
+            torch.device("cuda", device).index)
+        self.rank = rank if rank is not None else 0
+        self.group_size = 0
+        self._shape = None
+        if group is not None:
+            self._group = Group.custom(self._lib, TorchCallbacks(group))
+        elif comm is not None:
+            self._group = Group.custom(self._lib, CommCallbacks(comm))
+        elif tcp_store_group is not None:
+            if rank is None:
+                raise ValueError("tcp_store_group needs rank=")
+            if max_num_ranks is not None:
+                self._store_group(max_num_ranks)
+        elif rank is not None and max_num_ranks is not None:
+            self._group = Group.join(self._lib, rank, max_num_ranks)
+        else:
+            self._group = Group.from_env(self._lib)
+        if self._group is not None:
+            self._adopt_group()
+        if None not in (num_max_dispatch_tokens_per_rank, hidden,
+                        num_experts) and self._group is not None:
+            self._ensure_ep(num_max_dispatch_tokens_per_rank, hidden,
+                            num_experts, num_topk or 8)
+
+    # ---- group and EP buffer ---------------------------------------------
+
+    def _store_group(self, size):
+        cb = StoreCallbacks(self.tcp_store_group, self.rank, size)
+        self._group = Group.custom(self._lib, cb)
+        self._adopt_group()
+
+    def _adopt_group(self):
+        g = self._group
+        self.rank, self.group_size = g.rank, g.size
+        if not self.allow_mnnvl and not g.elastic:
+            nodes = {self._lib.vmep_group_node(g.handle, r)
+                     for r in range(g.size)}
+            if len(nodes) > 1:
+                raise Error(f"the {g.size} ranks span {len(nodes)} nodes: "
+                            "pass allow_mnnvl=True to share memory across "
+                            "nodes through fabric handles")
+
+    def _config(self, T, H, E, K):
+        elastic = self._lib.has("vmep_ep_max_ranks")
+        cfg = _lib.EpConfigElastic() if elastic else _lib.EpConfig()
+        self._lib.vmep_ep_config_init(ctypes.addressof(cfg))
+        cfg.num_experts, cfg.hidden = int(E), int(H)
+        cfg.max_tokens_per_rank, cfg.max_topk = int(T), int(K)
+        cfg.device = self.device.index
+        cfg.num_sms = int(Buffer.num_sms)
+        cfg.timeout_ms = self.timeout_ms
+        cfg.zero_copy = int(self.zero_copy)
+        if self.max_num_ranks not in (None, 0, self.group_size):
+            if not elastic:
+                raise NotImplementedError(
+                    "max_num_ranks needs a libvmep with elastic membership")
+        if elastic:
+            cfg.max_ranks = int(self.max_num_ranks or 0)
+        return cfg
+
+    def _ensure_ep(self, T, H, E, K):
+        """The EP buffer for shapes (T, H, E) and top-k <= its max_topk;
+        created collectively on first use."""
+        if self._ep is not None:
+            if self._shape[:3] != (T, H, E) or K > self._shape[3]:
+                raise Error(
+                    f"this buffer serves num_max_dispatch_tokens_per_rank="
+                    f"{self._shape[0]}, hidden={self._shape[1]}, num_experts="
+                    f"{self._shape[2]}, top-k <= {self._shape[3]}; the call "
+                    f"asks for {T}, {H}, {E}, top-k {K}")
+            return self._ep
+        if self._group is None:
+            raise Error("no group yet: call update_memory_buffers(num_ranks, "
+                        "...) first (tcp_store_group without max_num_ranks)")
+        if torch.cuda.is_current_stream_capturing():
+            raise Error("the EP buffer is created by the first dispatch, "
+                        "which cannot be inside CUDA graph capture: dispatch "
+                        "once before capturing, or pass the shape keywords "
+                        "to Buffer()")
+        if not self._group.elastic:
+            K = self._agree(T, H, E, K)
+        cfg = self._config(T, H, E, K)
+        out = ctypes.c_void_p()
+        status = self._lib.vmep_ep_create(self._group.handle,
+                                          ctypes.addressof(cfg),
+                                          ctypes.byref(out))
+        raise_with_callback_error(self._lib, status, "vmep_ep_create",
+                                  self._group.callbacks)
+        self._ep = out
+        self._shape = (T, H, E, K)
+        self.num_local_experts = self._lib.vmep_ep_num_local_experts(out)
+        return out
+
+    def _agree(self, T, H, E, K):
+        """Every rank's (T, H, E, K, zero_copy): equal shapes or an Error on
+        every rank; the largest K serves all."""
+        mine = struct.pack("<6q", T, H, E, K, int(self.zero_copy), 0)
+        rows = [struct.unpack("<6q", b) for b in self._group.allgather(mine)]
+        differ = [r for r, row in enumerate(rows) if row[:3] != rows[0][:3]
+                  or row[4] != rows[0][4]]
+        if differ:
+            described = ", ".join(
+                f"rank {r}: T={row[0]} H={row[1]} E={row[2]} zero_copy="
+                f"{row[4]}" for r, row in enumerate(rows))
+            raise Error("ranks disagree on the buffer's shape "
+                        f"(num_max_dispatch_tokens_per_rank, hidden, "
+                        f"num_experts, zero_copy): {described}")
+        return max(row[3] for row in rows)
+
+    def destroy(self):
+        """Releases the EP buffer and the group (collective: every rank
+        calls it). Idempotent."""
+        ep, self._ep = self._ep, None
+        group, self._group = self._group, None
+        self._combine_buffers = {}
+        first = None
+        if ep is not None:
+            try:
+                torch.cuda.synchronize(self.device)
+            except Exception:
+                pass
+            try:
+                raise_with_callback_error(self._lib,
+                                          self._lib.vmep_ep_destroy(ep),
+                                          "vmep_ep_destroy",
+                                          group.callbacks if group else None)
+            except Error as exc:
+                first = exc
+        if group is not None:
+            group.destroy()
+        if first is not None:
+            raise first
+
+    def __del__(self):
+        # At interpreter exit the process's memory goes with it: nothing to
+        # wait for. Otherwise release without collectives through Python
+        # callbacks (a peer may be gone); vmep's own store groups bound the
+        # release barrier by the group timeout and see dead peers in seconds.
+        if sys is None or sys.is_finalizing():
+            return
+        group = getattr(self, "_group", None)
+        if group is not None and group.callbacks is not None:
+            group.callbacks.fail_fast = True
+        try:
+            self.destroy()
+        except Exception:
+            pass
+
+    # ---- DeepEP's static helpers -------------------------------------------
+
+    @staticmethod
+    def set_num_sms(new_num_sms):
+        """Blocks each vmep kernel uses, for buffers created after this
+        (capped to the SMs a rank's share of its GPU has)."""
+        if int(new_num_sms) < 1:
+            raise ValueError("num_sms must be positive")
+        Buffer.num_sms = int(new_num_sms)
+
+    @staticmethod
+    def capture():
+        """An EventOverlap of an event recorded on the current stream."""
+        return EventOverlap(EventHandle())
+
+    @staticmethod
+    def _bytes(fn, T, H, R, E, K, zero_copy=False):
+        lib = _lib.load()
+        cfg = _lib.EpConfig()
+        lib.vmep_ep_config_init(ctypes.addressof(cfg))
+        cfg.num_experts, cfg.hidden, cfg.max_tokens_per_rank = E, H, T
+        cfg.max_topk, cfg.zero_copy = K, int(zero_copy)
+        out = ctypes.c_size_t()
+        lib.call(fn, ctypes.addressof(cfg), int(R), ctypes.byref(out))
+        return out.value
+
+    @staticmethod
+    def get_low_latency_rdma_size_hint(num_max_dispatch_tokens_per_rank,
+                                       hidden, num_ranks, num_experts):
+        """Bytes of vmep's symmetric buffer per rank for this shape, top-k
+        up to 8 (vmep_ep_buffer_bytes). Informational: vmep sizes its
+        buffer from the shapes and ignores num_rdma_bytes."""
+        return Buffer._bytes("vmep_ep_buffer_bytes",
+                             int(num_max_dispatch_tokens_per_rank),
+                             int(hidden), num_ranks, int(num_experts), 8)
+
+    get_rdma_size_hint = get_low_latency_rdma_size_hint
+
+    @staticmethod
+    def get_deepep_rdma_size_hint(num_max_dispatch_tokens_per_rank, hidden,
+                                  num_ranks, num_experts):
+        """What DeepEP's low-latency layout takes for the shape
+        (vmep_ep_deepep_bytes), for comparison."""
+        return Buffer._bytes("vmep_ep_deepep_bytes",
+                             int(num_max_dispatch_tokens_per_rank),
+                             int(hidden), num_ranks, int(num_experts), 8)
+
+    def get_comm_stream(self):
+        """The stream async_finish=True calls run on."""
+        if self._comm_stream is None:
+            self._comm_stream = torch.cuda.Stream(device=self.device)
+        return self._comm_stream
+
+    def clean_low_latency_buffer(self, num_max_dispatch_tokens_per_rank=None,
+                                 hidden=None, num_experts=None):
+        """A no-op: vmep's flags are epochs that never need cleaning."""
+
+    clean_buffer = clean_low_latency_buffer
+
+    # ---- argument checks -------------------------------------------------
+
+    def _tensor(self, t, name, dtype, dims):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, not "
+                            f"{type(t).__name__}")
+        if t.dim() != dims:
+            raise ValueError(f"{name} must have {dims} dimensions, has shape "
+                             f"{tuple(t.shape)}")
+        if dtype is not None and t.dtype != dtype:
+            raise TypeError(f"{name} must be {dtype}, is {t.dtype}")
+        if t.device != self.device:
+            raise ValueError(f"{name} is on {t.device}, the buffer on "
+                             f"{self.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+        return t
+
+    def _topk(self, topk_idx, n):
+        if not isinstance(topk_idx, torch.Tensor):
+            raise TypeError("topk_idx must be a torch.Tensor")
+        if topk_idx.dtype == torch.int32:
+            topk_idx = topk_idx.to(torch.int64)
+        self._tensor(topk_idx, "topk_idx", torch.int64, 2)
+        if topk_idx.shape[0] != n:
+            raise ValueError(f"topk_idx has {topk_idx.shape[0]} rows, x {n}")
+        if not 1 <= topk_idx.shape[1] <= 16:
+            raise ValueError(f"top-k is {topk_idx.shape[1]}, expected 1..16")
+        return topk_idx
+
+    def _launch_stream(self, async_finish):
+        """(stream to launch on, its pointer); an async call's comm stream
+        first waits for the current stream."""
+        current = torch.cuda.current_stream(self.device)
+        if not async_finish:
+            return current, current.cuda_stream
+        comm = self.get_comm_stream()
+        comm.wait_stream(current)
+        return comm, comm.cuda_stream
+
+    @staticmethod
+    def _finish(stream, async_finish, tensors):
+        if not async_finish:
+            return EventOverlap(None, None)
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                t.record_stream(stream)
+        return EventOverlap(EventHandle(stream), tensors)
+
+    # ---- dispatch / combine ---------------------------------------------
+
+    def low_latency_dispatch(self, x, topk_idx,
+                             num_max_dispatch_tokens_per_rank, num_experts,
+                             cumulative_local_expert_recv_stats=None,
+                             dispatch_wait_recv_cost_stats=None,
+                             use_fp8=True, round_scale=False, use_ue8m0=False,
+                             async_finish=False, return_recv_hook=False):
+        """Sends each token to the ranks of its top-k experts. Returns
+        (recv_x, recv_count, handle, event, hook): recv_x bf16
+        [L, T*R, H], or with use_fp8 (fp8 e4m3 [L, T*R, H], scales) with
+        fp32 scales [L, T*R, H/128] column-major in the last two dims
+        (int32 [L, T*R, H/512] of packed UE8M0 exponents with round_scale
+        and use_ue8m0); recv_count int32 [L]; hook None unless
+        return_recv_hook (then only the send phase ran, and hook() launches
+        the receive phase on the then current stream).
+        dispatch_wait_recv_cost_stats is accepted and left unchanged."""
+        T, E = int(num_max_dispatch_tokens_per_rank), int(num_experts)
+        self._tensor(x, "x", torch.bfloat16, 2)
+        n, H = x.shape
+        topk_idx = self._topk(topk_idx, n)
+        K = topk_idx.shape[1]
+        if use_ue8m0 and not (use_fp8 and round_scale):
+            raise ValueError("use_ue8m0 needs use_fp8 and round_scale")
+        if use_ue8m0 and H % 512 != 0:
+            raise ValueError(f"use_ue8m0 needs hidden a multiple of 512, "
+                             f"is {H}")
+        if async_finish and return_recv_hook:
+            raise ValueError("async_finish and return_recv_hook exclude "
+                             "each other")
+        if n > T:
+            raise ValueError(f"{n} tokens, more than "
+                             f"num_max_dispatch_tokens_per_rank={T}")
+        if self.group_size and E % self.group_size != 0:
+            raise ValueError(f"num_experts={E} is not a multiple of the "
+                             f"{self.group_size} ranks")
+        if cumulative_local_expert_recv_stats is not None:
+            self._tensor(cumulative_local_expert_recv_stats,
+                         "cumulative_local_expert_recv_stats", torch.int32, 1)
+        ep = self._ensure_ep(T, H, E, K)
+        R = self.group_size
+        L = E // R
+        stream, stream_ptr = self._launch_stream(async_finish)
+        dev = self.device
+        recv_x = torch.empty((L, R * T, H), device=dev,
+                             dtype=_fp8_dtype() if use_fp8 else torch.bfloat16)
+        scales = None
+        layout = _lib.SCALES_ROW_MAJOR
+        if use_fp8 and use_ue8m0:
+            storage = torch.empty((L, H // 512, R * T), dtype=torch.int32,
+                                  device=dev)
+            scales, layout = storage.transpose(1, 2), _lib.SCALES_UE8M0
+        elif use_fp8:
+            storage = torch.empty((L, H // FP8_GROUP, R * T),
+                                  dtype=torch.float32, device=dev)
+            scales, layout = storage.transpose(1, 2), _lib.SCALES_COL_MAJOR
+        recv_count = torch.empty((L,), dtype=torch.int32, device=dev)
+        src_info = torch.empty((L, R * T), dtype=torch.int32, device=dev)
+        layout_range = torch.empty((L, R), dtype=torch.int64, device=dev)
+        args = _lib.DispatchArgs(
+            x.data_ptr() if n else None, topk_idx.data_ptr() if n else None,
+            n, K, int(bool(use_fp8)), int(bool(round_scale)),
+            recv_x.data_ptr(), scales.data_ptr() if use_fp8 else None,
+            recv_count.data_ptr(), src_info.data_ptr(),
+            layout_range.data_ptr(), layout)
+        c_handle = _lib.EpHandle()
+        phases = _lib.EP_SEND if return_recv_hook else _lib.EP_SEND_RECV
+        self._lib.call("vmep_ep_dispatch", ep, ctypes.byref(args), phases,
+                       stream_ptr, ctypes.byref(c_handle))
+        stats = cumulative_local_expert_recv_stats
+
+        def add_stats():
+            if stats is not None:
+                stats.add_(recv_count)
+
+        hook = None
+        if return_recv_hook:
+            def hook():
+                self._lib.call("vmep_ep_dispatch_recv", self._live_ep(),
+                               ctypes.byref(c_handle),
+                               torch.cuda.current_stream(dev).cuda_stream)
+                add_stats()
+        else:
+            with torch.cuda.stream(stream):
+                add_stats()
+        handle = Handle((src_info, layout_range, T, H, E), c_handle, self, n,
+                        K)
+        event = self._finish(stream, async_finish,
+                             (x, topk_idx, recv_x, scales, recv_count,
+                              src_info, layout_range, stats))
+        out_x = (recv_x, scales) if use_fp8 else recv_x
+        return out_x, recv_count, handle, event, hook
+
+    dispatch = low_latency_dispatch
+
+    def _live_ep(self):
+        if self._ep is None:
+            raise Error("the buffer was destroyed")
+        return self._ep
+
+    def _check_handle(self, handle):
+        if not isinstance(handle, Handle) or handle.buffer_id != id(self):
+            raise ValueError("handle must be one this buffer's dispatch "
+                             "returned")
+        return handle
+
+    def get_next_low_latency_combine_buffer(self, handle):
+        """The bf16 [L, T*R, H] tensor for the combine of `handle`'s
+        dispatch with zero_copy=True: experts write their outputs into it.
+        With Buffer(zero_copy=True) it is the EP buffer's own memory (valid
+        while the buffer lives; combine reads it in place), else a tensor
+        per buffer parity that the combine reads like any input."""
+        handle = self._check_handle(handle)
+        _, _, T, H, E = handle
+        L, R = E // self.group_size, self.group_size
+        if self.zero_copy:
+            ptr = ctypes.c_void_p()
+            self._lib.call("vmep_ep_combine_buffer", self._live_ep(),
+                           ctypes.byref(handle.c_handle), ctypes.byref(ptr))
+            return _device_view(ptr.value, (L, R * T, H), self.device)
+        parity = handle.c_handle.parity
+        buf = self._combine_buffers.get(parity)
+        if buf is None or buf.shape != (L, R * T, H):
+            buf = torch.empty((L, R * T, H), dtype=torch.bfloat16,
+                              device=self.device)
+            self._combine_buffers[parity] = buf
+        return buf
+
+    get_next_combine_buffer = get_next_low_latency_combine_buffer
+
+    def low_latency_combine(self, x, topk_idx, topk_weights, handle,
+                            use_logfmt=False, zero_copy=False,
+                            async_finish=False, return_recv_hook=False,
+                            out=None, combine_wait_recv_cost_stats=None):
+        """out[t] = sum_k topk_weights[t, k] * x(expert topk_idx[t, k], t),
+        in fp32, as bf16 [n, H]. Returns (combined_x, event, hook).
+        combine_wait_recv_cost_stats is accepted and left unchanged."""
+        if use_logfmt:
+            raise NotImplementedError("use_logfmt: vmep combines in bf16 "
+                                      "(LogFMT is not implemented)")
+        handle = self._check_handle(handle)
+        if async_finish and return_recv_hook:
+            raise ValueError("async_finish and return_recv_hook exclude "
+                             "each other")
+        _, _, T, H, E = handle
+        R = self.group_size
+        L = E // R
+        n, K = handle.num_tokens, handle.num_topk
+        self._tensor(x, "x", torch.bfloat16, 3)
+        if tuple(x.shape) != (L, R * T, H):
+            raise ValueError(f"x has shape {tuple(x.shape)}, expected "
+                             f"{(L, R * T, H)}")
+        topk_idx = self._topk(topk_idx, n)
+        if topk_idx.shape[1] != K:
+            raise ValueError(f"topk_idx has top-k {topk_idx.shape[1]}, the "
+                             f"dispatch had {K}")
+        self._tensor(topk_weights, "topk_weights", torch.float32, 2)
+        if tuple(topk_weights.shape) != (n, K):
+            raise ValueError(f"topk_weights has shape "
+                             f"{tuple(topk_weights.shape)}, expected {(n, K)}")
+        if out is None:
+            out = torch.empty((n, H), dtype=torch.bfloat16, device=self.device)
+        else:
+            self._tensor(out, "out", torch.bfloat16, 2)
+            if tuple(out.shape) != (n, H):
+                raise ValueError(f"out has shape {tuple(out.shape)}, "
+                                 f"expected {(n, H)}")
+        expert_out = x
+        if zero_copy:
+            expert_out = self.get_next_low_latency_combine_buffer(handle)
+        ep = self._live_ep()
+        stream, stream_ptr = self._launch_stream(async_finish)
+        args = _lib.CombineArgs(expert_out.data_ptr(),
+                                topk_idx.data_ptr() if n else None,
+                                topk_weights.data_ptr() if n else None,
+                                out.data_ptr() if n else None)
+        c_handle = handle.c_handle
+        phases = _lib.EP_SEND if return_recv_hook else _lib.EP_SEND_RECV
+        self._lib.call("vmep_ep_combine", ep, ctypes.byref(args),
+                       ctypes.byref(c_handle), phases, stream_ptr)
+        hook = None
+        if return_recv_hook:
+            keep = (topk_idx, topk_weights, out, expert_out)
+
+            def hook():
+                assert keep  # the receive phase reads these
+                self._lib.call("vmep_ep_combine_recv", self._live_ep(),
+                               ctypes.byref(c_handle),
+                               torch.cuda.current_stream(
+                                   self.device).cuda_stream)
+        event = self._finish(stream, async_finish,
+                             (x, topk_idx, topk_weights, handle[0], handle[1],
+                              out))
+        return out, event, hook
+
+    combine = low_latency_combine
+
+    def poll_errors(self):
+        """(error bits, skipped selections) since the last poll (synchronous):
+        bit 1 an invalid expert id was skipped, bit 2 a rank was masked
+        after a timeout."""
+        bits, bad = ctypes.c_uint(), ctypes.c_uint64()
+        self._lib.call("vmep_ep_poll_errors", self._live_ep(),
+                       ctypes.byref(bits), ctypes.byref(bad))
+        return bits.value, bad.value
+
+    # ---- elastic membership and masks -------------------------------------
+
+    def update_memory_buffers(self, num_ranks, num_experts_per_rank,
+                              num_rdma_bytes=0):
+        """NIXL EP's allocation step: sets the group's capacity (creating
+        the group over tcp_store_group if there is none yet) and, when the
+        shape keywords were given to Buffer(), creates the EP buffer."""
+        self.num_rdma_bytes = num_rdma_bytes
+        if self._group is None:
+            if self.tcp_store_group is None:
+                raise Error("no group and no tcp_store_group to make one")
+            self._store_group(int(num_ranks))
+        if self.max_num_ranks is None and num_ranks != self.group_size:
+            self.max_num_ranks = int(num_ranks)
+        self._num_experts_hint = int(num_ranks) * int(num_experts_per_rank)
+
+    def _ranks(self, ranks):
+        ranks = [int(r) for r in ranks]
+        return (ctypes.c_int * max(1, len(ranks)))(*ranks), len(ranks)
+
+    def connect_ranks(self, remote_ranks, activate=True):
+        """Adds `remote_ranks` to the buffer's membership (collective over
+        the ranks involved); activate=False connects without unmasking."""
+        arr, n = self._ranks(remote_ranks)
+        fn = self._lib.optional("vmep_ep_connect_ranks")
+        self._lib.check(fn(self._live_ep(), arr, n, int(bool(activate))),
+                        "vmep_ep_connect_ranks")
+
+    def disconnect_ranks(self, remote_ranks):
+        """Removes `remote_ranks` from the buffer's membership."""
+        arr, n = self._ranks(remote_ranks)
+        fn = self._lib.optional("vmep_ep_disconnect_ranks")
+        self._lib.check(fn(self._live_ep(), arr, n), "vmep_ep_disconnect_ranks")
+
+    def update_mask_buffer(self, rank_to_mask, mask=False):
+        """Masks (mask=True) or unmasks one rank."""
+        fn = self._lib.optional("vmep_ep_set_mask")
+        self._lib.check(fn(self._live_ep(), int(rank_to_mask),
+                           int(bool(mask))), "vmep_ep_set_mask")
+
+    def query_mask_buffer(self, mask_status):
+        """Fills int32 `mask_status` [num_ranks] with 1 for masked ranks."""
+        fn = self._lib.optional("vmep_ep_query_mask")
+        ep = self._live_ep()
+        count = self._lib.optional("vmep_ep_max_ranks")(ep)
+        values = (ctypes.c_int32 * count)()
+        self._lib.check(fn(ep, values), "vmep_ep_query_mask")
+        n = min(count, mask_status.numel())
+        mask_status[:n].copy_(torch.tensor(list(values)[:n],
+                                           dtype=mask_status.dtype))
+
+    def clean_mask_buffer(self):
+        """Unmasks every rank."""
+        fn = self._lib.optional("vmep_ep_clear_mask")
+        self._lib.check(fn(self._live_ep()), "vmep_ep_clear_mask")
+
+    low_latency_update_mask_buffer = update_mask_buffer
+    low_latency_query_mask_buffer = query_mask_buffer
+    low_latency_clean_mask_buffer = clean_mask_buffer
+
+    def barrier(self):
+        """Waits for every active rank (the EP buffer's barrier, or the
+        group's before the buffer exists)."""
+        if self._ep is not None and self._lib.has("vmep_ep_barrier"):
+            fn = self._lib.optional("vmep_ep_barrier")
+            self._lib.check(fn(self._ep), "vmep_ep_barrier")
+            return
+        if self._group is None:
+            raise Error("no group yet")
+        status = self._lib.vmep_group_barrier(self._group.handle)
+        raise_with_callback_error(self._lib, status, "vmep_group_barrier",
+                                  self._group.callbacks)
+
+
+class _DeviceMemory:
+    """__cuda_array_interface__ over memory the library owns."""
+
+    def __init__(self, ptr, shape):
+        self.__cuda_array_interface__ = {
+            "shape": tuple(shape), "typestr": "<i2", "data": (ptr, False),
+            "version": 2, "strides": None}
+
+
+def _device_view(ptr, shape, device):
+    """A bf16 tensor viewing `ptr` (no copy, not owned)."""
+    with torch.cuda.device(device):
+        return torch.as_tensor(_DeviceMemory(ptr, shape),
+                               device=device).view(torch.bfloat16)
+
+
+def library_path():
+    """The libvmep.so this process loaded (loading it if needed)."""
+    return _lib.load().path

@@ -1,0 +1,148 @@
+"""The Buffer without a GPU: availability, construction refused clearly,
+and every argument check that runs before the C library is called."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import vmep
+from vmep import _lib
+from vmep.buffer import Buffer, Handle
+
+
+def test_is_available_false_without_gpu(lib):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert vmep.is_available() is False
+
+
+def test_is_available_false_without_library(tmp_path, root):
+    code = ("import vmep, sys; sys.exit(0 if vmep.is_available() is False "
+            "else 1)")
+    env = dict(os.environ, VMEP_LIBRARY=str(tmp_path / "missing.so"),
+               PYTHONPATH=os.path.join(root, "python"))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+def test_library_search_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMEP_LIBRARY", str(tmp_path))
+    found = _lib.library_candidates()
+    assert found[0] == str(tmp_path / "libvmep.so")  # the env var first
+    package = os.path.dirname(_lib.__file__)
+    beside = os.path.join(os.path.dirname(os.path.dirname(package)),
+                          "libvmep.so")
+    assert found.index(beside) < found.index("libvmep.so")  # then installed
+    assert found[-2:] == ["libvmep.so", "libvmep.so.0"]  # the loader last
+
+
+def test_missing_library_names_the_places(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMEP_LIBRARY", str(tmp_path / "nowhere.so"))
+    monkeypatch.setattr(_lib, "library_candidates",
+                        lambda: [str(tmp_path / "nowhere.so")])
+    _lib.reset_for_tests()
+    try:
+        with pytest.raises(vmep.LibraryNotFoundError, match="nowhere.so"):
+            _lib.load()
+    finally:
+        _lib.reset_for_tests()
+
+
+def test_buffer_refused_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(vmep.Error, match="CUDA"):
+        vmep.Buffer()
+
+
+def test_package_surface():
+    assert vmep.topk_idx_t is torch.int64
+    assert vmep.__version__ == "0.1.0"
+    assert vmep.Buffer.dispatch is vmep.Buffer.low_latency_dispatch
+    assert vmep.Buffer.combine is vmep.Buffer.low_latency_combine
+    vmep.Buffer.set_num_sms(20)
+    assert vmep.Buffer.num_sms == 20
+    vmep.Buffer.set_num_sms(24)
+    ev = vmep.EventOverlap()
+    with ev:
+        pass  # no event: nothing to wait for
+
+
+def stub(R=2, T=8):
+    """A Buffer as __init__ leaves it, on the CPU, with no C state: every
+    check below fails before the library is reached."""
+    b = object.__new__(Buffer)
+    b._ep, b._group, b._comm_stream, b._combine_buffers = None, None, None, {}
+    b.device = torch.device("cpu")
+    b.group_size, b.rank, b.zero_copy = R, 0, False
+    return b
+
+
+def call_dispatch(b, x=None, topk=None, T=8, E=4, **kw):
+    x = torch.zeros(4, 256, dtype=torch.bfloat16) if x is None else x
+    topk = torch.zeros(x.shape[0], 2, dtype=torch.int64) if topk is None \
+        else topk
+    return b.low_latency_dispatch(x, topk, T, E, **kw)
+
+
+@pytest.mark.parametrize("kwargs,error,text", [
+    (dict(x=torch.zeros(4, 256)), TypeError, "bfloat16"),
+    (dict(x=torch.zeros(4, 2, 128, dtype=torch.bfloat16)), ValueError,
+     "2 dimensions"),
+    (dict(x=torch.zeros(256, 4, dtype=torch.bfloat16).t()), ValueError,
+     "contiguous"),
+    (dict(topk=torch.zeros(3, 2, dtype=torch.int64)), ValueError, "3 rows"),
+    (dict(topk=torch.zeros(4, 2, dtype=torch.float32)), TypeError, "int64"),
+    (dict(topk=torch.zeros(4, 17, dtype=torch.int64)), ValueError, "1..16"),
+    (dict(use_ue8m0=True, round_scale=False), ValueError, "round_scale"),
+    (dict(use_ue8m0=True, round_scale=True), ValueError, "multiple of 512"),
+    (dict(async_finish=True, return_recv_hook=True), ValueError, "exclude"),
+    (dict(T=2), ValueError, "more than"),
+    (dict(E=5), ValueError, "multiple"),
+    (dict(cumulative_local_expert_recv_stats=torch.zeros(2)), TypeError,
+     "int32"),
+])
+def test_dispatch_argument_checks(kwargs, error, text):
+    with pytest.raises(error, match=text):
+        call_dispatch(stub(), **kwargs)
+
+
+def test_int32_topk_is_accepted():
+    b = stub()
+    idx = b._topk(torch.zeros(4, 2, dtype=torch.int32), 4)
+    assert idx.dtype == torch.int64
+
+
+def test_combine_argument_checks():
+    b = stub()
+    x = torch.zeros(2, 16, 256, dtype=torch.bfloat16)
+    topk = torch.zeros(4, 2, dtype=torch.int64)
+    w = torch.zeros(4, 2, dtype=torch.float32)
+    with pytest.raises(NotImplementedError, match="LogFMT"):
+        b.low_latency_combine(x, topk, w, None, use_logfmt=True)
+    with pytest.raises(ValueError, match="handle"):
+        b.low_latency_combine(x, topk, w, (None, None, 8, 256, 4))
+    h = Handle((None, None, 8, 256, 4), _lib.EpHandle(), b, 4, 2)
+    src_info, layout_range, T, H, E = h  # unpacks as DeepEP's tuple
+    assert (T, H, E) == (8, 256, 4)
+    with pytest.raises(ValueError, match="expected"):
+        b.low_latency_combine(x[:, :8].contiguous(), topk, w, h)
+    with pytest.raises(ValueError, match="top-k"):
+        b.low_latency_combine(x, topk[:, :1].contiguous(), w, h)
+    with pytest.raises(TypeError, match="float32"):
+        b.low_latency_combine(x, topk, w.double(), h)
+    with pytest.raises(ValueError, match="out has shape"):
+        b.low_latency_combine(x, topk, w, h,
+                              out=torch.zeros(4, 128, dtype=torch.bfloat16))
+    with pytest.raises(vmep.Error, match="destroyed"):
+        b.low_latency_combine(x, topk, w, h)
+    other = stub()
+    with pytest.raises(ValueError, match="handle"):
+        other.low_latency_combine(x, topk, w, h)
+
+
+def test_destroy_is_idempotent():
+    b = stub()
+    b.destroy()
+    b.destroy()
