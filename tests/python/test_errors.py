@@ -1,6 +1,5 @@
 """C statuses become the right exceptions with the C message; a Python
 exception in a group callback never crosses into C."""
-import ctypes
 
 import pytest
 

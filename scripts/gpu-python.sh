@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU tests of the Python package (tests/python/gpu_*.py), each under
+# `vmep-run -n 2` and `-n 4` (ranks share the GPU under vmep-run's private
+# MPS daemon) and `timeout`, without pytest: every rank prints PASS or FAIL.
+# Logs under $OUT/python (or gpu-logs/python). Exits nonzero on any failure.
+#   scripts/gpu-python.sh [BUILD_DIR]     (default build-gpu)
+# Needs python3 with torch (CUDA); PYTHON overrides the interpreter.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root" || exit 1
+build=${1:-build-gpu}
+case "$build" in /*) ;; *) build="$root/$build" ;; esac
+out=${OUT:-$root/gpu-logs}/python
+mkdir -p "$out"
+py=${PYTHON:-python3}
+
+if [ ! -x "$build/tools/vmep-run" ] || [ ! -f "$build/src/libvmep.so" ]; then
+  export PATH=/usr/local/cuda/bin:$PATH
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
+    cmake --build "$build" -j "$(nproc)" --target vmep vmep-run \
+      >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+fi
+# RPATHs name the folder the build was made in; where the checkout lies
+# elsewhere on this machine, make that path point here (as gpu-check.sh).
+made_in=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt")
+if [ -n "$made_in" ] && [ "$made_in" != "$root" ] && [ ! -e "$made_in" ]; then
+  mkdir -p "$(dirname "$made_in")" && ln -s "$root" "$made_in"
+fi
+
+export VMEP_LIBRARY="$build/src/libvmep.so"
+export PYTHONPATH="$root/python:$root/tests/python${PYTHONPATH:+:$PYTHONPATH}"
+"$py" -c 'import torch, vmep; print("torch", torch.__version__, "cuda",
+torch.version.cuda, "vmep", vmep.library_version(), vmep.library_path(),
+"available", vmep.is_available())' 2>&1 | tee "$out/env.log"
+
+status=0
+summary=()
+for ranks in 2 4; do
+  for test in tests/python/gpu_*.py; do
+    name=$(basename "$test" .py)
+    [ "$name" = gpu_common ] && continue
+    log="$out/$name-n$ranks.log"
+    env=()
+    [ "$name" = gpu_expandable ] &&
+      env=(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True)
+    start=$(date +%s)
+    env "${env[@]}" timeout -k 10 240 "$build/tools/vmep-run" -n "$ranks" \
+      --timeout 230 -- "$py" "$test" >"$log" 2>&1
+    rc=$?
+    passes=$(grep -c "PASS $name" "$log")
+    if [ "$rc" -eq 0 ] && [ "$passes" -eq "$ranks" ]; then
+      verdict=PASS
+    else
+      verdict="FAIL (exit $rc, $passes of $ranks ranks passed)"
+      status=1
+      tail -25 "$log"
+    fi
+    line="$name -n $ranks: $verdict in $(($(date +%s) - start)) s"
+    echo "$line"
+    summary+=("$line")
+  done
+done
+printf '%s\n' "== summary" "${summary[@]}" | tee "$out/summary.log"
+exit "$status"

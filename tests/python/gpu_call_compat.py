@@ -1,0 +1,71 @@
+"""GPU test 1: the call sequence an engine's DeepEP low-latency
+prepare/finalize makes, on a torch.distributed (gloo) group: dispatch with
+return_recv_hook=True, hook, expert computation, combine with out=, hook;
+in bf16, fp8, fp8 with power-of-two scales and UE8M0; then async_finish,
+the zero-copy combine buffer and the EPLB statistics."""
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+
+import gpu_common as G
+import vmep
+
+
+def body(seed):
+    store = os.path.join(tempfile.gettempdir(), "vmep-py-" + os.environ.get(
+        "VMEP_JOB_ID", "job").replace("/", "_") + "-compat")
+    dist.init_process_group("gloo", init_method=f"file://{store}",
+                            rank=G.RANK, world_size=G.WORLD)
+    group = dist.new_group(list(range(G.WORLD)))
+    T, H, K = 64, 2048, 8
+    E = 4 * G.WORLD
+    L = E // G.WORLD
+    hint = vmep.Buffer.get_low_latency_rdma_size_hint(T, H, G.WORLD, E)
+    buf = vmep.Buffer(group, 0, hint, low_latency_mode=True,
+                      num_qps_per_rank=L, allow_nvlink_for_low_latency_mode=True,
+                      explicitly_destroy=True)
+    assert (buf.rank, buf.group_size) == (G.RANK, G.WORLD)
+    stats = torch.zeros(L, dtype=torch.int32, device="cuda")
+    expected = torch.zeros(L, dtype=torch.int32)
+    modes = [G.Mode(), G.Mode(fp8=True), G.Mode(fp8=True, round_scale=True),
+             G.Mode(fp8=True, round_scale=True, ue8m0=True)]
+    rnd = G.shared_random(seed, "compat")
+    for round_ in range(8):
+        mode = modes[round_ % len(modes)]
+        sizes = [rnd.randint(1, T) for _ in range(G.WORLD)]
+        count = G.one_round(buf, seed, round_, T, H, E, K, mode, sizes,
+                            stats=stats)
+        expected += count.cpu()
+        print(f"rank {G.RANK} round {round_} {mode}: exact", flush=True)
+    assert torch.equal(stats.cpu(), expected), "EPLB statistics differ"
+    # async_finish: the comm stream, an event, inputs kept alive
+    ins = G.all_inputs(seed, 100, [T] * G.WORLD, H, E, K)
+    x, topk, w = G.to_cuda(ins[G.RANK])
+    recv, count, handle, event, hook = buf.low_latency_dispatch(
+        x, topk, T, E, use_fp8=False, async_finish=True)
+    assert hook is None and event.event is not None
+    event.current_stream_wait()
+    G.check_dispatch(ins, T, E, recv, count, handle, G.Mode())
+    eo = G.expert_compute(recv, E, G.Mode())
+    out, event, hook = buf.low_latency_combine(eo, topk, w, handle,
+                                               async_finish=True)
+    with event:
+        pass
+    G.check_combine(ins, out, E, G.Mode())
+    # zero-copy: experts write into get_next_low_latency_combine_buffer
+    G.one_round(buf, seed, 101, T, H, E, K, G.Mode(), zero_copy=True)
+    with torch.no_grad():
+        try:
+            buf.low_latency_combine(eo, topk, w, handle, use_logfmt=True)
+            raise AssertionError("use_logfmt accepted")
+        except NotImplementedError:
+            pass
+    buf.destroy()
+    buf.destroy()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    G.run("gpu_call_compat", body)

@@ -1,0 +1,257 @@
+"""
+Shared parts of the GPU tests of the Python package (tests/python/gpu_*.py,
+run under `vmep-run -n N` by scripts/gpu-python.sh, without pytest): the
+rank's setup, seeded inputs that every rank can rebuild for every rank
+(so each rank computes the reference of what it must receive and of its
+combine from all ranks' inputs), a torch reference of dispatch (fp8
+quantization bit for bit) and combine, and a PASS / FAIL summary.
+"""
+import os
+import random
+import sys
+import traceback
+import zlib
+
+import torch
+
+
+RANK = int(os.environ.get("VMEP_RANK", "0"))
+WORLD = int(os.environ.get("VMEP_WORLD_SIZE", "1"))
+
+
+def setup(name):
+    """Pins the rank's device; returns the run's seed (VMEP_TEST_SEED, else
+    derived from the job id, the same on every rank, new every run)."""
+    torch.cuda.set_device(int(os.environ.get("VMEP_DEVICE", "0")))
+    seed = os.environ.get("VMEP_TEST_SEED")
+    seed = int(seed) if seed else zlib.crc32(
+        os.environ.get("VMEP_JOB_ID", str(os.getppid())).encode())
+    print(f"{name}: rank {RANK} of {WORLD}, seed {seed} (replay with "
+          f"VMEP_TEST_SEED={seed})", flush=True)
+    return seed
+
+
+def run(name, body):
+    """Runs body(seed); prints PASS or FAIL with the traceback; exits 0/1."""
+    try:
+        seed = setup(name)
+        body(seed)
+        torch.cuda.synchronize()
+    except BaseException:
+        traceback.print_exc()
+        print(f"FAIL {name} rank {RANK}", flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+    print(f"PASS {name} rank {RANK}", flush=True)
+
+
+class Inputs:
+    """Rank r's tokens for one round: x bf16 [n, H], topk_idx int64 [n, K]
+    (distinct experts, about 10% -1), topk_weights fp32 [n, K]."""
+
+    def __init__(self, seed, round_, r, n, H, E, K):
+        g = torch.Generator().manual_seed(
+            zlib.crc32(f"{seed}/{round_}/{r}".encode()))
+        mag = torch.rand(n, 1, generator=g) * 4 + 0.05
+        self.x = (torch.randn(n, H, generator=g) * mag).to(torch.bfloat16)
+        idx = torch.rand(n, E, generator=g).argsort(dim=1)[:, :K]
+        drop = torch.rand(n, K, generator=g) < 0.1
+        self.topk = torch.where(drop, torch.full_like(idx, -1), idx)
+        self.weights = torch.rand(n, K, generator=g)
+        self.n = n
+
+
+def all_inputs(seed, round_, sizes, H, E, K):
+    return [Inputs(seed, round_, r, sizes[r], H, E, K) for r in range(WORLD)]
+
+
+def factors(E):
+    """Expert e multiplies its rows by this (exact in bf16)."""
+    return torch.tensor([1.0 + (e % 7) / 8.0 for e in range(E)])
+
+
+def quantize(x, round_scale):
+    """The C library's fp8 quantization of bf16 rows, in torch: per 128
+    channels amax (at least 1e-4), scale = amax / 448 (a power of two,
+    rounded up, with round_scale), q = fp8(x / scale) saturated."""
+    m, H = x.shape
+    xf = x.float().view(m, H // 128, 128)
+    amax = xf.abs().amax(-1).clamp_min(1e-4)
+    scale = amax / 448.0
+    if round_scale:
+        bits = scale.view(torch.int32).to(torch.int64)
+        up = torch.where(bits & 0x7FFFFF != 0,
+                         (bits & 0x7F800000) + 0x800000, bits)
+        scale = up.to(torch.int32).view(torch.float32)
+    q = (xf / scale[..., None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return q.view(m, H), scale
+
+
+def dequant_rows(q, scale):
+    m, H = q.shape
+    return (q.float().view(m, H // 128, 128) * scale[..., None]).view(m, H)
+
+
+class Mode:
+    def __init__(self, fp8=False, round_scale=False, ue8m0=False):
+        self.fp8, self.round_scale, self.ue8m0 = fp8, round_scale, ue8m0
+
+    def kwargs(self):
+        return dict(use_fp8=self.fp8, round_scale=self.round_scale,
+                    use_ue8m0=self.ue8m0)
+
+    def __repr__(self):
+        return ("fp8" + (" round_scale" if self.round_scale else "") +
+                (" ue8m0" if self.ue8m0 else "")) if self.fp8 else "bf16"
+
+
+def scales_of(scales, mode):
+    """fp32 [L, RT, G] on the CPU from the dispatch's scales output."""
+    s = scales.cpu()
+    if not mode.ue8m0:
+        return s.contiguous()
+    L, RT, W = s.shape
+    words = s.contiguous().to(torch.int64) & 0xFFFFFFFF
+    parts = [(words >> (8 * j)) & 0xFF for j in range(4)]
+    exps = torch.stack(parts, dim=-1).view(L, RT, 4 * W)
+    return (exps << 23).to(torch.int32).view(torch.float32)
+
+
+def check_dispatch(ins, T, E, recv, recv_count, handle, mode):
+    """Every count, range, src_info, row (bit for bit) and scale of this
+    rank's dispatch outputs against the inputs of all ranks."""
+    R = WORLD
+    L, RT = E // R, R * T
+    src_info, layout_range = handle[0].cpu(), handle[1].cpu()
+    count = recv_count.cpu()
+    if mode.fp8:
+        rx = recv[0].cpu().view(torch.uint8)
+        sc = scales_of(recv[1], mode)
+        assert tuple(recv[1].shape) == (
+            L, RT, recv[0].shape[2] // (512 if mode.ue8m0 else 128))
+        assert recv[1].stride()[1] == 1, "scales not column-major"
+    else:
+        rx = recv.cpu()
+    for l in range(L):
+        e = RANK * L + l
+        covered = torch.zeros(RT, dtype=torch.bool)
+        total = 0
+        for s in range(R):
+            toks = (ins[s].topk == e).nonzero()[:, 0]
+            rng = int(layout_range[l, s])
+            begin, n = rng >> 32, rng & 0xFFFFFFFF
+            assert n == len(toks), f"expert {l} from rank {s}: {n} rows, " \
+                f"expected {len(toks)}"
+            total += n
+            if n == 0:
+                continue
+            assert not covered[begin:begin + n].any(), "ranges overlap"
+            covered[begin:begin + n] = True
+            got = src_info[l, begin:begin + n].long()
+            assert sorted(got.tolist()) == sorted(toks.tolist()), \
+                f"expert {l} from rank {s}: src_info differs"
+            rows = ins[s].x[got]
+            if not mode.fp8:
+                assert torch.equal(rx[l, begin:begin + n].view(torch.int16),
+                                   rows.view(torch.int16)), \
+                    f"expert {l} from rank {s}: bf16 rows differ"
+                continue
+            q, scale = quantize(rows, mode.round_scale)
+            assert torch.equal(sc[l, begin:begin + n].view(torch.int32),
+                               scale.view(torch.int32)), \
+                f"expert {l} from rank {s}: scales differ"
+            assert torch.equal(rx[l, begin:begin + n], q.view(torch.uint8)), \
+                f"expert {l} from rank {s}: fp8 codes differ"
+        assert int(count[l]) == total, f"recv_count[{l}] {int(count[l])}, " \
+            f"expected {total}"
+        assert covered[:total].all(), f"expert {l}: rows not contiguous"
+
+
+def expert_compute(recv, E, mode):
+    """Expert e's output: its rows (dequantized) times factors()[e], bf16."""
+    L = E // WORLD
+    f = factors(E)[RANK * L:(RANK + 1) * L].cuda().view(L, 1, 1)
+    if not mode.fp8:
+        return (recv.float() * f).to(torch.bfloat16)
+    q, s = recv
+    Ls, RT, H = q.shape
+    s = scales_of(s, mode).cuda()
+    deq = (q.float().view(Ls, RT, H // 128, 128) * s[..., None]).view(
+        Ls, RT, H)
+    return (deq * f).to(torch.bfloat16)
+
+
+def check_combine(ins, out, E, mode):
+    """This rank's combine output against the fp32 weighted sum of the
+    expert outputs its tokens' rows became (any summation order passes)."""
+    me = ins[RANK]
+    n, H = me.x.shape
+    assert tuple(out.shape) == (n, H) and out.dtype == torch.bfloat16
+    if n == 0:
+        return
+    v = me.x.float()
+    if mode.fp8:
+        q, scale = quantize(me.x, mode.round_scale)
+        v = dequant_rows(q, scale)
+    f = factors(E)
+    ref = torch.zeros(n, H)
+    mag = torch.zeros(n, H)
+    for k in range(me.topk.shape[1]):
+        e = me.topk[:, k]
+        valid = (e >= 0).float().view(n, 1)
+        term = (v * f[e.clamp_min(0)].view(n, 1)).to(torch.bfloat16).float()
+        term = term * me.weights[:, k].view(n, 1) * valid
+        ref += term
+        mag += term.abs()
+    got = out.cpu().float()
+    bound = ref.abs() * 2.0 ** -7 + mag * 2.0 ** -19 + 1e-30
+    bad = ((got - ref).abs() > bound) | got.isnan()
+    assert not bad.any(), f"combine: {int(bad.sum())} of {n * H} values " \
+        f"differ, first at {tuple(bad.nonzero()[0].tolist())}: got " \
+        f"{got[bad][0]}, expected {ref[bad][0]}"
+
+
+def poison_cache(mib=64):
+    """Fills free memory of torch's cache with 0xff so that fresh outputs
+    start poisoned, not zero."""
+    t = torch.empty(mib << 20, dtype=torch.uint8, device="cuda")
+    t.fill_(0xFF)
+    del t
+
+
+def to_cuda(inp):
+    return inp.x.cuda(), inp.topk.cuda(), inp.weights.cuda()
+
+
+def one_round(buf, seed, round_, T, H, E, K, mode, sizes=None, hook=True,
+              zero_copy=False, stats=None):
+    """dispatch -> (hook) -> expert -> combine(out=) -> (hook), checked."""
+    sizes = sizes or [T] * WORLD
+    ins = all_inputs(seed, round_, sizes, H, E, K)
+    x, topk, w = to_cuda(ins[RANK])
+    poison_cache()
+    recv, count, handle, event, rhook = buf.low_latency_dispatch(
+        x, topk, T, E, cumulative_local_expert_recv_stats=stats,
+        return_recv_hook=hook, **mode.kwargs())
+    assert (rhook is not None) == hook
+    if hook:
+        rhook()
+    check_dispatch(ins, T, E, recv, count, handle, mode)
+    eo = expert_compute(recv, E, mode)
+    if zero_copy:
+        buf.get_next_low_latency_combine_buffer(handle).copy_(eo)
+    out = torch.full((sizes[RANK], H), float("nan"), dtype=torch.bfloat16,
+                     device="cuda")
+    combined, event, chook = buf.low_latency_combine(
+        eo, topk, w, handle, zero_copy=zero_copy, return_recv_hook=hook,
+        out=out)
+    assert combined is out
+    if hook:
+        chook()
+    check_combine(ins, combined, E, mode)
+    return count
+
+
+def shared_random(seed, name):
+    """A random.Random every rank seeds alike (same choices on all ranks)."""
+    return random.Random(f"{seed}/{name}")
