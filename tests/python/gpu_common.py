@@ -167,10 +167,15 @@ def check_dispatch(ins, T, E, recv, recv_count, handle, mode):
         assert covered[:total].all(), f"expert {l}: rows not contiguous"
 
 
+_DEVICE_FACTORS = {}
+
+
 def expert_compute(recv, E, mode):
     """Expert e's output: its rows (dequantized) times factors()[e], bf16."""
     L = E // WORLD
-    f = factors(E)[RANK * L:(RANK + 1) * L].cuda().view(L, 1, 1)
+    if E not in _DEVICE_FACTORS:  # no host copies inside graph capture
+        _DEVICE_FACTORS[E] = factors(E)[RANK * L:(RANK + 1) * L].cuda()
+    f = _DEVICE_FACTORS[E].view(L, 1, 1)
     if not mode.fp8:
         return (recv.float() * f).to(torch.bfloat16)
     q, s = recv
