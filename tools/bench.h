@@ -50,6 +50,14 @@ struct bench_result {
    * when own_gpus and 2+ ranks; else 0) */
   int ceiling;
   double pair_us;
+  /* Bytes per call that cross to (or are read by) another rank on account
+   * of this rank's tokens (bench_link_bytes): what NVLink carries, unlike
+   * the DeepEP accounting above, which counts local selections and every
+   * selection of a token that dispatch pulls once per receiving rank. */
+  double dispatch_link_bytes, combine_link_bytes;
+  /* With the peer ceiling: the all-pairs copy of the link bytes, median
+   * (0 with the D2D ceiling, which copies the DeepEP bytes above) */
+  double copy_dispatch_link_us, copy_combine_link_us;
   /* --compare nccl: the NCCL baseline's medians (0: not run) */
   double nccl_dispatch_us, nccl_combine_us;
   int nccl_checked;
@@ -61,9 +69,10 @@ vmep_status bench_run_tokens(vmep_group *group, const struct bench_options *o,
                              int tokens, struct bench_result *result);
 
 /* The multi-GPU ceilings (bench_peer.c), collective, with own_gpus: each
- * rank writes `bytes` split evenly over the other ranks' GPUs, every rank
- * at once (*us: its median); and rank 0 alone writes `bytes` to rank 1
- * (*pair_us on rank 0; 0 elsewhere or with 1 rank). */
+ * rank writes its own `bytes` (they may differ between ranks) split evenly
+ * over the other ranks' GPUs, every rank at once (*us: its median); and
+ * rank 0 alone writes `bytes` to rank 1 (*pair_us on rank 0; 0 elsewhere
+ * or with 1 rank). */
 vmep_status bench_time_peer_copy(vmep_group *g, const struct bench_options *o,
                                  size_t bytes, double *us, double *pair_us);
 
@@ -109,6 +118,21 @@ struct vmep_ref_recv;
 int bench_make_inputs(const struct bench_options *o, int rank, int tokens,
                       int experts, struct bench_inputs *in);
 void bench_free_inputs(struct bench_inputs *in);
+
+/* The bytes that cross between ranks per call on account of rank `me`'s
+ * inputs `in` (what the kernels in src/kernels/ll_*.cu move; flags
+ * included, 8 bytes per peer and signal):
+ *  dispatch: each receiver pulls a staged row once per (token, receiver),
+ *    however many of its experts chose the token: distinct remote ranks
+ *    among a token's experts x (2H bf16, H + H/128*4 fp8); plus the
+ *    token count and the K int32 expert ids of every token, read by each
+ *    other rank; with zero_copy, the int32 `where` entry each remote
+ *    selection's receiver writes back; two flags to each peer;
+ *  combine: 2H per selection whose expert is on another rank (pushed into
+ *    our slot, or pulled by us with zero_copy); two flags to each peer. */
+void bench_link_bytes(const struct bench_options *o, int ranks, int experts,
+                      int me, const struct bench_inputs *in, double *dispatch,
+                      double *combine);
 
 /* VMEP_OK, or VMEP_ERR_CUDA after printing "<program>: what: error". */
 vmep_status bench_cuda_check(cudaError_t err, const char *what);

@@ -5,7 +5,9 @@
  * per peer, every rank at once: the all-pairs copy that dispatch and
  * combine are held against. Rank 0 alone writing the same bytes to rank 1
  * gives the one-pair figure. The copies are cudaMemcpyAsync with
- * cudaMemcpyDefault: peer writes through unified addressing.
+ * cudaMemcpyDefault: peer writes through unified addressing. Ranks may
+ * copy different byte counts (their link bytes differ with the routing):
+ * each writes its own, into slots sized for the largest.
  */
 #include <stdlib.h>
 
@@ -15,7 +17,8 @@ struct peer_run {
   vmep_group *g;
   vmep_window *w;
   const char *src;
-  size_t bytes;
+  size_t bytes;  /* this rank's */
+  size_t stride; /* of the writers' slots in a window: the largest share */
   cudaStream_t main, *peer; /* peer[r]: this rank's stream to rank r */
   cudaEvent_t start, end, *done;
 };
@@ -34,7 +37,7 @@ static vmep_status round_trip(const struct peer_run *p, int all_pairs,
       continue;
     /* Writers into rank r take slots 0..R-2 in rank order, skipping r. */
     char *dst = (char *)vmep_window_peer(p->w, r) +
-                (size_t)(me < r ? me : me - 1) * share;
+                (size_t)(me < r ? me : me - 1) * p->stride;
     st = bench_cuda_check(cudaStreamWaitEvent(p->peer[r], p->start, 0),
                           "cudaStreamWaitEvent");
     if (st == VMEP_OK)
@@ -123,19 +126,41 @@ static void close_run(struct peer_run *p, int R) {
   cudaFree((void *)p->src);
 }
 
+/* The largest of every rank's `bytes` (VMEP_OK on every rank or none). */
+static vmep_status largest(vmep_group *g, size_t bytes, size_t *max) {
+  int R = vmep_group_size(g);
+  size_t *all = calloc((size_t)R, sizeof(size_t));
+  vmep_status st = all ? vmep_group_allgather(g, &bytes, sizeof(bytes), all)
+                       : VMEP_ERR_OUT_OF_MEMORY;
+  *max = 0;
+  for (int r = 0; st == VMEP_OK && r < R; r++)
+    *max = all[r] > *max ? all[r] : *max;
+  free(all);
+  return st;
+}
+
 vmep_status bench_time_peer_copy(vmep_group *g, const struct bench_options *o,
                                  size_t bytes, double *us, double *pair_us) {
   int R = vmep_group_size(g), dev = 0;
-  struct peer_run p = {g, NULL, NULL, bytes, NULL, NULL, NULL, NULL, NULL};
+  size_t max = 0;
+  struct peer_run p = {g, NULL, NULL, bytes, 0, NULL, NULL, NULL, NULL, NULL};
   if (pair_us)
     *pair_us = 0;
   if (R < 2)
     return VMEP_ERR_INVALID_ARG;
-  vmep_status st = open_run(&p, R);
+  /* Ranks may move different bytes: slots sized for the largest share
+   * (256-byte aligned), and room for rank 0's pair copy. */
+  vmep_status st = largest(g, bytes, &max);
+  if (st != VMEP_OK)
+    return st;
+  p.stride = (max / (size_t)(R - 1) + 255) / 256 * 256;
+  st = open_run(&p, R);
   if (st == VMEP_OK)
     st = bench_cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
   /* Every rank takes part in the window, so none waits alone. */
-  vmep_status made = vmep_window_create(g, dev, bytes + 16, &p.w);
+  size_t room = p.stride * (size_t)(R - 1);
+  vmep_status made =
+      vmep_window_create(g, dev, (room > max ? room : max) + 16, &p.w);
   if (made != VMEP_OK)
     fprintf(stderr, "vmep-bench: vmep_window_create (peer ceiling): %s\n",
             vmep_last_error());

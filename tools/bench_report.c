@@ -1,9 +1,11 @@
 /*
  * vmep-bench output: the per-rank line (bandwidth and time of dispatch and
- * combine, DeepEP low-latency byte accounting), the summary per token count
- * with the same-run copy ceiling and the efficiency, and the JSON file.
- * "avg_t" in the per-rank line is the median of the timed calls. With
- * --compare nccl, the NCCL baseline's line and table sit next to vmep's.
+ * combine, DeepEP low-latency byte accounting, then the link GB/s: the
+ * bytes that cross between ranks over the same time), the summary per
+ * token count with the same-run copy ceiling and the efficiency, and the
+ * JSON file. "avg_t" in the per-rank line is the median of the timed
+ * calls. With --compare nccl, the NCCL baseline's line and table sit next
+ * to vmep's.
  */
 #include "bench.h"
 
@@ -22,8 +24,27 @@ static void print_line(const struct bench_result *r, int prefix,
          gbps(r->combine_bytes, c_us), c_us);
 }
 
+/* eff against the link-byte copy: link GB/s / ceiling GB/s of the same
+ * bytes, i.e. copy time / call time (0 without that ceiling). */
+static double eff_link(double call_us, double copy_us) {
+  return call_us > 0 && copy_us > 0 ? copy_us / call_us : 0.0;
+}
+
 void bench_print_rank(const struct bench_result *r, int prefix) {
-  print_line(r, prefix, "Dispatch", "Combine", r->dispatch_us, r->combine_us);
+  if (prefix)
+    printf("[rank %d] ", r->rank);
+  /* The first half is the line users of DeepEP / NIXL EP know, unchanged. */
+  printf("Dispatch bandwidth: %.2f GB/s, avg_t=%.2f us | Combine bandwidth: "
+         "%.2f GB/s, avg_t=%.2f us | link: dispatch %.2f GB/s",
+         gbps(r->dispatch_bytes, r->dispatch_us), r->dispatch_us,
+         gbps(r->combine_bytes, r->combine_us), r->combine_us,
+         gbps(r->dispatch_link_bytes, r->dispatch_us));
+  if (r->ceiling)
+    printf(" (eff %.2f)", eff_link(r->dispatch_us, r->copy_dispatch_link_us));
+  printf(", combine %.2f GB/s", gbps(r->combine_link_bytes, r->combine_us));
+  if (r->ceiling)
+    printf(" (eff %.2f)", eff_link(r->combine_us, r->copy_combine_link_us));
+  printf("\n");
   if (r->nccl_dispatch_us > 0)
     bench_print_nccl_rank(r, prefix);
 }
@@ -34,8 +55,12 @@ void bench_print_nccl_rank(const struct bench_result *r, int prefix) {
 }
 
 struct summary {
-  double d_gbps, c_gbps, d_us, c_us, d_ceil, c_ceil; /* means over ranks */
-  double d_min, c_min;                               /* slowest rank */
+  double d_gbps, c_gbps, d_us, c_us; /* means over ranks */
+  double d_link, c_link;             /* link GB/s, means over ranks */
+  /* ceiling GB/s, means over ranks: of the link bytes (peer ceiling) or
+   * of the DeepEP bytes (D2D ceiling) */
+  double d_ceil, c_ceil;
+  double d_min, c_min; /* slowest rank */
   int checked;
 };
 
@@ -50,8 +75,17 @@ static struct summary summarize(const struct bench_result *r, int ranks) {
     s.c_gbps += c / ranks;
     s.d_us += r[i].dispatch_us / ranks;
     s.c_us += r[i].combine_us / ranks;
-    s.d_ceil += gbps(r[i].dispatch_bytes, r[i].copy_dispatch_us) / ranks;
-    s.c_ceil += gbps(r[i].combine_bytes, r[i].copy_combine_us) / ranks;
+    s.d_link += gbps(r[i].dispatch_link_bytes, r[i].dispatch_us) / ranks;
+    s.c_link += gbps(r[i].combine_link_bytes, r[i].combine_us) / ranks;
+    if (r[i].ceiling) {
+      s.d_ceil +=
+          gbps(r[i].dispatch_link_bytes, r[i].copy_dispatch_link_us) / ranks;
+      s.c_ceil +=
+          gbps(r[i].combine_link_bytes, r[i].copy_combine_link_us) / ranks;
+    } else {
+      s.d_ceil += gbps(r[i].dispatch_bytes, r[i].copy_dispatch_us) / ranks;
+      s.c_ceil += gbps(r[i].combine_bytes, r[i].copy_combine_us) / ranks;
+    }
     s.d_min = d < s.d_min ? d : s.d_min;
     s.c_min = c < s.c_min ? c : s.c_min;
     s.checked &= r[i].checked;
@@ -80,8 +114,9 @@ static void print_phases(const struct bench_result *all, int ranks,
 static void print_nccl(const struct bench_options *o,
                        const struct bench_result *all, int ranks, int sweeps) {
   printf("\nvmep against NCCL send/recv (per rank, mean over ranks; NCCL "
-         "with its gather, count exchange and scatter)\n%7s | %9s %9s %9s "
-         "%6s | %9s %9s %9s %6s | %s\n",
+         "with its gather, count exchange and scatter)\n"
+         "  GB/s in the DeepEP accounting for both (same bytes): ratio = vmep "
+         "GB/s / NCCL GB/s\n%7s | %9s %9s %9s %6s | %9s %9s %9s %6s | %s\n",
          "tokens", "vmep GB/s", "nccl GB/s", "nccl us", "ratio", "vmep GB/s",
          "nccl GB/s", "nccl us", "ratio", "nccl check");
   for (int i = 0; i < sweeps; i++) {
@@ -105,34 +140,56 @@ static void print_nccl(const struct bench_options *o,
   }
 }
 
+static void print_summary_header(const struct bench_result *r) {
+  printf("\nsummary (per rank: mean over ranks; %d blocks per kernel)\n"
+         "  GB/s       DeepEP LL accounting, every selection counted: "
+         "dispatch sel*(2H+16)\n"
+         "             (fp8 sel*(H+H/32+16)), combine sel*2H\n"
+         "  link GB/s  the bytes that cross to another rank per call / avg_t: "
+         "dispatch, one\n"
+         "             staged row per (token, other rank that selected it) + "
+         "the expert ids;\n"
+         "             combine, 2H per selection whose expert is on another "
+         "rank\n",
+         r->num_sms);
+  if (r->ceiling)
+    printf("  ceil GB/s  all-pairs peer copy of the link bytes: each rank "
+           "writes its own, split\n"
+           "             evenly over the other GPUs, every rank at once; "
+           "eff = link GB/s / ceil GB/s\n");
+  else
+    printf("  ceil GB/s  ranks share a GPU, so HBM: a device-to-device copy "
+           "of the DeepEP bytes,\n"
+           "             every rank at once, buffers rotated past L2; "
+           "eff = GB/s / ceil GB/s\n");
+}
+
 void bench_print_summary(const struct bench_options *o,
                          const struct bench_result *all, int ranks,
                          int sweeps) {
-  printf("\nsummary (per rank: mean over ranks; %d blocks per kernel; "
-         "ceiling = %s)\n",
-         all[0].num_sms,
-         all[0].ceiling ? "an all-pairs peer copy of the same bytes, each "
-                          "rank writing its share to every other GPU, every "
-                          "rank at once"
-                        : "a device-to-device copy of the same bytes, every "
-                          "rank at once, buffers rotated past L2");
-  printf("%7s | %9s %9s %9s %5s | %9s %9s %9s %5s | %s\n", "tokens",
-         "disp GB/s", "avg_t us", "ceil GB/s", "eff", "comb GB/s", "avg_t us",
-         "ceil GB/s", "eff", "check");
+  print_summary_header(&all[0]);
+  printf("%7s | %9s %9s %9s %9s %5s | %9s %9s %9s %9s %5s | %s\n", "tokens",
+         "disp GB/s", "link GB/s", "avg_t us", "ceil GB/s", "eff", "comb GB/s",
+         "link GB/s", "avg_t us", "ceil GB/s", "eff", "check");
   for (int i = 0; i < sweeps; i++) {
     struct summary s = summarize(all + (size_t)i * ranks, ranks);
-    printf("%7d | %9.1f %9.1f %9.1f %5.2f | %9.1f %9.1f %9.1f %5.2f | %s\n",
-           all[(size_t)i * ranks].tokens, s.d_gbps, s.d_us, s.d_ceil,
-           s.d_ceil > 0 ? s.d_gbps / s.d_ceil : 0, s.c_gbps, s.c_us, s.c_ceil,
-           s.c_ceil > 0 ? s.c_gbps / s.c_ceil : 0,
+    /* eff: of the link bytes against their copy, or (D2D) of the DeepEP
+     * bytes against theirs. */
+    double d = all[0].ceiling ? s.d_link : s.d_gbps;
+    double c = all[0].ceiling ? s.c_link : s.c_gbps;
+    printf("%7d | %9.1f %9.1f %9.1f %9.1f %5.2f | %9.1f %9.1f %9.1f %9.1f "
+           "%5.2f | %s\n",
+           all[(size_t)i * ranks].tokens, s.d_gbps, s.d_link, s.d_us, s.d_ceil,
+           s.d_ceil > 0 ? d / s.d_ceil : 0, s.c_gbps, s.c_link, s.c_us,
+           s.c_ceil, s.c_ceil > 0 ? c / s.c_ceil : 0,
            !o->check   ? "not run"
            : s.checked ? "passed"
                        : "FAILED");
   }
   print_phases(all, ranks, sweeps);
   for (int i = 0; all[0].pair_us > 0 && i < sweeps; i++)
-    printf("%s%d tokens: peer copy rank 0 -> rank 1 alone, %.0f bytes: "
-           "%.1f GB/s\n",
+    printf("%s%d tokens: peer copy rank 0 -> rank 1 alone, %.0f bytes (the "
+           "DeepEP dispatch bytes): %.1f GB/s\n",
            i ? "" : "\n", all[(size_t)i * ranks].tokens,
            all[(size_t)i * ranks].dispatch_bytes,
            gbps(all[(size_t)i * ranks].dispatch_bytes,
@@ -151,11 +208,13 @@ int bench_write_json(const char *path, const struct bench_options *o,
   fprintf(f,
           "{\"ranks\": %d, \"hidden\": %d, \"topk\": %d, \"experts\": %d, "
           "\"fp8\": %s, \"zero_copy\": %s, \"seed\": %llu, \"iters\": %d, "
-          "\"ceiling\": \"%s\", \"compare_nccl\": %s, \"results\": [\n",
+          "\"ceiling\": \"%s\", \"ceiling_bytes\": \"%s\", "
+          "\"compare_nccl\": %s, \"results\": [\n",
           ranks, o->hidden, o->topk, o->experts ? o->experts : 4 * ranks,
           o->fp8 ? "true" : "false", o->zero_copy ? "true" : "false",
           (unsigned long long)o->seed, o->iters,
           all[0].ceiling ? "peer_all_pairs" : "d2d",
+          all[0].ceiling ? "link" : "deepep",
           o->compare_nccl ? "true" : "false");
   for (int i = 0; i < sweeps * ranks; i++) {
     const struct bench_result *r = &all[i];
@@ -166,14 +225,33 @@ int bench_write_json(const char *path, const struct bench_options *o,
             "\"combine_copy_us\": %.3f, \"num_sms\": %d, \"phase_us\": "
             "[%.3f, %.3f, %.3f, %.3f], \"checked\": %s, \"pair_copy_us\": "
             "%.3f, \"nccl_dispatch_us\": %.3f, \"nccl_combine_us\": %.3f, "
-            "\"nccl_checked\": %s}%s\n",
+            "\"nccl_checked\": %s, ",
             r->tokens, r->rank, r->dispatch_bytes, r->dispatch_us,
             r->copy_dispatch_us, r->combine_bytes, r->combine_us,
             r->copy_combine_us, r->num_sms, r->phase_us[0], r->phase_us[1],
             r->phase_us[2], r->phase_us[3], r->checked ? "true" : "false",
             r->pair_us, r->nccl_dispatch_us, r->nccl_combine_us,
-            r->nccl_checked ? "true" : "false",
-            i + 1 < sweeps * ranks ? "," : "");
+            r->nccl_checked ? "true" : "false");
+    /* The link bytes; the ceiling of the same bytes and eff only with the
+     * peer ceiling (null with the D2D one). */
+    fprintf(f,
+            "\"disp_link_bytes\": %.0f, \"disp_link_gbps\": %.3f, "
+            "\"comb_link_bytes\": %.0f, \"comb_link_gbps\": %.3f, ",
+            r->dispatch_link_bytes,
+            gbps(r->dispatch_link_bytes, r->dispatch_us), r->combine_link_bytes,
+            gbps(r->combine_link_bytes, r->combine_us));
+    if (r->ceiling)
+      fprintf(f,
+              "\"disp_link_copy_us\": %.3f, \"disp_eff_link\": %.4f, "
+              "\"comb_link_copy_us\": %.3f, \"comb_eff_link\": %.4f}",
+              r->copy_dispatch_link_us,
+              eff_link(r->dispatch_us, r->copy_dispatch_link_us),
+              r->copy_combine_link_us,
+              eff_link(r->combine_us, r->copy_combine_link_us));
+    else
+      fprintf(f, "\"disp_link_copy_us\": null, \"disp_eff_link\": null, "
+                 "\"comb_link_copy_us\": null, \"comb_eff_link\": null}");
+    fprintf(f, "%s\n", i + 1 < sweeps * ranks ? "," : "");
   }
   fprintf(f, "]}\n");
   return fclose(f) == 0 ? 0 : -1;

@@ -4,8 +4,9 @@
  * reference, then the timing of dispatch and combine with CUDA events
  * (median of many calls after warm-up) and of a device-to-device copy of
  * the same bytes on the same GPU at the same time (or, when every rank has
- * its own GPU, the all-pairs peer copy of bench_peer.c): the ceiling that
- * the efficiency is measured against.
+ * its own GPU, the all-pairs peer copy of bench_peer.c of the link bytes,
+ * those that cross between ranks): the ceiling that the efficiency is
+ * measured against.
  */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
@@ -260,8 +261,12 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   int R = vmep_group_size(g);
   struct bench_inputs in;
   cudaStream_t s = NULL;
-  if (bench_make_inputs(o, res->rank, res->tokens, c->num_experts, &in) != 0)
+  if (bench_make_inputs(o, res->rank, res->tokens, c->num_experts, &in) != 0) {
+    bench_free_inputs(&in);
     return VMEP_ERR_OUT_OF_MEMORY;
+  }
+  bench_link_bytes(o, R, c->num_experts, res->rank, &in,
+                   &res->dispatch_link_bytes, &res->combine_link_bytes);
   vmep_status st = upload(b, &in, o);
   bench_free_inputs(&in);
   vmep_ep_dispatch_args da = {
@@ -290,8 +295,16 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK)
     st = time_calls(ep, o, &da, &ca, s, res);
   /* The ceiling: NVLink (all-pairs peer copy) when every rank has its own
-   * GPU, else HBM (a D2D copy on the shared GPU). */
+   * GPU, else HBM (a D2D copy on the shared GPU). Across GPUs the
+   * efficiency is against a copy of the link bytes, the bytes that cross;
+   * the copy of the DeepEP bytes is kept for the record (and the pair). */
   res->ceiling = o->own_gpus && R > 1;
+  if (st == VMEP_OK && res->ceiling)
+    st = bench_time_peer_copy(g, o, (size_t)res->dispatch_link_bytes,
+                              &res->copy_dispatch_link_us, NULL);
+  if (st == VMEP_OK && res->ceiling)
+    st = bench_time_peer_copy(g, o, (size_t)res->combine_link_bytes,
+                              &res->copy_combine_link_us, NULL);
   if (st == VMEP_OK && res->ceiling)
     st = bench_time_peer_copy(g, o, (size_t)res->dispatch_bytes,
                               &res->copy_dispatch_us, &res->pair_us);

@@ -58,6 +58,30 @@ void bench_free_inputs(struct bench_inputs *in) {
   free(in->weights);
 }
 
+void bench_link_bytes(const struct bench_options *o, int ranks, int experts,
+                      int me, const struct bench_inputs *in, double *dispatch,
+                      double *combine) {
+  const int L = experts / ranks, K = o->topk;
+  const double H = o->hidden, row = o->fp8 ? H + H / 128 * 4 : 2 * H;
+  const double flags = 2.0 * 8 * (ranks - 1);
+  /* seen[r] == t + 1: token t already counted a row for rank r. */
+  int seen[VMEP_LL_MAX_RANKS] = {0};
+  double rows = 0, remote = 0;
+  for (int t = 0; t < in->n; t++)
+    for (int k = 0; k < K; k++) {
+      int64_t e = in->topk[(size_t)t * K + k];
+      int r = e >= 0 && e < experts ? (int)(e / L) : me;
+      if (r == me)
+        continue;
+      remote++;
+      rows += seen[r] != t + 1;
+      seen[r] = t + 1;
+    }
+  *dispatch = rows * row + (ranks - 1) * (4.0 + 4.0 * in->n * K) +
+              (o->zero_copy ? 4 * remote : 0) + flags;
+  *combine = remote * 2 * H + flags;
+}
+
 vmep_status bench_cuda_check(cudaError_t err, const char *what) {
   if (err == cudaSuccess)
     return VMEP_OK;
