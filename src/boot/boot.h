@@ -63,7 +63,7 @@ vmep_status vmep__launch_env_detect(struct vmep_launch_env *env_out);
  * u8 answer then the answer's fields. Byte strings travel as u32 length +
  * bytes; integers are little-endian.
  */
-#define VMEP_STORE_PROTOCOL_VERSION 1u
+#define VMEP_STORE_PROTOCOL_VERSION 2u  /* 2: FORGET, published deaths */
 #define VMEP_STORE_FRAME_MAX (8u << 20) /* body bytes of one frame */
 #define VMEP_STORE_KEY_MAX 1024u
 #define VMEP_STORE_TOKEN_MAX 255u
@@ -83,6 +83,7 @@ enum vmep_store_cmd {
   VMEP_STORE_ADD = 6,    /* key, i64 delta (a missing key counts as 0) */
   VMEP_STORE_CAS = 7,    /* key, u8 expect_present, expected, desired */
   VMEP_STORE_DELETE = 8, /* key */
+  VMEP_STORE_FORGET = 9, /* i32 rank (>= 0): waits stop failing for it */
   VMEP_STORE_CMD_END
 };
 
@@ -107,7 +108,7 @@ struct vmep_store_request {
   unsigned cmd;
   uint64_t seq;
   uint32_t version;                 /* HELLO */
-  int32_t rank;                     /* HELLO */
+  int32_t rank;                     /* HELLO, FORGET */
   uint64_t session;                 /* HELLO */
   struct vmep_store_bytes token;    /* HELLO */
   struct vmep_store_bytes key;      /* SET, ADD, CAS, DELETE */
@@ -128,7 +129,7 @@ struct vmep_store_reply {
   uint32_t count;                  /* GET, WAIT: keys answered */
   struct vmep_store_bytes values;  /* GET: `count` entries */
   int64_t number; /* ADD: new value; CAS: 1 if swapped; DELETE: 1 if the
-                     key existed */
+                     key existed; FORGET: 1 if the rank was dead */
 };
 
 /*
@@ -156,6 +157,18 @@ long vmep__store_reply_parse(const void *buf, size_t len, unsigned cmd,
  */
 int vmep__store_entry_next(struct vmep_store_bytes *list,
                            struct vmep_store_bytes *entry_out);
+
+/*
+ * Where the store publishes a death: when a connection that spoke for rank
+ * r closes without BYE, the store SETs "vmep/dead/<r>" (decimal r) to an
+ * 8-byte little-endian store-wide death serial (1, 2, ...); a HELLO with
+ * rank r (a rejoin) deletes it; FORGET leaves it. So the key is present
+ * exactly while r's last session has died and nobody has rejoined as r.
+ */
+#define VMEP_STORE_DEAD_PREFIX "vmep/dead/"
+#define VMEP_STORE_DEAD_KEY_BYTES 24 /* prefix, a decimal int32, NUL */
+/* key[VMEP_STORE_DEAD_KEY_BYTES] = "vmep/dead/<rank>". */
+void vmep__store_dead_key(int rank, char *key);
 
 /* Constant-time comparison of two tokens; 1 when equal. */
 int vmep__store_token_equal(const unsigned char *a, size_t a_len,
@@ -214,7 +227,7 @@ struct vmep_store_op {
   const char *const *keys; /* GET, WAIT */
   size_t nkeys;
   int32_t timeout_ms; /* GET, WAIT */
-  int32_t rank;       /* HELLO */
+  int32_t rank;       /* HELLO, FORGET */
   uint64_t session;   /* HELLO */
   const char *token;  /* HELLO */
 };
@@ -305,7 +318,9 @@ const char *vmep__store_peer_name(const struct vmep_store_peer *peer);
 int vmep__store_peer_rank(const struct vmep_store_peer *peer);
 /* Frees the peer. If it spoke for a rank and never said BYE, the rank is
  * marked dead (waits of others fail) until a client says HELLO with it
- * again. With state NULL (the state is going away) it only frees. */
+ * again or FORGETs it, and its death is published under its
+ * VMEP_STORE_DEAD_PREFIX key. With state NULL (the state is going away)
+ * it only frees. */
 void vmep__store_peer_close(struct vmep_store_state *state,
                             struct vmep_store_peer *peer);
 
@@ -374,7 +389,8 @@ int vmep__store_client_timeout(const struct vmep_store_client *client);
  * key is absent. Waits take timeout_ms (< 0: the client's): all keys must
  * exist; VMEP_ERR_TIMEOUT names the missing ones, VMEP_ERR_PEER ("rank 3
  * died (its store connection closed)") comes as soon as any rank's
- * connection closes without BYE while the wait blocks.
+ * connection closes without BYE while the wait blocks (until a HELLO
+ * with that rank or a FORGET of it).
  */
 vmep_status vmep__store_set(struct vmep_store_client *client, const char *key,
                             const void *value, size_t len);
@@ -396,6 +412,16 @@ vmep_status vmep__store_wait_get(struct vmep_store_client *client,
                                  const char *const *keys, size_t nkeys,
                                  int timeout_ms, vmep_store_value_fn fn,
                                  void *user);
+/* A GET of many keys that does not wait: fn gets each key's value in
+ * order, or NULL and 0 for a missing key. Dead ranks do not fail it. */
+vmep_status vmep__store_get_many(struct vmep_store_client *client,
+                                 const char *const *keys, size_t nkeys,
+                                 vmep_store_value_fn fn, void *user);
+/* Takes `rank` (>= 0) off the store's dead list, so that waits no longer
+ * fail because of it; its "vmep/dead/<rank>" key stays. *was_dead_out
+ * (may be NULL) is 1 when it was on the list. Idempotent. */
+vmep_status vmep__store_forget(struct vmep_store_client *client, int rank,
+                               int *was_dead_out);
 
 /* ---- allgatherv over the store (store_gather.c) ---- */
 

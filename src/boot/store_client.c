@@ -351,16 +351,17 @@ vmep_status vmep__store_get(struct vmep_store_client *c, const char *key,
   return VMEP_OK;
 }
 
-/* WAIT or GET-with-wait over keys[0..nkeys), as many frames as needed. */
-static vmep_status wait_keys(struct vmep_store_client *c, unsigned cmd,
-                             const char *const *keys, size_t nkeys,
-                             int timeout_ms, vmep_store_value_fn fn,
-                             void *user) {
-  uint64_t wait_deadline =
-      vmep__now_ms() + (uint64_t)(timeout_ms < 0 ? c->timeout_ms : timeout_ms);
+/* WAIT or GET over keys[0..nkeys), as many frames as needed. A GET with
+ * wait_deadline 0 does not wait, and passes missing keys to fn as NULL. */
+static vmep_status get_keys(struct vmep_store_client *c, unsigned cmd,
+                            const char *const *keys, size_t nkeys,
+                            uint64_t wait_deadline, vmep_store_value_fn fn,
+                            void *user) {
   for (size_t first = 0; first < nkeys;) {
-    struct vmep_store_op op = {
-        .cmd = cmd, .keys = keys + first, .nkeys = nkeys - first};
+    struct vmep_store_op op = {.cmd = cmd,
+                               .keys = keys + first,
+                               .nkeys = nkeys - first,
+                               .timeout_ms = -1};
     struct vmep_store_reply a;
     struct vmep_store_bytes value;
     size_t packed = 0;
@@ -369,10 +370,11 @@ static vmep_status wait_keys(struct vmep_store_client *c, unsigned cmd,
       return status;
     if (a.count == 0 || a.count > packed)
       return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
-                        "store %s answered a wait on %zu keys with %u", c->addr,
-                        packed, a.count);
+                        "store %s answered a GET or WAIT of %zu keys with %u",
+                        c->addr, packed, a.count);
     for (uint32_t i = 0; cmd == VMEP_STORE_GET && i < a.count; i++) {
-      if (!vmep__store_entry_next(&a.values, &value) || !value.data)
+      if (!vmep__store_entry_next(&a.values, &value) ||
+          (!value.data && wait_deadline))
         return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
                           "store %s answered a wait without key %s", c->addr,
                           keys[first + i]);
@@ -385,17 +387,31 @@ static vmep_status wait_keys(struct vmep_store_client *c, unsigned cmd,
   return VMEP_OK;
 }
 
+static uint64_t wait_deadline_of(const struct vmep_store_client *c,
+                                 int timeout_ms) {
+  return vmep__now_ms() +
+         (uint64_t)(timeout_ms < 0 ? c->timeout_ms : timeout_ms);
+}
+
 vmep_status vmep__store_wait(struct vmep_store_client *c,
                              const char *const *keys, size_t nkeys,
                              int timeout_ms) {
-  return wait_keys(c, VMEP_STORE_WAIT, keys, nkeys, timeout_ms, NULL, NULL);
+  return get_keys(c, VMEP_STORE_WAIT, keys, nkeys,
+                  wait_deadline_of(c, timeout_ms), NULL, NULL);
 }
 
 vmep_status vmep__store_wait_get(struct vmep_store_client *c,
                                  const char *const *keys, size_t nkeys,
                                  int timeout_ms, vmep_store_value_fn fn,
                                  void *user) {
-  return wait_keys(c, VMEP_STORE_GET, keys, nkeys, timeout_ms, fn, user);
+  return get_keys(c, VMEP_STORE_GET, keys, nkeys,
+                  wait_deadline_of(c, timeout_ms), fn, user);
+}
+
+vmep_status vmep__store_get_many(struct vmep_store_client *c,
+                                 const char *const *keys, size_t nkeys,
+                                 vmep_store_value_fn fn, void *user) {
+  return get_keys(c, VMEP_STORE_GET, keys, nkeys, 0, fn, user);
 }
 
 vmep_status vmep__store_add(struct vmep_store_client *c, const char *key,
@@ -422,6 +438,19 @@ vmep_status vmep__store_cas(struct vmep_store_client *c, const char *key,
   vmep_status status = exchange(c, &op, 0, &a, NULL);
   if (status == VMEP_OK && swapped_out)
     *swapped_out = (int)a.number;
+  return status;
+}
+
+vmep_status vmep__store_forget(struct vmep_store_client *c, int rank,
+                               int *was_dead_out) {
+  struct vmep_store_op op = {.cmd = VMEP_STORE_FORGET, .rank = rank};
+  struct vmep_store_reply a;
+  if (rank < 0)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep__store_forget: rank %d (ranks are >= 0)", rank);
+  vmep_status status = exchange(c, &op, 0, &a, NULL);
+  if (status == VMEP_OK && was_dead_out)
+    *was_dead_out = (int)a.number;
   return status;
 }
 

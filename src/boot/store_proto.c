@@ -136,6 +136,11 @@ static void parse_request_fields(struct reader *r,
   case VMEP_STORE_DELETE:
     q->key = read_bytes(r, VMEP_STORE_KEY_MAX, KEY_OVER);
     break;
+  case VMEP_STORE_FORGET:
+    q->rank = (int32_t)(uint32_t)read_le(r, 4);
+    if (q->rank < 0 && !r->bad)
+      r->bad = "FORGET of a negative rank";
+    break;
   default: /* BYE has no fields */
     break;
   }
@@ -186,6 +191,7 @@ static void parse_reply_fields(struct reader *r, unsigned cmd,
     break;
   case VMEP_STORE_CAS:
   case VMEP_STORE_DELETE:
+  case VMEP_STORE_FORGET:
     a->number = (int64_t)read_le(r, 1);
     if (a->number > 1 && !r->bad)
       r->bad = "a flag neither 0 nor 1";
@@ -234,6 +240,10 @@ int vmep__store_entry_next(struct vmep_store_bytes *list,
   list->len = r.left;
   *entry_out = e;
   return 1;
+}
+
+void vmep__store_dead_key(int rank, char *key) {
+  snprintf(key, VMEP_STORE_DEAD_KEY_BYTES, VMEP_STORE_DEAD_PREFIX "%d", rank);
 }
 
 int vmep__store_token_equal(const unsigned char *a, size_t a_len,
@@ -434,6 +444,13 @@ static vmep_status encode_fields(struct vmep_store_wbuf *w,
     return VMEP_OK;
   case VMEP_STORE_DELETE:
     vmep__wbuf_put_bytes(w, op->key, key_len);
+    return VMEP_OK;
+  case VMEP_STORE_FORGET:
+    vmep__wbuf_put_u32(w, (uint32_t)op->rank);
+    if (op->rank < 0)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "store: FORGET of rank %d (ranks are >= 0)",
+                        (int)op->rank);
     return VMEP_OK;
   default: /* BYE */
     return VMEP_OK;

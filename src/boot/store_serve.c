@@ -1,9 +1,10 @@
 /*
  * What the store does with a parsed request, apart from sockets: sessions
  * (so that a client that reconnects is recognised and a retried mutation
- * is not applied twice), the ranks that died, the commands on the key
- * table, and waits that finish when their keys exist, when a rank dies or
- * at their deadline. One thread (the server's) calls all of this.
+ * is not applied twice), the ranks that died (published as keys, so that
+ * elastic members can tell a dead rank from a slow one), the commands on
+ * the key table, and waits that finish when their keys exist, when a rank
+ * dies or at their deadline. One thread (the server's) calls all of this.
  */
 #include <stdio.h>
 #include <string.h>
@@ -49,6 +50,7 @@ struct vmep_store_state {
   size_t nsessions;
   int32_t *dead; /* ranks whose connection closed without BYE */
   size_t ndead, dead_cap;
+  uint64_t deaths; /* the serial of the last death published */
 };
 
 vmep_status vmep__store_state_create(const char *token,
@@ -107,14 +109,41 @@ int vmep__store_peer_rank(const struct vmep_store_peer *p) {
   return p->session ? p->session->rank : -1;
 }
 
-static void forget_dead(struct vmep_store_state *st, int32_t rank) {
+/* Takes `rank` off the dead list; 1 when it was on it. */
+static int forget_dead(struct vmep_store_state *st, int32_t rank) {
   for (size_t i = 0; i < st->ndead; i++)
     if (st->dead[i] == rank) {
       memmove(st->dead + i, st->dead + i + 1,
               (st->ndead - i - 1) * sizeof(*st->dead));
       st->ndead--;
-      return;
+      return 1;
     }
+  return 0;
+}
+
+/* SETs rank's dead key to the next death serial (8 bytes, little-endian). */
+static void publish_death(struct vmep_store_state *st, int32_t rank) {
+  char key[VMEP_STORE_DEAD_KEY_BYTES];
+  unsigned char serial[8];
+  uint64_t n = ++st->deaths;
+  for (int i = 0; i < 8; i++)
+    serial[i] = (unsigned char)(n >> (8 * i));
+  vmep__store_dead_key(rank, key);
+  struct vmep_store_bytes k = {(const unsigned char *)key, strlen(key)};
+  struct vmep_store_bytes v = {serial, sizeof(serial)};
+  if (vmep__store_table_set(st->table, k, v) != VMEP_OK)
+    vmep_log_error("store: no memory to publish that rank %d died; members "
+                   "waiting for it will time out instead",
+                   (int)rank);
+}
+
+/* A rank rejoins: its death is neither waited on nor published. */
+static void clear_death(struct vmep_store_state *st, int32_t rank) {
+  char key[VMEP_STORE_DEAD_KEY_BYTES];
+  vmep__store_dead_key(rank, key);
+  struct vmep_store_bytes k = {(const unsigned char *)key, strlen(key)};
+  forget_dead(st, rank);
+  vmep__store_table_delete(st->table, k);
 }
 
 static void mark_dead(struct vmep_store_state *st, int32_t rank) {
@@ -158,6 +187,7 @@ void vmep__store_peer_close(struct vmep_store_state *st,
                     "goodbye: waits of other clients now fail",
                     (int)s->rank, p->name);
       mark_dead(st, s->rank);
+      publish_death(st, s->rank);
     }
   }
   vmep__free(p->wait_keys);
@@ -248,22 +278,29 @@ static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
   s->peer = p;
   p->session = s;
   if (q->rank >= 0)
-    forget_dead(st, q->rank);
+    clear_death(st, q->rank);
   snprintf(p->name + strlen(p->name), sizeof(p->name) - strlen(p->name),
            q->rank >= 0 ? " rank %d" : " (no rank)", (int)q->rank);
   reply_ok(out);
   return VMEP_STORE_PEER_IDLE;
 }
 
-/* SET, ADD, CAS or DELETE on the table; appends the OK answer. */
+/* SET, ADD, CAS, DELETE or FORGET; appends the OK answer. */
 static void mutate(struct vmep_store_state *st,
                    const struct vmep_store_request *q,
                    struct vmep_store_wbuf *out) {
-  struct vmep_store_bytes cur;
-  int present = vmep__store_table_get(st->table, q->key, &cur);
+  struct vmep_store_bytes cur = {NULL, 0};
+  int present = q->cmd != VMEP_STORE_FORGET &&
+                vmep__store_table_get(st->table, q->key, &cur);
   int64_t number = 0;
   vmep_status status = VMEP_OK;
-  if (q->cmd == VMEP_STORE_SET) {
+  if (q->cmd == VMEP_STORE_FORGET) {
+    number = forget_dead(st, q->rank);
+    if (number)
+      vmep_log_info("store: rank %d forgotten: waits no longer fail because "
+                    "it died",
+                    (int)q->rank);
+  } else if (q->cmd == VMEP_STORE_SET) {
     status = vmep__store_table_set(st->table, q->key, q->value);
   } else if (q->cmd == VMEP_STORE_ADD) {
     uint64_t v = 0;

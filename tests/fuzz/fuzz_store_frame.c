@@ -1,9 +1,11 @@
 /*
  * libFuzzer target of the store's frame parsers, the code that faces raw
  * socket bytes. Byte 0 of the input picks the parser (request, or reply to
- * command byte0 % 9); the rest is the frame. A parse that succeeds must
- * stay inside the input, and its entry lists must walk to their end.
- * Built by -DVMEP_FUZZ=ON with clang; run by tests/fuzz/run.sh.
+ * command byte0 % VMEP_STORE_CMD_END); the rest is the frame. A parse that
+ * succeeds must stay inside the input, and its entry lists must walk to
+ * their end; a FORGET names a rank >= 0 and answers a 0/1 flag. Built by
+ * -DVMEP_FUZZ=ON with clang; run by tests/fuzz/run.sh, which starts from
+ * the seeds in tests/fuzz/seeds (one valid frame of each kind).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -47,15 +49,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     long n = vmep__store_request_parse(frame, len, &q, &error);
     if (n < -1 || n > (long)len || (n == -1 && !error))
       abort();
+    if (n > 0 && q.cmd == VMEP_STORE_FORGET && q.rank < 0)
+      abort();
     if (n > 0)
       sink += touch(q.token, frame, len) + touch(q.key, frame, len) +
               touch(q.value, frame, len) + touch(q.expected, frame, len) +
               walk(q.keys, q.nkeys, frame, len);
   } else {
     struct vmep_store_reply a;
-    unsigned cmd = data[0] % 9;
+    unsigned cmd = data[0] % VMEP_STORE_CMD_END;
     long n = vmep__store_reply_parse(frame, len, cmd, &a, &error);
     if (n < -1 || n > (long)len || (n == -1 && !error))
+      abort();
+    if (n > 0 && cmd == VMEP_STORE_FORGET && a.answer == VMEP_STORE_OK &&
+        a.number != 0 && a.number != 1)
       abort();
     if (n > 0) {
       sink += touch(a.message, frame, len);

@@ -37,7 +37,7 @@ static void random_op(struct sample *s) {
   rand_text(s->token, 0, VMEP_STORE_TOKEN_MAX);
   op->key = s->key;
   op->token = s->token;
-  op->rank = (int32_t)(test_rand() % 1001) - 1;
+  op->rank = (int32_t)(test_rand() % 1001) - (op->cmd != VMEP_STORE_FORGET);
   op->session = test_rand();
   op->value = s->value;
   op->value_len = (size_t)(test_rand() % sizeof(s->value));
@@ -90,6 +90,9 @@ static void check_request(const struct sample *s,
   case VMEP_STORE_ADD:
     ASSERT_EQ(q->delta, op->delta);
     break;
+  case VMEP_STORE_FORGET:
+    ASSERT_EQ(q->rank, op->rank);
+    return;
   case VMEP_STORE_CAS:
     ASSERT_EQ(q->expect_present, op->expected != NULL);
     check_bytes(q->expected, op->expected, op->expected_len);
@@ -127,7 +130,8 @@ static void random_reply(struct vmep_store_wbuf *w, unsigned *cmd) {
     }
   } else if (*cmd == VMEP_STORE_ADD) {
     vmep__wbuf_put_u64(w, test_rand());
-  } else if (*cmd == VMEP_STORE_CAS || *cmd == VMEP_STORE_DELETE) {
+  } else if (*cmd == VMEP_STORE_CAS || *cmd == VMEP_STORE_DELETE ||
+             *cmd == VMEP_STORE_FORGET) {
     vmep__wbuf_put_u8(w, (unsigned)(test_rand() % 2));
   }
   ASSERT_OK(vmep__wbuf_frame_end(w));
@@ -315,6 +319,15 @@ static void test_malformed_requests(void) {
   ASSERT_EQ(parse_body(cas, 22, &error), 26);
   unsigned char cas2[23] = {VMEP_STORE_CAS, [14] = 1, [18] = 0x55};
   ASSERT_EQ(parse_body(cas2, 23, &error), -1);
+  /* FORGET: rank -1 refused, rank 7 taken; a short rank runs past the end. */
+  unsigned char forget[13] = {VMEP_STORE_FORGET, [9] = 0xff, 0xff, 0xff, 0xff};
+  ASSERT_EQ(parse_body(forget, 13, &error), -1);
+  ASSERT_STR_CONTAINS(error, "FORGET of a negative rank");
+  forget[9] = 7;
+  forget[10] = forget[11] = forget[12] = 0;
+  ASSERT_EQ(parse_body(forget, 13, &error), 17);
+  ASSERT_EQ(parse_body(forget, 12, &error), -1);
+  ASSERT_STR_CONTAINS(error, "past the end");
 }
 
 /* Replies: unknown answer; CAS answer 2; GET answer with absent keys. */
@@ -339,6 +352,11 @@ static void test_malformed_replies(void) {
 
 static void test_encode_limits(void) {
   struct vmep_store_wbuf w = {0};
+  struct vmep_store_op forget = {.cmd = VMEP_STORE_FORGET, .rank = -1};
+  ASSERT_STATUS(vmep__store_request_encode(&w, &forget, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "FORGET of rank -1");
+  ASSERT_EQ(w.len, 0);
   static char long_key[VMEP_STORE_KEY_MAX + 2];
   memset(long_key, 'k', VMEP_STORE_KEY_MAX + 1);
   struct vmep_store_op op = {.cmd = VMEP_STORE_SET, .key = long_key};
