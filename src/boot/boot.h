@@ -462,6 +462,62 @@ const char *vmep__group_token(const vmep_group *group);
 /* VMEP_TIMEOUT_MS as read when the group was created. */
 int vmep__group_timeout_ms(const vmep_group *group);
 
+/* ---- membership over the store (member.c) ---- */
+
+/*
+ * Elastic membership: ranks come and go, so nothing here waits with the
+ * store's WAIT (which fails on any dead rank); it polls GETs that answer
+ * at once, and only the deaths of the ranks it waits for fail it. Keys:
+ * "<ns>/member/<rank>" holds a member's record while it is in,
+ * "<ns>/sync/<rank>" a rank's last two allgather contributions, and
+ * "vmep/dead/<rank>" the store's published deaths. Each call follows the
+ * client's thread rules; failures are logged and named as below.
+ */
+#define VMEP_MEMBER_RANKS_MAX 1024
+
+/* SETs rank's record rec[0..len). VMEP_ERR_INVALID_ARG for bad arguments
+ * or a key or record over the store's limits; store failures. */
+vmep_status vmep__member_publish(struct vmep_store_client *c, const char *ns,
+                                 int rank, const void *rec, size_t len);
+/* Deletes rank's record; an absent one is OK. */
+vmep_status vmep__member_withdraw(struct vmep_store_client *c, const char *ns,
+                                  int rank);
+/*
+ * Waits up to timeout_ms (< 0: the client's timeout) for rank's record;
+ * *rec_out (the caller frees it with vmep__free) and *len_out are set only
+ * on success. VMEP_ERR_PEER naming the rank as soon as its dead key is
+ * present (it died and did not rejoin; a record it left behind is not
+ * returned); VMEP_ERR_TIMEOUT naming the rank and key. Other ranks' deaths
+ * do not fail it. A process that rejoins under a dead rank's id clears
+ * that key, so the dead one's record is served again until the new
+ * process withdraws or republishes it.
+ */
+vmep_status vmep__member_fetch(struct vmep_store_client *c, const char *ns,
+                               int rank, int timeout_ms, void **rec_out,
+                               size_t *len_out);
+/* dead_out[r] = 1 for every r < max_ranks (1..VMEP_MEMBER_RANKS_MAX) whose
+ * dead key is present, else 0; one GET round trip. dead_out is written
+ * only on success. */
+vmep_status vmep__member_dead(struct vmep_store_client *c, int max_ranks,
+                              unsigned char *dead_out);
+/*
+ * Allgather among ranks[0..n) (distinct, >= 0, `self` among them):
+ * all_out[i * bytes ..] gets ranks[i]'s `bytes` of contribution `tag`
+ * (this rank's is mine[0..bytes)). A rank still in an older round is
+ * waited for; one that went on to the next round is read from the
+ * previous contribution it keeps, so back-to-back calls with different
+ * tags do not deadlock (one round only: a rank two rounds further, which
+ * only changing rank sets allow, is waited for in vain). VMEP_ERR_PEER naming a
+ * participant whose dead key is present, or one that gave another size;
+ * VMEP_ERR_TIMEOUT (timeout_ms, < 0: the client's) naming the ranks still
+ * missing. Deaths of ranks not in ranks[] do not fail it. all_out is undefined
+ * on failure.
+ */
+vmep_status vmep__member_allgather(struct vmep_store_client *c, const char *ns,
+                                   uint64_t tag, int self, const int *ranks,
+                                   int n, const void *mine, size_t bytes,
+                                   void *all_out, int timeout_ms);
+
 /* ---- TCP with deadlines (store_net.c) ---- */
 
 /* poll() for `events` until deadline_ms: 1 ready, 0 timed out, -1 error

@@ -7,22 +7,10 @@
  * use. Failed creates leave no fd and no thread behind, and rank 0's
  * destroy keeps the store up until the other ranks have left.
  */
-#include <dirent.h>
-
 #include "boot/boot.h"
 #include "test_store_util.h"
 
 static vmep_group *const untouched = (vmep_group *)0x7;
-
-static int count_fds(void) {
-  int n = 0;
-  DIR *d = opendir("/proc/self/fd");
-  ASSERT_TRUE(d != NULL);
-  while (readdir(d))
-    n++;
-  closedir(d);
-  return n;
-}
 
 static int count_threads(void) {
   char line[256];
@@ -138,7 +126,7 @@ static void test_group_of_one(void) {
 static void test_local_failures(void) {
   char addr[64];
   vmep_group *g = untouched;
-  int fds = count_fds(), threads = count_threads();
+  int fds = test_count_fds(), threads = count_threads();
   int port = test_free_port();
   snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
   /* Rank 0 of 2 alone: its wait for rank 1 times out, naming it. */
@@ -160,7 +148,7 @@ static void test_local_failures(void) {
   ASSERT_STR_CONTAINS(vmep_last_error(), "Address already in use");
   close(taken);
   ASSERT_TRUE(g == untouched);
-  ASSERT_EQ(count_fds(), fds);
+  ASSERT_EQ(test_count_fds(), fds);
   ASSERT_EQ(count_threads(), threads);
 }
 

@@ -1,11 +1,13 @@
 /*
  * Helpers of the store and group tests: a free loopback port, ranks run as
  * forked processes, payloads derived from (seed, rank, round) so that any
- * process can check what any other must have sent, and a millisecond clock.
+ * process can check what any other must have sent, a millisecond clock,
+ * and open-fd counts.
  */
 #ifndef VMEP_TEST_STORE_UTIL_H
 #define VMEP_TEST_STORE_UTIL_H
 
+#include <dirent.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -64,6 +66,27 @@ static inline void test_check(const unsigned char *buf, size_t n, uint64_t key,
     if (buf[i] != test_byte(key, i))
       TEST_FAIL("%s: byte %zu of %zu is 0x%02x, expected 0x%02x", what, i, n,
                 buf[i], test_byte(key, i));
+}
+
+/* Open file descriptors of this process. */
+static inline int test_count_fds(void) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  ASSERT_TRUE(d != NULL);
+  while (readdir(d))
+    n++;
+  closedir(d);
+  return n;
+}
+
+/* Waits (at most 5 s) until this process has `want` open fds: a store
+ * server in this process closes its side of a connection a moment after
+ * the client closes its own. */
+static inline void test_expect_fds(int want) {
+  uint64_t give_up = test_now_ms() + 5000;
+  while (test_count_fds() != want && test_now_ms() < give_up)
+    usleep(1000);
+  ASSERT_EQ(test_count_fds(), want);
 }
 
 typedef void (*test_rank_fn)(int rank, int size, void *arg);
