@@ -274,6 +274,27 @@ VMEP_API vmep_status vmep_group_create_custom(int rank, int size,
                                               void *user,
                                               vmep_group **group_out);
 
+/*
+ * Not collective: joins a running elastic job as `rank` (0..max_ranks-1)
+ * of at most `max_ranks` ranks (1..1024), through the store at
+ * `store_addr` (NULL: VMEP_STORE_ADDR), presenting `token` (NULL:
+ * VMEP_JOB_TOKEN). The store must already run in another process (this
+ * never hosts one; it retries the connection until VMEP_TIMEOUT_MS). A
+ * rank that a live process holds is refused (VMEP_ERR_INVALID_ARG with the
+ * store's reason); the rank of a process that died is taken over (a
+ * rejoin). The group's size is max_ranks; its local rank VMEP_LOCAL_RANK
+ * if set, else rank; vmep_group_node gives 0 for every rank; its job id is
+ * VMEP_JOB_ID, else derived from the store address as for the other
+ * groups, so all members agree. An elastic group has no fixed membership:
+ * vmep_group_allgather, _allgatherv, _broadcast and _barrier return
+ * VMEP_ERR_UNSUPPORTED (EP buffers over it use connect/disconnect).
+ * vmep_group_destroy leaves cleanly; a process that dies without it is
+ * seen as dead by the others.
+ */
+VMEP_API vmep_status vmep_group_join(int rank, int max_ranks,
+                                     const char *store_addr, const char *token,
+                                     vmep_group **group_out);
+
 /* Leaves the group (not collective). NULL is a no-op. */
 VMEP_API vmep_status vmep_group_destroy(vmep_group *group);
 

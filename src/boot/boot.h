@@ -461,6 +461,8 @@ const char *vmep__group_job_id(const vmep_group *group);
 const char *vmep__group_token(const vmep_group *group);
 /* VMEP_TIMEOUT_MS as read when the group was created. */
 int vmep__group_timeout_ms(const vmep_group *group);
+/* 1 for a group made by vmep_group_join (no fixed membership), else 0. */
+int vmep__group_elastic(const vmep_group *group);
 
 /* ---- membership over the store (member.c) ---- */
 

@@ -3,7 +3,9 @@
  * collectives either over the TCP store (rank 0 hosts it in a thread of
  * its process) or over a framework's allgather and barrier callbacks. At
  * creation every rank contributes its host identity (hostname and boot
- * id), from which the node indices and local ranks follow.
+ * id), from which the node indices and local ranks follow. An elastic
+ * group (vmep_group_join) only holds a store connection: its members come
+ * and go, so it has no collectives (see member.c for what it offers).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +31,7 @@ struct vmep_group {
   void *user;
   char token[VMEP_STORE_TOKEN_MAX + 1];
   char job_id[sizeof(((struct vmep_launch_env *)0)->job_id)];
+  int elastic; /* made by vmep_group_join */
 };
 
 /* ---- collectives over either backend --------------------------------- */
@@ -336,6 +339,14 @@ static vmep_status check_ranks(const char *fn, int rank, int size,
   return VMEP_OK;
 }
 
+static vmep_status check_token(const char *fn, const char *token) {
+  if (token && strlen(token) > VMEP_STORE_TOKEN_MAX)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: token of %zu bytes (at most %u)", fn, strlen(token),
+                      VMEP_STORE_TOKEN_MAX);
+  return VMEP_OK;
+}
+
 vmep_status vmep_group_create(int rank, int size, const char *store_addr,
                               const char *token, vmep_group **group_out) {
   struct vmep_launch_env job;
@@ -343,10 +354,8 @@ vmep_status vmep_group_create(int rank, int size, const char *store_addr,
   if (status == VMEP_OK && !store_addr)
     status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                         "vmep_group_create: store_addr is NULL");
-  if (status == VMEP_OK && token && strlen(token) > VMEP_STORE_TOKEN_MAX)
-    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                        "vmep_group_create: token of %zu bytes (at most %u)",
-                        strlen(token), VMEP_STORE_TOKEN_MAX);
+  if (status == VMEP_OK)
+    status = check_token("vmep_group_create", token);
   if (status == VMEP_OK) {
     char host[256];
     int port;
@@ -357,6 +366,94 @@ vmep_status vmep_group_create(int rank, int size, const char *store_addr,
   if (status != VMEP_OK)
     return status;
   return store_group_create(rank, size, store_addr, &job, group_out);
+}
+
+/* VMEP_LOCAL_RANK when set (a decimal below max_ranks: ranks of an
+ * elastic job are reused, so it may exceed the rank), else rank. */
+static vmep_status local_rank_from_env(int rank, int max_ranks,
+                                       int *local_out) {
+  const char *name = vmep__config_name(VMEP_CONFIG_LOCAL_RANK);
+  const char *text = getenv(name);
+  char *end = NULL;
+  if (!text || !text[0]) {
+    *local_out = rank;
+    return VMEP_OK;
+  }
+  long local = strtol(text, &end, 10);
+  if (*end || text[0] < '0' || text[0] > '9' || local >= max_ranks)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_group_join: %s=\"%s\" is not a decimal in 0..%d "
+                      "(below max_ranks)",
+                      name, text, max_ranks - 1);
+  *local_out = (int)local;
+  return VMEP_OK;
+}
+
+/* The store address of a join: the argument, else VMEP_STORE_ADDR. */
+static vmep_status join_addr(const char *store_addr, const char **addr_out) {
+  char host[256];
+  int port;
+  const char *addr =
+      store_addr ? store_addr : vmep__config_get(VMEP_CONFIG_STORE_ADDR);
+  if (!addr[0])
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_group_join: store_addr is NULL and %s is not set",
+                      vmep__config_name(VMEP_CONFIG_STORE_ADDR));
+  *addr_out = addr;
+  return vmep__store_addr_parse(addr, host, sizeof(host), &port);
+}
+
+vmep_status vmep_group_join(int rank, int max_ranks, const char *store_addr,
+                            const char *token, vmep_group **group_out) {
+  struct vmep_launch_env job;
+  const char *addr = NULL;
+  vmep_group *g = NULL;
+  int local = 0;
+  vmep_status status = VMEP_OK;
+  if (!group_out)
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "vmep_group_join: group_out is NULL");
+  else if (max_ranks < 1 || max_ranks > VMEP_MEMBER_RANKS_MAX)
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "vmep_group_join: max_ranks %d is not in 1..%d",
+                        max_ranks, VMEP_MEMBER_RANKS_MAX);
+  else if (rank < 0 || rank >= max_ranks)
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "vmep_group_join: rank %d is not in 0..%d (max_ranks "
+                        "%d)",
+                        rank, max_ranks - 1, max_ranks);
+  if (status == VMEP_OK)
+    status = check_token("vmep_group_join", token);
+  if (status == VMEP_OK)
+    status = join_addr(store_addr, &addr);
+  if (status == VMEP_OK)
+    status = local_rank_from_env(rank, max_ranks, &local);
+  if (status == VMEP_OK)
+    status = job_env(addr, token, &job);
+  if (status == VMEP_OK)
+    status = group_new(rank, max_ranks, &job, &g);
+  if (status != VMEP_OK)
+    return status;
+  g->elastic = 1;
+  g->local_rank = local;
+  g->gather.rank = rank;
+  g->gather.size = max_ranks;
+  g->node_of = vmep__calloc((size_t)max_ranks, sizeof(*g->node_of));
+  status =
+      g->node_of
+          ? vmep__store_client_connect(addr, g->token, rank, -1, g->timeout_ms,
+                                       &g->gather.client)
+          : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                       "vmep_group_join: no memory for %d ranks", max_ranks);
+  if (status != VMEP_OK) {
+    group_free(g);
+    return status;
+  }
+  vmep_log_info("group: rank %d (of at most %d) joined the elastic job at "
+                "store %s",
+                rank, max_ranks, addr);
+  *group_out = g;
+  return VMEP_OK;
 }
 
 vmep_status vmep_group_create_from_env(vmep_group **group_out) {
@@ -447,6 +544,7 @@ struct vmep_store_client *vmep__group_store(const vmep_group *g) {
 const char *vmep__group_job_id(const vmep_group *g) { return g->job_id; }
 const char *vmep__group_token(const vmep_group *g) { return g->token; }
 int vmep__group_timeout_ms(const vmep_group *g) { return g->timeout_ms; }
+int vmep__group_elastic(const vmep_group *g) { return g && g->elastic; }
 
 /* ---- collectives ----------------------------------------------------- */
 
@@ -454,10 +552,20 @@ static vmep_status bad_call(const char *fn, const char *what) {
   return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s", fn, what);
 }
 
+static vmep_status elastic_call(const char *fn) {
+  return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                    "%s: an elastic group (vmep_group_join) has no fixed "
+                    "membership, so it has no collectives (EP buffers over "
+                    "it use connect/disconnect)",
+                    fn);
+}
+
 vmep_status vmep_group_allgather(vmep_group *g, const void *send, size_t bytes,
                                  void *recv) {
   if (!g || (bytes && (!send || !recv)))
     return bad_call("vmep_group_allgather", "NULL group or buffer");
+  if (g->elastic)
+    return elastic_call("vmep_group_allgather");
   if (bytes > SIZE_MAX / (size_t)g->size)
     return bad_call("vmep_group_allgather", "bytes * size overflows");
   return gather_fixed(g, send, bytes, recv);
@@ -468,6 +576,8 @@ vmep_status vmep_group_allgatherv(vmep_group *g, const void *send, size_t bytes,
                                   size_t *sizes_out) {
   if (!g || (bytes && !send) || (recv_capacity && !recv) || !sizes_out)
     return bad_call("vmep_group_allgatherv", "NULL group, buffer or sizes");
+  if (g->elastic)
+    return elastic_call("vmep_group_allgatherv");
   return exchange(g, send, bytes, recv, recv_capacity, sizes_out);
 }
 
@@ -475,6 +585,8 @@ vmep_status vmep_group_broadcast(vmep_group *g, int root, void *buf,
                                  size_t bytes) {
   if (!g || (bytes && !buf))
     return bad_call("vmep_group_broadcast", "NULL group or buffer");
+  if (g->elastic)
+    return elastic_call("vmep_group_broadcast");
   if (root < 0 || root >= g->size)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_group_broadcast: root %d is not in 0..%d", root,
@@ -498,6 +610,8 @@ vmep_status vmep_group_broadcast(vmep_group *g, int root, void *buf,
 vmep_status vmep_group_barrier(vmep_group *g) {
   if (!g)
     return bad_call("vmep_group_barrier", "NULL group");
+  if (g->elastic)
+    return elastic_call("vmep_group_barrier");
   if (g->barrier) {
     vmep_status status = g->barrier(g->user);
     return status == VMEP_OK ? VMEP_OK : callback_failed("barrier", status);
