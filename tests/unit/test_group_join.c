@@ -1,15 +1,15 @@
 /*
- * vmep_group_join: ranks of an elastic job join a store that another
- * process hosts (this test's), as forked processes. Bad arguments with
- * their messages; what a joined group reports (size, local rank, nodes,
- * job id) and that its collectives are unsupported; a rank held by a live
- * process is refused; several ranks publish and exchange records and leave
- * cleanly (no dead key); a rank SIGKILLed after joining fails the
- * survivors' fetches and allgathers that include it while allgathers
- * among survivors run on; and 20 processes killed at seeded random points
- * of their join (before connecting, between connecting and publishing,
- * after publishing) each leave the store consistent and a new process
- * rejoins under the same rank id. No fd leaks in this process.
+ * vmep_group_join: ranks of an elastic job, forked processes, join a store
+ * that another process hosts. Bad arguments with their messages; what a
+ * joined group reports (size, local rank, nodes, job id) and that its
+ * collectives are unsupported; a rank held by a live process is refused;
+ * several ranks publish and exchange records and leave cleanly (no dead
+ * key); a rank SIGKILLed after joining fails the survivors' fetches and
+ * allgathers that include it while allgathers among survivors run on; and
+ * 20 processes killed at seeded random points of their join (before
+ * connecting, between connecting and publishing, after publishing) each
+ * leave the store consistent and a new process rejoins under the same
+ * rank id. No fd leaks in this process.
  */
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -24,7 +24,7 @@
 
 static vmep_group *const untouched = (vmep_group *)0x7;
 static char addr[64];
-static struct vmep_store_server *server;
+static struct test_store_host host;
 static struct vmep_store_client *obs; /* this process's view, no rank */
 
 static void expect_invalid(int rank, int max_ranks, const char *store,
@@ -368,7 +368,7 @@ static void kill_round(int round, int counts[3]) {
   close(report[0]);
   counts[stage == 0 ? 0 : stage == 'J' ? 1 : 2]++;
   /* The store has seen every rank connection close (the victim's too). */
-  ASSERT_OK(vmep__store_server_drain(server, 5000));
+  ASSERT_OK(test_store_host_drain(&host));
   unsigned char dead[MAX_RANKS];
   ASSERT_OK(vmep__member_dead(obs, MAX_RANKS, dead));
   for (int r = 0; r < MAX_RANKS; r++) /* the victim's, if it got in */
@@ -412,8 +412,8 @@ int main(void) {
   unsetenv("VMEP_JOB_ID");
   unsetenv("VMEP_JOB_TOKEN");
   unsetenv("VMEP_LOCAL_RANK");
-  ASSERT_OK(vmep__store_server_start("127.0.0.1", 0, TOKEN, &server));
-  snprintf(addr, sizeof(addr), "127.0.0.1:%d", vmep__store_server_port(server));
+  test_store_host_start(&host, TOKEN); /* before any thread */
+  snprintf(addr, sizeof(addr), "127.0.0.1:%d", host.port);
   ASSERT_OK(vmep__store_client_connect(addr, TOKEN, -1, -1, 10000, &obs));
   sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE,
             MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -431,6 +431,6 @@ int main(void) {
   test_kill_during_join();
   munmap(sh, sizeof(*sh));
   vmep__store_client_close(obs, 1);
-  vmep__store_server_stop(server);
+  test_store_host_stop(&host);
   return 0;
 }

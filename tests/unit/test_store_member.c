@@ -1,5 +1,6 @@
 /*
- * The store's side of elastic membership. Deaths: a rank whose connection
+ * The store's side of elastic membership (the store runs in a process of
+ * its own, as in an elastic job). Deaths: a rank whose connection
  * closes without goodbye (a SIGKILLed process) is published under
  * "vmep/dead/<r>" with a store-wide serial, a goodbye publishes nothing, a
  * rejoin deletes the key, FORGET stops waits failing and keeps the key,
@@ -401,10 +402,10 @@ static void test_gather_failures(struct vmep_store_client *obs) {
 }
 
 int main(void) {
-  struct vmep_store_server *server = NULL;
+  struct test_store_host host;
   run_seed = test_seed("test_store_member");
-  ASSERT_OK(vmep__store_server_start("127.0.0.1", 0, TOKEN, &server));
-  snprintf(addr, sizeof(addr), "127.0.0.1:%d", vmep__store_server_port(server));
+  test_store_host_start(&host, TOKEN);
+  snprintf(addr, sizeof(addr), "127.0.0.1:%d", host.port);
   struct vmep_store_client *obs = connect_as(-1);
   int fds = test_count_fds();
   test_death_keys(obs);
@@ -417,6 +418,6 @@ int main(void) {
   test_gather_failures(obs);
   test_expect_fds(fds);
   vmep__store_client_close(obs, 1);
-  vmep__store_server_stop(server);
+  test_store_host_stop(&host);
   return 0;
 }

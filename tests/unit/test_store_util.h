@@ -2,7 +2,7 @@
  * Helpers of the store and group tests: a free loopback port, ranks run as
  * forked processes, payloads derived from (seed, rank, round) so that any
  * process can check what any other must have sent, a millisecond clock,
- * and open-fd counts.
+ * open-fd counts, and a store server hosted by a process of its own.
  */
 #ifndef VMEP_TEST_STORE_UTIL_H
 #define VMEP_TEST_STORE_UTIL_H
@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "boot/boot.h"
 #include "test.h"
 
 /* A port the kernel just handed out on 127.0.0.1 (free again now; taking
@@ -87,6 +88,74 @@ static inline void test_expect_fds(int want) {
   while (test_count_fds() != want && test_now_ms() < give_up)
     usleep(1000);
   ASSERT_EQ(test_count_fds(), want);
+}
+
+/*
+ * A store server in a process of its own, so that the test process has no
+ * server thread when it forks ranks (a child forked while that thread
+ * holds a lock or a fresh allocation can hang or report a false leak).
+ * Start it before any thread exists; every command is a byte on a pipe.
+ */
+struct test_store_host {
+  pid_t pid;
+  int port;
+  int cmd, reply; /* pipe ends: commands to the host, its answers */
+};
+
+/* The host's loop: 'd' drains (answering the status), 'q' or EOF stops the
+ * server and exits (0: LeakSanitizer checks the host too). */
+static inline void test_store_host_serve(const char *token, int cmd,
+                                         int reply) {
+  struct vmep_store_server *server = NULL;
+  char c;
+  ASSERT_OK(vmep__store_server_start("127.0.0.1", 0, token, &server));
+  int port = vmep__store_server_port(server);
+  ASSERT_EQ(write(reply, &port, sizeof(port)), (ssize_t)sizeof(port));
+  while (read(cmd, &c, 1) == 1 && c == 'd') {
+    signed char status = (signed char)vmep__store_server_drain(server, 5000);
+    ASSERT_EQ(write(reply, &status, 1), 1);
+  }
+  vmep__store_server_stop(server);
+  exit(0);
+}
+
+static inline void test_store_host_start(struct test_store_host *h,
+                                         const char *token) {
+  int cmd[2], reply[2];
+  ASSERT_EQ(pipe(cmd), 0);
+  ASSERT_EQ(pipe(reply), 0);
+  fflush(stdout);
+  h->pid = fork();
+  ASSERT_TRUE(h->pid >= 0);
+  if (h->pid == 0) {
+    close(cmd[1]);
+    close(reply[0]);
+    test_store_host_serve(token, cmd[0], reply[1]);
+  }
+  close(cmd[0]);
+  close(reply[1]);
+  h->cmd = cmd[1];
+  h->reply = reply[0];
+  ASSERT_EQ(read(h->reply, &h->port, sizeof(h->port)),
+            (ssize_t)sizeof(h->port));
+}
+
+/* vmep__store_server_drain(server, 5000) in the host. */
+static inline vmep_status test_store_host_drain(struct test_store_host *h) {
+  signed char status = 1;
+  ASSERT_EQ(write(h->cmd, "d", 1), 1);
+  ASSERT_EQ(read(h->reply, &status, 1), 1);
+  return (vmep_status)status;
+}
+
+/* Stops the server; the host must exit cleanly. */
+static inline void test_store_host_stop(struct test_store_host *h) {
+  int wstatus = 0;
+  ASSERT_EQ(write(h->cmd, "q", 1), 1);
+  ASSERT_EQ(waitpid(h->pid, &wstatus, 0), h->pid);
+  ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+  close(h->cmd);
+  close(h->reply);
 }
 
 typedef void (*test_rank_fn)(int rank, int size, void *arg);
