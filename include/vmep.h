@@ -390,10 +390,14 @@ typedef struct vmep_ep_config {
   int zero_copy;  /* 1: the window also holds two [L, R*T, H] bf16 combine
                      buffers (vmep_ep_combine_buffer); expert outputs written
                      there are pulled by their sources, with no copy */
+  int max_ranks;  /* capacity R of an elastic buffer: every shape uses R,
+                     ranks outside the connected set are masked; 0: the
+                     group's size */
 } vmep_ep_config;
 
 /* Fills *config with the defaults: 0 experts / hidden / tokens (must be
- * set), max_topk 8, device -1, num_sms 0, timeout_ms 0, zero_copy 0. */
+ * set), max_topk 8, device -1, num_sms 0, timeout_ms 0, zero_copy 0,
+ * max_ranks 0. */
 VMEP_API void vmep_ep_config_init(vmep_ep_config *config);
 
 /* Bytes of the symmetric buffer each rank allocates for `config` in a
@@ -411,14 +415,20 @@ VMEP_API vmep_status vmep_ep_deepep_bytes(const vmep_ep_config *config,
  * Collective: creates the EP buffer of this rank for `config` over
  * `group`: validates the config (VMEP_ERR_INVALID_ARG naming the field),
  * allocates one symmetric window (vmep_ep_buffer_bytes per rank) and the
- * rank's private routing state. The group must outlive the buffer.
+ * rank's private routing state. The group must outlive the buffer. The
+ * group's ranks start connected; with config.max_ranks above the group's
+ * size the other ranks start masked, and can join later. Over a group of
+ * vmep_group_join it is not collective: only this rank is connected until
+ * vmep_ep_connect_ranks.
  */
 VMEP_API vmep_status vmep_ep_create(vmep_group *group,
                                     const vmep_ep_config *config,
                                     vmep_ep **ep_out);
 
-/* Collective: waits for outstanding work and releases everything. NULL is
- * a no-op. */
+/* Waits for outstanding work and releases everything; collective over the
+ * group while the connected set is the group, otherwise not (a rank that
+ * mapped our window keeps it alive until it disconnects us). NULL is a
+ * no-op. */
 VMEP_API vmep_status vmep_ep_destroy(vmep_ep *ep);
 
 VMEP_API int vmep_ep_rank(const vmep_ep *ep);
@@ -523,6 +533,64 @@ VMEP_API vmep_status vmep_ep_combine_recv(vmep_ep *ep,
  * NULL. */
 VMEP_API vmep_status vmep_ep_poll_errors(vmep_ep *ep, unsigned *errors_out,
                                          uint64_t *bad_experts_out);
+
+/* ------------------------------------------------------------------------
+ * Masks and membership (docs/RELIABILITY.md). A buffer has room for
+ * max_ranks ranks; the connected set is the ranks whose windows are mapped
+ * here, and a masked rank neither sends nor receives (its selections count
+ * as zero). A kernel that waits longer than timeout_ms for a rank that
+ * shows no sign of life masks it and goes on. Membership calls need a
+ * store-backed group (vmep_group_create*, vmep_group_join); they wait for
+ * this rank's work on the device and are not capturable. Expert e stays on
+ * rank e / (E / max_ranks) whoever is connected, so shapes and captured
+ * CUDA graphs stay valid across membership changes.
+ * --------------------------------------------------------------------- */
+
+/* The buffer's capacity (config.max_ranks, or the group's size). */
+VMEP_API int vmep_ep_max_ranks(const vmep_ep *ep);
+
+/* Synchronous: masked_out[r] = 1 when rank r is masked here, for every r
+ * below vmep_ep_max_ranks. Ranks not connected are always masked. */
+VMEP_API vmep_status vmep_ep_query_mask(vmep_ep *ep, int32_t *masked_out);
+
+/* Synchronous: masks (masked 1) or unmasks (0) a connected rank here.
+ * VMEP_ERR_INVALID_ARG for this rank itself or a rank not connected. */
+VMEP_API vmep_status vmep_ep_set_mask(vmep_ep *ep, int rank, int masked);
+
+/* Synchronous: unmasks every connected rank (e.g. after a transient
+ * timeout). */
+VMEP_API vmep_status vmep_ep_clear_mask(vmep_ep *ep);
+
+/*
+ * Collective over the connected set that results: maps the windows of
+ * `ranks` (which publish them when they create their buffer, e.g. new
+ * processes that called vmep_group_join) into this buffer's reserved range,
+ * without touching anyone else's mapping, and resynchronizes every
+ * connected rank's flags. Every rank of the resulting set calls it: the
+ * ones already connected name the newcomers, a newcomer names the ranks
+ * already there. With activate 0 the new ranks stay masked until
+ * vmep_ep_set_mask (every rank of the set passes the same activate, so that
+ * nobody waits for a rank that skips it). A rank already connected is
+ * skipped; a rank id seen before is taken as a new process once it has
+ * published a new record. VMEP_ERR_PEER names a rank that died,
+ * VMEP_ERR_TIMEOUT one that never published.
+ */
+VMEP_API vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
+                                           int activate);
+
+/* Not collective: masks `ranks`, unmaps their windows and forgets them (a
+ * rank that died stops failing the store's waits). Disconnecting a rank
+ * not connected is a no-op. */
+VMEP_API vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks,
+                                              int n);
+
+/* Disconnects every connected rank the store reports dead (its process
+ * ended without leaving); *count_out (may be NULL) gets how many. */
+VMEP_API vmep_status vmep_ep_disconnect_dead(vmep_ep *ep, int *count_out);
+
+/* Collective over the connected set: returns when every connected rank has
+ * entered. VMEP_ERR_PEER names a rank that died. */
+VMEP_API vmep_status vmep_ep_barrier(vmep_ep *ep);
 
 /* ------------------------------------------------------------------------
  * Configuration: every environment variable vmep reads.

@@ -19,6 +19,11 @@ void vmep_ep_config_init(vmep_ep_config *config) {
   config->num_sms = 0;
   config->timeout_ms = 0;
   config->zero_copy = 0;
+  config->max_ranks = 0;
+}
+
+int vmep__ep_ranks(const vmep_ep_config *c, int group_size) {
+  return c->max_ranks > group_size ? c->max_ranks : group_size;
 }
 
 static vmep_status bad_field(const char *field, long long value,
@@ -28,10 +33,15 @@ static vmep_status bad_field(const char *field, long long value,
                     expected);
 }
 
-vmep_status vmep__ep_config_check(const vmep_ep_config *c, int num_ranks) {
+vmep_status vmep__ep_config_check(const vmep_ep_config *c, int group_size) {
   if (!c)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_ep_config is NULL");
+  if (c->max_ranks < 0 || c->max_ranks > VMEP_LL_MAX_RANKS)
+    return bad_field("max_ranks", c->max_ranks,
+                     "0 (the group's size) or "
+                     "1..1024");
+  int num_ranks = vmep__ep_ranks(c, group_size);
   if (num_ranks < 1 || num_ranks > VMEP_LL_MAX_RANKS)
     return bad_field("number of ranks", num_ranks, "1..1024");
   if (c->num_experts < num_ranks || c->num_experts % num_ranks != 0)

@@ -53,12 +53,17 @@ static vmep_status resolve_sms(vmep_ep *ep) {
                                            ep->config.device);
   if (err != cudaSuccess)
     return cuda_fail(err, "cudaDeviceGetAttribute(multiprocessors)");
-  unsigned char *uuids = vmep__calloc((size_t)ep->num_ranks, 16);
-  if (!uuids)
+  /* A rank joining an elastic job cannot ask the others: it takes the
+   * config's num_sms (or the default) within the device's SMs. */
+  int size = vmep_group_size(ep->group);
+  unsigned char *uuids =
+      vmep__group_elastic(ep->group) ? NULL : vmep__calloc((size_t)size, 16);
+  if (!uuids && !vmep__group_elastic(ep->group))
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "vmep_ep_create: host allocation failed");
-  status = vmep_group_allgather(ep->group, caps.uuid, 16, uuids);
-  for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
+  if (uuids)
+    status = vmep_group_allgather(ep->group, caps.uuid, 16, uuids);
+  for (int r = 0; uuids && status == VMEP_OK && r < size; r++)
     sharing += memcmp(uuids + 16 * r, caps.uuid, 16) == 0;
   vmep__free(uuids);
   if (status != VMEP_OK)
@@ -132,14 +137,18 @@ static vmep_status create(vmep_ep *ep) {
   if (status != VMEP_OK)
     return status;
   vmep__ep_layout(&ep->config, ep->num_ranks, &ep->layout);
-  status = vmep_window_create(ep->group, ep->config.device, ep->layout.total,
-                              &ep->window);
+  status = vmep__window_create(ep->group, ep->config.device, ep->layout.total,
+                               ep->num_ranks, &ep->window);
   if (status != VMEP_OK)
     return status;
   cudaGetDevice(&previous);
   cudaSetDevice(ep->config.device);
   status = setup_device(ep);
+  if (status == VMEP_OK)
+    status = vmep__ep_membership_init(ep);
   cudaSetDevice(previous);
+  if (vmep__group_elastic(ep->group))
+    return status;
   /* No rank's flags may be written before every rank zeroed its own. */
   vmep_status met = vmep_group_barrier(ep->group);
   return status != VMEP_OK ? status : met;
@@ -153,6 +162,7 @@ static void release(vmep_ep *ep) {
     cudaFree(ep->arena);
     cudaSetDevice(previous);
   }
+  vmep__free(ep->incarnation);
   vmep__free(ep);
 }
 
@@ -164,6 +174,11 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
   vmep_status status = vmep__ep_config_check(config, vmep_group_size(group));
   if (status != VMEP_OK)
     return status;
+  if (config->max_ranks && config->max_ranks < vmep_group_size(group))
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_ep_config: max_ranks = %d, expected 0 or at least "
+                      "the group's %d ranks",
+                      config->max_ranks, vmep_group_size(group));
   vmep_ep *ep = vmep__calloc(1, sizeof(*ep));
   if (!ep)
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
@@ -171,12 +186,16 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
   ep->group = group;
   ep->config = *config;
   ep->rank = vmep_group_rank(group);
-  ep->num_ranks = vmep_group_size(group);
+  ep->num_ranks = vmep__ep_ranks(config, vmep_group_size(group));
   ep->local_experts = config->num_experts / ep->num_ranks;
   long long timeout_ms =
       config->timeout_ms ? config->timeout_ms : vmep__group_timeout_ms(group);
   ep->timeout_ns = timeout_ms * 1000000ll;
-  status = create(ep);
+  ep->incarnation = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
+  status = ep->incarnation ? create(ep)
+                           : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                                        "vmep_ep_create: host allocation "
+                                        "failed");
   if (status != VMEP_OK) {
     if (ep->window)
       (void)vmep_window_destroy(ep->window);
@@ -190,7 +209,12 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
 vmep_status vmep_ep_destroy(vmep_ep *ep) {
   if (!ep)
     return VMEP_OK;
-  vmep_status status = vmep_window_destroy(ep->window);
+  /* After a membership change no collective spans the ranks still here,
+   * and none is needed: a rank that imported our region keeps it alive
+   * until it unmaps it. Our own kernels finish before we unmap theirs. */
+  vmep_status status = vmep__ep_membership_leave(ep)
+                           ? vmep__window_free(ep->window)
+                           : vmep_window_destroy(ep->window);
   release(ep);
   return status;
 }

@@ -279,7 +279,38 @@ vmep_status vmep__ep_config_check(const vmep_ep_config *config, int num_ranks);
 void vmep__ep_layout(const vmep_ep_config *config, int num_ranks,
                      struct vmep_ll_layout *layout_out);
 
-/* ---- the EP buffer object (ep.c, ll.c) ------------------------------- */
+/* The ranks of a buffer: config.max_ranks, or the group's size. */
+int vmep__ep_ranks(const vmep_ep_config *config, int group_size);
+
+/* ---- windows with room for ranks that join (window.c) ----------------- */
+
+/*
+ * vmep_window_create with room for `slots` ranks (at least the group's
+ * size). Over a group of vmep_group_join this is not collective: only our
+ * region is made, in slot `rank`, with the strategy the device does best.
+ */
+vmep_status vmep__window_create(vmep_group *group, int device, size_t bytes,
+                                int slots, vmep_window **win_out);
+/* Publishes our member record under "<ns>/member/<rank>" (store-backed
+ * groups) and serves our fd to ranks that attach later. */
+vmep_status vmep__window_publish(vmep_window *w, const char *ns,
+                                 uint64_t incarnation);
+/* Withdraws the record and stops serving. */
+vmep_status vmep__window_withdraw(vmep_window *w);
+/* Maps rank `rank`'s region from its member record (waiting up to
+ * timeout_ms for one whose incarnation is not `avoid`, 0: any) into its
+ * slot; a rank already mapped is a no-op. *incarnation_out (may be NULL)
+ * gets the record's incarnation. */
+vmep_status vmep__window_attach(vmep_window *w, int rank, int timeout_ms,
+                                uint64_t avoid, uint64_t *incarnation_out);
+/* Unmaps rank `rank`'s region (no-op when not mapped). */
+vmep_status vmep__window_detach(vmep_window *w, int rank);
+/* 1 when rank's region is mapped here (always for ourselves). */
+int vmep__window_attached(const vmep_window *w, int rank);
+/* Not collective: waits for our device's work, withdraws, releases. */
+vmep_status vmep__window_free(vmep_window *w);
+
+/* ---- the EP buffer object (ep.c, ll.c, elastic.c) -------------------- */
 
 struct vmep_ep {
   vmep_group *group;
@@ -299,7 +330,21 @@ struct vmep_ep {
   struct vmep_ll_dispatch_io pending_dispatch[2];
   int combine_pending[2];
   struct vmep_ll_combine_io pending_combine[2];
+  /* membership (elastic.c): who is mapped here, each one's incarnation
+   * (from its member record), and our store namespace */
+  struct vmep_ll_rank_set connected;
+  uint64_t *incarnation; /* [num_ranks] */
+  uint64_t barriers;     /* vmep_ep_barrier calls since the last change */
+  int changed;           /* the connected set is not (or no longer) the group */
+  char ns[64];
 };
+
+/* Membership setup at creation (elastic.c): publishes our member record,
+ * masks every rank not connected. */
+vmep_status vmep__ep_membership_init(struct vmep_ep *ep);
+/* Gives the buffer's store name back. Returns 1 when the connected set
+ * is not the group (so destruction cannot be collective over it). */
+int vmep__ep_membership_leave(struct vmep_ep *ep);
 
 /* The launch parameters of `ep` for buffer `parity`. Cannot fail. */
 void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,

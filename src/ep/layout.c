@@ -26,7 +26,8 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
   out->disp_ack = (at += flags);
   out->comb_ready = (at += flags);
   out->comb_ack = (at += flags);
-  at += flags;
+  out->alive = (at += flags);
+  at += PART_ALIGN;
   out->row_bytes = align_up(2 * H > fp8_row ? 2 * H : fp8_row, 16);
   out->send_topk = PART_ALIGN; /* after the header (token count) */
   out->send_rows =
@@ -64,7 +65,7 @@ vmep_status vmep_ep_buffer_bytes(const vmep_ep_config *config, int num_ranks,
   vmep_status status = vmep__ep_config_check(config, num_ranks);
   if (status != VMEP_OK)
     return status;
-  vmep__ep_layout(config, num_ranks, &layout);
+  vmep__ep_layout(config, vmep__ep_ranks(config, num_ranks), &layout);
   *bytes_out = layout.total;
   return VMEP_OK;
 }

@@ -19,13 +19,16 @@
 struct vmep_window {
   vmep_group *group;
   int rank, size, device;
+  int slots; /* ranks the window has room for (>= size) */
   vmep_mem_strategy strategy;
   vmep_region *local;
   size_t stride;
   CUdeviceptr base;        /* VMM: the reserved range [size * stride] */
   int own_slot_mapped;     /* VMM: our region mapped at base + rank * stride */
-  vmep_mapping **mappings; /* [size], NULL for ourselves */
-  void **peers;            /* [size] what each rank's region is here */
+  vmep_mapping **mappings; /* [slots], NULL for ourselves */
+  void **peers;            /* [slots] what each rank's region is here */
+  struct vmep_fd_server *server; /* serves our fd to ranks that join */
+  char ns[64];                   /* store namespace of our member record */
 };
 
 /* What each rank tells the others at each step. */
@@ -108,11 +111,12 @@ static vmep_status agree_strategy(vmep_window *w,
   return no_common_strategy(w, all);
 }
 
-/* Maps rank r's region from its report (fd fetched from its server). */
-static vmep_status map_peer(vmep_window *w, int r,
-                            const struct step_report *rep, const char *job) {
+/* Maps rank r's region from its serialized descriptor (fd fetched from its
+ * server in job `job`). */
+static vmep_status map_peer(vmep_window *w, int r, const void *bytes,
+                            size_t len, const char *job) {
   vmep_mem_desc desc;
-  vmep_status status = vmep_mem_desc_parse(rep->desc, rep->value, &desc);
+  vmep_status status = vmep_mem_desc_parse(bytes, len, &desc);
   if (status == VMEP_OK && desc.strategy == VMEP_MEM_POSIX_FD)
     status = vmep__fd_fetch(job, r, vmep__group_token(w->group), 0,
                             vmep__group_timeout_ms(w->group), &desc.fd);
@@ -160,7 +164,7 @@ static vmep_status exchange(vmep_window *w, struct step_report *all) {
   status = share_step(w, status, &me, all, "export its region");
   for (int r = 0; r < w->size && status == VMEP_OK; r++)
     if (r != w->rank)
-      status = map_peer(w, r, &all[r], job);
+      status = map_peer(w, r, all[r].desc, all[r].value, job);
   /* Everyone has fetched our fd (or failed) once all reach this point. */
   status = share_step(w, status, &me, all, "map its peers");
   vmep__fd_server_stop(server);
@@ -177,7 +181,7 @@ static vmep_status place_local(vmep_window *w) {
   /* The alignment must be a power of two: the granularity, not the stride
    * (a region of 6 MiB gives a 6 MiB stride). */
   if (status == VMEP_OK)
-    status = vmep__va_reserve((size_t)w->size * w->stride, caps.granularity,
+    status = vmep__va_reserve((size_t)w->slots * w->stride, caps.granularity,
                               &w->base);
   if (status != VMEP_OK)
     return status;
@@ -193,7 +197,7 @@ static vmep_status place_local(vmep_window *w) {
 /* Releases the mappings of peers' regions; returns the first error. */
 static vmep_status release_peers(vmep_window *w) {
   vmep_status status = VMEP_OK;
-  for (int r = 0; w->mappings && r < w->size; r++) {
+  for (int r = 0; w->mappings && r < w->slots; r++) {
     vmep_status st = vmep_mapping_release(w->mappings[r]);
     w->mappings[r] = NULL;
     status = status != VMEP_OK ? status : st;
@@ -210,9 +214,10 @@ static vmep_status release(vmep_window *w) {
     status = status != VMEP_OK ? status : st;
   }
   if (w->base) {
-    st = vmep__va_free(w->base, (size_t)w->size * w->stride);
+    st = vmep__va_free(w->base, (size_t)w->slots * w->stride);
     status = status != VMEP_OK ? status : st;
   }
+  vmep__fd_server_stop(w->server);
   st = vmep_region_free(w->local);
   status = status != VMEP_OK ? status : st;
   vmep__free(w->mappings);
@@ -221,43 +226,34 @@ static vmep_status release(vmep_window *w) {
   return status;
 }
 
-vmep_status vmep_window_create(vmep_group *group, int device, size_t bytes,
-                               vmep_window **win_out) {
-  if (!group || !win_out || bytes == 0)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_window_create: %s",
-                      !group     ? "group is NULL"
-                      : !win_out ? "win_out is NULL"
-                                 : "size is 0");
-  vmep_window *w = vmep__calloc(1, sizeof(*w));
-  int size = vmep_group_size(group);
-  struct step_report *all = vmep__calloc((size_t)size, sizeof(*all));
-  if (w) {
-    w->mappings = vmep__calloc((size_t)size, sizeof(*w->mappings));
-    w->peers = vmep__calloc((size_t)size, sizeof(*w->peers));
-  }
-  vmep_status status = VMEP_OK;
-  if (!w || !all || !w->mappings || !w->peers)
-    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                        "vmep_window_create: host allocation failed");
-  struct step_report me;
+/* A window of one rank that joined an elastic job: its own region, with
+ * the strategy this device does best, in slot `rank`; peers come later
+ * (vmep__window_attach). */
+static vmep_status create_alone(vmep_window *w, size_t bytes) {
+  const vmep_mem_caps *caps = NULL;
+  vmep_status status = vmep__mem_probe_get(w->device, &caps);
+  if (status != VMEP_OK)
+    return status;
+  w->strategy = caps->best;
+  status = vmep_region_alloc(w->device, bytes, 1u << w->strategy, &w->local);
+  return status == VMEP_OK ? place_local(w) : status;
+}
+
+static vmep_status create_together(vmep_window *w, size_t bytes) {
+  struct step_report me, *all = vmep__calloc((size_t)w->size, sizeof(*all));
+  if (!all)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "vmep_window_create: host allocation failed");
   memset(&me, 0, sizeof(me));
-  if (status == VMEP_OK) {
-    w->group = group;
-    w->rank = vmep_group_rank(group);
-    w->size = size;
-    w->device = device;
-    status = vmep__mem_usable(device, 0, &me.value, NULL);
-  }
+  vmep_status status = vmep__mem_usable(w->device, 0, &me.value, NULL);
   /* A rank that failed to probe still joins the exchange, so that no peer
    * waits for it until the timeout. */
-  if (status == VMEP_OK || (w && all && w->group))
-    status = share_step(w, status, &me, all, "probe its device");
+  status = share_step(w, status, &me, all, "probe its device");
   if (status == VMEP_OK)
     status = agree_strategy(w, all);
   if (status == VMEP_OK) {
     vmep_status local =
-        vmep_region_alloc(device, bytes, 1u << w->strategy, &w->local);
+        vmep_region_alloc(w->device, bytes, 1u << w->strategy, &w->local);
     if (local == VMEP_OK)
       local = place_local(w);
     status = share_step(w, local, &me, all, "allocate its region");
@@ -265,26 +261,233 @@ vmep_status vmep_window_create(vmep_group *group, int device, size_t bytes,
   if (status == VMEP_OK)
     status = exchange(w, all);
   vmep__free(all);
+  return status;
+}
+
+vmep_status vmep__window_create(vmep_group *group, int device, size_t bytes,
+                                int slots, vmep_window **win_out) {
+  if (!group || !win_out || bytes == 0)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_window_create: %s",
+                      !group     ? "group is NULL"
+                      : !win_out ? "win_out is NULL"
+                                 : "size is 0");
+  int size = vmep_group_size(group);
+  if (slots < size)
+    slots = size;
+  vmep_window *w = vmep__calloc(1, sizeof(*w));
+  if (w) {
+    w->mappings = vmep__calloc((size_t)slots, sizeof(*w->mappings));
+    w->peers = vmep__calloc((size_t)slots, sizeof(*w->peers));
+  }
+  if (!w || !w->mappings || !w->peers) {
+    if (w) {
+      vmep__free(w->mappings);
+      vmep__free(w->peers);
+      vmep__free(w);
+    }
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "vmep_window_create: host allocation failed");
+  }
+  w->group = group;
+  w->rank = vmep_group_rank(group);
+  w->size = size;
+  w->slots = slots;
+  w->device = device;
+  vmep_status status = vmep__group_elastic(group) ? create_alone(w, bytes)
+                                                  : create_together(w, bytes);
   if (status != VMEP_OK) {
-    if (w)
-      (void)release(w);
+    (void)release(w);
     return status;
   }
-  vmep_log_info("window of %zu B per rank over %d ranks, strategy %s",
-                w->stride, w->size, vmep_mem_strategy_name(w->strategy));
+  vmep_log_info("window of %zu B per rank, %d of %d slots, strategy %s",
+                w->stride, vmep__group_elastic(group) ? 1 : w->size, w->slots,
+                vmep_mem_strategy_name(w->strategy));
   *win_out = w;
   return VMEP_OK;
+}
+
+vmep_status vmep_window_create(vmep_group *group, int device, size_t bytes,
+                               vmep_window **win_out) {
+  return vmep__window_create(group, device, bytes, 0, win_out);
+}
+
+/* ---- membership: member records, attach and detach ------------------ */
+
+/* What a member publishes under "<ns>/member/<rank>". */
+struct member_record {
+  uint32_t magic;
+  uint32_t desc_len;
+  uint64_t incarnation;
+  unsigned char desc[VMEP_MEM_DESC_MAX_BYTES];
+};
+#define MEMBER_MAGIC 0x564d4d31u /* "VMM1" */
+
+/* The fd server's job name for namespace `ns` of this job: the same in
+ * every process of the job, short enough for a socket name. */
+static void member_job(const vmep_window *w, char *job, size_t cap) {
+  char key[256];
+  snprintf(key, sizeof(key), "%s/%s", vmep__group_job_id(w->group), w->ns);
+  snprintf(job, cap, "m%016llx",
+           (unsigned long long)vmep__bytes_hash(key, strlen(key)));
+}
+
+static struct vmep_store_client *member_store(const vmep_window *w,
+                                              const char *call) {
+  struct vmep_store_client *c = vmep__group_store(w->group);
+  if (!c)
+    vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+               "%s: membership needs a group with a store (a custom group "
+               "has none)",
+               call);
+  return c;
+}
+
+vmep_status vmep__window_publish(vmep_window *w, const char *ns,
+                                 uint64_t incarnation) {
+  struct vmep_store_client *c = member_store(w, "vmep__window_publish");
+  struct member_record rec;
+  vmep_mem_desc desc = {0};
+  char job[VMEP_JOB_ID_MAX + 1];
+  size_t len = 0;
+  if (!c)
+    return VMEP_ERR_UNSUPPORTED;
+  snprintf(w->ns, sizeof(w->ns), "%s", ns);
+  memset(&rec, 0, sizeof(rec));
+  desc.fd = -1;
+  vmep_status status = vmep_region_export(w->local, &desc);
+  if (status == VMEP_OK)
+    status = vmep_mem_desc_serialize(&desc, rec.desc, sizeof(rec.desc), &len);
+  member_job(w, job, sizeof(job));
+  if (status == VMEP_OK && desc.fd >= 0)
+    status = vmep__fd_server_start(job, w->rank, vmep__group_token(w->group),
+                                   &w->server);
+  if (status == VMEP_OK && w->server)
+    status = vmep__fd_server_offer(w->server, 0, desc.fd);
+  vmep_mem_desc_close(&desc);
+  rec.magic = MEMBER_MAGIC;
+  rec.desc_len = (uint32_t)len;
+  rec.incarnation = incarnation;
+  if (status == VMEP_OK)
+    status = vmep__member_publish(c, ns, w->rank, &rec, sizeof(rec));
+  return status;
+}
+
+vmep_status vmep__window_withdraw(vmep_window *w) {
+  struct vmep_store_client *c = vmep__group_store(w->group);
+  vmep__fd_server_stop(w->server);
+  w->server = NULL;
+  return c && w->ns[0] ? vmep__member_withdraw(c, w->ns, w->rank) : VMEP_OK;
+}
+
+/* Fetches rank's member record, waiting past one whose incarnation is
+ * `avoid` (a process that died and whose successor has not published yet). */
+static vmep_status fetch_record(vmep_window *w, struct vmep_store_client *c,
+                                int rank, int timeout_ms, uint64_t avoid,
+                                struct member_record *rec) {
+  uint64_t deadline = vmep__now_ms() + (uint64_t)timeout_ms;
+  char dead_key[VMEP_STORE_DEAD_KEY_BYTES];
+  vmep__store_dead_key(rank, dead_key);
+  for (;;) {
+    void *bytes = NULL;
+    size_t len = 0;
+    int dead = 0;
+    /* The successor of a process that died clears its dead key when it
+     * says hello: until then, wait for it rather than fail. */
+    vmep_status status =
+        avoid ? vmep__store_get(c, dead_key, &dead, &bytes, &len) : VMEP_OK;
+    vmep__free(bytes);
+    bytes = NULL;
+    if (status == VMEP_OK && dead && vmep__now_ms() < deadline) {
+      usleep(5000);
+      continue;
+    }
+    if (status == VMEP_OK)
+      status = vmep__member_fetch(c, w->ns, rank, vmep__ms_left(deadline),
+                                  &bytes, &len);
+    if (status != VMEP_OK)
+      return status;
+    if (len == sizeof(*rec))
+      memcpy(rec, bytes, sizeof(*rec));
+    vmep__free(bytes);
+    if (len != sizeof(*rec) || rec->magic != MEMBER_MAGIC ||
+        rec->desc_len > sizeof(rec->desc))
+      return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
+                        "vmep_ep_connect_ranks: rank %d's member record is "
+                        "malformed (%zu B)",
+                        rank, len);
+    if (avoid == 0 || rec->incarnation != avoid)
+      return VMEP_OK;
+    if (vmep__now_ms() >= deadline)
+      return vmep__fail(VMEP_ERR_TIMEOUT, VMEP_LOG_ERROR,
+                        "vmep_ep_connect_ranks: rank %d's member record is "
+                        "still the one of its previous process after %d ms",
+                        rank, timeout_ms);
+    usleep(5000);
+  }
+}
+
+vmep_status vmep__window_attach(vmep_window *w, int rank, int timeout_ms,
+                                uint64_t avoid, uint64_t *incarnation_out) {
+  struct vmep_store_client *c = member_store(w, "vmep_ep_connect_ranks");
+  char job[VMEP_JOB_ID_MAX + 1];
+  struct member_record rec;
+  if (!c)
+    return VMEP_ERR_UNSUPPORTED;
+  if (rank < 0 || rank >= w->slots || rank == w->rank)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_ep_connect_ranks: rank %d, expected another rank "
+                      "in 0..%d",
+                      rank, w->slots - 1);
+  if (w->mappings[rank])
+    return VMEP_OK;
+  vmep_status status = fetch_record(w, c, rank, timeout_ms, avoid, &rec);
+  if (status != VMEP_OK)
+    return status;
+  member_job(w, job, sizeof(job));
+  status = map_peer(w, rank, rec.desc, rec.desc_len, job);
+  if (status == VMEP_OK && incarnation_out)
+    *incarnation_out = rec.incarnation;
+  return status;
+}
+
+vmep_status vmep__window_detach(vmep_window *w, int rank) {
+  if (rank < 0 || rank >= w->slots || rank == w->rank)
+    return VMEP_OK;
+  vmep_status status = vmep_mapping_release(w->mappings[rank]);
+  w->mappings[rank] = NULL;
+  w->peers[rank] = NULL;
+  return status;
+}
+
+int vmep__window_attached(const vmep_window *w, int rank) {
+  return rank == w->rank ||
+         (rank >= 0 && rank < w->slots && w->mappings[rank] != NULL);
+}
+
+vmep_status vmep__window_free(vmep_window *w) {
+  if (!w)
+    return VMEP_OK;
+  vmep_status status = vmep__region_sync(w->local);
+  vmep_status st = vmep__window_withdraw(w);
+  status = status != VMEP_OK ? status : st;
+  st = release(w);
+  return status != VMEP_OK ? status : st;
 }
 
 vmep_status vmep_window_destroy(vmep_window *w) {
   if (!w)
     return VMEP_OK;
+  if (vmep__group_elastic(w->group))
+    return vmep__window_free(w);
   /* Our kernels may still write into peers' memory: finish them, then wait
    * until no rank uses the window; unmap the peers, and wait again, so
    * that no region is freed (and no process exits) while a peer still maps
    * it. */
   vmep_status status = vmep__region_sync(w->local);
-  vmep_status st = vmep_group_barrier(w->group);
+  vmep_status st = vmep__window_withdraw(w);
+  status = status != VMEP_OK ? status : st;
+  st = vmep_group_barrier(w->group);
   status = status != VMEP_OK ? status : st;
   st = release_peers(w);
   status = status != VMEP_OK ? status : st;
@@ -299,7 +502,12 @@ void *vmep_window_local(const vmep_window *w) {
 }
 
 void *vmep_window_peer(const vmep_window *w, int rank) {
-  return w && rank >= 0 && rank < w->size ? w->peers[rank] : NULL;
+  return w && rank >= 0 && rank < w->slots ? w->peers[rank] : NULL;
+}
+
+/* VMM windows: where slot `rank` is (mapped or not); 0 for LEGACY. */
+uintptr_t vmep__window_slot(const vmep_window *w, int rank) {
+  return w->base ? (uintptr_t)(w->base + (CUdeviceptr)rank * w->stride) : 0;
 }
 
 size_t vmep_window_size(const vmep_window *w) { return w ? w->stride : 0; }

@@ -40,6 +40,7 @@ struct vmep_ll_layout {
   size_t disp_ack;   /* written by receiver d at [b][d] when it read send[b] */
   size_t comb_ready; /* written by expert rank d at [b][d] after its rows */
   size_t comb_ack;   /* written by source s at [b][s] after reducing */
+  size_t alive;      /* uint64 heartbeat, advanced by this rank's waits */
   size_t send[2];    /* per parity: header, topk [T][K] int32, rows [T] */
   size_t send_topk;  /* offset of topk within a send area */
   size_t send_rows;  /* offset of the rows within a send area */
@@ -131,6 +132,19 @@ vmep_status vmep__ll_combine_send(const struct vmep_ll_params *p,
 vmep_status vmep__ll_combine_recv(const struct vmep_ll_params *p,
                                   const struct vmep_ll_combine_io *io,
                                   void *stream);
+
+/* The ranks whose windows are mapped here, one bit each. */
+struct vmep_ll_rank_set {
+  uint32_t bits[VMEP_LL_MAX_RANKS / 32];
+};
+
+/* Membership change: sets this rank's four epochs of both parities to
+ * `base` and raises its flags [b][rank] in every buffer of `connected`
+ * (its own included) to `base`, so that every rank of the set, old or new,
+ * continues from base + 1. Asynchronous on `stream`. */
+vmep_status vmep__ll_resync(const struct vmep_ll_params *p,
+                            const struct vmep_ll_rank_set *connected,
+                            uint64_t base, void *stream);
 
 #ifdef __cplusplus
 }

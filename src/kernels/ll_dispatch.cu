@@ -76,9 +76,10 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   int *counts = p.counts + (size_t)p.parity * p.num_ranks * (L + 1);
   for (int s = blockIdx.x; s < p.num_ranks; s += gridDim.x) {
     if (threadIdx.x == 0) {
-      int ready = ll_wait_flag(ll_flag(p.peers[p.rank], p.layout.disp_ready,
+      int ready = ll_wait_flag(p,
+                               ll_flag(p.peers[p.rank], p.layout.disp_ready,
                                        p.parity, p.num_ranks, s),
-                               epoch, p.state, s, p.timeout_ns);
+                               epoch, s);
       n_src = ready ? __ldcg((const int *)send_area(p, s)) : 0;
     }
     for (int l = threadIdx.x; l < L; l += blockDim.x)

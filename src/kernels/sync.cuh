@@ -43,21 +43,51 @@ __device__ __forceinline__ void ll_mask_rank(struct vmep_ll_state *st,
   atomicOr(&st->errors, VMEP_LL_ERR_TIMEOUT);
 }
 
-/* Waits until *flag >= target. Returns 1 when it got there, 0 when `rank`
- * is (or has just been) masked because the deadline passed. One thread. */
-__device__ __forceinline__ int ll_wait_flag(const uint64_t *flag,
-                                            uint64_t target,
-                                            struct vmep_ll_state *st, int rank,
-                                            long long timeout_ns) {
+/* Address of rank `rank`'s heartbeat word, in its own buffer. */
+__device__ __forceinline__ uint64_t *ll_alive(const struct vmep_ll_params &p,
+                                              int rank) {
+  return (uint64_t *)(p.peers[rank] + p.layout.alive);
+}
+
+/*
+ * Waits until *flag >= target. Returns 1 when it got there, 0 when `rank`
+ * is (or has just been) masked. A rank is masked only after it showed no
+ * sign of life for timeout_ns: while waiting, a rank advances its own
+ * heartbeat every LL_BEAT_SPINS polls, and a waiter whose deadline passes
+ * extends it (at most LL_MAX_EXTENSIONS times) when the awaited rank's
+ * heartbeat moved. So a rank that is itself held up by a dead peer is not
+ * taken for dead by the ranks that wait for it. One thread.
+ */
+#define LL_BEAT_SPINS 1024
+/* Ranks that all wait for a flag nobody will raise would keep each other
+ * alive forever: a wait ends after this many extensions regardless. */
+#define LL_MAX_EXTENSIONS 3
+__device__ __forceinline__ int ll_wait_flag(const struct vmep_ll_params &p,
+                                            const uint64_t *flag,
+                                            uint64_t target, int rank) {
+  struct vmep_ll_state *st = p.state;
   if (ll_is_masked(st, rank))
     return 0;
   if (ll_load_acquire(flag) >= target)
     return 1;
-  long long deadline = ll_now_ns() + timeout_ns;
+  const uint64_t *alive = ll_alive(p, rank);
+  unsigned long long *beat = (unsigned long long *)ll_alive(p, p.rank);
+  uint64_t seen = ll_load_acquire(alive);
+  long long deadline = ll_now_ns() + p.timeout_ns;
+  unsigned spins = 0, extensions = 0;
   while (ll_load_acquire(flag) < target) {
     if (ll_is_masked(st, rank))
       return 0;
-    if (ll_now_ns() > deadline) {
+    if (++spins % LL_BEAT_SPINS == 0)
+      atomicAdd_system(beat, 1ull);
+    long long now = ll_now_ns();
+    if (now > deadline) {
+      uint64_t beat_now = ll_load_acquire(alive);
+      if (beat_now != seen && extensions++ < LL_MAX_EXTENSIONS) {
+        seen = beat_now;
+        deadline = now + p.timeout_ns;
+        continue;
+      }
       ll_mask_rank(st, rank);
       return 0;
     }
@@ -111,8 +141,8 @@ __device__ __forceinline__ void ll_wait_all(const struct vmep_ll_params &p,
   if (threadIdx.x == 0)
     for (int peer = 0; peer < p.num_ranks; peer++)
       ll_wait_flag(
-          ll_flag(p.peers[p.rank], offset, p.parity, p.num_ranks, peer), target,
-          p.state, peer, p.timeout_ns);
+          p, ll_flag(p.peers[p.rank], offset, p.parity, p.num_ranks, peer),
+          target, peer);
   __syncthreads();
 }
 

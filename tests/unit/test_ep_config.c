@@ -71,6 +71,14 @@ static void config_fields(void) {
   c.max_tokens_per_rank = 65535;
   expect_bad(c, 1024, "num_experts * max_tokens_per_rank"); /* >= 2^31 */
   c = valid_config();
+  c.max_ranks = -1;
+  expect_bad(c, 4, "max_ranks");
+  c.max_ranks = 1025;
+  expect_bad(c, 4, "max_ranks");
+  c = valid_config();
+  c.max_ranks = 6; /* experts must divide over the capacity, not the group */
+  expect_bad(c, 4, "multiple of the 6 ranks");
+  c = valid_config();
   expect_bad(c, 0, "number of ranks");
   expect_bad(c, 1025, "number of ranks");
   ASSERT_STATUS(vmep_ep_buffer_bytes(NULL, 4, &bytes), VMEP_ERR_INVALID_ARG);
@@ -92,7 +100,8 @@ static void sizes(void) {
     c.zero_copy = (int)(test_rand() % 2);
     size_t T = (size_t)c.max_tokens_per_rank, K = (size_t)c.max_topk;
     size_t H = (size_t)c.hidden, E = (size_t)c.num_experts;
-    size_t flags = 4 * up(2 * (size_t)R * 8, 256);
+    /* four flag arrays and the heartbeat word */
+    size_t flags = 4 * up(2 * (size_t)R * 8, 256) + 256;
     size_t row = up(2 * H > H + H / 32 ? 2 * H : H + H / 32, 16);
     size_t send = up(256 + T * K * 4, 256) + T * row;
     size_t expect = flags + 2 * up(send, 256) + 2 * up(T * K * 2 * H, 256) +
@@ -100,6 +109,14 @@ static void sizes(void) {
                     (c.zero_copy ? 2 * up(E * T * 2 * H, 256) : 0);
     size_t got = 0;
     ASSERT_OK(vmep_ep_buffer_bytes(&c, R, &got));
+    ASSERT_EQ(got, up(expect, 4096));
+    /* A capacity above the group's size sizes the buffer: the same bytes
+     * as a group of that many ranks. */
+    size_t as_group = 0;
+    c.max_ranks = R;
+    ASSERT_OK(vmep_ep_buffer_bytes(&c, 1, &got));
+    ASSERT_OK(vmep_ep_buffer_bytes(&c, R, &as_group));
+    ASSERT_EQ(got, as_group);
     ASSERT_EQ(got, up(expect, 4096));
   }
   /* DeepEP's size for DeepSeek-V3's shape, by its published formula:

@@ -1,0 +1,413 @@
+/*
+ * Masks and membership of an EP buffer. The buffer has room for max_ranks
+ * ranks; `connected` says whose windows are mapped here. Every rank
+ * publishes a member record (its descriptor and an incarnation number)
+ * under the buffer's store namespace, so that ranks joining later can map
+ * it. A membership change ends with a resynchronization of the flags: the
+ * connected ranks agree, through the store, on an epoch above any they
+ * used, and each raises its flags to it everywhere (ll_resync.cu). All of
+ * this is host-synchronous: it waits for this rank's device work first.
+ */
+#include <cuda_runtime_api.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "boot/boot.h"
+#include "ep/ep.h"
+
+#define NS_SHAPES 64
+
+/* Buffers of one shape alive in this process: the n-th one alive takes
+ * the n-th name, so that a process joining a job names its buffer as the
+ * members named theirs. */
+static struct {
+  uint64_t shape;
+  int live;
+} shapes[NS_SHAPES];
+static pthread_mutex_t shapes_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static uint64_t shape_hash(const vmep_ep *ep) {
+  int v[7] = {ep->config.num_experts,
+              ep->config.hidden,
+              ep->config.max_tokens_per_rank,
+              ep->config.max_topk,
+              ep->num_ranks,
+              ep->config.zero_copy,
+              0};
+  return vmep__bytes_hash(v, sizeof(v));
+}
+
+/* Takes (count 1) or gives back (count -1) a name for ep's shape;
+ * returns the buffer's index among those alive. */
+static int shape_slot(uint64_t shape, int count) {
+  int index = 0;
+  pthread_mutex_lock(&shapes_lock);
+  for (int i = 0; i < NS_SHAPES; i++)
+    if (shapes[i].live && shapes[i].shape == shape) {
+      index = shapes[i].live - (count < 0);
+      shapes[i].live += count;
+      pthread_mutex_unlock(&shapes_lock);
+      return index;
+    }
+  for (int i = 0; count > 0 && i < NS_SHAPES; i++)
+    if (!shapes[i].live) {
+      shapes[i].shape = shape;
+      shapes[i].live = 1;
+      break;
+    }
+  pthread_mutex_unlock(&shapes_lock);
+  return index;
+}
+
+static int is_connected(const vmep_ep *ep, int r) {
+  return (ep->connected.bits[r / 32] >> (r % 32)) & 1u;
+}
+
+static void set_connected(vmep_ep *ep, int r, int on) {
+  if (on)
+    ep->connected.bits[r / 32] |= 1u << (r % 32);
+  else
+    ep->connected.bits[r / 32] &= ~(1u << (r % 32));
+}
+
+/* The connected ranks in order; returns how many. */
+static int connected_list(const vmep_ep *ep, int *ranks) {
+  int n = 0;
+  for (int r = 0; r < ep->num_ranks; r++)
+    if (is_connected(ep, r))
+      ranks[n++] = r;
+  return n;
+}
+
+/* Names the connected set and its incarnations: equal on every member of
+ * one view, different after any change (a rank that rejoins comes back
+ * with another incarnation). */
+static uint64_t view_tag(const vmep_ep *ep, uint64_t what) {
+  uint64_t h = vmep__bytes_hash(&what, sizeof(what));
+  for (int r = 0; r < ep->num_ranks; r++)
+    if (is_connected(ep, r)) {
+      uint64_t pair[2] = {(uint64_t)r, ep->incarnation[r]};
+      h ^= vmep__bytes_hash(pair, sizeof(pair)) + (h << 6) + (h >> 2);
+    }
+  return h;
+}
+
+static vmep_status cuda_fail(cudaError_t err, const char *what) {
+  return vmep__fail(VMEP_ERR_CUDA, VMEP_LOG_ERROR, "%s: %s", what,
+                    cudaGetErrorString(err));
+}
+
+/* Makes ep's device current and waits for its work. */
+static vmep_status quiesce(const vmep_ep *ep, int *previous, const char *call) {
+  cudaError_t err = cudaGetDevice(previous);
+  if (err == cudaSuccess)
+    err = cudaSetDevice(ep->config.device);
+  if (err == cudaSuccess)
+    err = cudaDeviceSynchronize();
+  return err == cudaSuccess ? VMEP_OK : cuda_fail(err, call);
+}
+
+static vmep_status write_mask(vmep_ep *ep, int r, int masked) {
+  int32_t v = masked ? 1 : 0;
+  cudaError_t err =
+      cudaMemcpy(&ep->state->masked[r], &v, sizeof(v), cudaMemcpyHostToDevice);
+  return err == cudaSuccess ? VMEP_OK : cuda_fail(err, "mask update");
+}
+
+static vmep_status write_peer(vmep_ep *ep, int r) {
+  char *base = vmep_window_peer(ep->window, r);
+  cudaError_t err =
+      cudaMemcpy(&ep->peers[r], &base, sizeof(base), cudaMemcpyHostToDevice);
+  return err == cudaSuccess ? VMEP_OK : cuda_fail(err, "peer table update");
+}
+
+static struct vmep_store_client *store_of(const vmep_ep *ep, const char *call) {
+  struct vmep_store_client *c = vmep__group_store(ep->group);
+  if (!c)
+    vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+               "%s: membership changes need a group with a store "
+               "(vmep_group_create, _from_env or _join); a custom group has "
+               "none",
+               call);
+  return c;
+}
+
+static uint64_t new_incarnation(const vmep_ep *ep) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t v[4] = {(uint64_t)getpid(), (uint64_t)ts.tv_sec,
+                   (uint64_t)ts.tv_nsec, (uint64_t)(uintptr_t)ep};
+  return vmep__bytes_hash(v, sizeof(v));
+}
+
+vmep_status vmep__ep_membership_init(vmep_ep *ep) {
+  vmep_status status = VMEP_OK;
+  uint64_t mine = new_incarnation(ep);
+  int elastic = vmep__group_elastic(ep->group);
+  int size = vmep_group_size(ep->group);
+  ep->changed = elastic || ep->num_ranks > size;
+  if (elastic) {
+    set_connected(ep, ep->rank, 1);
+    ep->incarnation[ep->rank] = mine;
+  } else {
+    /* The group's ranks start connected, with the incarnations they draw. */
+    status =
+        vmep_group_allgather(ep->group, &mine, sizeof(mine), ep->incarnation);
+    for (int r = 0; status == VMEP_OK && r < size; r++)
+      set_connected(ep, r, 1);
+  }
+  for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
+    if (!is_connected(ep, r))
+      status = write_mask(ep, r, 1);
+  if (status != VMEP_OK || !vmep__group_store(ep->group))
+    return status;
+  snprintf(ep->ns, sizeof(ep->ns), "vmep/ep-%016llx-%d",
+           (unsigned long long)shape_hash(ep), shape_slot(shape_hash(ep), 1));
+  status = vmep__window_publish(ep->window, ep->ns, mine);
+  if (status != VMEP_OK) {
+    shape_slot(shape_hash(ep), -1);
+    ep->ns[0] = '\0';
+  }
+  return status;
+}
+
+/* Every connected rank agrees on an epoch above all it used, and raises
+ * its flags to it in every connected window. */
+static vmep_status resync(vmep_ep *ep, struct vmep_store_client *c) {
+  struct vmep_ll_state st;
+  struct vmep_ll_params p;
+  int ranks[VMEP_LL_MAX_RANKS];
+  uint64_t epochs[2 * VMEP_LL_MAX_RANKS];
+  int n = connected_list(ep, ranks);
+  cudaError_t err =
+      cudaMemcpy(&st, ep->state, sizeof(st), cudaMemcpyDeviceToHost);
+  if (err != cudaSuccess)
+    return cuda_fail(err, "resync: reading the epochs");
+  /* Ours: the highest epoch, and the dispatches made (which pick the
+   * buffer parity on the host). */
+  uint64_t mine[2] = {0, ep->calls};
+  for (int b = 0; b < 2; b++) {
+    mine[0] = st.disp_epoch[b] > mine[0] ? st.disp_epoch[b] : mine[0];
+    mine[0] = st.comb_epoch[b] > mine[0] ? st.comb_epoch[b] : mine[0];
+  }
+  uint64_t tag = view_tag(ep, 1);
+  vmep_status status = vmep__member_allgather(
+      c, ep->ns, tag, ep->rank, ranks, n, mine, sizeof(mine), epochs,
+      vmep__group_timeout_ms(ep->group));
+  if (status != VMEP_OK)
+    return status;
+  uint64_t base = 0, calls = 0;
+  for (int i = 0; i < n; i++) {
+    base = epochs[2 * i] > base ? epochs[2 * i] : base;
+    calls = epochs[2 * i + 1] > calls ? epochs[2 * i + 1] : calls;
+  }
+  /* +2: a rank that died mid-call may have run one epoch ahead. */
+  base += 2;
+  vmep__ep_params(ep, 0, 1, &p);
+  status = vmep__ll_resync(&p, &ep->connected, base, NULL);
+  err = cudaDeviceSynchronize();
+  if (status == VMEP_OK && err != cudaSuccess)
+    status = cuda_fail(err, "resync");
+  if (status != VMEP_OK)
+    return status;
+  /* Every rank continues with the same parity; handles from before the
+   * change are refused as stale. */
+  ep->calls = calls;
+  memset(ep->parity_call, 0, sizeof(ep->parity_call));
+  memset(ep->dispatch_pending, 0, sizeof(ep->dispatch_pending));
+  memset(ep->combine_pending, 0, sizeof(ep->combine_pending));
+  ep->barriers = 0;
+  /* Nobody starts a call before everybody's flags are raised. */
+  return vmep__member_allgather(c, ep->ns, tag + 1, ep->rank, ranks, n, mine,
+                                sizeof(mine), epochs,
+                                vmep__group_timeout_ms(ep->group));
+}
+
+static vmep_status check_ep(const vmep_ep *ep, const char *call) {
+  return ep ? VMEP_OK
+            : vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: ep is NULL",
+                         call);
+}
+
+static vmep_status check_ranks(const vmep_ep *ep, const int *ranks, int n,
+                               const char *call) {
+  if (n < 0 || (n > 0 && !ranks))
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: %d ranks at %p", call, n, (const void *)ranks);
+  for (int i = 0; i < n; i++)
+    if (ranks[i] < 0 || ranks[i] >= ep->num_ranks || ranks[i] == ep->rank)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "%s: rank %d, expected another rank in 0..%d", call,
+                        ranks[i], ep->num_ranks - 1);
+  return VMEP_OK;
+}
+
+int vmep_ep_max_ranks(const vmep_ep *ep) { return ep ? ep->num_ranks : 0; }
+
+vmep_status vmep_ep_query_mask(vmep_ep *ep, int32_t *masked_out) {
+  int previous = 0;
+  vmep_status status = check_ep(ep, "vmep_ep_query_mask");
+  if (status == VMEP_OK && !masked_out)
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "vmep_ep_query_mask: masked_out is NULL");
+  if (status == VMEP_OK)
+    status = quiesce(ep, &previous, "vmep_ep_query_mask");
+  if (status == VMEP_OK) {
+    cudaError_t err = cudaMemcpy(masked_out, ep->state->masked,
+                                 sizeof(int32_t) * (size_t)ep->num_ranks,
+                                 cudaMemcpyDeviceToHost);
+    if (err != cudaSuccess)
+      status = cuda_fail(err, "vmep_ep_query_mask");
+    cudaSetDevice(previous);
+  }
+  return status;
+}
+
+vmep_status vmep_ep_set_mask(vmep_ep *ep, int rank, int masked) {
+  int previous = 0;
+  vmep_status status = check_ep(ep, "vmep_ep_set_mask");
+  if (status == VMEP_OK && (rank < 0 || rank >= ep->num_ranks ||
+                            rank == ep->rank || !is_connected(ep, rank)))
+    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "vmep_ep_set_mask: rank %d is %s", rank,
+                        rank == ep->rank ? "this rank"
+                        : rank >= 0 && rank < ep->num_ranks
+                            ? "not connected (vmep_ep_connect_ranks)"
+                            : "out of range");
+  if (status == VMEP_OK)
+    status = quiesce(ep, &previous, "vmep_ep_set_mask");
+  if (status == VMEP_OK) {
+    status = write_mask(ep, rank, masked);
+    cudaSetDevice(previous);
+  }
+  return status;
+}
+
+vmep_status vmep_ep_clear_mask(vmep_ep *ep) {
+  int previous = 0;
+  vmep_status status = check_ep(ep, "vmep_ep_clear_mask");
+  if (status == VMEP_OK)
+    status = quiesce(ep, &previous, "vmep_ep_clear_mask");
+  if (status != VMEP_OK)
+    return status;
+  for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
+    if (is_connected(ep, r) && r != ep->rank)
+      status = write_mask(ep, r, 0);
+  cudaSetDevice(previous);
+  return status;
+}
+
+vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
+                                  int activate) {
+  const char *call = "vmep_ep_connect_ranks";
+  int previous = 0;
+  vmep_status status = check_ep(ep, call);
+  if (status == VMEP_OK)
+    status = check_ranks(ep, ranks, n, call);
+  struct vmep_store_client *c = status == VMEP_OK ? store_of(ep, call) : NULL;
+  if (!c)
+    return status != VMEP_OK ? status : VMEP_ERR_UNSUPPORTED;
+  status = quiesce(ep, &previous, call);
+  for (int i = 0; status == VMEP_OK && i < n; i++) {
+    int r = ranks[i];
+    if (is_connected(ep, r))
+      continue;
+    /* A rank id seen before comes back as a new process: wait for its
+     * record, not the one its predecessor left. */
+    status =
+        vmep__window_attach(ep->window, r, vmep__group_timeout_ms(ep->group),
+                            ep->incarnation[r], &ep->incarnation[r]);
+    if (status == VMEP_OK)
+      status = write_peer(ep, r);
+    if (status == VMEP_OK)
+      status = write_mask(ep, r, !activate);
+    if (status == VMEP_OK)
+      set_connected(ep, r, 1);
+    else
+      (void)vmep__window_detach(ep->window, r);
+  }
+  ep->changed = 1;
+  if (status == VMEP_OK)
+    status = resync(ep, c);
+  cudaSetDevice(previous);
+  return status;
+}
+
+vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
+  const char *call = "vmep_ep_disconnect_ranks";
+  int previous = 0;
+  vmep_status status = check_ep(ep, call);
+  if (status == VMEP_OK)
+    status = check_ranks(ep, ranks, n, call);
+  if (status == VMEP_OK)
+    status = quiesce(ep, &previous, call);
+  if (status != VMEP_OK)
+    return status;
+  struct vmep_store_client *c = vmep__group_store(ep->group);
+  for (int i = 0; i < n; i++) {
+    int r = ranks[i];
+    if (!is_connected(ep, r))
+      continue;
+    vmep_status st = write_mask(ep, r, 1);
+    set_connected(ep, r, 0);
+    if (st == VMEP_OK)
+      st = vmep__window_detach(ep->window, r);
+    if (st == VMEP_OK)
+      st = write_peer(ep, r);
+    /* A rank that died must not fail the store's waits any more. */
+    if (st == VMEP_OK && c)
+      st = vmep__store_forget(c, r, NULL);
+    status = status != VMEP_OK ? status : st;
+  }
+  ep->barriers = 0;
+  ep->changed = 1;
+  cudaSetDevice(previous);
+  return status;
+}
+
+vmep_status vmep_ep_disconnect_dead(vmep_ep *ep, int *count_out) {
+  const char *call = "vmep_ep_disconnect_dead";
+  unsigned char dead[VMEP_LL_MAX_RANKS];
+  int ranks[VMEP_LL_MAX_RANKS], n = 0;
+  vmep_status status = check_ep(ep, call);
+  struct vmep_store_client *c = status == VMEP_OK ? store_of(ep, call) : NULL;
+  if (!c)
+    return status != VMEP_OK ? status : VMEP_ERR_UNSUPPORTED;
+  status = vmep__member_dead(c, ep->num_ranks, dead);
+  for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
+    if (dead[r] && r != ep->rank && is_connected(ep, r))
+      ranks[n++] = r;
+  if (status == VMEP_OK && n > 0) {
+    vmep_log_info("disconnecting %d dead rank(s), the first rank %d", n,
+                  ranks[0]);
+    status = vmep_ep_disconnect_ranks(ep, ranks, n);
+  }
+  if (status == VMEP_OK && count_out)
+    *count_out = n;
+  return status;
+}
+
+vmep_status vmep_ep_barrier(vmep_ep *ep) {
+  const char *call = "vmep_ep_barrier";
+  int ranks[VMEP_LL_MAX_RANKS];
+  unsigned char sink[VMEP_LL_MAX_RANKS];
+  unsigned char one = 1;
+  vmep_status status = check_ep(ep, call);
+  struct vmep_store_client *c = status == VMEP_OK ? store_of(ep, call) : NULL;
+  if (!c)
+    return status != VMEP_OK ? status : VMEP_ERR_UNSUPPORTED;
+  int n = connected_list(ep, ranks);
+  uint64_t tag = view_tag(ep, 3) + ++ep->barriers;
+  return vmep__member_allgather(c, ep->ns, tag, ep->rank, ranks, n, &one, 1,
+                                sink, vmep__group_timeout_ms(ep->group));
+}
+
+int vmep__ep_membership_leave(vmep_ep *ep) {
+  if (ep->ns[0])
+    shape_slot(shape_hash(ep), -1);
+  ep->ns[0] = '\0';
+  return ep->changed;
+}
