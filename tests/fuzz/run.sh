@@ -10,5 +10,5 @@ command -v clang >/dev/null || { echo "fuzz: clang not installed" >&2; exit 1; }
 command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER=clang -DVMEP_FUZZ=ON \
   -DFUZZ_SECONDS="$seconds" -DVMEP_GPU_TESTS=OFF >/dev/null
-cmake --build "$build" --target fuzz_store_frame -j "$(nproc)"
+cmake --build "$build" --target fuzz_store_frame fuzz_plan -j "$(nproc)"
 (cd "$build" && ctest --output-on-failure -L fuzz)
