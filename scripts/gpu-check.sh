@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call on the device machine: vmep-info,
-# every GPU test, the default benchmark with --check, and the bf16, fp8 and
+# every GPU test (the elastic plans included), the Python package's GPU
+# tests, the default benchmark with --check, and the bf16, fp8 and
 # zero-copy sweeps (T = 128 .. 4096) as JSON, with logs under $OUT (or ./gpu-logs).
 # Expects a build folder made elsewhere (default build-gpu, carried to the
 # device) so that device time goes to running, not compiling; builds one if
@@ -31,8 +32,21 @@ fi
   "$build/tools/vmep-info"
 } 2>&1 | tee "$out/vmep-info.log"
 
-(cd "$build" && ctest -L gpu --output-on-failure --timeout 600) 2>&1 | tee "$out/ctest-gpu.log"
-status=${PIPESTATUS[0]}
+# Every GPU test, the elastic plans (label elastic: ranks share the GPU
+# without MPS, since they kill ranks) included.
+(cd "$build" && ctest -L gpu -LE elastic --output-on-failure --timeout 600) \
+  > "$out/ctest-gpu.log" 2>&1
+status=$?
+grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest-gpu.log" | tail -12
+for plan in tests/elastic/plans/*.json; do
+  name=$(basename "$plan" .json)
+  timeout 600 "$build/tests/elastic/vmep-elastic" "$plan" \
+    --json "$out/elastic-$name.json" > "$out/elastic-$name.log" 2>&1 || status=1
+  tail -1 "$out/elastic-$name.log"
+done
+# The Python package's GPU tests (2 and 4 ranks under MPS).
+bash scripts/gpu-python.sh "$build" > "$out/python.log" 2>&1 || status=1
+tail -16 "$out/python.log"
 
 if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
   bench="$build/tools/vmep-bench"
@@ -48,5 +62,7 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
     echo "== $f"; grep -A16 "summary" "$out/$f.log" | sed 's/^\[rank 0\] //'
   done
 fi
-grep -E "tests passed|tests failed|Failed" "$out/ctest-gpu.log" | tail -12
+# The device returns few files: pack the logs into one archive.
+tar -C "$out" -czf /tmp/gpu-check-logs.tgz . && mv /tmp/gpu-check-logs.tgz "$out/" \
+  && find "$out" -type f ! -name gpu-check-logs.tgz -delete
 exit "$status"

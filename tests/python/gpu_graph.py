@@ -10,7 +10,7 @@ import vmep
 
 def body(seed):
     T, H, K = 128, 2048, 8
-    E = 2 * G.WORLD
+    E = 8 * G.WORLD  # at least K distinct experts per token
     buf = vmep.Buffer(explicitly_destroy=True)
     mode = G.Mode()
     G.one_round(buf, seed, 0, T, H, E, K, mode)  # creates the EP buffer
