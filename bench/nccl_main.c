@@ -18,7 +18,9 @@ static void usage(FILE *out) {
                "                [--iters N] [--warmup N] [--seed S] "
                "[--check]\n"
                "as vmep-bench (defaults: tokens 128, hidden 7168, top-k 8, "
-               "experts 4 per rank, iters 100, warmup 10, seed 1)\n");
+               "experts 4 per rank,\n"
+               "at least top-k rounded up to a multiple of the ranks; iters "
+               "100, warmup 10, seed 1)\n");
 }
 
 /* Reads `text` as an integer in [min, max] into *out; 2 (after a message)
@@ -101,6 +103,15 @@ static int parse(int argc, char **argv, struct bench_options *o) {
     fprintf(stderr, "nccl-a2a: unexpected argument: %s\n", argv[optind]);
     rc = 2;
   }
+  /* Each token draws K distinct experts (bench_make_inputs): with fewer
+   * than K it would draw forever. */
+  if (!rc && o->experts && o->experts < o->topk) {
+    fprintf(stderr,
+            "nccl-a2a: bad value for --experts: %d (top-k %d needs at least %d "
+            "experts: each token picks K distinct ones)\n",
+            o->experts, o->topk, o->topk);
+    rc = 2;
+  }
   if (!rc && o->hidden % 128) {
     fprintf(stderr, "nccl-a2a: --hidden must be a multiple of 128\n");
     rc = 2;
@@ -164,6 +175,13 @@ int main(int argc, char **argv) {
     return 1;
   }
   int R = vmep_group_size(g), E = o.experts ? o.experts : 4 * R;
+  /* The default, 4 per rank, is fewer than K = 8 experts with 1 rank: the
+   * inputs' draw of K distinct experts per token would never end (the
+   * 1-rank --check hung so, before NCCL was reached). Take the smallest
+   * multiple of R that is at least K instead. */
+  if (!o.experts && E < o.topk)
+    E = (o.topk + R - 1) / R * R;
+  o.experts = E;
   rc = bench_cuda_check(cudaSetDevice(vmep_group_local_rank(g) % gpus),
                         "cudaSetDevice") != VMEP_OK;
   if (!rc && bench_gpu_sharing(g, &shared) != VMEP_OK)

@@ -5,6 +5,8 @@
  * around each dispatch and each combine, the median of the timed calls.
  * Used by nccl-a2a and by vmep-bench --compare nccl.
  */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -159,6 +161,13 @@ vmep_status bench_nccl_run_tokens(vmep_group *g, const struct bench_options *o,
   nccl_a2a *a = NULL;
   cudaStream_t s = NULL;
   memset(&t, 0, sizeof(t));
+  /* Each token draws K distinct experts (bench_make_inputs), which never
+   * ends with fewer than K: refuse rather than hang. */
+  if (E < o->topk) {
+    fprintf(stderr, "%s: %d experts, fewer than top-k %d\n",
+            program_invocation_short_name, E, o->topk);
+    return VMEP_ERR_INVALID_ARG;
+  }
   vmep_status st = carve(&t, o, R, E, tokens);
   if (st == VMEP_OK)
     st = fill(&t, o, rank, E, tokens);
