@@ -20,12 +20,12 @@
 
 #define NS_SHAPES 64
 
-/* Buffers of one shape alive in this process: the n-th one alive takes
- * the n-th name, so that a process joining a job names its buffer as the
- * members named theirs. */
+/* Buffers of one shape alive in this process: each takes the lowest free
+ * index among them, so that a process joining a job names its buffer as
+ * the members named theirs. */
 static struct {
   uint64_t shape;
-  int live;
+  uint64_t used; /* bit i: index i is taken */
 } shapes[NS_SHAPES];
 static pthread_mutex_t shapes_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -40,26 +40,33 @@ static uint64_t shape_hash(const vmep_ep *ep) {
   return vmep__bytes_hash(v, sizeof(v));
 }
 
-/* Takes (count 1) or gives back (count -1) a name for ep's shape;
- * returns the buffer's index among those alive. */
-static int shape_slot(uint64_t shape, int count) {
-  int index = 0;
+/* The lowest free index for `shape`, or -1 when 64 are alive (or the
+ * table is full). */
+static int shape_take(uint64_t shape) {
+  int index = -1, slot = -1;
   pthread_mutex_lock(&shapes_lock);
-  for (int i = 0; i < NS_SHAPES; i++)
-    if (shapes[i].live && shapes[i].shape == shape) {
-      index = shapes[i].live - (count < 0);
-      shapes[i].live += count;
-      pthread_mutex_unlock(&shapes_lock);
-      return index;
-    }
-  for (int i = 0; count > 0 && i < NS_SHAPES; i++)
-    if (!shapes[i].live) {
-      shapes[i].shape = shape;
-      shapes[i].live = 1;
-      break;
+  for (int i = 0; i < NS_SHAPES && slot < 0; i++)
+    if (shapes[i].used && shapes[i].shape == shape)
+      slot = i;
+  for (int i = 0; i < NS_SHAPES && slot < 0; i++)
+    if (!shapes[i].used)
+      slot = i;
+  for (int b = 0; slot >= 0 && b < 64 && index < 0; b++)
+    if (!(shapes[slot].used & (1ull << b))) {
+      shapes[slot].shape = shape;
+      shapes[slot].used |= 1ull << b;
+      index = b;
     }
   pthread_mutex_unlock(&shapes_lock);
   return index;
+}
+
+static void shape_give(uint64_t shape, int index) {
+  pthread_mutex_lock(&shapes_lock);
+  for (int i = 0; i < NS_SHAPES; i++)
+    if (shapes[i].used && shapes[i].shape == shape)
+      shapes[i].used &= ~(1ull << index);
+  pthread_mutex_unlock(&shapes_lock);
 }
 
 static int is_connected(const vmep_ep *ep, int r) {
@@ -164,11 +171,16 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep) {
       status = write_mask(ep, r, 1);
   if (status != VMEP_OK || !vmep__group_store(ep->group))
     return status;
+  ep->ns_index = shape_take(shape_hash(ep));
+  if (ep->ns_index < 0)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_ep_create: 64 buffers of this shape are alive in "
+                      "this process (or 64 shapes): no store name is left");
   snprintf(ep->ns, sizeof(ep->ns), "vmep/ep-%016llx-%d",
-           (unsigned long long)shape_hash(ep), shape_slot(shape_hash(ep), 1));
+           (unsigned long long)shape_hash(ep), ep->ns_index);
   status = vmep__window_publish(ep->window, ep->ns, mine);
   if (status != VMEP_OK) {
-    shape_slot(shape_hash(ep), -1);
+    shape_give(shape_hash(ep), ep->ns_index);
     ep->ns[0] = '\0';
   }
   return status;
@@ -407,7 +419,7 @@ vmep_status vmep_ep_barrier(vmep_ep *ep) {
 
 int vmep__ep_membership_leave(vmep_ep *ep) {
   if (ep->ns[0])
-    shape_slot(shape_hash(ep), -1);
+    shape_give(shape_hash(ep), ep->ns_index);
   ep->ns[0] = '\0';
   return ep->changed;
 }

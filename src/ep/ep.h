@@ -336,6 +336,7 @@ struct vmep_ep {
   uint64_t *incarnation; /* [num_ranks] */
   uint64_t barriers;     /* vmep_ep_barrier calls since the last change */
   int changed;           /* the connected set is not (or no longer) the group */
+  int ns_index;          /* among this process's live buffers of one shape */
   char ns[64];
 };
 
