@@ -366,9 +366,18 @@ static int64_t rss_kb(void) {
 }
 
 /* Disconnects who is gone, connects who came: the start of a phase. */
-static void change_membership(struct rank_state *s,
+static void change_membership(struct rank_state *s, int phase,
                               const struct plan_phase *ph) {
   std::vector<int> in((size_t)s->R, 0), gone, come;
+  /* The last phase's victim: the store reports it dead, and one call
+   * disconnects it. */
+  int victim = phase > 0 ? s->plan->phases[phase - 1].victim : -1;
+  if (victim >= 0 && s->connected[(size_t)victim]) {
+    int count = -1;
+    ASSERT_OK(vmep_ep_disconnect_dead(s->ep, &count));
+    ASSERT_EQ(count, 1);
+    s->connected[(size_t)victim] = 0;
+  }
   for (int i = 0; i < ph->n; i++)
     in[(size_t)ph->ranks[i]] = 1;
   for (int r = 0; r < s->R; r++) {
@@ -389,13 +398,43 @@ static void change_membership(struct rank_state *s,
     s->connected[(size_t)come[i]] = 1;
 }
 
+/* The host mask calls, between calls: masking a connected rank shows in
+ * the query, clearing unmasks every connected rank and no other, and
+ * refusals name what is wrong. Leaves the mask as it found it. */
+static void check_mask_calls(struct rank_state *s, int phase) {
+  std::vector<int32_t> mask((size_t)s->R);
+  int other = -1;
+  for (int r = 0; r < s->R && other < 0; r++)
+    if (r != s->rank && s->connected[(size_t)r])
+      other = r;
+  ASSERT_TRUE(other >= 0);
+  ASSERT_OK(vmep_ep_set_mask(s->ep, other, 1));
+  ASSERT_OK(vmep_ep_query_mask(s->ep, mask.data()));
+  if (mask[(size_t)other] != 1)
+    note(s, 1, "phase %d: set_mask(%d, 1) did not show", phase, other);
+  ASSERT_OK(vmep_ep_clear_mask(s->ep));
+  ASSERT_OK(vmep_ep_query_mask(s->ep, mask.data()));
+  for (int r = 0; r < s->R; r++)
+    if (r != s->rank && mask[(size_t)r] != !s->connected[(size_t)r])
+      note(s, 1, "phase %d: after clear_mask rank %d is %smasked", phase, r,
+           mask[(size_t)r] ? "" : "not ");
+  ASSERT_STATUS(vmep_ep_set_mask(s->ep, s->rank, 1), VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_set_mask(s->ep, s->R, 1), VMEP_ERR_INVALID_ARG);
+  for (int r = 0; r < s->R; r++)
+    if (r != s->rank && !s->connected[(size_t)r]) {
+      ASSERT_STATUS(vmep_ep_set_mask(s->ep, r, 0), VMEP_ERR_INVALID_ARG);
+      break;
+    }
+}
+
 static void run_phase(struct rank_state *s, int phase) {
   const struct plan_phase *ph = &s->plan->phases[phase];
   const int fr = elastic_fault_round(s->plan);
   memset(&s->res, 0, sizeof(s->res));
   s->res.ok = 1;
   s->res.victim_masked = 1;
-  change_membership(s, ph);
+  change_membership(s, phase, ph);
+  check_mask_calls(s, phase);
   ASSERT_OK(vmep_ep_poll_errors(s->ep, NULL, NULL)); /* start clean */
   for (int round = 0; round < s->plan->iters; round++) {
     int fault = ph->victim >= 0 && round == fr;
