@@ -103,15 +103,8 @@ static int parse(int argc, char **argv, struct bench_options *o) {
     fprintf(stderr, "nccl-a2a: unexpected argument: %s\n", argv[optind]);
     rc = 2;
   }
-  /* Each token draws K distinct experts (bench_make_inputs): with fewer
-   * than K it would draw forever. */
-  if (!rc && o->experts && o->experts < o->topk) {
-    fprintf(stderr,
-            "nccl-a2a: bad value for --experts: %d (top-k %d needs at least %d "
-            "experts: each token picks K distinct ones)\n",
-            o->experts, o->topk, o->topk);
+  if (!rc && bench_experts_refused(o, "nccl-a2a"))
     rc = 2;
-  }
   if (!rc && o->hidden % 128) {
     fprintf(stderr, "nccl-a2a: --hidden must be a multiple of 128\n");
     rc = 2;
@@ -174,13 +167,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "nccl-a2a: %s\n", vmep_last_error());
     return 1;
   }
-  int R = vmep_group_size(g), E = o.experts ? o.experts : 4 * R;
-  /* The default, 4 per rank, is fewer than K = 8 experts with 1 rank: the
-   * inputs' draw of K distinct experts per token would never end (the
-   * 1-rank --check hung so, before NCCL was reached). Take the smallest
-   * multiple of R that is at least K instead. */
-  if (!o.experts && E < o.topk)
-    E = (o.topk + R - 1) / R * R;
+  /* With 1 rank the old default (4 experts) was below K = 8, and the
+   * 1-rank --check hung drawing distinct experts before NCCL was reached. */
+  int R = vmep_group_size(g), E = bench_experts(&o, R);
   o.experts = E;
   rc = bench_cuda_check(cudaSetDevice(vmep_group_local_rank(g) % gpus),
                         "cudaSetDevice") != VMEP_OK;

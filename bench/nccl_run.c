@@ -156,7 +156,7 @@ int bench_nccl_built(void) { return 1; }
 vmep_status bench_nccl_run_tokens(vmep_group *g, const struct bench_options *o,
                                   int tokens, struct bench_result *res) {
   int R = vmep_group_size(g), rank = vmep_group_rank(g);
-  int E = o->experts ? o->experts : 4 * R;
+  int E = bench_experts(o, R);
   struct tensors t;
   nccl_a2a *a = NULL;
   cudaStream_t s = NULL;

@@ -19,6 +19,8 @@ bad --hidden 1000
 bad --topk 17
 bad --iters 0
 bad --experts
+bad --experts 4          # below top-k 8: each token needs K distinct experts
+bad --topk 4 --experts 3
 bad stray
 "$bin" --help >/dev/null || { echo "FAIL: --help"; fail=1; }
 [ "$fail" = 0 ] || exit 1

@@ -137,6 +137,14 @@ void bench_link_bytes(const struct bench_options *o, int ranks, int experts,
 /* VMEP_OK, or VMEP_ERR_CUDA after printing "<program>: what: error". */
 vmep_status bench_cuda_check(cudaError_t err, const char *what);
 
+/* The experts of a run over `ranks` ranks: --experts, else 4 per rank but
+ * at least top-k (rounded up to a multiple of the ranks), since each token
+ * draws K distinct experts (bench_make_inputs would draw forever). */
+int bench_experts(const struct bench_options *o, int ranks);
+
+/* 1, after printing why, when --experts is below top-k. */
+int bench_experts_refused(const struct bench_options *o, const char *prog);
+
 /* The defaults: 128 tokens, hidden 7168, top-k 8, 100 iterations after
  * 10 warm-up calls, seed 1, everything else 0. */
 void bench_options_defaults(struct bench_options *o);

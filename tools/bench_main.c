@@ -23,7 +23,8 @@ static void usage(FILE *out) {
           "(default 128)\n"
           "  --hidden H       hidden size, a multiple of 128 (default 7168)\n"
           "  --topk K         experts per token (default 8)\n"
-          "  --experts E      experts in all (default 4 per rank)\n"
+          "  --experts E      experts in all, at least K (default 4 per rank, "
+          "at least K)\n"
           "  --fp8            dispatch in fp8 e4m3 with per-128 scales\n"
           "  --round-scale    fp8 scales rounded to powers of two\n"
           "  --iters N        timed calls (default 100); --warmup N (10)\n"
@@ -124,7 +125,7 @@ static int parse(int argc, char **argv, struct bench_options *o) {
     }
     i += used;
   }
-  return 0;
+  return bench_experts_refused(o, "vmep-bench") ? 2 : 0;
 }
 
 /* Not under any launcher: run ourselves under vmep-run, which sits next to
@@ -189,7 +190,7 @@ static int run_rank(struct bench_options *o) {
   if (rank == 0)
     printf("vmep-bench: %d ranks, hidden %d, top-k %d, experts %d, %s%s, "
            "seed %llu\n",
-           size, o->hidden, o->topk, o->experts ? o->experts : 4 * size,
+           size, o->hidden, o->topk, bench_experts(o, size),
            o->fp8 ? "fp8" : "bf16", o->zero_copy ? ", zero-copy combine" : "",
            (unsigned long long)o->seed);
   for (int i = 0; !failed && i < o->num_tokens_values; i++) {

@@ -210,7 +210,7 @@ int bench_write_json(const char *path, const struct bench_options *o,
           "\"fp8\": %s, \"zero_copy\": %s, \"seed\": %llu, \"iters\": %d, "
           "\"ceiling\": \"%s\", \"ceiling_bytes\": \"%s\", "
           "\"compare_nccl\": %s, \"results\": [\n",
-          ranks, o->hidden, o->topk, o->experts ? o->experts : 4 * ranks,
+          ranks, o->hidden, o->topk, bench_experts(o, ranks),
           o->fp8 ? "true" : "false", o->zero_copy ? "true" : "false",
           (unsigned long long)o->seed, o->iters,
           all[0].ceiling ? "peer_all_pairs" : "d2d",

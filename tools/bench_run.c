@@ -329,7 +329,7 @@ vmep_status bench_run_tokens(vmep_group *g, const struct bench_options *o,
   struct buffers b;
   int R = vmep_group_size(g);
   vmep_ep_config_init(&c);
-  c.num_experts = o->experts ? o->experts : 4 * R;
+  c.num_experts = bench_experts(o, R);
   c.hidden = o->hidden;
   c.max_tokens_per_rank = tokens;
   c.max_topk = o->topk;

@@ -230,6 +230,23 @@ vmep_status bench_gpu_sharing(vmep_group *g, int *shared_out) {
   return st;
 }
 
+int bench_experts(const struct bench_options *o, int ranks) {
+  if (o->experts)
+    return o->experts;
+  int e = 4 * ranks, at_least_k = (o->topk + ranks - 1) / ranks * ranks;
+  return e > at_least_k ? e : at_least_k;
+}
+
+int bench_experts_refused(const struct bench_options *o, const char *prog) {
+  if (!o->experts || o->experts >= o->topk)
+    return 0;
+  fprintf(stderr,
+          "%s: bad value for --experts: %d (top-k %d needs at least %d "
+          "experts: each token picks K distinct ones)\n",
+          prog, o->experts, o->topk, o->topk);
+  return 1;
+}
+
 void bench_options_defaults(struct bench_options *o) {
   memset(o, 0, sizeof(*o));
   o->tokens[0] = 128;
