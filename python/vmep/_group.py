@@ -1,6 +1,7 @@
 """
 Process groups for a Buffer: vmep's own (the launch environment: vmep-run,
-torchrun, Open MPI, Slurm), an elastic join, or a framework's through
+torchrun, Open MPI, Slurm), an elastic join of a running job's store
+(vmep_group_join), or a framework's through
 vmep_group_create_custom with allgather / barrier callbacks written here
 over torch.distributed, an mpi4py communicator or a torch TCPStore.
 
@@ -129,11 +130,16 @@ class StoreCallbacks(_Callbacks):
 
 
 class Group:
-    """A vmep_group and what keeps it alive (the callbacks)."""
+    """A vmep_group and what keeps it alive (the callbacks). `has_store`:
+    vmep's own TCP store backs it (from the launch environment, or joined),
+    which membership changes need; a group over a framework's collectives
+    has fixed membership. `elastic`: joined (vmep_group_join): no
+    group-wide collectives, its EP buffer starts with this rank alone."""
 
     def __init__(self, lib, handle, callbacks=None, elastic=False):
         self.lib, self.handle, self.callbacks = lib, handle, callbacks
         self.elastic = elastic
+        self.has_store = callbacks is None
         self.rank = lib.vmep_group_rank(handle)
         self.size = lib.vmep_group_size(handle)
 
@@ -145,12 +151,13 @@ class Group:
 
     @classmethod
     def join(cls, lib, rank, max_ranks, store_addr=None, token=None):
+        """Joins a running job's store as `rank` of at most `max_ranks`
+        (not collective). store_addr None: VMEP_STORE_ADDR; token None:
+        VMEP_JOB_TOKEN (both read by the C library)."""
         out = ctypes.c_void_p()
-        fn = lib.optional("vmep_group_join")
-        lib.check(fn(rank, max_ranks,
-                     store_addr.encode() if store_addr else None,
-                     token.encode() if token else None, ctypes.byref(out)),
-                  "vmep_group_join")
+        lib.call("vmep_group_join", int(rank), int(max_ranks),
+                 store_addr.encode() if store_addr else None,
+                 token.encode() if token else None, ctypes.byref(out))
         return cls(lib, out, elastic=True)
 
     @classmethod

@@ -38,7 +38,8 @@ LIBRARY_NAMES = ("libvmep.so", "libvmep.so.0")
 
 
 class EpConfig(Structure):
-    """vmep_ep_config, as every libvmep has it."""
+    """vmep_ep_config. max_ranks (appended last) is the capacity R of an
+    elastic buffer; 0 means the group's size."""
     _fields_ = [
         ("num_experts", c_int),
         ("hidden", c_int),
@@ -48,13 +49,8 @@ class EpConfig(Structure):
         ("num_sms", c_int),
         ("timeout_ms", c_int),
         ("zero_copy", c_int),
+        ("max_ranks", c_int),
     ]
-
-
-class EpConfigElastic(EpConfig):
-    """vmep_ep_config with the elastic field appended (max_ranks; 0 = the
-    group's size). Only used when the library has vmep_ep_max_ranks."""
-    _fields_ = [("max_ranks", c_int)]
 
 
 class EpHandle(Structure):
@@ -143,18 +139,20 @@ _PROTOTYPES = {
     "vmep_ep_poll_errors": (c_int, [_P, POINTER(c_uint), POINTER(c_uint64)]),
 }
 
-# Elastic entry points: bound when the library has them; calling one it
-# lacks raises NotImplementedError.
-_OPTIONAL_PROTOTYPES = {
+# Masks and membership (include/vmep.h, "Masks and membership").
+_ELASTIC_PROTOTYPES = {
     "vmep_ep_max_ranks": (c_int, [_P]),
     "vmep_ep_query_mask": (c_int, [_P, POINTER(c_int32)]),
     "vmep_ep_set_mask": (c_int, [_P, c_int, c_int]),
     "vmep_ep_clear_mask": (c_int, [_P]),
     "vmep_ep_connect_ranks": (c_int, [_P, POINTER(c_int), c_int, c_int]),
     "vmep_ep_disconnect_ranks": (c_int, [_P, POINTER(c_int), c_int]),
+    "vmep_ep_disconnect_dead": (c_int, [_P, POINTER(c_int)]),
     "vmep_ep_barrier": (c_int, [_P]),
-    "vmep_group_join": (c_int, [c_int, c_int, c_char_p, c_char_p, POINTER(_P)]),
+    "vmep_group_join":
+        (c_int, [c_int, c_int, c_char_p, c_char_p, POINTER(_P)]),
 }
+_PROTOTYPES.update(_ELASTIC_PROTOTYPES)
 
 
 def library_candidates():
@@ -182,38 +180,32 @@ def library_candidates():
 
 
 class Library:
-    """libvmep with its prototypes set. `call(name, *args)` raises the
-    mapped exception for a failed status; `optional(name)` gives a bound
-    elastic entry point or raises NotImplementedError."""
+    """libvmep with its prototypes set; `call(name, *args)` raises the
+    mapped exception for a failed status. A library that lacks an entry
+    point (one built before elastic membership) is refused at load with
+    the missing names, never half bound. `cdll` replaces ctypes.CDLL(path)
+    (the CPU tests pass a fake)."""
 
-    def __init__(self, path):
+    def __init__(self, path, cdll=None):
         self.path = path
-        self.cdll = ctypes.CDLL(path)
+        self.cdll = ctypes.CDLL(path) if cdll is None else cdll
+        missing = [name for name in _PROTOTYPES
+                   if getattr(self.cdll, name, None) is None]
+        if missing:
+            elastic = [n for n in missing if n in _ELASTIC_PROTOTYPES]
+            why = (" (built before elastic membership: masks, connect / "
+                   "disconnect, vmep_group_join)" if elastic else "")
+            raise AttributeError(
+                f"{path} lacks {', '.join(missing)}{why}; rebuild libvmep "
+                "from a checkout that matches this package")
         for name, (restype, argtypes) in _PROTOTYPES.items():
             fn = getattr(self.cdll, name)
             fn.restype, fn.argtypes = restype, argtypes
-        self._optional = {}
-        for name, (restype, argtypes) in _OPTIONAL_PROTOTYPES.items():
-            fn = getattr(self.cdll, name, None)
-            if fn is not None:
-                fn.restype, fn.argtypes = restype, argtypes
-                self._optional[name] = fn
 
     def __getattr__(self, name):
         if name.startswith("vmep_") and name in _PROTOTYPES:
             return getattr(self.cdll, name)
         raise AttributeError(name)
-
-    def has(self, name):
-        return name in self._optional or name in _PROTOTYPES
-
-    def optional(self, name):
-        fn = self._optional.get(name)
-        if fn is None:
-            raise NotImplementedError(
-                f"{name} is not in {self.path}: this libvmep has no elastic "
-                "membership yet (rebuild it from a checkout that has it)")
-        return fn
 
     def last_error(self):
         text = self.cdll.vmep_last_error()
@@ -231,9 +223,7 @@ class Library:
                                     self.status_name(status))
 
     def call(self, name, *args):
-        fn = self._optional[name] if name in self._optional else \
-            getattr(self.cdll, name)
-        self.check(fn(*args), name)
+        self.check(getattr(self.cdll, name)(*args), name)
 
 
 _lock = threading.Lock()
@@ -258,7 +248,7 @@ def load():
             except (OSError, AttributeError) as exc:
                 tried.append(f"{candidate} ({exc})")
         raise LibraryNotFoundError(
-            "libvmep.so not found; set VMEP_LIBRARY to its path. Tried: " +
+            "no usable libvmep.so; set VMEP_LIBRARY to its path. Tried: " +
             "; ".join(tried))
 
 

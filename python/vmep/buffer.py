@@ -12,6 +12,7 @@ keywords are given), after the ranks compare their shapes, so that a
 mismatch raises on every rank instead of hanging.
 """
 import ctypes
+import numbers
 import struct
 import sys
 
@@ -24,6 +25,16 @@ from .errors import Error
 from .event import EventHandle, EventOverlap
 
 FP8_GROUP = 128
+MAX_RANKS = 1024  # VMEP_LL_MAX_RANKS: the most ranks a buffer has room for
+
+
+def _capacity(value, name="max_num_ranks"):
+    """An elastic capacity (ranks): an int in 1..MAX_RANKS."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 1 <= int(value) <= MAX_RANKS:
+        raise ValueError(f"{name}={value}, expected 1..{MAX_RANKS}")
+    return int(value)
 
 
 def _fp8_dtype():
@@ -53,9 +64,14 @@ class Buffer:
     The low-latency EP buffer of one rank. Collective over `group` (a
     torch.distributed ProcessGroup), `comm` (an mpi4py communicator), the
     `tcp_store_group` (a torch Store, with `rank`; the size comes from
-    update_memory_buffers), or, with none of them, vmep's own launch
-    environment (vmep-run, torchrun, Open MPI, Slurm); with `rank` and
-    `max_num_ranks` and no group, an elastic join through vmep's store.
+    max_num_ranks or update_memory_buffers), or, with none of them, vmep's
+    own launch environment (vmep-run, torchrun, Open MPI, Slurm). With
+    `rank` and `max_num_ranks` and none of them, a new process joins a
+    running job (vmep_group_join, not collective) through vmep's store at
+    `store_addr` (default VMEP_STORE_ADDR); its EP buffer starts with only
+    itself connected, and connect_ranks adds the others. Membership changes
+    (connect_ranks, disconnect_ranks, disconnect_dead_ranks) need vmep's
+    store: the launch environment or a join; the other groups are fixed.
 
     num_nvl_bytes, num_rdma_bytes, low_latency_mode, num_qps_per_rank,
     allow_nvlink_for_low_latency_mode and enable_shrink are accepted and
@@ -64,7 +80,9 @@ class Buffer:
     one node.
 
     Keyword-only (vmep): timeout_ms (0/None: VMEP_TIMEOUT_MS), after which
-    a silent peer is masked; max_num_ranks (elastic capacity);
+    a silent peer is masked; max_num_ranks (elastic capacity R: every shape
+    uses R, ranks not connected are masked; config.max_ranks); store_addr
+    (a join's "host:port", default VMEP_STORE_ADDR);
     num_max_dispatch_tokens_per_rank, hidden, num_experts, num_topk to
     create the EP buffer now instead of at the first dispatch; zero_copy
     to give the EP buffer its combine buffers (get_next_low_latency_
@@ -81,11 +99,13 @@ class Buffer:
                  rank=None, tcp_store_group=None, timeout_ms=None,
                  max_num_ranks=None, num_max_dispatch_tokens_per_rank=None,
                  hidden=None, num_experts=None, num_topk=None,
-                 zero_copy=False, device=None, nvlink_backend=None):
+                 zero_copy=False, device=None, nvlink_backend=None,
+                 store_addr=None):
         self._ep = None
         self._group = None
         self._comm_stream = None
         self._combine_buffers = {}
+        self._disconnected = set()
         if not torch.cuda.is_available():
             raise Error("vmep.Buffer needs a CUDA device (torch.cuda is not "
                         "available)")
@@ -105,14 +125,23 @@ class Buffer:
         self.group = group if group is not None else comm
         self.tcp_store_group = tcp_store_group
         self.timeout_ms = int(timeout_ms or 0)
-        self.max_num_ranks = max_num_ranks
+        self.max_num_ranks = None if max_num_ranks is None else \
+            _capacity(max_num_ranks)
+        self.store_addr = store_addr
         self.zero_copy = bool(zero_copy)
         self.device = torch.device(
             "cuda", torch.cuda.current_device() if device is None else
             torch.device("cuda", device).index)
-        self.rank = rank if rank is not None else 0
+        if rank is not None and (isinstance(rank, bool) or
+                                 not isinstance(rank, numbers.Integral)):
+            raise TypeError(f"rank must be an int, not {type(rank).__name__}")
+        self.rank = int(rank) if rank is not None else 0
         self.group_size = 0
         self._shape = None
+        # (T, H, E, top-k) known before the first dispatch, from the shape
+        # keywords and update_memory_buffers: the EP buffer is made from it.
+        self._shape_hint = (num_max_dispatch_tokens_per_rank, hidden,
+                            num_experts, num_topk)
         if group is not None:
             self._group = Group.custom(self._lib, TorchCallbacks(group))
         elif comm is not None:
@@ -121,28 +150,43 @@ class Buffer:
             if rank is None:
                 raise ValueError("tcp_store_group needs rank=")
             if max_num_ranks is not None:
-                self._store_group(max_num_ranks)
+                self._store_group(self.max_num_ranks)
         elif rank is not None and max_num_ranks is not None:
-            self._group = Group.join(self._lib, rank, max_num_ranks)
+            if not 0 <= self.rank < self.max_num_ranks:
+                raise ValueError(f"rank={self.rank}, expected 0.."
+                                 f"{self.max_num_ranks - 1} (max_num_ranks="
+                                 f"{self.max_num_ranks})")
+            self._group = Group.join(self._lib, self.rank, self.max_num_ranks,
+                                     store_addr)
         else:
             self._group = Group.from_env(self._lib)
         if self._group is not None:
-            self._adopt_group()
-        if None not in (num_max_dispatch_tokens_per_rank, hidden,
-                        num_experts) and self._group is not None:
-            self._ensure_ep(num_max_dispatch_tokens_per_rank, hidden,
-                            num_experts, num_topk or 8)
+            self._adopt_group(rank)
+        if None not in self._shape_hint[:3] and self._group is not None:
+            self._ensure_ep(*self._hinted_shape())
 
     # ---- group and EP buffer ---------------------------------------------
 
     def _store_group(self, size):
+        if not 0 <= self.rank < size:
+            raise ValueError(f"rank={self.rank}, expected 0..{size - 1} "
+                             f"(a tcp_store_group of {size} ranks)")
         cb = StoreCallbacks(self.tcp_store_group, self.rank, size)
         self._group = Group.custom(self._lib, cb)
-        self._adopt_group()
+        self._adopt_group(self.rank)
 
-    def _adopt_group(self):
+    def _adopt_group(self, rank=None):
         g = self._group
-        self.rank, self.group_size = g.rank, g.size
+        if rank is not None and int(rank) != g.rank:
+            raise ValueError(f"rank={rank}, but this process is rank {g.rank} "
+                             f"of its group")
+        if self.max_num_ranks is not None and self.max_num_ranks < g.size:
+            raise ValueError(f"max_num_ranks={self.max_num_ranks} is below "
+                             f"the group's {g.size} ranks")
+        # Every shape uses the capacity R (the group's size unless
+        # max_num_ranks is larger), as NIXL EP's group_size.
+        self.rank, self.group_size = g.rank, max(g.size,
+                                                 self.max_num_ranks or 0)
         if not self.allow_mnnvl and not g.elastic:
             nodes = {self._lib.vmep_group_node(g.handle, r)
                      for r in range(g.size)}
@@ -151,9 +195,12 @@ class Buffer:
                             "pass allow_mnnvl=True to share memory across "
                             "nodes through fabric handles")
 
+    def _hinted_shape(self):
+        T, H, E, K = self._shape_hint
+        return int(T), int(H), int(E), int(K or 8)
+
     def _config(self, T, H, E, K):
-        elastic = self._lib.has("vmep_ep_max_ranks")
-        cfg = _lib.EpConfigElastic() if elastic else _lib.EpConfig()
+        cfg = _lib.EpConfig()
         self._lib.vmep_ep_config_init(ctypes.addressof(cfg))
         cfg.num_experts, cfg.hidden = int(E), int(H)
         cfg.max_tokens_per_rank, cfg.max_topk = int(T), int(K)
@@ -161,12 +208,7 @@ class Buffer:
         cfg.num_sms = int(Buffer.num_sms)
         cfg.timeout_ms = self.timeout_ms
         cfg.zero_copy = int(self.zero_copy)
-        if self.max_num_ranks not in (None, 0, self.group_size):
-            if not elastic:
-                raise NotImplementedError(
-                    "max_num_ranks needs a libvmep with elastic membership")
-        if elastic:
-            cfg.max_ranks = int(self.max_num_ranks or 0)
+        cfg.max_ranks = int(self.max_num_ranks or 0)
         return cfg
 
     def _ensure_ep(self, T, H, E, K):
@@ -199,23 +241,27 @@ class Buffer:
                                   self._group.callbacks)
         self._ep = out
         self._shape = (T, H, E, K)
+        self.group_size = self._lib.vmep_ep_max_ranks(out)
         self.num_local_experts = self._lib.vmep_ep_num_local_experts(out)
         return out
 
     def _agree(self, T, H, E, K):
-        """Every rank's (T, H, E, K, zero_copy): equal shapes or an Error on
-        every rank; the largest K serves all."""
-        mine = struct.pack("<6q", T, H, E, K, int(self.zero_copy), 0)
+        """Every rank's (T, H, E, K, zero_copy, capacity): equal or an
+        Error on every rank; the largest K serves all."""
+        cap = int(self.group_size)  # max_num_ranks, else the group's size
+        mine = struct.pack("<6q", T, H, E, K, int(self.zero_copy), cap)
         rows = [struct.unpack("<6q", b) for b in self._group.allgather(mine)]
         differ = [r for r, row in enumerate(rows) if row[:3] != rows[0][:3]
-                  or row[4] != rows[0][4]]
+                  or row[4:] != rows[0][4:]]
         if differ:
             described = ", ".join(
                 f"rank {r}: T={row[0]} H={row[1]} E={row[2]} zero_copy="
-                f"{row[4]}" for r, row in enumerate(rows))
+                f"{row[4]} max_num_ranks={row[5]}"
+                for r, row in enumerate(rows))
             raise Error("ranks disagree on the buffer's shape "
                         f"(num_max_dispatch_tokens_per_rank, hidden, "
-                        f"num_experts, zero_copy): {described}")
+                        f"num_experts, zero_copy, max_num_ranks): "
+                        f"{described}")
         return max(row[3] for row in rows)
 
     def destroy(self):
@@ -275,7 +321,7 @@ class Buffer:
     @staticmethod
     def _bytes(fn, T, H, R, E, K, zero_copy=False):
         lib = _lib.load()
-        cfg = _lib.EpConfig()
+        cfg = _lib.EpConfig()  # the whole struct: config_init writes it all
         lib.vmep_ep_config_init(ctypes.addressof(cfg))
         cfg.num_experts, cfg.hidden, cfg.max_tokens_per_rank = E, H, T
         cfg.max_topk, cfg.zero_copy = K, int(zero_copy)
@@ -571,78 +617,235 @@ class Buffer:
                        ctypes.byref(bits), ctypes.byref(bad))
         return bits.value, bad.value
 
-    # ---- elastic membership and masks -------------------------------------
+    # ---- elastic membership and masks (NIXL EP's names) --------------------
+    #
+    # At a membership change every rank of the resulting set calls
+    # connect_ranks with the same `activate`: the ranks already there name
+    # the newcomers, a newcomer names the ranks already there (an empty
+    # list is allowed: it still resyncs). Survivors disconnect ranks that
+    # died or left (not collective). Masks are per rank and synchronous.
 
     def update_memory_buffers(self, num_ranks, num_experts_per_rank,
-                              num_rdma_bytes=0):
-        """NIXL EP's allocation step: sets the group's capacity (creating
-        the group over tcp_store_group if there is none yet) and, when the
-        shape keywords were given to Buffer(), creates the EP buffer."""
-        self.num_rdma_bytes = num_rdma_bytes
+                              num_rdma_bytes=0, num_nvl_bytes=0):
+        """NIXL EP's allocation step: the capacity `num_ranks` (R) and
+        E = R * num_experts_per_rank. Makes the group over tcp_store_group
+        if there is none yet (a fixed group of num_ranks ranks, collective),
+        and the EP buffer when T and H are known (the shape keywords of
+        Buffer()). num_rdma_bytes / num_nvl_bytes are recorded, not used:
+        vmep sizes its window from the shapes."""
+        R = _capacity(num_ranks, "num_ranks")
+        per_rank = _capacity(num_experts_per_rank, "num_experts_per_rank")
+        E = R * per_rank
+        self.num_rdma_bytes, self.num_nvl_bytes = num_rdma_bytes, num_nvl_bytes
+        if self._ep is not None:
+            if R != self.group_size or E != self._shape[2]:
+                raise Error(f"update_memory_buffers: the EP buffer serves "
+                            f"{self.group_size} ranks and {self._shape[2]} "
+                            f"experts; vmep does not reallocate it for {R} "
+                            f"ranks and {E} experts (destroy() and make a new "
+                            f"Buffer)")
+            return
+        T, H, hinted_E, K = self._shape_hint
+        if hinted_E is not None and int(hinted_E) != E:
+            raise ValueError(f"update_memory_buffers: {R} ranks x "
+                             f"{per_rank} experts = {E}, but Buffer() was "
+                             f"given num_experts={hinted_E}")
         if self._group is None:
             if self.tcp_store_group is None:
-                raise Error("no group and no tcp_store_group to make one")
-            self._store_group(int(num_ranks))
-        if self.max_num_ranks is None and num_ranks != self.group_size:
-            self.max_num_ranks = int(num_ranks)
-        self._num_experts_hint = int(num_ranks) * int(num_experts_per_rank)
+                raise Error("update_memory_buffers: no group and no "
+                            "tcp_store_group to make one")
+            self._store_group(R)
+        elif self._group.elastic and R != self._group.size:
+            raise ValueError(f"update_memory_buffers: num_ranks={R}, but "
+                             f"this rank joined a job of at most "
+                             f"{self._group.size} ranks (max_num_ranks)")
+        elif R < self._group.size:
+            raise ValueError(f"update_memory_buffers: num_ranks={R} is below "
+                             f"the group's {self._group.size} ranks")
+        self.max_num_ranks = R
+        self.group_size = R
+        self._shape_hint = (T, H, E, K)
+        if T is not None and H is not None:
+            self._ensure_ep(*self._hinted_shape())
 
-    def _ranks(self, ranks):
-        ranks = [int(r) for r in ranks]
-        return (ctypes.c_int * max(1, len(ranks)))(*ranks), len(ranks)
+    def _need_group(self, what):
+        if self._group is None:
+            raise Error(f"{what}: no group yet (tcp_store_group without a "
+                        "size: call update_memory_buffers(num_ranks, ...) "
+                        "first)")
+        return self._group
+
+    def _rank_list(self, ranks, what, allow_self):
+        """Validated distinct ints in 0..R-1 (R the capacity); this rank
+        is dropped (allow_self, as NIXL EP's connect_ranks does) or
+        refused."""
+        if isinstance(ranks, torch.Tensor):
+            ranks = ranks.flatten().tolist()
+        elif isinstance(ranks, (numbers.Integral, str, bytes)):
+            raise TypeError(f"{what}: remote_ranks must be a list of ranks, "
+                            f"not {type(ranks).__name__}")
+        out = []
+        for r in ranks:
+            out.append(self._rank_arg(r, what, allow_self))
+        return [r for i, r in enumerate(out) if r is not None and
+                r not in out[:i]]
+
+    def _rank_arg(self, r, what, allow_self=False):
+        if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+            raise TypeError(f"{what}: a rank must be an int, not "
+                            f"{type(r).__name__} ({r!r})")
+        r, R = int(r), self.group_size
+        if not 0 <= r < R:
+            raise ValueError(f"{what}: rank {r} is out of range 0..{R - 1} "
+                             f"(the buffer's {R} ranks)")
+        if r == self.rank:
+            if allow_self:
+                return None
+            raise ValueError(f"{what}: rank {r} is this rank")
+        return r
+
+    def _no_store(self, what, ranks):
+        return Error(f"{what}: rank(s) {ranks} are not in this buffer's "
+                     "group. A Buffer over a torch.distributed group, an "
+                     "mpi4py comm or a tcp_store_group has fixed "
+                     "membership; membership changes need vmep's store: "
+                     "create the Buffer from vmep's launch environment "
+                     "with max_num_ranks=R, and new processes with rank= "
+                     "and max_num_ranks=R (a join through VMEP_STORE_ADDR)",
+                     _lib.ERR_UNSUPPORTED, "VMEP_ERR_UNSUPPORTED", what)
+
+    def _no_ep(self, what):
+        return Error(f"{what}: the EP buffer does not exist yet; vmep makes "
+                     "it from the shapes: pass num_max_dispatch_tokens_per_"
+                     "rank=, hidden= and num_experts= to Buffer() "
+                     "(num_experts also comes from update_memory_buffers), "
+                     "or dispatch once first")
 
     def connect_ranks(self, remote_ranks, activate=True):
-        """Adds `remote_ranks` to the buffer's membership (collective over
-        the ranks involved); activate=False connects without unmasking."""
-        arr, n = self._ranks(remote_ranks)
-        fn = self._lib.optional("vmep_ep_connect_ranks")
-        self._lib.check(fn(self._live_ep(), arr, n, int(bool(activate))),
-                        "vmep_ep_connect_ranks")
+        """Adds `remote_ranks` to this buffer's connected set
+        (vmep_ep_connect_ranks; collective over the resulting set, see
+        above). This rank, duplicates and ranks already connected are
+        skipped. activate=False leaves the new ranks masked until
+        update_mask_buffer(r, False). Raises PeerError naming a rank that
+        died, TimeoutError for one that never came."""
+        g = self._need_group("connect_ranks")
+        ranks = self._rank_list(remote_ranks, "connect_ranks", True)
+        if not g.has_store:
+            members = set(range(g.size)) - self._disconnected
+            outside = [r for r in ranks if r not in members]
+            if outside:
+                raise self._no_store("connect_ranks", outside)
+            return  # a fixed group's members are connected
+        if self._ep is None and not g.elastic and \
+                all(r < g.size for r in ranks):
+            return  # the group's ranks start connected when it is made
+        if self._ep is None:
+            if None in self._shape_hint[:3]:
+                raise self._no_ep("connect_ranks")
+            self._ensure_ep(*self._hinted_shape())
+        arr = (ctypes.c_int * max(1, len(ranks)))(*ranks)
+        self._lib.call("vmep_ep_connect_ranks", self._ep, arr, len(ranks),
+                       int(bool(activate)))
 
     def disconnect_ranks(self, remote_ranks):
-        """Removes `remote_ranks` from the buffer's membership."""
-        arr, n = self._ranks(remote_ranks)
-        fn = self._lib.optional("vmep_ep_disconnect_ranks")
-        self._lib.check(fn(self._live_ep(), arr, n), "vmep_ep_disconnect_ranks")
+        """Masks `remote_ranks`, unmaps their windows and forgets them here
+        (vmep_ep_disconnect_ranks; not collective: the survivors call it
+        for ranks that died or left). Ranks not connected are skipped."""
+        g = self._need_group("disconnect_ranks")
+        ranks = self._rank_list(remote_ranks, "disconnect_ranks", False)
+        if self._ep is None:
+            members = [] if g.elastic else [r for r in ranks if r < g.size]
+            if not members:
+                return  # nothing is connected yet
+            raise Error("disconnect_ranks: the EP buffer does not exist yet, "
+                        f"and ranks {members} will be connected when it is "
+                        "made; create it first (dispatch once, or the shape "
+                        "keywords of Buffer())")
+        arr = (ctypes.c_int * max(1, len(ranks)))(*ranks)
+        try:
+            self._lib.call("vmep_ep_disconnect_ranks", self._ep, arr,
+                           len(ranks))
+        finally:
+            if not g.has_store:
+                self._disconnected.update(ranks)
+
+    def disconnect_dead_ranks(self):
+        """Disconnects every connected rank whose process vmep's store
+        reports dead (vmep_ep_disconnect_dead); returns how many. vmep's
+        own, not in NIXL EP."""
+        g = self._need_group("disconnect_dead_ranks")
+        if self._ep is None:
+            return 0
+        if not g.has_store:
+            raise self._no_store("disconnect_dead_ranks", "(dead)")
+        count = ctypes.c_int(0)
+        self._lib.call("vmep_ep_disconnect_dead", self._ep,
+                       ctypes.byref(count))
+        return count.value
 
     def update_mask_buffer(self, rank_to_mask, mask=False):
-        """Masks (mask=True) or unmasks one rank."""
-        fn = self._lib.optional("vmep_ep_set_mask")
-        self._lib.check(fn(self._live_ep(), int(rank_to_mask),
-                           int(bool(mask))), "vmep_ep_set_mask")
+        """Masks (mask=True: no tokens to or from it) or unmasks a connected
+        rank, here only (vmep_ep_set_mask, synchronous)."""
+        self._need_group("update_mask_buffer")
+        r = self._rank_arg(rank_to_mask, "update_mask_buffer")
+        if self._ep is None:
+            raise self._no_ep("update_mask_buffer")
+        self._lib.call("vmep_ep_set_mask", self._ep, r, int(bool(mask)))
 
     def query_mask_buffer(self, mask_status):
-        """Fills int32 `mask_status` [num_ranks] with 1 for masked ranks."""
-        fn = self._lib.optional("vmep_ep_query_mask")
-        ep = self._live_ep()
-        count = self._lib.optional("vmep_ep_max_ranks")(ep)
-        values = (ctypes.c_int32 * count)()
-        self._lib.check(fn(ep, values), "vmep_ep_query_mask")
-        n = min(count, mask_status.numel())
-        mask_status[:n].copy_(torch.tensor(list(values)[:n],
-                                           dtype=mask_status.dtype))
+        """Fills `mask_status`, an int32 tensor [R] (R the capacity, on any
+        device), with 1 for each rank masked here and 0 for the others
+        (vmep_ep_query_mask, synchronous; ranks not connected are masked).
+        Returns it."""
+        g = self._need_group("query_mask_buffer")
+        if not isinstance(mask_status, torch.Tensor):
+            raise TypeError("mask_status must be a torch.Tensor, not "
+                            f"{type(mask_status).__name__}")
+        if mask_status.dtype != torch.int32:
+            raise TypeError(f"mask_status must be torch.int32, is "
+                            f"{mask_status.dtype}")
+        R = self.group_size
+        if tuple(mask_status.shape) != (R,):
+            raise ValueError(f"mask_status has shape "
+                             f"{tuple(mask_status.shape)}, expected ({R},) "
+                             "(the buffer's ranks)")
+        if self._ep is None:  # what the EP buffer will start with
+            host = torch.ones(R, dtype=torch.int32)
+            host[self.rank if g.elastic else slice(0, g.size)] = 0
+        else:
+            count = self._lib.vmep_ep_max_ranks(self._ep)
+            if count != R:
+                raise Error(f"query_mask_buffer: the EP buffer has {count} "
+                            f"ranks, the Buffer {R}")
+            values = (ctypes.c_int32 * R)()
+            self._lib.call("vmep_ep_query_mask", self._ep, values)
+            host = torch.tensor(list(values), dtype=torch.int32)
+        mask_status.copy_(host)
+        return mask_status
 
     def clean_mask_buffer(self):
-        """Unmasks every rank."""
-        fn = self._lib.optional("vmep_ep_clear_mask")
-        self._lib.check(fn(self._live_ep()), "vmep_ep_clear_mask")
+        """Unmasks every connected rank here (vmep_ep_clear_mask)."""
+        self._need_group("clean_mask_buffer")
+        if self._ep is not None:
+            self._lib.call("vmep_ep_clear_mask", self._ep)
 
     low_latency_update_mask_buffer = update_mask_buffer
     low_latency_query_mask_buffer = query_mask_buffer
     low_latency_clean_mask_buffer = clean_mask_buffer
 
     def barrier(self):
-        """Waits for every active rank (the EP buffer's barrier, or the
-        group's before the buffer exists)."""
-        if self._ep is not None and self._lib.has("vmep_ep_barrier"):
-            fn = self._lib.optional("vmep_ep_barrier")
-            self._lib.check(fn(self._ep), "vmep_ep_barrier")
+        """Waits for every connected rank (vmep_ep_barrier, over vmep's
+        store); over a fixed group, or before the EP buffer exists, the
+        group's barrier."""
+        g = self._need_group("barrier")
+        if self._ep is not None and g.has_store:
+            self._lib.call("vmep_ep_barrier", self._ep)
             return
-        if self._group is None:
-            raise Error("no group yet")
-        status = self._lib.vmep_group_barrier(self._group.handle)
+        if g.elastic:
+            raise self._no_ep("barrier")
+        status = self._lib.vmep_group_barrier(g.handle)
         raise_with_callback_error(self._lib, status, "vmep_group_barrier",
-                                  self._group.callbacks)
+                                  g.callbacks)
 
 
 class _DeviceMemory:

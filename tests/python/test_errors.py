@@ -98,10 +98,65 @@ def test_store_callbacks_round_trip(lib):
     assert len(store.kv) == 2  # rounds 0 and 1 deleted
 
 
-def test_optional_symbols_bound_or_not_implemented(lib):
-    for name in _lib._OPTIONAL_PROTOTYPES:
-        if hasattr(lib.cdll, name):
-            assert lib.optional(name) is not None
-        else:
-            with pytest.raises(NotImplementedError, match=name):
-                lib.optional(name)
+def test_every_entry_point_is_bound(lib):
+    for name, (restype, argtypes) in _lib._PROTOTYPES.items():
+        fn = getattr(lib, name)
+        assert fn.restype == restype and list(fn.argtypes) == argtypes, name
+
+
+class OldCDLL:
+    """A libvmep built before elastic membership: every entry point but
+    the elastic ones (as lambdas, which take restype / argtypes)."""
+
+    def __init__(self):
+        for name in _lib._PROTOTYPES:
+            if name not in _lib._ELASTIC_PROTOTYPES:
+                setattr(self, name, lambda *a: 0)
+
+
+def test_old_library_is_refused_with_the_missing_names(tmp_path, monkeypatch):
+    with pytest.raises(AttributeError) as info:
+        _lib.Library("/old/libvmep.so", cdll=OldCDLL())
+    text = str(info.value)
+    for name in _lib._ELASTIC_PROTOTYPES:
+        assert name in text
+    assert "elastic membership" in text and "rebuild" in text
+    # load() moves on, and names why in what it raises
+    monkeypatch.setattr(_lib, "library_candidates", lambda: ["libold.so"])
+    monkeypatch.setattr(_lib.ctypes, "CDLL", lambda path: OldCDLL())
+    _lib.reset_for_tests()
+    try:
+        with pytest.raises(vmep.LibraryNotFoundError,
+                           match="libold.so.*vmep_ep_connect_ranks"):
+            _lib.load()
+    finally:
+        _lib.reset_for_tests()
+
+
+def test_elastic_c_errors_reach_python(lib):
+    # Checks the C library makes before it needs a GPU or a store.
+    with pytest.raises(vmep.Error, match="ep is NULL") as info:
+        lib.call("vmep_ep_set_mask", None, 1, 1)
+    assert info.value.status == _lib.ERR_INVALID_ARG
+    assert info.value.status_name == "VMEP_ERR_INVALID_ARG"
+    assert info.value.call == "vmep_ep_set_mask"
+    for name, args in [("vmep_ep_clear_mask", ()),
+                       ("vmep_ep_query_mask", (None,)),
+                       ("vmep_ep_barrier", ()),
+                       ("vmep_ep_connect_ranks", (None, 0, 1)),
+                       ("vmep_ep_disconnect_ranks", (None, 0)),
+                       ("vmep_ep_disconnect_dead", (None,))]:
+        with pytest.raises(vmep.Error, match="ep is NULL"):
+            lib.call(name, None, *args)
+    assert lib.vmep_ep_max_ranks(None) == 0
+
+
+def test_group_join_refusals(lib, monkeypatch):
+    monkeypatch.delenv("VMEP_STORE_ADDR", raising=False)
+    with pytest.raises(vmep.Error, match="rank 5 is not in 0..3") as info:
+        _group.Group.join(lib, 5, 4, "127.0.0.1:1")
+    assert info.value.status == _lib.ERR_INVALID_ARG
+    with pytest.raises(vmep.Error, match="max_ranks 2000"):
+        _group.Group.join(lib, 0, 2000, "127.0.0.1:1")
+    with pytest.raises(vmep.Error, match="VMEP_STORE_ADDR"):
+        _group.Group.join(lib, 0, 4)  # no address, none in the environment

@@ -1,10 +1,15 @@
-"""Every ctypes mirror of a C struct against include/vmep.h: a C program
-built with the header prints each struct's size and each field's offset
-and size, and they must equal ctypes'."""
+"""The binding against include/vmep.h: a C program built with the header
+prints each mirrored struct's size and each field's offset and size, which
+must equal ctypes'; every C field is mirrored, in order (max_ranks of
+vmep_ep_config included); every bound function's ctypes prototype matches
+its declaration; the whole elastic API is bound."""
 import ctypes
 import os
+import re
 import shutil
 import subprocess
+from ctypes import (POINTER, c_char_p, c_int, c_int32, c_size_t, c_uint,
+                    c_uint64, c_void_p)
 
 import pytest
 
@@ -46,11 +51,6 @@ def all_fields(cls):
 
 def test_struct_layouts_match_the_header(root, tmp_path):
     structs = dict(_lib.STRUCTS)
-    header = open(os.path.join(root, "include", "vmep.h")).read()
-    config = header[header.index("typedef struct vmep_ep_config"):]
-    config = config[:config.index("} vmep_ep_config;")]
-    if "max_ranks" in config:  # the elastic field, once the header has it
-        structs["vmep_ep_config"] = _lib.EpConfigElastic
 
     class Flat:  # what c_layout needs: the C field names
         pass
@@ -69,6 +69,93 @@ def test_struct_layouts_match_the_header(root, tmp_path):
             assert (offset, size) == (desc.offset, desc.size), \
                 f"{cname}.{field}: C {offset}/{size}, ctypes " \
                 f"{desc.offset}/{desc.size}"
+
+
+def c_fields(root, struct):
+    """The field names of `typedef struct NAME {...} NAME;` in vmep.h."""
+    header = open(os.path.join(root, "include", "vmep.h")).read()
+    body = header[header.index(f"typedef struct {struct} {{"):]
+    body = re.sub(r"/\*.*?\*/", "", body[:body.index(f"}} {struct};")],
+                  flags=re.S)
+    return re.findall(r"(\w+)(?:\[[^]]*\])?\s*;", body)
+
+
+def test_every_c_field_is_mirrored_in_order(root):
+    for cname, cls in _lib.STRUCTS.items():
+        assert [f for f, _ in all_fields(cls)] == c_fields(root, cname), cname
+    # the elastic capacity, appended last (Buffer(max_num_ranks=...))
+    assert c_fields(root, "vmep_ep_config")[-1] == "max_ranks"
+
+
+def c_prototypes(root):
+    """{name: (return type, [parameter types])} of every VMEP_API function
+    in vmep.h, types with their names and extra spaces removed."""
+    header = re.sub(r"/\*.*?\*/", "", open(
+        os.path.join(root, "include", "vmep.h")).read(), flags=re.S)
+    found = {}
+    for ret, args in re.findall(r"VMEP_API\s+([^;(]*?)\s*\(([^;]*?)\)\s*;",
+                                header):
+        ret, name = re.match(r"(.*?)(\w+)$", ret.strip(), re.S).groups()
+        params = []
+        for a in " ".join(args.split()).split(","):
+            a = a.strip()
+            if a == "void":
+                continue
+            a = re.sub(r"\w+$", "", a).strip()  # the parameter's name
+            params.append(re.sub(r"\s*\*", "*", a))
+        found[name] = (re.sub(r"\s*\*", "*", ret.strip()), params)
+    return found
+
+
+# C type -> the ctypes the binding may declare for it.
+_OPAQUE = ("vmep_group", "vmep_ep")
+
+
+def allowed(ctype):
+    bare = ctype.replace("const ", "")
+    simple = {
+        "void": [None], "int": [c_int], "vmep_status": [c_int],
+        "size_t": [c_size_t], "size_t*": [POINTER(c_size_t)],
+        "char*": [c_char_p], "void*": [c_void_p],
+        "int*": [POINTER(c_int)], "int32_t*": [POINTER(c_int32)],
+        "unsigned*": [POINTER(c_uint)], "uint64_t*": [POINTER(c_uint64)],
+        "void**": [POINTER(c_void_p)],
+        "vmep_allgather_fn": [_lib.ALLGATHER_FN],
+        "vmep_barrier_fn": [_lib.BARRIER_FN],
+    }
+    if bare in simple:
+        return simple[bare]
+    if bare.endswith("**") and bare[:-2] in _OPAQUE:
+        return [POINTER(c_void_p)]
+    if bare.endswith("*") and bare[:-1] in _OPAQUE:
+        return [c_void_p]
+    if bare.endswith("*") and bare[:-1] in _lib.STRUCTS:
+        # a struct: by pointer to its mirror, or by address
+        return [POINTER(_lib.STRUCTS[bare[:-1]]), c_void_p]
+    raise AssertionError(f"no ctypes mapping for C type {ctype!r}")
+
+
+def test_prototypes_match_the_header(root):
+    c = c_prototypes(root)
+    for name, (restype, argtypes) in _lib._PROTOTYPES.items():
+        assert name in c, f"{name} is not declared in vmep.h"
+        ret, params = c[name]
+        assert restype in allowed(ret), f"{name} returns {ret}"
+        assert len(argtypes) == len(params), \
+            f"{name}: {len(argtypes)} ctypes arguments, C has {params}"
+        for i, (mine, theirs) in enumerate(zip(argtypes, params)):
+            assert mine in allowed(theirs), \
+                f"{name} argument {i}: ctypes {mine}, C {theirs}"
+
+
+def test_the_elastic_api_is_bound(root):
+    header = open(os.path.join(root, "include", "vmep.h")).read()
+    section = header[header.index("Masks and membership"):]
+    section = section[:section.index("Configuration: every environment")]
+    names = set(re.findall(r"VMEP_API[^;(]*?(\w+)\s*\(", section))
+    names.add("vmep_group_join")
+    assert names == set(_lib._ELASTIC_PROTOTYPES)
+    assert names <= set(_lib._PROTOTYPES)
 
 
 def test_constants_match_the_header(root):
