@@ -243,6 +243,9 @@ typedef struct vmep_group vmep_group;
  * `store_addr` ("host:port"). Rank 0 hosts the store on that port; the
  * others connect (retrying until VMEP_TIMEOUT_MS). Every connection
  * presents `token` (NULL: VMEP_JOB_TOKEN; a store refuses a wrong one).
+ * Groups may follow one another on one address: a process never joins the
+ * store of a group it destroyed, nor one whose rank 0 has begun to destroy
+ * its group; it waits for the new store instead.
  */
 VMEP_API vmep_status vmep_group_create(int rank, int size,
                                        const char *store_addr,
@@ -295,7 +298,10 @@ VMEP_API vmep_status vmep_group_join(int rank, int max_ranks,
                                      const char *store_addr, const char *token,
                                      vmep_group **group_out);
 
-/* Leaves the group (not collective). NULL is a no-op. */
+/* Leaves the group (not collective). Rank 0 of a store group keeps the
+ * store up, starting no new session on it, until the other ranks have left
+ * (at most VMEP_TIMEOUT_MS: VMEP_ERR_TIMEOUT then), and stops it. NULL is
+ * a no-op. */
 VMEP_API vmep_status vmep_group_destroy(vmep_group *group);
 
 VMEP_API int vmep_group_rank(const vmep_group *group);

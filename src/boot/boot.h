@@ -63,11 +63,15 @@ vmep_status vmep__launch_env_detect(struct vmep_launch_env *env_out);
  * u8 answer then the answer's fields. Byte strings travel as u32 length +
  * bytes; integers are little-endian.
  */
-#define VMEP_STORE_PROTOCOL_VERSION 2u  /* 2: FORGET, published deaths */
+/* 2: FORGET, published deaths; 3: store instances (HELLO names the one
+ * it resumes and those it avoids, its OK answer the store's), CLOSING and
+ * GONE answers. */
+#define VMEP_STORE_PROTOCOL_VERSION 3u
 #define VMEP_STORE_FRAME_MAX (8u << 20) /* body bytes of one frame */
 #define VMEP_STORE_KEY_MAX 1024u
 #define VMEP_STORE_TOKEN_MAX 255u
 #define VMEP_STORE_MESSAGE_MAX 1024u
+#define VMEP_STORE_AVOID_MAX 8u /* instances one HELLO may avoid */
 /* Room for a SET of the longest key, so one value always fits a frame. */
 #define VMEP_STORE_VALUE_MAX (VMEP_STORE_FRAME_MAX - VMEP_STORE_KEY_MAX - 64u)
 /* Value length that marks a missing key in a GET answer. */
@@ -75,7 +79,9 @@ vmep_status vmep__launch_env_detect(struct vmep_launch_env *env_out);
 
 enum vmep_store_cmd {
   VMEP_STORE_HELLO = 1,  /* u32 version, i32 rank (-1: none), u64 session,
-                            token */
+                            u64 instance (0: any), u32 n (at most
+                            VMEP_STORE_AVOID_MAX), n u64 instances to
+                            avoid, token; OK answers u64 instance */
   VMEP_STORE_BYE = 2,    /* clean goodbye: the rank is not marked dead */
   VMEP_STORE_SET = 3,    /* key, value */
   VMEP_STORE_GET = 4,    /* i32 timeout_ms (-1: no wait), u32 n, n keys */
@@ -94,6 +100,12 @@ enum vmep_store_answer {
   VMEP_STORE_DEAD = 3,     /* a wait cannot finish: rank `rank` died */
   VMEP_STORE_REJECTED = 4, /* protocol violation or wrong token: the
                               store closes the connection */
+  VMEP_STORE_CLOSING = 5,  /* HELLO: no new session here (the store is
+                              shutting down, or the client avoids it): try
+                              again, a new store may come up; closes */
+  VMEP_STORE_GONE = 6,     /* HELLO: the session's store instance is gone
+                              (this one is another): its keys are lost;
+                              closes */
   VMEP_STORE_ANSWER_END
 };
 
@@ -107,18 +119,21 @@ struct vmep_store_bytes {
 struct vmep_store_request {
   unsigned cmd;
   uint64_t seq;
-  uint32_t version;                 /* HELLO */
-  int32_t rank;                     /* HELLO, FORGET */
-  uint64_t session;                 /* HELLO */
-  struct vmep_store_bytes token;    /* HELLO */
-  struct vmep_store_bytes key;      /* SET, ADD, CAS, DELETE */
-  struct vmep_store_bytes value;    /* SET value, CAS desired value */
-  struct vmep_store_bytes expected; /* CAS, when expect_present */
-  int expect_present;               /* CAS: 0 means "key must be absent" */
-  int64_t delta;                    /* ADD */
-  int32_t timeout_ms;               /* GET, WAIT */
-  uint32_t nkeys;                   /* GET, WAIT: at least 1 */
-  struct vmep_store_bytes keys;     /* GET, WAIT: the nkeys entries */
+  uint32_t version;                     /* HELLO */
+  int32_t rank;                         /* HELLO, FORGET */
+  uint64_t session;                     /* HELLO */
+  uint64_t instance;                    /* HELLO: 0, or the one to resume */
+  uint32_t navoid;                      /* HELLO: instances to avoid, */
+  uint64_t avoid[VMEP_STORE_AVOID_MAX]; /* the first navoid */
+  struct vmep_store_bytes token;        /* HELLO */
+  struct vmep_store_bytes key;          /* SET, ADD, CAS, DELETE */
+  struct vmep_store_bytes value;        /* SET value, CAS desired value */
+  struct vmep_store_bytes expected;     /* CAS, when expect_present */
+  int expect_present;                   /* CAS: 0 means "key must be absent" */
+  int64_t delta;                        /* ADD */
+  int32_t timeout_ms;                   /* GET, WAIT */
+  uint32_t nkeys;                       /* GET, WAIT: at least 1 */
+  struct vmep_store_bytes keys;         /* GET, WAIT: the nkeys entries */
 };
 
 /* A parsed reply; its byte ranges point into the parsed buffer. */
@@ -128,8 +143,9 @@ struct vmep_store_reply {
   struct vmep_store_bytes message; /* not OK: text for the log */
   uint32_t count;                  /* GET, WAIT: keys answered */
   struct vmep_store_bytes values;  /* GET: `count` entries */
-  int64_t number; /* ADD: new value; CAS: 1 if swapped; DELETE: 1 if the
-                     key existed; FORGET: 1 if the rank was dead */
+  int64_t number;    /* ADD: new value; CAS: 1 if swapped; DELETE: 1 if the
+                        key existed; FORGET: 1 if the rank was dead */
+  uint64_t instance; /* HELLO: the store's instance */
 };
 
 /*
@@ -140,6 +156,8 @@ struct vmep_store_reply {
  * zero length, unknown command, a field past the body's end, trailing
  * bytes, a key or token over its limit); *error_out then names the problem
  * (static text). An oversize length is refused from its first 4 bytes.
+ * A HELLO of another protocol version is read up to its version only (the
+ * rest is skipped), so that the store can name the mismatch.
  */
 long vmep__store_request_parse(const void *buf, size_t len,
                                struct vmep_store_request *req_out,
@@ -226,10 +244,13 @@ struct vmep_store_op {
   int64_t delta;           /* ADD */
   const char *const *keys; /* GET, WAIT */
   size_t nkeys;
-  int32_t timeout_ms; /* GET, WAIT */
-  int32_t rank;       /* HELLO, FORGET */
-  uint64_t session;   /* HELLO */
-  const char *token;  /* HELLO */
+  int32_t timeout_ms;    /* GET, WAIT */
+  int32_t rank;          /* HELLO, FORGET */
+  uint64_t session;      /* HELLO */
+  uint64_t instance;     /* HELLO: 0, or the store instance to resume */
+  const uint64_t *avoid; /* HELLO: navoid (<= VMEP_STORE_AVOID_MAX) */
+  size_t navoid;         /* instances not to start a session on */
+  const char *token;     /* HELLO */
 };
 
 /*
@@ -280,10 +301,17 @@ enum vmep_store_peer_next {
   VMEP_STORE_PEER_CLOSE    /* flush the answer (best effort) and close */
 };
 
-/* A state whose clients must present `token`. VMEP_ERR_INVALID_ARG (too
- * long), VMEP_ERR_OUT_OF_MEMORY; nothing allocated on failure. */
+/* A state whose clients must present `token`, with a random nonzero
+ * instance id that names this store apart from any other that serves the
+ * address before or after it. VMEP_ERR_INVALID_ARG (too long),
+ * VMEP_ERR_OUT_OF_MEMORY; nothing allocated on failure. */
 vmep_status vmep__store_state_create(const char *token,
                                      struct vmep_store_state **state_out);
+uint64_t vmep__store_state_instance(const struct vmep_store_state *state);
+/* From now on a HELLO that would start a new session is answered CLOSING
+ * (its client retries, and finds the next store at the address); sessions
+ * already known may still reconnect (to say BYE). Idempotent. */
+void vmep__store_state_retire(struct vmep_store_state *state);
 /* Frees the state (peers must be closed first). NULL is a no-op. */
 void vmep__store_state_destroy(struct vmep_store_state *state);
 size_t vmep__store_state_keys(const struct vmep_store_state *state);
@@ -295,7 +323,10 @@ struct vmep_store_peer *vmep__store_peer_open(struct vmep_store_state *state,
  * Carries out request `q` and appends its answer to `out` (unless the
  * request blocks). Protocol violations (no HELLO first, wrong token, a
  * second HELLO, a rank another live session holds) are logged at warn,
- * answered REJECTED and return VMEP_STORE_PEER_CLOSE, as BYE does.
+ * answered REJECTED and return VMEP_STORE_PEER_CLOSE, as BYE does. A HELLO
+ * that resumes another instance's session is answered GONE; one that
+ * would start a session on a retired store, or on an instance it avoids,
+ * CLOSING; both close too.
  */
 int vmep__store_peer_request(struct vmep_store_state *state,
                              struct vmep_store_peer *peer,
@@ -341,6 +372,11 @@ vmep_status vmep__store_server_start(const char *host, int port,
 int vmep__store_server_port(const struct vmep_store_server *server);
 /* Keys it holds (as of its last loop turn). Thread-safe. */
 size_t vmep__store_server_keys(struct vmep_store_server *server);
+/* Its state's instance id (see vmep__store_state_create). */
+uint64_t vmep__store_server_instance(const struct vmep_store_server *server);
+/* vmep__store_state_retire, done by the server thread before this returns:
+ * the store starts no new session from then on. Thread-safe. */
+void vmep__store_server_retire(struct vmep_store_server *server);
 /* Waits until no rank is connected (each said BYE or died), at most
  * timeout_ms: VMEP_ERR_TIMEOUT (logged at warn) then. Thread-safe. */
 vmep_status vmep__store_server_drain(struct vmep_store_server *server,
@@ -366,10 +402,24 @@ typedef vmep_status (*vmep_store_value_fn)(void *user, size_t index,
  * unreachable for 2 s, calls fail with VMEP_ERR_PEER naming that rank.
  * timeout_ms is also the default of every later call. A refusal (wrong
  * token, rank taken) is VMEP_ERR_INVALID_ARG with the store's reason.
+ * The client keeps to the store instance it first reached: a store that
+ * answers CLOSING (retired, or one vmep__store_left named) is retried as
+ * an unreachable one; a reconnect that finds another instance at the
+ * address (the store was replaced, and its keys lost) fails the call with
+ * VMEP_ERR_PEER.
  */
 vmep_status vmep__store_client_connect(const char *addr, const char *token,
                                        int rank, int host_rank, int timeout_ms,
                                        struct vmep_store_client **client_out);
+/* The instance of the store the client is on (0 before the first HELLO
+ * was answered). */
+uint64_t vmep__store_client_instance(const struct vmep_store_client *client);
+/* Records, for the whole process, that it left store instance `instance`
+ * (nonzero) for good: the HELLO of every new session avoids the last
+ * VMEP_STORE_AVOID_MAX instances recorded, so that a store still serving a
+ * group this process destroyed is never taken for its successor at the
+ * same address. Thread-safe. */
+void vmep__store_left(uint64_t instance);
 /* Closes and frees; with `goodbye`, says BYE first (best effort), so that
  * the store does not take the rank for dead. NULL is a no-op. */
 void vmep__store_client_close(struct vmep_store_client *client, int goodbye);

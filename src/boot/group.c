@@ -317,9 +317,12 @@ static vmep_status store_group_create(int rank, int size, const char *addr,
     group_free(g);
     return status;
   }
-  vmep_log_info("group: rank %d of %d joined through store %s (node %d, "
-                "local rank %d)",
-                rank, size, addr, g->node_of[rank], g->local_rank);
+  vmep_log_info(
+      "group: rank %d of %d joined through store %s, instance "
+      "%016llx (node %d, local rank %d)",
+      rank, size, addr,
+      (unsigned long long)vmep__store_client_instance(g->gather.client),
+      g->node_of[rank], g->local_rank);
   *group_out = g;
   return VMEP_OK;
 }
@@ -513,10 +516,24 @@ vmep_status vmep_group_create_custom(int rank, int size,
   return VMEP_OK;
 }
 
+/*
+ * A store group's store lives as long as rank 0's group, so a new group on
+ * the same address gets a new store, and a rank that is done with the old
+ * group may try the address while the old store still serves the others.
+ * Two rules keep it off the old one: rank 0 retires its store before
+ * draining it (it starts no new session, only old ones may resume to say
+ * goodbye), and every rank records the store instance it leaves, which
+ * its later creates avoid (even before rank 0 retires it). Their clients
+ * retry until the new store is up.
+ */
 vmep_status vmep_group_destroy(vmep_group *g) {
   vmep_status status = VMEP_OK;
   if (!g)
     return VMEP_OK;
+  if (g->server)
+    vmep__store_server_retire(g->server);
+  if (g->gather.client && !g->elastic) /* an elastic store outlives us */
+    vmep__store_left(vmep__store_client_instance(g->gather.client));
   vmep__store_client_close(g->gather.client, 1);
   if (g->server) {
     /* Serve the others until they have left too (bounded). */

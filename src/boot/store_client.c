@@ -4,10 +4,13 @@
  * it after the others try), and when a connection breaks it reconnects,
  * says HELLO again under the same session and resends the request; the
  * session and sequence number let the store answer a resent mutation from
- * its cache instead of applying it twice.
+ * its cache instead of applying it twice. It keeps to the store instance it
+ * first reached: a store that replaced it at the address has none of its
+ * keys, so a reconnect there fails the call instead.
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -35,10 +38,38 @@ struct vmep_store_client {
   int host_rank;
   int timeout_ms;
   uint64_t session, seq;
+  uint64_t instance; /* of the store, once a HELLO was answered OK */
+  char refusal[160]; /* the last CLOSING answer's reason */
   struct vmep_store_wbuf out;
   unsigned char *in;
   size_t in_len, in_cap;
 };
+
+/* The store instances this process left for good (vmep__store_left), the
+ * latest VMEP_STORE_AVOID_MAX of them: no new session starts on them. */
+static struct {
+  pthread_mutex_t lock;
+  uint64_t ids[VMEP_STORE_AVOID_MAX];
+  size_t count, next;
+} left = {PTHREAD_MUTEX_INITIALIZER, {0}, 0, 0};
+
+void vmep__store_left(uint64_t instance) {
+  if (!instance)
+    return;
+  pthread_mutex_lock(&left.lock);
+  left.ids[left.next] = instance;
+  left.next = (left.next + 1) % VMEP_STORE_AVOID_MAX;
+  left.count += left.count < VMEP_STORE_AVOID_MAX;
+  pthread_mutex_unlock(&left.lock);
+}
+
+static size_t left_copy(uint64_t *ids) {
+  pthread_mutex_lock(&left.lock);
+  size_t n = left.count;
+  memcpy(ids, left.ids, n * sizeof(*ids));
+  pthread_mutex_unlock(&left.lock);
+  return n;
+}
 
 /* What one attempt at a socket operation came to. */
 enum io { IO_OK, IO_LOST, IO_TIMEOUT, IO_BAD, IO_NOMEM };
@@ -143,15 +174,37 @@ static vmep_status io_failure(const struct vmep_store_client *c, enum io io) {
                     "store %s sent a malformed answer", c->addr);
 }
 
-/* One try: connect and say HELLO. VMEP_OK; VMEP_ERR_TIMEOUT (not logged,
- * *err set) when it may be retried; any other status is final. */
+/* A HELLO that found another instance of the store than the session's. */
+static vmep_status store_replaced(const struct vmep_store_client *c,
+                                  const struct vmep_store_reply *a) {
+  int len = (int)a->message.len;
+  const char *text = (const char *)a->message.data;
+  if (c->host_rank >= 0)
+    return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
+                      "rank %d died or left: the store it hosted at %s is "
+                      "gone, and another serves there (%.*s)",
+                      c->host_rank, c->addr, len, text);
+  return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
+                    "store %s was replaced by another: %.*s", c->addr, len,
+                    text);
+}
+
+/* One try: connect and say HELLO. VMEP_OK; VMEP_ERR_TIMEOUT (not logged)
+ * when it may be retried, with *err an errno value, or -1 when the store
+ * answered CLOSING (c->refusal says why); any other status is final. A
+ * new session avoids the store instances this process left; a resumed one
+ * asks for its own instance. */
 static vmep_status try_open(struct vmep_store_client *c, uint64_t deadline,
                             int *err) {
+  uint64_t avoid[VMEP_STORE_AVOID_MAX];
   struct vmep_store_op hello = {.cmd = VMEP_STORE_HELLO,
                                 .rank = c->rank,
                                 .session = c->session,
+                                .instance = c->instance,
+                                .avoid = avoid,
+                                .navoid = c->instance ? 0 : left_copy(avoid),
                                 .token = c->token};
-  struct vmep_store_reply a;
+  struct vmep_store_reply a = {0};
   c->fd = vmep__tcp_dial(c->host, c->port, deadline, err);
   if (c->fd < 0)
     return VMEP_ERR_TIMEOUT;
@@ -164,9 +217,22 @@ static vmep_status try_open(struct vmep_store_client *c, uint64_t deadline,
   enum io io = send_all(c, deadline);
   if (io == IO_OK)
     io = recv_reply(c, VMEP_STORE_HELLO, deadline, &a);
-  if (io == IO_OK && a.answer == VMEP_STORE_OK)
+  if (io == IO_OK && a.answer == VMEP_STORE_OK) {
+    if (!c->instance)
+      vmep_log_debug("store %s: instance %016llx", c->addr,
+                     (unsigned long long)a.instance);
+    c->instance = a.instance;
     return VMEP_OK;
+  }
   hang_up(c);
+  if (io == IO_OK && a.answer == VMEP_STORE_CLOSING) {
+    snprintf(c->refusal, sizeof(c->refusal), "%.*s", (int)a.message.len,
+             (const char *)a.message.data);
+    *err = -1;
+    return VMEP_ERR_TIMEOUT;
+  }
+  if (io == IO_OK && a.answer == VMEP_STORE_GONE)
+    return store_replaced(c, &a);
   if (io == IO_OK)
     return answer_failure(c, &a);
   if (io == IO_BAD || io == IO_NOMEM)
@@ -182,20 +248,23 @@ static vmep_status try_open(struct vmep_store_client *c, uint64_t deadline,
  */
 static vmep_status open_connection(struct vmep_store_client *c,
                                    uint64_t deadline, uint64_t lost_at) {
-  int pause = 10, err = 0;
+  int pause = 10, err = 0, last = 0;
   for (;;) {
     vmep_status status = try_open(c, deadline, &err);
     if (status != VMEP_ERR_TIMEOUT)
       return status;
+    if (err != ETIMEDOUT || !last)
+      last = err; /* an attempt cut short by the deadline says less */
     uint64_t now = vmep__now_ms();
+    const char *why = last < 0 ? c->refusal : strerror(last);
     if (lost_at && c->host_rank >= 0 && now >= lost_at + HOST_LOST_MS)
       return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
                         "rank %d died (the store it hosts at %s is gone: %s)",
-                        c->host_rank, c->addr, strerror(err));
+                        c->host_rank, c->addr, why);
     if (now >= deadline)
       return vmep__fail(VMEP_ERR_TIMEOUT, VMEP_LOG_ERROR,
                         "store %s unreachable for %d ms (last error: %s)",
-                        c->addr, c->timeout_ms, strerror(err));
+                        c->addr, c->timeout_ms, why);
     struct timespec ts = {0, (long)(pause < vmep__ms_left(deadline)
                                         ? pause
                                         : vmep__ms_left(deadline)) *
@@ -317,6 +386,10 @@ void vmep__store_client_drop(struct vmep_store_client *c) { hang_up(c); }
 
 int vmep__store_client_timeout(const struct vmep_store_client *c) {
   return c->timeout_ms;
+}
+
+uint64_t vmep__store_client_instance(const struct vmep_store_client *c) {
+  return c->instance;
 }
 
 vmep_status vmep__store_set(struct vmep_store_client *c, const char *key,

@@ -102,8 +102,19 @@ static void parse_request_fields(struct reader *r,
   switch (q->cmd) {
   case VMEP_STORE_HELLO:
     q->version = (uint32_t)read_le(r, 4);
+    if (q->version != VMEP_STORE_PROTOCOL_VERSION && !r->bad) {
+      r->p += r->left; /* another layout: the store names the version */
+      r->left = 0;
+      break;
+    }
     q->rank = (int32_t)(uint32_t)read_le(r, 4);
     q->session = read_le(r, 8);
+    q->instance = read_le(r, 8);
+    q->navoid = (uint32_t)read_le(r, 4);
+    if (q->navoid > VMEP_STORE_AVOID_MAX && !r->bad)
+      r->bad = "more store instances to avoid than the limit";
+    for (uint32_t i = 0; i < q->navoid && !r->bad; i++)
+      q->avoid[i] = read_le(r, 8);
     q->token = read_bytes(r, VMEP_STORE_TOKEN_MAX, "job token over the limit");
     if (q->rank < -1 && !r->bad)
       r->bad = "rank below -1";
@@ -189,6 +200,9 @@ static void parse_reply_fields(struct reader *r, unsigned cmd,
   case VMEP_STORE_ADD:
     a->number = (int64_t)read_le(r, 8);
     break;
+  case VMEP_STORE_HELLO:
+    a->instance = read_le(r, 8);
+    break;
   case VMEP_STORE_CAS:
   case VMEP_STORE_DELETE:
   case VMEP_STORE_FORGET:
@@ -196,7 +210,7 @@ static void parse_reply_fields(struct reader *r, unsigned cmd,
     if (a->number > 1 && !r->bad)
       r->bad = "a flag neither 0 nor 1";
     break;
-  default: /* HELLO, BYE and SET answer OK alone */
+  default: /* BYE and SET answer OK alone */
     break;
   }
 }
@@ -404,9 +418,17 @@ static vmep_status encode_fields(struct vmep_store_wbuf *w,
   case VMEP_STORE_HELLO: {
     size_t token_len = strlen(op->token);
     status = check_len("job token", token_len, VMEP_STORE_TOKEN_MAX);
+    if (status == VMEP_OK && op->navoid > VMEP_STORE_AVOID_MAX)
+      status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                          "store: HELLO avoiding %zu instances (at most %u)",
+                          op->navoid, VMEP_STORE_AVOID_MAX);
     vmep__wbuf_put_u32(w, VMEP_STORE_PROTOCOL_VERSION);
     vmep__wbuf_put_u32(w, (uint32_t)op->rank);
     vmep__wbuf_put_u64(w, op->session);
+    vmep__wbuf_put_u64(w, op->instance);
+    vmep__wbuf_put_u32(w, status == VMEP_OK ? (uint32_t)op->navoid : 0);
+    for (size_t i = 0; status == VMEP_OK && i < op->navoid; i++)
+      vmep__wbuf_put_u64(w, op->avoid[i]);
     vmep__wbuf_put_bytes(w, op->token, token_len);
     return status;
   }

@@ -8,6 +8,8 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "boot/boot.h"
 
@@ -45,6 +47,8 @@ struct vmep_store_peer {
 struct vmep_store_state {
   unsigned char token[VMEP_STORE_TOKEN_MAX];
   size_t token_len;
+  uint64_t instance; /* random, nonzero: this store among those at an address */
+  int retired;       /* no new sessions */
   struct vmep_store_table *table;
   struct session *sessions;
   size_t nsessions;
@@ -71,8 +75,23 @@ vmep_status vmep__store_state_create(const char *token,
   }
   memcpy(st->token, token, len);
   st->token_len = len;
+  if (getrandom(&st->instance, sizeof(st->instance), GRND_NONBLOCK) !=
+      (ssize_t)sizeof(st->instance))
+    st->instance = vmep__now_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)st;
+  st->instance |= 1; /* 0 means "any instance" on the wire */
   *state_out = st;
   return VMEP_OK;
+}
+
+uint64_t vmep__store_state_instance(const struct vmep_store_state *st) {
+  return st->instance;
+}
+
+void vmep__store_state_retire(struct vmep_store_state *st) {
+  if (!st->retired)
+    vmep_log_info("store: instance %016llx retired: no new sessions",
+                  (unsigned long long)st->instance);
+  st->retired = 1;
 }
 
 void vmep__store_state_destroy(struct vmep_store_state *st) {
@@ -202,10 +221,28 @@ static int reject(struct vmep_store_peer *p, struct vmep_store_wbuf *out,
   return VMEP_STORE_PEER_CLOSE;
 }
 
+/* A HELLO refused in the normal course of stores coming and going
+ * (CLOSING, GONE): answered, logged at debug, connection closed. */
+static int turn_away(struct vmep_store_peer *p, struct vmep_store_wbuf *out,
+                     unsigned answer, const char *why) {
+  vmep_log_debug("store: %s: %s; closing that connection", p->name, why);
+  vmep__store_reply_error(out, answer, -1, "%s", why);
+  return VMEP_STORE_PEER_CLOSE;
+}
+
 static void reply_ok(struct vmep_store_wbuf *out) {
   vmep__wbuf_frame_begin(out);
   vmep__wbuf_put_u8(out, VMEP_STORE_OK);
   vmep__wbuf_frame_end(out);
+}
+
+/* Whether the HELLO asks to avoid this store instance. */
+static int avoided(const struct vmep_store_state *st,
+                   const struct vmep_store_request *q) {
+  for (uint32_t i = 0; i < q->navoid; i++)
+    if (q->avoid[i] == st->instance)
+      return 1;
+  return 0;
 }
 
 static struct session *find_session(struct vmep_store_state *st, uint64_t id) {
@@ -251,7 +288,7 @@ static struct session *new_session(struct vmep_store_state *st, uint64_t id,
 static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
                  const struct vmep_store_request *q,
                  struct vmep_store_wbuf *out) {
-  char why[128];
+  char why[192];
   if (p->session)
     return reject(p, out, "second HELLO on one connection");
   if (q->version != VMEP_STORE_PROTOCOL_VERSION) {
@@ -262,7 +299,20 @@ static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
   if (!vmep__store_token_equal(st->token, st->token_len, q->token.data,
                                q->token.len))
     return reject(p, out, "wrong job token");
+  if (q->instance && q->instance != st->instance) {
+    snprintf(why, sizeof(why),
+             "the session began on store instance %016llx; this is "
+             "%016llx (the store was replaced, and its keys are gone)",
+             (unsigned long long)q->instance, (unsigned long long)st->instance);
+    return turn_away(p, out, VMEP_STORE_GONE, why);
+  }
   struct session *s = find_session(st, q->session);
+  if (!s && (st->retired || avoided(st, q)))
+    return turn_away(p, out, VMEP_STORE_CLOSING,
+                     st->retired ? "the store is shutting down (its host "
+                                   "left the group) and starts no new session"
+                                 : "this client left this store's group; it "
+                                   "waits for the next store at the address");
   if (s && s->rank != q->rank)
     return reject(p, out, "a session cannot change its rank");
   if (rank_taken(st, q->rank, q->session)) {
@@ -281,7 +331,10 @@ static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
     clear_death(st, q->rank);
   snprintf(p->name + strlen(p->name), sizeof(p->name) - strlen(p->name),
            q->rank >= 0 ? " rank %d" : " (no rank)", (int)q->rank);
-  reply_ok(out);
+  vmep__wbuf_frame_begin(out);
+  vmep__wbuf_put_u8(out, VMEP_STORE_OK);
+  vmep__wbuf_put_u64(out, st->instance);
+  vmep__wbuf_frame_end(out);
   return VMEP_STORE_PEER_IDLE;
 }
 

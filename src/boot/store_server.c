@@ -42,10 +42,12 @@ struct vmep_store_server {
   struct conn **conns; /* [MAX_CONNS] */
   size_t nconns;
   struct pollfd *pfds;  /* [MAX_CONNS + 2] */
-  pthread_mutex_t lock; /* guards rank_conns and keys */
+  pthread_mutex_t lock; /* guards rank_conns, keys, retire and retired */
   pthread_cond_t changed;
   int rank_conns; /* connections of ranks that have not said BYE */
   size_t keys;
+  int retire, retired; /* asked / done by the thread */
+  uint64_t instance;   /* the state's, for other threads */
   _Atomic int stop;
 };
 
@@ -259,7 +261,8 @@ static uint64_t poll_waits(struct vmep_store_server *s) {
   return next;
 }
 
-/* Drops closed connections and publishes the counters drain() reads. */
+/* Drops closed connections, publishes the counters drain() reads, and
+ * retires the state when asked (before the next request is read). */
 static void sweep(struct vmep_store_server *s) {
   size_t kept = 0;
   int ranks = 0;
@@ -277,6 +280,11 @@ static void sweep(struct vmep_store_server *s) {
   s->nconns = kept;
   pthread_mutex_lock(&s->lock);
   s->keys = vmep__store_state_keys(s->state);
+  if (s->retire && !s->retired) {
+    vmep__store_state_retire(s->state);
+    s->retired = 1;
+    pthread_cond_broadcast(&s->changed);
+  }
   if (ranks != s->rank_conns) {
     s->rank_conns = ranks;
     pthread_cond_broadcast(&s->changed);
@@ -374,6 +382,7 @@ vmep_status vmep__store_server_start(const char *host, int port,
   status = vmep__store_state_create(token, &s->state);
   if (status != VMEP_OK)
     goto err_free;
+  s->instance = vmep__store_state_instance(s->state);
   status = vmep__tcp_listen(host, port, &s->listen_fd, &s->port);
   if (status != VMEP_OK)
     goto err_state;
@@ -385,7 +394,8 @@ vmep_status vmep__store_server_start(const char *host, int port,
   status = start_thread(s);
   if (status != VMEP_OK)
     goto err_wake;
-  vmep_log_info("store: serving on %s:%d", host ? host : "*", s->port);
+  vmep_log_info("store: serving on %s:%d (instance %016llx)", host ? host : "*",
+                s->port, (unsigned long long)s->instance);
   *server_out = s;
   return VMEP_OK;
 err_wake:
@@ -414,8 +424,12 @@ size_t vmep__store_server_keys(struct vmep_store_server *s) {
   return keys;
 }
 
-vmep_status vmep__store_server_drain(struct vmep_store_server *s,
-                                     int timeout_ms) {
+uint64_t vmep__store_server_instance(const struct vmep_store_server *s) {
+  return s->instance;
+}
+
+/* The CLOCK_MONOTONIC time timeout_ms from now. */
+static struct timespec monotonic_in(int timeout_ms) {
   struct timespec until;
   clock_gettime(CLOCK_MONOTONIC, &until);
   until.tv_sec += timeout_ms / 1000;
@@ -424,6 +438,29 @@ vmep_status vmep__store_server_drain(struct vmep_store_server *s,
     until.tv_sec++;
     until.tv_nsec -= 1000000000L;
   }
+  return until;
+}
+
+static void wake(struct vmep_store_server *s) {
+  uint64_t one = 1;
+  ssize_t n = write(s->wake_fd, &one, sizeof(one));
+  (void)n; /* an eventfd write only fails when the counter overflows */
+}
+
+void vmep__store_server_retire(struct vmep_store_server *s) {
+  struct timespec until = monotonic_in(5000); /* the thread never blocks */
+  int err = 0;
+  pthread_mutex_lock(&s->lock);
+  s->retire = 1;
+  wake(s);
+  while (!s->retired && err != ETIMEDOUT)
+    err = pthread_cond_timedwait(&s->changed, &s->lock, &until);
+  pthread_mutex_unlock(&s->lock);
+}
+
+vmep_status vmep__store_server_drain(struct vmep_store_server *s,
+                                     int timeout_ms) {
+  struct timespec until = monotonic_in(timeout_ms);
   int err = 0;
   pthread_mutex_lock(&s->lock);
   while (s->rank_conns > 0 && err != ETIMEDOUT)
@@ -441,10 +478,8 @@ vmep_status vmep__store_server_drain(struct vmep_store_server *s,
 void vmep__store_server_stop(struct vmep_store_server *s) {
   if (!s)
     return;
-  uint64_t one = 1;
   s->stop = 1;
-  ssize_t n = write(s->wake_fd, &one, sizeof(one));
-  (void)n; /* an eventfd write only fails when the counter overflows */
+  wake(s);
   pthread_join(s->thread, NULL);
   for (size_t i = 0; i < s->nconns; i++) {
     struct conn *c = s->conns[i];

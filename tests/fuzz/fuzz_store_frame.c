@@ -3,7 +3,8 @@
  * socket bytes. Byte 0 of the input picks the parser (request, or reply to
  * command byte0 % VMEP_STORE_CMD_END); the rest is the frame. A parse that
  * succeeds must stay inside the input, and its entry lists must walk to
- * their end; a FORGET names a rank >= 0 and answers a 0/1 flag. Built by
+ * their end; a FORGET names a rank >= 0 and answers a 0/1 flag; a HELLO
+ * avoids at most VMEP_STORE_AVOID_MAX store instances. Built by
  * -DVMEP_FUZZ=ON with clang; run by tests/fuzz/run.sh, which starts from
  * the seeds in tests/fuzz/seeds (one valid frame of each kind).
  */
@@ -51,6 +52,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       abort();
     if (n > 0 && q.cmd == VMEP_STORE_FORGET && q.rank < 0)
       abort();
+    if (n > 0 && q.navoid > VMEP_STORE_AVOID_MAX)
+      abort();
+    for (uint32_t i = 0; n > 0 && i < q.navoid; i++)
+      sink += (unsigned)q.avoid[i];
     if (n > 0)
       sink += touch(q.token, frame, len) + touch(q.key, frame, len) +
               touch(q.value, frame, len) + touch(q.expected, frame, len) +

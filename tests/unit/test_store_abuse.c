@@ -2,7 +2,8 @@
  * Bad input against a live store while three worker processes run
  * allgathers through it: random bytes, oversize lengths, a wrong token,
  * unknown commands, requests before HELLO, a second HELLO, a rank that is
- * already connected, an oversize key and value, half a frame then close, and
+ * already connected, a HELLO of protocol version 2, one avoiding too many
+ * store instances, an oversize key and value, half a frame then close, and
  * connections that go silent. Each bad connection must be answered
  * REJECTED (where a frame was complete) and closed; the store must keep
  * serving a fresh client after each one, and the workers must finish with
@@ -100,7 +101,8 @@ static void hello(int fd, const char *token, int rank) {
                              .token = token};
   unsigned char buf[64];
   send_op(fd, &op);
-  ASSERT_TRUE(recv(fd, buf, sizeof(buf), 0) == 5 && buf[4] == 0);
+  /* OK and the store's u64 instance. */
+  ASSERT_TRUE(recv(fd, buf, sizeof(buf), 0) == 13 && buf[4] == 0);
 }
 
 /* Reads until the store closes (within 5 s): first a REJECTED answer
@@ -202,6 +204,19 @@ static void bad_requests(void) {
   fd = raw_connect();
   send_op(fd, &dup);
   expect_closed(fd, "already connected");
+  /* Version 2's HELLO (no instance fields): the store names the versions. */
+  unsigned char v2[9 + 4 + 4 + 8 + 4 + sizeof(TOKEN) - 1] = {
+      VMEP_STORE_HELLO, [9] = 2, [13] = 0xff, 0xff, 0xff, 0xff};
+  v2[25] = sizeof(TOKEN) - 1;
+  memcpy(v2 + 29, TOKEN, sizeof(TOKEN) - 1);
+  frame_with_length(sizeof(v2), v2, sizeof(v2), "protocol version 2");
+  /* A HELLO avoiding one instance more than the limit. */
+  unsigned char many[9 + 4 + 4 + 8 + 8 + 4] = {VMEP_STORE_HELLO};
+  many[9] = VMEP_STORE_PROTOCOL_VERSION;
+  memset(many + 13, 0xff, 4); /* rank -1 */
+  many[33] = VMEP_STORE_AVOID_MAX + 1;
+  frame_with_length(sizeof(many), many, sizeof(many),
+                    "more store instances to avoid");
 }
 
 /* A key and a value one byte over their limits, by hand (the encoder

@@ -3,8 +3,9 @@
  * parse round trip, every prefix of a valid frame asks for more bytes, and
  * over 100,000 random and mutated frames (each in a heap block of exactly
  * its size, so ASan sees any read past it) the parsers answer size, "more"
- * or "malformed" and never point outside their input. Plus the limits,
- * the address parser and the token comparison.
+ * or "malformed" and never point outside their input. Plus the limits
+ * (the HELLO's instances to avoid among them), the address parser and the
+ * token comparison.
  */
 #include "boot/boot.h"
 #include "test_store_util.h"
@@ -25,6 +26,7 @@ struct sample {
   char token[VMEP_STORE_TOKEN_MAX + 1];
   char keys_text[20][80];
   const char *keys[20];
+  uint64_t avoid[VMEP_STORE_AVOID_MAX];
   unsigned char value[2048], expected[64];
 };
 
@@ -39,6 +41,11 @@ static void random_op(struct sample *s) {
   op->token = s->token;
   op->rank = (int32_t)(test_rand() % 1001) - (op->cmd != VMEP_STORE_FORGET);
   op->session = test_rand();
+  op->instance = test_rand() % 3 ? test_rand() : 0;
+  op->navoid = (size_t)(test_rand() % (VMEP_STORE_AVOID_MAX + 1));
+  for (size_t i = 0; i < op->navoid; i++)
+    s->avoid[i] = test_rand();
+  op->avoid = s->avoid;
   op->value = s->value;
   op->value_len = (size_t)(test_rand() % sizeof(s->value));
   test_fill(s->value, op->value_len, test_rand());
@@ -70,6 +77,10 @@ static void check_request(const struct sample *s,
     ASSERT_EQ(q->version, VMEP_STORE_PROTOCOL_VERSION);
     ASSERT_EQ(q->rank, op->rank);
     ASSERT_EQ(q->session, op->session);
+    ASSERT_TRUE(q->instance == op->instance);
+    ASSERT_EQ(q->navoid, op->navoid);
+    for (size_t i = 0; i < op->navoid; i++)
+      ASSERT_TRUE(q->avoid[i] == op->avoid[i]);
     check_bytes(q->token, op->token, strlen(op->token));
     break;
   case VMEP_STORE_SET:
@@ -105,13 +116,17 @@ static void check_request(const struct sample *s,
     check_bytes(q->key, op->key, strlen(op->key));
 }
 
-/* A random valid reply to `cmd` and what parsing it must give. */
-static void random_reply(struct vmep_store_wbuf *w, unsigned *cmd) {
+/* A random valid reply to `cmd`; *instance_out is what a HELLO answer
+ * carries (0 for the others). */
+static void random_reply(struct vmep_store_wbuf *w, unsigned *cmd,
+                         uint64_t *instance_out) {
   *cmd = 1 + (unsigned)(test_rand() % (VMEP_STORE_CMD_END - 1));
+  *instance_out = 0;
   if (test_rand() % 4 == 0) {
-    vmep__store_reply_error(w, 1 + (unsigned)(test_rand() % 4),
-                            (int32_t)(test_rand() % 9) - 1, "error %llu",
-                            (unsigned long long)test_rand());
+    vmep__store_reply_error(
+        w, 1 + (unsigned)(test_rand() % (VMEP_STORE_ANSWER_END - 1)),
+        (int32_t)(test_rand() % 9) - 1, "error %llu",
+        (unsigned long long)test_rand());
     return;
   }
   vmep__wbuf_frame_begin(w);
@@ -130,6 +145,9 @@ static void random_reply(struct vmep_store_wbuf *w, unsigned *cmd) {
     }
   } else if (*cmd == VMEP_STORE_ADD) {
     vmep__wbuf_put_u64(w, test_rand());
+  } else if (*cmd == VMEP_STORE_HELLO) {
+    *instance_out = test_rand() | 1;
+    vmep__wbuf_put_u64(w, *instance_out);
   } else if (*cmd == VMEP_STORE_CAS || *cmd == VMEP_STORE_DELETE ||
              *cmd == VMEP_STORE_FORGET) {
     vmep__wbuf_put_u8(w, (unsigned)(test_rand() % 2));
@@ -230,10 +248,12 @@ static long fuzz_frames(int rounds) {
       check_request(&s, &q);
       cmd = s.op.cmd;
     } else {
-      random_reply(&w, &cmd);
+      uint64_t instance = 0;
+      random_reply(&w, &cmd, &instance);
       struct vmep_store_reply a;
       ASSERT_EQ(vmep__store_reply_parse(w.data, w.len, cmd, &a, &error),
                 (long)w.len);
+      ASSERT_TRUE(a.instance == instance);
     }
     size_t cut = (size_t)(test_rand() % w.len); /* a strict prefix */
     ASSERT_EQ(parse_copy(w.data, cut, cmd), 0);
@@ -285,12 +305,31 @@ static void test_malformed_requests(void) {
   ASSERT_STR_CONTAINS(error, "unknown command");
   unsigned char none[9] = {0};
   ASSERT_EQ(parse_body(none, 9, &error), -1);
-  /* HELLO with rank -2; GET with no keys; GET with timeout -2. */
-  unsigned char hello[29] = {
-      VMEP_STORE_HELLO, [9] = 1, [13] = 0xfe, 0xff, 0xff, 0xff};
-  ASSERT_EQ(parse_body(hello, 29, &error), -1);
+  /* HELLO (version, rank, session, instance, n, n instances, token) with
+   * rank -2, with more instances to avoid than the limit, with one
+   * instance announced and none sent, with one; a HELLO of another version
+   * is read up to its version. GET with no keys; GET with timeout -2. */
+  unsigned char hello[49] = {VMEP_STORE_HELLO};
+  hello[9] = VMEP_STORE_PROTOCOL_VERSION;
+  memset(hello + 13, 0xff, 4);
+  hello[13] = 0xfe;
+  struct vmep_store_request q2;
+  ASSERT_EQ(parse_body(hello, 41, &error), -1);
+  ASSERT_STR_CONTAINS(error, "rank below -1");
   hello[13] = 0xff;
-  ASSERT_EQ(parse_body(hello, 29, &error), 33);
+  ASSERT_EQ(parse_body(hello, 41, &error), 45);
+  hello[33] = VMEP_STORE_AVOID_MAX + 1;
+  ASSERT_EQ(parse_body(hello, 49, &error), -1);
+  ASSERT_STR_CONTAINS(error, "more store instances to avoid");
+  hello[33] = 1;
+  ASSERT_EQ(parse_body(hello, 41, &error), -1);
+  ASSERT_STR_CONTAINS(error, "past the end");
+  ASSERT_EQ(parse_body(hello, 49, &error), 53);
+  hello[9] = 2; /* version 2 had no instance fields */
+  unsigned char framed[4 + 29] = {29};
+  memcpy(framed + 4, hello, 29);
+  ASSERT_EQ(vmep__store_request_parse(framed, sizeof(framed), &q2, &error), 33);
+  ASSERT_EQ(q2.version, 2);
   unsigned char get[17] = {VMEP_STORE_GET};
   ASSERT_EQ(parse_body(get, 17, &error), -1);
   unsigned char get2[21] = {VMEP_STORE_GET, [9] = 0xfe, 0xff, 0xff, 0xff, 1};
@@ -356,6 +395,15 @@ static void test_encode_limits(void) {
   ASSERT_STATUS(vmep__store_request_encode(&w, &forget, NULL),
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "FORGET of rank -1");
+  ASSERT_EQ(w.len, 0);
+  uint64_t ids[VMEP_STORE_AVOID_MAX + 1] = {0};
+  struct vmep_store_op many = {.cmd = VMEP_STORE_HELLO,
+                               .token = "t",
+                               .avoid = ids,
+                               .navoid = VMEP_STORE_AVOID_MAX + 1};
+  ASSERT_STATUS(vmep__store_request_encode(&w, &many, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "avoiding 9 instances (at most 8)");
   ASSERT_EQ(w.len, 0);
   static char long_key[VMEP_STORE_KEY_MAX + 2];
   memset(long_key, 'k', VMEP_STORE_KEY_MAX + 1);

@@ -5,7 +5,10 @@
  * again after), a resent mutation applied only once, a process holding a
  * rank SIGKILLed during another client's wait (VMEP_ERR_PEER naming it,
  * promptly), a second client claiming a live rank, a client whose
- * rank-hosted store vanishes, and drain waiting for ranks to leave.
+ * rank-hosted store vanishes, drain waiting for ranks to leave, and store
+ * instances: a retired store starts no new session but resumes old ones, a
+ * client never resumes on the store that replaced its own, and a process
+ * does not start a session on a store it left, only on the next one.
  */
 #include <poll.h>
 #include <pthread.h>
@@ -112,7 +115,7 @@ static void test_exactly_once(void) {
     ASSERT_EQ(send(fd, w.data, w.len, 0), (ssize_t)w.len);
     unsigned char buf[64];
     size_t len = 0;
-    while (len < 5 + 13) {
+    while (len < 13 + 13) { /* HELLO's answer (OK, instance), ADD's */
       ssize_t n = recv(fd, buf + len, sizeof(buf) - len, 0);
       ASSERT_TRUE(n > 0);
       len += (size_t)n;
@@ -120,7 +123,7 @@ static void test_exactly_once(void) {
     struct vmep_store_reply a;
     const char *error = NULL;
     ASSERT_EQ(
-        vmep__store_reply_parse(buf + 5, len - 5, VMEP_STORE_ADD, &a, &error),
+        vmep__store_reply_parse(buf + 13, len - 13, VMEP_STORE_ADD, &a, &error),
         13);
     ASSERT_EQ(a.answer, VMEP_STORE_OK);
     ASSERT_EQ(a.number, expect[i]);
@@ -200,6 +203,66 @@ static void test_host_lost(struct vmep_store_server *server) {
   vmep__store_client_close(c, 1);
 }
 
+static void *replace_late(void *arg) {
+  struct vmep_store_server **server = arg;
+  usleep(300000);
+  vmep__store_server_stop(*server);
+  ASSERT_OK(vmep__store_server_start("127.0.0.1", port, TOKEN, server));
+  return NULL;
+}
+
+/* On a port of its own, after the others: vmep__store_left is for good. */
+static void test_instances(void) {
+  struct vmep_store_server *server = NULL;
+  struct vmep_store_client *a = NULL, *b = NULL, *c = NULL;
+  port = test_free_port();
+  snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+  ASSERT_OK(vmep__store_server_start("127.0.0.1", port, TOKEN, &server));
+  uint64_t first = vmep__store_server_instance(server);
+  ASSERT_TRUE(first != 0);
+  ASSERT_OK(vmep__store_client_connect(addr, TOKEN, 1, 0, 10000, &a));
+  ASSERT_OK(vmep__store_client_connect(addr, TOKEN, 2, 0, 10000, &b));
+  ASSERT_TRUE(vmep__store_client_instance(a) == first);
+  /* Retired: a new session is turned away (retried until the timeout),
+   * a known one resumes, and says goodbye. */
+  vmep__store_server_retire(server);
+  ASSERT_STATUS(vmep__store_client_connect(addr, TOKEN, 3, 0, 300, &c),
+                VMEP_ERR_TIMEOUT);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "store is shutting down");
+  vmep__store_client_drop(a);
+  ASSERT_OK(vmep__store_set(a, "resumed", "1", 1));
+  vmep__store_client_close(a, 1);
+  ASSERT_STATUS(vmep__store_server_drain(server, 100), VMEP_ERR_TIMEOUT);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "1 rank(s)"); /* b is still in */
+  /* Replaced: b's reconnect finds another instance, and fails at once. */
+  vmep__store_server_stop(server);
+  ASSERT_OK(vmep__store_server_start("127.0.0.1", port, TOKEN, &server));
+  uint64_t second = vmep__store_server_instance(server);
+  ASSERT_TRUE(second != first);
+  uint64_t start = test_now_ms();
+  ASSERT_STATUS(vmep__store_set(b, "k", "v", 1), VMEP_ERR_PEER);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "rank 0 died or left");
+  ASSERT_STR_CONTAINS(vmep_last_error(), "the store was replaced");
+  ASSERT_TRUE(test_now_ms() - start < 1000);
+  vmep__store_client_close(b, 1);
+  ASSERT_OK(vmep__store_server_drain(server, 1000)); /* nobody came in */
+  /* Left: this process starts no session on the second instance, and
+   * finds the third as soon as it serves. */
+  vmep__store_left(second);
+  ASSERT_STATUS(vmep__store_client_connect(addr, TOKEN, 3, 0, 300, &c),
+                VMEP_ERR_TIMEOUT);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "left this store's group");
+  pthread_t t;
+  ASSERT_EQ(pthread_create(&t, NULL, replace_late, &server), 0);
+  ASSERT_OK(vmep__store_client_connect(addr, TOKEN, 3, 0, 10000, &c));
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  uint64_t third = vmep__store_server_instance(server);
+  ASSERT_TRUE(third != second && vmep__store_client_instance(c) == third);
+  vmep__store_client_close(c, 1);
+  ASSERT_OK(vmep__store_server_drain(server, 1000));
+  vmep__store_server_stop(server);
+}
+
 int main(void) {
   struct vmep_store_server *server = NULL;
   test_seed("test_store_session");
@@ -211,5 +274,6 @@ int main(void) {
   test_killed_rank();
   test_drain(server);
   test_host_lost(server);
+  test_instances();
   return 0;
 }
