@@ -577,8 +577,9 @@ VMEP_API vmep_status vmep_ep_clear_mask(vmep_ep *ep);
  * already there. With activate 0 the new ranks stay masked until
  * vmep_ep_set_mask (every rank of the set passes the same activate, so that
  * nobody waits for a rank that skips it). A rank already connected is
- * skipped; a rank id seen before is taken as a new process once it has
- * published a new record. VMEP_ERR_PEER names a rank that died,
+ * skipped; a rank id that died is taken as a new process once its
+ * successor has published a new record, and a rank disconnected alive
+ * can be connected again as itself. VMEP_ERR_PEER names a rank that died,
  * VMEP_ERR_TIMEOUT one that never published.
  */
 VMEP_API vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,

@@ -348,6 +348,23 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
   return status;
 }
 
+/* After a disconnect: a rank that died must not fail the store's waits any
+ * more, and when its id connects again it must be its successor's record
+ * that gets mapped, not the one it left behind; a rank that is alive (it
+ * left, or was only dropped) may come back as itself. */
+static vmep_status forget(vmep_ep *ep, struct vmep_store_client *c, int r) {
+  char key[VMEP_STORE_DEAD_KEY_BYTES];
+  void *value = NULL;
+  size_t len = 0;
+  int dead = 0;
+  vmep__store_dead_key(r, key);
+  vmep_status status = vmep__store_get(c, key, &dead, &value, &len);
+  vmep__free(value);
+  if (status == VMEP_OK && !dead)
+    ep->incarnation[r] = 0;
+  return status == VMEP_OK ? vmep__store_forget(c, r, NULL) : status;
+}
+
 vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
   const char *call = "vmep_ep_disconnect_ranks";
   int previous = 0;
@@ -369,9 +386,8 @@ vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
       st = vmep__window_detach(ep->window, r);
     if (st == VMEP_OK)
       st = write_peer(ep, r);
-    /* A rank that died must not fail the store's waits any more. */
     if (st == VMEP_OK && c)
-      st = vmep__store_forget(c, r, NULL);
+      st = forget(ep, c, r);
     status = status != VMEP_OK ? status : st;
   }
   ep->barriers = 0;

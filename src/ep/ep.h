@@ -333,7 +333,8 @@ struct vmep_ep {
   /* membership (elastic.c): who is mapped here, each one's incarnation
    * (from its member record), and our store namespace */
   struct vmep_ll_rank_set connected;
-  uint64_t *incarnation; /* [num_ranks] */
+  uint64_t *incarnation; /* [num_ranks]; after a disconnect, a dead rank's
+                            (its successor must publish another), else 0 */
   uint64_t barriers;     /* vmep_ep_barrier calls since the last change */
   int changed;           /* the connected set is not (or no longer) the group */
   int ns_index;          /* among this process's live buffers of one shape */
