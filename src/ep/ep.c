@@ -197,6 +197,7 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
                                         "vmep_ep_create: host allocation "
                                         "failed");
   if (status != VMEP_OK) {
+    (void)vmep__ep_membership_leave(ep); /* gives its store name back */
     if (ep->window)
       (void)vmep_window_destroy(ep->window);
     release(ep);
