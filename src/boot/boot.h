@@ -570,6 +570,21 @@ vmep_status vmep__member_allgather(struct vmep_store_client *c, const char *ns,
                                    int n, const void *mine, size_t bytes,
                                    void *all_out, int timeout_ms);
 
+/*
+ * vmep__member_allgather for callers whose tags can come round again (a
+ * membership that returns to an earlier set): every part starts with a
+ * little-endian u64 sequence number that its rank raises with each call,
+ * and ranks[i]'s part is taken only when that number is above seen[i],
+ * which is then raised to it. So a part consumed before is never taken
+ * twice. seen[i] starts at 0 for a rank never heard from.
+ */
+vmep_status vmep__member_allgather_fresh(struct vmep_store_client *c,
+                                         const char *ns, uint64_t tag, int self,
+                                         const int *ranks, int n,
+                                         const void *mine, size_t bytes,
+                                         void *all_out, int timeout_ms,
+                                         uint64_t *seen);
+
 /* ---- TCP with deadlines (store_net.c) ---- */
 
 /* poll() for `events` until deadline_ms: 1 ready, 0 timed out, -1 error

@@ -256,6 +256,8 @@ struct sync {
   size_t bytes;
   unsigned char *all;
   unsigned char *have; /* [n]: 1 once ranks[i]'s part is in all */
+  uint64_t *seen;      /* [n] or NULL: a part must start with a sequence
+                          number above seen[i] (vmep__member_allgather_fresh) */
   int *poll_of;        /* [2n]: which participant a polled key is for */
   size_t nsync;        /* sync keys in the poll; dead keys follow */
   vmep_status status;  /* a participant's fault seen in the poll */
@@ -303,6 +305,12 @@ static vmep_status sync_value(void *user, size_t index, const void *value,
                              part[p].len, s->bytes);
       return VMEP_OK;
     }
+    /* A part this caller consumed before (the same tag came round again):
+     * wait for the fresh one. */
+    if (s->seen && get_le(part[p].data, 8) <= s->seen[i])
+      continue;
+    if (s->seen)
+      s->seen[i] = get_le(part[p].data, 8);
     if (s->bytes)
       memcpy(s->all + (size_t)i * s->bytes, part[p].data, s->bytes);
     s->have[i] = 1;
@@ -453,17 +461,18 @@ static vmep_status sync_keys_make(const char *ns, const int *ranks, int n,
   return VMEP_OK;
 }
 
-vmep_status vmep__member_allgather(struct vmep_store_client *c, const char *ns,
-                                   uint64_t tag, int self, const int *ranks,
-                                   int n, const void *mine, size_t bytes,
-                                   void *all_out, int timeout_ms) {
+static vmep_status allgather(struct vmep_store_client *c, const char *ns,
+                             uint64_t tag, int self, const int *ranks, int n,
+                             const void *mine, size_t bytes, void *all_out,
+                             int timeout_ms, uint64_t *seen) {
   struct sync s = {.ns = ns,
                    .tag = tag,
                    .self = self,
                    .n = n,
                    .ranks = ranks,
                    .bytes = bytes,
-                   .all = all_out};
+                   .all = all_out,
+                   .seen = seen};
   struct sync_keys k = {NULL, NULL, NULL, NULL};
   char key[VMEP_STORE_KEY_MAX + 1], missing[128];
   vmep_status status =
@@ -501,4 +510,25 @@ vmep_status vmep__member_allgather(struct vmep_store_client *c, const char *ns,
   vmep__free(s.poll_of);
   vmep__free(s.have);
   return status;
+}
+
+vmep_status vmep__member_allgather(struct vmep_store_client *c, const char *ns,
+                                   uint64_t tag, int self, const int *ranks,
+                                   int n, const void *mine, size_t bytes,
+                                   void *all_out, int timeout_ms) {
+  return allgather(c, ns, tag, self, ranks, n, mine, bytes, all_out, timeout_ms,
+                   NULL);
+}
+
+vmep_status vmep__member_allgather_fresh(struct vmep_store_client *c,
+                                         const char *ns, uint64_t tag, int self,
+                                         const int *ranks, int n,
+                                         const void *mine, size_t bytes,
+                                         void *all_out, int timeout_ms,
+                                         uint64_t *seen) {
+  if (bytes < 8 || !seen)
+    return bad_arg("vmep__member_allgather_fresh",
+                   "parts need an 8-byte sequence number and seen[n]");
+  return allgather(c, ns, tag, self, ranks, n, mine, bytes, all_out, timeout_ms,
+                   seen);
 }

@@ -19,6 +19,7 @@
 #include "ep/ep.h"
 
 #define NS_SHAPES 64
+#define GATHER_WORDS 2 /* most u64 words one rank gives an allgather */
 
 /* Buffers of one shape alive in this process: each takes the lowest free
  * index among them, so that a process joining a job names its buffer as
@@ -114,7 +115,10 @@ static vmep_status quiesce(const vmep_ep *ep, int *previous, const char *call) {
     err = cudaSetDevice(ep->config.device);
   if (err == cudaSuccess)
     err = cudaDeviceSynchronize();
-  return err == cudaSuccess ? VMEP_OK : cuda_fail(err, call);
+  if (err == cudaSuccess)
+    return VMEP_OK;
+  cudaSetDevice(*previous); /* the caller returns at once */
+  return cuda_fail(err, call);
 }
 
 static vmep_status write_mask(vmep_ep *ep, int r, int masked) {
@@ -150,8 +154,8 @@ static uint64_t new_incarnation(const vmep_ep *ep) {
   return vmep__bytes_hash(v, sizeof(v));
 }
 
-vmep_status vmep__ep_membership_init(vmep_ep *ep) {
-  vmep_status status = VMEP_OK;
+vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
+  vmep_status status = before;
   uint64_t mine = new_incarnation(ep);
   int elastic = vmep__group_elastic(ep->group);
   int size = vmep_group_size(ep->group);
@@ -160,9 +164,11 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep) {
     set_connected(ep, ep->rank, 1);
     ep->incarnation[ep->rank] = mine;
   } else {
-    /* The group's ranks start connected, with the incarnations they draw. */
-    status =
+    /* The group's ranks start connected, with the incarnations they draw;
+     * a rank that failed before still joins the allgather. */
+    vmep_status st =
         vmep_group_allgather(ep->group, &mine, sizeof(mine), ep->incarnation);
+    status = status != VMEP_OK ? status : st;
     for (int r = 0; status == VMEP_OK && r < size; r++)
       set_connected(ep, r, 1);
   }
@@ -186,6 +192,44 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep) {
   return status;
 }
 
+/* An allgather of `words` u64 words among the connected ranks: into
+ * all[n * words] in connected order. Each part leads with this process's
+ * next sequence number, and a part consumed before is never taken again,
+ * so a view that comes back (the same ranks and incarnations, hence the
+ * same tags) cannot complete on leftovers of its earlier turn. */
+static vmep_status gather(vmep_ep *ep, struct vmep_store_client *c,
+                          uint64_t tag, const uint64_t *mine, int words,
+                          uint64_t *all) {
+  static uint64_t sequence;
+  int ranks[VMEP_LL_MAX_RANKS];
+  int n = connected_list(ep, ranks);
+  size_t part = (size_t)(words + 1);
+  uint64_t *parts = vmep__malloc((size_t)n * part * sizeof(uint64_t));
+  uint64_t *seen = vmep__malloc((size_t)n * sizeof(uint64_t));
+  uint64_t me[1 + GATHER_WORDS];
+  vmep_status status = VMEP_OK;
+  if (!parts || !seen)
+    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                        "membership: no memory for %d ranks", n);
+  me[0] = __atomic_add_fetch(&sequence, 1, __ATOMIC_RELAXED);
+  for (int w = 0; w < words; w++)
+    me[1 + w] = mine[w];
+  for (int i = 0; status == VMEP_OK && i < n; i++)
+    seen[i] = ep->seen[ranks[i]];
+  if (status == VMEP_OK)
+    status = vmep__member_allgather_fresh(
+        c, ep->ns, tag, ep->rank, ranks, n, me, part * sizeof(uint64_t), parts,
+        vmep__group_timeout_ms(ep->group), seen);
+  for (int i = 0; status == VMEP_OK && i < n; i++) {
+    ep->seen[ranks[i]] = seen[i];
+    for (int w = 0; w < words; w++)
+      all[(size_t)i * words + w] = parts[(size_t)i * part + 1 + w];
+  }
+  vmep__free(parts);
+  vmep__free(seen);
+  return status;
+}
+
 /* Every connected rank agrees on an epoch above all it used, and raises
  * its flags to it in every connected window. */
 static vmep_status resync(vmep_ep *ep, struct vmep_store_client *c) {
@@ -206,9 +250,7 @@ static vmep_status resync(vmep_ep *ep, struct vmep_store_client *c) {
     mine[0] = st.comb_epoch[b] > mine[0] ? st.comb_epoch[b] : mine[0];
   }
   uint64_t tag = view_tag(ep, 1);
-  vmep_status status = vmep__member_allgather(
-      c, ep->ns, tag, ep->rank, ranks, n, mine, sizeof(mine), epochs,
-      vmep__group_timeout_ms(ep->group));
+  vmep_status status = gather(ep, c, tag, mine, 2, epochs);
   if (status != VMEP_OK)
     return status;
   uint64_t base = 0, calls = 0;
@@ -233,9 +275,7 @@ static vmep_status resync(vmep_ep *ep, struct vmep_store_client *c) {
   memset(ep->combine_pending, 0, sizeof(ep->combine_pending));
   ep->barriers = 0;
   /* Nobody starts a call before everybody's flags are raised. */
-  return vmep__member_allgather(c, ep->ns, tag + 1, ep->rank, ranks, n, mine,
-                                sizeof(mine), epochs,
-                                vmep__group_timeout_ms(ep->group));
+  return gather(ep, c, tag + 1, mine, 2, epochs);
 }
 
 static vmep_status check_ep(const vmep_ep *ep, const char *call) {
@@ -323,25 +363,44 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
   if (!c)
     return status != VMEP_OK ? status : VMEP_ERR_UNSUPPORTED;
   status = quiesce(ep, &previous, call);
+  if (status != VMEP_OK)
+    return status;
+  int added[VMEP_LL_MAX_RANKS], nadded = 0;
   for (int i = 0; status == VMEP_OK && i < n; i++) {
     int r = ranks[i];
     if (is_connected(ep, r))
       continue;
-    /* A rank id seen before comes back as a new process: wait for its
-     * record, not the one its predecessor left. */
+    /* A rank id that died comes back as a new process: wait for its
+     * record, not the one its predecessor left. A new process starts its
+     * allgather sequence afresh. */
+    uint64_t before = ep->incarnation[r];
     status =
         vmep__window_attach(ep->window, r, vmep__group_timeout_ms(ep->group),
                             ep->incarnation[r], &ep->incarnation[r]);
+    if (status == VMEP_OK && ep->incarnation[r] != before)
+      ep->seen[r] = 0;
     if (status == VMEP_OK)
       status = write_peer(ep, r);
     if (status == VMEP_OK)
       status = write_mask(ep, r, !activate);
-    if (status == VMEP_OK)
+    if (status == VMEP_OK) {
       set_connected(ep, r, 1);
-    else
+      added[nadded++] = r;
+    } else {
       (void)vmep__window_detach(ep->window, r);
+      (void)write_peer(ep, r);
+    }
   }
-  ep->changed = 1;
+  /* A newcomer that cannot be mapped undoes this call's others: without
+   * the resync they would be waited for on flags nobody raised. */
+  for (int i = 0; status != VMEP_OK && i < nadded; i++) {
+    (void)write_mask(ep, added[i], 1);
+    set_connected(ep, added[i], 0);
+    (void)vmep__window_detach(ep->window, added[i]);
+    (void)write_peer(ep, added[i]);
+  }
+  if (status == VMEP_OK && nadded > 0)
+    ep->changed = 1;
   if (status == VMEP_OK)
     status = resync(ep, c);
   cudaSetDevice(previous);
@@ -371,27 +430,34 @@ vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
   vmep_status status = check_ep(ep, call);
   if (status == VMEP_OK)
     status = check_ranks(ep, ranks, n, call);
-  if (status == VMEP_OK)
-    status = quiesce(ep, &previous, call);
+  struct vmep_store_client *c = status == VMEP_OK ? store_of(ep, call) : NULL;
+  if (!c)
+    return status != VMEP_OK ? status : VMEP_ERR_UNSUPPORTED;
+  status = quiesce(ep, &previous, call);
   if (status != VMEP_OK)
     return status;
-  struct vmep_store_client *c = vmep__group_store(ep->group);
+  int removed = 0;
   for (int i = 0; i < n; i++) {
     int r = ranks[i];
     if (!is_connected(ep, r))
       continue;
+    removed++;
     vmep_status st = write_mask(ep, r, 1);
     set_connected(ep, r, 0);
     if (st == VMEP_OK)
       st = vmep__window_detach(ep->window, r);
     if (st == VMEP_OK)
       st = write_peer(ep, r);
-    if (st == VMEP_OK && c)
+    if (st == VMEP_OK)
       st = forget(ep, c, r);
     status = status != VMEP_OK ? status : st;
   }
-  ep->barriers = 0;
-  ep->changed = 1;
+  /* A call that removed nobody (documented as a no-op) changes nothing,
+   * so that ranks that made it and ranks that did not stay alike. */
+  if (removed > 0) {
+    ep->barriers = 0;
+    ep->changed = 1;
+  }
   cudaSetDevice(previous);
   return status;
 }
@@ -420,22 +486,15 @@ vmep_status vmep_ep_disconnect_dead(vmep_ep *ep, int *count_out) {
 
 vmep_status vmep_ep_barrier(vmep_ep *ep) {
   const char *call = "vmep_ep_barrier";
-  int ranks[VMEP_LL_MAX_RANKS];
-  unsigned char sink[VMEP_LL_MAX_RANKS];
-  unsigned char one = 1;
   vmep_status status = check_ep(ep, call);
   struct vmep_store_client *c = status == VMEP_OK ? store_of(ep, call) : NULL;
   if (!c)
     return status != VMEP_OK ? status : VMEP_ERR_UNSUPPORTED;
-  int n = connected_list(ep, ranks);
-  uint64_t tag = view_tag(ep, 3) + ++ep->barriers;
-  return vmep__member_allgather(c, ep->ns, tag, ep->rank, ranks, n, &one, 1,
-                                sink, vmep__group_timeout_ms(ep->group));
+  return gather(ep, c, view_tag(ep, 3) + ++ep->barriers, NULL, 0, NULL);
 }
 
-int vmep__ep_membership_leave(vmep_ep *ep) {
+void vmep__ep_membership_leave(vmep_ep *ep) {
   if (ep->ns[0])
     shape_give(shape_hash(ep), ep->ns_index);
   ep->ns[0] = '\0';
-  return ep->changed;
 }

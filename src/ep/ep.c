@@ -129,6 +129,24 @@ static vmep_status setup_device(vmep_ep *ep) {
   return err == cudaSuccess ? VMEP_OK : cuda_fail(err, "vmep_ep_create");
 }
 
+/* Collective: VMEP_OK when every rank got here with VMEP_OK; else our
+ * failure, or VMEP_ERR_PEER naming the first rank that failed. */
+static vmep_status agree(vmep_ep *ep, vmep_status mine) {
+  int size = vmep_group_size(ep->group);
+  int32_t me = (int32_t)mine, *all = vmep__calloc((size_t)size, sizeof(*all));
+  vmep_status status =
+      all ? vmep_group_allgather(ep->group, &me, sizeof(me), all)
+          : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                       "vmep_ep_create: host allocation failed");
+  for (int r = 0; status == VMEP_OK && mine == VMEP_OK && r < size; r++)
+    if (all[r] != VMEP_OK)
+      status = vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
+                          "vmep_ep_create: rank %d failed (%s)", r,
+                          vmep_status_name((vmep_status)all[r]));
+  vmep__free(all);
+  return mine != VMEP_OK ? mine : status;
+}
+
 static vmep_status create(vmep_ep *ep) {
   int previous = 0;
   vmep_status status = resolve_device(ep);
@@ -144,14 +162,15 @@ static vmep_status create(vmep_ep *ep) {
   cudaGetDevice(&previous);
   cudaSetDevice(ep->config.device);
   status = setup_device(ep);
-  if (status == VMEP_OK)
-    status = vmep__ep_membership_init(ep);
+  /* Every rank joins the same collectives whatever happened before, so
+   * that one rank's failure fails them all instead of leaving the others
+   * waiting. */
+  status = vmep__ep_membership_init(ep, status);
   cudaSetDevice(previous);
   if (vmep__group_elastic(ep->group))
     return status;
   /* No rank's flags may be written before every rank zeroed its own. */
-  vmep_status met = vmep_group_barrier(ep->group);
-  return status != VMEP_OK ? status : met;
+  return agree(ep, status);
 }
 
 static void release(vmep_ep *ep) {
@@ -163,6 +182,7 @@ static void release(vmep_ep *ep) {
     cudaSetDevice(previous);
   }
   vmep__free(ep->incarnation);
+  vmep__free(ep->seen);
   vmep__free(ep);
 }
 
@@ -192,14 +212,16 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
       config->timeout_ms ? config->timeout_ms : vmep__group_timeout_ms(group);
   ep->timeout_ns = timeout_ms * 1000000ll;
   ep->incarnation = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
-  status = ep->incarnation ? create(ep)
-                           : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                                        "vmep_ep_create: host allocation "
-                                        "failed");
+  ep->seen = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
+  status = ep->incarnation && ep->seen
+               ? create(ep)
+               : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                            "vmep_ep_create: host allocation "
+                            "failed");
   if (status != VMEP_OK) {
-    (void)vmep__ep_membership_leave(ep); /* gives its store name back */
     if (ep->window)
       (void)vmep_window_destroy(ep->window);
+    vmep__ep_membership_leave(ep); /* gives its store name back */
     release(ep);
     return status;
   }
@@ -213,9 +235,11 @@ vmep_status vmep_ep_destroy(vmep_ep *ep) {
   /* After a membership change no collective spans the ranks still here,
    * and none is needed: a rank that imported our region keeps it alive
    * until it unmaps it. Our own kernels finish before we unmap theirs. */
-  vmep_status status = vmep__ep_membership_leave(ep)
-                           ? vmep__window_free(ep->window)
-                           : vmep_window_destroy(ep->window);
+  vmep_status status = ep->changed ? vmep__window_free(ep->window)
+                                   : vmep_window_destroy(ep->window);
+  /* Only now, with our record withdrawn and its fd server stopped, may
+   * another buffer of this shape take the name. */
+  vmep__ep_membership_leave(ep);
   release(ep);
   return status;
 }

@@ -335,6 +335,8 @@ struct vmep_ep {
   struct vmep_ll_rank_set connected;
   uint64_t *incarnation; /* [num_ranks]; after a disconnect, a dead rank's
                             (its successor must publish another), else 0 */
+  uint64_t *seen;        /* [num_ranks]: the last allgather sequence taken from
+                            each rank (elastic.c) */
   uint64_t barriers;     /* vmep_ep_barrier calls since the last change */
   int changed;           /* the connected set is not (or no longer) the group */
   int ns_index;          /* among this process's live buffers of one shape */
@@ -342,11 +344,12 @@ struct vmep_ep {
 };
 
 /* Membership setup at creation (elastic.c): publishes our member record,
- * masks every rank not connected. */
-vmep_status vmep__ep_membership_init(struct vmep_ep *ep);
-/* Gives the buffer's store name back. Returns 1 when the connected set
- * is not the group (so destruction cannot be collective over it). */
-int vmep__ep_membership_leave(struct vmep_ep *ep);
+ * masks every rank not connected. Over a fixed group it joins the group's
+ * allgather even when `before` (the creation's status so far) is a
+ * failure, and then returns that failure. */
+vmep_status vmep__ep_membership_init(struct vmep_ep *ep, vmep_status before);
+/* Gives the buffer's store name back (after its window is released). */
+void vmep__ep_membership_leave(struct vmep_ep *ep);
 
 /* The launch parameters of `ep` for buffer `parity`. Cannot fail. */
 void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,

@@ -341,6 +341,82 @@ static void test_round_ahead(void) {
   vmep__store_client_close(b, 1);
 }
 
+/* One rank's allgather_fresh of {sequence, value} on another thread. */
+struct fresh_call {
+  struct vmep_store_client *c;
+  int self;
+  uint64_t part[2], all[4], seen[2];
+  vmep_status status;
+};
+
+static void *fresh_thread(void *arg) {
+  struct fresh_call *f = arg;
+  int ranks[2] = {32, 33};
+  f->status = vmep__member_allgather_fresh(f->c, "fresh", 7, f->self, ranks, 2,
+                                           f->part, 16, f->all, 5000, f->seen);
+  return NULL;
+}
+
+/* A tag that comes round again (a membership back to an earlier set). The
+ * plain allgather completes on the earlier turn's leftover parts; the
+ * fresh one waits past them and takes the new ones. */
+static void test_tag_again(void) {
+  struct vmep_store_client *a = connect_as(32), *b = connect_as(33);
+  int ranks[2] = {32, 33};
+  uint64_t mine = 33, all[4];
+  pthread_t t;
+  /* The hazard: a second turn of tag 5 by 33 alone completes. */
+  struct gather_call ga = {a, 5, 32, 2, ranks, 8, 32, {0}, VMEP_OK, ""};
+  ASSERT_EQ(pthread_create(&t, NULL, gather_thread, &ga), 0);
+  ASSERT_OK(
+      vmep__member_allgather(b, "t", 5, 33, ranks, 2, &mine, 8, all, 5000));
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  ASSERT_OK(ga.status);
+  ASSERT_OK(
+      vmep__member_allgather(b, "t", 5, 33, ranks, 2, &mine, 8, all, 1000));
+  /* The fresh one: a first turn with both ... */
+  struct fresh_call fa = {a, 32, {1, 320}, {0}, {0, 0}, VMEP_OK};
+  struct fresh_call fb = {b, 33, {1, 330}, {0}, {0, 0}, VMEP_OK};
+  ASSERT_EQ(pthread_create(&t, NULL, fresh_thread, &fa), 0);
+  fresh_thread(&fb);
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  ASSERT_OK(fa.status);
+  ASSERT_OK(fb.status);
+  ASSERT_TRUE(fb.all[0] == 1 && fb.all[1] == 320 && fb.all[3] == 330);
+  ASSERT_TRUE(fb.seen[0] == 1 && fb.seen[1] == 1);
+  /* ... then 33 alone: 32's part of the first turn is not taken again. */
+  fb.part[0] = 2;
+  fb.part[1] = 331;
+  ASSERT_STATUS(vmep__member_allgather_fresh(b, "fresh", 7, 33, ranks, 2,
+                                             fb.part, 16, fb.all, 300, fb.seen),
+                VMEP_ERR_TIMEOUT);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "ranks 32 of 2");
+  /* 32 comes with a new part: both complete on the new values (every
+   * call raises its rank's number, as a caller must). */
+  fa.part[0] = 2;
+  fa.part[1] = 321;
+  fb.part[0] = 3;
+  ASSERT_EQ(pthread_create(&t, NULL, fresh_thread, &fa), 0);
+  fresh_thread(&fb);
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  ASSERT_OK(fa.status);
+  ASSERT_OK(fb.status);
+  ASSERT_TRUE(fb.all[0] == 2 && fb.all[1] == 321 && fb.all[3] == 331);
+  /* 32 may take 33's part of its timed-out call (number 2, the same value):
+   * new to 32, so it counts. */
+  ASSERT_TRUE(fa.all[2] >= 2 && fa.all[3] == 331);
+  ASSERT_TRUE(fb.seen[0] == 2 && fa.seen[1] == fa.all[2]);
+  /* Parts without room for the number, or no seen[]: refused. */
+  ASSERT_STATUS(vmep__member_allgather_fresh(b, "fresh", 8, 33, ranks, 2, &mine,
+                                             4, all, 100, fb.seen),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep__member_allgather_fresh(b, "fresh", 8, 33, ranks, 2,
+                                             fb.part, 16, all, 100, NULL),
+                VMEP_ERR_INVALID_ARG);
+  vmep__store_client_close(a, 1);
+  vmep__store_client_close(b, 1);
+}
+
 static void test_gather_failures(struct vmep_store_client *obs) {
   int with_dead[2] = {-1, 10}, silent[3] = {-1, 41, 42}, bad[3] = {-1, 3, 3};
   uint64_t mine = 1, all[3];
@@ -415,6 +491,7 @@ int main(void) {
   /* Ranks 6, 8 and 10 are dead: allgathers without them run on. */
   ASSERT_EQ(test_run_ranks(4, gather_rank, NULL), 0);
   test_round_ahead();
+  test_tag_again();
   test_gather_failures(obs);
   test_expect_fds(fds);
   vmep__store_client_close(obs, 1);
