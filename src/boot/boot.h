@@ -547,6 +547,10 @@ vmep_status vmep__member_withdraw(struct vmep_store_client *c, const char *ns,
 vmep_status vmep__member_fetch(struct vmep_store_client *c, const char *ns,
                                int rank, int timeout_ms, void **rec_out,
                                size_t *len_out);
+/* *dead_out = 1 when rank's "vmep/dead/<rank>" key is present (it died and
+ * nobody rejoined as it since), else 0: one GET. */
+vmep_status vmep__member_is_dead(struct vmep_store_client *c, int rank,
+                                 int *dead_out);
 /* dead_out[r] = 1 for every r < max_ranks (1..VMEP_MEMBER_RANKS_MAX) whose
  * dead key is present, else 0; one GET round trip. dead_out is written
  * only on success. */

@@ -196,6 +196,19 @@ static vmep_status dead_value(void *user, size_t index, const void *value,
   return VMEP_OK;
 }
 
+vmep_status vmep__member_is_dead(struct vmep_store_client *c, int rank,
+                                 int *dead_out) {
+  char key[VMEP_STORE_DEAD_KEY_BYTES];
+  void *value = NULL;
+  size_t len = 0;
+  if (!c || !dead_out || rank < 0)
+    return bad_arg("vmep__member_is_dead", "client, rank or dead_out");
+  vmep__store_dead_key(rank, key);
+  vmep_status status = vmep__store_get(c, key, dead_out, &value, &len);
+  vmep__free(value);
+  return status;
+}
+
 vmep_status vmep__member_dead(struct vmep_store_client *c, int max_ranks,
                               unsigned char *dead_out) {
   if (!c || !dead_out)

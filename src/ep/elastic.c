@@ -184,7 +184,8 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
                       "this process (or 64 shapes): no store name is left");
   snprintf(ep->ns, sizeof(ep->ns), "vmep/ep-%016llx-%d",
            (unsigned long long)shape_hash(ep), ep->ns_index);
-  status = vmep__window_publish(ep->window, ep->ns, mine);
+  status = vmep__window_publish(ep->window, vmep__group_store(ep->group),
+                                ep->ns, mine);
   if (status != VMEP_OK) {
     shape_give(shape_hash(ep), ep->ns_index);
     ep->ns[0] = '\0';
@@ -352,17 +353,39 @@ vmep_status vmep_ep_clear_mask(vmep_ep *ep) {
   return status;
 }
 
-vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
-                                  int activate) {
-  const char *call = "vmep_ep_connect_ranks";
-  int previous = 0;
+/* The start of a membership change: valid arguments, a store, and this
+ * rank's device work finished (the device stays current: *previous is the
+ * caller's). */
+static vmep_status begin_change(const vmep_ep *ep, const int *ranks, int n,
+                                const char *call,
+                                struct vmep_store_client **c_out,
+                                int *previous) {
   vmep_status status = check_ep(ep, call);
   if (status == VMEP_OK)
     status = check_ranks(ep, ranks, n, call);
-  struct vmep_store_client *c = status == VMEP_OK ? store_of(ep, call) : NULL;
-  if (!c)
-    return status != VMEP_OK ? status : VMEP_ERR_UNSUPPORTED;
-  status = quiesce(ep, &previous, call);
+  if (status != VMEP_OK)
+    return status;
+  *c_out = store_of(ep, call);
+  return *c_out ? quiesce(ep, previous, call) : VMEP_ERR_UNSUPPORTED;
+}
+
+/* Rank r leaves this buffer's view: masked, unmapped, out of the peer
+ * table and the connected set. Returns the first error. */
+static vmep_status drop(vmep_ep *ep, int r) {
+  vmep_status status = write_mask(ep, r, 1);
+  set_connected(ep, r, 0);
+  vmep_status st = vmep__window_detach(ep->window, r);
+  status = status != VMEP_OK ? status : st;
+  st = write_peer(ep, r);
+  return status != VMEP_OK ? status : st;
+}
+
+vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
+                                  int activate) {
+  struct vmep_store_client *c = NULL;
+  int previous = 0;
+  vmep_status status =
+      begin_change(ep, ranks, n, "vmep_ep_connect_ranks", &c, &previous);
   if (status != VMEP_OK)
     return status;
   int added[VMEP_LL_MAX_RANKS], nadded = 0;
@@ -375,7 +398,7 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
      * allgather sequence afresh. */
     uint64_t before = ep->incarnation[r];
     status =
-        vmep__window_attach(ep->window, r, vmep__group_timeout_ms(ep->group),
+        vmep__window_attach(ep->window, c, r, vmep__group_timeout_ms(ep->group),
                             ep->incarnation[r], &ep->incarnation[r]);
     if (status == VMEP_OK && ep->incarnation[r] != before)
       ep->seen[r] = 0;
@@ -387,18 +410,13 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
       set_connected(ep, r, 1);
       added[nadded++] = r;
     } else {
-      (void)vmep__window_detach(ep->window, r);
-      (void)write_peer(ep, r);
+      (void)drop(ep, r);
     }
   }
   /* A newcomer that cannot be mapped undoes this call's others: without
    * the resync they would be waited for on flags nobody raised. */
-  for (int i = 0; status != VMEP_OK && i < nadded; i++) {
-    (void)write_mask(ep, added[i], 1);
-    set_connected(ep, added[i], 0);
-    (void)vmep__window_detach(ep->window, added[i]);
-    (void)write_peer(ep, added[i]);
-  }
+  for (int i = 0; status != VMEP_OK && i < nadded; i++)
+    (void)drop(ep, added[i]);
   if (status == VMEP_OK && nadded > 0)
     ep->changed = 1;
   if (status == VMEP_OK)
@@ -412,28 +430,18 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
  * that gets mapped, not the one it left behind; a rank that is alive (it
  * left, or was only dropped) may come back as itself. */
 static vmep_status forget(vmep_ep *ep, struct vmep_store_client *c, int r) {
-  char key[VMEP_STORE_DEAD_KEY_BYTES];
-  void *value = NULL;
-  size_t len = 0;
   int dead = 0;
-  vmep__store_dead_key(r, key);
-  vmep_status status = vmep__store_get(c, key, &dead, &value, &len);
-  vmep__free(value);
+  vmep_status status = vmep__member_is_dead(c, r, &dead);
   if (status == VMEP_OK && !dead)
     ep->incarnation[r] = 0;
   return status == VMEP_OK ? vmep__store_forget(c, r, NULL) : status;
 }
 
 vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
-  const char *call = "vmep_ep_disconnect_ranks";
+  struct vmep_store_client *c = NULL;
   int previous = 0;
-  vmep_status status = check_ep(ep, call);
-  if (status == VMEP_OK)
-    status = check_ranks(ep, ranks, n, call);
-  struct vmep_store_client *c = status == VMEP_OK ? store_of(ep, call) : NULL;
-  if (!c)
-    return status != VMEP_OK ? status : VMEP_ERR_UNSUPPORTED;
-  status = quiesce(ep, &previous, call);
+  vmep_status status =
+      begin_change(ep, ranks, n, "vmep_ep_disconnect_ranks", &c, &previous);
   if (status != VMEP_OK)
     return status;
   int removed = 0;
@@ -442,12 +450,7 @@ vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
     if (!is_connected(ep, r))
       continue;
     removed++;
-    vmep_status st = write_mask(ep, r, 1);
-    set_connected(ep, r, 0);
-    if (st == VMEP_OK)
-      st = vmep__window_detach(ep->window, r);
-    if (st == VMEP_OK)
-      st = write_peer(ep, r);
+    vmep_status st = drop(ep, r);
     if (st == VMEP_OK)
       st = forget(ep, c, r);
     status = status != VMEP_OK ? status : st;

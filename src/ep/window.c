@@ -332,26 +332,12 @@ static void member_job(const vmep_window *w, char *job, size_t cap) {
            (unsigned long long)vmep__bytes_hash(key, strlen(key)));
 }
 
-static struct vmep_store_client *member_store(const vmep_window *w,
-                                              const char *call) {
-  struct vmep_store_client *c = vmep__group_store(w->group);
-  if (!c)
-    vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-               "%s: membership needs a group with a store (a custom group "
-               "has none)",
-               call);
-  return c;
-}
-
-vmep_status vmep__window_publish(vmep_window *w, const char *ns,
-                                 uint64_t incarnation) {
-  struct vmep_store_client *c = member_store(w, "vmep__window_publish");
+vmep_status vmep__window_publish(vmep_window *w, struct vmep_store_client *c,
+                                 const char *ns, uint64_t incarnation) {
   struct member_record rec;
   vmep_mem_desc desc = {0};
   char job[VMEP_JOB_ID_MAX + 1];
   size_t len = 0;
-  if (!c)
-    return VMEP_ERR_UNSUPPORTED;
   snprintf(w->ns, sizeof(w->ns), "%s", ns);
   memset(&rec, 0, sizeof(rec));
   desc.fd = -1;
@@ -386,18 +372,13 @@ static vmep_status fetch_record(vmep_window *w, struct vmep_store_client *c,
                                 int rank, int timeout_ms, uint64_t avoid,
                                 struct member_record *rec) {
   uint64_t deadline = vmep__now_ms() + (uint64_t)timeout_ms;
-  char dead_key[VMEP_STORE_DEAD_KEY_BYTES];
-  vmep__store_dead_key(rank, dead_key);
   for (;;) {
     void *bytes = NULL;
     size_t len = 0;
     int dead = 0;
     /* The successor of a process that died clears its dead key when it
      * says hello: until then, wait for it rather than fail. */
-    vmep_status status =
-        avoid ? vmep__store_get(c, dead_key, &dead, &bytes, &len) : VMEP_OK;
-    vmep__free(bytes);
-    bytes = NULL;
+    vmep_status status = avoid ? vmep__member_is_dead(c, rank, &dead) : VMEP_OK;
     if (status == VMEP_OK && dead && vmep__now_ms() < deadline) {
       usleep(5000);
       continue;
@@ -427,13 +408,11 @@ static vmep_status fetch_record(vmep_window *w, struct vmep_store_client *c,
   }
 }
 
-vmep_status vmep__window_attach(vmep_window *w, int rank, int timeout_ms,
-                                uint64_t avoid, uint64_t *incarnation_out) {
-  struct vmep_store_client *c = member_store(w, "vmep_ep_connect_ranks");
+vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
+                                int rank, int timeout_ms, uint64_t avoid,
+                                uint64_t *incarnation_out) {
   char job[VMEP_JOB_ID_MAX + 1];
   struct member_record rec;
-  if (!c)
-    return VMEP_ERR_UNSUPPORTED;
   if (rank < 0 || rank >= w->slots || rank == w->rank)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_ep_connect_ranks: rank %d, expected another rank "
