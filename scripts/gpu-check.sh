@@ -7,24 +7,7 @@
 # device) so that device time goes to running, not compiling; builds one if
 # it is missing. GPU_CHECK_BENCH=0 skips the benchmarks.
 set -uo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-build=${1:-build-gpu}
-out=${OUT:-$root/gpu-logs}
-mkdir -p "$out"
-
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  export PATH=/usr/local/cuda/bin:$PATH
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null && \
-    cmake --build "$build" -j "$(nproc)" >"$out/build.log" 2>&1 || {
-      tail -30 "$out/build.log"; exit 1; }
-fi
-# CTest files and RPATHs name the folder the build was made in; where the
-# checkout lies elsewhere on this machine, make that path point here.
-made_in=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt")
-if [ -n "$made_in" ] && [ "$made_in" != "$root" ] && [ ! -e "$made_in" ]; then
-  mkdir -p "$(dirname "$made_in")" && ln -s "$root" "$made_in"
-fi
+source "$(dirname "$0")/gpu-env.sh"
 
 {
   echo "== $(date -u +%FT%TZ) $(hostname)"

@@ -6,19 +6,9 @@
 # with --compare nccl, as JSON and logs under $OUT (or ./gpu-logs).
 # Expects the build folder made elsewhere (default build-gpu) and carried.
 set -uo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-build=${1:-build-gpu}
-out=${OUT:-$root/gpu-logs}
-mkdir -p "$out"
+source "$(dirname "$0")/gpu-env.sh"
 export NCCL_NVLS_ENABLE=0
 status=0
-
-# CTest files name the folder the build was made in (see gpu-check.sh).
-made_in=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt")
-if [ -n "$made_in" ] && [ "$made_in" != "$root" ] && [ ! -e "$made_in" ]; then
-  mkdir -p "$(dirname "$made_in")" && ln -s "$root" "$made_in"
-fi
 
 gpus=$(nvidia-smi -L | wc -l)
 {

@@ -6,26 +6,8 @@
 #   scripts/gpu-python.sh [BUILD_DIR]     (default build-gpu)
 # Needs python3 with torch (CUDA); PYTHON overrides the interpreter.
 set -uo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root" || exit 1
-build=${1:-build-gpu}
-case "$build" in /*) ;; *) build="$root/$build" ;; esac
-out=${OUT:-$root/gpu-logs}/python
-mkdir -p "$out"
+GPU_ENV_SUBDIR=python GPU_ENV_TARGETS="vmep vmep-run" source "$(dirname "$0")/gpu-env.sh"
 py=${PYTHON:-python3}
-
-if [ ! -x "$build/tools/vmep-run" ] || [ ! -f "$build/src/libvmep.so" ]; then
-  export PATH=/usr/local/cuda/bin:$PATH
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
-    cmake --build "$build" -j "$(nproc)" --target vmep vmep-run \
-      >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
-fi
-# RPATHs name the folder the build was made in; where the checkout lies
-# elsewhere on this machine, make that path point here (as gpu-check.sh).
-made_in=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt")
-if [ -n "$made_in" ] && [ "$made_in" != "$root" ] && [ ! -e "$made_in" ]; then
-  mkdir -p "$(dirname "$made_in")" && ln -s "$root" "$made_in"
-fi
 
 export VMEP_LIBRARY="$build/src/libvmep.so"
 export PYTHONPATH="$root/python:$root/tests/python${PYTHONPATH:+:$PYTHONPATH}"
