@@ -587,7 +587,8 @@ VMEP_API vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
 
 /* Not collective: masks `ranks`, unmaps their windows and forgets them (a
  * rank that died stops failing the store's waits). Disconnecting a rank
- * not connected is a no-op. */
+ * not connected is a no-op. VMEP_ERR_UNSUPPORTED over a group without a
+ * store, as for connect. */
 VMEP_API vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks,
                                               int n);
 

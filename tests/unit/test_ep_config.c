@@ -297,6 +297,25 @@ static void create_refusals(void) {
   ASSERT_OK(vmep_group_destroy(g));
 }
 
+/* The mask and membership calls refuse a NULL buffer (and NULL outputs)
+ * by name, before touching the device or the store. */
+static void membership_refusals(void) {
+  int32_t mask[4];
+  int ranks[1] = {1}, count = 0;
+  ASSERT_EQ(vmep_ep_max_ranks(NULL), 0);
+  ASSERT_STATUS(vmep_ep_query_mask(NULL, mask), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "vmep_ep_query_mask: ep is NULL");
+  ASSERT_STATUS(vmep_ep_set_mask(NULL, 1, 1), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "vmep_ep_set_mask");
+  ASSERT_STATUS(vmep_ep_clear_mask(NULL), VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_connect_ranks(NULL, ranks, 1, 1), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "vmep_ep_connect_ranks");
+  ASSERT_STATUS(vmep_ep_disconnect_ranks(NULL, ranks, 1), VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_disconnect_dead(NULL, &count), VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_barrier(NULL), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "vmep_ep_barrier: ep is NULL");
+}
+
 int main(void) {
   test_seed("test_ep_config");
   create_refusals();
@@ -304,6 +323,7 @@ int main(void) {
   sizes();
   dispatch_args();
   combine_args();
-  printf("5 passed, 0 failed\n");
+  membership_refusals();
+  printf("6 passed, 0 failed\n");
   return 0;
 }
