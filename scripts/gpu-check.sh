@@ -5,7 +5,8 @@
 # zero-copy sweeps (T = 128 .. 4096) as JSON, with logs under $OUT (or ./gpu-logs).
 # Expects a build folder made elsewhere (default build-gpu, carried to the
 # device) so that device time goes to running, not compiling; builds one if
-# it is missing. GPU_CHECK_BENCH=0 skips the benchmarks.
+# it is missing. GPU_CHECK_BENCH=0 skips the benchmarks, GPU_CHECK_PYTHON=0
+# the Python tests (to split the work over two device calls).
 set -uo pipefail
 source "$(dirname "$0")/gpu-env.sh"
 
@@ -28,8 +29,10 @@ for plan in tests/elastic/plans/*.json; do
   tail -1 "$out/elastic-$name.log"
 done
 # The Python package's GPU tests (2 and 4 ranks under MPS).
-bash scripts/gpu-python.sh "$build" > "$out/python.log" 2>&1 || status=1
-tail -16 "$out/python.log"
+if [ "${GPU_CHECK_PYTHON:-1}" != 0 ]; then
+  bash scripts/gpu-python.sh "$build" > "$out/python.log" 2>&1 || status=1
+  tail -16 "$out/python.log"
+fi
 
 if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
   bench="$build/tools/vmep-bench"
