@@ -299,6 +299,8 @@ static vmep_status sync_value(void *user, size_t index, const void *value,
   if (!value || s->status != VMEP_OK)
     return VMEP_OK;
   if (index >= s->nsync) { /* a dead key: the first one found fails it */
+    if (s->have[i])
+      return VMEP_OK; /* its part came in this poll: it died after giving it */
     s->status = sync_fault(
         s, "rank %d died (" VMEP_STORE_DEAD_PREFIX "%d is set)", rank, rank);
     return VMEP_OK;
@@ -332,9 +334,10 @@ static vmep_status sync_value(void *user, size_t index, const void *value,
   return VMEP_OK; /* another round's: wait past it */
 }
 
-/* One poll: the sync keys of the ranks still missing and the dead keys of
- * all but this one, in one GET (a consistent view) unless the values
- * overflow a frame. */
+/* One poll: the sync keys and the dead keys of the ranks still missing, in
+ * one GET (a consistent view) unless the values overflow a frame. A rank
+ * that gave its part and died afterwards fails nothing: the result is
+ * whole, and its death is the next call's to find. */
 static vmep_status sync_poll(struct vmep_store_client *c, struct sync *s,
                              const char **keys, char *const *sync_keys,
                              char *const *dead) {
@@ -346,7 +349,7 @@ static vmep_status sync_poll(struct vmep_store_client *c, struct sync *s,
     }
   s->nsync = k;
   for (int i = 0; i < s->n; i++)
-    if (s->ranks[i] != s->self) {
+    if (s->ranks[i] != s->self && !s->have[i]) {
       s->poll_of[k] = i;
       keys[k++] = dead[i];
     }

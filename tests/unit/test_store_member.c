@@ -9,6 +9,7 @@
  * only, and member_dead. Allgathers among rank sets: forked ranks running
  * back-to-back tags with a dead rank outside the set, a rank one round
  * ahead read from its previous contribution, a dead or silent participant,
+ * a participant that died after giving its part (no failure),
  * a size mismatch, and bad arguments. No fd stays open.
  */
 #include <pthread.h>
@@ -429,6 +430,17 @@ static void test_gather_failures(struct vmep_store_client *obs) {
                 VMEP_ERR_PEER);
   ASSERT_TRUE(test_now_ms() - start < 1000);
   ASSERT_STR_CONTAINS(vmep_last_error(), "rank 10 died");
+  /* Rank 10 gave its part (tag 5: the u64 7) before it died: an allgather
+   * with it completes, since every part is there. */
+  unsigned char part[2 * 12 + 8] = {0}; /* tag, length, data; no previous */
+  part[0] = 5;
+  part[8] = 8;
+  part[12] = 7;
+  ASSERT_OK(vmep__store_set(obs, "f/sync/10", part, sizeof(part)));
+  ASSERT_OK(vmep__member_allgather(obs, "f", 5, 40, with_dead, 2, &mine, 8, all,
+                                   5000));
+  ASSERT_EQ(all[0], 1);
+  ASSERT_EQ(all[1], 7);
   /* Live but silent participants: a timeout naming both. */
   silent[0] = 40;
   start = test_now_ms();
