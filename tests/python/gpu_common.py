@@ -6,6 +6,7 @@ rank's setup, seeded inputs that every rank can rebuild for every rank
 combine from all ranks' inputs), a torch reference of dispatch (fp8
 quantization bit for bit) and combine, and a PASS / FAIL summary.
 """
+import copy
 import os
 import random
 import sys
@@ -120,7 +121,7 @@ def scales_of(scales, mode):
 def check_dispatch(ins, T, E, recv, recv_count, handle, mode):
     """Every count, range, src_info, row (bit for bit) and scale of this
     rank's dispatch outputs against the inputs of all ranks."""
-    R = WORLD
+    R = handle[1].shape[1]  # the capacity: WORLD, or more (masked ranks)
     L, RT = E // R, R * T
     src_info, layout_range = handle[0].cpu(), handle[1].cpu()
     count = recv_count.cpu()
@@ -136,8 +137,9 @@ def check_dispatch(ins, T, E, recv, recv_count, handle, mode):
         e = RANK * L + l
         covered = torch.zeros(RT, dtype=torch.bool)
         total = 0
-        for s in range(R):
-            toks = (ins[s].topk == e).nonzero()[:, 0]
+        for s in range(R):  # a rank past the inputs' sends nothing
+            toks = (ins[s].topk == e).nonzero()[:, 0] if s < len(ins) else \
+                torch.zeros(0, dtype=torch.int64)
             rng = int(layout_range[l, s])
             begin, n = rng >> 32, rng & 0xFFFFFFFF
             assert n == len(toks), f"expert {l} from rank {s}: {n} rows, " \
@@ -172,10 +174,10 @@ _DEVICE_FACTORS = {}
 
 def expert_compute(recv, E, mode):
     """Expert e's output: its rows (dequantized) times factors()[e], bf16."""
-    L = E // WORLD
-    if E not in _DEVICE_FACTORS:  # no host copies inside graph capture
-        _DEVICE_FACTORS[E] = factors(E)[RANK * L:(RANK + 1) * L].cuda()
-    f = _DEVICE_FACTORS[E].view(L, 1, 1)
+    L = (recv[0] if mode.fp8 else recv).shape[0]
+    if (E, L) not in _DEVICE_FACTORS:  # no host copies inside graph capture
+        _DEVICE_FACTORS[E, L] = factors(E)[RANK * L:(RANK + 1) * L].cuda()
+    f = _DEVICE_FACTORS[E, L].view(L, 1, 1)
     if not mode.fp8:
         return (recv.float() * f).to(torch.bfloat16)
     q, s = recv
@@ -228,12 +230,37 @@ def to_cuda(inp):
     return inp.x.cuda(), inp.topk.cuda(), inp.weights.cuda()
 
 
+def restrict(ins, live, E, R=WORLD):
+    """The inputs as the ranks in `live` see them: a rank outside `live`
+    sends nothing (all its selections -1), and a selection of an expert
+    whose rank is outside `live` counts as zero (-1). With these, the
+    unchanged check_dispatch / check_combine check the masked rule."""
+    L = E // R
+    alive = torch.zeros(R, dtype=torch.bool)
+    alive[sorted(live)] = True
+    out = []
+    for s, inp in enumerate(ins):
+        c = copy.copy(inp)
+        if s in live:
+            owner = inp.topk.clamp_min(0) // L
+            keep = (inp.topk >= 0) & alive[owner]
+            c.topk = torch.where(keep, inp.topk, torch.full_like(inp.topk, -1))
+        else:
+            c.topk = torch.full_like(inp.topk, -1)
+        out.append(c)
+    return out
+
+
 def one_round(buf, seed, round_, T, H, E, K, mode, sizes=None, hook=True,
-              zero_copy=False, stats=None):
-    """dispatch -> (hook) -> expert -> combine(out=) -> (hook), checked."""
+              zero_copy=False, stats=None, live=None, errors=None):
+    """dispatch -> (hook) -> expert -> combine(out=) -> (hook), checked.
+    With `live`, this rank sends its full inputs but is checked against
+    the reference over the ranks in `live` only (the others masked); with
+    `errors`, poll_errors() must then return it."""
     sizes = sizes or [T] * WORLD
-    ins = all_inputs(seed, round_, sizes, H, E, K)
-    x, topk, w = to_cuda(ins[RANK])
+    full = all_inputs(seed, round_, sizes, H, E, K)
+    ins = full if live is None else restrict(full, live, E, buf.group_size)
+    x, topk, w = to_cuda(full[RANK])
     poison_cache()
     recv, count, handle, event, rhook = buf.low_latency_dispatch(
         x, topk, T, E, cumulative_local_expert_recv_stats=stats,
@@ -254,6 +281,10 @@ def one_round(buf, seed, round_, T, H, E, K, mode, sizes=None, hook=True,
     if hook:
         chook()
     check_combine(ins, combined, E, mode)
+    if errors is not None:
+        got = buf.poll_errors()
+        assert got == errors, f"poll_errors {got} after round {round_}, " \
+            f"expected {errors}"
     return count
 
 

@@ -14,63 +14,12 @@ split: disconnect_ranks is local, and each rank disconnects before its own
 round B. A barrier on one side of the split would also be unsafe: a side
 could then publish two store syncs (that barrier, then the reconnect) ahead
 of a rank of the other side that is still reading the first barrier's."""
-import copy
-
 import torch
 
 import gpu_common as G
 import vmep
 
 T, H, K = 64, 1024, 4
-
-
-def restrict(ins, live, E):
-    """The inputs as the ranks in `live` see them: a rank outside `live`
-    sends nothing (all its selections -1), and a selection of an expert
-    whose rank is outside `live` counts as zero (-1). With these, the
-    unchanged G.check_dispatch / G.check_combine check the masked rule."""
-    L = E // G.WORLD
-    alive = torch.zeros(G.WORLD, dtype=torch.bool)
-    alive[sorted(live)] = True
-    out = []
-    for s, inp in enumerate(ins):
-        c = copy.copy(inp)
-        if s in live:
-            owner = inp.topk.clamp_min(0) // L
-            keep = (inp.topk >= 0) & alive[owner]
-            c.topk = torch.where(keep, inp.topk, torch.full_like(inp.topk, -1))
-        else:
-            c.topk = torch.full_like(inp.topk, -1)
-        out.append(c)
-    return out
-
-
-def masked_round(buf, seed, round_, E, live, sizes, hook):
-    """dispatch -> expert -> combine(out=) of this rank's bf16 inputs (the
-    unrestricted ones: the library must drop what the mask drops), checked
-    against the reference over `live`; the error word stays clear."""
-    mode = G.Mode()
-    full = G.all_inputs(seed, round_, sizes, H, E, K)
-    ins = restrict(full, live, E)
-    x, topk, w = G.to_cuda(full[G.RANK])
-    G.poison_cache()
-    recv, count, handle, _, rhook = buf.low_latency_dispatch(
-        x, topk, T, E, use_fp8=False, return_recv_hook=hook)
-    assert (rhook is not None) == hook
-    if hook:
-        rhook()
-    G.check_dispatch(ins, T, E, recv, count, handle, mode)
-    eo = G.expert_compute(recv, E, mode)
-    out = torch.full((sizes[G.RANK], H), float("nan"), dtype=torch.bfloat16,
-                     device="cuda")
-    combined, _, chook = buf.low_latency_combine(
-        eo, topk, w, handle, return_recv_hook=hook, out=out)
-    assert combined is out
-    if hook:
-        chook()
-    G.check_combine(ins, combined, E, mode)
-    errors = buf.poll_errors()
-    assert errors == (0, 0), f"poll_errors {errors} after round {round_}"
 
 
 def query(buf):
@@ -115,7 +64,8 @@ def body(seed):
     ragged = [T - 3 * r - 1 for r in range(W)]
 
     # 1. round A: everybody.
-    masked_round(buf, seed, 0, E, everyone, full, hook=False)
+    G.one_round(buf, seed, 0, T, H, E, K, G.Mode(), full, hook=False,
+                live=everyone, errors=(0, 0))
     print(f"rank {me} step A: exact", flush=True)
 
     # 2. masks: set, query, unset, clean; refusals.
@@ -156,8 +106,10 @@ def body(seed):
                   "not connected", f"unmasking disconnected rank {gone[0]}")
     assert exc.status_name == "VMEP_ERR_INVALID_ARG", exc
     expect_mask(buf, outside, "after the refused unmask")
-    masked_round(buf, seed, 1, E, side, full, hook=True)
-    masked_round(buf, seed, 2, E, side, ragged, hook=False)
+    G.one_round(buf, seed, 1, T, H, E, K, G.Mode(), full, hook=True,
+                live=side, errors=(0, 0))
+    G.one_round(buf, seed, 2, T, H, E, K, G.Mode(), ragged, hook=False,
+                live=side, errors=(0, 0))
     print(f"rank {me} step B (" + (f"rank {last} alone" if me == last else
                                    f"without rank {last}") + "): exact",
           flush=True)
@@ -165,8 +117,10 @@ def body(seed):
     # 4. everybody connected again, as the same processes.
     buf.connect_ranks(gone, activate=True)
     expect_mask(buf, zeros, "after connect_ranks")
-    masked_round(buf, seed, 3, E, everyone, ragged, hook=True)
-    masked_round(buf, seed, 4, E, everyone, full, hook=False)
+    G.one_round(buf, seed, 3, T, H, E, K, G.Mode(), ragged, hook=True,
+                live=everyone, errors=(0, 0))
+    G.one_round(buf, seed, 4, T, H, E, K, G.Mode(), full, hook=False,
+                live=everyone, errors=(0, 0))
     print(f"rank {me} step C: exact", flush=True)
     buf.barrier()
 
