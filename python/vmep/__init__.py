@@ -13,6 +13,7 @@ import torch
 
 from ._lib import library_candidates
 from .buffer import Buffer, Handle, library_path
+from .compat import Config
 from .errors import Error, LibraryNotFoundError, PeerError, TimeoutError
 from .event import EventHandle, EventOverlap
 
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 topk_idx_t = torch.int64
 
 __all__ = [
-    "Buffer", "Error", "EventHandle", "EventOverlap", "Handle",
+    "Buffer", "Config", "Error", "EventHandle", "EventOverlap", "Handle",
     "LibraryNotFoundError", "PeerError", "TimeoutError", "is_available",
     "library_candidates", "library_path", "library_version", "topk_idx_t",
     "__version__",

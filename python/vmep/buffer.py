@@ -1,9 +1,10 @@
 """
 vmep.Buffer: the low-latency Buffer of DeepEP and NIXL EP, answered by
-libvmep. Same names, positional order, defaults, return order, shapes and
-dtypes; vmep-only options are keyword-only. All logic is in C; this file
-checks tensors, allocates outputs from torch's allocator and passes device
-pointers and the current CUDA stream.
+libvmep. Same names, positional order, return order, shapes and dtypes;
+vmep-only options are keyword-only. Defaults differ where vmep needs no
+setting (group may be None, low_latency_mode=True, num_qps_per_rank=1).
+All logic is in C; this file checks tensors, allocates outputs from
+torch's allocator and passes device pointers and the current CUDA stream.
 
 The EP buffer (vmep_ep) needs the call's shapes (T, H, E, top-k), which
 DeepEP gives only per call: it is created, collectively, at the first
@@ -18,25 +19,14 @@ import sys
 
 import torch
 
-from . import _lib
+from . import _lib, compat
 from ._group import (CommCallbacks, Group, StoreCallbacks, TorchCallbacks,
                      raise_with_callback_error)
 from .errors import Error
 from .event import EventHandle, EventOverlap
+from .membership import Membership, capacity
 
 FP8_GROUP = 128
-MAX_RANKS = 1024  # VMEP_LL_MAX_RANKS: the most ranks a buffer has room for
-
-
-def _capacity(value, name="max_num_ranks"):
-    """An elastic capacity (ranks): an int in 1..MAX_RANKS."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 1 <= int(value) <= MAX_RANKS:
-        raise ValueError(f"{name}={value}, expected 1..{MAX_RANKS}")
-    return int(value)
-
-
 def _fp8_dtype():
     dtype = getattr(torch, "float8_e4m3fn", None)
     if dtype is None:
@@ -59,12 +49,13 @@ class Handle(tuple):
         return self
 
 
-class Buffer:
+class Buffer(Membership):
     """
     The low-latency EP buffer of one rank. Collective over `group` (a
     torch.distributed ProcessGroup), `comm` (an mpi4py communicator), the
-    `tcp_store_group` (a torch Store, with `rank`; the size comes from
-    max_num_ranks or update_memory_buffers), or, with none of them, vmep's
+    `tcp_store_group` (a torch Store, with `rank`: a group of max_num_ranks
+    ranks, or, after update_memory_buffers, of the ranks the first
+    connect_ranks names), or, with none of them, vmep's
     own launch environment (vmep-run, torchrun, Open MPI, Slurm). With
     `rank` and `max_num_ranks` and none of them, a new process joins a
     running job (vmep_group_join, not collective) through vmep's store at
@@ -74,10 +65,10 @@ class Buffer:
     store: the launch environment or a join; the other groups are fixed.
 
     num_nvl_bytes, num_rdma_bytes, low_latency_mode, num_qps_per_rank,
-    allow_nvlink_for_low_latency_mode and enable_shrink are accepted and
-    ignored (vmep sizes its buffer from the shapes, always allows NVLink
-    and always keeps a mask). allow_mnnvl=False refuses ranks on more than
-    one node.
+    allow_nvlink_for_low_latency_mode, enable_shrink, nvlink_backend and
+    disable_ll_nvlink are accepted and ignored (vmep sizes its buffer from
+    the shapes, reaches peers through shared memory only and always keeps a
+    mask). allow_mnnvl=False refuses ranks on more than one node.
 
     Keyword-only (vmep): timeout_ms (0/None: VMEP_TIMEOUT_MS), after which
     a silent peer is masked; max_num_ranks (elastic capacity R: every shape
@@ -100,12 +91,13 @@ class Buffer:
                  max_num_ranks=None, num_max_dispatch_tokens_per_rank=None,
                  hidden=None, num_experts=None, num_topk=None,
                  zero_copy=False, device=None, nvlink_backend=None,
-                 store_addr=None):
+                 disable_ll_nvlink=False, store_addr=None):
         self._ep = None
         self._group = None
         self._comm_stream = None
         self._combine_buffers = {}
         self._disconnected = set()
+        self._pending_masks = set()  # masked before the EP buffer exists
         if not torch.cuda.is_available():
             raise Error("vmep.Buffer needs a CUDA device (torch.cuda is not "
                         "available)")
@@ -126,7 +118,7 @@ class Buffer:
         self.tcp_store_group = tcp_store_group
         self.timeout_ms = int(timeout_ms or 0)
         self.max_num_ranks = None if max_num_ranks is None else \
-            _capacity(max_num_ranks)
+            capacity(max_num_ranks)
         self.store_addr = store_addr
         self.zero_copy = bool(zero_copy)
         self.device = torch.device(
@@ -222,6 +214,9 @@ class Buffer:
                     f"{self._shape[2]}, top-k <= {self._shape[3]}; the call "
                     f"asks for {T}, {H}, {E}, top-k {K}")
             return self._ep
+        if self._group is None and self.tcp_store_group is not None and \
+                self.max_num_ranks:
+            self._store_group(self.max_num_ranks)  # no connect_ranks came
         if self._group is None:
             raise Error("no group yet: call update_memory_buffers(num_ranks, "
                         "...) first (tcp_store_group without max_num_ranks)")
@@ -243,6 +238,13 @@ class Buffer:
         self._shape = (T, H, E, K)
         self.group_size = self._lib.vmep_ep_max_ranks(out)
         self.num_local_experts = self._lib.vmep_ep_num_local_experts(out)
+        # Masks asked for before the buffer existed, on the ranks that are
+        # connected (the others are masked anyway).
+        pending, self._pending_masks = self._pending_masks, set()
+        masked = self._masks() if pending else []
+        for r in sorted(pending):
+            if not masked[r]:
+                self._lib.call("vmep_ep_set_mask", out, r, 1)
         return out
 
     def _agree(self, T, H, E, K):
@@ -349,6 +351,45 @@ class Buffer:
         return Buffer._bytes("vmep_ep_deepep_bytes",
                              int(num_max_dispatch_tokens_per_rank),
                              int(hidden), num_ranks, int(num_experts), 8)
+
+    @staticmethod
+    def get_dispatch_config(num_ranks):
+        """A default Config (engines ask for it while setting up; vmep's
+        low-latency calls do not read it)."""
+        del num_ranks
+        return compat.Config()
+
+    @staticmethod
+    def get_combine_config(num_ranks):
+        """A default Config, as get_dispatch_config."""
+        del num_ranks
+        return compat.Config()
+
+    @property
+    def runtime(self):
+        """NIXL EP's handle on the live runtime: the group while the buffer
+        lives, None after destroy()."""
+        return self._group
+
+    def set_tcp_store_group(self, tcp_store_group):
+        """NIXL EP: the store later groups are made over (None to drop
+        it). A group made already keeps its store."""
+        self.tcp_store_group = tcp_store_group
+
+    def get_local_buffer_tensor(self, dtype, size=None, offset=0,
+                                use_rdma_buffer=False):
+        """DeepEP's raw buffer, which engines zero to clean it after a
+        fault. vmep's flags are epochs that need no cleaning (and zeroing
+        them would break them), so this is fresh scratch memory that vmep
+        never reads: `size` elements of `dtype`, or the num_rdma_bytes
+        (use_rdma_buffer) / num_nvl_bytes the Buffer was given, less
+        `offset`."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if size is None:
+            total = self.num_rdma_bytes if use_rdma_buffer else \
+                self.num_nvl_bytes
+            size = (max(0, int(total) - int(offset)) // itemsize,)
+        return torch.empty(size, dtype=dtype, device=self.device)
 
     def get_comm_stream(self):
         """The stream async_finish=True calls run on."""
@@ -504,7 +545,17 @@ class Buffer:
         out_x = (recv_x, scales) if use_fp8 else recv_x
         return out_x, recv_count, handle, event, hook
 
-    dispatch = low_latency_dispatch
+    def dispatch(self, *args, **kwargs):
+        """low_latency_dispatch (NIXL EP's name). DeepEP's high-throughput
+        dispatch, told apart by its arguments, raises
+        NotImplementedError."""
+        compat.refuse_high_throughput("dispatch", args, kwargs,
+                                      ("handle", "topk_weights"))
+        return self.low_latency_dispatch(*args, **kwargs)
+
+    def get_dispatch_layout(self, *args, **kwargs):
+        """DeepEP's high-throughput layout: raises NotImplementedError."""
+        raise compat.high_throughput("get_dispatch_layout")
 
     def _live_ep(self):
         if self._ep is None:
@@ -606,7 +657,11 @@ class Buffer:
                               out))
         return out, event, hook
 
-    combine = low_latency_combine
+    def combine(self, *args, **kwargs):
+        """low_latency_combine (NIXL EP's name). DeepEP's high-throughput
+        combine(x, handle, ...) raises NotImplementedError."""
+        compat.refuse_high_throughput("combine", args, kwargs)
+        return self.low_latency_combine(*args, **kwargs)
 
     def poll_errors(self):
         """(error bits, skipped selections) since the last poll (synchronous):
@@ -616,237 +671,6 @@ class Buffer:
         self._lib.call("vmep_ep_poll_errors", self._live_ep(),
                        ctypes.byref(bits), ctypes.byref(bad))
         return bits.value, bad.value
-
-    # ---- elastic membership and masks (NIXL EP's names) --------------------
-    #
-    # At a membership change every rank of the resulting set calls
-    # connect_ranks with the same `activate`: the ranks already there name
-    # the newcomers, a newcomer names the ranks already there (an empty
-    # list is allowed: it still resyncs). Survivors disconnect ranks that
-    # died or left (not collective). Masks are per rank and synchronous.
-
-    def update_memory_buffers(self, num_ranks, num_experts_per_rank,
-                              num_rdma_bytes=0, num_nvl_bytes=0):
-        """NIXL EP's allocation step: the capacity `num_ranks` (R) and
-        E = R * num_experts_per_rank. Makes the group over tcp_store_group
-        if there is none yet (a fixed group of num_ranks ranks, collective),
-        and the EP buffer when T and H are known (the shape keywords of
-        Buffer()). num_rdma_bytes / num_nvl_bytes are recorded, not used:
-        vmep sizes its window from the shapes."""
-        R = _capacity(num_ranks, "num_ranks")
-        per_rank = _capacity(num_experts_per_rank, "num_experts_per_rank")
-        E = R * per_rank
-        self.num_rdma_bytes, self.num_nvl_bytes = num_rdma_bytes, num_nvl_bytes
-        if self._ep is not None:
-            if R != self.group_size or E != self._shape[2]:
-                raise Error(f"update_memory_buffers: the EP buffer serves "
-                            f"{self.group_size} ranks and {self._shape[2]} "
-                            f"experts; vmep does not reallocate it for {R} "
-                            f"ranks and {E} experts (destroy() and make a new "
-                            f"Buffer)")
-            return
-        T, H, hinted_E, K = self._shape_hint
-        if hinted_E is not None and int(hinted_E) != E:
-            raise ValueError(f"update_memory_buffers: {R} ranks x "
-                             f"{per_rank} experts = {E}, but Buffer() was "
-                             f"given num_experts={hinted_E}")
-        if self._group is None:
-            if self.tcp_store_group is None:
-                raise Error("update_memory_buffers: no group and no "
-                            "tcp_store_group to make one")
-            self._store_group(R)
-        elif self._group.elastic and R != self._group.size:
-            raise ValueError(f"update_memory_buffers: num_ranks={R}, but "
-                             f"this rank joined a job of at most "
-                             f"{self._group.size} ranks (max_num_ranks)")
-        elif R < self._group.size:
-            raise ValueError(f"update_memory_buffers: num_ranks={R} is below "
-                             f"the group's {self._group.size} ranks")
-        self.max_num_ranks = R
-        self.group_size = R
-        self._shape_hint = (T, H, E, K)
-        if T is not None and H is not None:
-            self._ensure_ep(*self._hinted_shape())
-
-    def _need_group(self, what):
-        if self._group is None:
-            raise Error(f"{what}: no group yet (tcp_store_group without a "
-                        "size: call update_memory_buffers(num_ranks, ...) "
-                        "first)")
-        return self._group
-
-    def _rank_list(self, ranks, what, allow_self):
-        """Validated distinct ints in 0..R-1 (R the capacity); this rank
-        is dropped (allow_self, as NIXL EP's connect_ranks does) or
-        refused."""
-        if isinstance(ranks, torch.Tensor):
-            ranks = ranks.flatten().tolist()
-        elif isinstance(ranks, (numbers.Integral, str, bytes)):
-            raise TypeError(f"{what}: remote_ranks must be a list of ranks, "
-                            f"not {type(ranks).__name__}")
-        out = []
-        for r in ranks:
-            out.append(self._rank_arg(r, what, allow_self))
-        return [r for i, r in enumerate(out) if r is not None and
-                r not in out[:i]]
-
-    def _rank_arg(self, r, what, allow_self=False):
-        if isinstance(r, bool) or not isinstance(r, numbers.Integral):
-            raise TypeError(f"{what}: a rank must be an int, not "
-                            f"{type(r).__name__} ({r!r})")
-        r, R = int(r), self.group_size
-        if not 0 <= r < R:
-            raise ValueError(f"{what}: rank {r} is out of range 0..{R - 1} "
-                             f"(the buffer's {R} ranks)")
-        if r == self.rank:
-            if allow_self:
-                return None
-            raise ValueError(f"{what}: rank {r} is this rank")
-        return r
-
-    def _no_store(self, what, ranks):
-        return Error(f"{what}: rank(s) {ranks} are not in this buffer's "
-                     "group. A Buffer over a torch.distributed group, an "
-                     "mpi4py comm or a tcp_store_group has fixed "
-                     "membership; membership changes need vmep's store: "
-                     "create the Buffer from vmep's launch environment "
-                     "with max_num_ranks=R, and new processes with rank= "
-                     "and max_num_ranks=R (a join through VMEP_STORE_ADDR)",
-                     _lib.ERR_UNSUPPORTED, "VMEP_ERR_UNSUPPORTED", what)
-
-    def _no_ep(self, what):
-        return Error(f"{what}: the EP buffer does not exist yet; vmep makes "
-                     "it from the shapes: pass num_max_dispatch_tokens_per_"
-                     "rank=, hidden= and num_experts= to Buffer() "
-                     "(num_experts also comes from update_memory_buffers), "
-                     "or dispatch once first")
-
-    def connect_ranks(self, remote_ranks, activate=True):
-        """Adds `remote_ranks` to this buffer's connected set
-        (vmep_ep_connect_ranks; collective over the resulting set, see
-        above). This rank, duplicates and ranks already connected are
-        skipped. activate=False leaves the new ranks masked until
-        update_mask_buffer(r, False). Raises PeerError naming a rank that
-        died, TimeoutError for one that never came."""
-        g = self._need_group("connect_ranks")
-        ranks = self._rank_list(remote_ranks, "connect_ranks", True)
-        if not g.has_store:
-            members = set(range(g.size)) - self._disconnected
-            outside = [r for r in ranks if r not in members]
-            if outside:
-                raise self._no_store("connect_ranks", outside)
-            return  # a fixed group's members are connected
-        if self._ep is None and not g.elastic and \
-                all(r < g.size for r in ranks):
-            return  # the group's ranks start connected when it is made
-        if self._ep is None:
-            if None in self._shape_hint[:3]:
-                raise self._no_ep("connect_ranks")
-            self._ensure_ep(*self._hinted_shape())
-        arr = (ctypes.c_int * max(1, len(ranks)))(*ranks)
-        self._lib.call("vmep_ep_connect_ranks", self._ep, arr, len(ranks),
-                       int(bool(activate)))
-
-    def disconnect_ranks(self, remote_ranks):
-        """Masks `remote_ranks`, unmaps their windows and forgets them here
-        (vmep_ep_disconnect_ranks; not collective: the survivors call it
-        for ranks that died or left). Ranks not connected are skipped."""
-        g = self._need_group("disconnect_ranks")
-        ranks = self._rank_list(remote_ranks, "disconnect_ranks", False)
-        if self._ep is None:
-            members = [] if g.elastic else [r for r in ranks if r < g.size]
-            if not members:
-                return  # nothing is connected yet
-            raise Error("disconnect_ranks: the EP buffer does not exist yet, "
-                        f"and ranks {members} will be connected when it is "
-                        "made; create it first (dispatch once, or the shape "
-                        "keywords of Buffer())")
-        arr = (ctypes.c_int * max(1, len(ranks)))(*ranks)
-        try:
-            self._lib.call("vmep_ep_disconnect_ranks", self._ep, arr,
-                           len(ranks))
-        finally:
-            if not g.has_store:
-                self._disconnected.update(ranks)
-
-    def disconnect_dead_ranks(self):
-        """Disconnects every connected rank whose process vmep's store
-        reports dead (vmep_ep_disconnect_dead); returns how many. vmep's
-        own, not in NIXL EP."""
-        g = self._need_group("disconnect_dead_ranks")
-        if self._ep is None:
-            return 0
-        if not g.has_store:
-            raise self._no_store("disconnect_dead_ranks", "(dead)")
-        count = ctypes.c_int(0)
-        self._lib.call("vmep_ep_disconnect_dead", self._ep,
-                       ctypes.byref(count))
-        return count.value
-
-    def update_mask_buffer(self, rank_to_mask, mask=False):
-        """Masks (mask=True: no tokens to or from it) or unmasks a connected
-        rank, here only (vmep_ep_set_mask, synchronous)."""
-        self._need_group("update_mask_buffer")
-        r = self._rank_arg(rank_to_mask, "update_mask_buffer")
-        if self._ep is None:
-            raise self._no_ep("update_mask_buffer")
-        self._lib.call("vmep_ep_set_mask", self._ep, r, int(bool(mask)))
-
-    def query_mask_buffer(self, mask_status):
-        """Fills `mask_status`, an int32 tensor [R] (R the capacity, on any
-        device), with 1 for each rank masked here and 0 for the others
-        (vmep_ep_query_mask, synchronous; ranks not connected are masked).
-        Returns it."""
-        g = self._need_group("query_mask_buffer")
-        if not isinstance(mask_status, torch.Tensor):
-            raise TypeError("mask_status must be a torch.Tensor, not "
-                            f"{type(mask_status).__name__}")
-        if mask_status.dtype != torch.int32:
-            raise TypeError(f"mask_status must be torch.int32, is "
-                            f"{mask_status.dtype}")
-        R = self.group_size
-        if tuple(mask_status.shape) != (R,):
-            raise ValueError(f"mask_status has shape "
-                             f"{tuple(mask_status.shape)}, expected ({R},) "
-                             "(the buffer's ranks)")
-        if self._ep is None:  # what the EP buffer will start with
-            host = torch.ones(R, dtype=torch.int32)
-            host[self.rank if g.elastic else slice(0, g.size)] = 0
-        else:
-            count = self._lib.vmep_ep_max_ranks(self._ep)
-            if count != R:
-                raise Error(f"query_mask_buffer: the EP buffer has {count} "
-                            f"ranks, the Buffer {R}")
-            values = (ctypes.c_int32 * R)()
-            self._lib.call("vmep_ep_query_mask", self._ep, values)
-            host = torch.tensor(list(values), dtype=torch.int32)
-        mask_status.copy_(host)
-        return mask_status
-
-    def clean_mask_buffer(self):
-        """Unmasks every connected rank here (vmep_ep_clear_mask)."""
-        self._need_group("clean_mask_buffer")
-        if self._ep is not None:
-            self._lib.call("vmep_ep_clear_mask", self._ep)
-
-    low_latency_update_mask_buffer = update_mask_buffer
-    low_latency_query_mask_buffer = query_mask_buffer
-    low_latency_clean_mask_buffer = clean_mask_buffer
-
-    def barrier(self):
-        """Waits for every connected rank (vmep_ep_barrier, over vmep's
-        store); over a fixed group, or before the EP buffer exists, the
-        group's barrier."""
-        g = self._need_group("barrier")
-        if self._ep is not None and g.has_store:
-            self._lib.call("vmep_ep_barrier", self._ep)
-            return
-        if g.elastic:
-            raise self._no_ep("barrier")
-        status = self._lib.vmep_group_barrier(g.handle)
-        raise_with_callback_error(self._lib, status, "vmep_group_barrier",
-                                  g.callbacks)
-
 
 class _DeviceMemory:
     """__cuda_array_interface__ over memory the library owns."""

@@ -59,8 +59,9 @@ def test_buffer_refused_without_cuda():
 def test_package_surface():
     assert vmep.topk_idx_t is torch.int64
     assert vmep.__version__ == "0.1.0"
-    assert vmep.Buffer.dispatch is vmep.Buffer.low_latency_dispatch
-    assert vmep.Buffer.combine is vmep.Buffer.low_latency_combine
+    assert isinstance(vmep.Buffer.get_dispatch_config(8), vmep.Config)
+    assert vmep.Buffer.get_combine_config(8).num_sms == 20
+    assert vmep.Config(24).get_rdma_buffer_size_hint(7168, 8) == 0
     vmep.Buffer.set_num_sms(20)
     assert vmep.Buffer.num_sms == 20
     vmep.Buffer.set_num_sms(24)
@@ -146,3 +147,44 @@ def test_destroy_is_idempotent():
     b = stub()
     b.destroy()
     b.destroy()
+
+
+def test_dispatch_and_combine_are_the_low_latency_calls():
+    """The NIXL EP aliases forward; DeepEP's high-throughput calls, told
+    apart by their arguments, raise NotImplementedError naming them."""
+    b = stub()
+    with pytest.raises(ValueError, match="more than"):
+        b.dispatch(torch.zeros(9, 256, dtype=torch.bfloat16),
+                   torch.zeros(9, 2, dtype=torch.int64), 8, 4)
+    with pytest.raises(ValueError, match="handle"):
+        b.combine(torch.zeros(1, 16, 256, dtype=torch.bfloat16),
+                  torch.zeros(4, 2, dtype=torch.int64),
+                  torch.zeros(4, 2), None)
+    x = torch.zeros(4, 256, dtype=torch.bfloat16)
+    for call, text in [
+            (lambda: b.dispatch(x, num_tokens_per_rank=None), "dispatch with"
+             " num_tokens_per_rank"),
+            (lambda: b.dispatch(x, handle=(1, 2)), "handle"),
+            (lambda: b.dispatch(x, topk_idx=None, topk_weights=None),
+             "topk_weights"),
+            (lambda: b.dispatch(x, (1, 2)), "second argument"),
+            (lambda: b.combine(x, (1, 2, 3, 4, 5), topk_weights=None),
+             "second argument"),
+            (lambda: b.combine(x, None, config=vmep.Config()), "config"),
+            (lambda: b.get_dispatch_layout(None, 8), "get_dispatch_layout")]:
+        with pytest.raises(NotImplementedError, match=text) as info:
+            call()
+        assert "low-latency" in str(info.value)
+
+
+def test_local_buffer_tensor_is_scratch():
+    """get_local_buffer_tensor hands out fresh memory, never vmep's."""
+    b = stub()
+    b.num_rdma_bytes, b.num_nvl_bytes = 1000, 0
+    t = b.get_local_buffer_tensor(torch.int8, use_rdma_buffer=True)
+    assert t.shape == (1000,) and t.dtype == torch.int8
+    t.zero_()
+    assert b.get_local_buffer_tensor(torch.int32, offset=8,
+                                     use_rdma_buffer=True).shape == (248,)
+    assert b.get_local_buffer_tensor(torch.float32).numel() == 0
+    assert b.get_local_buffer_tensor(torch.bfloat16, (3, 4)).shape == (3, 4)

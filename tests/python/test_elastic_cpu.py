@@ -37,6 +37,7 @@ class FakeC:
         self.calls, self.failing, self.error = [], {}, b""
         self.configs, self.R = [], 0
         self.mask, self.dead = [], 0
+        self.joined = set()  # groups from vmep_group_join
 
     def fail(self, name, status, message):
         self.failing[name] = status
@@ -77,7 +78,9 @@ class FakeC:
         return self._new_group(out, self.env_rank, self.env_size)
 
     def c_group_join(self, rank, max_ranks, addr, token, out):
-        return self._new_group(out, rank, max_ranks)
+        status = self._new_group(out, rank, max_ranks)
+        self.joined.add(out._obj.value)
+        return status
 
     def c_group_create_custom(self, rank, size, ag, bar, user, out):
         return self._new_group(out, rank, size)
@@ -107,7 +110,9 @@ class FakeC:
         rank, size = self.groups[group.value]
         self.R = max(cfg.max_ranks, size)
         self.E = cfg.num_experts
-        self.mask = [0 if r < size else 1 for r in range(self.R)]
+        alone = group.value in self.joined  # a join starts alone
+        self.mask = [int(r != rank if alone else r >= size)
+                     for r in range(self.R)]
         out._obj.value = 0x9000
         return 0
 
@@ -208,14 +213,28 @@ def test_launch_environment_with_a_capacity(fake):
 
 
 def test_update_memory_buffers_over_a_tcp_store(fake):
+    """NIXL EP's order: update_memory_buffers(R, ...) sets the capacity; the
+    first connect_ranks makes the fixed group of the ranks named, W <= R
+    (the others stay masked); then the EP buffer."""
     b = Buffer(rank=1, tcp_store_group=object(), **SHAPE)
     assert b._group is None and b._ep is None
     b.update_memory_buffers(4, 2, 1 << 20)
+    assert not fake.named("vmep_group_create_custom")  # waits for connect
+    assert b.group_size == 4 and b.num_rdma_bytes == 1 << 20
+    status = b.query_mask_buffer(torch.zeros(4, dtype=torch.int32))
+    assert status.tolist() == [1, 0, 1, 1]  # only this rank, before
+    b.update_mask_buffer(0, True)  # kept until the EP buffer exists
+    with pytest.raises(ValueError, match=r"0..W-1; got \[1, 3\]"):
+        b.connect_ranks([3])
+    b.connect_ranks(range(3))  # W = 3, this rank included
     (custom,) = fake.named("vmep_group_create_custom")
-    assert custom[:2] == (1, 4)
+    assert custom[:2] == (1, 3)
     assert fake.configs[-1]["num_experts"] == 8
     assert fake.configs[-1]["max_ranks"] == 4
-    assert b.group_size == 4 and b.num_rdma_bytes == 1 << 20
+    assert [a[1:] for a in fake.named("vmep_ep_set_mask")] == [(0, 1)]
+    assert b.group_size == 4 and b.runtime is b._group
+    with pytest.raises(vmep.Error, match="not in this buffer's group"):
+        b.connect_ranks([3])  # later ranks need vmep's store
     b.update_memory_buffers(4, 2, 0)  # the same again: nothing to do
     with pytest.raises(vmep.Error, match="does not reallocate"):
         b.update_memory_buffers(8, 2, 0)
@@ -224,6 +243,16 @@ def test_update_memory_buffers_over_a_tcp_store(fake):
                **SHAPE).update_memory_buffers(4, 2, 0)
     with pytest.raises(ValueError, match="expected 0..1"):
         Buffer(rank=3, tcp_store_group=object()).update_memory_buffers(2, 2)
+    # Without connect_ranks, the first dispatch's EP buffer makes a group of
+    # all R ranks.
+    c = Buffer(rank=0, tcp_store_group=object(), nvlink_backend="nvshmem",
+               disable_ll_nvlink=True, **SHAPE)
+    c.update_memory_buffers(2, 4)
+    c._ensure_ep(8, 256, 8, 4)
+    assert fake.named("vmep_group_create_custom")[-1][:2] == (0, 2)
+    c.set_tcp_store_group(None)  # NIXL EP drops it at destroy
+    c.destroy()
+    assert c.runtime is None and c.tcp_store_group is None
     joined = Buffer(rank=0, max_num_ranks=4)
     with pytest.raises(ValueError, match="at most 4 ranks"):
         joined.update_memory_buffers(8, 2)
@@ -351,8 +380,24 @@ def test_update_mask_buffer(fake):
     with pytest.raises(vmep.Error, match="not connected") as info:
         b.update_mask_buffer(2, True)
     assert info.value.status == _lib.ERR_INVALID_ARG and info.value.rank == 2
-    with pytest.raises(vmep.Error, match="does not exist yet"):
-        Buffer(rank=1, max_num_ranks=4).update_mask_buffer(2, True)
+    # Before the EP buffer exists a mask is kept, and set on the ranks
+    # that are connected when the buffer is made (a join: this rank only).
+    early = Buffer(rank=1, max_num_ranks=4)
+    early.update_mask_buffer(2, True)
+    early.update_mask_buffer(3, True)
+    early.update_mask_buffer(3, False)
+    status = early.query_mask_buffer(torch.zeros(4, dtype=torch.int32))
+    assert status.tolist() == [1, 0, 1, 1]
+    fake.failing.clear()
+    before = len(fake.named("vmep_ep_set_mask"))
+    early._ensure_ep(8, 256, 8, 4)
+    assert len(fake.named("vmep_ep_set_mask")) == before  # 2: not connected
+    fixed = Buffer(comm=Comm(0, 4))
+    fixed.update_mask_buffer(2, True)
+    fixed.clean_mask_buffer()
+    fixed.update_mask_buffer(3, True)
+    fixed._ensure_ep(8, 256, 8, 4)
+    assert fake.named("vmep_ep_set_mask")[-1][1:] == (3, 1)
     assert b.low_latency_update_mask_buffer == b.update_mask_buffer
 
 
