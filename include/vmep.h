@@ -476,6 +476,9 @@ typedef struct vmep_ep_dispatch_args {
   int64_t *layout_range;   /* [L, R] */
   int scale_layout;        /* use_fp8: how recv_scales is stored, one of
                               VMEP_EP_SCALES_* (0: row-major) */
+  int64_t *recv_wait_ns;   /* NULL, or [R]: element s gains the nanoseconds
+                              the receive phase waited for rank s's tokens
+                              (a slow or failing rank stands out) */
 } vmep_ep_dispatch_args;
 
 /* Layouts of vmep_ep_dispatch_args.recv_scales. The scale of channel group
@@ -509,6 +512,9 @@ typedef struct vmep_ep_combine_args {
   const int64_t *topk_idx;   /* [num_tokens, num_topk], as dispatched */
   const float *topk_weights; /* [num_tokens, num_topk] */
   void *out;                 /* bf16 [num_tokens, H] */
+  int64_t *recv_wait_ns;     /* NULL, or [R]: element r gains the nanoseconds
+                                the receive phase waited for rank r's expert
+                                outputs */
 } vmep_ep_combine_args;
 
 /*

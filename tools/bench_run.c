@@ -87,7 +87,7 @@ static vmep_status check_call(vmep_ep *ep, const struct bench_options *o,
     st = bench_check_dispatch(o, ranks, c->num_experts, T, me, &dev);
   /* bf16: each expert returns its input; fp8: any outputs, unchecked. */
   vmep_ep_combine_args ca = {o->fp8 ? b->expert_out : b->recv_x, b->topk,
-                             b->weights, b->out};
+                             b->weights, b->out, NULL};
   if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
   if (st == VMEP_OK)
@@ -230,7 +230,7 @@ static vmep_status fill_zero_copy(vmep_ep *ep, const vmep_ep_dispatch_args *da,
     st = bench_cuda_check(
         cudaMemcpy(buf, b->expert_out, bytes, cudaMemcpyDeviceToDevice),
         "zero-copy buffer");
-  vmep_ep_combine_args ca = {buf, b->topk, b->weights, b->out};
+  vmep_ep_combine_args ca = {buf, b->topk, b->weights, b->out, NULL};
   if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
   return st == VMEP_OK ? bench_cuda_check(cudaDeviceSynchronize(), "fill") : st;
@@ -272,7 +272,8 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   vmep_ep_dispatch_args da = {
       b->x,          b->topk,        res->tokens,     o->topk,
       o->fp8,        o->round_scale, b->recv_x,       b->recv_scales,
-      b->recv_count, b->src_info,    b->layout_range, VMEP_EP_SCALES_ROW_MAJOR};
+      b->recv_count, b->src_info,    b->layout_range, VMEP_EP_SCALES_ROW_MAJOR,
+      NULL};
   if (st == VMEP_OK && o->check) {
     st = check_call(ep, o, c, R, b, &da);
     res->checked = st == VMEP_OK;
@@ -289,7 +290,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK)
     st = bench_cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
                           "cudaStreamCreate");
-  vmep_ep_combine_args ca = {b->expert_out, b->topk, b->weights, b->out};
+  vmep_ep_combine_args ca = {b->expert_out, b->topk, b->weights, b->out, NULL};
   if (st == VMEP_OK)
     st = vmep_group_barrier(g);
   if (st == VMEP_OK)

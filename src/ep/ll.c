@@ -82,6 +82,8 @@ static vmep_status check_dispatch(const vmep_ep *ep,
     return bad_arg(call, "recv_count and src_info must be 4-byte aligned");
   if (bad_ptr(a->layout_range, 8, 0))
     return bad_arg(call, "layout_range must be an 8-byte aligned pointer");
+  if (bad_ptr(a->recv_wait_ns, 8, 1))
+    return bad_arg(call, "recv_wait_ns must be NULL or 8-byte aligned");
   return VMEP_OK;
 }
 
@@ -116,12 +118,18 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
     return bad_arg("vmep_ep_dispatch",
                    "two dispatches already wait for their receive phase "
                    "(vmep_ep_dispatch_recv)");
-  struct vmep_ll_dispatch_io io = {args->x,           args->topk_idx,
-                                   args->num_tokens,  args->use_fp8,
-                                   args->round_scale, args->recv_x,
-                                   args->recv_scales, args->recv_count,
-                                   args->src_info,    args->layout_range,
-                                   args->scale_layout};
+  struct vmep_ll_dispatch_io io = {args->x,
+                                   args->topk_idx,
+                                   args->num_tokens,
+                                   args->use_fp8,
+                                   args->round_scale,
+                                   args->recv_x,
+                                   args->recv_scales,
+                                   args->recv_count,
+                                   args->src_info,
+                                   args->layout_range,
+                                   args->scale_layout,
+                                   args->recv_wait_ns};
   vmep__ep_params(ep, parity, args->num_topk, &p);
   status = on_device(ep, &previous);
   if (status != VMEP_OK)
@@ -221,12 +229,14 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
     return bad_arg(call, "topk_idx and topk_weights must be aligned pointers");
   if (bad_ptr(args->out, 16, none))
     return bad_arg(call, "out must be a 16-byte aligned pointer");
+  if (bad_ptr(args->recv_wait_ns, 8, 1))
+    return bad_arg(call, "recv_wait_ns must be NULL or 8-byte aligned");
   /* Expert outputs left in this parity's zero-copy buffer are pulled. */
   int zero_copy = ep->layout.zero_copy[h->parity] &&
                   args->expert_out == zero_copy_buffer(ep, h->parity);
-  struct vmep_ll_combine_io io = {args->expert_out, zero_copy,
-                                  args->topk_idx,   args->topk_weights,
-                                  h->num_tokens,    args->out};
+  struct vmep_ll_combine_io io = {
+      args->expert_out, zero_copy, args->topk_idx,    args->topk_weights,
+      h->num_tokens,    args->out, args->recv_wait_ns};
   vmep__ep_params(ep, h->parity, h->num_topk, &p);
   status = on_device(ep, &previous);
   if (status != VMEP_OK)

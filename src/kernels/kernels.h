@@ -94,6 +94,7 @@ struct vmep_ll_dispatch_io {
   int *src_info;         /* [L, R*T] */
   int64_t *layout_range; /* [L, R] */
   int scale_layout;      /* VMEP_EP_SCALES_* */
+  int64_t *recv_wait_ns; /* NULL or [R]: += ns waited for each source */
 };
 
 struct vmep_ll_combine_io {
@@ -103,7 +104,8 @@ struct vmep_ll_combine_io {
   const int64_t *topk_idx; /* [n, K] */
   const float *topk_weights; /* [n, K] */
   int num_tokens;
-  void *out; /* bf16 [n, H] */
+  void *out;             /* bf16 [n, H] */
+  int64_t *recv_wait_ns; /* NULL or [R]: += ns waited for each expert rank */
 };
 
 /* Dispatch send phase: waits until every receiver released send[parity],

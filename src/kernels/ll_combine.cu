@@ -20,7 +20,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   const int L = p.num_experts / p.num_ranks, K = p.num_topk;
   const size_t RT = (size_t)p.num_ranks * p.max_tokens;
   uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
-  ll_wait_all(p, p.layout.comb_ack, epoch - 1);
+  ll_wait_all(p, p.layout.comb_ack, epoch - 1, NULL);
   const int *recv_count = p.recv_count_copy + p.parity * L;
   const unsigned int *row_map = p.row_map + (size_t)p.parity * L * RT;
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
@@ -56,7 +56,8 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     combine_recv_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
   const int L = p.num_experts / p.num_ranks, K = p.num_topk;
   uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
-  ll_wait_all(p, p.layout.comb_ready, epoch);
+  ll_wait_all(p, p.layout.comb_ready, epoch,
+              blockIdx.x == 0 ? io.recv_wait_ns : NULL);
   const char *slots = p.peers[p.rank] + p.layout.slots[p.parity];
   const int *where = (const int *)(p.peers[p.rank] + p.layout.where[p.parity]);
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;

@@ -35,7 +35,7 @@ __device__ __forceinline__ int32_t checked_expert(const vmep_ll_params &p,
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     dispatch_send_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
   uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
-  ll_wait_all(p, p.layout.disp_ack, epoch - 1);
+  ll_wait_all(p, p.layout.disp_ack, epoch - 1, NULL);
   char *area = send_area(p, p.rank);
   int32_t *topk = (int32_t *)(area + p.layout.send_topk);
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
@@ -76,10 +76,11 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   int *counts = p.counts + (size_t)p.parity * p.num_ranks * (L + 1);
   for (int s = blockIdx.x; s < p.num_ranks; s += gridDim.x) {
     if (threadIdx.x == 0) {
-      int ready = ll_wait_flag(p,
-                               ll_flag(p.peers[p.rank], p.layout.disp_ready,
-                                       p.parity, p.num_ranks, s),
-                               epoch, s);
+      int ready =
+          ll_wait_flag_timed(p,
+                             ll_flag(p.peers[p.rank], p.layout.disp_ready,
+                                     p.parity, p.num_ranks, s),
+                             epoch, s, io.recv_wait_ns);
       n_src = ready ? __ldcg((const int *)send_area(p, s)) : 0;
     }
     for (int l = threadIdx.x; l < L; l += blockDim.x)

@@ -134,15 +134,30 @@ __device__ __forceinline__ void ll_signal_all(const struct vmep_ll_params &p,
           ll_flag(p.peers[peer], offset, p.parity, p.num_ranks, p.rank), epoch);
 }
 
+/* ll_wait_flag for `rank`, adding the nanoseconds it took to *wait_ns
+ * (when not NULL). One thread. */
+__device__ __forceinline__ int
+ll_wait_flag_timed(const struct vmep_ll_params &p, const uint64_t *flag,
+                   uint64_t target, int rank, int64_t *wait_ns) {
+  long long start = wait_ns ? ll_now_ns() : 0;
+  int got = ll_wait_flag(p, flag, target, rank);
+  if (wait_ns)
+    atomicAdd((unsigned long long *)&wait_ns[rank],
+              (unsigned long long)(ll_now_ns() - start));
+  return got;
+}
+
 /* Every thread 0 of a block waits until each live peer's flag [parity][peer]
- * in our own buffer reaches `target`; then the block proceeds. */
+ * in our own buffer reaches `target`; then the block proceeds. With
+ * wait_ns (one block passes it), each peer's wait is added to it. */
 __device__ __forceinline__ void ll_wait_all(const struct vmep_ll_params &p,
-                                            size_t offset, uint64_t target) {
+                                            size_t offset, uint64_t target,
+                                            int64_t *wait_ns) {
   if (threadIdx.x == 0)
     for (int peer = 0; peer < p.num_ranks; peer++)
-      ll_wait_flag(
+      ll_wait_flag_timed(
           p, ll_flag(p.peers[p.rank], offset, p.parity, p.num_ranks, peer),
-          target, peer);
+          target, peer, wait_ns);
   __syncthreads();
 }
 

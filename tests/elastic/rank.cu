@@ -270,8 +270,8 @@ static void run_round(struct rank_state *s, int phase, int round,
     usleep(20000);
   }
   vmep_ep_combine_args ca = {s->expert_out, mine.n ? s->topk : NULL,
-                             mine.n ? s->weights : NULL,
-                             mine.n ? s->out : NULL};
+                             mine.n ? s->weights : NULL, mine.n ? s->out : NULL,
+                             NULL};
   t0 = elastic_now_ms();
   ASSERT_OK(vmep_ep_combine(s->ep, &ca, &h, VMEP_EP_SEND_RECV, NULL));
   if (dying) {

@@ -8,10 +8,14 @@
  * n = T, invalid expert ids (reported, not trapped), 1000 back-to-back
  * dispatch / expert / combine sequences in batches without host
  * synchronization (two in flight), and a captured CUDA graph of dispatch,
- * experts and combine replayed 100 times with new inputs copied in. The
+ * experts and combine replayed 100 times with new inputs copied in, and the
+ * receive phases' wait counters (recv_wait_ns) with a rank that comes late.
+ * The
  * expert is a device kernel mapping each row to bf16(x * (1 + e / 16)); the
  * host's copy of that model is the oracle for combine.
  */
+#include <unistd.h>
+
 #include "ep_test.cuh"
 
 #define MAX_RANKS 8
@@ -160,12 +164,13 @@ static vmep_ep_dispatch_args dispatch_args(const struct io *b,
                              b->recv_count,
                              b->src_info,
                              b->layout_range,
-                             VMEP_EP_SCALES_ROW_MAJOR};
+                             VMEP_EP_SCALES_ROW_MAJOR,
+                             NULL};
   return a;
 }
 
 static vmep_ep_combine_args combine_args(const struct io *b) {
-  vmep_ep_combine_args a = {b->expert_out, b->topk, b->w, b->out};
+  vmep_ep_combine_args a = {b->expert_out, b->topk, b->w, b->out, NULL};
   return a;
 }
 
@@ -414,6 +419,65 @@ static void graph_replay(vmep_group *g, uint64_t seed) {
          "new inputs, exact\n");
 }
 
+/*
+ * recv_wait_ns of dispatch and combine, counters from random starting
+ * values: every element only grows, and when the last rank starts its
+ * calls LATE_MS late (after a barrier), every other rank's counters of it
+ * grow by at least half of that. The data is checked by the tests above.
+ */
+#define LATE_MS 300
+static void wait_counters(vmep_group *g, uint64_t seed) {
+  int R = vmep_group_size(g), me = vmep_group_rank(g), last = R - 1;
+  struct world w = shape(R, 16, 512, 4, 0, 0);
+  struct io b;
+  io_alloc(&b, &w);
+  vmep_ep *ep = make_ep(g, &w, 0);
+  int64_t base[2][MAX_RANKS], got[2][MAX_RANKS], *dev[2];
+  for (int i = 0; i < 2; i++) {
+    for (int r = 0; r < R; r++)
+      base[i][r] = (int64_t)(test_rand() % (1ull << 40));
+    CUDA_OK(cudaMalloc((void **)&dev[i], sizeof(int64_t) * R));
+    CUDA_OK(cudaMemcpy(dev[i], base[i], sizeof(int64_t) * R,
+                       cudaMemcpyHostToDevice));
+  }
+  for (int late = 0; late < 2; late++) {
+    vmep_ep_handle h;
+    gen_world(&w, seed + late, UNIFORM);
+    io_load(&b, &w, me);
+    vmep_ep_dispatch_args da = dispatch_args(&b, &w, me);
+    da.recv_wait_ns = dev[0];
+    vmep_ep_combine_args ca = combine_args(&b);
+    ca.recv_wait_ns = dev[1];
+    ASSERT_OK(vmep_group_barrier(g));
+    if (late && me == last)
+      usleep(LATE_MS * 1000);
+    ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, NULL, &h));
+    CUDA_OK(cudaDeviceSynchronize());
+    ASSERT_OK(vmep_group_barrier(g));
+    if (late && me == last)
+      usleep(LATE_MS * 1000);
+    ASSERT_OK(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL));
+    CUDA_OK(cudaDeviceSynchronize());
+    free_world(&w);
+  }
+  for (int i = 0; i < 2; i++) {
+    CUDA_OK(cudaMemcpy(got[i], dev[i], sizeof(int64_t) * R,
+                       cudaMemcpyDeviceToHost));
+    for (int r = 0; r < R; r++)
+      ASSERT_TRUE(got[i][r] >= base[i][r] &&
+                  got[i][r] - base[i][r] < 60ll * 1000000000);
+    if (me != last)
+      ASSERT_TRUE(got[i][last] - base[i][last] >= LATE_MS * 1000000ll / 2);
+    CUDA_OK(cudaFree(dev[i]));
+  }
+  printf("wait counters: rank %d waited %.1f / %.1f ms for the late rank %d "
+         "(dispatch / combine)\n",
+         me, (double)(got[0][last] - base[0][last]) / 1e6,
+         (double)(got[1][last] - base[1][last]) / 1e6, last);
+  ASSERT_OK(vmep_ep_destroy(ep));
+  io_free(&b);
+}
+
 int main(void) {
   vmep_group *g = NULL;
   uint64_t seed = 0;
@@ -422,7 +486,8 @@ int main(void) {
   shapes(g, seed);
   back_to_back(g, seed + 1000000);
   graph_replay(g, seed + 2000000);
+  wait_counters(g, seed + 3000000);
   ASSERT_OK(vmep_group_destroy(g));
-  printf("3 passed, 0 failed\n");
+  printf("4 passed, 0 failed\n");
   return 0;
 }

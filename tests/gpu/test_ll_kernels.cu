@@ -23,6 +23,9 @@ struct sim_rank {
   int *recv_count, *src_info;
   int64_t *layout_range;
   uint16_t *expert_out, *out;
+  /* recv_wait_ns of dispatch [0, R) and combine [R, 2R), from wait_base */
+  int64_t *wait_ns;
+  int64_t wait_base[16];
 };
 
 struct sim {
@@ -80,6 +83,11 @@ static void sim_init(struct sim *s) {
     k->expert_out = dev_alloc<uint16_t>(s->L * RT * s->H);
     k->out = dev_alloc<uint16_t>((size_t)s->T * s->H);
     CUDA_OK(cudaStreamCreateWithFlags(&k->stream, cudaStreamNonBlocking));
+    for (int i = 0; i < 2 * s->R; i++)
+      k->wait_base[i] = (int64_t)(test_rand() % (1ull << 40));
+    CUDA_OK(cudaMalloc((void **)&k->wait_ns, sizeof(int64_t) * 2 * s->R));
+    CUDA_OK(cudaMemcpy(k->wait_ns, k->wait_base, sizeof(int64_t) * 2 * s->R,
+                       cudaMemcpyHostToDevice));
     bases[r] = k->buffer;
   }
   CUDA_OK(cudaMalloc((void **)&s->peers, sizeof(char *) * s->R));
@@ -184,7 +192,7 @@ static void run_dispatch(struct sim *s, const struct vmep_ref_rank_input *in,
       struct vmep_ll_dispatch_io io = {
           k->x,           k->topk,         in[r].num_tokens, s->fp8,
           s->round_scale, k->recv_x,       k->recv_scales,   k->recv_count,
-          k->src_info,    k->layout_range, s->scale_layout};
+          k->src_info,    k->layout_range, s->scale_layout,  k->wait_ns};
       if (phase == 0)
         ASSERT_OK(vmep__ll_dispatch_send(&p, &io, k->stream));
       else
@@ -212,7 +220,8 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
                                       k->topk,
                                       k->weights,
                                       in[r].num_tokens,
-                                      k->out};
+                                      k->out,
+                                      k->wait_ns + s->R};
       if (phase == 0)
         ASSERT_OK(vmep__ll_combine_send(&p, &io, k->stream));
       else
@@ -393,6 +402,26 @@ static void one_round(struct sim *s, int round) {
   free_round(s, h);
 }
 
+/* The wait counters only grew, and a live rank's dispatch counter of the
+ * dead rank holds at least the timeout it waited before masking it. */
+static void check_wait_counters(const struct sim *s, int r) {
+  const struct sim_rank *k = &s->rank[r];
+  int64_t got[16];
+  CUDA_OK(cudaMemcpy(got, k->wait_ns, sizeof(int64_t) * 2 * s->R,
+                     cudaMemcpyDeviceToHost));
+  for (int i = 0; i < 2 * s->R; i++)
+    if (got[i] < k->wait_base[i] ||
+        got[i] - k->wait_base[i] > 600ll * 1000 * 1000 * 1000)
+      TEST_FAIL("rank %d: wait counter %d went from %lld to %lld", r, i,
+                (long long)k->wait_base[i], (long long)got[i]);
+  if (s->dead >= 0 && r != s->dead &&
+      got[s->dead] - k->wait_base[s->dead] < s->timeout_ns)
+    TEST_FAIL("rank %d waited %lld ns for dead rank %d, less than the "
+              "timeout %lld ns",
+              r, (long long)(got[s->dead] - k->wait_base[s->dead]), s->dead,
+              s->timeout_ns);
+}
+
 static void sim_free(struct sim *s) {
   for (int r = 0; r < s->R; r++) {
     struct sim_rank *k = &s->rank[r];
@@ -400,12 +429,13 @@ static void sim_free(struct sim *s) {
     CUDA_OK(cudaMemcpy(&st, k->state, sizeof(st), cudaMemcpyDeviceToHost));
     ASSERT_EQ(st.errors,
               s->dead >= 0 && r != s->dead ? VMEP_LL_ERR_TIMEOUT : 0);
+    check_wait_counters(s, r);
     void *ptrs[] = {k->buffer,     k->state,    k->entries,
                     k->counts,     k->begins,   k->recv_count_copy,
                     k->row_map,    k->x,        k->topk,
                     k->weights,    k->recv_x,   k->recv_scales,
                     k->recv_count, k->src_info, k->layout_range,
-                    k->expert_out, k->out};
+                    k->expert_out, k->out,      k->wait_ns};
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++)
       CUDA_OK(cudaFree(ptrs[i]));
     CUDA_OK(cudaStreamDestroy(k->stream));

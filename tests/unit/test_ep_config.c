@@ -155,7 +155,8 @@ static void dispatch_args(void) {
                              (int32_t *)mem,
                              (int32_t *)mem,
                              (int64_t *)mem,
-                             VMEP_EP_SCALES_ROW_MAJOR};
+                             VMEP_EP_SCALES_ROW_MAJOR,
+                             NULL};
   vmep_ep_handle h;
   struct {
     vmep_ep_dispatch_args args;
@@ -184,6 +185,11 @@ static void dispatch_args(void) {
   ASSERT_STATUS(vmep_ep_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "x must");
+  b = a;
+  b.recv_wait_ns = (int64_t *)((char *)mem + 4); /* misaligned */
+  ASSERT_STATUS(vmep_ep_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "recv_wait_ns");
   b = a;
   b.use_fp8 = 1; /* without recv_scales */
   ASSERT_STATUS(vmep_ep_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
@@ -220,7 +226,7 @@ static void dispatch_args(void) {
 static void combine_args(void) {
   struct vmep_ep ep = fake_ep();
   static uint64_t mem[1024];
-  vmep_ep_combine_args a = {mem, (int64_t *)mem, (float *)mem, mem};
+  vmep_ep_combine_args a = {mem, (int64_t *)mem, (float *)mem, mem, NULL};
   void *buf = NULL;
   /* Handles this buffer never gave out. */
   vmep_ep_handle never = {0, 16, 8, 1}, bad_parity = {2, 16, 8, 1};
@@ -244,6 +250,11 @@ static void combine_args(void) {
   ASSERT_STATUS(vmep_ep_combine(&ep, &b, &live, VMEP_EP_SEND_RECV, NULL),
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "out must");
+  b = a;
+  b.recv_wait_ns = (int64_t *)((char *)mem + 4);
+  ASSERT_STATUS(vmep_ep_combine(&ep, &b, &live, VMEP_EP_SEND_RECV, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "recv_wait_ns");
   b = a;
   b.expert_out = NULL;
   ASSERT_STATUS(vmep_ep_combine(&ep, &b, &live, VMEP_EP_SEND_RECV, NULL),
