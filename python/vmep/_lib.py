@@ -78,6 +78,7 @@ class DispatchArgs(Structure):
         ("src_info", c_void_p),
         ("layout_range", c_void_p),
         ("scale_layout", c_int),
+        ("recv_wait_ns", c_void_p),
     ]
 
 
@@ -88,6 +89,7 @@ class CombineArgs(Structure):
         ("topk_idx", c_void_p),
         ("topk_weights", c_void_p),
         ("out", c_void_p),
+        ("recv_wait_ns", c_void_p),
     ]
 
 

@@ -27,6 +27,9 @@ from .event import EventHandle, EventOverlap
 from .membership import Membership, capacity
 
 FP8_GROUP = 128
+# Handles a plain tuple can stand for: more than the two in flight, fewer
+# than would keep much memory alive.
+RECENT_HANDLES = 8
 def _fp8_dtype():
     dtype = getattr(torch, "float8_e4m3fn", None)
     if dtype is None:
@@ -98,6 +101,7 @@ class Buffer(Membership):
         self._combine_buffers = {}
         self._disconnected = set()
         self._pending_masks = set()  # masked before the EP buffer exists
+        self._recent = {}  # src_info pointer -> the last dispatches' Handles
         if not torch.cuda.is_available():
             raise Error("vmep.Buffer needs a CUDA device (torch.cuda is not "
                         "available)")
@@ -272,6 +276,7 @@ class Buffer(Membership):
         ep, self._ep = self._ep, None
         group, self._group = self._group, None
         self._combine_buffers = {}
+        self._recent = {}
         first = None
         if ep is not None:
             try:
@@ -421,6 +426,23 @@ class Buffer(Membership):
             raise ValueError(f"{name} must be contiguous")
         return t
 
+    def _wait_stats(self, t, name):
+        """A wait-cost tensor: int64 on the buffer's device, contiguous,
+        with at least R elements (its first R are added to); or None."""
+        if t is None:
+            return None
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, not "
+                            f"{type(t).__name__}")
+        if t.dtype != torch.int64:
+            raise TypeError(f"{name} must be torch.int64, is {t.dtype}")
+        if t.device != self.device or not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous on {self.device}")
+        if t.numel() < self.group_size:
+            raise ValueError(f"{name} has {t.numel()} elements, fewer than "
+                             f"the buffer's {self.group_size} ranks")
+        return t
+
     def _topk(self, topk_idx, n):
         if not isinstance(topk_idx, torch.Tensor):
             raise TypeError("topk_idx must be a torch.Tensor")
@@ -468,7 +490,9 @@ class Buffer(Membership):
         and use_ue8m0); recv_count int32 [L]; hook None unless
         return_recv_hook (then only the send phase ran, and hook() launches
         the receive phase on the then current stream).
-        dispatch_wait_recv_cost_stats is accepted and left unchanged."""
+        dispatch_wait_recv_cost_stats (int64, R elements or more, e.g.
+        DeepEP's [R, R]): element s gains the nanoseconds this rank waited
+        for rank s's tokens (DeepEP counts cycles)."""
         T, E = int(num_max_dispatch_tokens_per_rank), int(num_experts)
         self._tensor(x, "x", torch.bfloat16, 2)
         n, H = x.shape
@@ -511,12 +535,15 @@ class Buffer(Membership):
         recv_count = torch.empty((L,), dtype=torch.int32, device=dev)
         src_info = torch.empty((L, R * T), dtype=torch.int32, device=dev)
         layout_range = torch.empty((L, R), dtype=torch.int64, device=dev)
+        waits = self._wait_stats(dispatch_wait_recv_cost_stats,
+                                 "dispatch_wait_recv_cost_stats")
         args = _lib.DispatchArgs(
             x.data_ptr() if n else None, topk_idx.data_ptr() if n else None,
             n, K, int(bool(use_fp8)), int(bool(round_scale)),
             recv_x.data_ptr(), scales.data_ptr() if use_fp8 else None,
             recv_count.data_ptr(), src_info.data_ptr(),
-            layout_range.data_ptr(), layout)
+            layout_range.data_ptr(), layout,
+            waits.data_ptr() if waits is not None else None)
         c_handle = _lib.EpHandle()
         phases = _lib.EP_SEND if return_recv_hook else _lib.EP_SEND_RECV
         self._lib.call("vmep_ep_dispatch", ep, ctypes.byref(args), phases,
@@ -530,6 +557,7 @@ class Buffer(Membership):
         hook = None
         if return_recv_hook:
             def hook():
+                assert waits is None or waits.numel()  # the phase adds to it
                 self._lib.call("vmep_ep_dispatch_recv", self._live_ep(),
                                ctypes.byref(c_handle),
                                torch.cuda.current_stream(dev).cuda_stream)
@@ -539,9 +567,10 @@ class Buffer(Membership):
                 add_stats()
         handle = Handle((src_info, layout_range, T, H, E), c_handle, self, n,
                         K)
+        self._remember(handle)
         event = self._finish(stream, async_finish,
                              (x, topk_idx, recv_x, scales, recv_count,
-                              src_info, layout_range, stats))
+                              src_info, layout_range, stats, waits))
         out_x = (recv_x, scales) if use_fp8 else recv_x
         return out_x, recv_count, handle, event, hook
 
@@ -562,11 +591,25 @@ class Buffer(Membership):
             raise Error("the buffer was destroyed")
         return self._ep
 
+    def _remember(self, handle):
+        self._recent[handle[0].data_ptr()] = handle
+        while len(self._recent) > RECENT_HANDLES:
+            self._recent.pop(next(iter(self._recent)))
+
     def _check_handle(self, handle):
-        if not isinstance(handle, Handle) or handle.buffer_id != id(self):
-            raise ValueError("handle must be one this buffer's dispatch "
-                             "returned")
-        return handle
+        """The Handle of one of this buffer's dispatches. A plain 5-tuple
+        rebuilt from a recent Handle's parts (DeepEP's handle is a plain
+        tuple) is found by its src_info."""
+        if isinstance(handle, Handle) and handle.buffer_id == id(self):
+            return handle
+        if isinstance(handle, (tuple, list)) and len(handle) == 5 and \
+                isinstance(handle[0], torch.Tensor):
+            found = self._recent.get(handle[0].data_ptr())
+            if found is not None and tuple(handle[2:]) == tuple(found[2:]):
+                return found
+        raise ValueError("handle must be what one of this buffer's last "
+                         f"{RECENT_HANDLES} dispatches returned (or a tuple "
+                         "of its parts)")
 
     def get_next_low_latency_combine_buffer(self, handle):
         """The bf16 [L, T*R, H] tensor for the combine of `handle`'s
@@ -598,7 +641,8 @@ class Buffer(Membership):
                             out=None, combine_wait_recv_cost_stats=None):
         """out[t] = sum_k topk_weights[t, k] * x(expert topk_idx[t, k], t),
         in fp32, as bf16 [n, H]. Returns (combined_x, event, hook).
-        combine_wait_recv_cost_stats is accepted and left unchanged."""
+        combine_wait_recv_cost_stats: as dispatch's, for the waits for each
+        rank's expert outputs."""
         if use_logfmt:
             raise NotImplementedError("use_logfmt: vmep combines in bf16 "
                                       "(LogFMT is not implemented)")
@@ -632,19 +676,23 @@ class Buffer(Membership):
         expert_out = x
         if zero_copy:
             expert_out = self.get_next_low_latency_combine_buffer(handle)
+        waits = self._wait_stats(combine_wait_recv_cost_stats,
+                                 "combine_wait_recv_cost_stats")
         ep = self._live_ep()
         stream, stream_ptr = self._launch_stream(async_finish)
         args = _lib.CombineArgs(expert_out.data_ptr(),
                                 topk_idx.data_ptr() if n else None,
                                 topk_weights.data_ptr() if n else None,
-                                out.data_ptr() if n else None)
+                                out.data_ptr() if n else None,
+                                waits.data_ptr() if waits is not None
+                                else None)
         c_handle = handle.c_handle
         phases = _lib.EP_SEND if return_recv_hook else _lib.EP_SEND_RECV
         self._lib.call("vmep_ep_combine", ep, ctypes.byref(args),
                        ctypes.byref(c_handle), phases, stream_ptr)
         hook = None
         if return_recv_hook:
-            keep = (topk_idx, topk_weights, out, expert_out)
+            keep = (topk_idx, topk_weights, out, expert_out, waits)
 
             def hook():
                 assert keep  # the receive phase reads these
@@ -654,7 +702,7 @@ class Buffer(Membership):
                                    self.device).cuda_stream)
         event = self._finish(stream, async_finish,
                              (x, topk_idx, topk_weights, handle[0], handle[1],
-                              out))
+                              out, waits))
         return out, event, hook
 
     def combine(self, *args, **kwargs):

@@ -2,9 +2,12 @@
 prepare/finalize makes, on a torch.distributed (gloo) group: dispatch with
 return_recv_hook=True, hook, expert computation, combine with out=, hook;
 in bf16, fp8, fp8 with power-of-two scales and UE8M0; then async_finish,
-the zero-copy combine buffer and the EPLB statistics."""
+the zero-copy combine buffer, the EPLB statistics, the wait-cost
+statistics with a rank that comes late, and a handle rebuilt as a plain
+tuple."""
 import os
 import tempfile
+import time
 
 import torch
 import torch.distributed as dist
@@ -49,11 +52,49 @@ def body(seed):
     event.current_stream_wait()
     G.check_dispatch(ins, T, E, recv, count, handle, G.Mode())
     eo = G.expert_compute(recv, E, G.Mode())
-    out, event, hook = buf.low_latency_combine(eo, topk, w, handle,
+    # a plain tuple of the handle's parts, as DeepEP's handle is
+    out, event, hook = buf.low_latency_combine(eo, topk, w, tuple(handle),
                                                async_finish=True)
     with event:
         pass
     G.check_combine(ins, out, E, G.Mode())
+    # wait-cost statistics ([R, R] as DeepEP documents them: its first R
+    # elements gain the ns waited per rank): a rank that comes late to
+    # dispatch and to combine stands out in every other rank's counters.
+    R, last = G.WORLD, G.WORLD - 1
+    waits = [torch.randint(0, 1 << 40, (R, R), dtype=torch.int64,
+                           device="cuda") for _ in range(2)]
+    bases = [t.clone() for t in waits]
+    ins = G.all_inputs(seed, 200, [T] * G.WORLD, H, E, K)
+    x, topk, w = G.to_cuda(ins[G.RANK])
+    late_s = 0.5
+
+    def line_up():
+        torch.cuda.synchronize()
+        dist.barrier(group)
+        if G.RANK == last:
+            time.sleep(late_s)
+
+    line_up()
+    recv, count, handle, _, _ = buf.low_latency_dispatch(
+        x, topk, T, E, dispatch_wait_recv_cost_stats=waits[0], use_fp8=False)
+    torch.cuda.synchronize()
+    G.check_dispatch(ins, T, E, recv, count, handle, G.Mode())
+    eo = G.expert_compute(recv, E, G.Mode())
+    line_up()
+    out, _, _ = buf.low_latency_combine(eo, topk, w, handle,
+                                        combine_wait_recv_cost_stats=waits[1])
+    torch.cuda.synchronize()
+    G.check_combine(ins, out, E, G.Mode())
+    for name, got, base in zip(("dispatch", "combine"), waits, bases):
+        grew = (got - base).cpu()
+        assert (grew >= 0).all() and (grew[1:] == 0).all(), \
+            f"{name} wait counters: {grew.tolist()}"
+        if G.RANK != last:
+            assert grew[0, last] >= late_s * 1e9 / 2, \
+                f"{name}: waited {int(grew[0, last])} ns for the late rank"
+        print(f"rank {G.RANK} {name} waits (ms): "
+              f"{[round(v / 1e6, 1) for v in grew[0].tolist()]}", flush=True)
     # zero-copy: experts write into get_next_low_latency_combine_buffer
     G.one_round(buf, seed, 101, T, H, E, K, G.Mode(), zero_copy=True)
     with torch.no_grad():

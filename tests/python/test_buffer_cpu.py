@@ -75,6 +75,7 @@ def stub(R=2, T=8):
     check below fails before the library is reached."""
     b = object.__new__(Buffer)
     b._ep, b._group, b._comm_stream, b._combine_buffers = None, None, None, {}
+    b._recent = {}
     b.device = torch.device("cpu")
     b.group_size, b.rank, b.zero_copy = R, 0, False
     return b
@@ -188,3 +189,45 @@ def test_local_buffer_tensor_is_scratch():
                                      use_rdma_buffer=True).shape == (248,)
     assert b.get_local_buffer_tensor(torch.float32).numel() == 0
     assert b.get_local_buffer_tensor(torch.bfloat16, (3, 4)).shape == (3, 4)
+
+
+def test_a_tuple_of_a_handles_parts_stands_for_it():
+    """DeepEP's handle is a plain tuple: one rebuilt from a recent Handle's
+    parts finds it (by src_info); anything else is refused."""
+    from vmep.buffer import RECENT_HANDLES, Handle
+    b = stub()
+    handles = []
+    for i in range(RECENT_HANDLES + 1):
+        src_info = torch.zeros(2, 16, dtype=torch.int32)
+        h = Handle((src_info, torch.zeros(2, 2), 8, 256, 4), None, b, 3, 2)
+        b._remember(h)  # as dispatch does
+        handles.append(h)
+    last = handles[-1]
+    assert b._check_handle(last) is last
+    assert b._check_handle(tuple(last)) is last
+    assert b._check_handle(list(last)) is last
+    for bad in [tuple(last[:4]) + (8,), tuple(handles[0]), (1, 2, 3, 4, 5),
+                "handle", None]:
+        with pytest.raises(ValueError, match="handle must be"):
+            b._check_handle(bad)
+    other = stub()
+    with pytest.raises(ValueError, match="handle must be"):
+        other._check_handle(last)  # another buffer's
+
+
+def test_wait_cost_statistics_checked():
+    """dispatch/combine_wait_recv_cost_stats: int64, contiguous, on the
+    buffer's device, at least R elements ([R] or DeepEP's [R, R])."""
+    b = stub(R=4)
+    assert b._wait_stats(None, "w") is None
+    for good in (torch.zeros(4, dtype=torch.int64),
+                 torch.zeros(4, 4, dtype=torch.int64)):
+        assert b._wait_stats(good, "w") is good
+    for bad, error, text in [
+            ([0, 0, 0, 0], TypeError, "torch.Tensor"),
+            (torch.zeros(4, dtype=torch.int32), TypeError, "int64"),
+            (torch.zeros(3, dtype=torch.int64), ValueError, "fewer than"),
+            (torch.zeros(4, 2, dtype=torch.int64).t(), ValueError,
+             "contiguous")]:
+        with pytest.raises(error, match=text):
+            b._wait_stats(bad, "dispatch_wait_recv_cost_stats")
