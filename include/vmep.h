@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define VMEP_VERSION_MAJOR 0
-#define VMEP_VERSION_MINOR 1
+#define VMEP_VERSION_MINOR 2
 #define VMEP_VERSION_PATCH 0
 
 /* ------------------------------------------------------------------------
@@ -63,7 +63,8 @@ VMEP_API const char *vmep_status_string(vmep_status status);
  */
 VMEP_API const char *vmep_last_error(void);
 
-/* "0.1.0". */
+/* "0.2.0". The minor number grows whenever a public struct or call changes
+ * (0.2.0: elastic membership, scale layouts, wait counters). */
 VMEP_API const char *vmep_version(void);
 
 /* ------------------------------------------------------------------------
@@ -477,8 +478,10 @@ typedef struct vmep_ep_dispatch_args {
   int scale_layout;        /* use_fp8: how recv_scales is stored, one of
                               VMEP_EP_SCALES_* (0: row-major) */
   int64_t *recv_wait_ns;   /* NULL, or [R]: element s gains the nanoseconds
-                              the receive phase waited for rank s's tokens
-                              (a slow or failing rank stands out) */
+                              from the receive phase's start until rank s's
+                              tokens were there, every rank timed from the
+                              same start (a late rank is charged its own
+                              lateness only) */
 } vmep_ep_dispatch_args;
 
 /* Layouts of vmep_ep_dispatch_args.recv_scales. The scale of channel group
@@ -512,9 +515,8 @@ typedef struct vmep_ep_combine_args {
   const int64_t *topk_idx;   /* [num_tokens, num_topk], as dispatched */
   const float *topk_weights; /* [num_tokens, num_topk] */
   void *out;                 /* bf16 [num_tokens, H] */
-  int64_t *recv_wait_ns;     /* NULL, or [R]: element r gains the nanoseconds
-                                the receive phase waited for rank r's expert
-                                outputs */
+  int64_t *recv_wait_ns;     /* NULL, or [R]: as in dispatch, for rank r's
+                                expert outputs */
 } vmep_ep_combine_args;
 
 /*

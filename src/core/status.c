@@ -36,7 +36,7 @@ const char *vmep_status_string(vmep_status status) {
 
 const char *vmep_last_error(void) { return last_error; }
 
-const char *vmep_version(void) { return "0.1.0"; }
+const char *vmep_version(void) { return "0.2.0"; }
 
 void vmep__set_last_error(const char *text) {
   snprintf(last_error, sizeof(last_error), "%s", text);

@@ -134,30 +134,46 @@ __device__ __forceinline__ void ll_signal_all(const struct vmep_ll_params &p,
           ll_flag(p.peers[peer], offset, p.parity, p.num_ranks, p.rank), epoch);
 }
 
-/* ll_wait_flag for `rank`, adding the nanoseconds it took to *wait_ns
- * (when not NULL). One thread. */
-__device__ __forceinline__ int
-ll_wait_flag_timed(const struct vmep_ll_params &p, const uint64_t *flag,
-                   uint64_t target, int rank, int64_t *wait_ns) {
-  long long start = wait_ns ? ll_now_ns() : 0;
-  int got = ll_wait_flag(p, flag, target, rank);
-  if (wait_ns)
-    atomicAdd((unsigned long long *)&wait_ns[rank],
+/*
+ * Waits until flag [parity][peer] in our own buffer reaches `target` for
+ * the peers first, first + stride, ..., one thread per peer, and adds to
+ * wait_ns[peer] the nanoseconds from the call until that peer's flag was
+ * seen. Waiting in parallel from one start charges each rank its own
+ * lateness: waits in turn would charge a rank the time another late rank
+ * kept the waiter busy. Exact up to one peer per thread (LL_THREADS). All
+ * threads of the block call it.
+ */
+__device__ __forceinline__ void ll_wait_timed(const struct vmep_ll_params &p,
+                                              size_t offset, uint64_t target,
+                                              int first, int stride,
+                                              int64_t *wait_ns) {
+  long long start = ll_now_ns();
+  for (int peer = first + (int)threadIdx.x * stride; peer < p.num_ranks;
+       peer += (int)blockDim.x * stride) {
+    ll_wait_flag(p,
+                 ll_flag(p.peers[p.rank], offset, p.parity, p.num_ranks, peer),
+                 target, peer);
+    atomicAdd((unsigned long long *)&wait_ns[peer],
               (unsigned long long)(ll_now_ns() - start));
-  return got;
+  }
+  __syncthreads();
 }
 
 /* Every thread 0 of a block waits until each live peer's flag [parity][peer]
  * in our own buffer reaches `target`; then the block proceeds. With
- * wait_ns (one block passes it), each peer's wait is added to it. */
+ * wait_ns (one block passes it), the waits are ll_wait_timed's. */
 __device__ __forceinline__ void ll_wait_all(const struct vmep_ll_params &p,
                                             size_t offset, uint64_t target,
                                             int64_t *wait_ns) {
+  if (wait_ns) {
+    ll_wait_timed(p, offset, target, 0, 1, wait_ns);
+    return;
+  }
   if (threadIdx.x == 0)
     for (int peer = 0; peer < p.num_ranks; peer++)
-      ll_wait_flag_timed(
+      ll_wait_flag(
           p, ll_flag(p.peers[p.rank], offset, p.parity, p.num_ranks, peer),
-          target, peer, wait_ns);
+          target, peer);
   __syncthreads();
 }
 
