@@ -11,13 +11,13 @@ A pure-Python package over libvmep.so (ctypes); see docs/PYTHON.md.
 """
 import torch
 
-from ._lib import library_candidates
+from ._lib import VERSION, library_candidates
 from .buffer import Buffer, Handle, library_path
 from .compat import Config
 from .errors import Error, LibraryNotFoundError, PeerError, TimeoutError
 from .event import EventHandle, EventOverlap
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 # The dtype of topk_idx (int32 is accepted and widened).
 topk_idx_t = torch.int64
@@ -31,7 +31,7 @@ __all__ = [
 
 
 def library_version():
-    """The loaded libvmep's version string ("0.1.0")."""
+    """The loaded libvmep's version string (the package's: see _lib)."""
     from . import _lib
     return _lib.load().cdll.vmep_version().decode()
 

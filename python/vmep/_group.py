@@ -103,12 +103,19 @@ class CommCallbacks(_Callbacks):
 
 class StoreCallbacks(_Callbacks):
     """Over a torch.distributed Store (TCPStore, FileStore): rank r sets
-    vmep/<n>/<r>, waits for every rank's key of round n and reads them. A
-    rank deletes its key of round n - 2 once round n's keys are all there:
-    every rank has read it by then (it set a later key after reading)."""
+    vmep/g<k>/<n>/<r>, waits for every rank's key of round n and reads
+    them. A rank deletes its key of round n - 2 once round n's keys are all
+    there: every rank has read it by then (it set a later key after
+    reading). k counts the groups this process made over the store, so a
+    later group never reads an earlier one's keys (the ranks make their
+    groups over a store in the same order)."""
+
+    _groups = {}  # id(store) -> groups made over it
 
     def __init__(self, store, rank, size, prefix="vmep"):
-        self.store, self.prefix, self.round = store, prefix, 0
+        k = StoreCallbacks._groups.get(id(store), 0)
+        StoreCallbacks._groups[id(store)] = k + 1
+        self.store, self.prefix, self.round = store, f"{prefix}/g{k}", 0
         super().__init__(rank, size)
 
     def _key(self, n, r):

@@ -181,6 +181,11 @@ def library_candidates():
     return found
 
 
+# The libvmep this package mirrors: its structs change with the minor
+# number, so a library of another version is refused at load.
+VERSION = "0.2.0"
+
+
 class Library:
     """libvmep with its prototypes set; `call(name, *args)` raises the
     mapped exception for a failed status. A library that lacks an entry
@@ -203,6 +208,12 @@ class Library:
         for name, (restype, argtypes) in _PROTOTYPES.items():
             fn = getattr(self.cdll, name)
             fn.restype, fn.argtypes = restype, argtypes
+        version = self.cdll.vmep_version()  # bytes (a test fake: not)
+        if isinstance(version, bytes) and version.decode() != VERSION:
+            raise AttributeError(
+                f"{path} is libvmep {version.decode()}, this package mirrors "
+                f"{VERSION}'s structs; rebuild libvmep from a checkout that "
+                "matches this package")
 
     def __getattr__(self, name):
         if name.startswith("vmep_") and name in _PROTOTYPES:

@@ -30,6 +30,8 @@ FP8_GROUP = 128
 # Handles a plain tuple can stand for: more than the two in flight, fewer
 # than would keep much memory alive.
 RECENT_HANDLES = 8
+
+
 def _fp8_dtype():
     dtype = getattr(torch, "float8_e4m3fn", None)
     if dtype is None:
@@ -102,6 +104,7 @@ class Buffer(Membership):
         self._disconnected = set()
         self._pending_masks = set()  # masked before the EP buffer exists
         self._recent = {}  # src_info pointer -> the last dispatches' Handles
+        self._destroyed = False
         if not torch.cuda.is_available():
             raise Error("vmep.Buffer needs a CUDA device (torch.cuda is not "
                         "available)")
@@ -163,6 +166,11 @@ class Buffer(Membership):
 
     # ---- group and EP buffer ---------------------------------------------
 
+    def _store_group_pending(self):
+        """A tcp_store_group's group is not made yet (and may still be)."""
+        return self._group is None and self.tcp_store_group is not None \
+            and not self._destroyed
+
     def _store_group(self, size):
         if not 0 <= self.rank < size:
             raise ValueError(f"rank={self.rank}, expected 0..{size - 1} "
@@ -218,12 +226,10 @@ class Buffer(Membership):
                     f"{self._shape[2]}, top-k <= {self._shape[3]}; the call "
                     f"asks for {T}, {H}, {E}, top-k {K}")
             return self._ep
-        if self._group is None and self.tcp_store_group is not None and \
-                self.max_num_ranks:
+        if self._store_group_pending() and self.max_num_ranks:
             self._store_group(self.max_num_ranks)  # no connect_ranks came
         if self._group is None:
-            raise Error("no group yet: call update_memory_buffers(num_ranks, "
-                        "...) first (tcp_store_group without max_num_ranks)")
+            self._need_group("the first dispatch")
         if torch.cuda.is_current_stream_capturing():
             raise Error("the EP buffer is created by the first dispatch, "
                         "which cannot be inside CUDA graph capture: dispatch "
@@ -275,6 +281,7 @@ class Buffer(Membership):
         calls it). Idempotent."""
         ep, self._ep = self._ep, None
         group, self._group = self._group, None
+        self._destroyed = True  # no group is made again
         self._combine_buffers = {}
         self._recent = {}
         first = None
@@ -385,10 +392,10 @@ class Buffer(Membership):
                                 use_rdma_buffer=False):
         """DeepEP's raw buffer, which engines zero to clean it after a
         fault. vmep's flags are epochs that need no cleaning (and zeroing
-        them would break them), so this is fresh scratch memory that vmep
-        never reads: `size` elements of `dtype`, or the num_rdma_bytes
+        them would break them), so this is fresh memory that vmep never
+        reads: `size` elements of `dtype`, or the num_rdma_bytes
         (use_rdma_buffer) / num_nvl_bytes the Buffer was given, less
-        `offset`."""
+        `offset` (vmep's own size hint is small: it is the window's)."""
         itemsize = torch.empty((), dtype=dtype).element_size()
         if size is None:
             total = self.num_rdma_bytes if use_rdma_buffer else \
@@ -515,6 +522,9 @@ class Buffer(Membership):
         if cumulative_local_expert_recv_stats is not None:
             self._tensor(cumulative_local_expert_recv_stats,
                          "cumulative_local_expert_recv_stats", torch.int32, 1)
+        # Every argument is checked before the first call's collective.
+        waits = self._wait_stats(dispatch_wait_recv_cost_stats,
+                                 "dispatch_wait_recv_cost_stats")
         ep = self._ensure_ep(T, H, E, K)
         R = self.group_size
         L = E // R
@@ -535,8 +545,6 @@ class Buffer(Membership):
         recv_count = torch.empty((L,), dtype=torch.int32, device=dev)
         src_info = torch.empty((L, R * T), dtype=torch.int32, device=dev)
         layout_range = torch.empty((L, R), dtype=torch.int64, device=dev)
-        waits = self._wait_stats(dispatch_wait_recv_cost_stats,
-                                 "dispatch_wait_recv_cost_stats")
         args = _lib.DispatchArgs(
             x.data_ptr() if n else None, topk_idx.data_ptr() if n else None,
             n, K, int(bool(use_fp8)), int(bool(round_scale)),
@@ -556,8 +564,7 @@ class Buffer(Membership):
 
         hook = None
         if return_recv_hook:
-            def hook():
-                assert waits is None or waits.numel()  # the phase adds to it
+            def hook(_keep=waits):  # the receive phase adds to it
                 self._lib.call("vmep_ep_dispatch_recv", self._live_ep(),
                                ctypes.byref(c_handle),
                                torch.cuda.current_stream(dev).cuda_stream)
@@ -694,8 +701,7 @@ class Buffer(Membership):
         if return_recv_hook:
             keep = (topk_idx, topk_weights, out, expert_out, waits)
 
-            def hook():
-                assert keep  # the receive phase reads these
+            def hook(_keep=keep):  # the receive phase reads these
                 self._lib.call("vmep_ep_combine_recv", self._live_ep(),
                                ctypes.byref(c_handle),
                                torch.cuda.current_stream(

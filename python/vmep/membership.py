@@ -41,6 +41,8 @@ class Membership:
         tcp_store_group the group waits for the first connect_ranks.
         num_rdma_bytes / num_nvl_bytes are recorded, not used: vmep sizes
         its window from the shapes."""
+        if self._destroyed:
+            raise Error("update_memory_buffers: the buffer was destroyed")
         R = capacity(num_ranks, "num_ranks")
         per_rank = capacity(num_experts_per_rank, "num_experts_per_rank")
         E = R * per_rank
@@ -79,6 +81,8 @@ class Membership:
             self._ensure_ep(*self._hinted_shape())
 
     def _need_group(self, what):
+        if self._group is None and self._destroyed:
+            raise Error(f"{what}: the buffer was destroyed")
         if self._group is None:
             raise Error(f"{what}: no group yet (a tcp_store_group: call "
                         "update_memory_buffers(num_ranks, ...) and then "
@@ -143,8 +147,7 @@ class Membership:
         skipped. activate=False leaves the new ranks masked until
         update_mask_buffer(r, False). Raises PeerError naming a rank that
         died, TimeoutError for one that never came."""
-        if self._group is None and self.tcp_store_group is not None and \
-                self.group_size:
+        if self._store_group_pending() and self.group_size:
             self._first_connect(remote_ranks)
         g = self._need_group("connect_ranks")
         ranks = self._rank_list(remote_ranks, "connect_ranks", True)

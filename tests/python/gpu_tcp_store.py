@@ -5,7 +5,7 @@ there, then connect_ranks(range(W)). Masks set before that are kept; the
 ranks W..R-1 stay masked, so every selection of their experts counts as
 zero. Rounds in bf16 and fp8, ragged and with n = 0, exact against the
 reference over the W ranks; connecting a rank past W raises (growing needs
-vmep's store); destroy."""
+vmep's store); destroy, after which no group is made again."""
 import os
 import tempfile
 
@@ -18,6 +18,12 @@ import vmep
 T, H, K, L = 32, 1024, 4, 2
 
 
+def expect(buf, mask, when):
+    got = buf.query_mask_buffer(
+        torch.zeros(len(mask), dtype=torch.int32)).tolist()
+    assert got == mask, f"{when}: mask {got}, expected {mask}"
+
+
 def body(seed):
     W, me = G.WORLD, G.RANK
     R = W + 2
@@ -28,17 +34,19 @@ def body(seed):
     buf = vmep.Buffer(rank=me, tcp_store_group=store, explicitly_destroy=True,
                       num_max_dispatch_tokens_per_rank=T, hidden=H)
     buf.update_memory_buffers(R, L, 0)
-    assert buf.group_size == R and buf._group is None, "no group before connect"
-    before = [int(r != me) for r in range(R)]
-    got = buf.query_mask_buffer(torch.zeros(R, dtype=torch.int32)).tolist()
-    assert got == before, f"before connect_ranks: mask {got}, expected {before}"
-    other = (me + 1) % W
-    buf.update_mask_buffer(other, True)  # kept ...
-    buf.clean_mask_buffer()  # ... and dropped again
+    assert buf.group_size == R and buf._group is None, "a group too soon"
+    other, unused = (me + 1) % W, W  # unused: in the capacity, never here
+    expect(buf, [int(r != me) for r in range(R)], "before connect_ranks")
+    buf.update_mask_buffer(unused, True)  # kept, then dropped
+    buf.clean_mask_buffer()
+    buf.update_mask_buffer(other, True)  # kept until the EP buffer exists
+    expect(buf, [int(r != me) for r in range(R)], "with a kept mask")
     buf.connect_ranks(range(W))
     after = [int(r >= W) for r in range(R)]
-    got = buf.query_mask_buffer(torch.zeros(R, dtype=torch.int32)).tolist()
-    assert got == after, f"after connect_ranks: mask {got}, expected {after}"
+    expect(buf, [int(m or r == other) for r, m in enumerate(after)],
+           "after connect_ranks, the kept mask set")
+    buf.update_mask_buffer(other, False)
+    expect(buf, after, "after connect_ranks and unmasking")
     assert buf.num_local_experts == L
     live = set(range(W))
     rnd = G.shared_random(seed, "tcp_store")
@@ -56,6 +64,11 @@ def body(seed):
     buf.barrier()
     buf.destroy()
     buf.destroy()
+    try:
+        buf.connect_ranks(range(W))
+        raise AssertionError("a destroyed buffer made a group again")
+    except vmep.Error as exc:
+        assert "destroyed" in str(exc), exc
 
 
 if __name__ == "__main__":

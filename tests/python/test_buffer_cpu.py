@@ -58,7 +58,7 @@ def test_buffer_refused_without_cuda():
 
 def test_package_surface():
     assert vmep.topk_idx_t is torch.int64
-    assert vmep.__version__ == "0.1.0"
+    assert vmep.__version__ == "0.2.0"
     assert isinstance(vmep.Buffer.get_dispatch_config(8), vmep.Config)
     assert vmep.Buffer.get_combine_config(8).num_sms == 20
     assert vmep.Config(24).get_rdma_buffer_size_hint(7168, 8) == 0
@@ -75,7 +75,7 @@ def stub(R=2, T=8):
     check below fails before the library is reached."""
     b = object.__new__(Buffer)
     b._ep, b._group, b._comm_stream, b._combine_buffers = None, None, None, {}
-    b._recent = {}
+    b._recent, b._destroyed = {}, False
     b.device = torch.device("cpu")
     b.group_size, b.rank, b.zero_copy = R, 0, False
     return b

@@ -250,9 +250,17 @@ def test_update_memory_buffers_over_a_tcp_store(fake):
     c.update_memory_buffers(2, 4)
     c._ensure_ep(8, 256, 8, 4)
     assert fake.named("vmep_group_create_custom")[-1][:2] == (0, 2)
-    c.set_tcp_store_group(None)  # NIXL EP drops it at destroy
     c.destroy()
-    assert c.runtime is None and c.tcp_store_group is None
+    assert c.runtime is None
+    groups = len(fake.named("vmep_group_create_custom"))
+    for call in (lambda: c._ensure_ep(8, 256, 8, 4),
+                 lambda: c.connect_ranks([1]),
+                 lambda: c.update_memory_buffers(2, 4)):
+        with pytest.raises(vmep.Error, match="destroyed"):
+            call()  # never a new group over the store
+    assert len(fake.named("vmep_group_create_custom")) == groups
+    c.set_tcp_store_group(None)  # NIXL EP drops it at destroy
+    assert c.tcp_store_group is None
     joined = Buffer(rank=0, max_num_ranks=4)
     with pytest.raises(ValueError, match="at most 4 ranks"):
         joined.update_memory_buffers(8, 2)

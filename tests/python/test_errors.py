@@ -96,6 +96,11 @@ def test_store_callbacks_round_trip(lib):
     for i in range(4):
         assert cb.allgather_bytes(bytes([i])) == [bytes([i])]
     assert len(store.kv) == 2  # rounds 0 and 1 deleted
+    # A later group over the same store has keys of its own.
+    later = _group.StoreCallbacks(store, 0, 1)
+    assert later.allgather_bytes(b"x") == [b"x"]
+    assert len(store.kv) == 3
+    assert len({k.rsplit("/", 2)[0] for k in store.kv}) == 2
 
 
 def test_every_entry_point_is_bound(lib):
@@ -160,3 +165,19 @@ def test_group_join_refusals(lib, monkeypatch):
         _group.Group.join(lib, 0, 2000, "127.0.0.1:1")
     with pytest.raises(vmep.Error, match="VMEP_STORE_ADDR"):
         _group.Group.join(lib, 0, 4)  # no address, none in the environment
+
+
+class OtherVersionCDLL:
+    """A libvmep with every entry point, of another version."""
+
+    def __init__(self):
+        for name in _lib._PROTOTYPES:
+            setattr(self, name, lambda *a: 0)
+        self.vmep_version = lambda: b"0.1.0"
+
+
+def test_other_version_is_refused():
+    """Its structs may differ from the mirrors: refused at load."""
+    with pytest.raises(AttributeError, match="is libvmep 0.1.0, this "
+                       f"package mirrors {_lib.VERSION}"):
+        _lib.Library("/old/libvmep.so", cdll=OtherVersionCDLL())
