@@ -586,7 +586,7 @@ class Buffer(Membership):
         dispatch, told apart by its arguments, raises
         NotImplementedError."""
         compat.refuse_high_throughput("dispatch", args, kwargs,
-                                      ("handle", "topk_weights"))
+                                      compat.DISPATCH_KEYWORDS)
         return self.low_latency_dispatch(*args, **kwargs)
 
     def get_dispatch_layout(self, *args, **kwargs):

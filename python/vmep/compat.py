@@ -19,17 +19,20 @@ HIGH_THROUGHPUT_KEYWORDS = frozenset((
     "num_tokens_per_rank", "num_tokens_per_rdma_rank", "is_token_in_rank",
     "num_tokens_per_expert", "expert_alignment", "num_worst_tokens",
     "config", "previous_event", "allocate_on_comm_stream", "bias"))
+# dispatch also: the low-latency dispatch takes neither
+DISPATCH_KEYWORDS = HIGH_THROUGHPUT_KEYWORDS | {"handle", "topk_weights"}
 
 
 def high_throughput(what):
     return NotImplementedError(HIGH_THROUGHPUT.format(what=what))
 
 
-def refuse_high_throughput(what, args, kwargs, extra=()):
-    """Raises if the call is a high-throughput one: a keyword only that
-    path takes (`extra`: more of them for this call), or a handle (a tuple)
-    where the low-latency call takes topk_idx, its second argument."""
-    found = sorted(HIGH_THROUGHPUT_KEYWORDS.union(extra).intersection(kwargs))
+def refuse_high_throughput(what, args, kwargs,
+                           keywords=HIGH_THROUGHPUT_KEYWORDS):
+    """Raises if the call is a high-throughput one: one of `keywords`, or a
+    handle (a tuple) where the low-latency call takes topk_idx, its second
+    argument."""
+    found = sorted(keywords.intersection(kwargs))
     if found:
         raise high_throughput(f"{what} with {', '.join(found)}")
     if len(args) > 1 and isinstance(args[1], tuple):
