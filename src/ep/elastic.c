@@ -397,9 +397,9 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
      * record, not the one its predecessor left. A new process starts its
      * allgather sequence afresh. */
     uint64_t before = ep->incarnation[r];
-    status =
-        vmep__window_attach(ep->window, c, r, vmep__group_timeout_ms(ep->group),
-                            ep->incarnation[r], &ep->incarnation[r]);
+    status = vmep__window_attach(
+        ep->window, c, r, vmep__group_timeout_ms(ep->group), ep->incarnation[r],
+        "vmep_ep_connect_ranks", &ep->incarnation[r]);
     if (status == VMEP_OK && ep->incarnation[r] != before)
       ep->seen[r] = 0;
     if (status == VMEP_OK)

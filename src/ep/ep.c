@@ -129,24 +129,6 @@ static vmep_status setup_device(vmep_ep *ep) {
   return err == cudaSuccess ? VMEP_OK : cuda_fail(err, "vmep_ep_create");
 }
 
-/* Collective: VMEP_OK when every rank got here with VMEP_OK; else our
- * failure, or VMEP_ERR_PEER naming the first rank that failed. */
-static vmep_status agree(vmep_ep *ep, vmep_status mine) {
-  int size = vmep_group_size(ep->group);
-  int32_t me = (int32_t)mine, *all = vmep__calloc((size_t)size, sizeof(*all));
-  vmep_status status =
-      all ? vmep_group_allgather(ep->group, &me, sizeof(me), all)
-          : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                       "vmep_ep_create: host allocation failed");
-  for (int r = 0; status == VMEP_OK && mine == VMEP_OK && r < size; r++)
-    if (all[r] != VMEP_OK)
-      status = vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
-                          "vmep_ep_create: rank %d failed (%s)", r,
-                          vmep_status_name((vmep_status)all[r]));
-  vmep__free(all);
-  return mine != VMEP_OK ? mine : status;
-}
-
 static vmep_status create(vmep_ep *ep) {
   int previous = 0;
   vmep_status status = resolve_device(ep);
@@ -156,7 +138,7 @@ static vmep_status create(vmep_ep *ep) {
     return status;
   vmep__ep_layout(&ep->config, ep->num_ranks, &ep->layout);
   status = vmep__window_create(ep->group, ep->config.device, ep->layout.total,
-                               ep->num_ranks, &ep->window);
+                               ep->num_ranks, "vmep_ep_create", &ep->window);
   if (status != VMEP_OK)
     return status;
   cudaGetDevice(&previous);
@@ -170,7 +152,8 @@ static vmep_status create(vmep_ep *ep) {
   if (vmep__group_elastic(ep->group))
     return status;
   /* No rank's flags may be written before every rank zeroed its own. */
-  return agree(ep, status);
+  return vmep__sym_agree(ep->group, status, NULL, 0, NULL, "vmep_ep_create",
+                         "set up its buffer");
 }
 
 static void release(vmep_ep *ep) {

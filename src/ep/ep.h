@@ -14,6 +14,7 @@
 
 #include "core/core.h"
 #include "kernels/kernels.h"
+#include "sym/sym.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -281,37 +282,6 @@ void vmep__ep_layout(const vmep_ep_config *config, int num_ranks,
 
 /* The ranks of a buffer: config.max_ranks, or the group's size. */
 int vmep__ep_ranks(const vmep_ep_config *config, int group_size);
-
-/* ---- windows with room for ranks that join (window.c) ----------------- */
-
-struct vmep_store_client; /* boot/boot.h */
-
-/*
- * vmep_window_create with room for `slots` ranks (at least the group's
- * size). Over a group of vmep_group_join this is not collective: only our
- * region is made, in slot `rank`, with the strategy the device does best.
- */
-vmep_status vmep__window_create(vmep_group *group, int device, size_t bytes,
-                                int slots, vmep_window **win_out);
-/* Publishes our member record under "<ns>/member/<rank>" (store-backed
- * groups) and serves our fd to ranks that attach later. */
-vmep_status vmep__window_publish(vmep_window *w, struct vmep_store_client *c,
-                                 const char *ns, uint64_t incarnation);
-/* Withdraws the record and stops serving. */
-vmep_status vmep__window_withdraw(vmep_window *w);
-/* Maps rank `rank`'s region from its member record (waiting up to
- * timeout_ms for one whose incarnation is not `avoid`, 0: any) into its
- * slot; a rank already mapped is a no-op. *incarnation_out (may be NULL)
- * gets the record's incarnation. */
-vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
-                                int rank, int timeout_ms, uint64_t avoid,
-                                uint64_t *incarnation_out);
-/* Unmaps rank `rank`'s region (no-op when not mapped). */
-vmep_status vmep__window_detach(vmep_window *w, int rank);
-/* 1 when rank's region is mapped here (always for ourselves). */
-int vmep__window_attached(const vmep_window *w, int rank);
-/* Not collective: waits for our device's work, withdraws, releases. */
-vmep_status vmep__window_free(vmep_window *w);
 
 /* ---- the EP buffer object (ep.c, ll.c, elastic.c) -------------------- */
 

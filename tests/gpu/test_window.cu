@@ -1,13 +1,15 @@
 /*
  * Symmetric windows across processes (run under vmep-run, several ranks on
  * one GPU). Every rank writes its own seeded pattern into its slice of
- * every peer's region through the window, then each rank checks every
- * slice of its own region word by word. Then 100 create / destroy cycles
+ * every peer's region through the window (each peer's kind in the table:
+ * itself, or mapped), then each rank checks every slice of its own region
+ * word by word. Then 100 create / destroy cycles
  * must not grow device memory use or open fds, and the forced strategies
  * behave: legacy and posix_fd work, fabric fails with its reason on
  * every rank (no hang) where the device cannot use it.
  */
 #include "gpu_test.cuh"
+#include "sym/sym.h"
 
 static uint64_t slice_seed(uint64_t seed, int writer, int owner) {
   return seed ^ ((uint64_t)writer << 40) ^ ((uint64_t)owner << 20) ^
@@ -28,6 +30,8 @@ static void exchange_patterns(vmep_group *g, int device, uint64_t seed) {
   for (int peer = 0; peer < size; peer++) {
     char *base = (char *)vmep_window_peer(w, peer);
     ASSERT_TRUE(base != NULL);
+    ASSERT_EQ(vmep__window_peer_kind(w, peer),
+              peer == rank ? VMEP_PEER_SELF : VMEP_PEER_MAPPED);
     pattern_fill(base + (size_t)rank * slice, slice,
                  slice_seed(seed, rank, peer));
   }

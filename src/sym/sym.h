@@ -1,0 +1,96 @@
+/*
+ * sym: symmetric memory, the one layer where mem (regions, descriptors,
+ * mappings) and boot (groups, the store, fd passing) meet. A window gives
+ * every rank of a group one region of the same size and a table of peers:
+ * how each rank's region is reached from here. Collective creation and
+ * destruction live in window.c; members that come and go publish and
+ * attach through the store in window_member.c. ep builds on this header.
+ */
+#ifndef VMEP_SYM_H
+#define VMEP_SYM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct vmep_store_client; /* boot/boot.h */
+
+/* How a peer's region is reached from this process. */
+enum vmep_peer_kind {
+  VMEP_PEER_NONE = 0, /* not attached (yet, or any more) */
+  VMEP_PEER_SELF,     /* our own region */
+  VMEP_PEER_MAPPED,   /* imported and mapped: kernels load and store */
+  /* Not mapped: reached through an RDMA engine (DESIGN.md section 9). No
+   * window makes such peers yet; the kind reserves their place. */
+  VMEP_PEER_REMOTE,
+};
+
+/*
+ * Every rank's status, and a report of `bytes` bytes from each (NULL and 0
+ * for none), for one step of a collective: allgathers both into all[size]
+ * reports (may be NULL when bytes is 0). VMEP_OK when every rank came with
+ * VMEP_OK; else our own failure as it is, or VMEP_ERR_PEER "<call>: rank r
+ * failed to <step> (<status>)" for the first rank that failed. Every rank
+ * joins whatever `mine` is, so that one failure fails all instead of
+ * leaving the others waiting.
+ */
+vmep_status vmep__sym_agree(vmep_group *group, vmep_status mine,
+                            const void *report, size_t bytes, void *all,
+                            const char *call, const char *step);
+
+/*
+ * vmep_window_create with room for `slots` ranks (at least the group's
+ * size), naming `call` in its messages. Over a group of vmep_group_join it
+ * is not collective: only our region is made, in slot `rank`, with the
+ * strategy the device does best. On failure nothing is left.
+ */
+vmep_status vmep__window_create(vmep_group *group, int device, size_t bytes,
+                                int slots, const char *call,
+                                vmep_window **win_out);
+
+/* Not collective: waits for our device's work, withdraws our record,
+ * releases every mapping and our region. NULL is a no-op. Returns the first
+ * error; releases everything all the same. */
+vmep_status vmep__window_free(vmep_window *w);
+
+/* How rank `rank`'s region is reached here; VMEP_PEER_NONE out of range. */
+enum vmep_peer_kind vmep__window_peer_kind(const vmep_window *w, int rank);
+
+/* ---- members that come and go (window_member.c) ------------------------ */
+
+/*
+ * Publishes our member record (descriptor and `incarnation`) under
+ * "<ns>/member/<rank>" in the store, and serves our fd to ranks that
+ * attach later. VMEP_OK, or the first failure (nothing published then).
+ */
+vmep_status vmep__window_publish(vmep_window *w, struct vmep_store_client *c,
+                                 const char *ns, uint64_t incarnation);
+
+/* Withdraws our record and stops serving our fd; a no-op when nothing was
+ * published. */
+vmep_status vmep__window_withdraw(vmep_window *w);
+
+/*
+ * Maps rank `rank`'s region from its member record into its slot, waiting
+ * up to timeout_ms for a record whose incarnation is not `avoid` (0: any);
+ * a rank already attached is a no-op. *incarnation_out (may be NULL) gets
+ * the record's incarnation. Messages name `call`. On failure the rank stays
+ * unattached.
+ */
+vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
+                                int rank, int timeout_ms, uint64_t avoid,
+                                const char *call, uint64_t *incarnation_out);
+
+/* Unmaps rank `rank`'s region (a no-op when it is not mapped). */
+vmep_status vmep__window_detach(vmep_window *w, int rank);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VMEP_SYM_H */
