@@ -32,6 +32,9 @@
   X(cuMemGetInfo, 3020, 1)                                                     \
   X(cuMemAlloc, 3020, 1)                                                       \
   X(cuMemFree, 3020, 1)                                                        \
+  X(cuMemsetD8, 3020, 1)                                                       \
+  X(cuMemcpyHtoD, 3020, 1)                                                     \
+  X(cuMemcpyDtoH, 3020, 1)                                                     \
   X(cuIpcGetMemHandle, 4010, 1)                                                \
   X(cuIpcOpenMemHandle, 11000, 1)                                              \
   X(cuIpcCloseMemHandle, 4010, 1)                                              \

@@ -5,10 +5,9 @@
  * under the buffer's store namespace, so that ranks joining later can map
  * it. A membership change ends with a resynchronization of the flags: the
  * connected ranks agree, through the store, on an epoch above any they
- * used, and each raises its flags to it everywhere (ll_resync.cu). All of
+ * used, and each raises its flags to it everywhere (host copies). All of
  * this is host-synchronous: it waits for this rank's device work first.
  */
-#include <cuda_runtime_api.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -103,36 +102,28 @@ static uint64_t view_tag(const vmep_ep *ep, uint64_t what) {
   return h;
 }
 
-static vmep_status cuda_fail(cudaError_t err, const char *what) {
-  return vmep__fail(VMEP_ERR_CUDA, VMEP_LOG_ERROR, "%s: %s", what,
-                    cudaGetErrorString(err));
-}
-
-/* Makes ep's device current and waits for its work. */
-static vmep_status quiesce(const vmep_ep *ep, int *previous, const char *call) {
-  cudaError_t err = cudaGetDevice(previous);
-  if (err == cudaSuccess)
-    err = cudaSetDevice(ep->config.device);
-  if (err == cudaSuccess)
-    err = cudaDeviceSynchronize();
-  if (err == cudaSuccess)
-    return VMEP_OK;
-  cudaSetDevice(*previous); /* the caller returns at once */
-  return cuda_fail(err, call);
+/* Makes ep's device current and waits for its work; on success the caller
+ * leaves the device (vmep__ep_device_leave) when done. */
+static vmep_status quiesce(const vmep_ep *ep, const char *call) {
+  vmep_status status = vmep__ep_device_enter(&ep->dev);
+  if (status != VMEP_OK)
+    return status;
+  status = vmep__ep_device_sync(&ep->dev, call);
+  if (status != VMEP_OK)
+    vmep__ep_device_leave(&ep->dev); /* the caller returns at once */
+  return status;
 }
 
 static vmep_status write_mask(vmep_ep *ep, int r, int masked) {
   int32_t v = masked ? 1 : 0;
-  cudaError_t err =
-      cudaMemcpy(&ep->state->masked[r], &v, sizeof(v), cudaMemcpyHostToDevice);
-  return err == cudaSuccess ? VMEP_OK : cuda_fail(err, "mask update");
+  return vmep__ep_device_put(&ep->dev, &ep->state->masked[r], &v, sizeof(v),
+                             "mask update");
 }
 
 static vmep_status write_peer(vmep_ep *ep, int r) {
   char *base = vmep_window_peer(ep->window, r);
-  cudaError_t err =
-      cudaMemcpy(&ep->peers[r], &base, sizeof(base), cudaMemcpyHostToDevice);
-  return err == cudaSuccess ? VMEP_OK : cuda_fail(err, "peer table update");
+  return vmep__ep_device_put(&ep->dev, &ep->peers[r], &base, sizeof(base),
+                             "peer table update");
 }
 
 static struct vmep_store_client *store_of(const vmep_ep *ep, const char *call) {
@@ -231,18 +222,48 @@ static vmep_status gather(vmep_ep *ep, struct vmep_store_client *c,
   return status;
 }
 
+/* Sets our four epochs of both parities to `base`, and raises our flags
+ * [b][rank] to `base` in the buffer of every connected rank (ours
+ * included), so that every rank of the set, old or new, continues from
+ * base + 1. Host copies: every rank of the set waits for the others after
+ * this, so nothing reads the flags before they are written. */
+static vmep_status raise_flags(vmep_ep *ep, uint64_t base) {
+  const char *call = "vmep_ep_connect_ranks: flag resync";
+  const size_t flags[4] = {ep->layout.disp_ready, ep->layout.disp_ack,
+                           ep->layout.comb_ready, ep->layout.comb_ack};
+  const uint64_t epochs[4] = {base, base, base, base};
+  struct vmep_ll_state *st = ep->state;
+  /* disp_epoch[2] and comb_epoch[2] lead the state, in that order. */
+  vmep_status status = vmep__ep_device_put(&ep->dev, st->disp_epoch, epochs,
+                                           sizeof(epochs), call);
+  for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++) {
+    char *peer = vmep_window_peer(ep->window, r);
+    if (!is_connected(ep, r) || !peer)
+      continue;
+    for (int f = 0; status == VMEP_OK && f < 4; f++)
+      for (int b = 0; status == VMEP_OK && b < 2; b++)
+        status = vmep__ep_device_put(
+            &ep->dev,
+            peer + flags[f] +
+                ((size_t)b * (size_t)ep->num_ranks + (size_t)ep->rank) *
+                    sizeof(uint64_t),
+            &base, sizeof(base), call);
+  }
+  return status;
+}
+
 /* Every connected rank agrees on an epoch above all it used, and raises
  * its flags to it in every connected window. */
 static vmep_status resync(vmep_ep *ep, struct vmep_store_client *c) {
   struct vmep_ll_state st;
-  struct vmep_ll_params p;
   int ranks[VMEP_LL_MAX_RANKS];
   uint64_t epochs[2 * VMEP_LL_MAX_RANKS];
   int n = connected_list(ep, ranks);
-  cudaError_t err =
-      cudaMemcpy(&st, ep->state, sizeof(st), cudaMemcpyDeviceToHost);
-  if (err != cudaSuccess)
-    return cuda_fail(err, "resync: reading the epochs");
+  vmep_status status =
+      vmep__ep_device_get(&ep->dev, &st, ep->state, sizeof(st),
+                          "vmep_ep_connect_ranks: reading the epochs");
+  if (status != VMEP_OK)
+    return status;
   /* Ours: the highest epoch, and the dispatches made (which pick the
    * buffer parity on the host). */
   uint64_t mine[2] = {0, ep->calls};
@@ -251,7 +272,7 @@ static vmep_status resync(vmep_ep *ep, struct vmep_store_client *c) {
     mine[0] = st.comb_epoch[b] > mine[0] ? st.comb_epoch[b] : mine[0];
   }
   uint64_t tag = view_tag(ep, 1);
-  vmep_status status = gather(ep, c, tag, mine, 2, epochs);
+  status = gather(ep, c, tag, mine, 2, epochs);
   if (status != VMEP_OK)
     return status;
   uint64_t base = 0, calls = 0;
@@ -260,12 +281,7 @@ static vmep_status resync(vmep_ep *ep, struct vmep_store_client *c) {
     calls = epochs[2 * i + 1] > calls ? epochs[2 * i + 1] : calls;
   }
   /* +2: a rank that died mid-call may have run one epoch ahead. */
-  base += 2;
-  vmep__ep_params(ep, 0, 1, &p);
-  status = vmep__ll_resync(&p, &ep->connected, base, NULL);
-  err = cudaDeviceSynchronize();
-  if (status == VMEP_OK && err != cudaSuccess)
-    status = cuda_fail(err, "resync");
+  status = raise_flags(ep, base + 2);
   if (status != VMEP_OK)
     return status;
   /* Every rank continues with the same parity; handles from before the
@@ -301,26 +317,22 @@ static vmep_status check_ranks(const vmep_ep *ep, const int *ranks, int n,
 int vmep_ep_max_ranks(const vmep_ep *ep) { return ep ? ep->num_ranks : 0; }
 
 vmep_status vmep_ep_query_mask(vmep_ep *ep, int32_t *masked_out) {
-  int previous = 0;
-  vmep_status status = check_ep(ep, "vmep_ep_query_mask");
+  const char *call = "vmep_ep_query_mask";
+  vmep_status status = check_ep(ep, call);
   if (status == VMEP_OK && !masked_out)
     status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                        "vmep_ep_query_mask: masked_out is NULL");
+                        "%s: masked_out is NULL", call);
   if (status == VMEP_OK)
-    status = quiesce(ep, &previous, "vmep_ep_query_mask");
+    status = quiesce(ep, call);
   if (status == VMEP_OK) {
-    cudaError_t err = cudaMemcpy(masked_out, ep->state->masked,
-                                 sizeof(int32_t) * (size_t)ep->num_ranks,
-                                 cudaMemcpyDeviceToHost);
-    if (err != cudaSuccess)
-      status = cuda_fail(err, "vmep_ep_query_mask");
-    cudaSetDevice(previous);
+    status = vmep__ep_device_get(&ep->dev, masked_out, ep->state->masked,
+                                 sizeof(int32_t) * (size_t)ep->num_ranks, call);
+    vmep__ep_device_leave(&ep->dev);
   }
   return status;
 }
 
 vmep_status vmep_ep_set_mask(vmep_ep *ep, int rank, int masked) {
-  int previous = 0;
   vmep_status status = check_ep(ep, "vmep_ep_set_mask");
   if (status == VMEP_OK && (rank < 0 || rank >= ep->num_ranks ||
                             rank == ep->rank || !is_connected(ep, rank)))
@@ -331,42 +343,40 @@ vmep_status vmep_ep_set_mask(vmep_ep *ep, int rank, int masked) {
                             ? "not connected (vmep_ep_connect_ranks)"
                             : "out of range");
   if (status == VMEP_OK)
-    status = quiesce(ep, &previous, "vmep_ep_set_mask");
+    status = quiesce(ep, "vmep_ep_set_mask");
   if (status == VMEP_OK) {
     status = write_mask(ep, rank, masked);
-    cudaSetDevice(previous);
+    vmep__ep_device_leave(&ep->dev);
   }
   return status;
 }
 
 vmep_status vmep_ep_clear_mask(vmep_ep *ep) {
-  int previous = 0;
   vmep_status status = check_ep(ep, "vmep_ep_clear_mask");
   if (status == VMEP_OK)
-    status = quiesce(ep, &previous, "vmep_ep_clear_mask");
+    status = quiesce(ep, "vmep_ep_clear_mask");
   if (status != VMEP_OK)
     return status;
   for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
     if (is_connected(ep, r) && r != ep->rank)
       status = write_mask(ep, r, 0);
-  cudaSetDevice(previous);
+  vmep__ep_device_leave(&ep->dev);
   return status;
 }
 
 /* The start of a membership change: valid arguments, a store, and this
- * rank's device work finished (the device stays current: *previous is the
- * caller's). */
+ * rank's device work finished (the device stays entered: the caller leaves
+ * it). */
 static vmep_status begin_change(const vmep_ep *ep, const int *ranks, int n,
                                 const char *call,
-                                struct vmep_store_client **c_out,
-                                int *previous) {
+                                struct vmep_store_client **c_out) {
   vmep_status status = check_ep(ep, call);
   if (status == VMEP_OK)
     status = check_ranks(ep, ranks, n, call);
   if (status != VMEP_OK)
     return status;
   *c_out = store_of(ep, call);
-  return *c_out ? quiesce(ep, previous, call) : VMEP_ERR_UNSUPPORTED;
+  return *c_out ? quiesce(ep, call) : VMEP_ERR_UNSUPPORTED;
 }
 
 /* Rank r leaves this buffer's view: masked, unmapped, out of the peer
@@ -383,9 +393,7 @@ static vmep_status drop(vmep_ep *ep, int r) {
 vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
                                   int activate) {
   struct vmep_store_client *c = NULL;
-  int previous = 0;
-  vmep_status status =
-      begin_change(ep, ranks, n, "vmep_ep_connect_ranks", &c, &previous);
+  vmep_status status = begin_change(ep, ranks, n, "vmep_ep_connect_ranks", &c);
   if (status != VMEP_OK)
     return status;
   int added[VMEP_LL_MAX_RANKS], nadded = 0;
@@ -421,7 +429,7 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
     ep->changed = 1;
   if (status == VMEP_OK)
     status = resync(ep, c);
-  cudaSetDevice(previous);
+  vmep__ep_device_leave(&ep->dev);
   return status;
 }
 
@@ -439,9 +447,8 @@ static vmep_status forget(vmep_ep *ep, struct vmep_store_client *c, int r) {
 
 vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
   struct vmep_store_client *c = NULL;
-  int previous = 0;
   vmep_status status =
-      begin_change(ep, ranks, n, "vmep_ep_disconnect_ranks", &c, &previous);
+      begin_change(ep, ranks, n, "vmep_ep_disconnect_ranks", &c);
   if (status != VMEP_OK)
     return status;
   int removed = 0;
@@ -461,7 +468,7 @@ vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
     ep->barriers = 0;
     ep->changed = 1;
   }
-  cudaSetDevice(previous);
+  vmep__ep_device_leave(&ep->dev);
   return status;
 }
 

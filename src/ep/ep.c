@@ -6,7 +6,6 @@
  * and the timeout, then zeroes the window's flags before any peer can
  * write them.
  */
-#include <cuda_runtime_api.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,11 +14,6 @@
 
 #define DEFAULT_NUM_SMS 24
 #define ARENA_ALIGN 256
-
-static vmep_status cuda_fail(cudaError_t err, const char *what) {
-  return vmep__fail(VMEP_ERR_CUDA, VMEP_LOG_ERROR, "%s: %s", what,
-                    cudaGetErrorString(err));
-}
 
 static vmep_status resolve_device(vmep_ep *ep) {
   int count = 0;
@@ -47,12 +41,10 @@ static vmep_status resolve_sms(vmep_ep *ep) {
   vmep_mem_caps caps;
   int sms = 0, sharing = 0;
   vmep_status status = vmep_mem_probe(ep->config.device, &caps);
+  if (status == VMEP_OK)
+    status = vmep__ep_device_sms(&ep->dev, &sms);
   if (status != VMEP_OK)
     return status;
-  cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
-                                           ep->config.device);
-  if (err != cudaSuccess)
-    return cuda_fail(err, "cudaDeviceGetAttribute(multiprocessors)");
   /* A rank joining an elastic job cannot ask the others: it takes the
    * config's num_sms (or the default) within the device's SMs. */
   int size = vmep_group_size(ep->group);
@@ -105,33 +97,29 @@ static size_t carve(vmep_ep *ep, char *base) {
 
 /* Device memory: the arena, the peer table, zeroed state and flags. */
 static vmep_status setup_device(vmep_ep *ep) {
+  const char *call = "vmep_ep_create";
   size_t bytes = carve(ep, NULL);
   char *bases[VMEP_LL_MAX_RANKS];
-  cudaError_t err = cudaMalloc(&ep->arena, bytes);
-  if (err != cudaSuccess) {
-    ep->arena = NULL;
-    return err == cudaErrorMemoryAllocation
-               ? vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                            "vmep_ep_create: cudaMalloc(%zu B) failed", bytes)
-               : cuda_fail(err, "vmep_ep_create: cudaMalloc");
-  }
+  vmep_status status = vmep__ep_device_alloc(&ep->dev, bytes, &ep->arena, call);
+  if (status != VMEP_OK)
+    return status;
   carve(ep, ep->arena);
   for (int r = 0; r < ep->num_ranks; r++)
     bases[r] = vmep_window_peer(ep->window, r);
-  err = cudaMemset(ep->arena, 0, bytes);
-  if (err == cudaSuccess)
-    err = cudaMemcpy(ep->peers, bases, sizeof(char *) * ep->num_ranks,
-                     cudaMemcpyHostToDevice);
-  if (err == cudaSuccess)
-    err = cudaMemset(vmep_window_local(ep->window), 0, ep->layout.total);
-  if (err == cudaSuccess)
-    err = cudaDeviceSynchronize();
-  return err == cudaSuccess ? VMEP_OK : cuda_fail(err, "vmep_ep_create");
+  status = vmep__ep_device_zero(&ep->dev, ep->arena, bytes, call);
+  if (status == VMEP_OK)
+    status = vmep__ep_device_put(&ep->dev, ep->peers, bases,
+                                 sizeof(char *) * (size_t)ep->num_ranks, call);
+  if (status == VMEP_OK)
+    status = vmep__ep_device_zero(&ep->dev, vmep_window_local(ep->window),
+                                  ep->layout.total, call);
+  return status == VMEP_OK ? vmep__ep_device_sync(&ep->dev, call) : status;
 }
 
 static vmep_status create(vmep_ep *ep) {
-  int previous = 0;
   vmep_status status = resolve_device(ep);
+  if (status == VMEP_OK)
+    status = vmep__ep_device_open(ep->config.device, &ep->dev);
   if (status == VMEP_OK)
     status = resolve_sms(ep);
   if (status != VMEP_OK)
@@ -141,14 +129,16 @@ static vmep_status create(vmep_ep *ep) {
                                ep->num_ranks, "vmep_ep_create", &ep->window);
   if (status != VMEP_OK)
     return status;
-  cudaGetDevice(&previous);
-  cudaSetDevice(ep->config.device);
-  status = setup_device(ep);
+  status = vmep__ep_device_enter(&ep->dev);
+  int entered = status == VMEP_OK;
+  if (entered)
+    status = setup_device(ep);
   /* Every rank joins the same collectives whatever happened before, so
    * that one rank's failure fails them all instead of leaving the others
    * waiting. */
   status = vmep__ep_membership_init(ep, status);
-  cudaSetDevice(previous);
+  if (entered)
+    vmep__ep_device_leave(&ep->dev);
   if (vmep__group_elastic(ep->group))
     return status;
   /* No rank's flags may be written before every rank zeroed its own. */
@@ -156,14 +146,14 @@ static vmep_status create(vmep_ep *ep) {
                          "set up its buffer");
 }
 
+/* Frees the arena and lets the device go; failures are only logged, as
+ * nothing more can be done about them. */
 static void release(vmep_ep *ep) {
-  if (ep->arena) {
-    int previous = 0;
-    cudaGetDevice(&previous);
-    cudaSetDevice(ep->config.device);
-    cudaFree(ep->arena);
-    cudaSetDevice(previous);
+  if (ep->arena && vmep__ep_device_enter(&ep->dev) == VMEP_OK) {
+    (void)vmep__ep_device_free(&ep->dev, ep->arena);
+    vmep__ep_device_leave(&ep->dev);
   }
+  vmep__ep_device_close(&ep->dev);
   vmep__free(ep->incarnation);
   vmep__free(ep->seen);
   vmep__free(ep);
@@ -229,21 +219,24 @@ vmep_status vmep_ep_destroy(vmep_ep *ep) {
 
 vmep_status vmep_ep_poll_errors(vmep_ep *ep, unsigned *errors_out,
                                 uint64_t *bad_experts_out) {
+  const char *call = "vmep_ep_poll_errors";
   struct vmep_ll_state st;
-  int previous = 0;
+  const unsigned int zero[2] = {0, 0};
   if (!ep)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_ep_poll_errors: ep is NULL");
-  cudaGetDevice(&previous);
-  cudaSetDevice(ep->config.device);
-  cudaError_t err = cudaDeviceSynchronize();
-  if (err == cudaSuccess)
-    err = cudaMemcpy(&st, ep->state, sizeof(st), cudaMemcpyDeviceToHost);
-  if (err == cudaSuccess)
-    err = cudaMemset(&ep->state->errors, 0, 2 * sizeof(unsigned int));
-  cudaSetDevice(previous);
-  if (err != cudaSuccess)
-    return cuda_fail(err, "vmep_ep_poll_errors");
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: ep is NULL",
+                      call);
+  vmep_status status = vmep__ep_device_enter(&ep->dev);
+  if (status != VMEP_OK)
+    return status;
+  status = vmep__ep_device_sync(&ep->dev, call);
+  if (status == VMEP_OK)
+    status = vmep__ep_device_get(&ep->dev, &st, ep->state, sizeof(st), call);
+  if (status == VMEP_OK)
+    status = vmep__ep_device_put(&ep->dev, &ep->state->errors, zero,
+                                 sizeof(zero), call);
+  vmep__ep_device_leave(&ep->dev);
+  if (status != VMEP_OK)
+    return status;
   if (errors_out)
     *errors_out = st.errors;
   if (bad_experts_out)

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
+#include "driver/driver.h"
 #include "kernels/kernels.h"
 #include "sym/sym.h"
 
@@ -283,11 +284,56 @@ void vmep__ep_layout(const vmep_ep_config *config, int num_ranks,
 /* The ranks of a buffer: config.max_ranks, or the group's size. */
 int vmep__ep_ranks(const vmep_ep_config *config, int group_size);
 
+/* ---- the buffer's device (device.c) ---------------------------------- */
+
+/* The device of an EP buffer: its primary context, retained by
+ * vmep__ep_device_open for the buffer's life. */
+struct vmep_ep_device {
+  const struct vmep_driver *drv;
+  int device;
+  CUdevice dev;
+  CUcontext ctx; /* NULL when not open */
+};
+
+/* Retains `device`'s primary context into *dev_out; on failure nothing is
+ * retained and *dev_out is untouched. */
+vmep_status vmep__ep_device_open(int device, struct vmep_ep_device *dev_out);
+/* Releases what open retained; a device not open is a no-op. */
+void vmep__ep_device_close(struct vmep_ep_device *d);
+
+/* The one device guard: makes the buffer's context current on this thread
+ * (for driver calls and for the runtime's kernel launches alike) until
+ * vmep__ep_device_leave, which only follows a successful enter. Checked:
+ * a failure is VMEP_ERR_CUDA naming the device. */
+vmep_status vmep__ep_device_enter(const struct vmep_ep_device *d);
+void vmep__ep_device_leave(const struct vmep_ep_device *d);
+
+/* Inside enter / leave: waits for all the device's work; allocates / frees
+ * device memory; zeroes it; copies host -> device (put) and device -> host
+ * (get). Each returns VMEP_OK or the driver's failure with a message
+ * naming `call`, the driver call, the size and the device. */
+vmep_status vmep__ep_device_sync(const struct vmep_ep_device *d,
+                                 const char *call);
+vmep_status vmep__ep_device_alloc(const struct vmep_ep_device *d, size_t bytes,
+                                  void **ptr_out, const char *call);
+vmep_status vmep__ep_device_free(const struct vmep_ep_device *d, void *ptr);
+vmep_status vmep__ep_device_zero(const struct vmep_ep_device *d, void *ptr,
+                                 size_t bytes, const char *call);
+vmep_status vmep__ep_device_put(const struct vmep_ep_device *d, void *dst,
+                                const void *src, size_t bytes,
+                                const char *call);
+vmep_status vmep__ep_device_get(const struct vmep_ep_device *d, void *dst,
+                                const void *src, size_t bytes,
+                                const char *call);
+/* The device's multiprocessor count (needs no enter). */
+vmep_status vmep__ep_device_sms(const struct vmep_ep_device *d, int *sms_out);
+
 /* ---- the EP buffer object (ep.c, ll.c, elastic.c) -------------------- */
 
 struct vmep_ep {
   vmep_group *group;
   vmep_window *window;
+  struct vmep_ep_device dev;
   vmep_ep_config config; /* device, num_sms and timeout resolved */
   int rank, num_ranks, local_experts;
   long long timeout_ns;

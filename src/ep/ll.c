@@ -6,7 +6,6 @@
  * Nothing here synchronizes with the device, so calls can be captured in
  * a CUDA graph: what replays is decided by device-side epochs.
  */
-#include <cuda_runtime_api.h>
 #include <string.h>
 
 #include "ep/ep.h"
@@ -87,27 +86,10 @@ static vmep_status check_dispatch(const vmep_ep *ep,
   return VMEP_OK;
 }
 
-/* Makes the buffer's device current; *previous keeps the caller's. */
-static vmep_status on_device(const vmep_ep *ep, int *previous) {
-  cudaError_t err = cudaGetDevice(previous);
-  if (err == cudaSuccess && *previous != ep->config.device)
-    err = cudaSetDevice(ep->config.device);
-  if (err != cudaSuccess)
-    return vmep__fail(VMEP_ERR_CUDA, VMEP_LOG_ERROR, "cudaSetDevice(%d): %s",
-                      ep->config.device, cudaGetErrorString(err));
-  return VMEP_OK;
-}
-
-static void off_device(const vmep_ep *ep, int previous) {
-  if (previous != ep->config.device)
-    cudaSetDevice(previous);
-}
-
 vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
                              int phases, void *stream,
                              vmep_ep_handle *handle_out) {
   struct vmep_ll_params p;
-  int previous = 0;
   if (!ep || !args || !handle_out)
     return bad_arg("vmep_ep_dispatch", "ep, args and handle_out are required");
   vmep_status status = check_dispatch(ep, args, phases);
@@ -131,13 +113,13 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
                                    args->scale_layout,
                                    args->recv_wait_ns};
   vmep__ep_params(ep, parity, args->num_topk, &p);
-  status = on_device(ep, &previous);
+  status = vmep__ep_device_enter(&ep->dev);
   if (status != VMEP_OK)
     return status;
   status = vmep__ll_dispatch_send(&p, &io, stream);
   if (status == VMEP_OK && (phases & VMEP_EP_RECV))
     status = vmep__ll_dispatch_recv(&p, &io, stream);
-  off_device(ep, previous);
+  vmep__ep_device_leave(&ep->dev);
   if (status != VMEP_OK)
     return status;
   ep->calls++;
@@ -168,7 +150,6 @@ static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_handle *h,
 vmep_status vmep_ep_dispatch_recv(vmep_ep *ep, const vmep_ep_handle *h,
                                   void *stream) {
   struct vmep_ll_params p;
-  int previous = 0;
   vmep_status status = check_handle(ep, h, "vmep_ep_dispatch_recv");
   if (status != VMEP_OK)
     return status;
@@ -176,11 +157,11 @@ vmep_status vmep_ep_dispatch_recv(vmep_ep *ep, const vmep_ep_handle *h,
     return bad_arg("vmep_ep_dispatch_recv",
                    "this dispatch's receive phase was already launched");
   vmep__ep_params(ep, h->parity, h->num_topk, &p);
-  status = on_device(ep, &previous);
+  status = vmep__ep_device_enter(&ep->dev);
   if (status != VMEP_OK)
     return status;
   status = vmep__ll_dispatch_recv(&p, &ep->pending_dispatch[h->parity], stream);
-  off_device(ep, previous);
+  vmep__ep_device_leave(&ep->dev);
   if (status == VMEP_OK)
     ep->dispatch_pending[h->parity] = 0;
   return status;
@@ -209,7 +190,6 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
                             const vmep_ep_handle *h, int phases, void *stream) {
   const char *call = "vmep_ep_combine";
   struct vmep_ll_params p;
-  int previous = 0;
   vmep_status status = check_handle(ep, h, call);
   if (status != VMEP_OK)
     return status;
@@ -238,13 +218,13 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
       args->expert_out, zero_copy, args->topk_idx,    args->topk_weights,
       h->num_tokens,    args->out, args->recv_wait_ns};
   vmep__ep_params(ep, h->parity, h->num_topk, &p);
-  status = on_device(ep, &previous);
+  status = vmep__ep_device_enter(&ep->dev);
   if (status != VMEP_OK)
     return status;
   status = vmep__ll_combine_send(&p, &io, stream);
   if (status == VMEP_OK && (phases & VMEP_EP_RECV))
     status = vmep__ll_combine_recv(&p, &io, stream);
-  off_device(ep, previous);
+  vmep__ep_device_leave(&ep->dev);
   if (status == VMEP_OK) {
     ep->combine_pending[h->parity] = !(phases & VMEP_EP_RECV);
     ep->pending_combine[h->parity] = io;
@@ -255,7 +235,6 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
 vmep_status vmep_ep_combine_recv(vmep_ep *ep, const vmep_ep_handle *h,
                                  void *stream) {
   struct vmep_ll_params p;
-  int previous = 0;
   vmep_status status = check_handle(ep, h, "vmep_ep_combine_recv");
   if (status != VMEP_OK)
     return status;
@@ -263,11 +242,11 @@ vmep_status vmep_ep_combine_recv(vmep_ep *ep, const vmep_ep_handle *h,
     return bad_arg("vmep_ep_combine_recv",
                    "no combine of this handle waits for its receive phase");
   vmep__ep_params(ep, h->parity, h->num_topk, &p);
-  status = on_device(ep, &previous);
+  status = vmep__ep_device_enter(&ep->dev);
   if (status != VMEP_OK)
     return status;
   status = vmep__ll_combine_recv(&p, &ep->pending_combine[h->parity], stream);
-  off_device(ep, previous);
+  vmep__ep_device_leave(&ep->dev);
   if (status == VMEP_OK)
     ep->combine_pending[h->parity] = 0;
   return status;

@@ -140,14 +140,6 @@ struct vmep_ll_rank_set {
   uint32_t bits[VMEP_LL_MAX_RANKS / 32];
 };
 
-/* Membership change: sets this rank's four epochs of both parities to
- * `base` and raises its flags [b][rank] in every buffer of `connected`
- * (its own included) to `base`, so that every rank of the set, old or new,
- * continues from base + 1. Asynchronous on `stream`. */
-vmep_status vmep__ll_resync(const struct vmep_ll_params *p,
-                            const struct vmep_ll_rank_set *connected,
-                            uint64_t base, void *stream);
-
 #ifdef __cplusplus
 }
 #endif

@@ -450,3 +450,43 @@ CUresult fake_cuIpcCloseMemHandle(CUdeviceptr dptr) {
   fake__log_release(FAKE_cuIpcCloseMemHandle);
   return CUDA_SUCCESS;
 }
+
+/* ---- zeroing and copies ----------------------------------------------- */
+
+/* Whether [va, va+size) lies in device memory this process can touch: a
+ * cuMemAlloc block, a mapping or an opened IPC range. The fake keeps no
+ * contents: writes are checked and dropped, reads give zeros. */
+static CUresult touchable(CUdeviceptr va, size_t size) {
+  if (fake__current_device() < 0)
+    return CUDA_ERROR_INVALID_CONTEXT;
+  if (size == 0 || range_within(&fake__m.blocks, va, size) ||
+      range_within(&fake__m.mappings, va, size) ||
+      range_within(&fake__m.ipc, va, size))
+    return CUDA_SUCCESS;
+  return CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult fake_cuMemsetD8(CUdeviceptr va, unsigned char value, size_t size) {
+  CUresult rc = fake__enter(FAKE_cuMemsetD8);
+  (void)value;
+  return rc != CUDA_SUCCESS ? rc : touchable(va, size);
+}
+
+CUresult fake_cuMemcpyHtoD(CUdeviceptr dst, const void *src, size_t size) {
+  CUresult rc = fake__enter(FAKE_cuMemcpyHtoD);
+  if (rc != CUDA_SUCCESS)
+    return rc;
+  return size && !src ? CUDA_ERROR_INVALID_VALUE : touchable(dst, size);
+}
+
+CUresult fake_cuMemcpyDtoH(void *dst, CUdeviceptr src, size_t size) {
+  CUresult rc = fake__enter(FAKE_cuMemcpyDtoH);
+  if (rc != CUDA_SUCCESS)
+    return rc;
+  if (size && !dst)
+    return CUDA_ERROR_INVALID_VALUE;
+  rc = touchable(src, size);
+  if (rc == CUDA_SUCCESS && size)
+    memset(dst, 0, size);
+  return rc;
+}
