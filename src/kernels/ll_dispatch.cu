@@ -74,17 +74,17 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
   int *entries = p.entries + (size_t)p.parity * p.num_ranks * p.max_tokens * K;
   int *counts = p.counts + (size_t)p.parity * p.num_ranks * (L + 1);
-  /* Timed: this block's sources are awaited in parallel first (the loop's
-   * waits then return at once), so each is charged its own lateness. */
-  if (io.recv_wait_ns)
-    ll_wait_timed(p, p.layout.disp_ready, epoch, blockIdx.x, gridDim.x,
-                  io.recv_wait_ns);
+  /* This block's sources are awaited in parallel first (the loop's waits
+   * then return at once): one timeout for all of them, and with
+   * recv_wait_ns each is charged its own lateness. */
+  ll_wait_peers(p, p.layout.disp_ready, epoch, blockIdx.x, gridDim.x,
+                io.recv_wait_ns);
   for (int s = blockIdx.x; s < p.num_ranks; s += gridDim.x) {
     if (threadIdx.x == 0) {
       int ready = ll_wait_flag(p,
                                ll_flag(p.peers[p.rank], p.layout.disp_ready,
                                        p.parity, p.num_ranks, s),
-                               epoch, s);
+                               epoch, s, ll_now_ns());
       n_src = ready ? __ldcg((const int *)send_area(p, s)) : 0;
     }
     for (int l = threadIdx.x; l < L; l += blockDim.x)

@@ -52,11 +52,13 @@ __device__ __forceinline__ uint64_t *ll_alive(const struct vmep_ll_params &p,
 /*
  * Waits until *flag >= target. Returns 1 when it got there, 0 when `rank`
  * is (or has just been) masked. A rank is masked only after it showed no
- * sign of life for timeout_ns: while waiting, a rank advances its own
- * heartbeat every LL_BEAT_SPINS polls, and a waiter whose deadline passes
- * extends it (at most LL_MAX_EXTENSIONS times) when the awaited rank's
- * heartbeat moved. So a rank that is itself held up by a dead peer is not
- * taken for dead by the ranks that wait for it. One thread.
+ * sign of life for timeout_ns from `start` (the moment the wait for every
+ * peer began, so that a thread that waits for several peers in turn gives
+ * all of them one timeout together, not one each): while waiting, a rank
+ * advances its own heartbeat every LL_BEAT_SPINS polls, and a waiter whose
+ * deadline passes extends it (at most LL_MAX_EXTENSIONS times) when the awaited
+ * rank's heartbeat moved. So a rank that is itself held up by a dead peer is
+ * not taken for dead by the ranks that wait for it. One thread.
  */
 #define LL_BEAT_SPINS 1024
 /* Ranks that all wait for a flag nobody will raise would keep each other
@@ -64,7 +66,8 @@ __device__ __forceinline__ uint64_t *ll_alive(const struct vmep_ll_params &p,
 #define LL_MAX_EXTENSIONS 3
 __device__ __forceinline__ int ll_wait_flag(const struct vmep_ll_params &p,
                                             const uint64_t *flag,
-                                            uint64_t target, int rank) {
+                                            uint64_t target, int rank,
+                                            long long start) {
   struct vmep_ll_state *st = p.state;
   if (ll_is_masked(st, rank))
     return 0;
@@ -73,7 +76,7 @@ __device__ __forceinline__ int ll_wait_flag(const struct vmep_ll_params &p,
   const uint64_t *alive = ll_alive(p, rank);
   unsigned long long *beat = (unsigned long long *)ll_alive(p, p.rank);
   uint64_t seen = ll_load_acquire(alive);
-  long long deadline = ll_now_ns() + p.timeout_ns;
+  long long deadline = start + p.timeout_ns;
   unsigned spins = 0, extensions = 0;
   while (ll_load_acquire(flag) < target) {
     if (ll_is_masked(st, rank))
@@ -136,14 +139,14 @@ __device__ __forceinline__ void ll_signal_all(const struct vmep_ll_params &p,
 
 /*
  * Waits until flag [parity][peer] in our own buffer reaches `target` for
- * the peers first, first + stride, ..., one thread per peer, and adds to
- * wait_ns[peer] the nanoseconds from the call until that peer's flag was
- * seen. Waiting in parallel from one start charges each rank its own
- * lateness: waits in turn would charge a rank the time another late rank
- * kept the waiter busy. Exact up to one peer per thread (LL_THREADS). All
+ * the peers first, first + stride, ..., one thread per peer, all from one
+ * start: k dead peers cost one timeout, not k, and a rank held up by them
+ * is not held so long that its own waiters mask it. With wait_ns (else
+ * NULL), adds to wait_ns[peer] the nanoseconds from the start until that
+ * peer's flag was seen, so each rank is charged its own lateness. All
  * threads of the block call it.
  */
-__device__ __forceinline__ void ll_wait_timed(const struct vmep_ll_params &p,
+__device__ __forceinline__ void ll_wait_peers(const struct vmep_ll_params &p,
                                               size_t offset, uint64_t target,
                                               int first, int stride,
                                               int64_t *wait_ns) {
@@ -152,29 +155,20 @@ __device__ __forceinline__ void ll_wait_timed(const struct vmep_ll_params &p,
        peer += (int)blockDim.x * stride) {
     ll_wait_flag(p,
                  ll_flag(p.peers[p.rank], offset, p.parity, p.num_ranks, peer),
-                 target, peer);
-    atomicAdd((unsigned long long *)&wait_ns[peer],
-              (unsigned long long)(ll_now_ns() - start));
+                 target, peer, start);
+    if (wait_ns)
+      atomicAdd((unsigned long long *)&wait_ns[peer],
+                (unsigned long long)(ll_now_ns() - start));
   }
   __syncthreads();
 }
 
-/* Every thread 0 of a block waits until each live peer's flag [parity][peer]
- * in our own buffer reaches `target`; then the block proceeds. With
- * wait_ns (one block passes it), the waits are ll_wait_timed's. */
+/* The block waits until each live peer's flag [parity][peer] in our own
+ * buffer reaches `target` (ll_wait_peers over every peer). */
 __device__ __forceinline__ void ll_wait_all(const struct vmep_ll_params &p,
                                             size_t offset, uint64_t target,
                                             int64_t *wait_ns) {
-  if (wait_ns) {
-    ll_wait_timed(p, offset, target, 0, 1, wait_ns);
-    return;
-  }
-  if (threadIdx.x == 0)
-    for (int peer = 0; peer < p.num_ranks; peer++)
-      ll_wait_flag(
-          p, ll_flag(p.peers[p.rank], offset, p.parity, p.num_ranks, peer),
-          target, peer);
-  __syncthreads();
+  ll_wait_peers(p, offset, target, 0, 1, wait_ns);
 }
 
 #endif /* VMEP_KERNELS_SYNC_CUH */

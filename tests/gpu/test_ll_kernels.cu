@@ -6,6 +6,8 @@
  * poisoned before each call and checked element by element; rounds
  * alternate buffer parity so the epoch protocol is exercised.
  */
+#include <time.h>
+
 #include "ep_test.cuh"
 
 #define SIM_MAX_RANKS 8
@@ -33,12 +35,15 @@ struct sim_rank {
 struct sim {
   int R, E, L, T, H, K, fp8, round_scale, zero_copy, blocks;
   int scale_layout;     /* VMEP_EP_SCALES_* */
-  int dead;             /* a rank whose kernels never run (-1: none) */
-  long long timeout_ns; /* after which the others mask it */
+  unsigned dead;        /* bit r: rank r's kernels never run */
+  int untimed;          /* run without wait counters */
+  long long timeout_ns; /* after which the others mask a dead rank */
   struct vmep_ll_layout layout;
   char **peers; /* device array */
   struct sim_rank rank[SIM_MAX_RANKS];
 };
+
+static int is_dead(const struct sim *s, int r) { return (s->dead >> r) & 1u; }
 
 template <typename T> static T *dev_alloc(size_t count) {
   T *p = NULL;
@@ -188,14 +193,22 @@ static void run_dispatch(struct sim *s, const struct vmep_ref_rank_input *in,
                          int parity) {
   for (int phase = 0; phase < 2; phase++)
     for (int r = 0; r < s->R; r++) {
-      if (r == s->dead)
+      if (is_dead(s, r))
         continue;
       struct sim_rank *k = &s->rank[r];
       struct vmep_ll_params p = sim_params(s, r, parity);
-      struct vmep_ll_dispatch_io io = {
-          k->x,           k->topk,         in[r].num_tokens, s->fp8,
-          s->round_scale, k->recv_x,       k->recv_scales,   k->recv_count,
-          k->src_info,    k->layout_range, s->scale_layout,  k->wait_ns};
+      struct vmep_ll_dispatch_io io = {k->x,
+                                       k->topk,
+                                       in[r].num_tokens,
+                                       s->fp8,
+                                       s->round_scale,
+                                       k->recv_x,
+                                       k->recv_scales,
+                                       k->recv_count,
+                                       k->src_info,
+                                       k->layout_range,
+                                       s->scale_layout,
+                                       s->untimed ? NULL : k->wait_ns};
       if (phase == 0)
         ASSERT_OK(vmep__ll_dispatch_send(&p, &io, k->stream));
       else
@@ -214,7 +227,7 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
                         int parity) {
   for (int phase = 0; phase < 2; phase++)
     for (int r = 0; r < s->R; r++) {
-      if (r == s->dead)
+      if (is_dead(s, r))
         continue;
       struct sim_rank *k = &s->rank[r];
       struct vmep_ll_params p = sim_params(s, r, parity);
@@ -224,7 +237,7 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
                                       k->weights,
                                       in[r].num_tokens,
                                       k->out,
-                                      k->wait_ns + s->R};
+                                      s->untimed ? NULL : k->wait_ns + s->R};
       if (phase == 0)
         ASSERT_OK(vmep__ll_combine_send(&p, &io, k->stream));
       else
@@ -325,21 +338,21 @@ static void free_round(struct sim *s, struct host_rank *h) {
 }
 
 /* One dispatch + combine round on every rank, checked. */
-/* Every live rank has masked the dead rank, and only it, after a timeout
+/* Every live rank has masked the dead ranks, and only them, after a timeout
  * (error bit 2); without a dead rank, nothing is masked and no error. */
 static void check_masks(struct sim *s, int round) {
   for (int r = 0; r < s->R; r++) {
     struct vmep_ll_state st;
-    if (r == s->dead)
+    if (is_dead(s, r))
       continue;
     CUDA_OK(
         cudaMemcpy(&st, s->rank[r].state, sizeof(st), cudaMemcpyDeviceToHost));
-    unsigned expect = s->dead >= 0 ? VMEP_LL_ERR_TIMEOUT : 0;
+    unsigned expect = s->dead ? VMEP_LL_ERR_TIMEOUT : 0;
     if (st.errors != expect)
       TEST_FAIL("round %d rank %d: device error bits 0x%x, expected 0x%x",
                 round, r, st.errors, expect);
     for (int peer = 0; peer < s->R; peer++)
-      if (st.masked[peer] != (peer == s->dead))
+      if (st.masked[peer] != is_dead(s, peer))
         TEST_FAIL("round %d rank %d: rank %d %s masked", round, r, peer,
                   st.masked[peer] ? "is" : "is not");
   }
@@ -354,25 +367,26 @@ static void one_round(struct sim *s, int round) {
   round_inputs(s, h, in, round);
   /* A dead rank is masked: it neither sends nor receives. */
   int masked[SIM_MAX_RANKS] = {0};
-  if (s->dead >= 0)
-    masked[s->dead] = 1;
+  for (int r = 0; r < s->R; r++)
+    masked[r] = is_dead(s, r);
   struct vmep_ref_problem prob = {
       s->R, s->E,           s->T,           s->H,
-      s->K, s->fp8,         s->round_scale, s->dead >= 0 ? masked : NULL,
+      s->K, s->fp8,         s->round_scale, s->dead ? masked : NULL,
       in,   s->scale_layout};
   poison_outputs(s);
   if (getenv("VMEP_TEST_VERBOSE"))
     fprintf(stderr, "round %d: dispatch\n", round);
   run_dispatch(s, in, round & 1);
   fetch_dispatch(s, h);
-  if (s->dead >= 0) { /* its outputs were never written: an empty layout */
-    memset(h[s->dead].recv_count, 0, s->L * 4);
-    memset(h[s->dead].layout_range, 0, (size_t)s->L * s->R * 8);
-  }
+  for (int r = 0; r < s->R; r++)
+    if (is_dead(s, r)) { /* outputs never written: an empty layout */
+      memset(h[r].recv_count, 0, s->L * 4);
+      memset(h[r].layout_range, 0, (size_t)s->L * s->R * 8);
+    }
   for (int r = 0; r < s->R; r++) {
     struct vmep_ref_report rep;
     recv[r] = as_recv(&h[r]);
-    if (r == s->dead)
+    if (is_dead(s, r))
       continue;
     ASSERT_OK(vmep__ref_check_dispatch(&prob, r, &recv[r], &rep));
     if (rep.mismatches)
@@ -382,7 +396,7 @@ static void one_round(struct sim *s, int round) {
   if (s->zero_copy)
     check_where(s, h, in, round & 1);
   for (int r = 0; r < s->R; r++) {
-    if (r != s->dead)
+    if (!is_dead(s, r))
       make_expert_out(s, h, r, in, round & 1);
     eo[r] = h[r].expert_out;
   }
@@ -391,7 +405,7 @@ static void one_round(struct sim *s, int round) {
   run_combine(s, in, round & 1);
   for (int r = 0; r < s->R; r++) {
     struct vmep_ref_report rep;
-    if (r == s->dead)
+    if (is_dead(s, r))
       continue;
     CUDA_OK(cudaMemcpy(h[r].out, s->rank[r].out,
                        (size_t)in[r].num_tokens * s->H * 2,
@@ -418,13 +432,14 @@ static void check_wait_counters(const struct sim *s, int r) {
         got[i] - k->wait_base[i] > 600ll * 1000 * 1000 * 1000)
       TEST_FAIL("rank %d: wait counter %d went from %lld to %lld", r, i,
                 (long long)k->wait_base[i], (long long)got[i]);
-  if (s->dead < 0 || r == s->dead)
+  if (!s->dead || is_dead(s, r) || s->untimed)
     return;
   for (int peer = 0; peer < s->R; peer++) {
     long long waited = (long long)(got[peer] - k->wait_base[peer]);
-    if ((peer == s->dead) != (waited >= s->timeout_ns))
+    if (is_dead(s, peer) != (waited >= s->timeout_ns))
       TEST_FAIL("rank %d waited %lld ns for %s rank %d (timeout %lld ns)", r,
-                waited, peer == s->dead ? "dead" : "live", peer, s->timeout_ns);
+                waited, is_dead(s, peer) ? "dead" : "live", peer,
+                s->timeout_ns);
   }
 }
 
@@ -433,8 +448,7 @@ static void sim_free(struct sim *s) {
     struct sim_rank *k = &s->rank[r];
     struct vmep_ll_state st;
     CUDA_OK(cudaMemcpy(&st, k->state, sizeof(st), cudaMemcpyDeviceToHost));
-    ASSERT_EQ(st.errors,
-              s->dead >= 0 && r != s->dead ? VMEP_LL_ERR_TIMEOUT : 0);
+    ASSERT_EQ(st.errors, s->dead && !is_dead(s, r) ? VMEP_LL_ERR_TIMEOUT : 0);
     check_wait_counters(s, r);
     void *ptrs[] = {k->buffer,     k->state,    k->entries,
                     k->counts,     k->begins,   k->recv_count_copy,
@@ -461,7 +475,7 @@ static int dead_rank(void) {
   s.T = 64;
   s.H = 2048;
   s.K = 8;
-  s.dead = 2;
+  s.dead = 1u << 2;
   s.timeout_ns = 200ll * 1000 * 1000;
   sim_init(&s);
   for (int round = 0; round < 3; round++)
@@ -469,6 +483,43 @@ static int dead_rank(void) {
   sim_free(&s);
   printf("rank 2 dead: masked by every live rank after 200 ms, 3 rounds of "
          "dispatch + combine exact over the live ranks\n");
+  return 1;
+}
+
+/* Ranks 1, 3 and 5 of 6 never run, the waits are untimed and two blocks
+ * serve six sources (so a block waits for three): all three must be masked
+ * after one timeout together, not one each, and the first round's
+ * dispatch must end before a second timeout could have passed (waits in
+ * turn took three). The later rounds skip them without waiting. */
+static int dead_ranks(void) {
+  struct sim s;
+  memset(&s, 0, sizeof(s));
+  s.R = 6;
+  s.E = 12;
+  s.T = 32;
+  s.H = 1024;
+  s.K = 4;
+  s.dead = (1u << 1) | (1u << 3) | (1u << 5);
+  s.untimed = 1;
+  s.timeout_ns = 300ll * 1000 * 1000;
+  sim_init(&s);
+  s.blocks = 2;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  one_round(&s, 0);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  long long took =
+      (t1.tv_sec - t0.tv_sec) * 1000000000ll + (t1.tv_nsec - t0.tv_nsec);
+  if (took >= 2 * s.timeout_ns)
+    TEST_FAIL("3 dead ranks: the first round took %lld ms, expected one "
+              "%lld ms timeout for all of them",
+              took / 1000000, s.timeout_ns / 1000000);
+  for (int round = 1; round < 3; round++)
+    one_round(&s, round);
+  sim_free(&s);
+  printf("ranks 1, 3, 5 dead: masked after one 300 ms timeout together (the "
+         "first round took %lld ms), 3 rounds exact over the live ranks\n",
+         took / 1000000);
   return 1;
 }
 
@@ -500,7 +551,7 @@ int main(void) {
     s.round_scale = cases[c][6];
     s.zero_copy = cases[c][7];
     s.scale_layout = cases[c][8];
-    s.dead = -1;
+    s.dead = 0;
     s.timeout_ns = 5ll * 1000 * 1000 * 1000; /* a stuck peer shows as masked */
     sim_init(&s);
     for (int round = 0; round < 6; round++)
@@ -516,6 +567,7 @@ int main(void) {
     passed++;
   }
   passed += dead_rank();
+  passed += dead_ranks();
   printf("%d passed, 0 failed\n", passed);
   return 0;
 }
