@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call on the device machine: vmep-info,
-# every GPU test (the elastic plans included), the Python package's GPU
+# every GPU test (the elastic plans included, three of them again with
+# VMEP_MEM_SHARE=legacy), the Python package's GPU
 # tests, the default benchmark with --check, and the bf16, fp8 and
 # zero-copy sweeps (T = 128 .. 4096) as JSON, with logs under $OUT (or ./gpu-logs).
 # Expects a build folder made elsewhere (default build-gpu, carried to the
@@ -27,6 +28,14 @@ for plan in tests/elastic/plans/*.json; do
   timeout 600 "$build/tests/elastic/vmep-elastic" "$plan" \
     --json "$out/elastic-$name.json" > "$out/elastic-$name.log" 2>&1 || status=1
   tail -1 "$out/elastic-$name.log"
+done
+# The LEGACY (cuMemAlloc + IPC) window path with membership changes: peers
+# land in the peer table instead of VA slots.
+for name in expand_shrink fault_dispatch rejoin; do
+  VMEP_MEM_SHARE=legacy timeout 600 "$build/tests/elastic/vmep-elastic" \
+    "tests/elastic/plans/$name.json" --json "$out/elastic-legacy-$name.json" \
+    > "$out/elastic-legacy-$name.log" 2>&1 || status=1
+  tail -1 "$out/elastic-legacy-$name.log"
 done
 # The Python package's GPU tests (2 and 4 ranks under MPS).
 if [ "${GPU_CHECK_PYTHON:-1}" != 0 ]; then

@@ -214,14 +214,22 @@ static vmep_status release(vmep_window *w) {
 }
 
 /* A window of one rank that joined an elastic job: its own region, with
- * the strategy this device does best, in slot `rank`; peers come later
- * (vmep__window_attach). */
+ * the strongest strategy this device can use under VMEP_MEM_SHARE, in slot
+ * `rank`; peers come later (vmep__window_attach). */
 static vmep_status create_alone(vmep_window *w, size_t bytes) {
-  const vmep_mem_caps *caps = NULL;
-  vmep_status status = vmep__mem_probe_get(w->device, &caps);
+  unsigned usable = 0;
+  vmep_status status = vmep__mem_usable(w->device, 0, &usable, NULL);
   if (status != VMEP_OK)
     return status;
-  w->strategy = caps->best;
+  if (!usable)
+    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                      "%s: no sharing strategy is usable on device %d "
+                      "(VMEP_MEM_SHARE=%s; see vmep-info)",
+                      w->call, w->device,
+                      vmep__config_get(VMEP_CONFIG_MEM_SHARE));
+  w->strategy = VMEP_MEM_FABRIC;
+  while (!(usable & (1u << w->strategy)))
+    w->strategy = (vmep_mem_strategy)(w->strategy + 1);
   status = vmep_region_alloc(w->device, bytes, 1u << w->strategy, &w->local);
   return status == VMEP_OK ? place_local(w) : status;
 }

@@ -504,6 +504,12 @@ extern "C" int elastic_rank_main(const struct plan *plan, int rank, int first,
   cfg.timeout_ms = plan->timeout_ms;
   cfg.max_ranks = s.R;
   ASSERT_OK(vmep_ep_create(s.group, &cfg, &s.ep));
+  /* A forced strategy (VMEP_MEM_SHARE) must be the one the window uses. */
+  const char *share = getenv("VMEP_MEM_SHARE"),
+             *used = vmep_mem_strategy_name(vmep_window_strategy(s.ep->window));
+  fprintf(stderr, "[elastic rank %d] window strategy %s\n", rank, used);
+  if (share && share[0] && strcmp(share, "auto") != 0)
+    ASSERT_TRUE(strcmp(share, used) == 0);
   CUDA_OK(cudaSetDevice(vmep_ep_device(s.ep)));
   alloc_buffers(&s);
   for (int p = first; p < plan->nphases; p++) {
