@@ -70,33 +70,33 @@ vmep_status vmep_region_export(const vmep_region *r, vmep_mem_desc *desc_out) {
     return status;
   memset(&d, 0, sizeof(d));
   d.version = VMEP_MEM_DESC_VERSION;
-  d.strategy = r->strategy;
-  d.size = r->size;
+  d.strategy = r->mem.strategy;
+  d.size = r->mem.size;
   d.fd = -1;
   memcpy(d.device_uuid, r->uuid, sizeof(d.device_uuid));
-  switch (r->strategy) {
+  switch (r->mem.strategy) {
   case VMEP_MEM_FABRIC:
     status = vmep__cu_check(
-        drv->cuMemExportToShareableHandle(d.handle, r->handle,
+        drv->cuMemExportToShareableHandle(d.handle, r->mem.handle,
                                           CU_MEM_HANDLE_TYPE_FABRIC, 0),
         VMEP_LOG_ERROR, NULL, "cuMemExportToShareableHandle(fabric, device %d)",
-        r->device);
+        r->mem.device);
     break;
   case VMEP_MEM_POSIX_FD:
     status = vmep__cu_check(
         drv->cuMemExportToShareableHandle(
-            &d.fd, r->handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+            &d.fd, r->mem.handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
         VMEP_LOG_ERROR, NULL,
-        "cuMemExportToShareableHandle(posix_fd, device %d)", r->device);
+        "cuMemExportToShareableHandle(posix_fd, device %d)", r->mem.device);
     break;
   default: {
     CUipcMemHandle ipc;
-    status = vmep__ctx_push(drv, r->ctx, r->device);
+    status = vmep__ctx_push(drv, r->mem.ctx, r->mem.device);
     if (status != VMEP_OK)
       break;
     status = vmep__cu_check(
-        drv->cuIpcGetMemHandle(&ipc, r->ptr), VMEP_LOG_ERROR, NULL,
-        "cuIpcGetMemHandle(%zu B, device %d)", r->size, r->device);
+        drv->cuIpcGetMemHandle(&ipc, r->mem.ptr), VMEP_LOG_ERROR, NULL,
+        "cuIpcGetMemHandle(%zu B, device %d)", r->mem.size, r->mem.device);
     vmep__ctx_pop(drv);
     memcpy(d.handle, ipc.reserved, sizeof(d.handle));
     break;

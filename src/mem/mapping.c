@@ -35,34 +35,34 @@ static vmep_status import_vmm(const struct vmep_driver *drv,
                               struct vmep_mapping *m, vmep_mem_desc *d,
                               CUdeviceptr fixed_va) {
   const vmep_mem_caps *caps = NULL;
-  vmep_status status = vmep__mem_probe_get(m->device, &caps);
+  vmep_status status = vmep__mem_probe_get(m->mem.device, &caps);
   if (status != VMEP_OK)
     return status;
   if (d->strategy == VMEP_MEM_FABRIC) {
     CUresult rc = drv->cuMemImportFromShareableHandle(
-        &m->handle, d->handle, CU_MEM_HANDLE_TYPE_FABRIC);
+        &m->mem.handle, d->handle, CU_MEM_HANDLE_TYPE_FABRIC);
     status = vmep__cu_check(
         rc, VMEP_LOG_ERROR, vmep__share_hint(VMEP_MEM_FABRIC, rc),
         "cuMemImportFromShareableHandle(fabric, %llu B, device %d)",
-        (unsigned long long)d->size, m->device);
+        (unsigned long long)d->size, m->mem.device);
   } else {
     status = vmep__cu_check(
         drv->cuMemImportFromShareableHandle(
-            &m->handle, (void *)(uintptr_t)d->fd,
+            &m->mem.handle, (void *)(uintptr_t)d->fd,
             CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
         VMEP_LOG_ERROR, NULL,
         "cuMemImportFromShareableHandle(posix_fd %d, %llu B, device %d)", d->fd,
-        (unsigned long long)d->size, m->device);
+        (unsigned long long)d->size, m->mem.device);
     /* The imported handle keeps the memory; the fd is no longer needed. */
     vmep_mem_desc_close(d);
   }
   if (status != VMEP_OK)
     return status;
-  status = vmep__vmm_map(drv, m->device, m->handle, m->size,
+  status = vmep__vmm_map(drv, m->mem.device, m->mem.handle, m->mem.size,
                          caps->granularity, /* 0: the driver's default */
-                         fixed_va, &m->ptr);
+                         fixed_va, &m->mem.ptr);
   if (status != VMEP_OK) {
-    (void)drv->cuMemRelease(m->handle);
+    (void)drv->cuMemRelease(m->mem.handle);
     return status;
   }
   m->owns_va = fixed_va == 0;
@@ -75,9 +75,10 @@ static vmep_status import_legacy(const struct vmep_driver *drv,
   CUipcMemHandle ipc;
   memcpy(ipc.reserved, d->handle, sizeof(ipc.reserved));
   return vmep__cu_check(
-      drv->cuIpcOpenMemHandle(&m->ptr, ipc, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS),
+      drv->cuIpcOpenMemHandle(&m->mem.ptr, ipc,
+                              CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS),
       VMEP_LOG_ERROR, NULL, "cuIpcOpenMemHandle(%llu B, device %d)",
-      (unsigned long long)d->size, m->device);
+      (unsigned long long)d->size, m->mem.device);
 }
 
 vmep_status vmep__mapping_import(int device, vmep_mem_desc *d,
@@ -101,13 +102,13 @@ vmep_status vmep__mapping_import(int device, vmep_mem_desc *d,
                         sizeof(*m));
     goto err_close;
   }
-  m->device = device;
-  m->strategy = d->strategy;
-  m->size = (size_t)d->size;
-  status = vmep__ctx_retain(drv, device, &m->dev, &m->ctx);
+  m->mem.device = device;
+  m->mem.strategy = d->strategy;
+  m->mem.size = (size_t)d->size;
+  status = vmep__ctx_retain(drv, device, &m->mem.dev, &m->mem.ctx);
   if (status != VMEP_OK)
     goto err_free;
-  status = vmep__ctx_push(drv, m->ctx, device);
+  status = vmep__ctx_push(drv, m->mem.ctx, device);
   if (status != VMEP_OK)
     goto err_release_ctx;
   if (d->strategy == VMEP_MEM_LEGACY)
@@ -121,7 +122,7 @@ vmep_status vmep__mapping_import(int device, vmep_mem_desc *d,
   return VMEP_OK;
 
 err_release_ctx:
-  vmep__ctx_release(drv, m->dev);
+  vmep__ctx_release(drv, m->mem.dev);
 err_free:
   vmep__free(m);
 err_close:
@@ -141,49 +142,15 @@ vmep_status vmep_region_import(int device, vmep_mem_desc *desc,
 }
 
 vmep_status vmep_mapping_release(vmep_mapping *m) {
-  const struct vmep_driver *drv = NULL;
   if (!m)
     return VMEP_OK;
-  vmep_status status = vmep__driver_get(&drv);
-  if (status != VMEP_OK) {
-    vmep__free(m);
-    return status;
-  }
-  vmep_status pushed = vmep__ctx_push(drv, m->ctx, m->device);
-  status = pushed;
-  if (pushed == VMEP_OK)
-    status =
-        vmep__cu_check(drv->cuCtxSynchronize(), VMEP_LOG_ERROR, NULL,
-                       "cuCtxSynchronize(device %d) before unmap", m->device);
-  vmep_status undone = VMEP_OK;
-  if (m->strategy == VMEP_MEM_LEGACY) {
-    /* cuIpcCloseMemHandle needs the context current (driver 580): without
-     * it the handle stays open until the process exits. */
-    if (pushed == VMEP_OK)
-      undone =
-          vmep__cu_check(drv->cuIpcCloseMemHandle(m->ptr), VMEP_LOG_ERROR, NULL,
-                         "cuIpcCloseMemHandle(device %d)", m->device);
-  } else {
-    /* The VMM calls need no current context: undone even if the push
-     * failed. */
-    undone = vmep__vmm_unmap(drv, m->ptr, m->size, m->owns_va);
-    vmep_status released =
-        vmep__cu_check(drv->cuMemRelease(m->handle), VMEP_LOG_ERROR, NULL,
-                       "cuMemRelease(imported, device %d)", m->device);
-    if (undone == VMEP_OK)
-      undone = released;
-  }
-  if (status == VMEP_OK)
-    status = undone;
-  if (pushed == VMEP_OK)
-    vmep__ctx_pop(drv);
-  vmep__ctx_release(drv, m->dev);
+  vmep_status status = vmep__devmem_release(&m->mem, 1, m->owns_va, "unmap");
   vmep__free(m);
   return status;
 }
 
 void *vmep_mapping_ptr(const vmep_mapping *m) {
-  return m ? (void *)(uintptr_t)m->ptr : NULL;
+  return m ? (void *)(uintptr_t)m->mem.ptr : NULL;
 }
 
-size_t vmep_mapping_size(const vmep_mapping *m) { return m ? m->size : 0; }
+size_t vmep_mapping_size(const vmep_mapping *m) { return m ? m->mem.size : 0; }

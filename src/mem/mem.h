@@ -11,28 +11,39 @@
 /* Devices the probe cache holds; a larger ordinal is refused. */
 #define VMEP_MAX_DEVICES 64
 
-struct vmep_region {
+/* What a region and a mapping both hold: device memory at ptr, kept alive
+ * by a retained context, undone by vmep__devmem_release. */
+struct vmep_devmem {
   int device;
   vmep_mem_strategy strategy;
   CUdevice dev;  /* the driver's handle of `device` */
-  CUcontext ctx; /* retained for the region's life */
+  CUcontext ctx; /* retained for the object's life */
   CUdeviceptr ptr;
   size_t size;
   CUmemGenericAllocationHandle handle; /* VMM strategies only */
+};
+
+struct vmep_region {
+  struct vmep_devmem mem;
   unsigned char uuid[16];
   char reason[VMEP_MEM_STRATEGY_COUNT * VMEP_MEM_REASON_BYTES];
 };
 
 struct vmep_mapping {
-  int device;
-  vmep_mem_strategy strategy;
-  CUdevice dev;  /* the driver's handle of `device` */
-  CUcontext ctx; /* retained for the mapping's life */
-  CUdeviceptr ptr;
-  size_t size;
-  CUmemGenericAllocationHandle handle; /* VMM strategies only */
+  struct vmep_devmem mem;
   int owns_va; /* the mapping reserved its VA range and frees it */
 };
+
+/*
+ * Releases `m` once no kernel may use it: waits for its device's work,
+ * then undoes the memory: a LEGACY region's cuMemFree, a LEGACY mapping's
+ * cuIpcCloseMemHandle (`imported`), or a VMM unmap (and the reservation's
+ * free when `owns_va`) and the handle's release; then lets the context
+ * go. Always attempts every step; returns the first error, whose message
+ * names `what` ("free", "unmap").
+ */
+vmep_status vmep__devmem_release(const struct vmep_devmem *m, int imported,
+                                 int owns_va, const char *what);
 
 /* The hint added to the message of a failed call on `strategy`'s memory:
  * a missing IMEX channel shows as CUDA_ERROR_NOT_PERMITTED on fabric

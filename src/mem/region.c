@@ -55,13 +55,13 @@ static vmep_status alloc_vmm(const struct vmep_driver *drv,
   CUmemAllocationProp prop;
   size_t granularity = 0;
   const char *name = vmep_mem_strategy_name(s);
-  vmep__vmm_prop(r->device, s, caps->rdma_with_vmm, &prop);
+  vmep__vmm_prop(r->mem.device, s, caps->rdma_with_vmm, &prop);
   CUresult rc = drv->cuMemGetAllocationGranularity(
       &granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
   *fell_back = may_fall_back(rc);
   vmep_status status = vmep__cu_check(
       rc, *fell_back ? VMEP_LOG_INFO : VMEP_LOG_ERROR, NULL,
-      "cuMemGetAllocationGranularity(%s, device %d)", name, r->device);
+      "cuMemGetAllocationGranularity(%s, device %d)", name, r->mem.device);
   if (status != VMEP_OK)
     return status;
   size_t size = vmep__round_up(bytes, granularity);
@@ -69,21 +69,21 @@ static vmep_status alloc_vmm(const struct vmep_driver *drv,
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_region_alloc: %zu B overflows when rounded up",
                       bytes);
-  rc = drv->cuMemCreate(&r->handle, size, &prop, 0);
+  rc = drv->cuMemCreate(&r->mem.handle, size, &prop, 0);
   *fell_back = may_fall_back(rc);
   status = vmep__cu_check(
       rc, *fell_back ? VMEP_LOG_INFO : VMEP_LOG_ERROR, vmep__share_hint(s, rc),
-      "cuMemCreate(%s, %zu B, device %d)", name, size, r->device);
+      "cuMemCreate(%s, %zu B, device %d)", name, size, r->mem.device);
   if (status != VMEP_OK)
     return status;
   *fell_back = 0;
-  status =
-      vmep__vmm_map(drv, r->device, r->handle, size, granularity, 0, &r->ptr);
+  status = vmep__vmm_map(drv, r->mem.device, r->mem.handle, size, granularity,
+                         0, &r->mem.ptr);
   if (status != VMEP_OK) {
-    (void)drv->cuMemRelease(r->handle);
+    (void)drv->cuMemRelease(r->mem.handle);
     return status;
   }
-  r->size = size;
+  r->mem.size = size;
   return VMEP_OK;
 }
 
@@ -96,13 +96,13 @@ static vmep_status alloc_legacy(const struct vmep_driver *drv,
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_region_alloc: %zu B overflows when rounded up",
                       bytes);
-  CUresult rc = drv->cuMemAlloc(&r->ptr, size);
+  CUresult rc = drv->cuMemAlloc(&r->mem.ptr, size);
   *fell_back = may_fall_back(rc);
   vmep_status status =
       vmep__cu_check(rc, *fell_back ? VMEP_LOG_INFO : VMEP_LOG_ERROR, NULL,
-                     "cuMemAlloc(%zu B, device %d)", size, r->device);
+                     "cuMemAlloc(%zu B, device %d)", size, r->mem.device);
   if (status == VMEP_OK)
-    r->size = size;
+    r->mem.size = size;
   return status;
 }
 
@@ -129,7 +129,7 @@ static vmep_status alloc_chain(const struct vmep_driver *drv,
     else
       status = alloc_vmm(drv, r, s, bytes, caps, &fell_back);
     if (status == VMEP_OK) {
-      r->strategy = s;
+      r->mem.strategy = s;
       return VMEP_OK;
     }
     if (!fell_back)
@@ -139,7 +139,7 @@ static vmep_status alloc_chain(const struct vmep_driver *drv,
   return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
                     "no allowed sharing strategy works on device %d "
                     "(VMEP_MEM_SHARE=%s): %s",
-                    r->device, vmep__config_get(VMEP_CONFIG_MEM_SHARE),
+                    r->mem.device, vmep__config_get(VMEP_CONFIG_MEM_SHARE),
                     r->reason[0] ? r->reason : "none allowed");
 }
 
@@ -168,12 +168,12 @@ vmep_status vmep_region_alloc(int device, size_t bytes, unsigned flags,
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "vmep_region_alloc: host allocation of %zu B failed",
                       sizeof(*r));
-  r->device = device;
+  r->mem.device = device;
   memcpy(r->uuid, caps->uuid, sizeof(r->uuid));
-  status = vmep__ctx_retain(drv, device, &r->dev, &r->ctx);
+  status = vmep__ctx_retain(drv, device, &r->mem.dev, &r->mem.ctx);
   if (status != VMEP_OK)
     goto err_free;
-  status = vmep__ctx_push(drv, r->ctx, device);
+  status = vmep__ctx_push(drv, r->mem.ctx, device);
   if (status != VMEP_OK)
     goto err_release_ctx;
   status = alloc_chain(drv, r, bytes, allowed, caps);
@@ -181,67 +181,37 @@ vmep_status vmep_region_alloc(int device, size_t bytes, unsigned flags,
   if (status != VMEP_OK)
     goto err_release_ctx;
   if (r->reason[0])
-    vmep_log_info("device %d: region of %zu B uses %s (%s)", device, r->size,
-                  vmep_mem_strategy_name(r->strategy), r->reason);
+    vmep_log_info("device %d: region of %zu B uses %s (%s)", device,
+                  r->mem.size, vmep_mem_strategy_name(r->mem.strategy),
+                  r->reason);
   *region_out = r;
   return VMEP_OK;
 
 err_release_ctx:
-  vmep__ctx_release(drv, r->dev);
+  vmep__ctx_release(drv, r->mem.dev);
 err_free:
   vmep__free(r);
   return status;
 }
 
 vmep_status vmep_region_free(vmep_region *r) {
-  const struct vmep_driver *drv = NULL;
   if (!r)
     return VMEP_OK;
-  vmep_status status = vmep__driver_get(&drv);
-  if (status != VMEP_OK) {
-    vmep__free(r);
-    return status;
-  }
-  vmep_status pushed = vmep__ctx_push(drv, r->ctx, r->device);
-  status = pushed;
-  if (pushed == VMEP_OK)
-    /* A kernel may still be writing the memory: let it finish first. */
-    status =
-        vmep__cu_check(drv->cuCtxSynchronize(), VMEP_LOG_ERROR, NULL,
-                       "cuCtxSynchronize(device %d) before free", r->device);
-  /* cuMemFree and the VMM calls need no current context (driver 580): the
-   * memory is released even if the push failed. */
-  vmep_status freed;
-  if (r->strategy == VMEP_MEM_LEGACY) {
-    freed = vmep__cu_check(drv->cuMemFree(r->ptr), VMEP_LOG_ERROR, NULL,
-                           "cuMemFree(%zu B, device %d)", r->size, r->device);
-  } else {
-    freed = vmep__vmm_unmap(drv, r->ptr, r->size, 1);
-    vmep_status released =
-        vmep__cu_check(drv->cuMemRelease(r->handle), VMEP_LOG_ERROR, NULL,
-                       "cuMemRelease(%zu B, device %d)", r->size, r->device);
-    if (freed == VMEP_OK)
-      freed = released;
-  }
-  if (status == VMEP_OK)
-    status = freed;
-  if (pushed == VMEP_OK)
-    vmep__ctx_pop(drv);
-  vmep__ctx_release(drv, r->dev);
+  vmep_status status = vmep__devmem_release(&r->mem, 0, 1, "free");
   vmep__free(r);
   return status;
 }
 
 void *vmep_region_ptr(const vmep_region *r) {
-  return r ? (void *)(uintptr_t)r->ptr : NULL;
+  return r ? (void *)(uintptr_t)r->mem.ptr : NULL;
 }
 
-size_t vmep_region_size(const vmep_region *r) { return r ? r->size : 0; }
+size_t vmep_region_size(const vmep_region *r) { return r ? r->mem.size : 0; }
 
-int vmep_region_device(const vmep_region *r) { return r ? r->device : -1; }
+int vmep_region_device(const vmep_region *r) { return r ? r->mem.device : -1; }
 
 vmep_mem_strategy vmep_region_strategy(const vmep_region *r) {
-  return r ? r->strategy : VMEP_MEM_NONE;
+  return r ? r->mem.strategy : VMEP_MEM_NONE;
 }
 
 const char *vmep_region_reason(const vmep_region *r) {
@@ -272,21 +242,21 @@ static vmep_status enter(const struct vmep_region *r,
                          const struct vmep_driver **drv_out) {
   vmep_status status = vmep__driver_get(drv_out);
   if (status == VMEP_OK)
-    status = vmep__ctx_push(*drv_out, r->ctx, r->device);
+    status = vmep__ctx_push(*drv_out, r->mem.ctx, r->mem.device);
   return status;
 }
 
 vmep_status vmep__region_map_at(const struct vmep_region *r, CUdeviceptr va) {
   const struct vmep_driver *drv = NULL;
   CUdeviceptr mapped = 0;
-  if (r->strategy == VMEP_MEM_LEGACY)
+  if (r->mem.strategy == VMEP_MEM_LEGACY)
     return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
                       "a legacy region cannot be mapped at a chosen address");
   vmep_status status = enter(r, &drv);
   if (status != VMEP_OK)
     return status;
-  status =
-      vmep__vmm_map(drv, r->device, r->handle, r->size, r->size, va, &mapped);
+  status = vmep__vmm_map(drv, r->mem.device, r->mem.handle, r->mem.size,
+                         r->mem.size, va, &mapped);
   vmep__ctx_pop(drv);
   return status;
 }
@@ -296,7 +266,7 @@ vmep_status vmep__region_unmap_at(const struct vmep_region *r, CUdeviceptr va) {
   vmep_status status = enter(r, &drv);
   if (status != VMEP_OK)
     return status;
-  status = vmep__vmm_unmap(drv, va, r->size, 0);
+  status = vmep__vmm_unmap(drv, va, r->mem.size, 0);
   vmep__ctx_pop(drv);
   return status;
 }
@@ -307,7 +277,7 @@ vmep_status vmep__region_sync(const struct vmep_region *r) {
   if (status != VMEP_OK)
     return status;
   status = vmep__cu_check(drv->cuCtxSynchronize(), VMEP_LOG_ERROR, NULL,
-                          "cuCtxSynchronize(device %d)", r->device);
+                          "cuCtxSynchronize(device %d)", r->mem.device);
   vmep__ctx_pop(drv);
   return status;
 }
