@@ -145,43 +145,93 @@ static uint64_t new_incarnation(const vmep_ep *ep) {
   return vmep__bytes_hash(v, sizeof(v));
 }
 
+/* Marks `index` taken for `shape` in this process; -1 when it already is
+ * (or the table is full). */
+static int shape_claim(uint64_t shape, int index) {
+  int slot = -1, taken = 0;
+  pthread_mutex_lock(&shapes_lock);
+  for (int i = 0; i < NS_SHAPES && slot < 0; i++)
+    if (shapes[i].used && shapes[i].shape == shape)
+      slot = i;
+  for (int i = 0; i < NS_SHAPES && slot < 0; i++)
+    if (!shapes[i].used)
+      slot = i;
+  if (slot >= 0) {
+    taken = (shapes[slot].used >> index) & 1u;
+    shapes[slot].shape = shape;
+    shapes[slot].used |= 1ull << index;
+  }
+  pthread_mutex_unlock(&shapes_lock);
+  return slot >= 0 && !taken ? index : -1;
+}
+
+/* A fixed group's start: the ranks begin connected, with the incarnations
+ * they draw, and with rank 0's name index (`*index`, -1 when rank 0 has
+ * none) taken in every process, so that processes name the buffer alike
+ * whatever buffers of its shape each made or destroyed before. A rank that
+ * failed before still joins the allgather. */
+static vmep_status fixed_start(vmep_ep *ep, uint64_t mine, int *index,
+                               vmep_status status) {
+  int size = vmep_group_size(ep->group);
+  uint64_t me[2] = {mine, (uint64_t)(int64_t)*index};
+  uint64_t *all = vmep__calloc((size_t)size, sizeof(me));
+  vmep_status st = all ? vmep_group_allgather(ep->group, me, sizeof(me), all)
+                       : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                                    "vmep_ep_create: host allocation failed");
+  status = status != VMEP_OK ? status : st;
+  for (int r = 0; status == VMEP_OK && r < size; r++) {
+    ep->incarnation[r] = all[2 * r];
+    set_connected(ep, r, 1);
+  }
+  if (status == VMEP_OK && ep->rank != 0) {
+    *index = (int)(int64_t)all[1];
+    if (*index >= 0 && shape_claim(shape_hash(ep), *index) < 0)
+      status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                          "vmep_ep_create: rank 0 named this buffer "
+                          "\"ep-%016llx-%d\", the name of another live buffer "
+                          "of this shape in this process",
+                          (unsigned long long)shape_hash(ep), *index);
+  }
+  vmep__free(all);
+  return status;
+}
+
 vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
   vmep_status status = before;
   uint64_t mine = new_incarnation(ep);
   int elastic = vmep__group_elastic(ep->group);
-  int size = vmep_group_size(ep->group);
-  ep->changed = elastic || ep->num_ranks > size;
+  struct vmep_store_client *c = vmep__group_store(ep->group);
+  int index = -1;
+  ep->changed = elastic || ep->num_ranks > vmep_group_size(ep->group);
+  /* An elastic rank names its buffer alone (the lowest free index here);
+   * a fixed group takes rank 0's. */
+  if (c && status == VMEP_OK && (elastic || ep->rank == 0)) {
+    index = shape_take(shape_hash(ep));
+    if (index < 0)
+      status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                          "vmep_ep_create: 64 buffers of this shape are alive "
+                          "in this process (or 64 shapes): no store name is "
+                          "left");
+  }
   if (elastic) {
     set_connected(ep, ep->rank, 1);
     ep->incarnation[ep->rank] = mine;
   } else {
-    /* The group's ranks start connected, with the incarnations they draw;
-     * a rank that failed before still joins the allgather. */
-    vmep_status st =
-        vmep_group_allgather(ep->group, &mine, sizeof(mine), ep->incarnation);
-    status = status != VMEP_OK ? status : st;
-    for (int r = 0; status == VMEP_OK && r < size; r++)
-      set_connected(ep, r, 1);
+    status = fixed_start(ep, mine, &index, status);
+  }
+  if (index >= 0) { /* from here on, leave() gives the index back */
+    ep->ns_index = index;
+    snprintf(ep->ns, sizeof(ep->ns), "vmep/ep-%016llx-%d",
+             (unsigned long long)shape_hash(ep), index);
   }
   for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
     if (!is_connected(ep, r))
       status = write_mask(ep, r, 1);
-  if (status != VMEP_OK || !vmep__group_store(ep->group))
+  /* Without a store, or when rank 0 could not name the buffer (its failure
+   * fails the creation's agreement), there is nothing to publish. */
+  if (status != VMEP_OK || !c || index < 0)
     return status;
-  ep->ns_index = shape_take(shape_hash(ep));
-  if (ep->ns_index < 0)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_ep_create: 64 buffers of this shape are alive in "
-                      "this process (or 64 shapes): no store name is left");
-  snprintf(ep->ns, sizeof(ep->ns), "vmep/ep-%016llx-%d",
-           (unsigned long long)shape_hash(ep), ep->ns_index);
-  status = vmep__window_publish(ep->window, vmep__group_store(ep->group),
-                                ep->ns, mine);
-  if (status != VMEP_OK) {
-    shape_give(shape_hash(ep), ep->ns_index);
-    ep->ns[0] = '\0';
-  }
-  return status;
+  return vmep__window_publish(ep->window, c, ep->ns, mine);
 }
 
 /* An allgather of `words` u64 words among the connected ranks: into

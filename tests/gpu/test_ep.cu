@@ -8,11 +8,15 @@
  * n = T, invalid expert ids (reported, not trapped), 1000 back-to-back
  * dispatch / expert / combine sequences in batches without host
  * synchronization (two in flight), and a captured CUDA graph of dispatch,
- * experts and combine replayed 100 times with new inputs copied in, and the
- * receive phases' wait counters (recv_wait_ns) with ranks that come late. The
- * expert is a device kernel mapping each row to bf16(x * (1 + e / 16)); the
- * host's copy of that model is the oracle for combine.
+ * experts and combine replayed 100 times with new inputs copied in, the
+ * receive phases' wait counters (recv_wait_ns) with ranks that come late,
+ * and one store name per buffer on every rank. The expert is a device
+ * kernel mapping each row to bf16(x * (1 + e / 16)); the host's copy of
+ * that model is the oracle for combine.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "ep_test.cuh"
@@ -481,6 +485,61 @@ static void wait_counters(vmep_group *g, uint64_t seed) {
   io_free(&b);
 }
 
+/* A free TCP port on the loopback (bound once, then released). */
+static int free_port(void) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof(a);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_TRUE(fd >= 0);
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_TRUE(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+  ASSERT_TRUE(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+/* Processes name a buffer alike whatever buffers of its shape each already
+ * has: rank 0 alone holds one more (over a group of its own), so its lowest
+ * free name index differs from the others', and the group's buffer must
+ * still carry one store name on every rank (rank 0's choice). */
+static void names_agree(vmep_group *g) {
+  int R = vmep_group_size(g), me = vmep_group_rank(g);
+  struct world w = shape(R, 16, 512, 2, 0, 0);
+  vmep_group *solo = NULL;
+  vmep_ep *extra = NULL;
+  if (me == 0) {
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", free_port());
+    ASSERT_OK(vmep_group_create(0, 1, addr, "names-agree", &solo));
+    /* Room for R ranks: the same shape as the group's buffer. */
+    vmep_ep_config c;
+    vmep_ep_config_init(&c);
+    c.num_experts = w.E;
+    c.hidden = w.H;
+    c.max_tokens_per_rank = w.T;
+    c.max_topk = w.K;
+    c.max_ranks = R;
+    ASSERT_OK(vmep_ep_create(solo, &c, &extra));
+  }
+  vmep_ep *ep = make_ep(g, &w, 0);
+  char *all = (char *)calloc((size_t)R, sizeof(ep->ns));
+  ASSERT_TRUE(all != NULL);
+  ASSERT_OK(vmep_group_allgather(g, ep->ns, sizeof(ep->ns), all));
+  for (int r = 0; r < R; r++)
+    if (strcmp(all + (size_t)r * sizeof(ep->ns), ep->ns) != 0)
+      TEST_FAIL("rank %d named the buffer \"%s\", rank %d \"%s\"", r,
+                all + (size_t)r * sizeof(ep->ns), me, ep->ns);
+  printf("buffer names agree on %d ranks (\"%s\"; rank 0 holds another of "
+         "the shape)\n",
+         R, ep->ns);
+  free(all);
+  ASSERT_OK(vmep_ep_destroy(ep));
+  ASSERT_OK(vmep_ep_destroy(extra));
+  ASSERT_OK(vmep_group_destroy(solo));
+}
+
 int main(void) {
   vmep_group *g = NULL;
   uint64_t seed = 0;
@@ -490,7 +549,8 @@ int main(void) {
   back_to_back(g, seed + 1000000);
   graph_replay(g, seed + 2000000);
   wait_counters(g, seed + 3000000);
+  names_agree(g);
   ASSERT_OK(vmep_group_destroy(g));
-  printf("4 passed, 0 failed\n");
+  printf("5 passed, 0 failed\n");
   return 0;
 }
