@@ -109,8 +109,12 @@ int main(int argc, char **argv) {
   o.experts = E;
   rc = bench_cuda_check(cudaSetDevice(vmep_group_local_rank(g) % gpus),
                         "cudaSetDevice") != VMEP_OK;
-  if (!rc && bench_gpu_sharing(g, &shared) != VMEP_OK)
+  st = rc ? VMEP_OK : bench_gpu_sharing(g, &shared);
+  if (st != VMEP_OK) { /* a CUDA failure has been printed already */
+    if (st != VMEP_ERR_CUDA)
+      fprintf(stderr, "nccl-a2a: %s\n", vmep_last_error());
     rc = 1;
+  }
   if (!rc && shared) {
     fprintf(stderr, "nccl-a2a: ranks share a GPU; NCCL needs one GPU per "
                     "rank (start at most one rank per GPU)\n");

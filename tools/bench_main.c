@@ -150,8 +150,12 @@ static int run_rank(struct bench_options *o) {
   struct bench_result *all =
       calloc((size_t)size * o->num_tokens_values, sizeof(*all));
   int failed = !all, shared = 1;
-  if (bench_gpu_sharing(g, &shared) != VMEP_OK)
+  vmep_status sharing = failed ? VMEP_OK : bench_gpu_sharing(g, &shared);
+  if (sharing != VMEP_OK) { /* a CUDA failure has been printed already */
+    if (sharing != VMEP_ERR_CUDA)
+      fprintf(stderr, "vmep-bench: rank %d: %s\n", rank, vmep_last_error());
     failed = 1;
+  }
   o->own_gpus = !shared;
   if (!failed && shared && o->compare_nccl) {
     if (rank == 0)
@@ -182,8 +186,10 @@ static int run_rank(struct bench_options *o) {
     bench_print_rank(&mine, !getenv("VMEP_RANK"));
     fflush(stdout);
     if (vmep_group_allgather(g, &mine, sizeof(mine), all + (size_t)i * size) !=
-        VMEP_OK)
+        VMEP_OK) {
+      fprintf(stderr, "vmep-bench: rank %d: %s\n", rank, vmep_last_error());
       failed = 1;
+    }
   }
   if (!failed && rank == 0) {
     bench_print_summary(o, all, size, o->num_tokens_values);
