@@ -6,11 +6,13 @@
  * compares the outputs with the host reference first. Exit 2: bad usage;
  * 77: no GPU; 1: a failure.
  */
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bench.h"
+#include "cli.h"
+
+#define PROG "nccl-a2a"
 
 static void usage(FILE *out) {
   fprintf(out, "usage: nccl-a2a [--tokens LIST] [--hidden H] [--topk K] "
@@ -20,98 +22,32 @@ static void usage(FILE *out) {
                "as vmep-bench (defaults: tokens 128, hidden 7168, top-k 8, "
                "experts 4 per rank,\n"
                "at least top-k rounded up to a multiple of the ranks; iters "
-               "100, warmup 10, seed 1)\n");
+               "100, warmup 10, seed 1)\n"
+               "  --version  print the version; -h, --help this text\n");
 }
 
-/* Reads `text` as an integer in [min, max] into *out; 2 (after a message)
- * otherwise. */
-static int int_arg(const char *opt, const char *text, long min, long max,
-                   int *out) {
-  char *end = NULL;
-  long v = text ? strtol(text, &end, 10) : 0;
-  if (text && text[0] && !*end && v >= min && v <= max) {
-    *out = (int)v;
-    return 0;
-  }
-  fprintf(stderr, "nccl-a2a: bad value for --%s: %s (%ld..%ld)\n", opt,
-          text ? text : "(none)", min, max);
-  return 2;
-}
-
-static int token_list(const char *text, struct bench_options *o) {
-  char list[256], *save = NULL;
-  int rc = snprintf(list, sizeof(list), "%s", text) >= (int)sizeof(list);
-  o->num_tokens_values = 0;
-  for (char *item = strtok_r(list, ",", &save); !rc && item;
-       item = strtok_r(NULL, ",", &save))
-    rc = o->num_tokens_values == BENCH_MAX_SWEEP
-             ? 2
-             : int_arg("tokens", item, 1, 65535,
-                       &o->tokens[o->num_tokens_values++]);
-  return rc || !o->num_tokens_values ? 2 : 0;
-}
-
+/* Returns -1 to go on, or an exit status: 0 after --help or --version, 2
+ * after one line naming a bad option and the rule it broke. */
 static int parse(int argc, char **argv, struct bench_options *o) {
-  static const struct option opts[] = {
-      {"tokens", 1, 0, 't'},  {"hidden", 1, 0, 'H'}, {"topk", 1, 0, 'k'},
-      {"experts", 1, 0, 'e'}, {"fp8", 0, 0, 'f'},    {"round-scale", 0, 0, 'r'},
-      {"iters", 1, 0, 'i'},   {"warmup", 1, 0, 'w'}, {"seed", 1, 0, 's'},
-      {"check", 0, 0, 'c'},   {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
-  int c, rc = 0;
-  opterr = 0;
-  while (!rc && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-    switch (c) {
-    case 't':
-      rc = token_list(optarg, o);
-      break;
-    case 'H':
-      rc = int_arg("hidden", optarg, 128, 32768, &o->hidden);
-      break;
-    case 'k':
-      rc = int_arg("topk", optarg, 1, 16, &o->topk);
-      break;
-    case 'e':
-      rc = int_arg("experts", optarg, 1, 1 << 20, &o->experts);
-      break;
-    case 'f':
-      o->fp8 = 1;
-      break;
-    case 'r':
-      o->round_scale = 1;
-      break;
-    case 'i':
-      rc = int_arg("iters", optarg, 1, 1000000, &o->iters);
-      break;
-    case 'w':
-      rc = int_arg("warmup", optarg, 0, 1000000, &o->warmup);
-      break;
-    case 's':
-      o->seed = strtoull(optarg, NULL, 0);
-      break;
-    case 'c':
-      o->check = 1;
-      break;
-    case 'h':
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
-      exit(0);
-    default:
-      fprintf(stderr, "nccl-a2a: bad option: %s\n", argv[optind - 1]);
-      rc = 2;
+      return 0;
     }
+    if (!strcmp(a, "--version"))
+      return cli_print_version(PROG);
+    enum bench_arg got = bench_parse_shared_option(
+        PROG, a, i + 1 < argc ? argv[i + 1] : NULL, o);
+    if (got == BENCH_ARG_UNKNOWN)
+      return cli_usage_error(
+          PROG, "%s %s (see %s --help)",
+          a[0] == '-' ? "unknown option" : "unexpected argument", a, PROG);
+    if (got == BENCH_ARG_BAD)
+      return CLI_EXIT_USAGE;
+    i += got == BENCH_ARG_VALUE;
   }
-  if (!rc && optind < argc) {
-    fprintf(stderr, "nccl-a2a: unexpected argument: %s\n", argv[optind]);
-    rc = 2;
-  }
-  if (!rc && bench_experts_refused(o, "nccl-a2a"))
-    rc = 2;
-  if (!rc && o->hidden % 128) {
-    fprintf(stderr, "nccl-a2a: --hidden must be a multiple of 128\n");
-    rc = 2;
-  }
-  if (rc)
-    usage(stderr);
-  return rc;
+  return bench_experts_refused(o, PROG) ? CLI_EXIT_USAGE : -1;
 }
 
 /* Every token count: time (and check), print this rank's line. */
@@ -127,8 +63,8 @@ static int run(vmep_group *g, const struct bench_options *o) {
     r.combine_bytes = sel * 2 * H;
     vmep_status st = bench_nccl_run_tokens(g, o, o->tokens[i], &r);
     if (st != VMEP_OK) {
-      fprintf(stderr, "nccl-a2a: rank %d, tokens %d: %s\n", rank, r.tokens,
-              vmep_status_name(st));
+      fprintf(stderr, "nccl-a2a: rank %d, tokens %d: %s (%s)\n", rank, r.tokens,
+              vmep_status_name(st), vmep_last_error());
       return 1;
     }
     if (prefix)
@@ -147,7 +83,7 @@ int main(int argc, char **argv) {
   struct bench_options o;
   bench_options_defaults(&o);
   int gpus = 0, shared = 0, rc = parse(argc, argv, &o);
-  if (rc)
+  if (rc >= 0)
     return rc;
   if (!bench_nccl_built()) {
     fprintf(stderr, "nccl-a2a: built without NCCL\n");
@@ -173,8 +109,12 @@ int main(int argc, char **argv) {
   o.experts = E;
   rc = bench_cuda_check(cudaSetDevice(vmep_group_local_rank(g) % gpus),
                         "cudaSetDevice") != VMEP_OK;
-  if (!rc && bench_gpu_sharing(g, &shared) != VMEP_OK)
+  st = rc ? VMEP_OK : bench_gpu_sharing(g, &shared);
+  if (st != VMEP_OK) { /* a CUDA failure has been printed already */
+    if (st != VMEP_ERR_CUDA)
+      fprintf(stderr, "nccl-a2a: %s\n", vmep_last_error());
     rc = 1;
+  }
   if (!rc && shared) {
     fprintf(stderr, "nccl-a2a: ranks share a GPU; NCCL needs one GPU per "
                     "rank (start at most one rank per GPU)\n");

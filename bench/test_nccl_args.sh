@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# nccl-a2a's command line: each bad option or value exits 2 naming it,
-# --help exits 0; then a valid run exits 77 saying why when there is no
+# nccl-a2a's command line: each bad option or value exits 2 with one line
+# naming it, --help exits 0; then a valid run exits 77 saying why when there is no
 # GPU (so CTest skips this test on a GPU-less machine after the checks).
 set -u
 bin=${1:?usage: test_nccl_args.sh NCCL_A2A}
 fail=0
 bad() {
   out=$("$bin" "$@" 2>&1); rc=$?
-  if [ "$rc" != 2 ] || ! grep -q "nccl-a2a: \(bad\|unexpected\|--hidden\)" <<<"$out"; then
+  if [ "$rc" != 2 ] || [ "$(wc -l <<<"$out")" != 1 ] ||
+     ! grep -q "^nccl-a2a: .*\(--\|argument\)" <<<"$out"; then
     echo "FAIL: nccl-a2a $* gave $rc: $out"; fail=1
   fi
 }

@@ -623,6 +623,20 @@ VMEP_API vmep_status vmep_config_row(int index, const char **name_out,
                                      const char **doc_out,
                                      const char **value_out);
 
+/* ---- checking a configuration value (issue 15) ----------------------- */
+
+/*
+ * Checks the value of row `index` now in the environment (its default when
+ * unset) against the row's rule: one of a list of words, an integer in a
+ * range, or any text. VMEP_OK when valid; VMEP_ERR_INVALID_ARG when not,
+ * with vmep_last_error() naming the variable, its value and what is
+ * allowed (e.g. `VMEP_LOG="bogus": expected one of error|warn|info|debug`),
+ * or when `index` is out of range. *allowed_out (may be NULL) gets what
+ * the rule allows, as text, valid until this thread's next call. Every
+ * function of vmep that reads a variable applies the same rule.
+ */
+VMEP_API vmep_status vmep_config_check(int index, const char **allowed_out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -149,6 +149,31 @@ int bench_experts_refused(const struct bench_options *o, const char *prog);
  * 10 warm-up calls, seed 1, everything else 0. */
 void bench_options_defaults(struct bench_options *o);
 
+/* ---- the shared options (bench_args.c) ------------------------------- */
+
+enum bench_arg {
+  BENCH_ARG_FLAG,    /* a flag: the next argument is not its value */
+  BENCH_ARG_VALUE,   /* the option took the next argument as its value */
+  BENCH_ARG_UNKNOWN, /* not a shared option: the caller's to handle */
+  BENCH_ARG_BAD      /* refused, after one line on stderr */
+};
+
+/* Parses `value` (NULL when the command line ends) for option `opt` as an
+ * integer in [min, max], a multiple of `multiple`, into *out. VALUE, or BAD
+ * after printing "PROG: OPT VALUE: expected <rule>". */
+enum bench_arg bench_int_option(const char *prog, const char *opt,
+                                const char *value, long long min, long long max,
+                                long long multiple, int *out);
+
+/* Parses `opt` (with the next argument `value`, NULL when none) if it is
+ * one of the options vmep-bench and nccl-a2a share: --tokens, --hidden,
+ * --topk, --experts, --iters, --warmup, --seed, --fp8, --round-scale,
+ * --check. Returns what happened; BAD has printed one line naming the
+ * option, its value and the rule. */
+enum bench_arg bench_parse_shared_option(const char *prog, const char *opt,
+                                         const char *value,
+                                         struct bench_options *o);
+
 /* 1 when a launcher (vmep-run, torchrun, mpirun, Slurm) started us. */
 int bench_under_launcher(void);
 

@@ -13,6 +13,9 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "cli.h"
+
+#define PROG "vmep-bench"
 
 static void usage(FILE *out) {
   fprintf(out,
@@ -35,97 +38,66 @@ static void usage(FILE *out) {
           "  --compare nccl   also time the NCCL all-to-all baseline (one GPU "
           "per rank)\n"
           "  --seed S         random seed (default 1)\n"
-          "  --json FILE      also write the results as JSON (rank 0)\n");
+          "  --json FILE      also write the results as JSON (rank 0)\n"
+          "  --version        print the version; -h, --help this text\n");
 }
 
-static int parse_int(const char *text, int min, int max, int *out) {
-  char *end = NULL;
-  long v = strtol(text, &end, 10);
-  if (!text[0] || *end || v < min || v > max)
-    return -1;
-  *out = (int)v;
-  return 0;
-}
-
-/* Parses a copy: argv is passed on unchanged when we re-exec ourselves. */
-static int parse_tokens(const char *text, struct bench_options *o) {
-  char list[256], *save = NULL;
-  if (snprintf(list, sizeof(list), "%s", text) >= (int)sizeof(list))
-    return -1;
-  o->num_tokens_values = 0;
-  for (char *item = strtok_r(list, ",", &save); item;
-       item = strtok_r(NULL, ",", &save)) {
-    if (o->num_tokens_values == BENCH_MAX_SWEEP ||
-        parse_int(item, 1, 65535, &o->tokens[o->num_tokens_values]) != 0)
-      return -1;
-    o->num_tokens_values++;
+/* vmep-bench's own options (the shared ones are in bench_args.c). */
+static enum bench_arg own_option(const char *a, const char *v,
+                                 struct bench_options *o) {
+  if (!strcmp(a, "--zero-copy")) {
+    o->zero_copy = 1;
+    return BENCH_ARG_FLAG;
   }
-  return o->num_tokens_values ? 0 : -1;
+  if (!strcmp(a, "--ranks"))
+    return bench_int_option(PROG, a, v, 1, 1024, 1, &o->ranks);
+  if (!strcmp(a, "--num-sms"))
+    return bench_int_option(PROG, a, v, 1, 1024, 1, &o->num_sms);
+  if (!strcmp(a, "--json")) {
+    if (!v || !v[0])
+      return cli_usage_error(PROG, "--json needs a file name"), BENCH_ARG_BAD;
+    o->json = v;
+    return BENCH_ARG_VALUE;
+  }
+  if (!strcmp(a, "--compare")) {
+    if (!v || strcmp(v, "nccl") != 0)
+      return cli_usage_error(PROG, "--compare %s: expected nccl",
+                             v ? v : "(no value)"),
+             BENCH_ARG_BAD;
+    if (!bench_nccl_built())
+      return cli_usage_error(PROG, "--compare nccl: this build has no NCCL "
+                                   "(nccl.h or libnccl not found when "
+                                   "configuring)"),
+             BENCH_ARG_BAD;
+    o->compare_nccl = 1;
+    return BENCH_ARG_VALUE;
+  }
+  return BENCH_ARG_UNKNOWN;
 }
 
-/* Returns 0, or 2 after printing a usage error. */
+/* Returns -1 to go on, or an exit status: 0 after --help or --version, 2
+ * after one line naming a bad option and the rule it broke. */
 static int parse(int argc, char **argv, struct bench_options *o) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int bad = 0, used = 1;
-    if (!strcmp(a, "--fp8")) {
-      o->fp8 = 1;
-      used = 0;
-    } else if (!strcmp(a, "--round-scale")) {
-      o->round_scale = 1;
-      used = 0;
-    } else if (!strcmp(a, "--check")) {
-      o->check = 1;
-      used = 0;
-    } else if (!strcmp(a, "--zero-copy")) {
-      o->zero_copy = 1;
-      used = 0;
-    } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
-      exit(0);
-    } else if (!v) {
-      bad = 1;
-    } else if (!strcmp(a, "--ranks")) {
-      bad = parse_int(v, 1, 1024, &o->ranks);
-    } else if (!strcmp(a, "--tokens")) {
-      bad = parse_tokens(v, o);
-    } else if (!strcmp(a, "--hidden")) {
-      bad = parse_int(v, 128, 32768, &o->hidden);
-    } else if (!strcmp(a, "--topk")) {
-      bad = parse_int(v, 1, 16, &o->topk);
-    } else if (!strcmp(a, "--experts")) {
-      bad = parse_int(v, 1, 1 << 20, &o->experts);
-    } else if (!strcmp(a, "--iters")) {
-      bad = parse_int(v, 1, 1000000, &o->iters);
-    } else if (!strcmp(a, "--warmup")) {
-      bad = parse_int(v, 0, 1000000, &o->warmup);
-    } else if (!strcmp(a, "--num-sms")) {
-      bad = parse_int(v, 1, 1024, &o->num_sms);
-    } else if (!strcmp(a, "--seed")) {
-      o->seed = strtoull(v, NULL, 0);
-    } else if (!strcmp(a, "--json")) {
-      o->json = v;
-    } else if (!strcmp(a, "--compare")) {
-      bad = strcmp(v, "nccl") != 0;
-      o->compare_nccl = 1;
-      if (!bad && !bench_nccl_built()) {
-        fprintf(stderr, "vmep-bench: --compare nccl: this build has no NCCL "
-                        "(nccl.h or libnccl not found when configuring)\n");
-        return 2;
-      }
-    } else {
-      bad = 1;
+      return 0;
     }
-    if (bad) {
-      fprintf(stderr, "vmep-bench: bad option or value: %s%s%s\n", a,
-              v && used ? " " : "", v && used ? v : "");
-      usage(stderr);
-      return 2;
-    }
-    i += used;
+    if (!strcmp(a, "--version"))
+      return cli_print_version(PROG);
+    enum bench_arg got = own_option(a, v, o);
+    if (got == BENCH_ARG_UNKNOWN)
+      got = bench_parse_shared_option(PROG, a, v, o);
+    if (got == BENCH_ARG_UNKNOWN)
+      return cli_usage_error(PROG, "unknown option %s (see %s --help)", a,
+                             PROG);
+    if (got == BENCH_ARG_BAD)
+      return CLI_EXIT_USAGE;
+    i += got == BENCH_ARG_VALUE;
   }
-  return bench_experts_refused(o, "vmep-bench") ? 2 : 0;
+  return bench_experts_refused(o, PROG) ? CLI_EXIT_USAGE : -1;
 }
 
 /* Not under any launcher: run ourselves under vmep-run, which sits next to
@@ -178,8 +150,12 @@ static int run_rank(struct bench_options *o) {
   struct bench_result *all =
       calloc((size_t)size * o->num_tokens_values, sizeof(*all));
   int failed = !all, shared = 1;
-  if (bench_gpu_sharing(g, &shared) != VMEP_OK)
+  vmep_status sharing = failed ? VMEP_OK : bench_gpu_sharing(g, &shared);
+  if (sharing != VMEP_OK) { /* a CUDA failure has been printed already */
+    if (sharing != VMEP_ERR_CUDA)
+      fprintf(stderr, "vmep-bench: rank %d: %s\n", rank, vmep_last_error());
     failed = 1;
+  }
   o->own_gpus = !shared;
   if (!failed && shared && o->compare_nccl) {
     if (rank == 0)
@@ -210,8 +186,10 @@ static int run_rank(struct bench_options *o) {
     bench_print_rank(&mine, !getenv("VMEP_RANK"));
     fflush(stdout);
     if (vmep_group_allgather(g, &mine, sizeof(mine), all + (size_t)i * size) !=
-        VMEP_OK)
+        VMEP_OK) {
+      fprintf(stderr, "vmep-bench: rank %d: %s\n", rank, vmep_last_error());
       failed = 1;
+    }
   }
   if (!failed && rank == 0) {
     bench_print_summary(o, all, size, o->num_tokens_values);
@@ -228,7 +206,7 @@ int main(int argc, char **argv) {
   struct bench_options o;
   bench_options_defaults(&o);
   int rc = parse(argc, argv, &o);
-  if (rc != 0)
+  if (rc >= 0)
     return rc;
   if (!bench_under_launcher())
     return launch(argc, argv, &o);

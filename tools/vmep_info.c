@@ -2,30 +2,55 @@
  * vmep-info: what this machine supports for vmep and why. Prints the driver
  * and runtime versions, every device's sharing capabilities, the strategy
  * the allocation chain picks there and the reason for every strategy it
- * cannot use; with --config, every environment variable vmep reads.
+ * cannot use; with --config, every environment variable vmep reads. Any
+ * variable whose value breaks its rule is reported (one line each on
+ * stderr, marked in --config) and makes the exit status 1.
  */
 #include <stdio.h>
 #include <string.h>
 
 #include <cuda_runtime_api.h>
 
+#include "cli.h"
 #include "vmep.h"
 
 static void usage(FILE *out) {
-  fprintf(out, "usage: vmep-info [--config] [--help]\n"
+  fprintf(out, "usage: vmep-info [--config] [--version] [--help]\n"
                "  (no option)  versions, devices, capabilities, strategy\n"
                "  --config     every environment variable vmep reads, with "
-               "value, default and doc\n");
+               "value, default and doc;\n"
+               "               a value that breaks its rule is marked "
+               "INVALID (exit 1)\n"
+               "  --version    print the version\n"
+               "Exit status: 0, 1 when a variable is invalid or a device "
+               "fails, 2 for usage.\n");
 }
 
-static void print_config(void) {
+/* Checks every variable: one line on stderr per invalid value. Returns the
+ * number of invalid ones. */
+static int check_config(void) {
+  int invalid = 0;
+  for (int i = 0; i < vmep_config_count(); i++)
+    if (vmep_config_check(i, NULL) != VMEP_OK) {
+      fprintf(stderr, "vmep-info: %s\n", vmep_last_error());
+      invalid++;
+    }
+  return invalid;
+}
+
+static int print_config(void) {
+  int invalid = 0;
   for (int i = 0; i < vmep_config_count(); i++) {
-    const char *name, *def, *doc, *value;
+    const char *name, *def, *doc, *value, *allowed;
     if (vmep_config_row(i, &name, &def, &doc, &value) != VMEP_OK)
       continue;
-    printf("%-18s = %-10s (default \"%s\")\n    %s\n", name,
-           value ? value : "(unset)", def, doc);
+    int bad = vmep_config_check(i, &allowed) != VMEP_OK;
+    printf("%-18s = %-10s (default \"%s\")%s%s\n    %s\n", name,
+           value ? value : "(unset)", def, bad ? "  INVALID: expected " : "",
+           bad ? allowed : "", doc);
+    invalid += bad;
   }
+  return invalid;
 }
 
 static const char *yes_no(int v) { return v ? "yes" : "no"; }
@@ -79,14 +104,28 @@ static int print_device(int device) {
 }
 
 int main(int argc, char **argv) {
-  for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--config") == 0) {
-      print_config();
+  if (argc > 2)
+    return cli_usage_error("vmep-info",
+                           "unexpected argument %s (see "
+                           "vmep-info --help)",
+                           argv[2]);
+  if (argc == 2) {
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+      usage(stdout);
       return 0;
     }
-    usage(strcmp(argv[i], "--help") == 0 ? stdout : stderr);
-    return strcmp(argv[i], "--help") == 0 ? 0 : 2;
+    if (strcmp(argv[1], "--version") == 0)
+      return cli_print_version("vmep-info");
+    if (strcmp(argv[1], "--config") != 0)
+      return cli_usage_error("vmep-info",
+                             "unknown option %s (see vmep-info "
+                             "--help)",
+                             argv[1]);
+    int invalid = print_config();
+    fflush(stdout);
+    return check_config() || invalid ? 1 : 0;
   }
+  int invalid = check_config();
   int runtime = 0, driver = 0, count = 0;
   printf("vmep %s\n", vmep_version());
   if (cudaRuntimeGetVersion(&runtime) == cudaSuccess)
@@ -95,7 +134,7 @@ int main(int argc, char **argv) {
   if (st != VMEP_OK) {
     printf("CUDA driver: not available: %s\n", vmep_last_error());
     printf("devices: 0\n");
-    return 0;
+    return invalid ? 1 : 0;
   }
   printf("CUDA driver: %d.%d\n", driver / 1000, (driver % 1000) / 10);
   st = vmep_device_count(&count);
@@ -107,5 +146,5 @@ int main(int argc, char **argv) {
   int failed = 0;
   for (int d = 0; d < count; d++)
     failed |= print_device(d);
-  return failed;
+  return failed || invalid ? 1 : 0;
 }

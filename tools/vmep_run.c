@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "vmep.h"
 #include "vmep_run.h"
 
@@ -55,6 +56,7 @@ static void usage(FILE *out) {
           "on\n"
           "                  requires it, off never starts one\n"
           "  --timeout S     kill all ranks after S seconds and exit 124\n"
+          "  --version       print the version\n"
           "  -h, --help      this text\n"
           "Every rank gets VMEP_RANK, VMEP_WORLD_SIZE, VMEP_LOCAL_RANK,\n"
           "VMEP_STORE_ADDR (rank 0 hosts the store), VMEP_JOB_TOKEN, "
@@ -66,28 +68,13 @@ static void usage(FILE *out) {
           MAX_RANKS);
 }
 
-static int usage_error(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
-
-/* Prints the problem and where to read the usage; returns 2. */
-static int usage_error(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "vmep-run: ");
-  vfprintf(stderr, fmt, ap);
-  fprintf(stderr, "\n(vmep-run --help for usage)\n");
-  va_end(ap);
-  return RUN_EXIT_USAGE;
-}
+/* Prints the problem as one line and returns 2 (usage only on --help). */
+#define usage_error(...) cli_usage_error("vmep-run", __VA_ARGS__)
 
 /* Plain decimal in [min, max]; 0 on success. */
 static int parse_int(const char *text, long min, long max, int *out) {
-  char *end = NULL;
-  if (!text || text[0] < '0' || text[0] > '9')
-    return -1;
-  errno = 0;
-  long value = strtol(text, &end, 10);
-  if (errno || *end || value < min || value > max)
+  long long value = 0;
+  if (!text || text[0] == '-' || cli_parse_int(text, min, max, &value) != 0)
     return -1;
   *out = (int)value;
   return 0;
@@ -144,6 +131,8 @@ static int parse_args(int argc, char **argv, struct options *opt) {
       usage(stdout);
       return 0;
     }
+    if (strcmp(arg, "--version") == 0)
+      return cli_print_version("vmep-run");
     if (is_option(arg, "-n")) {
       value = option_value(argv, argc, &i, "-n");
       if (parse_int(value, 1, MAX_RANKS, &opt->ranks) != 0)
@@ -170,7 +159,7 @@ static int parse_args(int argc, char **argv, struct options *opt) {
         return usage_error("--timeout needs whole seconds >= 1, not \"%s\"",
                            value ? value : "");
     } else {
-      return usage_error("unknown option \"%s\"", arg);
+      return usage_error("unknown option %s (see vmep-run --help)", arg);
     }
   }
   if (opt->ranks == 0)
@@ -181,12 +170,24 @@ static int parse_args(int argc, char **argv, struct options *opt) {
   return -1;
 }
 
-/* Devices: --gpus, checked against the driver when there is one; else all
- * devices; none without a driver. */
+/* Devices: --gpus, checked against the driver (no driver or no device
+ * refuses --gpus); else all devices; none without a driver. --mps on needs
+ * a device. */
 static int resolve_gpus(struct options *opt) {
   int count = 0;
-  if (vmep_device_count(&count) != VMEP_OK)
-    count = -1; /* no driver: nothing to check against */
+  /* Tests only: VMEP_RUN_FAKE_DEVICES=N stands for N devices, so that
+   * --gpus and the MPS daemon's life cycle are tested without a GPU. */
+  const char *fake = getenv("VMEP_RUN_FAKE_DEVICES");
+  if (fake && parse_int(fake, 0, MAX_GPUS, &count) == 0)
+    ;
+  else if (vmep_device_count(&count) != VMEP_OK)
+    count = -1; /* no driver */
+  if ((opt->gpus_given || opt->mps == MPS_ON) && count <= 0) {
+    fprintf(stderr, "vmep-run: %s: no GPU is usable here (%s)\n",
+            opt->gpus_given ? "--gpus" : "--mps on",
+            count < 0 ? vmep_last_error() : "the driver reports 0 devices");
+    return RUN_EXIT_SETUP;
+  }
   if (!opt->gpus_given) {
     opt->gpu_count = count > MAX_GPUS ? MAX_GPUS : count > 0 ? count : 0;
     for (int g = 0; g < opt->gpu_count; g++)

@@ -19,7 +19,7 @@ def _metadata():
     return (f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {VERSION}\n"
             "Summary: Low-latency MoE dispatch/combine over CUDA VMM memory, "
             "call-compatible with DeepEP's and NIXL EP's Buffer\n"
-            "Requires-Python: >=3.8\nRequires-Dist: torch\n")
+            "Requires-Python: >=3.8\n")
 
 
 def _wheel_file():

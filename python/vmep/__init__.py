@@ -8,43 +8,75 @@ CUDA VMM memory, with the low-latency Buffer of DeepEP and NIXL EP:
         x, topk_idx, num_max_dispatch_tokens_per_rank, num_experts)
 
 A pure-Python package over libvmep.so (ctypes); see docs/PYTHON.md.
+PyTorch is needed at run time (Buffer and its events), not to install or
+import the package: without torch, `vmep.library_available()` still tells
+whether libvmep.so loads.
 """
-import torch
-
+from . import _lib
 from ._lib import VERSION, library_candidates
-from .buffer import Buffer, Handle, library_path
-from .compat import Config
 from .errors import Error, LibraryNotFoundError, PeerError, TimeoutError
-from .event import EventHandle, EventOverlap
+
+try:
+    import torch
+except ImportError:  # installed without torch: the library can be checked
+    torch = None
+
+if torch is not None:
+    from .buffer import Buffer, Handle
+    from .compat import Config
+    from .event import EventHandle, EventOverlap
+
+    # The dtype of topk_idx (int32 is accepted and widened).
+    topk_idx_t = torch.int64
 
 __version__ = VERSION
-
-# The dtype of topk_idx (int32 is accepted and widened).
-topk_idx_t = torch.int64
 
 __all__ = [
     "Buffer", "Config", "Error", "EventHandle", "EventOverlap", "Handle",
     "LibraryNotFoundError", "PeerError", "TimeoutError", "is_available",
-    "library_candidates", "library_path", "library_version", "topk_idx_t",
-    "__version__",
+    "library_available", "library_candidates", "library_path",
+    "library_version", "topk_idx_t", "__version__",
 ]
+
+
+def __getattr__(name):
+    """Without torch, the torch-based names say what is missing."""
+    if name in __all__:
+        raise AttributeError(f"vmep.{name} needs PyTorch, which is not "
+                             "installed (vmep needs it at run time)")
+    raise AttributeError(f"module 'vmep' has no attribute {name!r}")
+
+
+def library_path():
+    """The libvmep.so this process loaded (loading it if needed)."""
+    return _lib.load().path
 
 
 def library_version():
     """The loaded libvmep's version string (the package's: see _lib)."""
-    from . import _lib
     return _lib.load().cdll.vmep_version().decode()
+
+
+def library_available():
+    """True when libvmep.so loads (found as library_candidates() lists) and
+    is this package's version; no GPU or torch needed, so a CPU machine can
+    confirm an install. Never raises."""
+    try:
+        _lib.load()
+        return True
+    except Exception:
+        return False
 
 
 def is_available():
     """True when libvmep loads, torch sees a CUDA device and so does the
-    CUDA driver that libvmep loads. Never raises."""
+    CUDA driver that libvmep loads: the package can run here. Never
+    raises. library_available() answers for the library alone."""
     try:
         import ctypes
-        from . import _lib
-        if not torch.cuda.is_available():
-            return False
         lib = _lib.load()
+        if torch is None or not torch.cuda.is_available():
+            return False
         count = ctypes.c_int(0)
         return lib.vmep_device_count(ctypes.byref(count)) == 0 and \
             count.value > 0

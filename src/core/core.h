@@ -29,6 +29,11 @@ int vmep__log_enabled(int level);
 void vmep__log(int level, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* An invalid VMEP_LOG is reported once on stderr by the logger, unless a
+ * caller was already given the error (vmep__config_check): then this marks
+ * it reported, so it is not said twice. */
+void vmep__log_level_reported(void);
+
 /* The rank shown in the log prefix; -1 (the default) shows the pid. */
 void vmep__log_set_rank(int rank);
 
@@ -57,9 +62,12 @@ void vmep__log_set_rank(int rank);
 
 /*
  * Records a failure where it is first detected: formats the message into
- * the thread's last-error buffer, logs it at `level` and returns `status`,
- * so that the detection site reads `return vmep__fail(...)`. Callers that
- * only propagate a status do not call it again.
+ * the thread's last-error buffer and returns `status`, so that the
+ * detection site reads `return vmep__fail(...)`. Callers that only
+ * propagate a status do not call it again. The caller reports the error
+ * (vmep_last_error()), so it reaches stderr here only when VMEP_LOG asks
+ * for returned errors: at info or debug, as a record of `level` (or of
+ * info when `level` is lower), never twice by default.
  */
 vmep_status vmep__fail(vmep_status status, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -94,33 +102,38 @@ void vmep__allocator_install(const struct vmep_allocator *allocator);
 /* ---- configuration ---------------------------------------------------- */
 
 /* Every environment variable vmep reads, as one list: (id, name, default,
- * doc). vmep-info --config prints them; a test checks README's table. */
+ * rule, doc). The rule is what vmep__config_check accepts: "a|b|c" one of
+ * these words, "MIN..MAX" a decimal integer in that range, "" any text.
+ * vmep-info --config prints them and checks each value against its rule;
+ * a test checks README's table. */
 #define VMEP_CONFIG_ROWS(X)                                                    \
-  X(LOG, "VMEP_LOG", "warn",                                                   \
+  X(LOG, "VMEP_LOG", "warn", "error|warn|info|debug",                          \
     "log level on stderr: error, warn, info or debug")                         \
-  X(MEM_SHARE, "VMEP_MEM_SHARE", "auto",                                       \
+  X(MEM_SHARE, "VMEP_MEM_SHARE", "auto", "auto|fabric|posix_fd|legacy",        \
     "memory sharing strategy: auto (fabric, then posix_fd, then legacy), "     \
     "fabric, posix_fd or legacy")                                              \
-  X(TIMEOUT_MS, "VMEP_TIMEOUT_MS", "300000",                                   \
+  X(TIMEOUT_MS, "VMEP_TIMEOUT_MS", "300000", "1..2147483647",                  \
     "milliseconds any wait for a peer may take before VMEP_ERR_TIMEOUT")       \
-  X(JOB_TOKEN, "VMEP_JOB_TOKEN", "",                                           \
+  X(JOB_TOKEN, "VMEP_JOB_TOKEN", "", "",                                       \
     "secret every store and fd-passing connection must present "               \
     "(vmep-run generates one)")                                                \
-  X(JOB_ID, "VMEP_JOB_ID", "",                                                 \
+  X(JOB_ID, "VMEP_JOB_ID", "", "",                                             \
     "names the job's Unix sockets (vmep-run sets it; default: the store "      \
     "address)")                                                                \
-  X(RANK, "VMEP_RANK", "", "this process's rank (set by vmep-run)")            \
-  X(WORLD_SIZE, "VMEP_WORLD_SIZE", "", "number of ranks (set by vmep-run)")    \
-  X(LOCAL_RANK, "VMEP_LOCAL_RANK", "",                                         \
+  X(RANK, "VMEP_RANK", "", "0..2147483647",                                    \
+    "this process's rank (set by vmep-run)")                                   \
+  X(WORLD_SIZE, "VMEP_WORLD_SIZE", "", "1..2147483647",                        \
+    "number of ranks (set by vmep-run)")                                       \
+  X(LOCAL_RANK, "VMEP_LOCAL_RANK", "", "0..2147483647",                        \
     "rank within this node (set by vmep-run)")                                 \
-  X(STORE_ADDR, "VMEP_STORE_ADDR", "",                                         \
+  X(STORE_ADDR, "VMEP_STORE_ADDR", "", "",                                     \
     "host:port of the job's TCP store (set by vmep-run)")                      \
-  X(DEVICE, "VMEP_DEVICE", "",                                                 \
+  X(DEVICE, "VMEP_DEVICE", "", "0..2147483647",                                \
     "CUDA device ordinal of this rank (set by vmep-run; default: local rank "  \
     "modulo the device count)")
 
 enum vmep_config_id {
-#define VMEP_CONFIG_ENUM(id, name, def, doc) VMEP_CONFIG_##id,
+#define VMEP_CONFIG_ENUM(id, name, def, rule, doc) VMEP_CONFIG_##id,
   VMEP_CONFIG_ROWS(VMEP_CONFIG_ENUM)
 #undef VMEP_CONFIG_ENUM
       VMEP_CONFIG_COUNT
@@ -134,15 +147,31 @@ const char *vmep__config_get(enum vmep_config_id id);
 const char *vmep__config_name(enum vmep_config_id id);
 
 /*
+ * Checks the variable's value (or its default when unset or empty) against
+ * its row's rule. VMEP_OK, or VMEP_ERR_INVALID_ARG with a last error that
+ * names the variable, its value and what is allowed, e.g.
+ * `VMEP_LOG="bogus": expected one of error|warn|info|debug`. An unset
+ * variable with an empty default is valid (absent).
+ */
+vmep_status vmep__config_check(enum vmep_config_id id);
+
+/* What the variable's rule allows, as text ("one of a|b", "an integer in
+ * 1..9", "any text"), written into out[bytes]; returns out. */
+const char *vmep__config_allowed(enum vmep_config_id id, char *out,
+                                 size_t bytes);
+
+/*
  * Parses the variable as one of `choices` (a NULL-terminated list) and
- * stores its index in *index_out. An unknown value gives
- * VMEP_ERR_INVALID_ARG naming the variable and the accepted values.
+ * stores its index in *index_out. The value is first checked against the
+ * table (vmep__config_check); an unknown value gives VMEP_ERR_INVALID_ARG
+ * naming the variable and the accepted values.
  */
 vmep_status vmep__config_choice(enum vmep_config_id id,
                                 const char *const *choices, int *index_out);
 
 /*
- * Parses the variable as a decimal integer in [min, max] into *value_out.
+ * Parses the variable as a decimal integer in [min, max] into *value_out,
+ * after checking it against the table's range (vmep__config_check).
  * VMEP_ERR_INVALID_ARG naming the variable and the range otherwise; an
  * unset variable with an empty default is VMEP_ERR_INVALID_ARG too, so
  * callers check vmep__config_get(id)[0] first when it is optional.

@@ -16,13 +16,24 @@ static _Atomic int log_rank = -1;
 
 void vmep__log_set_rank(int rank) { log_rank = rank; }
 
-/* Parsed here rather than with vmep__config_choice, which logs: an unknown
- * VMEP_LOG value keeps the default instead of failing calls. */
+/* An invalid VMEP_LOG keeps the default level, so that logging itself never
+ * fails, but it is never silent: the first time the level is read with a
+ * bad value, one error record says so (whatever the level); vmep-info
+ * --config and vmep_config_check report it too. */
+static _Atomic int bad_level_reported;
+
+void vmep__log_level_reported(void) { bad_level_reported = 1; }
+
 static int current_level(void) {
   const char *value = vmep__config_get(VMEP_CONFIG_LOG);
   for (int i = 0; level_names[i]; i++)
     if (strcmp(value, level_names[i]) == 0)
       return i;
+  if (!bad_level_reported++)
+    vmep__log(VMEP_LOG_ERROR, __FILE__, __LINE__,
+              "%s=\"%s\": expected one of error|warn|info|debug; logging at "
+              "warn",
+              vmep__config_name(VMEP_CONFIG_LOG), value);
   return VMEP_LOG_WARN;
 }
 

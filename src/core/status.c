@@ -1,6 +1,8 @@
 /*
  * Status names and texts (generated from VMEP_STATUS_MAP) and the
  * thread-local last-error message written at the first detection site.
+ * Errors are returned, not printed: the message reaches stderr only when
+ * VMEP_LOG is info or debug.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -47,8 +49,11 @@ vmep_status vmep__fail(vmep_status status, int level, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(last_error, sizeof(last_error), fmt, ap);
   va_end(ap);
-  if (vmep__log_enabled(level))
-    vmep__log(level, __FILE__, __LINE__, "%s", last_error);
+  /* Returned to the caller, who reports it: on stderr only when asked. */
+  int shown = level < VMEP_LOG_INFO ? VMEP_LOG_INFO : level;
+  if (vmep__log_enabled(shown))
+    vmep__log(level, __FILE__, __LINE__, "%s -> %s", last_error,
+              vmep_status_name(status));
   return status;
 }
 

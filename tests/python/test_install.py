@@ -43,3 +43,45 @@ def test_pip_install_offline(root, tmp_path):
     out = run_python("import vmep; print(vmep.__file__)",
                      PYTHONPATH=str(target))
     assert out.strip().startswith(str(target))
+
+
+def test_venv_pip_install_no_index(root, build_dir, tmp_path):
+    """README's line as a stranger runs it: a fresh venv without torch,
+    `pip install --no-index ./python` (no --no-deps), then the library is
+    confirmed on a CPU machine and the torch-based names say what is
+    missing instead of failing the import."""
+    try:
+        import ensurepip  # noqa: F401  (python3-venv on Debian)
+    except ImportError:
+        pytest.skip("no venv/ensurepip for this python (python3-venv)")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+                   capture_output=True)
+    py = str(venv / "bin" / "python")
+    proc = subprocess.run(
+        [py, "-m", "pip", "install", "--no-index", "--disable-pip-version-check",
+         os.path.join(root, "python")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lib = os.path.join(build_dir, "src", "libvmep.so")
+    code = ("import vmep\n"
+            "assert vmep.library_available(), 'library_available'\n"
+            "assert vmep.is_available() is False\n"
+            "try:\n"
+            "    vmep.Buffer\n"
+            "    raise SystemExit('Buffer without torch')\n"
+            "except AttributeError as exc:\n"
+            "    assert 'PyTorch' in str(exc), exc\n"
+            "print(vmep.__file__, vmep.library_path())\n")
+    env = dict(os.environ, VMEP_LIBRARY=lib)
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([py, "-c", code], env=env, capture_output=True,
+                         text=True, cwd="/")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith(str(venv)), out.stdout
+    assert os.path.realpath(out.stdout.split()[1]) == os.path.realpath(lib)
+    # A library that does not load: False, never an exception.
+    env["VMEP_LIBRARY"] = str(tmp_path / "absent.so")
+    out = subprocess.run(
+        [py, "-c", "import vmep; print(vmep.library_available())"], env=env,
+        capture_output=True, text=True, cwd="/")
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -54,6 +54,14 @@
       TEST_FAIL("%s != %s: both %lld", #a, #b, va_);                           \
   } while (0)
 
+#define ASSERT_STR_EQ(a, b)                                                    \
+  do {                                                                         \
+    const char *sa_ = (a), *sb_ = (b);                                         \
+    if (!sa_ || !sb_ || strcmp(sa_, sb_) != 0)                                 \
+      TEST_FAIL("%s == %s: \"%s\" != \"%s\"", #a, #b, sa_ ? sa_ : "(null)",    \
+                sb_ ? sb_ : "(null)");                                         \
+  } while (0)
+
 #define ASSERT_STR_CONTAINS(haystack, needle)                                  \
   do {                                                                         \
     const char *h_ = (haystack), *n_ = (needle);                               \

@@ -11,14 +11,6 @@
 #include "core/core.h"
 #include "test.h"
 
-#define ASSERT_STR_EQ(a, b)                                                    \
-  do {                                                                         \
-    const char *sa_ = (a), *sb_ = (b);                                         \
-    if (!sa_ || !sb_ || strcmp(sa_, sb_) != 0)                                 \
-      TEST_FAIL("%s == %s: \"%s\" != \"%s\"", #a, #b, sa_ ? sa_ : "(null)",    \
-                sb_ ? sb_ : "(null)");                                         \
-  } while (0)
-
 struct status_row {
   vmep_status status;
   const char *name;

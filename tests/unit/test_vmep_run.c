@@ -382,6 +382,27 @@ static void read_record(char *buf, size_t size) {
   buf[n] = '\0';
 }
 
+/* --gpus and --mps on need a GPU: without one (or with too few) they are
+ * refused with a line that says so, before any rank starts. */
+static void test_no_gpu(void) {
+  static const char *const gpus[] = {"--gpus", "0,1",  "-n", "2",
+                                     "--",     "true", NULL};
+  static const char *const mps_on[] = {"--mps", "on",   "-n", "2",
+                                       "--",    "true", NULL};
+  int devices = 0;
+  if (vmep_device_count(&devices) == VMEP_OK && devices >= 2)
+    return; /* a machine with GPUs: nothing to refuse */
+  run(gpus, NULL, 0, 0);
+  ASSERT_TRUE(res.status != 0);
+  ASSERT_STR_CONTAINS(res.err, devices > 0 ? "only" : "no GPU");
+  ASSERT_STR_CONTAINS(res.err, "--gpus");
+  if (devices > 0)
+    return;
+  run(mps_on, NULL, 0, 0);
+  ASSERT_TRUE(res.status != 0);
+  ASSERT_STR_CONTAINS(res.err, "--mps on: no GPU");
+}
+
 /* The daemon's life cycle through the fake, and a rank killed under it. */
 static void test_mps_lifecycle(void) {
   char path[160], rec[4096], pipe_dir[256], start_line[512];
@@ -471,11 +492,21 @@ int main(int argc, char **argv) {
   test_seed("test_vmep_run");
   make_fake_control();
   test_usage();
+  /* Without a GPU, --gpus and --mps on are refused (test_no_gpu); the
+   * tests that name devices run against 4 that vmep-run is told exist. */
+  test_no_gpu();
+  int devices = 0;
+  int fake = vmep_device_count(&devices) != VMEP_OK || devices < 4;
+  if (fake)
+    ASSERT_EQ(setenv("VMEP_RUN_FAKE_DEVICES", "4", 1), 0);
   test_environment();
+  ASSERT_EQ(unsetenv("VMEP_RUN_FAKE_DEVICES"), 0);
   test_default_devices();
   test_whole_lines();
   test_failure();
   test_timeout_and_signals();
+  if (fake)
+    ASSERT_EQ(setenv("VMEP_RUN_FAKE_DEVICES", "4", 1), 0);
   test_mps_lifecycle();
   test_mps_absent();
   char cleanup[160];

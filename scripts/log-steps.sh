@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Sourced by scripts/run.sh and scripts/test.sh: runs each step with its
+# output appended to one log file ($VMEP_LOG_FILE), so the terminal shows a
+# short summary; a failed step prints the log's last 80 lines and its path.
+
+# log_start FILE: starts (truncates) the log.
+log_start() {
+  VMEP_LOG_FILE=$1
+  mkdir -p "$(dirname "$VMEP_LOG_FILE")"
+  : >"$VMEP_LOG_FILE"
+}
+
+# log_fail TITLE: the tail of the log, the path, exit 1.
+log_fail() {
+  echo "-- last 80 lines of $VMEP_LOG_FILE --"
+  tail -n 80 "$VMEP_LOG_FILE"
+  echo "FAILED: $1 (full log: $VMEP_LOG_FILE)"
+  exit 1
+}
+
+# log_step TITLE COMMAND...: runs COMMAND into the log; stops on failure.
+log_step() {
+  local title=$1
+  shift
+  echo "== $title"
+  echo "== $title: $*" >>"$VMEP_LOG_FILE"
+  "$@" >>"$VMEP_LOG_FILE" 2>&1 || log_fail "$title"
+}
+
+# log_ctest TITLE DIR CTEST_ARGS...: runs ctest in DIR into the log and
+# prints its closing "N% tests passed, N tests failed out of M" line (and
+# the skipped count), on success and on failure.
+log_ctest() {
+  local title=$1 dir=$2 rc=0 mark
+  shift 2
+  echo "== $title"
+  mark=$(wc -l <"$VMEP_LOG_FILE")
+  echo "== $title: ctest $*" >>"$VMEP_LOG_FILE"
+  (cd "$dir" && ctest "$@") >>"$VMEP_LOG_FILE" 2>&1 || rc=$?
+  local skipped
+  skipped=$(tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" |
+    grep -cE '^[[:space:]]*[0-9]+ - .*\((Skipped|Not Run)\)$' || true)
+  [ "$rc" = 0 ] || { tail -n 80 "$VMEP_LOG_FILE"; echo "full log: $VMEP_LOG_FILE"; }
+  tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" | grep -E 'tests passed, ' | tail -n 1
+  [ "$skipped" = 0 ] || echo "   ($skipped skipped: see $VMEP_LOG_FILE for why)"
+  [ "$rc" = 0 ] || { echo "FAILED: $title (full log: $VMEP_LOG_FILE)"; exit 1; }
+}

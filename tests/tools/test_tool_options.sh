@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Every tool's command line, as the README promises: --help on stdout with
+# exit 0, --version printing "NAME VERSION", and every bad option or value
+# refused up front with exit 2 and exactly one line on stderr that names
+# the option (no usage dump). Then the environment: an invalid VMEP_*
+# value makes vmep-info (and --config) exit 1 naming the variable, the
+# value and what is allowed, once.
+# usage: test_tool_options.sh VERSION VMEP_INFO VMEP_RUN VMEP_BENCH [NCCL_A2A]
+set -u
+version=${1:?usage: test_tool_options.sh VERSION VMEP_INFO VMEP_RUN VMEP_BENCH [NCCL_A2A]}
+info=${2:?}; run=${3:?}; bench=${4:?}; nccl=${5:-}
+fail=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# good BIN NAME: --help and --version.
+good() {
+  local bin=$1 name=$2
+  "$bin" --help >"$tmp/out" 2>"$tmp/err"; rc=$?
+  { [ "$rc" = 0 ] && [ ! -s "$tmp/err" ] && grep -q "usage: $name" "$tmp/out"; } ||
+    { echo "FAIL: $name --help: exit $rc, stderr: $(cat "$tmp/err")"; fail=1; }
+  out=$("$bin" --version 2>&1); rc=$?
+  [ "$rc" = 0 ] && [ "$out" = "$name $version" ] ||
+    { echo "FAIL: $name --version: exit $rc: $out"; fail=1; }
+}
+
+# bad BIN NAME WORD ARGS...: exit 2, one stderr line "NAME: ..." with WORD.
+bad() {
+  local bin=$1 name=$2 word=$3
+  shift 3
+  "$bin" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null; rc=$?
+  lines=$(wc -l <"$tmp/err")
+  if [ "$rc" != 2 ] || [ "$lines" != 1 ] || ! grep -q "^$name: " "$tmp/err" ||
+     ! grep -qF -- "$word" "$tmp/err" || [ -s "$tmp/out" ]; then
+    echo "FAIL: $name $*: exit $rc, $lines stderr lines (want 2, 1 naming $word):"
+    cat "$tmp/err" "$tmp/out"; fail=1
+  fi
+}
+
+good "$info" vmep-info
+bad "$info" vmep-info --bogus --bogus
+bad "$info" vmep-info -x -x
+bad "$info" vmep-info stray --config stray
+
+good "$run" vmep-run
+bad "$run" vmep-run --bogus --bogus -n 1 -- true
+bad "$run" vmep-run -n -n abc -- true
+bad "$run" vmep-run -n -n 0 -- true
+bad "$run" vmep-run --mps --mps maybe -n 1 -- true
+bad "$run" vmep-run --gpus --gpus 0,,1 -n 1 -- true
+bad "$run" vmep-run --timeout --timeout -1 -n 1 -- true
+bad "$run" vmep-run PROGRAM -n 1
+
+for pair in "$bench vmep-bench" ${nccl:+"$nccl nccl-a2a"}; do
+  bin=${pair% *}; name=${pair##* }
+  good "$bin" "$name"
+  bad "$bin" "$name" --bogus --bogus
+  bad "$bin" "$name" --hidden --hidden 200        # not a multiple of 128
+  bad "$bin" "$name" --hidden --hidden abc
+  bad "$bin" "$name" --seed --seed abc
+  bad "$bin" "$name" --seed --seed -1
+  bad "$bin" "$name" --tokens --tokens 128,,512
+  bad "$bin" "$name" --tokens --tokens 128,
+  bad "$bin" "$name" --tokens --tokens 0
+  bad "$bin" "$name" --topk --topk 17
+  bad "$bin" "$name" --iters --iters 1x
+  bad "$bin" "$name" --warmup --warmup
+  bad "$bin" "$name" --experts --experts 4        # below top-k 8
+done
+bad "$bench" vmep-bench --ranks --ranks 0
+bad "$bench" vmep-bench --num-sms --num-sms ''
+bad "$bench" vmep-bench --compare --compare mpi
+[ -z "$nccl" ] || bad "$nccl" nccl-a2a stray stray
+
+# The environment: each invalid value named, with what is allowed, once.
+env_bad() {
+  local var=$1 value=$2 allowed=$3
+  env "$var=$value" "$info" --config >"$tmp/out" 2>"$tmp/err"; rc=$?
+  if [ "$rc" != 1 ] || ! grep -q "^$var .*INVALID: expected $allowed" "$tmp/out" ||
+     [ "$(grep -c "$var=\"$value\": expected $allowed" "$tmp/err")" != 1 ]; then
+    echo "FAIL: $var=$value vmep-info --config: exit $rc"; cat "$tmp/err"; fail=1
+  fi
+  env "$var=$value" "$info" >"$tmp/out" 2>"$tmp/err"; rc=$?
+  if [ "$rc" != 1 ] || [ "$(grep -c "$var" "$tmp/err")" != 1 ]; then
+    echo "FAIL: $var=$value vmep-info: exit $rc, want 1 and one line:"
+    cat "$tmp/err"; fail=1
+  fi
+}
+env_bad VMEP_LOG bogus "one of error|warn|info|debug"
+env_bad VMEP_MEM_SHARE nonsense "one of auto|fabric|posix_fd|legacy"
+env_bad VMEP_TIMEOUT_MS -1 "an integer in 1..2147483647"
+env_bad VMEP_TIMEOUT_MS abc "an integer in 1..2147483647"
+env_bad VMEP_DEVICE 0x1 "an integer in 0..2147483647"
+VMEP_LOG=debug VMEP_TIMEOUT_MS=5000 "$info" --config >/dev/null 2>&1 ||
+  { echo "FAIL: valid values refused by vmep-info --config"; fail=1; }
+
+[ "$fail" = 0 ] || exit 1
+echo "tools: --help, --version, one-line usage errors; invalid environment reported"
