@@ -541,10 +541,14 @@ VMEP_API vmep_status vmep_ep_combine_recv(vmep_ep *ep,
                                           const vmep_ep_handle *handle,
                                           void *stream);
 
-/* Synchronous: the device error bits (1: an invalid expert id was skipped;
- * 2: a rank was masked after a timeout) and the number of skipped
- * selections since the last call, which clears them. Any output may be
- * NULL. */
+/* Bits of vmep_ep_poll_errors' error word. Values are never renumbered;
+ * new bits are appended. */
+#define VMEP_EP_ERR_BAD_EXPERT 1u /* an expert id >= E or < -1 was skipped */
+#define VMEP_EP_ERR_TIMEOUT 2u    /* a rank was masked after a timeout */
+
+/* Synchronous: the device error bits (VMEP_EP_ERR_*) and the number of
+ * skipped selections since the last call, which clears them. Any output
+ * may be NULL. */
 VMEP_API vmep_status vmep_ep_poll_errors(vmep_ep *ep, unsigned *errors_out,
                                          uint64_t *bad_experts_out);
 

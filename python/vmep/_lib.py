@@ -13,17 +13,10 @@ import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_int32,
                     c_size_t, c_uint, c_uint64, c_void_p)
 
-from .errors import LibraryNotFoundError, error_from_status
-
-# vmep_status values (include/vmep.h, never renumbered).
-OK = 0
-ERR_INVALID_ARG = -1
-ERR_CUDA = -2
-ERR_UNSUPPORTED = -3
-ERR_OUT_OF_MEMORY = -4
-ERR_TIMEOUT = -5
-ERR_PEER = -6
-ERR_SYSTEM = -7
+from .errors import (  # noqa: F401 (the status values, re-exported)
+    EP_ERR_BAD_EXPERT, EP_ERR_TIMEOUT, ERR_CUDA, ERR_INVALID_ARG,
+    ERR_OUT_OF_MEMORY, ERR_PEER, ERR_SYSTEM, ERR_TIMEOUT, ERR_UNSUPPORTED, OK,
+    LibraryNotFoundError, error_from_status)
 
 EP_SEND = 1
 EP_RECV = 2

@@ -11,6 +11,13 @@
 
 #include "ep/ep.h"
 
+/* vmep_ep_poll_errors hands the kernels' error word to the caller as it is,
+ * so its bits must be the public ones. */
+_Static_assert(VMEP_LL_ERR_BAD_EXPERT == VMEP_EP_ERR_BAD_EXPERT,
+               "kernel error bit BAD_EXPERT differs from vmep.h's");
+_Static_assert(VMEP_LL_ERR_TIMEOUT == VMEP_EP_ERR_TIMEOUT,
+               "kernel error bit TIMEOUT differs from vmep.h's");
+
 static vmep_status bad_arg(const char *call, const char *what) {
   return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s", call, what);
 }
@@ -73,7 +80,7 @@ static vmep_status check_dispatch(const vmep_ep *ep,
                       "value (0..2)",
                       call, a->scale_layout);
   if (a->use_fp8 && a->scale_layout == VMEP_EP_SCALES_UE8M0 &&
-      (!a->round_scale || ep->config.hidden % (4 * VMEP_FP8_GROUP) != 0))
+      (!a->round_scale || ep->config.hidden % (4 * VMEP_LL_FP8_GROUP) != 0))
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: UE8M0 scales need round_scale and hidden a "
                       "multiple of 512 (round_scale %d, hidden %d)",

@@ -458,7 +458,7 @@ static void run_phase(struct rank_state *s, int phase) {
   }
   if (ph->victim < 0 && bits != 0)
     note(s, 1, "phase %d: error bits %u without a fault", phase, bits);
-  if (ph->victim >= 0 && !(bits & VMEP_LL_ERR_TIMEOUT))
+  if (ph->victim >= 0 && !(bits & VMEP_EP_ERR_TIMEOUT))
     note(s, 1, "phase %d: the victim's death raised no timeout bit", phase);
   s->res.fds = count_fds();
   s->res.rss_kb = rss_kb();

@@ -13,7 +13,7 @@ from ctypes import (POINTER, c_char_p, c_int, c_int32, c_size_t, c_uint,
 
 import pytest
 
-from vmep import _lib
+from vmep import _lib, errors
 
 
 def c_layout(root, tmp_path, structs):
@@ -167,7 +167,26 @@ def test_constants_match_the_header(root):
                         ("VMEP_EP_SCALES_COL_MAJOR", _lib.SCALES_COL_MAJOR),
                         ("VMEP_EP_SCALES_UE8M0", _lib.SCALES_UE8M0)]:
         assert f"#define {name} {value}\n" in header, name
-    for name, value in [("ERR_INVALID_ARG", -1), ("ERR_TIMEOUT", -5),
-                        ("ERR_PEER", -6)]:
-        assert f"X({name}, {value}," in header
-        assert getattr(_lib, name) == value
+    for name, value in [("VMEP_EP_ERR_BAD_EXPERT", _lib.EP_ERR_BAD_EXPERT),
+                        ("VMEP_EP_ERR_TIMEOUT", _lib.EP_ERR_TIMEOUT)]:
+        assert re.search(rf"#define {name} {value}u\b", header), name
+
+
+def test_status_table_matches_the_header(root):
+    """errors.STATUSES, the package's one list, is the header's list (in
+    order; the header may have appended codes the table lacks yet)."""
+    header = open(os.path.join(root, "include", "vmep.h")).read()
+    c = [(n, int(v)) for n, v in re.findall(r"X\((\w+), (-?\d+),", header)]
+    assert c[:len(errors.STATUSES)] == list(errors.STATUSES)
+    for name, value in errors.STATUSES:
+        assert getattr(_lib, name) == value == getattr(errors, name)
+
+
+def test_status_names_come_from_the_library(lib):
+    """The library names every code of the table as the table does, and
+    names codes the table lacks itself (error_from_status uses it)."""
+    for name, value in errors.STATUSES:
+        assert lib.status_name(value) == "VMEP_" + name
+    assert lib.status_name(-1000) == "VMEP_UNKNOWN_STATUS"
+    e = errors.error_from_status(-1000, "", "f", lib.status_name(-1000))
+    assert e.status_name == "VMEP_UNKNOWN_STATUS"
