@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "bench.h"
-#include "ep/ep.h"
+#include "ep/reference.h"
 
 struct buffers {
   uint16_t *x, *expert_out, *out;

@@ -52,8 +52,8 @@ vmep_status vmep__ep_config_check(const vmep_ep_config *c, int group_size) {
   if (c->num_experts / num_ranks > 32767)
     return bad_field("num_experts", c->num_experts,
                      "at most 32767 local experts per rank");
-  if (c->hidden < VMEP_FP8_GROUP || c->hidden > HIDDEN_MAX ||
-      c->hidden % VMEP_FP8_GROUP != 0)
+  if (c->hidden < VMEP_LL_FP8_GROUP || c->hidden > HIDDEN_MAX ||
+      c->hidden % VMEP_LL_FP8_GROUP != 0)
     return bad_field("hidden", c->hidden, "a multiple of 128 in 128..32768");
   if (c->max_tokens_per_rank < 1 || c->max_tokens_per_rank > TOKENS_MAX)
     return bad_field("max_tokens_per_rank", c->max_tokens_per_rank, "1..65535");
@@ -62,7 +62,7 @@ vmep_status vmep__ep_config_check(const vmep_ep_config *c, int group_size) {
                       "vmep_ep_config: num_experts * max_tokens_per_rank = "
                       "%lld, expected < 2^31 (rows are 32-bit indices)",
                       (long long)c->num_experts * c->max_tokens_per_rank);
-  if (c->max_topk < 1 || c->max_topk > VMEP_EP_MAX_TOPK)
+  if (c->max_topk < 1 || c->max_topk > VMEP_LL_MAX_TOPK)
     return bad_field("max_topk", c->max_topk, "1..16");
   if (c->device < -1)
     return bad_field("device", c->device, "-1 (automatic) or a device");

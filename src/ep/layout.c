@@ -20,7 +20,7 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
   const size_t H = (size_t)c->hidden;
   const size_t flags =
       align_up(2 * (size_t)num_ranks * sizeof(uint64_t), PART_ALIGN);
-  size_t fp8_row = H + H / VMEP_FP8_GROUP * sizeof(float);
+  size_t fp8_row = H + H / VMEP_LL_FP8_GROUP * sizeof(float);
   size_t at = 0;
   out->disp_ready = at;
   out->disp_ack = (at += flags);
@@ -87,7 +87,7 @@ vmep_status vmep_ep_deepep_bytes(const vmep_ep_config *config, int num_ranks,
     return status;
   const size_t T = (size_t)config->max_tokens_per_rank;
   const size_t E = (size_t)config->num_experts, H = (size_t)config->hidden;
-  const size_t scales = H / VMEP_FP8_GROUP;
+  const size_t scales = H / VMEP_LL_FP8_GROUP;
   size_t fp8 = H + scales * sizeof(float);
   size_t dispatch_msg = 16 + (2 * H > fp8 ? 2 * H : fp8);
   size_t combine_msg = scales * 4 + 2 * H;
