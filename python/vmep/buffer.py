@@ -204,8 +204,7 @@ class Buffer(Membership):
         return int(T), int(H), int(E), int(K or 8)
 
     def _config(self, T, H, E, K):
-        cfg = _lib.EpConfig()
-        self._lib.vmep_ep_config_init(ctypes.addressof(cfg))
+        cfg = _lib.EpConfig()  # vmep_ep_config_init's defaults
         cfg.num_experts, cfg.hidden = int(E), int(H)
         cfg.max_tokens_per_rank, cfg.max_topk = int(T), int(K)
         cfg.device = self.device.index
@@ -335,8 +334,7 @@ class Buffer(Membership):
     @staticmethod
     def _bytes(fn, T, H, R, E, K, zero_copy=False):
         lib = _lib.load()
-        cfg = _lib.EpConfig()  # the whole struct: config_init writes it all
-        lib.vmep_ep_config_init(ctypes.addressof(cfg))
+        cfg = _lib.EpConfig()  # vmep_ep_config_init's defaults
         cfg.num_experts, cfg.hidden, cfg.max_tokens_per_rank = E, H, T
         cfg.max_topk, cfg.zero_copy = K, int(zero_copy)
         out = ctypes.c_size_t()
@@ -546,12 +544,14 @@ class Buffer(Membership):
         src_info = torch.empty((L, R * T), dtype=torch.int32, device=dev)
         layout_range = torch.empty((L, R), dtype=torch.int64, device=dev)
         args = _lib.DispatchArgs(
-            x.data_ptr() if n else None, topk_idx.data_ptr() if n else None,
-            n, K, int(bool(use_fp8)), int(bool(round_scale)),
-            recv_x.data_ptr(), scales.data_ptr() if use_fp8 else None,
-            recv_count.data_ptr(), src_info.data_ptr(),
-            layout_range.data_ptr(), layout,
-            waits.data_ptr() if waits is not None else None)
+            x=x.data_ptr() if n else None,
+            topk_idx=topk_idx.data_ptr() if n else None,
+            num_tokens=n, num_topk=K, use_fp8=int(bool(use_fp8)),
+            round_scale=int(bool(round_scale)), recv_x=recv_x.data_ptr(),
+            recv_scales=scales.data_ptr() if use_fp8 else None,
+            recv_count=recv_count.data_ptr(), src_info=src_info.data_ptr(),
+            layout_range=layout_range.data_ptr(), scale_layout=layout,
+            recv_wait_ns=waits.data_ptr() if waits is not None else None)
         c_handle = _lib.EpHandle()
         phases = _lib.EP_SEND if return_recv_hook else _lib.EP_SEND_RECV
         self._lib.call("vmep_ep_dispatch", ep, ctypes.byref(args), phases,
@@ -687,12 +687,12 @@ class Buffer(Membership):
                                  "combine_wait_recv_cost_stats")
         ep = self._live_ep()
         stream, stream_ptr = self._launch_stream(async_finish)
-        args = _lib.CombineArgs(expert_out.data_ptr(),
-                                topk_idx.data_ptr() if n else None,
-                                topk_weights.data_ptr() if n else None,
-                                out.data_ptr() if n else None,
-                                waits.data_ptr() if waits is not None
-                                else None)
+        args = _lib.CombineArgs(
+            expert_out=expert_out.data_ptr(),
+            topk_idx=topk_idx.data_ptr() if n else None,
+            topk_weights=topk_weights.data_ptr() if n else None,
+            out=out.data_ptr() if n else None,
+            recv_wait_ns=waits.data_ptr() if waits is not None else None)
         c_handle = handle.c_handle
         phases = _lib.EP_SEND if return_recv_hook else _lib.EP_SEND_RECV
         self._lib.call("vmep_ep_combine", ep, ctypes.byref(args),

@@ -204,7 +204,7 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "vmep_ep_create: host allocation failed");
   ep->group = group;
-  ep->config = *config;
+  (void)vmep__ep_config_read(config, &ep->config); /* checked above */
   ep->rank = vmep_group_rank(group);
   ep->num_ranks = vmep__ep_ranks(config, vmep_group_size(group));
   ep->local_experts = config->num_experts / ep->num_ranks;

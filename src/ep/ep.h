@@ -21,8 +21,30 @@ extern "C" {
 
 /* ---- EP buffer: configuration and layout (config.c, layout.c) -------- */
 
-/* VMEP_OK when `config` is valid for a group of `num_ranks`; else
- * VMEP_ERR_INVALID_ARG naming the field and its accepted range. */
+/*
+ * The reader of the public structs that grow (vmep.h): copies the caller's
+ * struct `in` of type `type` (its first field the size_t struct_size) over
+ * `out`, which holds the defaults in this library's layout of `full_size`
+ * bytes: the caller's struct_size bytes, so fields past them keep their
+ * defaults; out's struct_size becomes full_size. VMEP_ERR_INVALID_ARG,
+ * with a message "<call>: <type>.struct_size = ..." (call may be NULL),
+ * when `in` is NULL or its struct_size is below `min_size` (the end of the
+ * type's last 0.3.0 field) or above full_size; `out` is then partly
+ * written.
+ */
+vmep_status vmep__ep_struct_read(const char *call, const char *type,
+                                 const void *in, size_t min_size,
+                                 size_t full_size, void *out);
+
+/* The caller's `config` in this library's layout: *out gets the defaults
+ * of vmep_ep_config_init, then the fields within config->struct_size.
+ * VMEP_ERR_INVALID_ARG as vmep__ep_struct_read; nothing else is checked. */
+vmep_status vmep__ep_config_read(const vmep_ep_config *config,
+                                 vmep_ep_config *out);
+
+/* VMEP_OK when `config` is valid for a group of `num_ranks` (its
+ * struct_size included); else VMEP_ERR_INVALID_ARG naming the field and
+ * its accepted range. */
 vmep_status vmep__ep_config_check(const vmep_ep_config *config, int num_ranks);
 
 /* The layout of one rank's EP buffer for a valid `config` and `num_ranks`

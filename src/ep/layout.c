@@ -59,13 +59,15 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
 vmep_status vmep_ep_buffer_bytes(const vmep_ep_config *config, int num_ranks,
                                  size_t *bytes_out) {
   struct vmep_ll_layout layout;
+  vmep_ep_config c;
   if (!bytes_out)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_ep_buffer_bytes: bytes_out is NULL");
   vmep_status status = vmep__ep_config_check(config, num_ranks);
   if (status != VMEP_OK)
     return status;
-  vmep__ep_layout(config, vmep__ep_ranks(config, num_ranks), &layout);
+  (void)vmep__ep_config_read(config, &c); /* checked: cannot fail */
+  vmep__ep_layout(&c, vmep__ep_ranks(&c, num_ranks), &layout);
   *bytes_out = layout.total;
   return VMEP_OK;
 }
@@ -82,11 +84,13 @@ vmep_status vmep_ep_deepep_bytes(const vmep_ep_config *config, int num_ranks,
   if (!bytes_out)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_ep_deepep_bytes: bytes_out is NULL");
+  vmep_ep_config c;
   vmep_status status = vmep__ep_config_check(config, num_ranks);
   if (status != VMEP_OK)
     return status;
-  const size_t T = (size_t)config->max_tokens_per_rank;
-  const size_t E = (size_t)config->num_experts, H = (size_t)config->hidden;
+  (void)vmep__ep_config_read(config, &c); /* checked: cannot fail */
+  const size_t T = (size_t)c.max_tokens_per_rank;
+  const size_t E = (size_t)c.num_experts, H = (size_t)c.hidden;
   const size_t scales = H / VMEP_LL_FP8_GROUP;
   size_t fp8 = H + scales * sizeof(float);
   size_t dispatch_msg = 16 + (2 * H > fp8 ? 2 * H : fp8);

@@ -190,3 +190,42 @@ def test_status_names_come_from_the_library(lib):
     assert lib.status_name(-1000) == "VMEP_UNKNOWN_STATUS"
     e = errors.error_from_status(-1000, "", "f", lib.status_name(-1000))
     assert e.status_name == "VMEP_UNKNOWN_STATUS"
+
+
+def test_mirrors_carry_their_size():
+    """struct_size, first in every struct a caller fills in, is the
+    mirror's own size; keywords set fields."""
+    for cls in (_lib.EpConfig, _lib.DispatchArgs, _lib.CombineArgs):
+        assert cls._fields_[0] == ("struct_size", c_size_t), cls
+        assert cls().struct_size == ctypes.sizeof(cls)
+    assert _lib.DispatchArgs(num_tokens=5, scale_layout=2).num_tokens == 5
+    assert _lib.EpConfig(max_topk=4).max_topk == 4
+
+
+def test_config_defaults_are_config_init_s(lib):
+    """EpConfig() holds what vmep_ep_config_init writes (the package does
+    not call it: a newer library would write a larger struct)."""
+    room = ctypes.create_string_buffer(4096)  # room for a newer struct too
+    lib.vmep_ep_config_init(ctypes.addressof(room))
+    c = _lib.EpConfig.from_buffer(room)
+    mine = _lib.EpConfig()
+    for field, _ in _lib.EpConfig._fields_:
+        assert getattr(mine, field) == getattr(c, field), field
+
+
+def test_struct_size_is_checked_by_the_library(lib):
+    cfg = _lib.EpConfig(num_experts=8, hidden=7168, max_tokens_per_rank=128)
+    out = ctypes.c_size_t()
+    assert lib.vmep_ep_buffer_bytes(ctypes.addressof(cfg), 8,
+                                    ctypes.byref(out)) == _lib.OK
+    cfg.struct_size = 0
+    assert lib.vmep_ep_buffer_bytes(ctypes.addressof(cfg), 8,
+                                    ctypes.byref(out)) == _lib.ERR_INVALID_ARG
+    assert "vmep_ep_config.struct_size = 0" in lib.last_error()
+
+
+def test_version_rule():
+    assert _lib.MIRRORED == (0, 3)
+    assert _lib.serves("0.3.0") and _lib.serves("0.4.1")
+    assert not _lib.serves("0.2.9") and not _lib.serves("1.3.0")
+    assert not _lib.serves("") and not _lib.serves("a.b")
