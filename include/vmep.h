@@ -6,6 +6,13 @@
  * Python through ctypes/cffi. Every function returns a vmep_status (or a
  * plain accessor value) and never aborts; after a failure,
  * vmep_last_error() names what failed and why.
+ *
+ * NULL handles: a destroy / free / release of NULL is a no-op (VMEP_OK);
+ * any other call given a NULL handle, or a NULL pointer it needs, returns
+ * VMEP_ERR_INVALID_ARG with the message "<function>: <argument> is NULL".
+ * An accessor given NULL returns -1 for an index (rank, device, node), 0
+ * for a count or a size, NULL or "" for a pointer or a text, and
+ * VMEP_MEM_NONE for a strategy (tests/unit/test_null_handles.c).
  */
 #ifndef VMEP_H
 #define VMEP_H

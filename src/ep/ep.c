@@ -188,9 +188,12 @@ static void release(vmep_ep *ep) {
 
 vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
                            vmep_ep **ep_out) {
-  if (!group || !ep_out)
+  if (!group || !config || !ep_out)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_ep_create: %s is NULL", group ? "ep_out" : "group");
+                      "vmep_ep_create: %s is NULL",
+                      !group    ? "group"
+                      : !config ? "config"
+                                : "ep_out");
   vmep_status status = vmep__ep_config_check(config, vmep_group_size(group));
   if (status != VMEP_OK)
     return status;

@@ -56,17 +56,28 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
   out->total = align_up(at, 4096);
 }
 
+/* The size calls' common start: `call`'s arguments checked (NULL ones
+ * named) and the caller's config read into *c. */
+static vmep_status size_args(const char *call, const vmep_ep_config *config,
+                             int num_ranks, const size_t *bytes_out,
+                             vmep_ep_config *c) {
+  if (!config || !bytes_out)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s is NULL",
+                      call, config ? "bytes_out" : "config");
+  vmep_status status = vmep__ep_config_check(config, num_ranks);
+  if (status == VMEP_OK)
+    status = vmep__ep_config_read(config, c);
+  return status;
+}
+
 vmep_status vmep_ep_buffer_bytes(const vmep_ep_config *config, int num_ranks,
                                  size_t *bytes_out) {
   struct vmep_ll_layout layout;
   vmep_ep_config c;
-  if (!bytes_out)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_ep_buffer_bytes: bytes_out is NULL");
-  vmep_status status = vmep__ep_config_check(config, num_ranks);
+  vmep_status status =
+      size_args("vmep_ep_buffer_bytes", config, num_ranks, bytes_out, &c);
   if (status != VMEP_OK)
     return status;
-  (void)vmep__ep_config_read(config, &c); /* checked: cannot fail */
   vmep__ep_layout(&c, vmep__ep_ranks(&c, num_ranks), &layout);
   *bytes_out = layout.total;
   return VMEP_OK;
@@ -81,14 +92,11 @@ vmep_status vmep_ep_buffer_bytes(const vmep_ep_config *config, int num_ranks,
  */
 vmep_status vmep_ep_deepep_bytes(const vmep_ep_config *config, int num_ranks,
                                  size_t *bytes_out) {
-  if (!bytes_out)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_ep_deepep_bytes: bytes_out is NULL");
   vmep_ep_config c;
-  vmep_status status = vmep__ep_config_check(config, num_ranks);
+  vmep_status status =
+      size_args("vmep_ep_deepep_bytes", config, num_ranks, bytes_out, &c);
   if (status != VMEP_OK)
     return status;
-  (void)vmep__ep_config_read(config, &c); /* checked: cannot fail */
   const size_t T = (size_t)c.max_tokens_per_rank;
   const size_t E = (size_t)c.num_experts, H = (size_t)c.hidden;
   const size_t scales = H / VMEP_LL_FP8_GROUP;
