@@ -51,28 +51,6 @@ void vmep_ep_combine_args_init(vmep_ep_combine_args *args) {
   args->struct_size = sizeof(*args);
 }
 
-/* The caller's dispatch args in this library's layout (fields beyond its
- * struct_size at their defaults), or VMEP_ERR_INVALID_ARG. The smallest
- * struct_size accepted ends with the last field of 0.3.0. */
-static vmep_status read_dispatch_args(const vmep_ep_dispatch_args *in,
-                                      vmep_ep_dispatch_args *out) {
-  vmep_ep_dispatch_args_init(out);
-  return vmep__ep_struct_read("vmep_ep_dispatch", "vmep_ep_dispatch_args", in,
-                              offsetof(vmep_ep_dispatch_args, recv_wait_ns) +
-                                  sizeof(int64_t *),
-                              sizeof(*out), out);
-}
-
-/* As read_dispatch_args, for the combine's. */
-static vmep_status read_combine_args(const vmep_ep_combine_args *in,
-                                     vmep_ep_combine_args *out) {
-  vmep_ep_combine_args_init(out);
-  return vmep__ep_struct_read("vmep_ep_combine", "vmep_ep_combine_args", in,
-                              offsetof(vmep_ep_combine_args, recv_wait_ns) +
-                                  sizeof(int64_t *),
-                              sizeof(*out), out);
-}
-
 void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,
                      struct vmep_ll_params *p) {
   memset(p, 0, sizeof(*p));
@@ -158,16 +136,38 @@ static void off_device(const vmep_ep *ep, int previous) {
  * helper. */
 enum ll_op { LL_DISPATCH, LL_COMBINE };
 
-/* What differs between the receive calls of the two operations. */
-static const struct ll_recv_call {
-  const char *name;
-  const char *not_pending; /* the refusal when no send phase waits */
-} recv_calls[2] = {
-    {"vmep_ep_dispatch_recv",
+/* What differs between the two operations in the shared helpers. */
+static const struct ll_op_info {
+  const char *call;        /* the send (or send and receive) call */
+  const char *args_type;   /* its args struct */
+  size_t args_min;         /* the end of that struct's last 0.3.0 field */
+  size_t args_size;        /* its sizeof in this library */
+  const char *recv_call;   /* the call of the receive phase alone */
+  const char *not_pending; /* its refusal when no send phase waits */
+} ll_ops[2] = {
+    {"vmep_ep_dispatch", "vmep_ep_dispatch_args",
+     offsetof(vmep_ep_dispatch_args, recv_wait_ns) + sizeof(int64_t *),
+     sizeof(vmep_ep_dispatch_args), "vmep_ep_dispatch_recv",
      "this dispatch's receive phase was already launched"},
-    {"vmep_ep_combine_recv",
+    {"vmep_ep_combine", "vmep_ep_combine_args",
+     offsetof(vmep_ep_combine_args, recv_wait_ns) + sizeof(int64_t *),
+     sizeof(vmep_ep_combine_args), "vmep_ep_combine_recv",
      "no combine of this handle waits for its receive phase"},
 };
+
+/* The caller's args `in` of `op` in this library's layout in *out (a
+ * vmep_ep_dispatch_args or vmep_ep_combine_args): fields beyond its
+ * struct_size at their _init defaults. VMEP_ERR_INVALID_ARG naming the
+ * struct for NULL or a struct_size out of range. */
+static vmep_status read_args(enum ll_op op, const void *in, void *out) {
+  const struct ll_op_info *o = &ll_ops[op];
+  if (op == LL_DISPATCH)
+    vmep_ep_dispatch_args_init(out);
+  else
+    vmep_ep_combine_args_init(out);
+  return vmep__ep_struct_read(o->call, o->args_type, in, o->args_min,
+                              o->args_size, out);
+}
 
 /* Launches, on the buffer's device, `op`'s send phase when `send` and its
  * receive phase when `recv` (after a send that succeeded), for buffer
@@ -199,7 +199,7 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
   vmep_ep_dispatch_args a;
   if (!ep || !handle_out)
     return null_arg(call, ep ? "handle_out" : "ep");
-  vmep_status status = read_dispatch_args(args, &a);
+  vmep_status status = read_args(LL_DISPATCH, args, &a);
   if (status == VMEP_OK)
     status = check_dispatch(ep, &a, phases);
   if (status != VMEP_OK)
@@ -245,13 +245,13 @@ static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_handle *h,
  * phase that a send-only call of `op` left pending for handle `h`. */
 static vmep_status recv_phase(vmep_ep *ep, enum ll_op op,
                               const vmep_ep_handle *h, void *stream) {
-  const struct ll_recv_call *c = &recv_calls[op];
-  vmep_status status = check_handle(ep, h, c->name);
+  const struct ll_op_info *c = &ll_ops[op];
+  vmep_status status = check_handle(ep, h, c->recv_call);
   if (status != VMEP_OK)
     return status;
   int *pending = op == LL_DISPATCH ? ep->dispatch_pending : ep->combine_pending;
   if (!pending[h->parity])
-    return bad_arg(c->name, c->not_pending);
+    return bad_arg(c->recv_call, c->not_pending);
   const void *io = op == LL_DISPATCH
                        ? (const void *)&ep->pending_dispatch[h->parity]
                        : (const void *)&ep->pending_combine[h->parity];
@@ -316,7 +316,7 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
   vmep_ep_combine_args a;
   vmep_status status = check_handle(ep, h, call);
   if (status == VMEP_OK)
-    status = read_combine_args(args, &a);
+    status = read_args(LL_COMBINE, args, &a);
   if (status == VMEP_OK)
     status = check_combine(ep, &a, h, phases);
   if (status != VMEP_OK)
