@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "bench.h"
-#include "ep/ep.h"
+#include "ep/reference.h"
 #include "nccl_a2a.h"
 
 /* The tensors of one call, carved from one allocation. */

@@ -6,6 +6,13 @@
  * Python through ctypes/cffi. Every function returns a vmep_status (or a
  * plain accessor value) and never aborts; after a failure,
  * vmep_last_error() names what failed and why.
+ *
+ * NULL handles: a destroy / free / release of NULL is a no-op (VMEP_OK);
+ * any other call given a NULL handle, or a NULL pointer it needs, returns
+ * VMEP_ERR_INVALID_ARG with the message "<function>: <argument> is NULL".
+ * An accessor given NULL returns -1 for an index (rank, device, node), 0
+ * for a count or a size, NULL or "" for a pointer or a text, and
+ * VMEP_MEM_NONE for a strategy (tests/unit/test_null_handles.c).
  */
 #ifndef VMEP_H
 #define VMEP_H
@@ -24,7 +31,7 @@ extern "C" {
 #endif
 
 #define VMEP_VERSION_MAJOR 0
-#define VMEP_VERSION_MINOR 2
+#define VMEP_VERSION_MINOR 3
 #define VMEP_VERSION_PATCH 0
 
 /* ------------------------------------------------------------------------
@@ -63,8 +70,9 @@ VMEP_API const char *vmep_status_string(vmep_status status);
  */
 VMEP_API const char *vmep_last_error(void);
 
-/* "0.2.0". The minor number grows whenever a public struct or call changes
- * (0.2.0: elastic membership, scale layouts, wait counters). */
+/* "0.3.0". The minor number grows whenever a public struct or call changes
+ * (0.2.0: elastic membership, scale layouts, wait counters; 0.3.0:
+ * struct_size in the structs a caller fills in, VMEP_EP_ERR_* bits). */
 VMEP_API const char *vmep_version(void);
 
 /* ------------------------------------------------------------------------
@@ -384,7 +392,24 @@ VMEP_API vmep_mem_strategy vmep_window_strategy(const vmep_window *win);
 
 typedef struct vmep_ep vmep_ep;
 
+/*
+ * Structs that grow. The structs a caller fills in (vmep_ep_config,
+ * vmep_ep_dispatch_args, vmep_ep_combine_args) start with `struct_size`:
+ * the struct's size as the caller's vmep.h declares it, set by the
+ * struct's _init function (or to sizeof by hand). A later minor version
+ * only appends fields, after the end of the struct's previous size (never
+ * into its tail padding), so a caller built against an older vmep.h keeps
+ * working: the library reads the caller's struct_size bytes and gives
+ * every field beyond them its default (what _init sets). Accepted: from
+ * the end of the struct's last field of 0.3.0 (the first layout with
+ * struct_size) up to the library's sizeof. 0 (not set), a smaller value or
+ * a larger one (a caller built against a newer vmep.h than the library's)
+ * is VMEP_ERR_INVALID_ARG naming the struct. Start from _init, so that
+ * fields a newer header adds get their defaults too.
+ */
+
 typedef struct vmep_ep_config {
+  size_t struct_size;      /* sizeof(vmep_ep_config): vmep_ep_config_init */
   int num_experts;         /* E: a multiple of the group size */
   int hidden;              /* H: a multiple of 128, 128..32768 */
   int max_tokens_per_rank; /* T: 1..65535 */
@@ -402,9 +427,9 @@ typedef struct vmep_ep_config {
                      group's size */
 } vmep_ep_config;
 
-/* Fills *config with the defaults: 0 experts / hidden / tokens (must be
- * set), max_topk 8, device -1, num_sms 0, timeout_ms 0, zero_copy 0,
- * max_ranks 0. */
+/* Fills *config with the defaults: struct_size = sizeof(vmep_ep_config),
+ * 0 experts / hidden / tokens (must be set), max_topk 8, device -1,
+ * num_sms 0, timeout_ms 0, zero_copy 0, max_ranks 0. NULL is a no-op. */
 VMEP_API void vmep_ep_config_init(vmep_ep_config *config);
 
 /* Bytes of the symmetric buffer each rank allocates for `config` in a
@@ -464,6 +489,7 @@ typedef struct vmep_ep_handle {
 } vmep_ep_handle;
 
 typedef struct vmep_ep_dispatch_args {
+  size_t struct_size;      /* sizeof: vmep_ep_dispatch_args_init */
   const void *x;           /* bf16 [num_tokens, H]; NULL when num_tokens 0 */
   const int64_t *topk_idx; /* [num_tokens, num_topk], -1 = none */
   int num_tokens;          /* 0..T */
@@ -483,6 +509,11 @@ typedef struct vmep_ep_dispatch_args {
                               same start (a late rank is charged its own
                               lateness only) */
 } vmep_ep_dispatch_args;
+
+/* Fills *args with the defaults: struct_size = sizeof, every pointer NULL,
+ * every number 0 (scale_layout VMEP_EP_SCALES_ROW_MAJOR). NULL is a
+ * no-op. */
+VMEP_API void vmep_ep_dispatch_args_init(vmep_ep_dispatch_args *args);
 
 /* Layouts of vmep_ep_dispatch_args.recv_scales. The scale of channel group
  * g (128 channels) of row i of local expert l, with RT = R*T, G = H/128:
@@ -511,6 +542,7 @@ VMEP_API vmep_status vmep_ep_dispatch_recv(vmep_ep *ep,
                                            void *stream);
 
 typedef struct vmep_ep_combine_args {
+  size_t struct_size;        /* sizeof: vmep_ep_combine_args_init */
   const void *expert_out;    /* bf16 [L, R*T, H] in the dispatch layout */
   const int64_t *topk_idx;   /* [num_tokens, num_topk], as dispatched */
   const float *topk_weights; /* [num_tokens, num_topk] */
@@ -518,6 +550,10 @@ typedef struct vmep_ep_combine_args {
   int64_t *recv_wait_ns;     /* NULL, or [R]: as in dispatch, for rank r's
                                 expert outputs */
 } vmep_ep_combine_args;
+
+/* Fills *args with the defaults: struct_size = sizeof, every pointer
+ * NULL. NULL is a no-op. */
+VMEP_API void vmep_ep_combine_args_init(vmep_ep_combine_args *args);
 
 /*
  * With config.zero_copy: the [L, R*T, H] bf16 buffer in this rank's window
@@ -541,10 +577,14 @@ VMEP_API vmep_status vmep_ep_combine_recv(vmep_ep *ep,
                                           const vmep_ep_handle *handle,
                                           void *stream);
 
-/* Synchronous: the device error bits (1: an invalid expert id was skipped;
- * 2: a rank was masked after a timeout) and the number of skipped
- * selections since the last call, which clears them. Any output may be
- * NULL. */
+/* Bits of vmep_ep_poll_errors' error word. Values are never renumbered;
+ * new bits are appended. */
+#define VMEP_EP_ERR_BAD_EXPERT 1u /* an expert id >= E or < -1 was skipped */
+#define VMEP_EP_ERR_TIMEOUT 2u    /* a rank was masked after a timeout */
+
+/* Synchronous: the device error bits (VMEP_EP_ERR_*) and the number of
+ * skipped selections since the last call, which clears them. Any output
+ * may be NULL. */
 VMEP_API vmep_status vmep_ep_poll_errors(vmep_ep *ep, unsigned *errors_out,
                                          uint64_t *bad_experts_out);
 

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "bench.h"
-#include "ep/ep.h"
+#include "ep/reference.h"
 
 struct buffers {
   uint16_t *x, *expert_out, *out;
@@ -23,6 +23,19 @@ struct buffers {
   int *recv_count, *src_info;
   int64_t *layout_range;
 };
+
+/* The combine's arguments over `b`, reading expert outputs from
+ * `expert_out`. */
+static vmep_ep_combine_args combine_args(const struct buffers *b,
+                                         const void *expert_out) {
+  vmep_ep_combine_args ca;
+  vmep_ep_combine_args_init(&ca);
+  ca.expert_out = expert_out;
+  ca.topk_idx = b->topk;
+  ca.topk_weights = b->weights;
+  ca.out = b->out;
+  return ca;
+}
 
 static vmep_status alloc_buffers(struct buffers *b, const vmep_ep_config *c,
                                  int ranks, size_t copy_bytes) {
@@ -86,8 +99,8 @@ static vmep_status check_call(vmep_ep *ep, const struct bench_options *o,
   if (st == VMEP_OK)
     st = bench_check_dispatch(o, ranks, c->num_experts, T, me, &dev);
   /* bf16: each expert returns its input; fp8: any outputs, unchecked. */
-  vmep_ep_combine_args ca = {o->fp8 ? b->expert_out : b->recv_x, b->topk,
-                             b->weights, b->out, NULL};
+  vmep_ep_combine_args ca =
+      combine_args(b, o->fp8 ? (void *)b->expert_out : b->recv_x);
   if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
   if (st == VMEP_OK)
@@ -230,7 +243,7 @@ static vmep_status fill_zero_copy(vmep_ep *ep, const vmep_ep_dispatch_args *da,
     st = bench_cuda_check(
         cudaMemcpy(buf, b->expert_out, bytes, cudaMemcpyDeviceToDevice),
         "zero-copy buffer");
-  vmep_ep_combine_args ca = {buf, b->topk, b->weights, b->out, NULL};
+  vmep_ep_combine_args ca = combine_args(b, buf);
   if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
   return st == VMEP_OK ? bench_cuda_check(cudaDeviceSynchronize(), "fill") : st;
@@ -269,11 +282,19 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
                    &res->dispatch_link_bytes, &res->combine_link_bytes);
   vmep_status st = upload(b, &in, o);
   bench_free_inputs(&in);
-  vmep_ep_dispatch_args da = {
-      b->x,          b->topk,        res->tokens,     o->topk,
-      o->fp8,        o->round_scale, b->recv_x,       b->recv_scales,
-      b->recv_count, b->src_info,    b->layout_range, VMEP_EP_SCALES_ROW_MAJOR,
-      NULL};
+  vmep_ep_dispatch_args da;
+  vmep_ep_dispatch_args_init(&da);
+  da.x = b->x;
+  da.topk_idx = b->topk;
+  da.num_tokens = res->tokens;
+  da.num_topk = o->topk;
+  da.use_fp8 = o->fp8;
+  da.round_scale = o->round_scale;
+  da.recv_x = b->recv_x;
+  da.recv_scales = b->recv_scales;
+  da.recv_count = b->recv_count;
+  da.src_info = b->src_info;
+  da.layout_range = b->layout_range;
   if (st == VMEP_OK && o->check) {
     st = check_call(ep, o, c, R, b, &da);
     res->checked = st == VMEP_OK;
@@ -290,7 +311,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK)
     st = bench_cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
                           "cudaStreamCreate");
-  vmep_ep_combine_args ca = {b->expert_out, b->topk, b->weights, b->out, NULL};
+  vmep_ep_combine_args ca = combine_args(b, b->expert_out);
   if (st == VMEP_OK)
     st = vmep_group_barrier(g);
   if (st == VMEP_OK)

@@ -12,7 +12,8 @@
 #include <string.h>
 
 #include "bench.h"
-#include "ep/ep.h"
+#include "ep/reference.h"
+#include "kernels/kernels.h"
 
 static uint64_t rng_next(uint64_t *s) {
   *s ^= *s >> 12;

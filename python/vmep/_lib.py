@@ -13,17 +13,10 @@ import threading
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_int32,
                     c_size_t, c_uint, c_uint64, c_void_p)
 
-from .errors import LibraryNotFoundError, error_from_status
-
-# vmep_status values (include/vmep.h, never renumbered).
-OK = 0
-ERR_INVALID_ARG = -1
-ERR_CUDA = -2
-ERR_UNSUPPORTED = -3
-ERR_OUT_OF_MEMORY = -4
-ERR_TIMEOUT = -5
-ERR_PEER = -6
-ERR_SYSTEM = -7
+from .errors import (  # noqa: F401 (the status values, re-exported)
+    EP_ERR_BAD_EXPERT, EP_ERR_TIMEOUT, ERR_CUDA, ERR_INVALID_ARG,
+    ERR_OUT_OF_MEMORY, ERR_PEER, ERR_SYSTEM, ERR_TIMEOUT, ERR_UNSUPPORTED, OK,
+    LibraryNotFoundError, error_from_status)
 
 EP_SEND = 1
 EP_RECV = 2
@@ -37,10 +30,27 @@ LIBRARY_ENV = "VMEP_LIBRARY"
 LIBRARY_NAMES = ("libvmep.so", "libvmep.so.0")
 
 
-class EpConfig(Structure):
+class _Sized(Structure):
+    """A C struct that grows (vmep.h, "Structs that grow"): struct_size,
+    its first field, is set to this mirror's size, so that a newer library
+    gives the fields this package does not know their defaults. The other
+    defaults are the C _init function's (`_defaults_`), set here rather
+    than by calling it, which would write a newer library's larger struct
+    into this mirror. Keyword arguments set fields as Structure's do."""
+    _defaults_ = {}
+
+    def __init__(self, **fields):
+        super().__init__()
+        self.struct_size = ctypes.sizeof(self)
+        for name, value in {**self._defaults_, **fields}.items():
+            setattr(self, name, value)
+
+
+class EpConfig(_Sized):
     """vmep_ep_config. max_ranks (appended last) is the capacity R of an
     elastic buffer; 0 means the group's size."""
     _fields_ = [
+        ("struct_size", c_size_t),
         ("num_experts", c_int),
         ("hidden", c_int),
         ("max_tokens_per_rank", c_int),
@@ -51,6 +61,7 @@ class EpConfig(Structure):
         ("zero_copy", c_int),
         ("max_ranks", c_int),
     ]
+    _defaults_ = {"max_topk": 8, "device": -1}  # vmep_ep_config_init's
 
 
 class EpHandle(Structure):
@@ -63,9 +74,10 @@ class EpHandle(Structure):
     ]
 
 
-class DispatchArgs(Structure):
+class DispatchArgs(_Sized):
     """vmep_ep_dispatch_args (pointers are device addresses)."""
     _fields_ = [
+        ("struct_size", c_size_t),
         ("x", c_void_p),
         ("topk_idx", c_void_p),
         ("num_tokens", c_int),
@@ -82,9 +94,10 @@ class DispatchArgs(Structure):
     ]
 
 
-class CombineArgs(Structure):
+class CombineArgs(_Sized):
     """vmep_ep_combine_args."""
     _fields_ = [
+        ("struct_size", c_size_t),
         ("expert_out", c_void_p),
         ("topk_idx", c_void_p),
         ("topk_weights", c_void_p),
@@ -181,9 +194,23 @@ def library_candidates():
     return found
 
 
-# The libvmep this package mirrors: its structs change with the minor
-# number, so a library of another version is refused at load.
-VERSION = "0.2.0"
+# This package's version, and the libvmep whose structs it mirrors. The
+# structs carry their size (struct_size), so any library of the same major
+# number and at least this minor one serves: a newer one gives the fields
+# appended since their defaults. An older one, or another major, is
+# refused at load.
+VERSION = "0.3.0"
+MIRRORED = tuple(int(n) for n in VERSION.split(".")[:2])
+
+
+def serves(library_version):
+    """True when a libvmep of `library_version` ("0.4.1") can be used by
+    this package: the same major number, a minor number >= MIRRORED's."""
+    try:
+        major, minor = (int(n) for n in library_version.split(".")[:2])
+    except ValueError:
+        return False
+    return major == MIRRORED[0] and minor >= MIRRORED[1]
 
 
 class Library:
@@ -209,11 +236,13 @@ class Library:
             fn = getattr(self.cdll, name)
             fn.restype, fn.argtypes = restype, argtypes
         version = self.cdll.vmep_version()  # bytes (a test fake: not)
-        if isinstance(version, bytes) and version.decode() != VERSION:
+        if isinstance(version, bytes) and not serves(version.decode()):
+            major, minor = MIRRORED
             raise AttributeError(
                 f"{path} is libvmep {version.decode()}, this package mirrors "
-                f"{VERSION}'s structs; rebuild libvmep from a checkout that "
-                "matches this package")
+                f"{VERSION}'s structs and needs libvmep {major}.x with x >= "
+                f"{minor}; rebuild libvmep from a checkout that matches this "
+                "package")
 
     def __getattr__(self, name):
         if name.startswith("vmep_") and name in _PROTOTYPES:

@@ -3,33 +3,25 @@ vmep.Buffer: the low-latency Buffer of DeepEP and NIXL EP, answered by
 libvmep. Same names, positional order, return order, shapes and dtypes;
 vmep-only options are keyword-only. Defaults differ where vmep needs no
 setting (group may be None, low_latency_mode=True, num_qps_per_rank=1).
-All logic is in C; this file checks tensors, allocates outputs from
-torch's allocator and passes device pointers and the current CUDA stream.
 
-The EP buffer (vmep_ep) needs the call's shapes (T, H, E, top-k), which
-DeepEP gives only per call: it is created, collectively, at the first
-dispatch (or at construction / update_memory_buffers when the shape
-keywords are given), after the ranks compare their shapes, so that a
-mismatch raises on every rank instead of hanging.
+This file is the facade: it takes DeepEP's and NIXL EP's arguments, checks
+tensors, allocates outputs from torch's allocator and hands device
+pointers and the current CUDA stream on. The data movement is libvmep's;
+the group, the EP buffer's lifecycle (created at the first dispatch, after
+the ranks compare their shapes), the C calls and the handles are
+_runtime.py's, and the membership methods membership.py's.
 """
-import ctypes
 import numbers
-import struct
-import sys
 
 import torch
 
 from . import _lib, compat
-from ._group import (CommCallbacks, Group, StoreCallbacks, TorchCallbacks,
-                     raise_with_callback_error)
+from ._runtime import RECENT_HANDLES, Handle, Runtime  # noqa: F401
 from .errors import Error
 from .event import EventHandle, EventOverlap
 from .membership import Membership, capacity
 
 FP8_GROUP = 128
-# Handles a plain tuple can stand for: more than the two in flight, fewer
-# than would keep much memory alive.
-RECENT_HANDLES = 8
 
 
 def _fp8_dtype():
@@ -40,21 +32,8 @@ def _fp8_dtype():
     return dtype
 
 
-class Handle(tuple):
-    """What a dispatch returns for its combine: the tuple DeepEP returns,
-    (src_info, layout_range, num_max_dispatch_tokens_per_rank, hidden,
-    num_experts), which unpacks the same, plus vmep's C handle."""
 
-    def __new__(cls, items, c_handle, buffer, num_tokens, num_topk):
-        self = super().__new__(cls, items)
-        self.c_handle = c_handle
-        self.buffer_id = id(buffer)
-        self.num_tokens = num_tokens
-        self.num_topk = num_topk
-        return self
-
-
-class Buffer(Membership):
+class Buffer(Runtime, Membership):
     """
     The low-latency EP buffer of one rank. Collective over `group` (a
     torch.distributed ProcessGroup), `comm` (an mpi4py communicator), the
@@ -97,14 +76,8 @@ class Buffer(Membership):
                  hidden=None, num_experts=None, num_topk=None,
                  zero_copy=False, device=None, nvlink_backend=None,
                  disable_ll_nvlink=False, store_addr=None):
-        self._ep = None
-        self._group = None
         self._comm_stream = None
-        self._combine_buffers = {}
-        self._disconnected = set()
-        self._pending_masks = set()  # masked before the EP buffer exists
-        self._recent = {}  # src_info pointer -> the last dispatches' Handles
-        self._destroyed = False
+        self._init_runtime()
         if not torch.cuda.is_available():
             raise Error("vmep.Buffer needs a CUDA device (torch.cuda is not "
                         "available)")
@@ -141,181 +114,7 @@ class Buffer(Membership):
         # keywords and update_memory_buffers: the EP buffer is made from it.
         self._shape_hint = (num_max_dispatch_tokens_per_rank, hidden,
                             num_experts, num_topk)
-        if group is not None:
-            self._group = Group.custom(self._lib, TorchCallbacks(group))
-        elif comm is not None:
-            self._group = Group.custom(self._lib, CommCallbacks(comm))
-        elif tcp_store_group is not None:
-            if rank is None:
-                raise ValueError("tcp_store_group needs rank=")
-            if max_num_ranks is not None:
-                self._store_group(self.max_num_ranks)
-        elif rank is not None and max_num_ranks is not None:
-            if not 0 <= self.rank < self.max_num_ranks:
-                raise ValueError(f"rank={self.rank}, expected 0.."
-                                 f"{self.max_num_ranks - 1} (max_num_ranks="
-                                 f"{self.max_num_ranks})")
-            self._group = Group.join(self._lib, self.rank, self.max_num_ranks,
-                                     store_addr)
-        else:
-            self._group = Group.from_env(self._lib)
-        if self._group is not None:
-            self._adopt_group(rank)
-        if None not in self._shape_hint[:3] and self._group is not None:
-            self._ensure_ep(*self._hinted_shape())
-
-    # ---- group and EP buffer ---------------------------------------------
-
-    def _store_group_pending(self):
-        """A tcp_store_group's group is not made yet (and may still be)."""
-        return self._group is None and self.tcp_store_group is not None \
-            and not self._destroyed
-
-    def _store_group(self, size):
-        if not 0 <= self.rank < size:
-            raise ValueError(f"rank={self.rank}, expected 0..{size - 1} "
-                             f"(a tcp_store_group of {size} ranks)")
-        cb = StoreCallbacks(self.tcp_store_group, self.rank, size)
-        self._group = Group.custom(self._lib, cb)
-        self._adopt_group(self.rank)
-
-    def _adopt_group(self, rank=None):
-        g = self._group
-        if rank is not None and int(rank) != g.rank:
-            raise ValueError(f"rank={rank}, but this process is rank {g.rank} "
-                             f"of its group")
-        if self.max_num_ranks is not None and self.max_num_ranks < g.size:
-            raise ValueError(f"max_num_ranks={self.max_num_ranks} is below "
-                             f"the group's {g.size} ranks")
-        # Every shape uses the capacity R (the group's size unless
-        # max_num_ranks is larger), as NIXL EP's group_size.
-        self.rank, self.group_size = g.rank, max(g.size,
-                                                 self.max_num_ranks or 0)
-        if not self.allow_mnnvl and not g.elastic:
-            nodes = {self._lib.vmep_group_node(g.handle, r)
-                     for r in range(g.size)}
-            if len(nodes) > 1:
-                raise Error(f"the {g.size} ranks span {len(nodes)} nodes: "
-                            "pass allow_mnnvl=True to share memory across "
-                            "nodes through fabric handles")
-
-    def _hinted_shape(self):
-        T, H, E, K = self._shape_hint
-        return int(T), int(H), int(E), int(K or 8)
-
-    def _config(self, T, H, E, K):
-        cfg = _lib.EpConfig()
-        self._lib.vmep_ep_config_init(ctypes.addressof(cfg))
-        cfg.num_experts, cfg.hidden = int(E), int(H)
-        cfg.max_tokens_per_rank, cfg.max_topk = int(T), int(K)
-        cfg.device = self.device.index
-        cfg.num_sms = int(Buffer.num_sms)
-        cfg.timeout_ms = self.timeout_ms
-        cfg.zero_copy = int(self.zero_copy)
-        cfg.max_ranks = int(self.max_num_ranks or 0)
-        return cfg
-
-    def _ensure_ep(self, T, H, E, K):
-        """The EP buffer for shapes (T, H, E) and top-k <= its max_topk;
-        created collectively on first use."""
-        if self._ep is not None:
-            if self._shape[:3] != (T, H, E) or K > self._shape[3]:
-                raise Error(
-                    f"this buffer serves num_max_dispatch_tokens_per_rank="
-                    f"{self._shape[0]}, hidden={self._shape[1]}, num_experts="
-                    f"{self._shape[2]}, top-k <= {self._shape[3]}; the call "
-                    f"asks for {T}, {H}, {E}, top-k {K}")
-            return self._ep
-        if self._store_group_pending() and self.max_num_ranks:
-            self._store_group(self.max_num_ranks)  # no connect_ranks came
-        if self._group is None:
-            self._need_group("the first dispatch")
-        if torch.cuda.is_current_stream_capturing():
-            raise Error("the EP buffer is created by the first dispatch, "
-                        "which cannot be inside CUDA graph capture: dispatch "
-                        "once before capturing, or pass the shape keywords "
-                        "to Buffer()")
-        if not self._group.elastic:
-            K = self._agree(T, H, E, K)
-        cfg = self._config(T, H, E, K)
-        out = ctypes.c_void_p()
-        status = self._lib.vmep_ep_create(self._group.handle,
-                                          ctypes.addressof(cfg),
-                                          ctypes.byref(out))
-        raise_with_callback_error(self._lib, status, "vmep_ep_create",
-                                  self._group.callbacks)
-        self._ep = out
-        self._shape = (T, H, E, K)
-        self.group_size = self._lib.vmep_ep_max_ranks(out)
-        self.num_local_experts = self._lib.vmep_ep_num_local_experts(out)
-        # Masks asked for before the buffer existed, on the ranks that are
-        # connected (the others are masked anyway).
-        pending, self._pending_masks = self._pending_masks, set()
-        masked = self._masks() if pending else []
-        for r in sorted(pending):
-            if not masked[r]:
-                self._lib.call("vmep_ep_set_mask", out, r, 1)
-        return out
-
-    def _agree(self, T, H, E, K):
-        """Every rank's (T, H, E, K, zero_copy, capacity): equal or an
-        Error on every rank; the largest K serves all."""
-        cap = int(self.group_size)  # max_num_ranks, else the group's size
-        mine = struct.pack("<6q", T, H, E, K, int(self.zero_copy), cap)
-        rows = [struct.unpack("<6q", b) for b in self._group.allgather(mine)]
-        differ = [r for r, row in enumerate(rows) if row[:3] != rows[0][:3]
-                  or row[4:] != rows[0][4:]]
-        if differ:
-            described = ", ".join(
-                f"rank {r}: T={row[0]} H={row[1]} E={row[2]} zero_copy="
-                f"{row[4]} max_num_ranks={row[5]}"
-                for r, row in enumerate(rows))
-            raise Error("ranks disagree on the buffer's shape "
-                        f"(num_max_dispatch_tokens_per_rank, hidden, "
-                        f"num_experts, zero_copy, max_num_ranks): "
-                        f"{described}")
-        return max(row[3] for row in rows)
-
-    def destroy(self):
-        """Releases the EP buffer and the group (collective: every rank
-        calls it). Idempotent."""
-        ep, self._ep = self._ep, None
-        group, self._group = self._group, None
-        self._destroyed = True  # no group is made again
-        self._combine_buffers = {}
-        self._recent = {}
-        first = None
-        if ep is not None:
-            try:
-                torch.cuda.synchronize(self.device)
-            except Exception:
-                pass
-            try:
-                raise_with_callback_error(self._lib,
-                                          self._lib.vmep_ep_destroy(ep),
-                                          "vmep_ep_destroy",
-                                          group.callbacks if group else None)
-            except Error as exc:
-                first = exc
-        if group is not None:
-            group.destroy()
-        if first is not None:
-            raise first
-
-    def __del__(self):
-        # At interpreter exit the process's memory goes with it: nothing to
-        # wait for. Otherwise release without collectives through Python
-        # callbacks (a peer may be gone); vmep's own store groups bound the
-        # release barrier by the group timeout and see dead peers in seconds.
-        if sys is None or sys.is_finalizing():
-            return
-        group = getattr(self, "_group", None)
-        if group is not None and group.callbacks is not None:
-            group.callbacks.fail_fast = True
-        try:
-            self.destroy()
-        except Exception:
-            pass
+        self._open_group(group, comm, rank, max_num_ranks, store_addr)
 
     # ---- DeepEP's static helpers -------------------------------------------
 
@@ -331,17 +130,6 @@ class Buffer(Membership):
     def capture():
         """An EventOverlap of an event recorded on the current stream."""
         return EventOverlap(EventHandle())
-
-    @staticmethod
-    def _bytes(fn, T, H, R, E, K, zero_copy=False):
-        lib = _lib.load()
-        cfg = _lib.EpConfig()  # the whole struct: config_init writes it all
-        lib.vmep_ep_config_init(ctypes.addressof(cfg))
-        cfg.num_experts, cfg.hidden, cfg.max_tokens_per_rank = E, H, T
-        cfg.max_topk, cfg.zero_copy = K, int(zero_copy)
-        out = ctypes.c_size_t()
-        lib.call(fn, ctypes.addressof(cfg), int(R), ctypes.byref(out))
-        return out.value
 
     @staticmethod
     def get_low_latency_rdma_size_hint(num_max_dispatch_tokens_per_rank,
@@ -546,16 +334,16 @@ class Buffer(Membership):
         src_info = torch.empty((L, R * T), dtype=torch.int32, device=dev)
         layout_range = torch.empty((L, R), dtype=torch.int64, device=dev)
         args = _lib.DispatchArgs(
-            x.data_ptr() if n else None, topk_idx.data_ptr() if n else None,
-            n, K, int(bool(use_fp8)), int(bool(round_scale)),
-            recv_x.data_ptr(), scales.data_ptr() if use_fp8 else None,
-            recv_count.data_ptr(), src_info.data_ptr(),
-            layout_range.data_ptr(), layout,
-            waits.data_ptr() if waits is not None else None)
-        c_handle = _lib.EpHandle()
-        phases = _lib.EP_SEND if return_recv_hook else _lib.EP_SEND_RECV
-        self._lib.call("vmep_ep_dispatch", ep, ctypes.byref(args), phases,
-                       stream_ptr, ctypes.byref(c_handle))
+            x=x.data_ptr() if n else None,
+            topk_idx=topk_idx.data_ptr() if n else None,
+            num_tokens=n, num_topk=K, use_fp8=int(bool(use_fp8)),
+            round_scale=int(bool(round_scale)), recv_x=recv_x.data_ptr(),
+            recv_scales=scales.data_ptr() if use_fp8 else None,
+            recv_count=recv_count.data_ptr(), src_info=src_info.data_ptr(),
+            layout_range=layout_range.data_ptr(), scale_layout=layout,
+            recv_wait_ns=waits.data_ptr() if waits is not None else None)
+        c_handle = self._launch_dispatch(ep, args, not return_recv_hook,
+                                         stream_ptr)
         stats = cumulative_local_expert_recv_stats
 
         def add_stats():
@@ -565,9 +353,8 @@ class Buffer(Membership):
         hook = None
         if return_recv_hook:
             def hook(_keep=waits):  # the receive phase adds to it
-                self._lib.call("vmep_ep_dispatch_recv", self._live_ep(),
-                               ctypes.byref(c_handle),
-                               torch.cuda.current_stream(dev).cuda_stream)
+                self._launch_recv("vmep_ep_dispatch_recv", c_handle,
+                                  torch.cuda.current_stream(dev).cuda_stream)
                 add_stats()
         else:
             with torch.cuda.stream(stream):
@@ -593,30 +380,6 @@ class Buffer(Membership):
         """DeepEP's high-throughput layout: raises NotImplementedError."""
         raise compat.high_throughput("get_dispatch_layout")
 
-    def _live_ep(self):
-        if self._ep is None:
-            raise Error("the buffer was destroyed")
-        return self._ep
-
-    def _remember(self, handle):
-        self._recent[handle[0].data_ptr()] = handle
-        while len(self._recent) > RECENT_HANDLES:
-            self._recent.pop(next(iter(self._recent)))
-
-    def _check_handle(self, handle):
-        """The Handle of one of this buffer's dispatches. A plain 5-tuple
-        rebuilt from a recent Handle's parts (DeepEP's handle is a plain
-        tuple) is found by its src_info."""
-        if isinstance(handle, Handle) and handle.buffer_id == id(self):
-            return handle
-        if isinstance(handle, (tuple, list)) and len(handle) == 5 and \
-                isinstance(handle[0], torch.Tensor):
-            found = self._recent.get(handle[0].data_ptr())
-            if found is not None and tuple(handle[2:]) == tuple(found[2:]):
-                return found
-        raise ValueError("handle must be what one of this buffer's last "
-                         f"{RECENT_HANDLES} dispatches returned (or a tuple "
-                         "of its parts)")
 
     def get_next_low_latency_combine_buffer(self, handle):
         """The bf16 [L, T*R, H] tensor for the combine of `handle`'s
@@ -628,10 +391,7 @@ class Buffer(Membership):
         _, _, T, H, E = handle
         L, R = E // self.group_size, self.group_size
         if self.zero_copy:
-            ptr = ctypes.c_void_p()
-            self._lib.call("vmep_ep_combine_buffer", self._live_ep(),
-                           ctypes.byref(handle.c_handle), ctypes.byref(ptr))
-            return _device_view(ptr.value, (L, R * T, H), self.device)
+            return self._zero_copy_buffer(handle.c_handle, (L, R * T, H))
         parity = handle.c_handle.parity
         buf = self._combine_buffers.get(parity)
         if buf is None or buf.shape != (L, R * T, H):
@@ -687,25 +447,23 @@ class Buffer(Membership):
                                  "combine_wait_recv_cost_stats")
         ep = self._live_ep()
         stream, stream_ptr = self._launch_stream(async_finish)
-        args = _lib.CombineArgs(expert_out.data_ptr(),
-                                topk_idx.data_ptr() if n else None,
-                                topk_weights.data_ptr() if n else None,
-                                out.data_ptr() if n else None,
-                                waits.data_ptr() if waits is not None
-                                else None)
+        args = _lib.CombineArgs(
+            expert_out=expert_out.data_ptr(),
+            topk_idx=topk_idx.data_ptr() if n else None,
+            topk_weights=topk_weights.data_ptr() if n else None,
+            out=out.data_ptr() if n else None,
+            recv_wait_ns=waits.data_ptr() if waits is not None else None)
         c_handle = handle.c_handle
-        phases = _lib.EP_SEND if return_recv_hook else _lib.EP_SEND_RECV
-        self._lib.call("vmep_ep_combine", ep, ctypes.byref(args),
-                       ctypes.byref(c_handle), phases, stream_ptr)
+        self._launch_combine(ep, args, c_handle, not return_recv_hook,
+                             stream_ptr)
         hook = None
         if return_recv_hook:
             keep = (topk_idx, topk_weights, out, expert_out, waits)
 
             def hook(_keep=keep):  # the receive phase reads these
-                self._lib.call("vmep_ep_combine_recv", self._live_ep(),
-                               ctypes.byref(c_handle),
-                               torch.cuda.current_stream(
-                                   self.device).cuda_stream)
+                self._launch_recv("vmep_ep_combine_recv", c_handle,
+                                  torch.cuda.current_stream(
+                                      self.device).cuda_stream)
         event = self._finish(stream, async_finish,
                              (x, topk_idx, topk_weights, handle[0], handle[1],
                               out, waits))
@@ -719,27 +477,9 @@ class Buffer(Membership):
 
     def poll_errors(self):
         """(error bits, skipped selections) since the last poll (synchronous):
-        bit 1 an invalid expert id was skipped, bit 2 a rank was masked
-        after a timeout."""
-        bits, bad = ctypes.c_uint(), ctypes.c_uint64()
-        self._lib.call("vmep_ep_poll_errors", self._live_ep(),
-                       ctypes.byref(bits), ctypes.byref(bad))
-        return bits.value, bad.value
-
-class _DeviceMemory:
-    """__cuda_array_interface__ over memory the library owns."""
-
-    def __init__(self, ptr, shape):
-        self.__cuda_array_interface__ = {
-            "shape": tuple(shape), "typestr": "<i2", "data": (ptr, False),
-            "version": 2, "strides": None}
-
-
-def _device_view(ptr, shape, device):
-    """A bf16 tensor viewing `ptr` (no copy, not owned)."""
-    with torch.cuda.device(device):
-        return torch.as_tensor(_DeviceMemory(ptr, shape),
-                               device=device).view(torch.bfloat16)
+        bit vmep.errors.EP_ERR_BAD_EXPERT (1): an invalid expert id was
+        skipped; EP_ERR_TIMEOUT (2): a rank was masked after a timeout."""
+        return self._poll_errors()
 
 
 def library_path():

@@ -41,17 +41,45 @@ class LibraryNotFoundError(OSError):
     """libvmep.so could not be loaded (the message lists where it looked)."""
 
 
-_NAMES = {
-    -1: "VMEP_ERR_INVALID_ARG", -2: "VMEP_ERR_CUDA",
-    -3: "VMEP_ERR_UNSUPPORTED", -4: "VMEP_ERR_OUT_OF_MEMORY",
-    -5: "VMEP_ERR_TIMEOUT", -6: "VMEP_ERR_PEER", -7: "VMEP_ERR_SYSTEM",
-}
+# The vmep_status values of include/vmep.h (VMEP_STATUS_MAP), never
+# renumbered: the package's one copy of the list. The loaded library's own
+# vmep_status_name names a failed call's status (so a code added to the
+# library after this list still gets its name); this table gives the
+# constants below and the names when no library answers.
+# tests/python/test_structs.py compares it with the header and the library.
+STATUSES = (
+    ("OK", 0),
+    ("ERR_INVALID_ARG", -1),
+    ("ERR_CUDA", -2),
+    ("ERR_UNSUPPORTED", -3),
+    ("ERR_OUT_OF_MEMORY", -4),
+    ("ERR_TIMEOUT", -5),
+    ("ERR_PEER", -6),
+    ("ERR_SYSTEM", -7),
+)
+STATUS_NAMES = {value: "VMEP_" + name for name, value in STATUSES}
+_VALUES = dict(STATUSES)
+OK = _VALUES["OK"]
+ERR_INVALID_ARG = _VALUES["ERR_INVALID_ARG"]
+ERR_CUDA = _VALUES["ERR_CUDA"]
+ERR_UNSUPPORTED = _VALUES["ERR_UNSUPPORTED"]
+ERR_OUT_OF_MEMORY = _VALUES["ERR_OUT_OF_MEMORY"]
+ERR_TIMEOUT = _VALUES["ERR_TIMEOUT"]
+ERR_PEER = _VALUES["ERR_PEER"]
+ERR_SYSTEM = _VALUES["ERR_SYSTEM"]
+
+# Bits of vmep_ep_poll_errors' error word (VMEP_EP_ERR_* in vmep.h), as
+# Buffer.poll_errors returns them.
+EP_ERR_BAD_EXPERT = 1  # an expert id >= E or < -1 was skipped
+EP_ERR_TIMEOUT = 2  # a rank was masked after a timeout
 
 
 def error_from_status(status, message, call=None, status_name=None):
-    """The exception for C status `status` (not VMEP_OK) with the C text."""
-    name = status_name or _NAMES.get(status, f"status {status}")
+    """The exception for C status `status` (not VMEP_OK) with the C text.
+    `status_name` (the library's vmep_status_name) wins over the table."""
+    name = status_name or STATUS_NAMES.get(status, f"status {status}")
     if not message:
         message = f"failed with {name}"
-    cls = PeerError if status == -6 else TimeoutError if status == -5 else Error
+    cls = PeerError if status == ERR_PEER else \
+        TimeoutError if status == ERR_TIMEOUT else Error
     return cls(message, status, name, call)

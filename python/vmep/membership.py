@@ -10,7 +10,7 @@ import torch
 
 from . import _lib
 from ._group import raise_with_callback_error
-from .errors import Error
+from .errors import STATUS_NAMES, Error
 
 MAX_RANKS = 1024  # VMEP_LL_MAX_RANKS: the most ranks a buffer has room for
 
@@ -131,7 +131,8 @@ class Membership:
                      "create the Buffer from vmep's launch environment "
                      "with max_num_ranks=R, and new processes with rank= "
                      "and max_num_ranks=R (a join through VMEP_STORE_ADDR)",
-                     _lib.ERR_UNSUPPORTED, "VMEP_ERR_UNSUPPORTED", what)
+                     _lib.ERR_UNSUPPORTED,
+                     STATUS_NAMES[_lib.ERR_UNSUPPORTED], what)
 
     def _no_ep(self, what):
         return Error(f"{what}: the EP buffer does not exist yet; vmep makes "

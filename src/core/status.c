@@ -38,7 +38,15 @@ const char *vmep_status_string(vmep_status status) {
 
 const char *vmep_last_error(void) { return last_error; }
 
-const char *vmep_version(void) { return "0.2.0"; }
+#define VERSION_TEXT(x) #x
+#define VERSION_STRING(major, minor, patch)                                    \
+  VERSION_TEXT(major) "." VERSION_TEXT(minor) "." VERSION_TEXT(patch)
+
+/* The header's numbers, so that the two never disagree. */
+const char *vmep_version(void) {
+  return VERSION_STRING(VMEP_VERSION_MAJOR, VMEP_VERSION_MINOR,
+                        VMEP_VERSION_PATCH);
+}
 
 void vmep__set_last_error(const char *text) {
   snprintf(last_error, sizeof(last_error), "%s", text);

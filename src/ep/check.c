@@ -9,7 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "ep/ep.h"
+#include "core/core.h"
+#include "ep/reference.h"
 
 /* Records one mismatch; the first one's text is kept. */
 static void mismatch(struct vmep_ref_report *report, const char *fmt, ...)

@@ -161,9 +161,12 @@ static void release(vmep_ep *ep) {
 
 vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
                            vmep_ep **ep_out) {
-  if (!group || !ep_out)
+  if (!group || !config || !ep_out)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_ep_create: %s is NULL", group ? "ep_out" : "group");
+                      "vmep_ep_create: %s is NULL",
+                      !group    ? "group"
+                      : !config ? "config"
+                                : "ep_out");
   vmep_status status = vmep__ep_config_check(config, vmep_group_size(group));
   if (status != VMEP_OK)
     return status;
@@ -177,7 +180,7 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "vmep_ep_create: host allocation failed");
   ep->group = group;
-  ep->config = *config;
+  (void)vmep__ep_config_read(config, &ep->config); /* checked above */
   ep->rank = vmep_group_rank(group);
   ep->num_ranks = vmep__ep_ranks(config, vmep_group_size(group));
   ep->local_experts = config->num_experts / ep->num_ranks;

@@ -20,7 +20,7 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
   const size_t H = (size_t)c->hidden;
   const size_t flags =
       align_up(2 * (size_t)num_ranks * sizeof(uint64_t), PART_ALIGN);
-  size_t fp8_row = H + H / VMEP_FP8_GROUP * sizeof(float);
+  size_t fp8_row = H + H / VMEP_LL_FP8_GROUP * sizeof(float);
   size_t at = 0;
   out->disp_ready = at;
   out->disp_ack = (at += flags);
@@ -56,16 +56,29 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
   out->total = align_up(at, 4096);
 }
 
+/* The size calls' common start: `call`'s arguments checked (NULL ones
+ * named) and the caller's config read into *c. */
+static vmep_status size_args(const char *call, const vmep_ep_config *config,
+                             int num_ranks, const size_t *bytes_out,
+                             vmep_ep_config *c) {
+  if (!config || !bytes_out)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s is NULL",
+                      call, config ? "bytes_out" : "config");
+  vmep_status status = vmep__ep_config_check(config, num_ranks);
+  if (status == VMEP_OK)
+    status = vmep__ep_config_read(config, c);
+  return status;
+}
+
 vmep_status vmep_ep_buffer_bytes(const vmep_ep_config *config, int num_ranks,
                                  size_t *bytes_out) {
   struct vmep_ll_layout layout;
-  if (!bytes_out)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_ep_buffer_bytes: bytes_out is NULL");
-  vmep_status status = vmep__ep_config_check(config, num_ranks);
+  vmep_ep_config c;
+  vmep_status status =
+      size_args("vmep_ep_buffer_bytes", config, num_ranks, bytes_out, &c);
   if (status != VMEP_OK)
     return status;
-  vmep__ep_layout(config, vmep__ep_ranks(config, num_ranks), &layout);
+  vmep__ep_layout(&c, vmep__ep_ranks(&c, num_ranks), &layout);
   *bytes_out = layout.total;
   return VMEP_OK;
 }
@@ -79,15 +92,14 @@ vmep_status vmep_ep_buffer_bytes(const vmep_ep_config *config, int num_ranks,
  */
 vmep_status vmep_ep_deepep_bytes(const vmep_ep_config *config, int num_ranks,
                                  size_t *bytes_out) {
-  if (!bytes_out)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_ep_deepep_bytes: bytes_out is NULL");
-  vmep_status status = vmep__ep_config_check(config, num_ranks);
+  vmep_ep_config c;
+  vmep_status status =
+      size_args("vmep_ep_deepep_bytes", config, num_ranks, bytes_out, &c);
   if (status != VMEP_OK)
     return status;
-  const size_t T = (size_t)config->max_tokens_per_rank;
-  const size_t E = (size_t)config->num_experts, H = (size_t)config->hidden;
-  const size_t scales = H / VMEP_FP8_GROUP;
+  const size_t T = (size_t)c.max_tokens_per_rank;
+  const size_t E = (size_t)c.num_experts, H = (size_t)c.hidden;
+  const size_t scales = H / VMEP_LL_FP8_GROUP;
   size_t fp8 = H + scales * sizeof(float);
   size_t dispatch_msg = 16 + (2 * H > fp8 ? 2 * H : fp8);
   size_t combine_msg = scales * 4 + 2 * H;

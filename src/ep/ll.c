@@ -1,17 +1,31 @@
 /*
  * Host entry points of low-latency dispatch and combine: argument checks
- * (every pointer, size and alignment, with a message naming the field),
- * the bookkeeping of the two buffer parities (at most two dispatches
- * outstanding; a stale handle is refused, never used), and the launches.
+ * (struct_size, every pointer, size and alignment, with a message naming
+ * the field), the bookkeeping of the two buffer parities (at most two
+ * dispatches outstanding; a stale handle is refused, never used), and the
+ * launches, one helper for both operations.
  * Nothing here synchronizes with the device, so calls can be captured in
  * a CUDA graph: what replays is decided by device-side epochs.
  */
+#include <stddef.h>
 #include <string.h>
 
 #include "ep/ep.h"
 
+/* vmep_ep_poll_errors hands the kernels' error word to the caller as it is,
+ * so its bits must be the public ones. */
+_Static_assert(VMEP_LL_ERR_BAD_EXPERT == VMEP_EP_ERR_BAD_EXPERT,
+               "kernel error bit BAD_EXPERT differs from vmep.h's");
+_Static_assert(VMEP_LL_ERR_TIMEOUT == VMEP_EP_ERR_TIMEOUT,
+               "kernel error bit TIMEOUT differs from vmep.h's");
+
 static vmep_status bad_arg(const char *call, const char *what) {
   return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s", call, what);
+}
+
+static vmep_status null_arg(const char *call, const char *name) {
+  return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s is NULL",
+                    call, name);
 }
 
 /* NULL or misaligned pointers are refused; `optional` allows NULL. */
@@ -19,6 +33,21 @@ static int bad_ptr(const void *p, size_t align, int optional) {
   if (!p)
     return !optional;
   return ((uintptr_t)p % align) != 0;
+}
+
+void vmep_ep_dispatch_args_init(vmep_ep_dispatch_args *args) {
+  if (!args)
+    return;
+  memset(args, 0, sizeof(*args));
+  args->struct_size = sizeof(*args);
+  args->scale_layout = VMEP_EP_SCALES_ROW_MAJOR;
+}
+
+void vmep_ep_combine_args_init(vmep_ep_combine_args *args) {
+  if (!args)
+    return;
+  memset(args, 0, sizeof(*args));
+  args->struct_size = sizeof(*args);
 }
 
 void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,
@@ -72,7 +101,7 @@ static vmep_status check_dispatch(const vmep_ep *ep,
                       "value (0..2)",
                       call, a->scale_layout);
   if (a->use_fp8 && a->scale_layout == VMEP_EP_SCALES_UE8M0 &&
-      (!a->round_scale || ep->config.hidden % (4 * VMEP_FP8_GROUP) != 0))
+      (!a->round_scale || ep->config.hidden % (4 * VMEP_LL_FP8_GROUP) != 0))
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: UE8M0 scales need round_scale and hidden a "
                       "multiple of 512 (round_scale %d, hidden %d)",
@@ -86,48 +115,95 @@ static vmep_status check_dispatch(const vmep_ep *ep,
   return VMEP_OK;
 }
 
+/* The two operations, told apart where dispatch and combine share a
+ * helper. */
+enum ll_op { LL_DISPATCH, LL_COMBINE };
+
+/* What differs between the two operations in the shared helpers. */
+static const struct ll_op_info {
+  const char *call;        /* the send (or send and receive) call */
+  const char *args_type;   /* its args struct */
+  size_t args_min;         /* the end of that struct's last 0.3.0 field */
+  size_t args_size;        /* its sizeof in this library */
+  const char *recv_call;   /* the call of the receive phase alone */
+  const char *not_pending; /* its refusal when no send phase waits */
+} ll_ops[2] = {
+    {"vmep_ep_dispatch", "vmep_ep_dispatch_args",
+     offsetof(vmep_ep_dispatch_args, recv_wait_ns) + sizeof(int64_t *),
+     sizeof(vmep_ep_dispatch_args), "vmep_ep_dispatch_recv",
+     "this dispatch's receive phase was already launched"},
+    {"vmep_ep_combine", "vmep_ep_combine_args",
+     offsetof(vmep_ep_combine_args, recv_wait_ns) + sizeof(int64_t *),
+     sizeof(vmep_ep_combine_args), "vmep_ep_combine_recv",
+     "no combine of this handle waits for its receive phase"},
+};
+
+/* The caller's args `in` of `op` in this library's layout in *out (a
+ * vmep_ep_dispatch_args or vmep_ep_combine_args): fields beyond its
+ * struct_size at their _init defaults. VMEP_ERR_INVALID_ARG naming the
+ * struct for NULL or a struct_size out of range. */
+static vmep_status read_args(enum ll_op op, const void *in, void *out) {
+  const struct ll_op_info *o = &ll_ops[op];
+  if (op == LL_DISPATCH)
+    vmep_ep_dispatch_args_init(out);
+  else
+    vmep_ep_combine_args_init(out);
+  return vmep__ep_struct_read(o->call, o->args_type, in, o->args_min,
+                              o->args_size, out);
+}
+
+/* Launches, on the buffer's device, `op`'s send phase when `send` and its
+ * receive phase when `recv` (after a send that succeeded), for buffer
+ * `parity`; `io` is the operation's struct vmep_ll_dispatch_io or
+ * vmep_ll_combine_io. Returns the first failure. */
+static vmep_status launch(const vmep_ep *ep, enum ll_op op, int parity,
+                          int num_topk, const void *io, int send, int recv,
+                          void *stream) {
+  struct vmep_ll_params p;
+  vmep__ep_params(ep, parity, num_topk, &p);
+  vmep_status status = vmep__ep_device_enter(&ep->dev);
+  if (status != VMEP_OK)
+    return status;
+  if (send)
+    status = op == LL_DISPATCH ? vmep__ll_dispatch_send(&p, io, stream)
+                               : vmep__ll_combine_send(&p, io, stream);
+  if (status == VMEP_OK && recv)
+    status = op == LL_DISPATCH ? vmep__ll_dispatch_recv(&p, io, stream)
+                               : vmep__ll_combine_recv(&p, io, stream);
+  vmep__ep_device_leave(&ep->dev);
+  return status;
+}
+
 vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
                              int phases, void *stream,
                              vmep_ep_handle *handle_out) {
-  struct vmep_ll_params p;
-  if (!ep || !args || !handle_out)
-    return bad_arg("vmep_ep_dispatch", "ep, args and handle_out are required");
-  vmep_status status = check_dispatch(ep, args, phases);
+  const char *call = "vmep_ep_dispatch";
+  vmep_ep_dispatch_args a;
+  if (!ep || !handle_out)
+    return null_arg(call, ep ? "handle_out" : "ep");
+  vmep_status status = read_args(LL_DISPATCH, args, &a);
+  if (status == VMEP_OK)
+    status = check_dispatch(ep, &a, phases);
   if (status != VMEP_OK)
     return status;
   int parity = (int)((ep->calls + 1) & 1);
   if (ep->dispatch_pending[parity])
-    return bad_arg("vmep_ep_dispatch",
-                   "two dispatches already wait for their receive phase "
-                   "(vmep_ep_dispatch_recv)");
-  struct vmep_ll_dispatch_io io = {args->x,
-                                   args->topk_idx,
-                                   args->num_tokens,
-                                   args->use_fp8,
-                                   args->round_scale,
-                                   args->recv_x,
-                                   args->recv_scales,
-                                   args->recv_count,
-                                   args->src_info,
-                                   args->layout_range,
-                                   args->scale_layout,
-                                   args->recv_wait_ns};
-  vmep__ep_params(ep, parity, args->num_topk, &p);
-  status = vmep__ep_device_enter(&ep->dev);
-  if (status != VMEP_OK)
-    return status;
-  status = vmep__ll_dispatch_send(&p, &io, stream);
-  if (status == VMEP_OK && (phases & VMEP_EP_RECV))
-    status = vmep__ll_dispatch_recv(&p, &io, stream);
-  vmep__ep_device_leave(&ep->dev);
+    return bad_arg(call, "two dispatches already wait for their receive "
+                         "phase (vmep_ep_dispatch_recv)");
+  struct vmep_ll_dispatch_io io = {
+      a.x,           a.topk_idx,     a.num_tokens,   a.use_fp8,
+      a.round_scale, a.recv_x,       a.recv_scales,  a.recv_count,
+      a.src_info,    a.layout_range, a.scale_layout, a.recv_wait_ns};
+  int recv = (phases & VMEP_EP_RECV) != 0;
+  status = launch(ep, LL_DISPATCH, parity, a.num_topk, &io, 1, recv, stream);
   if (status != VMEP_OK)
     return status;
   ep->calls++;
   ep->parity_call[parity] = ep->calls;
-  ep->dispatch_pending[parity] = !(phases & VMEP_EP_RECV);
+  ep->dispatch_pending[parity] = !recv;
   ep->pending_dispatch[parity] = io;
   ep->combine_pending[parity] = 0;
-  vmep_ep_handle h = {parity, args->num_tokens, args->num_topk, ep->calls};
+  vmep_ep_handle h = {parity, a.num_tokens, a.num_topk, ep->calls};
   *handle_out = h;
   return VMEP_OK;
 }
@@ -136,7 +212,7 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
 static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_handle *h,
                                 const char *call) {
   if (!ep || !h)
-    return bad_arg(call, "ep and handle are required");
+    return null_arg(call, ep ? "handle" : "ep");
   if (h->parity < 0 || h->parity > 1 || h->call == 0 || h->call > ep->calls)
     return bad_arg(call, "not a handle of this buffer's dispatches");
   if (ep->parity_call[h->parity] != h->call)
@@ -147,24 +223,29 @@ static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_handle *h,
   return VMEP_OK;
 }
 
+/* vmep_ep_dispatch_recv and vmep_ep_combine_recv: launches the receive
+ * phase that a send-only call of `op` left pending for handle `h`. */
+static vmep_status recv_phase(vmep_ep *ep, enum ll_op op,
+                              const vmep_ep_handle *h, void *stream) {
+  const struct ll_op_info *c = &ll_ops[op];
+  vmep_status status = check_handle(ep, h, c->recv_call);
+  if (status != VMEP_OK)
+    return status;
+  int *pending = op == LL_DISPATCH ? ep->dispatch_pending : ep->combine_pending;
+  if (!pending[h->parity])
+    return bad_arg(c->recv_call, c->not_pending);
+  const void *io = op == LL_DISPATCH
+                       ? (const void *)&ep->pending_dispatch[h->parity]
+                       : (const void *)&ep->pending_combine[h->parity];
+  status = launch(ep, op, h->parity, h->num_topk, io, 0, 1, stream);
+  if (status == VMEP_OK)
+    pending[h->parity] = 0;
+  return status;
+}
+
 vmep_status vmep_ep_dispatch_recv(vmep_ep *ep, const vmep_ep_handle *h,
                                   void *stream) {
-  struct vmep_ll_params p;
-  vmep_status status = check_handle(ep, h, "vmep_ep_dispatch_recv");
-  if (status != VMEP_OK)
-    return status;
-  if (!ep->dispatch_pending[h->parity])
-    return bad_arg("vmep_ep_dispatch_recv",
-                   "this dispatch's receive phase was already launched");
-  vmep__ep_params(ep, h->parity, h->num_topk, &p);
-  status = vmep__ep_device_enter(&ep->dev);
-  if (status != VMEP_OK)
-    return status;
-  status = vmep__ll_dispatch_recv(&p, &ep->pending_dispatch[h->parity], stream);
-  vmep__ep_device_leave(&ep->dev);
-  if (status == VMEP_OK)
-    ep->dispatch_pending[h->parity] = 0;
-  return status;
+  return recv_phase(ep, LL_DISPATCH, h, stream);
 }
 
 static void *zero_copy_buffer(const vmep_ep *ep, int parity) {
@@ -177,7 +258,7 @@ vmep_status vmep_ep_combine_buffer(vmep_ep *ep, const vmep_ep_handle *h,
   if (status != VMEP_OK)
     return status;
   if (!buf_out)
-    return bad_arg("vmep_ep_combine_buffer", "buf_out is NULL");
+    return null_arg("vmep_ep_combine_buffer", "buf_out");
   if (!ep->layout.zero_copy[h->parity])
     return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
                       "vmep_ep_combine_buffer: the buffer was created without "
@@ -186,15 +267,12 @@ vmep_status vmep_ep_combine_buffer(vmep_ep *ep, const vmep_ep_handle *h,
   return VMEP_OK;
 }
 
-vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
-                            const vmep_ep_handle *h, int phases, void *stream) {
+/* The combine's own checks, after the handle's: phases, the pending
+ * state of the handle's parity, and the pointers of `a`. */
+static vmep_status check_combine(const vmep_ep *ep,
+                                 const vmep_ep_combine_args *a,
+                                 const vmep_ep_handle *h, int phases) {
   const char *call = "vmep_ep_combine";
-  struct vmep_ll_params p;
-  vmep_status status = check_handle(ep, h, call);
-  if (status != VMEP_OK)
-    return status;
-  if (!args)
-    return bad_arg(call, "args is NULL");
   if (phases != VMEP_EP_SEND && phases != VMEP_EP_SEND_RECV)
     return bad_arg(call, "phases must be VMEP_EP_SEND or VMEP_EP_SEND_RECV");
   if (ep->dispatch_pending[h->parity])
@@ -203,30 +281,38 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
     return bad_arg(call, "a combine of this handle waits for its receive "
                          "phase (vmep_ep_combine_recv)");
   int none = h->num_tokens == 0;
-  if (bad_ptr(args->expert_out, 16, 0))
+  if (bad_ptr(a->expert_out, 16, 0))
     return bad_arg(call, "expert_out must be a 16-byte aligned pointer");
-  if (bad_ptr(args->topk_idx, 8, none) || bad_ptr(args->topk_weights, 4, none))
+  if (bad_ptr(a->topk_idx, 8, none) || bad_ptr(a->topk_weights, 4, none))
     return bad_arg(call, "topk_idx and topk_weights must be aligned pointers");
-  if (bad_ptr(args->out, 16, none))
+  if (bad_ptr(a->out, 16, none))
     return bad_arg(call, "out must be a 16-byte aligned pointer");
-  if (bad_ptr(args->recv_wait_ns, 8, 1))
+  if (bad_ptr(a->recv_wait_ns, 8, 1))
     return bad_arg(call, "recv_wait_ns must be NULL or 8-byte aligned");
-  /* Expert outputs left in this parity's zero-copy buffer are pulled. */
-  int zero_copy = ep->layout.zero_copy[h->parity] &&
-                  args->expert_out == zero_copy_buffer(ep, h->parity);
-  struct vmep_ll_combine_io io = {
-      args->expert_out, zero_copy, args->topk_idx,    args->topk_weights,
-      h->num_tokens,    args->out, args->recv_wait_ns};
-  vmep__ep_params(ep, h->parity, h->num_topk, &p);
-  status = vmep__ep_device_enter(&ep->dev);
+  return VMEP_OK;
+}
+
+vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
+                            const vmep_ep_handle *h, int phases, void *stream) {
+  const char *call = "vmep_ep_combine";
+  vmep_ep_combine_args a;
+  vmep_status status = check_handle(ep, h, call);
+  if (status == VMEP_OK)
+    status = read_args(LL_COMBINE, args, &a);
+  if (status == VMEP_OK)
+    status = check_combine(ep, &a, h, phases);
   if (status != VMEP_OK)
     return status;
-  status = vmep__ll_combine_send(&p, &io, stream);
-  if (status == VMEP_OK && (phases & VMEP_EP_RECV))
-    status = vmep__ll_combine_recv(&p, &io, stream);
-  vmep__ep_device_leave(&ep->dev);
+  /* Expert outputs left in this parity's zero-copy buffer are pulled. */
+  int zero_copy = ep->layout.zero_copy[h->parity] &&
+                  a.expert_out == zero_copy_buffer(ep, h->parity);
+  struct vmep_ll_combine_io io = {a.expert_out,   zero_copy,     a.topk_idx,
+                                  a.topk_weights, h->num_tokens, a.out,
+                                  a.recv_wait_ns};
+  int recv = (phases & VMEP_EP_RECV) != 0;
+  status = launch(ep, LL_COMBINE, h->parity, h->num_topk, &io, 1, recv, stream);
   if (status == VMEP_OK) {
-    ep->combine_pending[h->parity] = !(phases & VMEP_EP_RECV);
+    ep->combine_pending[h->parity] = !recv;
     ep->pending_combine[h->parity] = io;
   }
   return status;
@@ -234,20 +320,5 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
 
 vmep_status vmep_ep_combine_recv(vmep_ep *ep, const vmep_ep_handle *h,
                                  void *stream) {
-  struct vmep_ll_params p;
-  vmep_status status = check_handle(ep, h, "vmep_ep_combine_recv");
-  if (status != VMEP_OK)
-    return status;
-  if (!ep->combine_pending[h->parity])
-    return bad_arg("vmep_ep_combine_recv",
-                   "no combine of this handle waits for its receive phase");
-  vmep__ep_params(ep, h->parity, h->num_topk, &p);
-  status = vmep__ep_device_enter(&ep->dev);
-  if (status != VMEP_OK)
-    return status;
-  status = vmep__ll_combine_recv(&p, &ep->pending_combine[h->parity], stream);
-  vmep__ep_device_leave(&ep->dev);
-  if (status == VMEP_OK)
-    ep->combine_pending[h->parity] = 0;
-  return status;
+  return recv_phase(ep, LL_COMBINE, h, stream);
 }

@@ -10,7 +10,7 @@
  */
 #include <string.h>
 
-#include "ep/ep.h"
+#include "ep/reference.h"
 
 #define F32_ABS_MASK 0x7fffffffu
 #define F32_INF_BITS 0x7f800000u

@@ -8,7 +8,15 @@
  */
 #include <string.h>
 
-#include "ep/ep.h"
+#include "core/core.h"
+#include "ep/reference.h"
+#include "kernels/kernels.h"
+
+/* The oracle and the kernels must agree on the shapes they both know. */
+_Static_assert(VMEP_FP8_GROUP == VMEP_LL_FP8_GROUP,
+               "the reference's fp8 group differs from the kernels'");
+_Static_assert(VMEP_EP_MAX_TOPK == VMEP_LL_MAX_TOPK,
+               "the reference's top-k bound differs from the kernels'");
 
 enum selection {
   SEL_NONE,    /* topk_idx == -1 */

@@ -29,7 +29,9 @@ extern "C" {
 #define VMEP_LL_MAX_RANKS 1024
 #define VMEP_LL_FP8_GROUP 128
 
-/* Device error word bits (vmep_ep_poll_errors). */
+/* Device error word bits: the public VMEP_EP_ERR_* of vmep.h, which
+ * vmep_ep_poll_errors reports as they are (src/ep/ll.c checks at compile
+ * time that the values agree). */
 #define VMEP_LL_ERR_BAD_EXPERT 1u /* an expert id >= E or < -1 was skipped */
 #define VMEP_LL_ERR_TIMEOUT 2u    /* a rank was masked after a timeout */
 

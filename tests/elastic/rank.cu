@@ -210,7 +210,7 @@ static void run_round(struct rank_state *s, int phase, int round,
     usleep(20000);
   }
   vmep_ep_dispatch_args da;
-  memset(&da, 0, sizeof(da));
+  vmep_ep_dispatch_args_init(&da);
   da.x = mine.n ? s->x : NULL;
   da.topk_idx = mine.n ? s->topk : NULL;
   da.num_tokens = mine.n;
@@ -269,9 +269,12 @@ static void run_round(struct rank_state *s, int phase, int round,
     wait_key(s, armed, 60000);
     usleep(20000);
   }
-  vmep_ep_combine_args ca = {s->expert_out, mine.n ? s->topk : NULL,
-                             mine.n ? s->weights : NULL, mine.n ? s->out : NULL,
-                             NULL};
+  vmep_ep_combine_args ca;
+  vmep_ep_combine_args_init(&ca);
+  ca.expert_out = s->expert_out;
+  ca.topk_idx = mine.n ? s->topk : NULL;
+  ca.topk_weights = mine.n ? s->weights : NULL;
+  ca.out = mine.n ? s->out : NULL;
   t0 = elastic_now_ms();
   ASSERT_OK(vmep_ep_combine(s->ep, &ca, &h, VMEP_EP_SEND_RECV, NULL));
   if (dying) {
@@ -458,7 +461,7 @@ static void run_phase(struct rank_state *s, int phase) {
   }
   if (ph->victim < 0 && bits != 0)
     note(s, 1, "phase %d: error bits %u without a fault", phase, bits);
-  if (ph->victim >= 0 && !(bits & VMEP_LL_ERR_TIMEOUT))
+  if (ph->victim >= 0 && !(bits & VMEP_EP_ERR_TIMEOUT))
     note(s, 1, "phase %d: the victim's death raised no timeout bit", phase);
   s->res.fds = count_fds();
   s->res.rss_kb = rss_kb();

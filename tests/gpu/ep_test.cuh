@@ -14,6 +14,7 @@
 
 extern "C" {
 #include "ep/ep.h"
+#include "ep/reference.h"
 }
 
 /* A bf16 value that is never zero: sign * (0.5 .. 2) * 2^(-2..2). */

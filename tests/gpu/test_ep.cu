@@ -156,24 +156,29 @@ static void io_load(struct io *b, const struct world *w, int me) {
 
 static vmep_ep_dispatch_args dispatch_args(const struct io *b,
                                            const struct world *w, int me) {
-  vmep_ep_dispatch_args a = {b->x,
-                             b->topk,
-                             w->in[me].num_tokens,
-                             w->K,
-                             w->fp8,
-                             w->round_scale,
-                             b->recv_x,
-                             w->fp8 ? b->recv_scales : NULL,
-                             b->recv_count,
-                             b->src_info,
-                             b->layout_range,
-                             VMEP_EP_SCALES_ROW_MAJOR,
-                             NULL};
+  vmep_ep_dispatch_args a;
+  vmep_ep_dispatch_args_init(&a);
+  a.x = b->x;
+  a.topk_idx = b->topk;
+  a.num_tokens = w->in[me].num_tokens;
+  a.num_topk = w->K;
+  a.use_fp8 = w->fp8;
+  a.round_scale = w->round_scale;
+  a.recv_x = b->recv_x;
+  a.recv_scales = w->fp8 ? b->recv_scales : NULL;
+  a.recv_count = b->recv_count;
+  a.src_info = b->src_info;
+  a.layout_range = b->layout_range;
   return a;
 }
 
 static vmep_ep_combine_args combine_args(const struct io *b) {
-  vmep_ep_combine_args a = {b->expert_out, b->topk, b->w, b->out, NULL};
+  vmep_ep_combine_args a;
+  vmep_ep_combine_args_init(&a);
+  a.expert_out = b->expert_out;
+  a.topk_idx = b->topk;
+  a.topk_weights = b->w;
+  a.out = b->out;
   return a;
 }
 

@@ -17,9 +17,7 @@ import vmep
 from vmep import _lib
 from vmep.buffer import Buffer
 
-NAMES = {0: b"VMEP_OK", -1: b"VMEP_ERR_INVALID_ARG",
-         -3: b"VMEP_ERR_UNSUPPORTED",
-         -5: b"VMEP_ERR_TIMEOUT", -6: b"VMEP_ERR_PEER"}
+from vmep.errors import STATUS_NAMES
 
 
 class FakeC:
@@ -66,7 +64,7 @@ class FakeC:
         return self.error
 
     def c_status_name(self, status):
-        return NAMES.get(status, b"VMEP_ERR_SYSTEM")
+        return STATUS_NAMES.get(status, "VMEP_UNKNOWN_STATUS").encode()
 
     def _new_group(self, out, rank, size):
         handle = 0x1000 + len(self.groups)
@@ -316,9 +314,10 @@ def test_disconnect_ranks(fake):
 
 
 @pytest.mark.parametrize("status,cls,message,rank", [
-    (-6, vmep.PeerError, "vmep_ep_connect_ranks: rank 3 died", 3),
-    (-5, vmep.TimeoutError, "waited 30000 ms for rank 2 to publish", 2),
-    (-1, vmep.Error, "rank 0 is not connected", 0),
+    (_lib.ERR_PEER, vmep.PeerError, "vmep_ep_connect_ranks: rank 3 died", 3),
+    (_lib.ERR_TIMEOUT, vmep.TimeoutError,
+     "waited 30000 ms for rank 2 to publish", 2),
+    (_lib.ERR_INVALID_ARG, vmep.Error, "rank 0 is not connected", 0),
 ])
 def test_connect_ranks_c_failures(fake, status, cls, message, rank):
     b = Buffer(rank=1, max_num_ranks=4, num_experts=8, **SHAPE)
@@ -327,7 +326,7 @@ def test_connect_ranks_c_failures(fake, status, cls, message, rank):
         b.connect_ranks([2, 3])
     assert type(info.value) is cls
     assert info.value.status == status and info.value.rank == rank
-    assert info.value.status_name == NAMES[status].decode()
+    assert info.value.status_name == STATUS_NAMES[status]
     assert message in str(info.value)
 
 
@@ -457,7 +456,7 @@ def test_barrier(fake):
     b = Buffer(rank=1, max_num_ranks=4, num_experts=8, **SHAPE)
     b.barrier()
     assert len(fake.named("vmep_ep_barrier")) == 1
-    fake.fail("vmep_ep_barrier", -6, "vmep_ep_barrier: rank 3 died")
+    fake.fail("vmep_ep_barrier", _lib.ERR_PEER, "vmep_ep_barrier: rank 3 died")
     with pytest.raises(vmep.PeerError) as info:
         b.barrier()
     assert info.value.rank == 3

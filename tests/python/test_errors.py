@@ -170,14 +170,25 @@ def test_group_join_refusals(lib, monkeypatch):
 class OtherVersionCDLL:
     """A libvmep with every entry point, of another version."""
 
-    def __init__(self):
+    def __init__(self, version):
         for name in _lib._PROTOTYPES:
             setattr(self, name, lambda *a: 0)
-        self.vmep_version = lambda: b"0.1.0"
+        self.vmep_version = lambda: version
 
 
-def test_other_version_is_refused():
-    """Its structs may differ from the mirrors: refused at load."""
-    with pytest.raises(AttributeError, match="is libvmep 0.1.0, this "
-                       f"package mirrors {_lib.VERSION}"):
-        _lib.Library("/old/libvmep.so", cdll=OtherVersionCDLL())
+@pytest.mark.parametrize("version", [b"0.1.0", b"0.2.0", b"1.3.0", b"x"])
+def test_other_version_is_refused(version):
+    """An older library (its structs may lack fields the mirrors have, or
+    struct_size), or another major number: refused at load."""
+    with pytest.raises(AttributeError, match=f"is libvmep {version.decode()}"
+                       f", this package mirrors {_lib.VERSION}.*needs "
+                       "libvmep 0.x with x >= 3"):
+        _lib.Library("/old/libvmep.so", cdll=OtherVersionCDLL(version))
+
+
+@pytest.mark.parametrize("version", [b"0.3.0", b"0.3.7", b"0.4.0", b"0.12.1"])
+def test_newer_minor_is_served(version):
+    """A newer minor version reads the mirrors' struct_size and gives the
+    fields they lack their defaults: it loads."""
+    lib = _lib.Library("/new/libvmep.so", cdll=OtherVersionCDLL(version))
+    assert lib.path == "/new/libvmep.so"

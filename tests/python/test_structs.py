@@ -13,7 +13,7 @@ from ctypes import (POINTER, c_char_p, c_int, c_int32, c_size_t, c_uint,
 
 import pytest
 
-from vmep import _lib
+from vmep import _lib, errors
 
 
 def c_layout(root, tmp_path, structs):
@@ -167,7 +167,65 @@ def test_constants_match_the_header(root):
                         ("VMEP_EP_SCALES_COL_MAJOR", _lib.SCALES_COL_MAJOR),
                         ("VMEP_EP_SCALES_UE8M0", _lib.SCALES_UE8M0)]:
         assert f"#define {name} {value}\n" in header, name
-    for name, value in [("ERR_INVALID_ARG", -1), ("ERR_TIMEOUT", -5),
-                        ("ERR_PEER", -6)]:
-        assert f"X({name}, {value}," in header
-        assert getattr(_lib, name) == value
+    for name, value in [("VMEP_EP_ERR_BAD_EXPERT", _lib.EP_ERR_BAD_EXPERT),
+                        ("VMEP_EP_ERR_TIMEOUT", _lib.EP_ERR_TIMEOUT)]:
+        assert re.search(rf"#define {name} {value}u\b", header), name
+
+
+def test_status_table_matches_the_header(root):
+    """errors.STATUSES, the package's one list, is the header's list (in
+    order; the header may have appended codes the table lacks yet)."""
+    header = open(os.path.join(root, "include", "vmep.h")).read()
+    c = [(n, int(v)) for n, v in re.findall(r"X\((\w+), (-?\d+),", header)]
+    assert c[:len(errors.STATUSES)] == list(errors.STATUSES)
+    for name, value in errors.STATUSES:
+        assert getattr(_lib, name) == value == getattr(errors, name)
+
+
+def test_status_names_come_from_the_library(lib):
+    """The library names every code of the table as the table does, and
+    names codes the table lacks itself (error_from_status uses it)."""
+    for name, value in errors.STATUSES:
+        assert lib.status_name(value) == "VMEP_" + name
+    assert lib.status_name(-1000) == "VMEP_UNKNOWN_STATUS"
+    e = errors.error_from_status(-1000, "", "f", lib.status_name(-1000))
+    assert e.status_name == "VMEP_UNKNOWN_STATUS"
+
+
+def test_mirrors_carry_their_size():
+    """struct_size, first in every struct a caller fills in, is the
+    mirror's own size; keywords set fields."""
+    for cls in (_lib.EpConfig, _lib.DispatchArgs, _lib.CombineArgs):
+        assert cls._fields_[0] == ("struct_size", c_size_t), cls
+        assert cls().struct_size == ctypes.sizeof(cls)
+    assert _lib.DispatchArgs(num_tokens=5, scale_layout=2).num_tokens == 5
+    assert _lib.EpConfig(max_topk=4).max_topk == 4
+
+
+def test_config_defaults_are_config_init_s(lib):
+    """EpConfig() holds what vmep_ep_config_init writes (the package does
+    not call it: a newer library would write a larger struct)."""
+    room = ctypes.create_string_buffer(4096)  # room for a newer struct too
+    lib.vmep_ep_config_init(ctypes.addressof(room))
+    c = _lib.EpConfig.from_buffer(room)
+    mine = _lib.EpConfig()
+    for field, _ in _lib.EpConfig._fields_:
+        assert getattr(mine, field) == getattr(c, field), field
+
+
+def test_struct_size_is_checked_by_the_library(lib):
+    cfg = _lib.EpConfig(num_experts=8, hidden=7168, max_tokens_per_rank=128)
+    out = ctypes.c_size_t()
+    assert lib.vmep_ep_buffer_bytes(ctypes.addressof(cfg), 8,
+                                    ctypes.byref(out)) == _lib.OK
+    cfg.struct_size = 0
+    assert lib.vmep_ep_buffer_bytes(ctypes.addressof(cfg), 8,
+                                    ctypes.byref(out)) == _lib.ERR_INVALID_ARG
+    assert "vmep_ep_config.struct_size = 0" in lib.last_error()
+
+
+def test_version_rule():
+    assert _lib.MIRRORED == (0, 3)
+    assert _lib.serves("0.3.0") and _lib.serves("0.4.1")
+    assert not _lib.serves("0.2.9") and not _lib.serves("1.3.0")
+    assert not _lib.serves("") and not _lib.serves("a.b")

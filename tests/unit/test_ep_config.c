@@ -5,8 +5,13 @@
  * dispatch / combine entry points refuse bad arguments (NULL or misaligned
  * pointers, n > T, K > max_topk, bad phases, stale or foreign handles)
  * before anything is launched; creating a buffer or a window refuses bad
- * arguments and, without a driver, fails cleanly leaving no output.
+ * arguments and, without a driver, fails cleanly leaving no output. The
+ * structs that grow are refused with a bad struct_size, and read with
+ * defaults past a smaller one.
  */
+#include <stddef.h>
+#include <string.h>
+
 #include "ep/ep.h"
 #include "test.h"
 
@@ -144,19 +149,16 @@ static struct vmep_ep fake_ep(void) {
 static void dispatch_args(void) {
   struct vmep_ep ep = fake_ep();
   static uint64_t mem[1024]; /* aligned stand-ins for device pointers */
-  vmep_ep_dispatch_args a = {mem,
-                             (int64_t *)mem,
-                             16,
-                             8,
-                             0,
-                             0,
-                             mem,
-                             NULL,
-                             (int32_t *)mem,
-                             (int32_t *)mem,
-                             (int64_t *)mem,
-                             VMEP_EP_SCALES_ROW_MAJOR,
-                             NULL};
+  vmep_ep_dispatch_args a;
+  vmep_ep_dispatch_args_init(&a);
+  a.x = mem;
+  a.topk_idx = (int64_t *)mem;
+  a.num_tokens = 16;
+  a.num_topk = 8;
+  a.recv_x = mem;
+  a.recv_count = (int32_t *)mem;
+  a.src_info = (int32_t *)mem;
+  a.layout_range = (int64_t *)mem;
   vmep_ep_handle h;
   struct {
     vmep_ep_dispatch_args args;
@@ -226,7 +228,12 @@ static void dispatch_args(void) {
 static void combine_args(void) {
   struct vmep_ep ep = fake_ep();
   static uint64_t mem[1024];
-  vmep_ep_combine_args a = {mem, (int64_t *)mem, (float *)mem, mem, NULL};
+  vmep_ep_combine_args a;
+  vmep_ep_combine_args_init(&a);
+  a.expert_out = mem;
+  a.topk_idx = (int64_t *)mem;
+  a.topk_weights = (float *)mem;
+  a.out = mem;
   void *buf = NULL;
   /* Handles this buffer never gave out. */
   vmep_ep_handle never = {0, 16, 8, 1}, bad_parity = {2, 16, 8, 1};
@@ -268,6 +275,97 @@ static void combine_args(void) {
                 VMEP_ERR_UNSUPPORTED); /* created without zero_copy */
   ASSERT_STATUS(vmep_ep_combine_buffer(&ep, &live, NULL), VMEP_ERR_INVALID_ARG);
   ASSERT_STATUS(vmep_ep_dispatch_recv(&ep, &stale, NULL), VMEP_ERR_INVALID_ARG);
+}
+
+/* The structs that grow: _init sets struct_size and the defaults; 0, a
+ * size below the 0.3.0 layout or one above the library's sizeof is
+ * refused naming the struct, by every call that reads it. */
+static void struct_sizes(void) {
+  vmep_ep_config c = valid_config();
+  ASSERT_EQ(c.struct_size, sizeof(vmep_ep_config));
+  size_t bad[] = {0, sizeof(size_t), sizeof(vmep_ep_config) - sizeof(int) - 1,
+                  sizeof(vmep_ep_config) + 8};
+  for (size_t i = 0; i < VMEP_ARRAY_SIZE(bad); i++) {
+    c.struct_size = bad[i];
+    expect_bad(c, 4, "vmep_ep_config.struct_size");
+  }
+  c.struct_size = offsetof(vmep_ep_config, max_ranks) + sizeof(int);
+  size_t bytes = 0, full = 0;
+  ASSERT_OK(vmep_ep_buffer_bytes(&c, 4, &bytes)); /* 0.3.0's end: enough */
+  c.struct_size = sizeof(c);
+  ASSERT_OK(vmep_ep_buffer_bytes(&c, 4, &full));
+  ASSERT_EQ(bytes, full);
+
+  struct vmep_ep ep = fake_ep();
+  static uint64_t mem[64];
+  vmep_ep_handle h = {0, 0, 0, 0};
+  vmep_ep_dispatch_args d;
+  memset(&d, 0xff, sizeof(d));
+  vmep_ep_dispatch_args_init(&d);
+  ASSERT_EQ(d.struct_size, sizeof(d));
+  ASSERT_TRUE(d.x == NULL && d.recv_wait_ns == NULL && d.num_tokens == 0);
+  ASSERT_EQ(d.scale_layout, VMEP_EP_SCALES_ROW_MAJOR);
+  d.struct_size = 0;
+  ASSERT_STATUS(vmep_ep_dispatch(&ep, &d, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(),
+                      "vmep_ep_dispatch: vmep_ep_dispatch_args.struct_size "
+                      "= 0");
+  d.struct_size = sizeof(d) + 1;
+  ASSERT_STATUS(vmep_ep_dispatch(&ep, &d, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "newer vmep.h");
+  vmep_ep_combine_args a;
+  memset(&a, 0xff, sizeof(a));
+  vmep_ep_combine_args_init(&a);
+  ASSERT_EQ(a.struct_size, sizeof(a));
+  ASSERT_TRUE(a.expert_out == NULL && a.recv_wait_ns == NULL);
+  ep.calls = 1;
+  ep.parity_call[1] = 1;
+  vmep_ep_handle live = {1, 0, 8, 1};
+  a.expert_out = mem;
+  a.struct_size = sizeof(size_t);
+  ASSERT_STATUS(vmep_ep_combine(&ep, &a, &live, VMEP_EP_SEND_RECV, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(),
+                      "vmep_ep_combine: vmep_ep_combine_args.struct_size");
+  vmep_ep_config_init(NULL);
+  vmep_ep_dispatch_args_init(NULL); /* no-ops */
+  vmep_ep_combine_args_init(NULL);
+}
+
+/* The reader behind struct_size, on a struct of a "later version" with
+ * one field more than a caller's: the caller's bytes are taken, the new
+ * field keeps its default, and struct_size becomes the library's. */
+struct grown {
+  size_t struct_size;
+  int old_field;
+  int new_field; /* appended by the "later version" */
+};
+
+static void struct_read(void) {
+  struct grown caller = {offsetof(struct grown, new_field), 7, 12345};
+  struct grown out = {0, -1, -2}; /* the defaults */
+  ASSERT_OK(vmep__ep_struct_read("f", "grown", &caller,
+                                 offsetof(struct grown, new_field), sizeof(out),
+                                 &out));
+  ASSERT_EQ(out.struct_size, sizeof(out));
+  ASSERT_EQ(out.old_field, 7);
+  ASSERT_EQ(out.new_field, -2); /* beyond the caller's size: the default */
+  caller.struct_size = sizeof(caller);
+  ASSERT_OK(vmep__ep_struct_read("f", "grown", &caller,
+                                 offsetof(struct grown, new_field), sizeof(out),
+                                 &out));
+  ASSERT_EQ(out.new_field, 12345);
+  caller.struct_size = offsetof(struct grown, old_field);
+  ASSERT_STATUS(vmep__ep_struct_read("f", "grown", &caller,
+                                     offsetof(struct grown, new_field),
+                                     sizeof(out), &out),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "f: grown.struct_size");
+  ASSERT_STATUS(vmep__ep_struct_read(NULL, "grown", NULL, 8, sizeof(out), &out),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "grown is NULL");
 }
 
 /* Creation refusals that need no GPU: NULL arguments, a bad config (named
@@ -334,7 +432,9 @@ int main(void) {
   sizes();
   dispatch_args();
   combine_args();
+  struct_sizes();
+  struct_read();
   membership_refusals();
-  printf("6 passed, 0 failed\n");
+  printf("8 passed, 0 failed\n");
   return 0;
 }

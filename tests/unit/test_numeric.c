@@ -8,7 +8,7 @@
  */
 #include <math.h>
 
-#include "ep/ep.h"
+#include "ep/reference.h"
 #include "test.h"
 
 static uint32_t bits_of(float f) {

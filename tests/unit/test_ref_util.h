@@ -8,7 +8,8 @@
 #ifndef VMEP_TEST_REF_UTIL_H
 #define VMEP_TEST_REF_UTIL_H
 
-#include "ep/ep.h"
+#include "core/core.h"
+#include "ep/reference.h"
 #include "test.h"
 
 #define MAX_RANKS 8
