@@ -20,11 +20,13 @@
 #define NS_SHAPES 64
 #define GATHER_WORDS 2 /* most u64 words one rank gives an allgather */
 
-/* Buffers of one shape alive in this process: each takes the lowest free
- * index among them, so that a process joining a job names its buffer as
- * the members named theirs. */
+/* Buffers of one shape and rank alive in this process: each takes the
+ * lowest free index among them, so that a process joining a job names its
+ * buffer as the members named theirs. Keyed by rank too, so that ranks
+ * sharing a process (threads) name one buffer alike. */
 static struct {
   uint64_t shape;
+  int rank;
   uint64_t used; /* bit i: index i is taken */
 } shapes[NS_SHAPES];
 static pthread_mutex_t shapes_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -40,13 +42,13 @@ static uint64_t shape_hash(const vmep_ep *ep) {
   return vmep__bytes_hash(v, sizeof(v));
 }
 
-/* The lowest free index for `shape`, or -1 when 64 are alive (or the
- * table is full). */
-static int shape_take(uint64_t shape) {
+/* The lowest free index for `shape` on `rank`, or -1 when 64 are alive
+ * (or the table is full). */
+static int shape_take(uint64_t shape, int rank) {
   int index = -1, slot = -1;
   pthread_mutex_lock(&shapes_lock);
   for (int i = 0; i < NS_SHAPES && slot < 0; i++)
-    if (shapes[i].used && shapes[i].shape == shape)
+    if (shapes[i].used && shapes[i].shape == shape && shapes[i].rank == rank)
       slot = i;
   for (int i = 0; i < NS_SHAPES && slot < 0; i++)
     if (!shapes[i].used)
@@ -54,6 +56,7 @@ static int shape_take(uint64_t shape) {
   for (int b = 0; slot >= 0 && b < 64 && index < 0; b++)
     if (!(shapes[slot].used & (1ull << b))) {
       shapes[slot].shape = shape;
+      shapes[slot].rank = rank;
       shapes[slot].used |= 1ull << b;
       index = b;
     }
@@ -61,10 +64,10 @@ static int shape_take(uint64_t shape) {
   return index;
 }
 
-static void shape_give(uint64_t shape, int index) {
+static void shape_give(uint64_t shape, int rank, int index) {
   pthread_mutex_lock(&shapes_lock);
   for (int i = 0; i < NS_SHAPES; i++)
-    if (shapes[i].used && shapes[i].shape == shape)
+    if (shapes[i].used && shapes[i].shape == shape && shapes[i].rank == rank)
       shapes[i].used &= ~(1ull << index);
   pthread_mutex_unlock(&shapes_lock);
 }
@@ -168,7 +171,7 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
       status = write_mask(ep, r, 1);
   if (status != VMEP_OK || !vmep__group_store(ep->group))
     return status;
-  ep->ns_index = shape_take(shape_hash(ep));
+  ep->ns_index = shape_take(shape_hash(ep), ep->rank);
   if (ep->ns_index < 0)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_ep_create: 64 buffers of this shape are alive in "
@@ -178,7 +181,7 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
   status = vmep__window_publish(ep->window, vmep__group_store(ep->group),
                                 ep->ns, mine);
   if (status != VMEP_OK) {
-    shape_give(shape_hash(ep), ep->ns_index);
+    shape_give(shape_hash(ep), ep->rank, ep->ns_index);
     ep->ns[0] = '\0';
   }
   return status;
@@ -505,6 +508,6 @@ vmep_status vmep_ep_barrier(vmep_ep *ep) {
 
 void vmep__ep_membership_leave(vmep_ep *ep) {
   if (ep->ns[0])
-    shape_give(shape_hash(ep), ep->ns_index);
+    shape_give(shape_hash(ep), ep->rank, ep->ns_index);
   ep->ns[0] = '\0';
 }
