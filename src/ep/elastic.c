@@ -163,8 +163,10 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
     vmep_status st =
         vmep_group_allgather(ep->group, &mine, sizeof(mine), ep->incarnation);
     status = status != VMEP_OK ? status : st;
-    for (int r = 0; status == VMEP_OK && r < size; r++)
+    for (int r = 0; status == VMEP_OK && r < size; r++) {
       set_connected(ep, r, 1);
+      ep->seen_from[r] = ep->incarnation[r];
+    }
   }
   for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
     if (!is_connected(ep, r))
@@ -393,45 +395,68 @@ static vmep_status drop(vmep_ep *ep, int r) {
   return status != VMEP_OK ? status : st;
 }
 
+/* A newcomer of one connect call, and what we knew of its rank before. */
+struct newcomer {
+  int rank;
+  uint64_t incarnation, seen, seen_from;
+};
+
+/* Takes a newcomer of a failed connect back out: dropped, with the
+ * incarnation and allgather sequence we knew before the call, so that
+ * the call can be retried (a live rank's record is not avoided then). */
+static void undo_newcomer(vmep_ep *ep, const struct newcomer *was) {
+  (void)drop(ep, was->rank);
+  ep->incarnation[was->rank] = was->incarnation;
+  ep->seen[was->rank] = was->seen;
+  ep->seen_from[was->rank] = was->seen_from;
+}
+
 vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
                                   int activate) {
   struct vmep_store_client *c = NULL;
   vmep_status status = begin_change(ep, ranks, n, "vmep_ep_connect_ranks", &c);
   if (status != VMEP_OK)
     return status;
-  int added[VMEP_LL_MAX_RANKS], nadded = 0;
+  struct newcomer added[VMEP_LL_MAX_RANKS];
+  int nadded = 0;
   for (int i = 0; status == VMEP_OK && i < n; i++) {
     int r = ranks[i];
     if (is_connected(ep, r))
       continue;
     /* A rank id that died comes back as a new process: wait for its
      * record, not the one its predecessor left. A new process starts its
-     * allgather sequence afresh. */
-    uint64_t before = ep->incarnation[r];
+     * allgather sequence afresh; a rank that was disconnected alive comes
+     * back as itself and goes on with its sequence, so that its parts of
+     * an earlier turn of this view are not taken again. */
+    struct newcomer was = {r, ep->incarnation[r], ep->seen[r],
+                           ep->seen_from[r]};
     status = vmep__window_attach(
         ep->window, c, r, vmep__group_timeout_ms(ep->group), ep->incarnation[r],
         "vmep_ep_connect_ranks", &ep->incarnation[r]);
-    if (status == VMEP_OK && ep->incarnation[r] != before)
+    if (status == VMEP_OK && ep->incarnation[r] != ep->seen_from[r]) {
       ep->seen[r] = 0;
+      ep->seen_from[r] = ep->incarnation[r];
+    }
     if (status == VMEP_OK)
       status = write_peer(ep, r);
     if (status == VMEP_OK)
       status = write_mask(ep, r, !activate);
     if (status == VMEP_OK) {
       set_connected(ep, r, 1);
-      added[nadded++] = r;
+      added[nadded++] = was;
     } else {
-      (void)drop(ep, r);
+      undo_newcomer(ep, &was);
     }
   }
-  /* A newcomer that cannot be mapped undoes this call's others: without
-   * the resync they would be waited for on flags nobody raised. */
-  for (int i = 0; status != VMEP_OK && i < nadded; i++)
-    (void)drop(ep, added[i]);
-  if (status == VMEP_OK && nadded > 0)
-    ep->changed = 1;
   if (status == VMEP_OK)
     status = resync(ep, c);
+  /* A newcomer that cannot be mapped, or a resync that fails, undoes this
+   * call's newcomers: without the resync they would be waited for on flags
+   * nobody raised. */
+  for (int i = 0; status != VMEP_OK && i < nadded; i++)
+    undo_newcomer(ep, &added[i]);
+  if (status == VMEP_OK && nadded > 0)
+    ep->changed = 1;
   vmep__ep_device_leave(&ep->dev);
   return status;
 }
@@ -460,9 +485,12 @@ vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
     if (!is_connected(ep, r))
       continue;
     removed++;
+    /* drop takes r out of the view even when a step of it fails: forget
+     * it all the same, or connecting it again would wait for a record
+     * other than the one it has. */
     vmep_status st = drop(ep, r);
-    if (st == VMEP_OK)
-      st = forget(ep, c, r);
+    vmep_status forgot = forget(ep, c, r);
+    st = st != VMEP_OK ? st : forgot;
     status = status != VMEP_OK ? status : st;
   }
   /* A call that removed nobody (documented as a no-op) changes nothing,

@@ -156,6 +156,7 @@ static void release(vmep_ep *ep) {
   vmep__ep_device_close(&ep->dev);
   vmep__free(ep->incarnation);
   vmep__free(ep->seen);
+  vmep__free(ep->seen_from);
   vmep__free(ep);
 }
 
@@ -186,7 +187,8 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
   ep->timeout_ns = timeout_ms * 1000000ll;
   ep->incarnation = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
   ep->seen = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
-  status = ep->incarnation && ep->seen
+  ep->seen_from = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
+  status = ep->incarnation && ep->seen && ep->seen_from
                ? create(ep)
                : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                             "vmep_ep_create: host allocation "
