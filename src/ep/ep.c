@@ -147,11 +147,14 @@ static vmep_status create(vmep_ep *ep) {
 }
 
 /* Frees the arena and lets the device go; failures are only logged, as
- * nothing more can be done about them. */
+ * nothing more can be done about them. cuMemFree needs no current
+ * context: the arena is freed even when the device cannot be entered. */
 static void release(vmep_ep *ep) {
-  if (ep->arena && vmep__ep_device_enter(&ep->dev) == VMEP_OK) {
+  if (ep->arena) {
+    int entered = vmep__ep_device_enter(&ep->dev) == VMEP_OK;
     (void)vmep__ep_device_free(&ep->dev, ep->arena);
-    vmep__ep_device_leave(&ep->dev);
+    if (entered)
+      vmep__ep_device_leave(&ep->dev);
   }
   vmep__ep_device_close(&ep->dev);
   vmep__free(ep->incarnation);
