@@ -165,6 +165,17 @@ void fake_fail_any(int nth, CUresult result, int persistent);
 /* Whether fake_fail_any skips (does not count or fail) `entry`. */
 void fake_fault_exempt(enum fake_entry entry, int exempt);
 
+/* Exempts the undo calls (cuMemUnmap, cuMemAddressFree, cuMemRelease,
+ * cuMemFree, cuIpcCloseMemHandle, cuCtxPopCurrent,
+ * cuDevicePrimaryCtxRelease): fault loops treat them as unable to fail, as
+ * SQLite's loop treats free(), since when one fails the resource is lost
+ * whatever the library does. */
+void fake_exempt_undo(void);
+
+/* Whether `text` names an entry at which a fault fired since the last
+ * fake_reset: a failure message must name the call that failed. */
+int fake_names_fired(const char *text);
+
 /* Disarms every plan, the host allocation plan included; counters and
  * exemptions stay. */
 void fake_faults_clear(void);

@@ -133,6 +133,26 @@ void fake_fault_exempt(enum fake_entry entry, int is_exempt) {
   exempt[entry] = is_exempt;
 }
 
+void fake_exempt_undo(void) {
+  static const enum fake_entry undo[] = {FAKE_cuMemUnmap,
+                                         FAKE_cuMemAddressFree,
+                                         FAKE_cuMemRelease,
+                                         FAKE_cuMemFree,
+                                         FAKE_cuIpcCloseMemHandle,
+                                         FAKE_cuCtxPopCurrent,
+                                         FAKE_cuDevicePrimaryCtxRelease};
+  for (size_t i = 0; i < sizeof(undo) / sizeof(undo[0]); i++)
+    fake_fault_exempt(undo[i], 1);
+}
+
+int fake_names_fired(const char *text) {
+  FAKE_LOCK_SCOPE();
+  for (int e = 0; e < FAKE_ENTRY_COUNT; e++)
+    if (fired_at[e] && strstr(text, entry_names[e]))
+      return 1;
+  return 0;
+}
+
 void fake_faults_clear(void) {
   FAKE_LOCK_SCOPE();
   memset(entry_plan, 0, sizeof(entry_plan));

@@ -28,16 +28,6 @@
 /* Short: a trial whose rank 0 failed early ends at rank 1's timeout. */
 #define TIMEOUT_MS "300"
 
-/* Undo calls cannot fail here, as free() cannot in SQLite's loop: when
- * one fails the resource is lost whatever the library does. */
-static const enum fake_entry undo_entries[] = {FAKE_cuMemUnmap,
-                                               FAKE_cuMemAddressFree,
-                                               FAKE_cuMemRelease,
-                                               FAKE_cuMemFree,
-                                               FAKE_cuIpcCloseMemHandle,
-                                               FAKE_cuCtxPopCurrent,
-                                               FAKE_cuDevicePrimaryCtxRelease};
-
 /* What each injected CUresult must become (DESIGN.md section 4). */
 struct injection {
   CUresult result;
@@ -90,8 +80,7 @@ static void fresh_machine(const char *what, const struct injection *inj, int n,
   snprintf(trial_name, sizeof(trial_name), "%s, %s %s, n = %d", what, inj->name,
            persistent ? "persistent" : "transient", n);
   fake_setup(1);
-  for (size_t i = 0; i < VMEP_ARRAY_SIZE(undo_entries); i++)
-    fake_fault_exempt(undo_entries[i], 1);
+  fake_exempt_undo();
   if (inj == &host)
     fake_alloc_install();
 }
@@ -105,15 +94,6 @@ static void arm(const struct injection *inj, int n, int persistent) {
 
 static int fired(const struct injection *inj) {
   return inj == &host ? fake_alloc_fired() : fake_faults_fired();
-}
-
-/* Whether `error` names an entry that failed in this trial. */
-static int names_failed_call(const char *error) {
-  for (int e = 0; e < FAKE_ENTRY_COUNT; e++)
-    if (fake_faults_fired_at((enum fake_entry)e) &&
-        strstr(error, fake_entry_name((enum fake_entry)e)))
-      return 1;
-  return 0;
 }
 
 /* A faulted call's verdict: success, or the injection's status with a
@@ -131,7 +111,7 @@ static void check_outcome(const struct injection *inj,
               out->error);
   int named = inj == &host ? strstr(out->error, "host allocation") != NULL ||
                                  strstr(out->error, "no memory") != NULL
-                           : names_failed_call(out->error);
+                           : fake_names_fired(out->error);
   if (!named)
     TEST_FAIL("%s: the message names no failed call: %s", trial_name,
               out->error);
