@@ -26,7 +26,7 @@
 
 #define TOKEN "ep-fault-token"
 /* Short: a trial whose rank 0 failed early ends at rank 1's timeout. */
-#define TIMEOUT_MS "300"
+#define TIMEOUT_MS "400"
 
 /* What each injected CUresult must become (DESIGN.md section 4). */
 struct injection {
