@@ -20,11 +20,13 @@
 #define NS_SHAPES 64
 #define GATHER_WORDS 2 /* most u64 words one rank gives an allgather */
 
-/* Buffers of one shape alive in this process: each takes the lowest free
- * index among them, so that a process joining a job names its buffer as
- * the members named theirs. */
+/* Buffers of one shape and rank alive in this process: each takes the
+ * lowest free index among them, so that a process joining a job names its
+ * buffer as the members named theirs. Keyed by rank too, so that ranks
+ * sharing a process (threads) name one buffer alike. */
 static struct {
   uint64_t shape;
+  int rank;
   uint64_t used; /* bit i: index i is taken */
 } shapes[NS_SHAPES];
 static pthread_mutex_t shapes_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -40,31 +42,42 @@ static uint64_t shape_hash(const vmep_ep *ep) {
   return vmep__bytes_hash(v, sizeof(v));
 }
 
-/* The lowest free index for `shape`, or -1 when 64 are alive (or the
- * table is full). */
-static int shape_take(uint64_t shape) {
-  int index = -1, slot = -1;
-  pthread_mutex_lock(&shapes_lock);
-  for (int i = 0; i < NS_SHAPES && slot < 0; i++)
-    if (shapes[i].used && shapes[i].shape == shape)
-      slot = i;
-  for (int i = 0; i < NS_SHAPES && slot < 0; i++)
+/* The table slot of (`shape`, `rank`), or a free one; -1 when the table
+ * is full. The caller holds shapes_lock. */
+static int shape_slot(uint64_t shape, int rank) {
+  for (int i = 0; i < NS_SHAPES; i++)
+    if (shapes[i].used && shapes[i].shape == shape && shapes[i].rank == rank)
+      return i;
+  for (int i = 0; i < NS_SHAPES; i++)
     if (!shapes[i].used)
-      slot = i;
-  for (int b = 0; slot >= 0 && b < 64 && index < 0; b++)
-    if (!(shapes[slot].used & (1ull << b))) {
-      shapes[slot].shape = shape;
-      shapes[slot].used |= 1ull << b;
+      return i;
+  return -1;
+}
+
+/* Marks `index` (or, when it is -1, the lowest free index) taken for
+ * `shape` on `rank`; returns it, or -1 when it was taken already, 64 are
+ * alive or the table is full. */
+static int shape_take(uint64_t shape, int rank, int index) {
+  pthread_mutex_lock(&shapes_lock);
+  int slot = shape_slot(shape, rank);
+  for (int b = 0; slot >= 0 && index < 0 && b < 64; b++)
+    if (!(shapes[slot].used & (1ull << b)))
       index = b;
-    }
+  if (slot < 0 || index < 0 || (shapes[slot].used & (1ull << index)))
+    index = -1;
+  else {
+    shapes[slot].shape = shape;
+    shapes[slot].rank = rank;
+    shapes[slot].used |= 1ull << index;
+  }
   pthread_mutex_unlock(&shapes_lock);
   return index;
 }
 
-static void shape_give(uint64_t shape, int index) {
+static void shape_give(uint64_t shape, int rank, int index) {
   pthread_mutex_lock(&shapes_lock);
   for (int i = 0; i < NS_SHAPES; i++)
-    if (shapes[i].used && shapes[i].shape == shape)
+    if (shapes[i].used && shapes[i].shape == shape && shapes[i].rank == rank)
       shapes[i].used &= ~(1ull << index);
   pthread_mutex_unlock(&shapes_lock);
 }
@@ -145,26 +158,6 @@ static uint64_t new_incarnation(const vmep_ep *ep) {
   return vmep__bytes_hash(v, sizeof(v));
 }
 
-/* Marks `index` taken for `shape` in this process; -1 when it already is
- * (or the table is full). */
-static int shape_claim(uint64_t shape, int index) {
-  int slot = -1, taken = 0;
-  pthread_mutex_lock(&shapes_lock);
-  for (int i = 0; i < NS_SHAPES && slot < 0; i++)
-    if (shapes[i].used && shapes[i].shape == shape)
-      slot = i;
-  for (int i = 0; i < NS_SHAPES && slot < 0; i++)
-    if (!shapes[i].used)
-      slot = i;
-  if (slot >= 0) {
-    taken = (shapes[slot].used >> index) & 1u;
-    shapes[slot].shape = shape;
-    shapes[slot].used |= 1ull << index;
-  }
-  pthread_mutex_unlock(&shapes_lock);
-  return slot >= 0 && !taken ? index : -1;
-}
-
 /* A fixed group's start: the ranks begin connected, with the incarnations
  * they draw, and with rank 0's name index (`*index`, -1 when rank 0 has
  * none) taken in every process, so that processes name the buffer alike
@@ -181,11 +174,12 @@ static vmep_status fixed_start(vmep_ep *ep, uint64_t mine, int *index,
   status = status != VMEP_OK ? status : st;
   for (int r = 0; status == VMEP_OK && r < size; r++) {
     ep->incarnation[r] = all[2 * r];
+    ep->seen_from[r] = ep->incarnation[r];
     set_connected(ep, r, 1);
   }
   if (status == VMEP_OK && ep->rank != 0) {
     *index = (int)(int64_t)all[1];
-    if (*index >= 0 && shape_claim(shape_hash(ep), *index) < 0)
+    if (*index >= 0 && shape_take(shape_hash(ep), ep->rank, *index) < 0)
       status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                           "vmep_ep_create: rank 0 named this buffer "
                           "\"ep-%016llx-%d\", the name of another live buffer "
@@ -206,7 +200,7 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
   /* An elastic rank names its buffer alone (the lowest free index here);
    * a fixed group takes rank 0's. */
   if (c && status == VMEP_OK && (elastic || ep->rank == 0)) {
-    index = shape_take(shape_hash(ep));
+    index = shape_take(shape_hash(ep), ep->rank, -1);
     if (index < 0)
       status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                           "vmep_ep_create: 64 buffers of this shape are alive "
@@ -440,45 +434,68 @@ static vmep_status drop(vmep_ep *ep, int r) {
   return status != VMEP_OK ? status : st;
 }
 
+/* A newcomer of one connect call, and what we knew of its rank before. */
+struct newcomer {
+  int rank;
+  uint64_t incarnation, seen, seen_from;
+};
+
+/* Takes a newcomer of a failed connect back out: dropped, with the
+ * incarnation and allgather sequence we knew before the call, so that
+ * the call can be retried (a live rank's record is not avoided then). */
+static void undo_newcomer(vmep_ep *ep, const struct newcomer *was) {
+  (void)drop(ep, was->rank);
+  ep->incarnation[was->rank] = was->incarnation;
+  ep->seen[was->rank] = was->seen;
+  ep->seen_from[was->rank] = was->seen_from;
+}
+
 vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
                                   int activate) {
   struct vmep_store_client *c = NULL;
   vmep_status status = begin_change(ep, ranks, n, "vmep_ep_connect_ranks", &c);
   if (status != VMEP_OK)
     return status;
-  int added[VMEP_LL_MAX_RANKS], nadded = 0;
+  struct newcomer added[VMEP_LL_MAX_RANKS];
+  int nadded = 0;
   for (int i = 0; status == VMEP_OK && i < n; i++) {
     int r = ranks[i];
     if (is_connected(ep, r))
       continue;
     /* A rank id that died comes back as a new process: wait for its
      * record, not the one its predecessor left. A new process starts its
-     * allgather sequence afresh. */
-    uint64_t before = ep->incarnation[r];
+     * allgather sequence afresh; a rank that was disconnected alive comes
+     * back as itself and goes on with its sequence, so that its parts of
+     * an earlier turn of this view are not taken again. */
+    struct newcomer was = {r, ep->incarnation[r], ep->seen[r],
+                           ep->seen_from[r]};
     status = vmep__window_attach(
         ep->window, c, r, vmep__group_timeout_ms(ep->group), ep->incarnation[r],
         "vmep_ep_connect_ranks", &ep->incarnation[r]);
-    if (status == VMEP_OK && ep->incarnation[r] != before)
+    if (status == VMEP_OK && ep->incarnation[r] != ep->seen_from[r]) {
       ep->seen[r] = 0;
+      ep->seen_from[r] = ep->incarnation[r];
+    }
     if (status == VMEP_OK)
       status = write_peer(ep, r);
     if (status == VMEP_OK)
       status = write_mask(ep, r, !activate);
     if (status == VMEP_OK) {
       set_connected(ep, r, 1);
-      added[nadded++] = r;
+      added[nadded++] = was;
     } else {
-      (void)drop(ep, r);
+      undo_newcomer(ep, &was);
     }
   }
-  /* A newcomer that cannot be mapped undoes this call's others: without
-   * the resync they would be waited for on flags nobody raised. */
-  for (int i = 0; status != VMEP_OK && i < nadded; i++)
-    (void)drop(ep, added[i]);
-  if (status == VMEP_OK && nadded > 0)
-    ep->changed = 1;
   if (status == VMEP_OK)
     status = resync(ep, c);
+  /* A newcomer that cannot be mapped, or a resync that fails, undoes this
+   * call's newcomers: without the resync they would be waited for on flags
+   * nobody raised. */
+  for (int i = 0; status != VMEP_OK && i < nadded; i++)
+    undo_newcomer(ep, &added[i]);
+  if (status == VMEP_OK && nadded > 0)
+    ep->changed = 1;
   vmep__ep_device_leave(&ep->dev);
   return status;
 }
@@ -507,9 +524,12 @@ vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
     if (!is_connected(ep, r))
       continue;
     removed++;
+    /* drop takes r out of the view even when a step of it fails: forget
+     * it all the same, or connecting it again would wait for a record
+     * other than the one it has. */
     vmep_status st = drop(ep, r);
-    if (st == VMEP_OK)
-      st = forget(ep, c, r);
+    vmep_status forgot = forget(ep, c, r);
+    st = st != VMEP_OK ? st : forgot;
     status = status != VMEP_OK ? status : st;
   }
   /* A call that removed nobody (documented as a no-op) changes nothing,
@@ -555,6 +575,6 @@ vmep_status vmep_ep_barrier(vmep_ep *ep) {
 
 void vmep__ep_membership_leave(vmep_ep *ep) {
   if (ep->ns[0])
-    shape_give(shape_hash(ep), ep->ns_index);
+    shape_give(shape_hash(ep), ep->rank, ep->ns_index);
   ep->ns[0] = '\0';
 }

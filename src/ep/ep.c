@@ -147,15 +147,19 @@ static vmep_status create(vmep_ep *ep) {
 }
 
 /* Frees the arena and lets the device go; failures are only logged, as
- * nothing more can be done about them. */
+ * nothing more can be done about them. cuMemFree needs no current
+ * context: the arena is freed even when the device cannot be entered. */
 static void release(vmep_ep *ep) {
-  if (ep->arena && vmep__ep_device_enter(&ep->dev) == VMEP_OK) {
+  if (ep->arena) {
+    int entered = vmep__ep_device_enter(&ep->dev) == VMEP_OK;
     (void)vmep__ep_device_free(&ep->dev, ep->arena);
-    vmep__ep_device_leave(&ep->dev);
+    if (entered)
+      vmep__ep_device_leave(&ep->dev);
   }
   vmep__ep_device_close(&ep->dev);
   vmep__free(ep->incarnation);
   vmep__free(ep->seen);
+  vmep__free(ep->seen_from);
   vmep__free(ep);
 }
 
@@ -189,7 +193,8 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
   ep->timeout_ns = timeout_ms * 1000000ll;
   ep->incarnation = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
   ep->seen = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
-  status = ep->incarnation && ep->seen
+  ep->seen_from = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
+  status = ep->incarnation && ep->seen && ep->seen_from
                ? create(ep)
                : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                             "vmep_ep_create: host allocation "

@@ -129,6 +129,8 @@ struct vmep_ep {
                             (its successor must publish another), else 0 */
   uint64_t *seen;        /* [num_ranks]: the last allgather sequence taken from
                             each rank (elastic.c) */
+  uint64_t *seen_from;   /* [num_ranks]: the incarnation (process) whose
+                            sequence seen[] holds */
   uint64_t barriers;     /* vmep_ep_barrier calls since the last change */
   int changed;           /* the connected set is not (or no longer) the group */
   int ns_index;          /* among this process's live buffers of one shape */

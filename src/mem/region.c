@@ -263,12 +263,16 @@ vmep_status vmep__region_map_at(const struct vmep_region *r, CUdeviceptr va) {
 
 vmep_status vmep__region_unmap_at(const struct vmep_region *r, CUdeviceptr va) {
   const struct vmep_driver *drv = NULL;
-  vmep_status status = enter(r, &drv);
+  vmep_status status = vmep__driver_get(&drv);
   if (status != VMEP_OK)
     return status;
+  /* cuMemUnmap needs no current context: unmap even when the region's
+   * context cannot be pushed, or the range stays mapped for good. */
+  vmep_status entered = vmep__ctx_push(drv, r->mem.ctx, r->mem.device);
   status = vmep__vmm_unmap(drv, va, r->mem.size, 0);
-  vmep__ctx_pop(drv);
-  return status;
+  if (entered == VMEP_OK)
+    vmep__ctx_pop(drv);
+  return status != VMEP_OK ? status : entered;
 }
 
 vmep_status vmep__region_sync(const struct vmep_region *r) {

@@ -3,8 +3,10 @@
  * primary contexts, the table generated from VMEP_DRIVER_FUNCS, and the
  * records tests read afterwards (live counts, release order). CUdevice
  * values differ from ordinals, so code that mixes them up fails here as
- * the driver API says it may.
+ * the driver API says it may. One recursive lock makes the fake safe for
+ * library threads; contexts are current per thread, as in the driver.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +17,33 @@
 #define FAKE_FIRST_VA ((CUdeviceptr)1 << 44)
 
 struct fake_machine fake__m;
+_Thread_local int fake__ctx_stack[FAKE_CTX_DEPTH];
+_Thread_local int fake__ctx_depth;
 
 static struct vmep_driver table;
+static pthread_mutex_t lock;
+static pthread_once_t lock_once = PTHREAD_ONCE_INIT;
+
+/* ---- the lock --------------------------------------------------------- */
+
+static void lock_init(void) {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init(&lock, &attr);
+  pthread_mutexattr_destroy(&attr);
+}
+
+int fake__lock(void) {
+  pthread_once(&lock_once, lock_init);
+  pthread_mutex_lock(&lock);
+  return 1;
+}
+
+void fake__unlock(const int *held) {
+  if (*held)
+    pthread_mutex_unlock(&lock);
+}
 
 /* ---- machine set-up --------------------------------------------------- */
 
@@ -36,9 +63,11 @@ static void default_device(struct fake_device *d, int ordinal) {
 }
 
 void fake_reset(int devices) {
+  FAKE_LOCK_SCOPE();
   if (devices < 1 || devices > FAKE_MAX_DEVICES)
     devices = 1;
   memset(&fake__m, 0, sizeof(fake__m));
+  fake__ctx_depth = 0;
   fake__m.device_count = devices;
   fake__m.driver_version = 13000;
   fake__m.next_va = FAKE_FIRST_VA;
@@ -54,7 +83,10 @@ struct fake_device *fake_device(int ordinal) {
   return &fake__m.dev[ordinal];
 }
 
-void fake_set_driver_version(int version) { fake__m.driver_version = version; }
+void fake_set_driver_version(int version) {
+  FAKE_LOCK_SCOPE();
+  fake__m.driver_version = version;
+}
 
 void fake_install(void) { vmep__driver_install(&table); }
 
@@ -110,7 +142,7 @@ void fake__log_release(enum fake_entry entry) {
 }
 
 int fake__current_device(void) {
-  return fake__m.ctx_depth ? fake__m.ctx_stack[fake__m.ctx_depth - 1] : -1;
+  return fake__ctx_depth ? fake__ctx_stack[fake__ctx_depth - 1] : -1;
 }
 
 int fake__ordinal(CUdevice dev) {
@@ -128,6 +160,7 @@ static int live_in(const struct fake_table *t) {
 }
 
 struct fake_live fake_live(void) {
+  FAKE_LOCK_SCOPE();
   struct fake_live l;
   memset(&l, 0, sizeof(l));
   l.handles = live_in(&fake__m.handles);
@@ -137,11 +170,12 @@ struct fake_live fake_live(void) {
   l.ipc_opened = live_in(&fake__m.ipc);
   for (int d = 0; d < fake__m.device_count; d++)
     l.ctx_retains += fake__m.ctx_retains[d];
-  l.ctx_pushes = fake__m.ctx_depth;
+  l.ctx_pushes = fake__m.ctx_pushes;
   return l;
 }
 
 const char *fake_leaks(void) {
+  FAKE_LOCK_SCOPE();
   static char text[256];
   struct fake_live l = fake_live();
   const struct {
@@ -162,6 +196,7 @@ const char *fake_leaks(void) {
 }
 
 size_t fake_mem_used(int device) {
+  FAKE_LOCK_SCOPE();
   size_t used = 0;
   const struct fake_table *tables[] = {&fake__m.handles, &fake__m.blocks};
   for (int t = 0; t < 2; t++)
@@ -174,13 +209,18 @@ size_t fake_mem_used(int device) {
 }
 
 int fake_release_log(const enum fake_entry **log_out) {
+  FAKE_LOCK_SCOPE();
   *log_out = fake__m.log;
   return fake__m.log_count;
 }
 
-void fake_release_log_clear(void) { fake__m.log_count = 0; }
+void fake_release_log_clear(void) {
+  FAKE_LOCK_SCOPE();
+  fake__m.log_count = 0;
+}
 
 const char *fake_release_log_diff(const enum fake_entry *want, int count) {
+  FAKE_LOCK_SCOPE();
   static char text[160];
   for (int i = 0; i < count || i < fake__m.log_count; i++) {
     const char *seen =
@@ -196,29 +236,32 @@ const char *fake_release_log_diff(const enum fake_entry *want, int count) {
 }
 
 const CUmemAllocationProp *fake_last_prop(void) {
+  FAKE_LOCK_SCOPE();
   return fake__m.has_prop ? &fake__m.last_prop : NULL;
 }
 
 unsigned fake_mapping_access(CUdeviceptr va) {
+  FAKE_LOCK_SCOPE();
   const struct fake_object *o = fake__at(&fake__m.mappings, va);
   return o ? o->access : 0;
 }
 
 const struct fake_access *fake_last_access(void) {
+  FAKE_LOCK_SCOPE();
   return &fake__m.last_access;
 }
 
 /* ---- entries: driver and devices -------------------------------------- */
 
 CUresult fake_cuInit(unsigned int flags) {
-  CUresult rc = fake__enter(FAKE_cuInit);
+  FAKE_ENTER(FAKE_cuInit);
   if (rc != CUDA_SUCCESS)
     return rc;
   return flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 CUresult fake_cuDriverGetVersion(int *version) {
-  CUresult rc = fake__enter(FAKE_cuDriverGetVersion);
+  FAKE_ENTER(FAKE_cuDriverGetVersion);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (!version)
@@ -228,7 +271,7 @@ CUresult fake_cuDriverGetVersion(int *version) {
 }
 
 CUresult fake_cuDeviceGetCount(int *count) {
-  CUresult rc = fake__enter(FAKE_cuDeviceGetCount);
+  FAKE_ENTER(FAKE_cuDeviceGetCount);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (!count)
@@ -238,7 +281,7 @@ CUresult fake_cuDeviceGetCount(int *count) {
 }
 
 CUresult fake_cuDeviceGet(CUdevice *dev, int ordinal) {
-  CUresult rc = fake__enter(FAKE_cuDeviceGet);
+  FAKE_ENTER(FAKE_cuDeviceGet);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (!dev)
@@ -251,7 +294,7 @@ CUresult fake_cuDeviceGet(CUdevice *dev, int ordinal) {
 
 CUresult fake_cuDeviceGetAttribute(int *value, CUdevice_attribute attr,
                                    CUdevice dev) {
-  CUresult rc = fake__enter(FAKE_cuDeviceGetAttribute);
+  FAKE_ENTER(FAKE_cuDeviceGetAttribute);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = fake__ordinal(dev);
@@ -286,7 +329,7 @@ CUresult fake_cuDeviceGetAttribute(int *value, CUdevice_attribute attr,
 }
 
 CUresult fake_cuDeviceGetName(char *name, int len, CUdevice dev) {
-  CUresult rc = fake__enter(FAKE_cuDeviceGetName);
+  FAKE_ENTER(FAKE_cuDeviceGetName);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = fake__ordinal(dev);
@@ -299,7 +342,7 @@ CUresult fake_cuDeviceGetName(char *name, int len, CUdevice dev) {
 }
 
 CUresult fake_cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) {
-  CUresult rc = fake__enter(FAKE_cuDeviceGetUuid);
+  FAKE_ENTER(FAKE_cuDeviceGetUuid);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = fake__ordinal(dev);
@@ -312,7 +355,7 @@ CUresult fake_cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) {
 }
 
 CUresult fake_cuDeviceTotalMem(size_t *bytes, CUdevice dev) {
-  CUresult rc = fake__enter(FAKE_cuDeviceTotalMem);
+  FAKE_ENTER(FAKE_cuDeviceTotalMem);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = fake__ordinal(dev);
@@ -335,7 +378,7 @@ static int context_device(CUcontext ctx) {
 }
 
 CUresult fake_cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) {
-  CUresult rc = fake__enter(FAKE_cuDevicePrimaryCtxRetain);
+  FAKE_ENTER(FAKE_cuDevicePrimaryCtxRetain);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = fake__ordinal(dev);
@@ -349,7 +392,7 @@ CUresult fake_cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) {
 }
 
 CUresult fake_cuDevicePrimaryCtxRelease(CUdevice dev) {
-  CUresult rc = fake__enter(FAKE_cuDevicePrimaryCtxRelease);
+  FAKE_ENTER(FAKE_cuDevicePrimaryCtxRelease);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = fake__ordinal(dev);
@@ -362,32 +405,34 @@ CUresult fake_cuDevicePrimaryCtxRelease(CUdevice dev) {
 }
 
 CUresult fake_cuCtxPushCurrent(CUcontext ctx) {
-  CUresult rc = fake__enter(FAKE_cuCtxPushCurrent);
+  FAKE_ENTER(FAKE_cuCtxPushCurrent);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = context_device(ctx);
   if (d < 0 || fake__m.ctx_retains[d] == 0)
     return CUDA_ERROR_INVALID_CONTEXT;
-  if (fake__m.ctx_depth == FAKE_CTX_DEPTH)
+  if (fake__ctx_depth == FAKE_CTX_DEPTH)
     return CUDA_ERROR_INVALID_VALUE;
-  fake__m.ctx_stack[fake__m.ctx_depth++] = d;
+  fake__ctx_stack[fake__ctx_depth++] = d;
+  fake__m.ctx_pushes++;
   return CUDA_SUCCESS;
 }
 
 CUresult fake_cuCtxPopCurrent(CUcontext *ctx) {
-  CUresult rc = fake__enter(FAKE_cuCtxPopCurrent);
+  FAKE_ENTER(FAKE_cuCtxPopCurrent);
   if (rc != CUDA_SUCCESS)
     return rc;
-  if (fake__m.ctx_depth == 0)
+  if (fake__ctx_depth == 0)
     return CUDA_ERROR_INVALID_CONTEXT;
-  int d = fake__m.ctx_stack[--fake__m.ctx_depth];
+  int d = fake__ctx_stack[--fake__ctx_depth];
+  fake__m.ctx_pushes--;
   if (ctx)
     *ctx = (CUcontext)(void *)&fake__m.ctx_retains[d];
   return CUDA_SUCCESS;
 }
 
 CUresult fake_cuCtxSynchronize(void) {
-  CUresult rc = fake__enter(FAKE_cuCtxSynchronize);
+  FAKE_ENTER(FAKE_cuCtxSynchronize);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (fake__current_device() < 0)
@@ -397,7 +442,7 @@ CUresult fake_cuCtxSynchronize(void) {
 }
 
 CUresult fake_cuMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
-  CUresult rc = fake__enter(FAKE_cuMemGetInfo);
+  FAKE_ENTER(FAKE_cuMemGetInfo);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = fake__current_device();

@@ -5,7 +5,15 @@
  * every call and every live object, and fail any call on request. Tests
  * install it with fake_install() to prove each fallback and error path of
  * the library and that nothing leaks (after SQLite's test_vfs.c idea).
- * Single-threaded: one test thread drives the fake at a time.
+ *
+ * Threads: every entry and every function below runs under one recursive
+ * lock, so library threads (two ranks of one process, a store's thread)
+ * may call the fake at once. Current contexts are per thread, as in the
+ * driver; objects, live counts, call counts and the records are global.
+ * Fault plans (fake_fail, fake_fail_any, fake_alloc_fail) belong to the
+ * thread that armed them: only that thread's calls count them down and
+ * fail, while every thread's calls count in fake_calls. Set the machine up
+ * (fake_reset, fake_device, fake_install) while no other thread uses it.
  */
 #ifndef VMEP_FAKE_DRIVER_H
 #define VMEP_FAKE_DRIVER_H
@@ -47,8 +55,9 @@ struct fake_device {
  * Restores a clean machine of `devices` devices (1..FAKE_MAX_DEVICES) with
  * defaults: an H100-like device with VMM, POSIX fd, fabric and RDMA
  * support, 2 MiB granularity, 80 GiB; driver version 13000. Clears every
- * object, counter, fault plan, exemption and record, and puts dropped
- * entries back. Does not install, nor touch the host allocator.
+ * object, counter, fault plan, exemption and record, the calling thread's
+ * current contexts, and puts dropped entries back. Does not install, nor
+ * touch the host allocator.
  */
 void fake_reset(int devices);
 
@@ -87,7 +96,7 @@ struct fake_live {
   int allocs;       /* cuMemAlloc - cuMemFree */
   int ipc_opened;   /* cuIpcOpenMemHandle - cuIpcCloseMemHandle */
   int ctx_retains;  /* primary context retains - releases */
-  int ctx_pushes;   /* cuCtxPushCurrent - cuCtxPopCurrent */
+  int ctx_pushes;   /* cuCtxPushCurrent - cuCtxPopCurrent, all threads */
 };
 
 struct fake_live fake_live(void);
@@ -138,21 +147,34 @@ const struct fake_access *fake_last_access(void);
 /* "cuMemCreate" for FAKE_cuMemCreate. */
 const char *fake_entry_name(enum fake_entry entry);
 
-/* Calls of `entry` since the last fake_reset. */
+/* Calls of `entry` since the last fake_reset, from every thread. */
 unsigned long fake_calls(enum fake_entry entry);
 
 /*
- * Fails the nth call (1 = the next one) of `entry` from now with `result`:
- * that call only (persistent 0), or that one and every later one.
- * Replaces the entry's previous plan; nth <= 0 disarms it.
+ * Fails the nth call (1 = the next one) of `entry` from now, made by the
+ * calling thread, with `result`: that call only (persistent 0), or that
+ * one and every later one of this thread. Other threads' calls neither
+ * count nor fail. Replaces the entry's previous plan; nth <= 0 disarms it.
  */
 void fake_fail(enum fake_entry entry, int nth, CUresult result, int persistent);
 
-/* Like fake_fail, counting the calls of every entry that is not exempt. */
+/* Like fake_fail, counting the calling thread's calls of every entry that
+ * is not exempt. */
 void fake_fail_any(int nth, CUresult result, int persistent);
 
 /* Whether fake_fail_any skips (does not count or fail) `entry`. */
 void fake_fault_exempt(enum fake_entry entry, int exempt);
+
+/* Exempts the undo calls (cuMemUnmap, cuMemAddressFree, cuMemRelease,
+ * cuMemFree, cuIpcCloseMemHandle, cuCtxPopCurrent,
+ * cuDevicePrimaryCtxRelease): fault loops treat them as unable to fail, as
+ * SQLite's loop treats free(), since when one fails the resource is lost
+ * whatever the library does. */
+void fake_exempt_undo(void);
+
+/* Whether `text` names an entry at which a fault fired since the last
+ * fake_reset: a failure message must name the call that failed. */
+int fake_names_fired(const char *text);
 
 /* Disarms every plan, the host allocation plan included; counters and
  * exemptions stay. */
@@ -172,8 +194,9 @@ void fake_fault_hit(void);
  * zeroes its counts and plan. fake_uninstall removes it. */
 void fake_alloc_install(void);
 
-/* Fails the nth host allocation from now (transient or persistent);
- * nth <= 0 disarms. */
+/* Fails the nth host allocation from now made by the calling thread
+ * (transient or persistent); nth <= 0 disarms. Allocations of every thread
+ * count in fake_alloc_live. */
 void fake_alloc_fail(int nth, int persistent);
 
 /* Allocations not yet freed, and allocation faults fired, since

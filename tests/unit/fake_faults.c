@@ -4,9 +4,13 @@
  * VMEP_DRIVER_FUNCS, a plan over all entries, a counting host allocator
  * with its own plan, and the process-level views tests need (open fds, a
  * quiet stderr). Also cuGetErrorName, with the driver's real names.
+ * A plan belongs to the thread that armed it: only that thread's calls
+ * count it down and fail, so that a test can fail one rank's calls while
+ * another thread runs a peer rank.
  */
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,13 +29,15 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-/* Fails call number `countdown` (counting down to 1) with `result`; a
- * persistent plan then keeps failing (`firing`). countdown 0: disarmed. */
+/* Fails call number `countdown` (counting down to 1) of thread `owner`
+ * with `result`; a persistent plan then keeps failing (`firing`).
+ * countdown 0: disarmed. */
 struct fault_plan {
   int countdown;
   int persistent;
   int firing;
   CUresult result;
+  pthread_t owner;
 };
 
 static unsigned long calls[FAKE_ENTRY_COUNT];
@@ -61,10 +67,14 @@ static void arm(struct fault_plan *p, int nth, CUresult result,
   p->persistent = persistent;
   p->firing = 0;
   p->result = result;
+  p->owner = pthread_self();
 }
 
-/* Whether the plan fails this call. */
+/* Whether the plan fails this call (of the calling thread). */
 static int plan_fires(struct fault_plan *p) {
+  if ((!p->firing && p->countdown == 0) ||
+      !pthread_equal(p->owner, pthread_self()))
+    return 0;
   if (p->firing)
     return 1;
   if (p->countdown == 0 || --p->countdown > 0)
@@ -89,6 +99,7 @@ CUresult fake__enter(enum fake_entry entry) {
 }
 
 void fake__faults_reset(void) {
+  FAKE_LOCK_SCOPE();
   memset(calls, 0, sizeof(calls));
   memset(entry_plan, 0, sizeof(entry_plan));
   memset(&any_plan, 0, sizeof(any_plan));
@@ -101,30 +112,63 @@ const char *fake_entry_name(enum fake_entry entry) {
   return entry >= 0 && entry < FAKE_ENTRY_COUNT ? entry_names[entry] : "?";
 }
 
-unsigned long fake_calls(enum fake_entry entry) { return calls[entry]; }
+unsigned long fake_calls(enum fake_entry entry) {
+  FAKE_LOCK_SCOPE();
+  return calls[entry];
+}
 
 void fake_fail(enum fake_entry entry, int nth, CUresult result,
                int persistent) {
+  FAKE_LOCK_SCOPE();
   arm(&entry_plan[entry], nth, result, persistent);
 }
 
 void fake_fail_any(int nth, CUresult result, int persistent) {
+  FAKE_LOCK_SCOPE();
   arm(&any_plan, nth, result, persistent);
 }
 
 void fake_fault_exempt(enum fake_entry entry, int is_exempt) {
+  FAKE_LOCK_SCOPE();
   exempt[entry] = is_exempt;
 }
 
+void fake_exempt_undo(void) {
+  static const enum fake_entry undo[] = {FAKE_cuMemUnmap,
+                                         FAKE_cuMemAddressFree,
+                                         FAKE_cuMemRelease,
+                                         FAKE_cuMemFree,
+                                         FAKE_cuIpcCloseMemHandle,
+                                         FAKE_cuCtxPopCurrent,
+                                         FAKE_cuDevicePrimaryCtxRelease};
+  for (size_t i = 0; i < sizeof(undo) / sizeof(undo[0]); i++)
+    fake_fault_exempt(undo[i], 1);
+}
+
+int fake_names_fired(const char *text) {
+  FAKE_LOCK_SCOPE();
+  for (int e = 0; e < FAKE_ENTRY_COUNT; e++)
+    if (fired_at[e] && strstr(text, entry_names[e]))
+      return 1;
+  return 0;
+}
+
 void fake_faults_clear(void) {
+  FAKE_LOCK_SCOPE();
   memset(entry_plan, 0, sizeof(entry_plan));
   memset(&any_plan, 0, sizeof(any_plan));
   memset(&alloc_plan, 0, sizeof(alloc_plan));
 }
 
-int fake_faults_fired(void) { return fired; }
+int fake_faults_fired(void) {
+  FAKE_LOCK_SCOPE();
+  return fired;
+}
 
-int fake_faults_fired_at(enum fake_entry entry) { return fired_at[entry]; }
+int fake_faults_fired_at(enum fake_entry entry) {
+  FAKE_LOCK_SCOPE();
+  return fired_at[entry];
+}
 
 /* ---- cuGetErrorName --------------------------------------------------- */
 
@@ -161,7 +205,7 @@ int fake_faults_fired_at(enum fake_entry entry) { return fired_at[entry]; }
   X(CUDA_ERROR_UNKNOWN)
 
 CUresult fake_cuGetErrorName(CUresult error, const char **name) {
-  CUresult rc = fake__enter(FAKE_cuGetErrorName);
+  FAKE_ENTER(FAKE_cuGetErrorName);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (!name)
@@ -185,6 +229,7 @@ static long alloc_live;
 static int alloc_fired;
 
 static void *counting_malloc(size_t bytes) {
+  FAKE_LOCK_SCOPE();
   if (plan_fires(&alloc_plan)) {
     alloc_fired++;
     fake_fault_hit();
@@ -197,6 +242,7 @@ static void *counting_malloc(size_t bytes) {
 }
 
 static void counting_free(void *ptr) {
+  FAKE_LOCK_SCOPE();
   alloc_live--;
   free(ptr);
 }
@@ -204,6 +250,7 @@ static void counting_free(void *ptr) {
 void fake_alloc_install(void) {
   static const struct vmep_allocator counting = {counting_malloc,
                                                  counting_free};
+  FAKE_LOCK_SCOPE();
   memset(&alloc_plan, 0, sizeof(alloc_plan));
   alloc_live = 0;
   alloc_fired = 0;
@@ -211,12 +258,19 @@ void fake_alloc_install(void) {
 }
 
 void fake_alloc_fail(int nth, int persistent) {
+  FAKE_LOCK_SCOPE();
   arm(&alloc_plan, nth, CUDA_ERROR_OUT_OF_MEMORY, persistent);
 }
 
-long fake_alloc_live(void) { return alloc_live; }
+long fake_alloc_live(void) {
+  FAKE_LOCK_SCOPE();
+  return alloc_live;
+}
 
-int fake_alloc_fired(void) { return alloc_fired; }
+int fake_alloc_fired(void) {
+  FAKE_LOCK_SCOPE();
+  return alloc_fired;
+}
 
 /* ---- the process ------------------------------------------------------ */
 

@@ -1,7 +1,7 @@
 /*
- * Internals shared by the fake driver's files (fake_driver.c: devices and
- * contexts; fake_mem.c: memory entries; fake_faults.c: counters and fault
- * plans). Tests include fake_driver.h, not this.
+ * Internals shared by the fake driver's files (fake_driver.c: devices,
+ * contexts and the lock; fake_mem.c: memory entries; fake_faults.c:
+ * counters and fault plans). Tests include fake_driver.h, not this.
  */
 #ifndef VMEP_FAKE_MACHINE_H
 #define VMEP_FAKE_MACHINE_H
@@ -38,8 +38,7 @@ struct fake_machine {
   int driver_version;
   struct fake_device dev[FAKE_MAX_DEVICES];
   int ctx_retains[FAKE_MAX_DEVICES];
-  int ctx_stack[FAKE_CTX_DEPTH]; /* device of each pushed context */
-  int ctx_depth;
+  int ctx_pushes; /* pushed and not popped, over all threads */
   CUdeviceptr next_va;
   struct fake_table handles, reservations, mappings, blocks, ipc;
   enum fake_entry log[FAKE_LOG_MAX];
@@ -51,15 +50,38 @@ struct fake_machine {
 
 extern struct fake_machine fake__m;
 
+/* Each thread's stack of current contexts (the device of each pushed
+ * context), as the real driver keeps one per thread. */
+extern _Thread_local int fake__ctx_stack[FAKE_CTX_DEPTH];
+extern _Thread_local int fake__ctx_depth;
+
+/*
+ * One recursive lock guards the whole fake (machine, counters, plans, host
+ * allocation counts), so that library threads may call it at once:
+ * FAKE_LOCK_SCOPE() takes it until the end of the enclosing block, on
+ * every path out of it (GCC's cleanup attribute).
+ */
+int fake__lock(void);               /* takes the lock; returns 1 */
+void fake__unlock(const int *held); /* gives it back when *held */
+#define FAKE_LOCK_SCOPE()                                                      \
+  const int fake_held_ __attribute__((cleanup(fake__unlock), unused)) =        \
+      fake__lock()
+
 /* Declares fake_cuMemCreate etc. with exactly the table's types. */
 #define FAKE_DECLARE(name, version, required)                                  \
   __typeof__(*(PFN_##name##_v##version)0) fake_##name;
 VMEP_DRIVER_FUNCS(FAKE_DECLARE)
 #undef FAKE_DECLARE
 
-/* Every entry starts with this: counts the call and returns the CUresult
- * a fault plan asks for, or CUDA_SUCCESS to go on. */
+/* Counts the call and returns the CUresult a fault plan asks for, or
+ * CUDA_SUCCESS to go on. Called with the lock held. */
 CUresult fake__enter(enum fake_entry entry);
+
+/* Every entry starts with this: takes the lock for the entry's whole body
+ * and declares `rc`, the result of fake__enter. */
+#define FAKE_ENTER(entry)                                                      \
+  FAKE_LOCK_SCOPE();                                                           \
+  CUresult rc = fake__enter(entry)
 
 /* Clears counters and plans (fake_reset). */
 void fake__faults_reset(void);

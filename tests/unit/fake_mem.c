@@ -104,7 +104,7 @@ CUresult
 fake_cuMemGetAllocationGranularity(size_t *granularity,
                                    const CUmemAllocationProp *prop,
                                    CUmemAllocationGranularity_flags option) {
-  CUresult rc = fake__enter(FAKE_cuMemGetAllocationGranularity);
+  FAKE_ENTER(FAKE_cuMemGetAllocationGranularity);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = prop_device(prop);
@@ -140,7 +140,7 @@ static CUresult check_handle_types(int d, const CUmemAllocationProp *prop) {
 CUresult fake_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
                           const CUmemAllocationProp *prop,
                           unsigned long long flags) {
-  CUresult rc = fake__enter(FAKE_cuMemCreate);
+  FAKE_ENTER(FAKE_cuMemCreate);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (prop) {
@@ -170,7 +170,7 @@ CUresult fake_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
 }
 
 CUresult fake_cuMemRelease(CUmemGenericAllocationHandle handle) {
-  CUresult rc = fake__enter(FAKE_cuMemRelease);
+  FAKE_ENTER(FAKE_cuMemRelease);
   if (rc != CUDA_SUCCESS)
     return rc;
   struct fake_object *o = handle_object(handle);
@@ -185,7 +185,7 @@ CUresult fake_cuMemExportToShareableHandle(void *shareable,
                                            CUmemGenericAllocationHandle handle,
                                            CUmemAllocationHandleType type,
                                            unsigned long long flags) {
-  CUresult rc = fake__enter(FAKE_cuMemExportToShareableHandle);
+  FAKE_ENTER(FAKE_cuMemExportToShareableHandle);
   if (rc != CUDA_SUCCESS)
     return rc;
   const struct fake_object *o = handle_object(handle);
@@ -236,7 +236,7 @@ CUresult
 fake_cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle,
                                     void *os_handle,
                                     CUmemAllocationHandleType type) {
-  CUresult rc = fake__enter(FAKE_cuMemImportFromShareableHandle);
+  FAKE_ENTER(FAKE_cuMemImportFromShareableHandle);
   if (rc != CUDA_SUCCESS)
     return rc;
   int source = imported_index(os_handle, type);
@@ -260,7 +260,7 @@ fake_cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle,
 CUresult fake_cuMemAddressReserve(CUdeviceptr *ptr, size_t size,
                                   size_t alignment, CUdeviceptr addr,
                                   unsigned long long flags) {
-  CUresult rc = fake__enter(FAKE_cuMemAddressReserve);
+  FAKE_ENTER(FAKE_cuMemAddressReserve);
   if (rc != CUDA_SUCCESS)
     return rc;
   (void)addr; /* only a hint */
@@ -278,7 +278,7 @@ CUresult fake_cuMemAddressReserve(CUdeviceptr *ptr, size_t size,
 }
 
 CUresult fake_cuMemAddressFree(CUdeviceptr ptr, size_t size) {
-  CUresult rc = fake__enter(FAKE_cuMemAddressFree);
+  FAKE_ENTER(FAKE_cuMemAddressFree);
   if (rc != CUDA_SUCCESS)
     return rc;
   struct fake_object *o = range_exact(&fake__m.reservations, ptr, size);
@@ -292,7 +292,7 @@ CUresult fake_cuMemAddressFree(CUdeviceptr ptr, size_t size) {
 CUresult fake_cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
                        CUmemGenericAllocationHandle handle,
                        unsigned long long flags) {
-  CUresult rc = fake__enter(FAKE_cuMemMap);
+  FAKE_ENTER(FAKE_cuMemMap);
   if (rc != CUDA_SUCCESS)
     return rc;
   const struct fake_object *h = handle_object(handle);
@@ -317,7 +317,7 @@ CUresult fake_cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
 }
 
 CUresult fake_cuMemUnmap(CUdeviceptr ptr, size_t size) {
-  CUresult rc = fake__enter(FAKE_cuMemUnmap);
+  FAKE_ENTER(FAKE_cuMemUnmap);
   if (rc != CUDA_SUCCESS)
     return rc;
   struct fake_object *m = range_exact(&fake__m.mappings, ptr, size);
@@ -330,7 +330,7 @@ CUresult fake_cuMemUnmap(CUdeviceptr ptr, size_t size) {
 
 CUresult fake_cuMemSetAccess(CUdeviceptr ptr, size_t size,
                              const CUmemAccessDesc *desc, size_t count) {
-  CUresult rc = fake__enter(FAKE_cuMemSetAccess);
+  FAKE_ENTER(FAKE_cuMemSetAccess);
   if (rc != CUDA_SUCCESS)
     return rc;
   struct fake_object *m = range_within(&fake__m.mappings, ptr, size);
@@ -360,7 +360,7 @@ CUresult fake_cuMemSetAccess(CUdeviceptr ptr, size_t size,
 /* ---- cuMemAlloc and legacy IPC ---------------------------------------- */
 
 CUresult fake_cuMemAlloc(CUdeviceptr *dptr, size_t bytes) {
-  CUresult rc = fake__enter(FAKE_cuMemAlloc);
+  FAKE_ENTER(FAKE_cuMemAlloc);
   if (rc != CUDA_SUCCESS)
     return rc;
   int d = fake__current_device();
@@ -383,7 +383,7 @@ CUresult fake_cuMemAlloc(CUdeviceptr *dptr, size_t bytes) {
 }
 
 CUresult fake_cuMemFree(CUdeviceptr dptr) {
-  CUresult rc = fake__enter(FAKE_cuMemFree);
+  FAKE_ENTER(FAKE_cuMemFree);
   if (rc != CUDA_SUCCESS)
     return rc;
   /* Unlike cuMemAlloc, it needs no current context (driver 580). */
@@ -396,7 +396,7 @@ CUresult fake_cuMemFree(CUdeviceptr dptr) {
 }
 
 CUresult fake_cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr dptr) {
-  CUresult rc = fake__enter(FAKE_cuIpcGetMemHandle);
+  FAKE_ENTER(FAKE_cuIpcGetMemHandle);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (fake__current_device() < 0)
@@ -414,7 +414,7 @@ CUresult fake_cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr dptr) {
 
 CUresult fake_cuIpcOpenMemHandle(CUdeviceptr *dptr, CUipcMemHandle handle,
                                  unsigned int flags) {
-  CUresult rc = fake__enter(FAKE_cuIpcOpenMemHandle);
+  FAKE_ENTER(FAKE_cuIpcOpenMemHandle);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (fake__current_device() < 0)
@@ -438,7 +438,7 @@ CUresult fake_cuIpcOpenMemHandle(CUdeviceptr *dptr, CUipcMemHandle handle,
 }
 
 CUresult fake_cuIpcCloseMemHandle(CUdeviceptr dptr) {
-  CUresult rc = fake__enter(FAKE_cuIpcCloseMemHandle);
+  FAKE_ENTER(FAKE_cuIpcCloseMemHandle);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (fake__current_device() < 0)
@@ -467,20 +467,20 @@ static CUresult touchable(CUdeviceptr va, size_t size) {
 }
 
 CUresult fake_cuMemsetD8(CUdeviceptr va, unsigned char value, size_t size) {
-  CUresult rc = fake__enter(FAKE_cuMemsetD8);
+  FAKE_ENTER(FAKE_cuMemsetD8);
   (void)value;
   return rc != CUDA_SUCCESS ? rc : touchable(va, size);
 }
 
 CUresult fake_cuMemcpyHtoD(CUdeviceptr dst, const void *src, size_t size) {
-  CUresult rc = fake__enter(FAKE_cuMemcpyHtoD);
+  FAKE_ENTER(FAKE_cuMemcpyHtoD);
   if (rc != CUDA_SUCCESS)
     return rc;
   return size && !src ? CUDA_ERROR_INVALID_VALUE : touchable(dst, size);
 }
 
 CUresult fake_cuMemcpyDtoH(void *dst, CUdeviceptr src, size_t size) {
-  CUresult rc = fake__enter(FAKE_cuMemcpyDtoH);
+  FAKE_ENTER(FAKE_cuMemcpyDtoH);
   if (rc != CUDA_SUCCESS)
     return rc;
   if (size && !dst)

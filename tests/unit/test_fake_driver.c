@@ -2,9 +2,12 @@
  * The fake driver itself, called directly: the library's tests only prove
  * something if the fake refuses what the real driver refuses, counts what
  * is live, and fails exactly the call a plan names. Each check here is one
- * a library bug would otherwise slip past.
+ * a library bug would otherwise slip past. With threads: contexts are
+ * current per thread, plans fail only the arming thread's calls, and
+ * concurrent calls keep the counts exact.
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "fake_driver.h"
@@ -247,6 +250,72 @@ static void test_host_allocations(void) {
   fake_uninstall();
 }
 
+/* What a second thread saw: its calls' results. */
+struct peer_calls {
+  CUcontext ctx;
+  CUresult alloc_no_ctx, count, alloc, popped;
+  unsigned long rounds;
+};
+
+static void *peer_thread(void *arg) {
+  struct peer_calls *p = arg;
+  CUdeviceptr ptr = 0;
+  int count = 0;
+  /* The main thread's pushed context is not current here. */
+  p->alloc_no_ctx = drv->cuMemAlloc(&ptr, 4096);
+  p->count = drv->cuDeviceGetCount(&count);
+  ASSERT_EQ(drv->cuCtxPushCurrent(p->ctx), CUDA_SUCCESS);
+  p->alloc = drv->cuMemAlloc(&ptr, 4096);
+  for (unsigned long i = 0; i < p->rounds; i++) {
+    CUmemGenericAllocationHandle h;
+    CUmemAllocationProp prop = prop_for(0, 0);
+    ASSERT_EQ(drv->cuMemCreate(&h, 2 * FAKE_MIB, &prop, 0), CUDA_SUCCESS);
+    ASSERT_EQ(drv->cuMemRelease(h), CUDA_SUCCESS);
+  }
+  if (p->alloc == CUDA_SUCCESS)
+    ASSERT_EQ(drv->cuMemFree(ptr), CUDA_SUCCESS);
+  p->popped = drv->cuCtxPopCurrent(NULL);
+  return NULL;
+}
+
+static void test_threads(void) {
+  CUdevice dev;
+  CUcontext ctx;
+  pthread_t t;
+  int count = 0;
+  struct peer_calls p = {0};
+  fake_reset(1);
+  ASSERT_EQ(drv->cuDeviceGet(&dev, 0), CUDA_SUCCESS);
+  ASSERT_EQ(drv->cuDevicePrimaryCtxRetain(&ctx, dev), CUDA_SUCCESS);
+  ASSERT_EQ(drv->cuCtxPushCurrent(ctx), CUDA_SUCCESS);
+  /* Armed here: the peer's calls pass and do not count the plans down. */
+  fake_fail_any(1, CUDA_ERROR_UNKNOWN, 1);
+  fake_fail(FAKE_cuMemAlloc, 1, CUDA_ERROR_OUT_OF_MEMORY, 0);
+  p.ctx = ctx;
+  p.rounds = 200 + test_rand() % 200;
+  ASSERT_EQ(pthread_create(&t, NULL, peer_thread, &p), 0);
+  /* Concurrent calls, the fault plan firing in this thread only. */
+  for (unsigned long i = 0; i < p.rounds; i++)
+    ASSERT_EQ(drv->cuDeviceGetCount(&count), CUDA_ERROR_UNKNOWN);
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  ASSERT_EQ(p.alloc_no_ctx, CUDA_ERROR_INVALID_CONTEXT);
+  ASSERT_EQ(p.count, CUDA_SUCCESS);
+  ASSERT_EQ(p.alloc, CUDA_SUCCESS);
+  ASSERT_EQ(p.popped, CUDA_SUCCESS);
+  ASSERT_EQ(fake_faults_fired(), (long long)p.rounds);
+  ASSERT_EQ(fake_calls(FAKE_cuDeviceGetCount), p.rounds + 1);
+  ASSERT_EQ(fake_calls(FAKE_cuMemCreate), p.rounds);
+  ASSERT_EQ(fake_live().ctx_pushes, 1); /* ours, still current here */
+  ASSERT_EQ(fake_live().handles, 0);
+  /* The transient cuMemAlloc plan is still armed for this thread. */
+  CUdeviceptr ptr;
+  fake_fail_any(0, CUDA_SUCCESS, 0);
+  ASSERT_EQ(drv->cuMemAlloc(&ptr, 4096), CUDA_ERROR_OUT_OF_MEMORY);
+  ASSERT_EQ(drv->cuCtxPopCurrent(NULL), CUDA_SUCCESS);
+  ASSERT_EQ(drv->cuDevicePrimaryCtxRelease(dev), CUDA_SUCCESS);
+  ASSERT_NO_LEAKS();
+}
+
 int main(void) {
   test_seed("test_fake_driver");
   drv = fake_driver();
@@ -256,6 +325,7 @@ int main(void) {
   test_error_names();
   test_fault_plans();
   test_host_allocations();
+  test_threads();
   printf("test_fake_driver: ok\n");
   return 0;
 }

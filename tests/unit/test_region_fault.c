@@ -10,16 +10,6 @@
 #include "fake_driver.h"
 #include "test.h"
 
-/* Undo calls are treated as unable to fail, as free() is in SQLite's
- * loop: when one fails the resource is lost whatever the library does. */
-static const enum fake_entry undo_entries[] = {FAKE_cuMemUnmap,
-                                               FAKE_cuMemAddressFree,
-                                               FAKE_cuMemRelease,
-                                               FAKE_cuMemFree,
-                                               FAKE_cuIpcCloseMemHandle,
-                                               FAKE_cuCtxPopCurrent,
-                                               FAKE_cuDevicePrimaryCtxRelease};
-
 /* What each injected CUresult must become (DESIGN.md section 4). */
 static const struct {
   CUresult result;
@@ -46,8 +36,7 @@ static int trials;
 /* A fresh machine, re-probed, with the undo calls exempt. */
 static void fresh_machine(void) {
   fake_setup(1);
-  for (size_t i = 0; i < VMEP_ARRAY_SIZE(undo_entries); i++)
-    fake_fault_exempt(undo_entries[i], 1);
+  fake_exempt_undo();
 }
 
 /* Runs the sequence under the armed plan, stopping at the first failing
@@ -100,15 +89,6 @@ static void check_clean(const char *what, int n, int fds) {
               fake_alloc_live());
 }
 
-/* Whether `error` names an entry that failed in this run. */
-static int names_failed_call(const char *error) {
-  for (int e = 0; e < FAKE_ENTRY_COUNT; e++)
-    if (fake_faults_fired_at((enum fake_entry)e) &&
-        strstr(error, fake_entry_name((enum fake_entry)e)))
-      return 1;
-  return 0;
-}
-
 /* The strategies allowed (0: the whole chain), one CUresult, transient or
  * persistent; returns the number of fault points. */
 static int driver_loop(unsigned flags, int k, int persistent, int fds) {
@@ -132,7 +112,7 @@ static int driver_loop(unsigned flags, int k, int persistent, int fds) {
       TEST_FAIL("%s, n = %d: %s returned %s, expected %s (%s)", what, n,
                 step_names[out.step], vmep_status_name(out.status),
                 vmep_status_name(injected[k].status), out.error);
-    if (out.status != VMEP_OK && !names_failed_call(out.error))
+    if (out.status != VMEP_OK && !fake_names_fired(out.error))
       TEST_FAIL("%s, n = %d: %s failed with a message naming no failed "
                 "call: %s",
                 what, n, step_names[out.step], out.error);
