@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 
 #define MAX_GROUP_SIZE 65536
 #define HOST_BYTES 256

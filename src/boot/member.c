@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 
 #define POLL_FIRST_MS 1
 #define POLL_MAX_MS 20
@@ -231,6 +232,13 @@ vmep_status vmep__member_dead(struct vmep_store_client *c, int max_ranks,
   vmep__free(dead);
   vmep__free(keys);
   return status;
+}
+
+vmep_status vmep__member_forget(struct vmep_store_client *c, int rank,
+                                int *was_dead_out) {
+  if (!c)
+    return bad_arg("vmep__member_forget", "client is NULL");
+  return vmep__store_forget(c, rank, was_dead_out);
 }
 
 /* ---- allgather among a rank set ---------------------------------------- */

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 
 #define PART_BYTES ((size_t)1 << 20)
 #define HEADER_BYTES 8

@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 #define TOKEN "join-token"

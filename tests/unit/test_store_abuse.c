@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 #define WORKERS 3

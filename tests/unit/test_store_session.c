@@ -14,6 +14,7 @@
 #include <pthread.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 #define TOKEN "session-token"

@@ -11,7 +11,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 #define MAX_SESSIONS 4096
 #define CACHED_REPLY_MAX 32

@@ -19,7 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 #define MAX_CONNS 4096
 #define IN_BUF_MIN 4096

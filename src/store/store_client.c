@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 /* How long a reply may lag behind the end of the wait it answers. */
 #define REPLY_SLACK_MS 5000

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 /* ---- reading ---------------------------------------------------------- */
 
