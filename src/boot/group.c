@@ -147,16 +147,13 @@ static void identity_make(const vmep_group *g, unsigned char *rec) {
       id[strcspn(id, "\n")] = '\0';
     fclose(f);
   }
-  const uint32_t fields[2] = {(uint32_t)g->size, (uint32_t)getpid()};
-  for (int i = 0; i < 8; i++)
-    rec[HOST_BYTES + BOOT_ID_BYTES + i] =
-        (unsigned char)(fields[i / 4] >> (8 * (i % 4)));
+  vmep__le_put(rec + HOST_BYTES + BOOT_ID_BYTES, (uint32_t)g->size, 4);
+  vmep__le_put(rec + HOST_BYTES + BOOT_ID_BYTES + 4, (uint32_t)getpid(), 4);
 }
 
 static uint32_t identity_field(const unsigned char *rec, int index) {
-  const unsigned char *p = rec + HOST_BYTES + BOOT_ID_BYTES + 4 * index;
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-         (uint32_t)p[3] << 24;
+  return (uint32_t)vmep__le_get(rec + HOST_BYTES + BOOT_ID_BYTES + 4 * index,
+                                4);
 }
 
 /* Node indices in order of first appearance, and this rank's local rank. */

@@ -65,19 +65,6 @@ static void back_off(int *pause_ms, uint64_t deadline) {
   *pause_ms = *pause_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : *pause_ms * 2;
 }
 
-/* Little-endian integers of `bytes` bytes. */
-static uint64_t get_le(const unsigned char *p, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; i++)
-    v |= (uint64_t)p[i] << (8 * i);
-  return v;
-}
-
-static void put_le(unsigned char *p, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; i++)
-    p[i] = (unsigned char)(v >> (8 * i));
-}
-
 /* ---- records ---------------------------------------------------------- */
 
 vmep_status vmep__member_publish(struct vmep_store_client *c, const char *ns,
@@ -257,8 +244,8 @@ static int sync_parse(const unsigned char *v, size_t len,
   for (int i = 0; i < 2; i++) {
     if (len < SYNC_HEADER)
       return 0;
-    part[i].tag = get_le(v, 8);
-    part[i].len = (size_t)get_le(v + 8, 4);
+    part[i].tag = vmep__le_get(v, 8);
+    part[i].len = (size_t)vmep__le_get(v + 8, 4);
     if (len - SYNC_HEADER < part[i].len)
       return 0;
     part[i].data = v + SYNC_HEADER;
@@ -330,10 +317,10 @@ static vmep_status sync_value(void *user, size_t index, const void *value,
     }
     /* A part this caller consumed before (the same tag came round again):
      * wait for the fresh one. */
-    if (s->seen && get_le(part[p].data, 8) <= s->seen[i])
+    if (s->seen && vmep__le_get(part[p].data, 8) <= s->seen[i])
       continue;
     if (s->seen)
-      s->seen[i] = get_le(part[p].data, 8);
+      s->seen[i] = vmep__le_get(part[p].data, 8);
     if (s->bytes)
       memcpy(s->all + (size_t)i * s->bytes, part[p].data, s->bytes);
     s->have[i] = 1;
@@ -436,12 +423,12 @@ static vmep_status sync_publish(struct vmep_store_client *c, const char *key,
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "member allgather: no memory for %zu bytes", len);
   }
-  put_le(v, tag, 8);
-  put_le(v + 8, bytes, 4);
+  vmep__le_put(v, tag, 8);
+  vmep__le_put(v + 8, bytes, 4);
   if (bytes)
     memcpy(v + SYNC_HEADER, mine, bytes);
-  put_le(v + SYNC_HEADER + bytes, prev->tag, 8);
-  put_le(v + SYNC_HEADER + bytes + 8, prev->len, 4);
+  vmep__le_put(v + SYNC_HEADER + bytes, prev->tag, 8);
+  vmep__le_put(v + SYNC_HEADER + bytes + 8, prev->len, 4);
   if (prev->len)
     memcpy(v + 2 * SYNC_HEADER + bytes, prev->data, prev->len);
   status = vmep__store_set(c, key, v, len);

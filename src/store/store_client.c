@@ -115,10 +115,7 @@ static enum io recv_reply(struct vmep_store_client *c, unsigned cmd,
       return IO_BAD; /* malformed, or more than one answer */
     if (n > 0)
       return IO_OK;
-    size_t need = c->in_len < 4
-                      ? 4096
-                      : 4 + ((size_t)c->in[0] | (size_t)c->in[1] << 8 |
-                             (size_t)c->in[2] << 16 | (size_t)c->in[3] << 24);
+    size_t need = c->in_len < 4 ? 4096 : 4 + (size_t)vmep__le_get(c->in, 4);
     if (need > c->in_cap) {
       unsigned char *grown = vmep__malloc(need);
       if (!grown)

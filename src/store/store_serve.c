@@ -145,8 +145,7 @@ static void publish_death(struct vmep_store_state *st, int32_t rank) {
   char key[VMEP_STORE_DEAD_KEY_BYTES];
   unsigned char serial[8];
   uint64_t n = ++st->deaths;
-  for (int i = 0; i < 8; i++)
-    serial[i] = (unsigned char)(n >> (8 * i));
+  vmep__le_put(serial, n, 8);
   vmep__store_dead_key(rank, key);
   struct vmep_store_bytes k = {(const unsigned char *)key, strlen(key)};
   struct vmep_store_bytes v = {serial, sizeof(serial)};
@@ -363,12 +362,11 @@ static void mutate(struct vmep_store_state *st,
                               cur.len);
       return;
     }
-    for (int i = 0; present && i < 8; i++)
-      v |= (uint64_t)cur.data[i] << (8 * i);
+    if (present)
+      v = vmep__le_get(cur.data, 8);
     v += (uint64_t)q->delta; /* wraps like two's complement */
     unsigned char bytes[8];
-    for (int i = 0; i < 8; i++)
-      bytes[i] = (unsigned char)(v >> (8 * i));
+    vmep__le_put(bytes, v, 8);
     struct vmep_store_bytes nv = {bytes, 8};
     status = vmep__store_table_set(st->table, q->key, nv);
     number = (int64_t)v;
@@ -466,8 +464,8 @@ static void answer_keys(const struct vmep_store_state *st, unsigned cmd,
     }
     count++;
   }
-  for (int i = 0; i < 4 && !out->failed; i++)
-    out->data[count_at + (size_t)i] = (unsigned char)(count >> (8 * i));
+  if (!out->failed)
+    vmep__le_put(out->data + count_at, count, 4);
   vmep__wbuf_frame_end(out);
 }
 
