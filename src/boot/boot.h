@@ -56,6 +56,19 @@ vmep_status vmep__launch_env_parse(vmep_env_lookup_fn lookup, void *user,
 /* vmep__launch_env_parse over the process environment (getenv). */
 vmep_status vmep__launch_env_detect(struct vmep_launch_env *env_out);
 
+/*
+ * The job token and job id of a group made from explicit arguments, by
+ * the rules and with the messages of vmep__launch_env_parse: the token is
+ * `token` (NULL: VMEP_JOB_TOKEN, "" when unset), the job id VMEP_JOB_ID,
+ * else derived from `store_addr` ("host:port", checked as a launcher's),
+ * else "" when store_addr is NULL (the caller names the job). Variables
+ * are read through the configuration table. In *env_out only source,
+ * store_addr, token and job_id mean something (rank and local_rank are
+ * -1); it is written only on success.
+ */
+vmep_status vmep__launch_job_names(const char *token, const char *store_addr,
+                                   struct vmep_launch_env *env_out);
+
 /* ---- the store, as upper layers see it -------------------------------- */
 
 /* One connection to the job's store (store/store.h): upper layers get it
