@@ -40,7 +40,8 @@ extern "C" {
   X(ERR_OUT_OF_MEMORY, -4, "out of memory")                                    \
   X(ERR_TIMEOUT, -5, "timed out")                                              \
   X(ERR_PEER, -6, "a peer failed or left")                                     \
-  X(ERR_SYSTEM, -7, "system call failed")
+  X(ERR_SYSTEM, -7, "system call failed")                                      \
+  X(ERR_BUSY, -8, "still in use")
 
 typedef enum vmep_status {
 #define VMEP_STATUS_ENUM(name, value, text) VMEP_##name = value,
@@ -301,8 +302,10 @@ VMEP_API vmep_status vmep_group_join(int rank, int max_ranks,
 
 /* Leaves the group (not collective). Rank 0 of a store group keeps the
  * store up, starting no new session on it, until the other ranks have left
- * (at most VMEP_TIMEOUT_MS: VMEP_ERR_TIMEOUT then), and stops it. NULL is
- * a no-op. */
+ * (at most VMEP_TIMEOUT_MS: VMEP_ERR_TIMEOUT then), and stops it. While an
+ * EP buffer or window still uses the group it returns VMEP_ERR_BUSY
+ * naming how many, and the group stays as it was: destroy them first.
+ * NULL is a no-op. */
 VMEP_API vmep_status vmep_group_destroy(vmep_group *group);
 
 VMEP_API int vmep_group_rank(const vmep_group *group);

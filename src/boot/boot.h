@@ -121,6 +121,17 @@ const char *vmep__group_token(const vmep_group *group);
 int vmep__group_timeout_ms(const vmep_group *group);
 /* 1 for a group made by vmep_group_join (no fixed membership), else 0. */
 int vmep__group_elastic(const vmep_group *group);
+/*
+ * A user of the group (an EP buffer, a window) holds it for as long as it
+ * keeps the pointer: hold once its creation has succeeded, release as the
+ * last step of its destruction (and on a failed creation's unwind, if it
+ * held already). While any hold is outstanding vmep_group_destroy refuses
+ * with VMEP_ERR_BUSY naming the count, and changes nothing. Thread-safe
+ * (atomic); they cannot fail. A release without a hold is ignored (logged
+ * at warn). group must not be NULL.
+ */
+void vmep__group_hold(vmep_group *group);
+void vmep__group_release(vmep_group *group);
 
 /* ---- membership over the store (member.c) ---- */
 

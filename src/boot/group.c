@@ -8,6 +8,7 @@
  * host identity (hostname and boot id), from which the node indices and
  * local ranks follow.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,7 @@ struct vmep_group_ops {
 
 struct vmep_group {
   const struct vmep_group_ops *ops;
+  atomic_int holders; /* buffers and windows that use the group */
   int rank, size, local_rank;
   int *node_of; /* [size] */
   int timeout_ms;
@@ -359,6 +361,7 @@ static vmep_status group_new(const struct vmep_group_ops *ops, int rank,
     return status;
   }
   g->ops = ops;
+  atomic_init(&g->holders, 0);
   g->rank = rank;
   g->size = size;
   snprintf(g->token, sizeof(g->token), "%s", job->token);
@@ -609,9 +612,25 @@ vmep_status vmep_group_create_custom(int rank, int size,
 vmep_status vmep_group_destroy(vmep_group *g) {
   if (!g)
     return VMEP_OK;
+  int holders = atomic_load(&g->holders);
+  if (holders > 0)
+    return vmep__fail(VMEP_ERR_BUSY, VMEP_LOG_ERROR,
+                      "vmep_group_destroy: %d holder(s) (EP buffers or "
+                      "windows) still use this group; destroy them first",
+                      holders);
   vmep_status status = g->ops->destroy(g);
   group_free(g);
   return status;
+}
+
+void vmep__group_hold(vmep_group *g) { atomic_fetch_add(&g->holders, 1); }
+
+void vmep__group_release(vmep_group *g) {
+  int n = atomic_load(&g->holders);
+  while (n > 0 && !atomic_compare_exchange_weak(&g->holders, &n, n - 1))
+    ;
+  if (n <= 0)
+    vmep_log_warn("group: released more often than held (ignored)");
 }
 
 /* ---- accessors ------------------------------------------------------- */
