@@ -286,8 +286,9 @@ VMEP_API vmep_status vmep_group_create_custom(int rank, int size,
  * VMEP_JOB_TOKEN). The store must already run in another process (this
  * never hosts one; it retries the connection until VMEP_TIMEOUT_MS). A
  * rank that a live process holds is refused (VMEP_ERR_INVALID_ARG with the
- * store's reason); the rank of a process that died is taken over (a
- * rejoin). The group's size is max_ranks; its local rank VMEP_LOCAL_RANK
+ * store's reason) once it stays held for VMEP_TIMEOUT_MS; the rank of a
+ * process that died is taken over (a rejoin, retried until the store sees
+ * it closed). The group's size is max_ranks; its local rank VMEP_LOCAL_RANK
  * if set, else rank; vmep_group_node gives 0 for every rank; its job id is
  * VMEP_JOB_ID, else derived from the store address as for the other
  * groups, so all members agree. An elastic group has no fixed membership:

@@ -23,8 +23,9 @@
  */
 /* 2: FORGET, published deaths; 3: store instances (HELLO names the one
  * it resumes and those it avoids, its OK answer the store's), CLOSING and
- * GONE answers. */
-#define VMEP_STORE_PROTOCOL_VERSION 3u
+ * GONE answers; 4: the TAKEN answer (a rank held by a live connection, to
+ * be retried) and published rank sessions (VMEP_STORE_SESSION_PREFIX). */
+#define VMEP_STORE_PROTOCOL_VERSION 4u
 #define VMEP_STORE_FRAME_MAX (8u << 20) /* body bytes of one frame */
 #define VMEP_STORE_KEY_MAX 1024u
 #define VMEP_STORE_TOKEN_MAX 255u
@@ -64,6 +65,10 @@ enum vmep_store_answer {
   VMEP_STORE_GONE = 6,     /* HELLO: the session's store instance is gone
                               (this one is another): its keys are lost;
                               closes */
+  VMEP_STORE_TAKEN = 7,    /* HELLO: another live connection holds the
+                              rank. Its process may have just died, before
+                              the store saw the close: the client retries
+                              within its timeout; closes */
   VMEP_STORE_ANSWER_END
 };
 
@@ -279,11 +284,11 @@ struct vmep_store_peer *vmep__store_peer_open(struct vmep_store_state *state,
 /*
  * Carries out request `q` and appends its answer to `out` (unless the
  * request blocks). Protocol violations (no HELLO first, wrong token, a
- * second HELLO, a rank another live session holds) are logged at warn,
- * answered REJECTED and return VMEP_STORE_PEER_CLOSE, as BYE does. A HELLO
- * that resumes another instance's session is answered GONE; one that
- * would start a session on a retired store, or on an instance it avoids,
- * CLOSING; both close too.
+ * second HELLO) are logged at warn, answered REJECTED and return
+ * VMEP_STORE_PEER_CLOSE, as BYE does. A HELLO for a rank another live
+ * session holds is answered TAKEN; one that resumes another instance's
+ * session GONE; one that would start a session on a retired store, or on
+ * an instance it avoids, CLOSING; all three close too.
  */
 int vmep__store_peer_request(struct vmep_store_state *state,
                              struct vmep_store_peer *peer,
@@ -358,7 +363,10 @@ typedef vmep_status (*vmep_store_value_fn)(void *user, size_t index,
  * (-1: none): if the connection later breaks and the store stays
  * unreachable for 2 s, calls fail with VMEP_ERR_PEER naming that rank.
  * timeout_ms is also the default of every later call. A refusal (wrong
- * token, rank taken) is VMEP_ERR_INVALID_ARG with the store's reason.
+ * token) is VMEP_ERR_INVALID_ARG with the store's reason. A rank another
+ * live connection holds (TAKEN) is retried too, because its holder may
+ * have died before the store saw its connection close; still held at
+ * timeout_ms, it is VMEP_ERR_INVALID_ARG with the store's reason.
  * The client keeps to the store instance it first reached: a store that
  * answers CLOSING (retired, or one vmep__store_left named) is retried as
  * an unreachable one; a reconnect that finds another instance at the

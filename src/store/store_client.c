@@ -39,7 +39,7 @@ struct vmep_store_client {
   int timeout_ms;
   uint64_t session, seq;
   uint64_t instance; /* of the store, once a HELLO was answered OK */
-  char refusal[160]; /* the last CLOSING answer's reason */
+  char refusal[160]; /* the last CLOSING or TAKEN answer's reason */
   struct vmep_store_wbuf out;
   unsigned char *in;
   size_t in_len, in_cap;
@@ -186,9 +186,14 @@ static vmep_status store_replaced(const struct vmep_store_client *c,
                     text);
 }
 
+/* Values of try_open's *err besides errno values: the store's answer. */
+#define ERR_CLOSING (-1)
+#define ERR_TAKEN (-2)
+
 /* One try: connect and say HELLO. VMEP_OK; VMEP_ERR_TIMEOUT (not logged)
- * when it may be retried, with *err an errno value, or -1 when the store
- * answered CLOSING (c->refusal says why); any other status is final. A
+ * when it may be retried, with *err an errno value, or ERR_CLOSING /
+ * ERR_TAKEN when the store answered so (c->refusal says why); any other
+ * status is final. A
  * new session avoids the store instances this process left; a resumed one
  * asks for its own instance. */
 static vmep_status try_open(struct vmep_store_client *c, uint64_t deadline,
@@ -222,10 +227,11 @@ static vmep_status try_open(struct vmep_store_client *c, uint64_t deadline,
     return VMEP_OK;
   }
   hang_up(c);
-  if (io == IO_OK && a.answer == VMEP_STORE_CLOSING) {
+  if (io == IO_OK &&
+      (a.answer == VMEP_STORE_CLOSING || a.answer == VMEP_STORE_TAKEN)) {
     snprintf(c->refusal, sizeof(c->refusal), "%.*s", (int)a.message.len,
              (const char *)a.message.data);
-    *err = -1;
+    *err = a.answer == VMEP_STORE_TAKEN ? ERR_TAKEN : ERR_CLOSING;
     return VMEP_ERR_TIMEOUT;
   }
   if (io == IO_OK && a.answer == VMEP_STORE_GONE)
@@ -254,6 +260,12 @@ static vmep_status open_connection(struct vmep_store_client *c,
       last = err; /* an attempt cut short by the deadline says less */
     uint64_t now = vmep__now_ms();
     const char *why = last < 0 ? c->refusal : strerror(last);
+    /* The rank stayed held for the whole timeout: a live twin. */
+    if (last == ERR_TAKEN && now >= deadline)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "store %s refused this client (rank %d): %s; still "
+                        "so after %d ms",
+                        c->addr, (int)c->rank, why, c->timeout_ms);
     if (lost_at && c->host_rank >= 0 && now >= lost_at + HOST_LOST_MS)
       return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
                         "rank %d died (the store it hosts at %s is gone: %s)",

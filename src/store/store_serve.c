@@ -315,10 +315,14 @@ static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
   if (s && s->rank != q->rank)
     return reject(p, out, "a session cannot change its rank");
   if (rank_taken(st, q->rank, q->session)) {
+    /* Its holder may have died a moment ago, its close not yet read: the
+     * client tries again. */
     snprintf(why, sizeof(why),
              "rank %d is already connected (two processes with one rank?)",
              (int)q->rank);
-    return reject(p, out, why);
+    vmep_log_info("store: %s: %s; closing that connection", p->name, why);
+    vmep__store_reply_error(out, VMEP_STORE_TAKEN, -1, "%s", why);
+    return VMEP_STORE_PEER_CLOSE;
   }
   if (!s && !(s = new_session(st, q->session, q->rank)))
     return reject(p, out, "no room for another session");
