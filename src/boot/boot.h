@@ -141,13 +141,18 @@ void vmep__group_release(vmep_group *group);
  * at once, and only the deaths of the ranks it waits for fail it. Keys:
  * "<ns>/member/<rank>" holds a member's record while it is in,
  * "<ns>/sync/<rank>" a rank's last two allgather contributions, and
- * "vmep/dead/<rank>" the store's published deaths. Each call follows the
+ * "vmep/dead/<rank>" and "vmep/session/<rank>" the store's published
+ * deaths and the session holding each rank. A stored record starts with
+ * VMEP_MEMBER_HEADER bytes (a magic and its publisher's store session)
+ * that the fetches take off again. Each call follows the
  * client's thread rules; failures are logged and named as below.
  */
 #define VMEP_MEMBER_RANKS_MAX 1024
+#define VMEP_MEMBER_HEADER 16 /* u32 magic "VMR1", u32 0, u64 session */
 
-/* SETs rank's record rec[0..len). VMEP_ERR_INVALID_ARG for bad arguments
- * or a key or record over the store's limits; store failures. */
+/* SETs rank's record rec[0..len), behind a header naming this client's
+ * store session (vmep__member_session). VMEP_ERR_INVALID_ARG for bad
+ * arguments or a key or record over the store's limits; store failures. */
 vmep_status vmep__member_publish(struct vmep_store_client *c, const char *ns,
                                  int rank, const void *rec, size_t len);
 /* Deletes rank's record; an absent one is OK. */
@@ -161,7 +166,8 @@ vmep_status vmep__member_withdraw(struct vmep_store_client *c, const char *ns,
  * returned); VMEP_ERR_TIMEOUT naming the rank and key. Other ranks' deaths
  * do not fail it. A process that rejoins under a dead rank's id clears
  * that key, so the dead one's record is served again until the new
- * process withdraws or republishes it.
+ * process withdraws or republishes it (vmep__member_fetch_current does
+ * not serve it). VMEP_ERR_PEER for a value without a member header.
  */
 vmep_status vmep__member_fetch(struct vmep_store_client *c, const char *ns,
                                int rank, int timeout_ms, void **rec_out,
@@ -172,6 +178,28 @@ vmep_status vmep__member_fetch(struct vmep_store_client *c, const char *ns,
  * 1 when it was on the list. Idempotent; store failures. */
 vmep_status vmep__member_forget(struct vmep_store_client *c, int rank,
                                 int *was_dead_out);
+/*
+ * vmep__member_fetch for a record of the rank's current process only: one
+ * published under the session the store now holds for the rank (its last
+ * HELLO as that rank; see VMEP_STORE_SESSION_PREFIX). So a record left
+ * by an earlier process of the rank (it died and was replaced, even twice
+ * over, or it left) is waited past until its successor publishes, and a
+ * process the store wrongly took for dead, which reconnects under its own
+ * session (clearing its dead key), is served its record as it is. While
+ * rank's dead key is present: with wait_dead, it waits for a successor to
+ * say hello (VMEP_ERR_PEER naming the rank at the timeout), else
+ * VMEP_ERR_PEER at once. VMEP_ERR_TIMEOUT names the stale session and the
+ * current one. *session_out (may be NULL) gets the publisher's session,
+ * which stays the same for the life of that process's group: a consumer
+ * can key what it knows of a rank by it.
+ */
+vmep_status vmep__member_fetch_current(struct vmep_store_client *c,
+                                       const char *ns, int rank, int timeout_ms,
+                                       int wait_dead, void **rec_out,
+                                       size_t *len_out, uint64_t *session_out);
+/* The store session this client publishes records under (0 for NULL):
+ * random, nonzero, the same for the client's whole life. */
+uint64_t vmep__member_session(const struct vmep_store_client *c);
 /* *dead_out = 1 when rank's "vmep/dead/<rank>" key is present (it died and
  * nobody rejoined as it since), else 0: one GET. */
 vmep_status vmep__member_is_dead(struct vmep_store_client *c, int rank,

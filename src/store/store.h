@@ -151,6 +151,20 @@ int vmep__store_entry_next(struct vmep_store_bytes *list,
 /* key[VMEP_STORE_DEAD_KEY_BYTES] = "vmep/dead/<rank>". */
 void vmep__store_dead_key(int rank, char *key);
 
+/*
+ * Where the store publishes which session holds a rank: every HELLO with
+ * rank r >= 0 (a new session or a resumed one) SETs "vmep/session/<r>" to
+ * its u64 session, little-endian; a BYE of that session deletes it; a
+ * death leaves it (with the dead key beside it). So a record that names
+ * its publisher's session can be told apart from one an earlier process
+ * of the rank left, and a process the store took for dead that comes
+ * back (same session) is recognised.
+ */
+#define VMEP_STORE_SESSION_PREFIX "vmep/session/"
+#define VMEP_STORE_SESSION_KEY_BYTES 27 /* prefix, a decimal int32, NUL */
+/* key[VMEP_STORE_SESSION_KEY_BYTES] = "vmep/session/<rank>". */
+void vmep__store_session_key(int rank, char *key);
+
 /* Constant-time comparison of two tokens; 1 when equal. */
 int vmep__store_token_equal(const unsigned char *a, size_t a_len,
                             const unsigned char *b, size_t b_len);
@@ -385,6 +399,9 @@ uint64_t vmep__store_client_instance(const struct vmep_store_client *client);
  * group this process destroyed is never taken for its successor at the
  * same address. Thread-safe. */
 void vmep__store_left(uint64_t instance);
+/* The client's session (nonzero, random, fixed for its life): HELLO
+ * carries it, and the store publishes it for the client's rank. */
+uint64_t vmep__store_client_session(const struct vmep_store_client *client);
 /* Closes and frees; with `goodbye`, says BYE first (best effort), so that
  * the store does not take the rank for dead. NULL is a no-op. */
 void vmep__store_client_close(struct vmep_store_client *client, int goodbye);

@@ -397,6 +397,10 @@ int vmep__store_client_timeout(const struct vmep_store_client *c) {
   return c->timeout_ms;
 }
 
+uint64_t vmep__store_client_session(const struct vmep_store_client *c) {
+  return c->session;
+}
+
 uint64_t vmep__store_client_instance(const struct vmep_store_client *c) {
   return c->instance;
 }

@@ -257,6 +257,11 @@ void vmep__store_dead_key(int rank, char *key) {
   snprintf(key, VMEP_STORE_DEAD_KEY_BYTES, VMEP_STORE_DEAD_PREFIX "%d", rank);
 }
 
+void vmep__store_session_key(int rank, char *key) {
+  snprintf(key, VMEP_STORE_SESSION_KEY_BYTES, VMEP_STORE_SESSION_PREFIX "%d",
+           rank);
+}
+
 int vmep__store_token_equal(const unsigned char *a, size_t a_len,
                             const unsigned char *b, size_t b_len) {
   /* Time depends on a_len only (the expected token), never on where the

@@ -155,6 +155,28 @@ static void publish_death(struct vmep_store_state *st, int32_t rank) {
                    (int)rank);
 }
 
+/* SETs "vmep/session/<rank>" to the session now holding the rank (on), or
+ * deletes it if that session still holds it (off: a goodbye). */
+static void publish_session(struct vmep_store_state *st, int32_t rank,
+                            uint64_t id, int on) {
+  char key[VMEP_STORE_SESSION_KEY_BYTES];
+  unsigned char bytes[8];
+  struct vmep_store_bytes cur;
+  vmep__store_session_key(rank, key);
+  vmep__le_put(bytes, id, 8);
+  struct vmep_store_bytes k = {(const unsigned char *)key, strlen(key)};
+  struct vmep_store_bytes v = {bytes, sizeof(bytes)};
+  if (!on) {
+    if (vmep__store_table_get(st->table, k, &cur) && cur.len == 8 &&
+        vmep__le_get(cur.data, 8) == id)
+      vmep__store_table_delete(st->table, k);
+  } else if (vmep__store_table_set(st->table, k, v) != VMEP_OK) {
+    vmep_log_error("store: no memory to publish the session of rank %d; "
+                   "its records will not be taken for current",
+                   (int)rank);
+  }
+}
+
 /* A rank rejoins: its death is neither waited on nor published. */
 static void clear_death(struct vmep_store_state *st, int32_t rank) {
   char key[VMEP_STORE_DEAD_KEY_BYTES];
@@ -330,8 +352,10 @@ static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
     s->peer->session = NULL; /* a reconnect replaces the old connection */
   s->peer = p;
   p->session = s;
-  if (q->rank >= 0)
+  if (q->rank >= 0) {
     clear_death(st, q->rank);
+    publish_session(st, q->rank, q->session, 1);
+  }
   snprintf(p->name + strlen(p->name), sizeof(p->name) - strlen(p->name),
            q->rank >= 0 ? " rank %d" : " (no rank)", (int)q->rank);
   vmep__wbuf_frame_begin(out);
@@ -576,6 +600,8 @@ int vmep__store_peer_request(struct vmep_store_state *st,
     return reject(p, out, "request while a wait is pending");
   switch (q->cmd) {
   case VMEP_STORE_BYE:
+    if (p->session->rank >= 0)
+      publish_session(st, p->session->rank, p->session->id, 0);
     unlink_session(st, p->session);
     p->session = NULL;
     reply_ok(out);

@@ -424,7 +424,8 @@ static void kill_round(int round, int counts[3]) {
     snprintf(key, sizeof(key), NS "/member/%d", rank);
     ASSERT_OK(vmep__store_get(obs, key, &found, &rec, &len));
     record_of(rank, round, text, sizeof(text));
-    ASSERT_TRUE(found && len == strlen(text) && !memcmp(rec, text, len));
+    ASSERT_TRUE(found && len == VMEP_MEMBER_HEADER + strlen(text) &&
+                !memcmp((char *)rec + VMEP_MEMBER_HEADER, text, strlen(text)));
     vmep__free(rec);
     ASSERT_STATUS(vmep__member_fetch(obs, NS, rank, 0, &rec, &len),
                   VMEP_ERR_PEER);
