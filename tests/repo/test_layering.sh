@@ -32,9 +32,10 @@ if grep -nE '#include +"store/' "$src/boot/boot.h"; then
   echo "boot/boot.h includes the store's private header"
   bad=1
 fi
-# The group's insides (boot/group.h) stay inside boot.
-if grep -rnE '#include +"boot/group.h"' "$src" --include='*.[ch]' --include='*.cu*' | grep -v "^$src/boot/"; then
-  echo "boot/group.h is included outside src/boot"
+# The group's and membership's insides (boot/group.h, boot/member.h) stay
+# inside boot.
+if grep -rnE '#include +"boot/(group|member).h"' "$src" --include='*.[ch]' --include='*.cu*' | grep -v "^$src/boot/"; then
+  echo "a boot-private header is included outside src/boot"
   bad=1
 fi
 # Public header: nothing private may leak into it.
