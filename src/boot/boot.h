@@ -133,7 +133,7 @@ int vmep__group_elastic(const vmep_group *group);
 void vmep__group_hold(vmep_group *group);
 void vmep__group_release(vmep_group *group);
 
-/* ---- membership over the store (member.c) ---- */
+/* ---- membership over the store (member.c, member_record.c) ---- */
 
 /*
  * Elastic membership: ranks come and go, so nothing here waits with the
