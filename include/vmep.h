@@ -47,7 +47,8 @@ extern "C" {
   X(ERR_OUT_OF_MEMORY, -4, "out of memory")                                    \
   X(ERR_TIMEOUT, -5, "timed out")                                              \
   X(ERR_PEER, -6, "a peer failed or left")                                     \
-  X(ERR_SYSTEM, -7, "system call failed")
+  X(ERR_SYSTEM, -7, "system call failed")                                      \
+  X(ERR_BUSY, -8, "still in use")
 
 typedef enum vmep_status {
 #define VMEP_STATUS_ENUM(name, value, text) VMEP_##name = value,
@@ -293,8 +294,9 @@ VMEP_API vmep_status vmep_group_create_custom(int rank, int size,
  * VMEP_JOB_TOKEN). The store must already run in another process (this
  * never hosts one; it retries the connection until VMEP_TIMEOUT_MS). A
  * rank that a live process holds is refused (VMEP_ERR_INVALID_ARG with the
- * store's reason); the rank of a process that died is taken over (a
- * rejoin). The group's size is max_ranks; its local rank VMEP_LOCAL_RANK
+ * store's reason) once it stays held for VMEP_TIMEOUT_MS; the rank of a
+ * process that died is taken over (a rejoin, retried until the store sees
+ * it closed). The group's size is max_ranks; its local rank VMEP_LOCAL_RANK
  * if set, else rank; vmep_group_node gives 0 for every rank; its job id is
  * VMEP_JOB_ID, else derived from the store address as for the other
  * groups, so all members agree. An elastic group has no fixed membership:
@@ -309,8 +311,10 @@ VMEP_API vmep_status vmep_group_join(int rank, int max_ranks,
 
 /* Leaves the group (not collective). Rank 0 of a store group keeps the
  * store up, starting no new session on it, until the other ranks have left
- * (at most VMEP_TIMEOUT_MS: VMEP_ERR_TIMEOUT then), and stops it. NULL is
- * a no-op. */
+ * (at most VMEP_TIMEOUT_MS: VMEP_ERR_TIMEOUT then), and stops it. While an
+ * EP buffer or window still uses the group it returns VMEP_ERR_BUSY
+ * naming how many, and the group stays as it was: destroy them first.
+ * NULL is a no-op. */
 VMEP_API vmep_status vmep_group_destroy(vmep_group *group);
 
 VMEP_API int vmep_group_rank(const vmep_group *group);

@@ -15,7 +15,7 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_int32,
 
 from .errors import (  # noqa: F401 (the status values, re-exported)
     EP_ERR_BAD_EXPERT, EP_ERR_TIMEOUT, ERR_CUDA, ERR_INVALID_ARG,
-    ERR_OUT_OF_MEMORY, ERR_PEER, ERR_SYSTEM, ERR_TIMEOUT, ERR_UNSUPPORTED, OK,
+    ERR_BUSY, ERR_OUT_OF_MEMORY, ERR_PEER, ERR_SYSTEM, ERR_TIMEOUT, ERR_UNSUPPORTED, OK,
     LibraryNotFoundError, error_from_status)
 
 EP_SEND = 1

@@ -56,6 +56,7 @@ STATUSES = (
     ("ERR_TIMEOUT", -5),
     ("ERR_PEER", -6),
     ("ERR_SYSTEM", -7),
+    ("ERR_BUSY", -8),
 )
 STATUS_NAMES = {value: "VMEP_" + name for name, value in STATUSES}
 _VALUES = dict(STATUSES)
@@ -67,6 +68,7 @@ ERR_OUT_OF_MEMORY = _VALUES["ERR_OUT_OF_MEMORY"]
 ERR_TIMEOUT = _VALUES["ERR_TIMEOUT"]
 ERR_PEER = _VALUES["ERR_PEER"]
 ERR_SYSTEM = _VALUES["ERR_SYSTEM"]
+ERR_BUSY = _VALUES["ERR_BUSY"]
 
 # Bits of vmep_ep_poll_errors' error word (VMEP_EP_ERR_* in vmep.h), as
 # Buffer.poll_errors returns them.

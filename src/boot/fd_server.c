@@ -118,9 +118,7 @@ static void serve_one(struct vmep_fd_server *server, int conn) {
                           n - VMEP_FD_REQUEST_HEADER)) {
     refuse(server, conn, VMEP_FD_REPLY_REFUSED, "wrong job token", &cred);
   } else {
-    uint64_t key = 0;
-    for (int i = 7; i >= 0; i--)
-      key = key << 8 | req[4 + i];
+    uint64_t key = vmep__le_get(req + 4, 8);
     fd = dup_offered(server, key);
     if (fd >= 0) {
       reply(conn, VMEP_FD_REPLY_OK, fd, "", "an fd client");

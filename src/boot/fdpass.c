@@ -25,18 +25,6 @@
 
 /* ---- one message with an optional fd --------------------------------- */
 
-static void put_u32(unsigned char *p, uint32_t v) {
-  for (int i = 0; i < 4; i++)
-    p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const unsigned char *p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; i++)
-    v |= (uint32_t)p[i] << (8 * i);
-  return v;
-}
-
 vmep_status vmep__fd_send(int sock, int fd, const void *payload, size_t bytes,
                           const char *peer) {
   unsigned char frame[FRAME_HEADER + VMEP_FD_PAYLOAD_MAX];
@@ -48,7 +36,7 @@ vmep_status vmep__fd_send(int sock, int fd, const void *payload, size_t bytes,
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "fd send to %s: payload of %zu B (at most %d)", peer,
                       bytes, VMEP_FD_PAYLOAD_MAX);
-  put_u32(frame, (uint32_t)bytes);
+  vmep__le_put(frame, bytes, 4);
   if (bytes)
     memcpy(frame + FRAME_HEADER, payload, bytes);
   struct iovec iov = {frame, FRAME_HEADER + bytes};
@@ -197,7 +185,7 @@ static vmep_status recv_frame_rest(int sock, int stream, unsigned char *frame,
     status = malformed(peer, got);
   if (status != VMEP_OK)
     return status;
-  size_t bytes = get_u32(frame);
+  size_t bytes = (size_t)vmep__le_get(frame, 4);
   size_t limit =
       capacity < VMEP_FD_PAYLOAD_MAX ? capacity : VMEP_FD_PAYLOAD_MAX;
   if (bytes > limit)
@@ -388,8 +376,7 @@ vmep_status vmep__fd_fetch(const char *job_id, int rank, const char *token,
   status = check_server_uid(sock, rank);
   size_t token_len = token ? strlen(token) : 0;
   memcpy(req, VMEP_FD_REQUEST_MAGIC, 4);
-  for (int i = 0; i < 8; i++)
-    req[4 + i] = (unsigned char)(key >> (8 * i));
+  vmep__le_put(req + 4, key, 8);
   if (token_len)
     memcpy(req + VMEP_FD_REQUEST_HEADER, token, token_len);
   snprintf(peer, sizeof(peer), "rank %d", rank);

@@ -1,138 +1,25 @@
 /*
  * Process groups: the public vmep_group_* API. A group runs its
- * collectives either over the TCP store (rank 0 hosts it in a thread of
- * its process) or over a framework's allgather and barrier callbacks. At
- * creation every rank contributes its host identity (hostname and boot
- * id), from which the node indices and local ranks follow. An elastic
- * group (vmep_group_join) only holds a store connection: its members come
- * and go, so it has no collectives (see member.c for what it offers).
+ * collectives through one backend table (group_ops.c) chosen at creation:
+ * the TCP store (rank 0 hosts it in a thread of its process), a
+ * framework's allgather and barrier callbacks, or none for an elastic
+ * group (vmep_group_join), which only holds a store connection: its
+ * members come and go (see member.c for what it offers). At creation every
+ * rank contributes its host identity (hostname and boot id), from which
+ * the node indices and local ranks follow.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "boot/boot.h"
+#include "boot/group.h"
 
 #define MAX_GROUP_SIZE 65536
 #define HOST_BYTES 256
 #define BOOT_ID_BYTES 64
 /* Identity record: host, boot id, u32 group size, u32 pid. */
 #define IDENTITY_BYTES (HOST_BYTES + BOOT_ID_BYTES + 8)
-
-struct vmep_group {
-  int rank, size, local_rank;
-  int *node_of; /* [size] */
-  int timeout_ms;
-  struct vmep_store_server *server; /* rank 0 of a store group */
-  struct vmep_store_gather gather;  /* a store group's collectives */
-  vmep_allgather_fn allgather;      /* a custom group's */
-  vmep_barrier_fn barrier;
-  void *user;
-  char token[VMEP_STORE_TOKEN_MAX + 1];
-  char job_id[sizeof(((struct vmep_launch_env *)0)->job_id)];
-  int elastic; /* made by vmep_group_join */
-};
-
-/* ---- collectives over either backend --------------------------------- */
-
-static vmep_status callback_failed(const char *what, vmep_status status) {
-  return vmep__fail(status == VMEP_OK ? VMEP_ERR_PEER : status, VMEP_LOG_ERROR,
-                    "the group's %s callback returned %s", what,
-                    vmep_status_name(status));
-}
-
-/* allgatherv through the callback: sizes first, then payloads padded to
- * the largest. Every rank makes the same callback calls, even one whose
- * recv is too small (it fails after them). */
-static vmep_status custom_allgatherv(vmep_group *g, const void *send,
-                                     size_t bytes, void *recv, size_t cap,
-                                     size_t *sizes) {
-  uint64_t mine = bytes, *all = vmep__calloc((size_t)g->size, sizeof(*all));
-  unsigned char *padded = NULL, *gathered = NULL;
-  size_t max = 0, total = 0;
-  int overflow = 0;
-  vmep_status status = VMEP_OK;
-  if (!all)
-    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                      "allgatherv: no memory for %d sizes", g->size);
-  if ((status = g->allgather(&mine, sizeof(mine), all, g->user)) != VMEP_OK) {
-    status = callback_failed("allgather", status);
-    goto out;
-  }
-  for (int r = 0; r < g->size; r++) {
-    max = all[r] > max ? (size_t)all[r] : max;
-    overflow |= all[r] > SIZE_MAX - total;
-    total += overflow ? 0 : (size_t)all[r];
-  }
-  if (max > 0) {
-    padded = vmep__calloc(1, max);
-    gathered = max <= SIZE_MAX / (size_t)g->size
-                   ? vmep__malloc(max * (size_t)g->size)
-                   : NULL;
-    if (!padded || !gathered) {
-      status =
-          vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                     "allgatherv: no memory for %d x %zu bytes", g->size, max);
-      goto out;
-    }
-    if (bytes)
-      memcpy(padded, send, bytes);
-    if ((status = g->allgather(padded, max, gathered, g->user)) != VMEP_OK) {
-      status = callback_failed("allgather", status);
-      goto out;
-    }
-  }
-  if (overflow || total > cap) {
-    status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                        "allgatherv: the ranks send %zu bytes in all, more "
-                        "than recv_capacity %zu",
-                        total, cap);
-    goto out;
-  }
-  total = 0;
-  for (int r = 0; r < g->size; r++) {
-    if (all[r])
-      memcpy((unsigned char *)recv + total, gathered + (size_t)r * max,
-             (size_t)all[r]);
-    sizes[r] = (size_t)all[r];
-    total += sizes[r];
-  }
-out:
-  vmep__free(gathered);
-  vmep__free(padded);
-  vmep__free(all);
-  return status;
-}
-
-static vmep_status exchange(vmep_group *g, const void *send, size_t bytes,
-                            void *recv, size_t cap, size_t *sizes) {
-  if (g->allgather)
-    return custom_allgatherv(g, send, bytes, recv, cap, sizes);
-  return vmep__store_allgatherv(&g->gather, send, bytes, recv, cap, sizes);
-}
-
-/* Fixed-size allgather: every rank must give `bytes`. */
-static vmep_status gather_fixed(vmep_group *g, const void *send, size_t bytes,
-                                void *recv) {
-  if (g->allgather) {
-    vmep_status status = g->allgather(send, bytes, recv, g->user);
-    return status == VMEP_OK ? VMEP_OK : callback_failed("allgather", status);
-  }
-  size_t *sizes = vmep__calloc((size_t)g->size, sizeof(*sizes));
-  if (!sizes)
-    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                      "allgather: no memory for %d sizes", g->size);
-  vmep_status status =
-      exchange(g, send, bytes, recv, bytes * (size_t)g->size, sizes);
-  for (int r = 0; status == VMEP_OK && r < g->size; r++)
-    if (sizes[r] != bytes)
-      status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                          "allgather: rank %d gave %zu bytes, rank %d %zu", r,
-                          sizes[r], g->rank, bytes);
-  vmep__free(sizes);
-  return status;
-}
 
 /* ---- identity: which ranks share a node ------------------------------ */
 
@@ -146,16 +33,13 @@ static void identity_make(const vmep_group *g, unsigned char *rec) {
       id[strcspn(id, "\n")] = '\0';
     fclose(f);
   }
-  const uint32_t fields[2] = {(uint32_t)g->size, (uint32_t)getpid()};
-  for (int i = 0; i < 8; i++)
-    rec[HOST_BYTES + BOOT_ID_BYTES + i] =
-        (unsigned char)(fields[i / 4] >> (8 * (i % 4)));
+  vmep__le_put(rec + HOST_BYTES + BOOT_ID_BYTES, (uint32_t)g->size, 4);
+  vmep__le_put(rec + HOST_BYTES + BOOT_ID_BYTES + 4, (uint32_t)getpid(), 4);
 }
 
 static uint32_t identity_field(const unsigned char *rec, int index) {
-  const unsigned char *p = rec + HOST_BYTES + BOOT_ID_BYTES + 4 * index;
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-         (uint32_t)p[3] << 24;
+  return (uint32_t)vmep__le_get(rec + HOST_BYTES + BOOT_ID_BYTES + 4 * index,
+                                4);
 }
 
 /* Node indices in order of first appearance, and this rank's local rank. */
@@ -200,7 +84,7 @@ static vmep_status identify(vmep_group *g, int name_job) {
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "group: no memory for %d identities", g->size);
   identity_make(g, mine);
-  vmep_status status = gather_fixed(g, mine, IDENTITY_BYTES, all);
+  vmep_status status = g->ops->allgather(g, "group", mine, IDENTITY_BYTES, all);
   if (status == VMEP_OK)
     status = identity_apply(g, all);
   if (status == VMEP_OK && name_job)
@@ -224,39 +108,9 @@ static vmep_status timeout_from_env(int *ms_out) {
   return VMEP_OK;
 }
 
-/* Feeds vmep__launch_env_parse the explicit arguments, so that token and
- * job id follow the same rules (VMEP_JOB_TOKEN, VMEP_JOB_ID, the id
- * derived from the store address) as under a launcher. */
-struct job_args {
-  const char *addr, *token;
-};
-
-static const char *job_lookup(const char *name, void *user) {
-  const struct job_args *a = user;
-  if (strcmp(name, vmep__config_name(VMEP_CONFIG_WORLD_SIZE)) == 0)
-    return "1";
-  if (strcmp(name, vmep__config_name(VMEP_CONFIG_RANK)) == 0 ||
-      strcmp(name, vmep__config_name(VMEP_CONFIG_LOCAL_RANK)) == 0)
-    return "0";
-  if (strcmp(name, vmep__config_name(VMEP_CONFIG_STORE_ADDR)) == 0)
-    return a->addr;
-  if (strcmp(name, vmep__config_name(VMEP_CONFIG_JOB_TOKEN)) == 0 && a->token)
-    return a->token;
-  if (strcmp(name, vmep__config_name(VMEP_CONFIG_JOB_TOKEN)) == 0 ||
-      strcmp(name, vmep__config_name(VMEP_CONFIG_JOB_ID)) == 0)
-    return getenv(name);
-  return NULL;
-}
-
-static vmep_status job_env(const char *addr, const char *token,
-                           struct vmep_launch_env *env_out) {
-  struct job_args args = {addr, token};
-  return vmep__launch_env_parse(job_lookup, &args, env_out);
-}
-
-/* A group shell: ranks, timeout, token and job id; no backend yet. */
-static vmep_status group_new(int rank, int size,
-                             const struct vmep_launch_env *job,
+/* A group shell: backend, ranks, timeout, token and job id. */
+static vmep_status group_new(const struct vmep_group_ops *ops, int rank,
+                             int size, const struct vmep_launch_env *job,
                              vmep_group **group_out) {
   vmep_group *g = vmep__calloc(1, sizeof(*g));
   if (!g)
@@ -267,6 +121,8 @@ static vmep_status group_new(int rank, int size,
     vmep__free(g);
     return status;
   }
+  g->ops = ops;
+  atomic_init(&g->holders, 0);
   g->rank = rank;
   g->size = size;
   snprintf(g->token, sizeof(g->token), "%s", job->token);
@@ -297,7 +153,7 @@ static vmep_status store_group_create(int rank, int size, const char *addr,
   vmep_group *g = NULL;
   vmep_status status = vmep__store_addr_parse(addr, host, sizeof(host), &port);
   if (status == VMEP_OK)
-    status = group_new(rank, size, job, &g);
+    status = group_new(&vmep__group_store_ops, rank, size, job, &g);
   if (status != VMEP_OK)
     return status;
   if (rank == 0)
@@ -365,7 +221,7 @@ vmep_status vmep_group_create(int rank, int size, const char *store_addr,
     status = vmep__store_addr_parse(store_addr, host, sizeof(host), &port);
   }
   if (status == VMEP_OK)
-    status = job_env(store_addr, token, &job);
+    status = vmep__launch_job_names(token, store_addr, &job);
   if (status != VMEP_OK)
     return status;
   return store_group_create(rank, size, store_addr, &job, group_out);
@@ -376,9 +232,9 @@ vmep_status vmep_group_create(int rank, int size, const char *store_addr,
 static vmep_status local_rank_from_env(int rank, int max_ranks,
                                        int *local_out) {
   const char *name = vmep__config_name(VMEP_CONFIG_LOCAL_RANK);
-  const char *text = getenv(name);
+  const char *text = vmep__config_get(VMEP_CONFIG_LOCAL_RANK);
   char *end = NULL;
-  if (!text || !text[0]) {
+  if (!text[0]) {
     *local_out = rank;
     return VMEP_OK;
   }
@@ -432,12 +288,11 @@ vmep_status vmep_group_join(int rank, int max_ranks, const char *store_addr,
   if (status == VMEP_OK)
     status = local_rank_from_env(rank, max_ranks, &local);
   if (status == VMEP_OK)
-    status = job_env(addr, token, &job);
+    status = vmep__launch_job_names(token, addr, &job);
   if (status == VMEP_OK)
-    status = group_new(rank, max_ranks, &job, &g);
+    status = group_new(&vmep__group_elastic_ops, rank, max_ranks, &job, &g);
   if (status != VMEP_OK)
     return status;
-  g->elastic = 1;
   g->local_rank = local;
   g->gather.rank = rank;
   g->gather.size = max_ranks;
@@ -498,16 +353,15 @@ vmep_status vmep_group_create_custom(int rank, int size,
                         "group of one may omit it)");
   /* No store address: the job id comes from VMEP_JOB_ID or rank 0. */
   if (status == VMEP_OK)
-    status = job_env("localhost:1", NULL, &job);
+    status = vmep__launch_job_names(NULL, NULL, &job);
   if (status == VMEP_OK)
-    status = group_new(rank, size, &job, &g);
+    status = group_new(&vmep__group_custom_ops, rank, size, &job, &g);
   if (status != VMEP_OK)
     return status;
   g->allgather = allgather;
   g->barrier = barrier;
   g->user = user;
-  const char *job_id = getenv(vmep__config_name(VMEP_CONFIG_JOB_ID));
-  status = identify(g, !job_id || !job_id[0]);
+  status = identify(g, !job.job_id[0]);
   if (status != VMEP_OK) {
     group_free(g);
     return status;
@@ -516,32 +370,28 @@ vmep_status vmep_group_create_custom(int rank, int size,
   return VMEP_OK;
 }
 
-/*
- * A store group's store lives as long as rank 0's group, so a new group on
- * the same address gets a new store, and a rank that is done with the old
- * group may try the address while the old store still serves the others.
- * Two rules keep it off the old one: rank 0 retires its store before
- * draining it (it starts no new session, only old ones may resume to say
- * goodbye), and every rank records the store instance it leaves, which
- * its later creates avoid (even before rank 0 retires it). Their clients
- * retry until the new store is up.
- */
 vmep_status vmep_group_destroy(vmep_group *g) {
-  vmep_status status = VMEP_OK;
   if (!g)
     return VMEP_OK;
-  if (g->server)
-    vmep__store_server_retire(g->server);
-  if (g->gather.client && !g->elastic) /* an elastic store outlives us */
-    vmep__store_left(vmep__store_client_instance(g->gather.client));
-  vmep__store_client_close(g->gather.client, 1);
-  if (g->server) {
-    /* Serve the others until they have left too (bounded). */
-    status = vmep__store_server_drain(g->server, g->timeout_ms);
-    vmep__store_server_stop(g->server);
-  }
+  int holders = atomic_load(&g->holders);
+  if (holders > 0)
+    return vmep__fail(VMEP_ERR_BUSY, VMEP_LOG_ERROR,
+                      "vmep_group_destroy: %d holder(s) (EP buffers or "
+                      "windows) still use this group; destroy them first",
+                      holders);
+  vmep_status status = g->ops->destroy(g);
   group_free(g);
   return status;
+}
+
+void vmep__group_hold(vmep_group *g) { atomic_fetch_add(&g->holders, 1); }
+
+void vmep__group_release(vmep_group *g) {
+  int n = atomic_load(&g->holders);
+  while (n > 0 && !atomic_compare_exchange_weak(&g->holders, &n, n - 1))
+    ;
+  if (n <= 0)
+    vmep_log_warn("group: released more often than held (ignored)");
 }
 
 /* ---- accessors ------------------------------------------------------- */
@@ -561,7 +411,9 @@ struct vmep_store_client *vmep__group_store(const vmep_group *g) {
 const char *vmep__group_job_id(const vmep_group *g) { return g->job_id; }
 const char *vmep__group_token(const vmep_group *g) { return g->token; }
 int vmep__group_timeout_ms(const vmep_group *g) { return g->timeout_ms; }
-int vmep__group_elastic(const vmep_group *g) { return g && g->elastic; }
+int vmep__group_elastic(const vmep_group *g) {
+  return g && g->ops == &vmep__group_elastic_ops;
+}
 
 /* ---- collectives ----------------------------------------------------- */
 
@@ -569,41 +421,36 @@ static vmep_status bad_call(const char *fn, const char *what) {
   return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s", fn, what);
 }
 
-static vmep_status elastic_call(const char *fn) {
-  return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-                    "%s: an elastic group (vmep_group_join) has no fixed "
-                    "membership, so it has no collectives (EP buffers over "
-                    "it use connect/disconnect)",
-                    fn);
-}
-
 vmep_status vmep_group_allgather(vmep_group *g, const void *send, size_t bytes,
                                  void *recv) {
+  const char *fn = "vmep_group_allgather";
   if (!g || (bytes && (!send || !recv)))
-    return bad_call("vmep_group_allgather", "NULL group or buffer");
-  if (g->elastic)
-    return elastic_call("vmep_group_allgather");
+    return bad_call(fn, "NULL group or buffer");
+  vmep_status status = g->ops->usable(fn);
+  if (status != VMEP_OK)
+    return status;
   if (bytes > SIZE_MAX / (size_t)g->size)
-    return bad_call("vmep_group_allgather", "bytes * size overflows");
-  return gather_fixed(g, send, bytes, recv);
+    return bad_call(fn, "bytes * size overflows");
+  return g->ops->allgather(g, fn, send, bytes, recv);
 }
 
 vmep_status vmep_group_allgatherv(vmep_group *g, const void *send, size_t bytes,
                                   void *recv, size_t recv_capacity,
                                   size_t *sizes_out) {
+  const char *fn = "vmep_group_allgatherv";
   if (!g || (bytes && !send) || (recv_capacity && !recv) || !sizes_out)
-    return bad_call("vmep_group_allgatherv", "NULL group, buffer or sizes");
-  if (g->elastic)
-    return elastic_call("vmep_group_allgatherv");
-  return exchange(g, send, bytes, recv, recv_capacity, sizes_out);
+    return bad_call(fn, "NULL group, buffer or sizes");
+  return g->ops->allgatherv(g, fn, send, bytes, recv, recv_capacity, sizes_out);
 }
 
 vmep_status vmep_group_broadcast(vmep_group *g, int root, void *buf,
                                  size_t bytes) {
+  const char *fn = "vmep_group_broadcast";
   if (!g || (bytes && !buf))
-    return bad_call("vmep_group_broadcast", "NULL group or buffer");
-  if (g->elastic)
-    return elastic_call("vmep_group_broadcast");
+    return bad_call(fn, "NULL group or buffer");
+  vmep_status status = g->ops->usable(fn);
+  if (status != VMEP_OK)
+    return status;
   if (root < 0 || root >= g->size)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_group_broadcast: root %d is not in 0..%d", root,
@@ -613,8 +460,8 @@ vmep_status vmep_group_broadcast(vmep_group *g, int root, void *buf,
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "broadcast: no memory for %d sizes", g->size);
   int is_root = g->rank == root;
-  vmep_status status =
-      exchange(g, is_root ? buf : NULL, is_root ? bytes : 0, buf, bytes, sizes);
+  status = g->ops->allgatherv(g, fn, is_root ? buf : NULL, is_root ? bytes : 0,
+                              buf, bytes, sizes);
   if (status == VMEP_OK && sizes[root] != bytes)
     status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                         "broadcast: root %d sent %zu bytes, rank %d expected "
@@ -627,17 +474,5 @@ vmep_status vmep_group_broadcast(vmep_group *g, int root, void *buf,
 vmep_status vmep_group_barrier(vmep_group *g) {
   if (!g)
     return bad_call("vmep_group_barrier", "NULL group");
-  if (g->elastic)
-    return elastic_call("vmep_group_barrier");
-  if (g->barrier) {
-    vmep_status status = g->barrier(g->user);
-    return status == VMEP_OK ? VMEP_OK : callback_failed("barrier", status);
-  }
-  size_t *sizes = vmep__calloc((size_t)g->size, sizeof(*sizes));
-  if (!sizes)
-    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                      "barrier: no memory for %d sizes", g->size);
-  vmep_status status = exchange(g, NULL, 0, NULL, 0, sizes);
-  vmep__free(sizes);
-  return status;
+  return g->ops->barrier(g, "vmep_group_barrier");
 }

@@ -13,6 +13,7 @@
 #include "boot/boot.h"
 
 #define MAX_PORT 65535
+#define LAUNCHERS 4
 #define STORE_ADDR_BYTES sizeof(((struct vmep_launch_env *)0)->store_addr)
 
 /* The variables one launcher sets. `store_from_master`: the store address
@@ -216,10 +217,9 @@ static vmep_status parse_token_and_job(const struct env_reader *reader,
   return VMEP_OK;
 }
 
-vmep_status vmep__launch_env_parse(vmep_env_lookup_fn lookup, void *user,
-                                   struct vmep_launch_env *env_out) {
-  const struct env_reader reader = {lookup, user};
-  const struct launcher launchers[] = {
+/* The launchers, in the order they are tried; the first is vmep's own. */
+static size_t launchers_list(struct launcher *l) {
+  const struct launcher list[] = {
       {"vmep-run", "vmep-run", vmep__config_name(VMEP_CONFIG_RANK),
        vmep__config_name(VMEP_CONFIG_WORLD_SIZE),
        vmep__config_name(VMEP_CONFIG_LOCAL_RANK), 0},
@@ -228,11 +228,21 @@ vmep_status vmep__launch_env_parse(vmep_env_lookup_fn lookup, void *user,
        "OMPI_COMM_WORLD_LOCAL_RANK", 0},
       {"slurm", "Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", 0},
   };
+  _Static_assert(VMEP_ARRAY_SIZE(list) == LAUNCHERS, "LAUNCHERS is stale");
+  memcpy(l, list, sizeof(list));
+  return VMEP_ARRAY_SIZE(list);
+}
+
+vmep_status vmep__launch_env_parse(vmep_env_lookup_fn lookup, void *user,
+                                   struct vmep_launch_env *env_out) {
+  const struct env_reader reader = {lookup, user};
+  struct launcher launchers[LAUNCHERS];
+  size_t count = launchers_list(launchers);
   if (!lookup || !env_out)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep__launch_env_parse: %s is NULL",
                       lookup ? "env_out" : "lookup");
-  for (size_t i = 0; i < VMEP_ARRAY_SIZE(launchers); i++) {
+  for (size_t i = 0; i < count; i++) {
     const struct launcher *l = &launchers[i];
     struct vmep_launch_env env;
     if (!env_get(&reader, l->rank_var) && !env_get(&reader, l->size_var) &&
@@ -250,7 +260,7 @@ vmep_status vmep__launch_env_parse(vmep_env_lookup_fn lookup, void *user,
     return status;
   }
   char tried[256] = "";
-  for (size_t i = 0; i < VMEP_ARRAY_SIZE(launchers); i++)
+  for (size_t i = 0; i < count; i++)
     snprintf(tried + strlen(tried), sizeof(tried) - strlen(tried), "%s%s (%s)",
              i ? ", " : "", launchers[i].rank_var, launchers[i].title);
   return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
@@ -268,4 +278,42 @@ static const char *process_env_lookup(const char *name, void *user) {
 
 vmep_status vmep__launch_env_detect(struct vmep_launch_env *env_out) {
   return vmep__launch_env_parse(process_env_lookup, NULL, env_out);
+}
+
+/* Explicit arguments: the token given (else VMEP_JOB_TOKEN) and
+ * VMEP_JOB_ID, read through the configuration table. */
+static const char *names_lookup(const char *name, void *user) {
+  const char *token = user;
+  if (strcmp(name, vmep__config_name(VMEP_CONFIG_JOB_TOKEN)) == 0)
+    return token ? token : vmep__config_get(VMEP_CONFIG_JOB_TOKEN);
+  if (strcmp(name, vmep__config_name(VMEP_CONFIG_JOB_ID)) == 0)
+    return vmep__config_get(VMEP_CONFIG_JOB_ID);
+  return NULL;
+}
+
+vmep_status vmep__launch_job_names(const char *token, const char *store_addr,
+                                   struct vmep_launch_env *env_out) {
+  const struct env_reader reader = {names_lookup, (void *)token};
+  struct launcher launchers[LAUNCHERS];
+  struct vmep_launch_env env;
+  launchers_list(launchers);
+  memset(&env, 0, sizeof(env));
+  env.source = launchers[0].source;
+  env.local_rank = -1;
+  env.rank = -1;
+  vmep_status status =
+      store_addr ? check_host_port(&launchers[0],
+                                   vmep__config_name(VMEP_CONFIG_STORE_ADDR),
+                                   store_addr)
+                 : VMEP_OK;
+  if (status == VMEP_OK && store_addr)
+    snprintf(env.store_addr, sizeof(env.store_addr), "%s", store_addr);
+  if (status == VMEP_OK)
+    status = parse_token_and_job(&reader, &launchers[0], &env);
+  if (status == VMEP_OK && !store_addr &&
+      !env_get(&reader, vmep__config_name(VMEP_CONFIG_JOB_ID)))
+    env.job_id[0] = '\0'; /* no address to name the job after */
+  if (status == VMEP_OK)
+    *env_out = env;
+  return status;
 }

@@ -1,174 +1,20 @@
 /*
- * Membership over the store, for elastic jobs whose ranks come and go: a
- * member publishes a record while it is in, others fetch it, and an
- * allgather runs among an explicit set of ranks. The store's WAIT fails as
+ * Membership over the store, for elastic jobs whose ranks come and go:
+ * the ranks' published deaths, and an allgather among an explicit set of
+ * ranks (records are in member_record.c). The store's WAIT fails as
  * soon as any rank dies, which in an elastic job is normal, so everything
  * here polls GETs that answer at once (backing off from 1 to 20 ms) and
  * reads the store's published deaths ("vmep/dead/<rank>") of only the
  * ranks it waits for.
  */
 #include <stdarg.h>
-#include <stdio.h>
-#include <string.h>
-#include <time.h>
 
-#include "boot/boot.h"
+#include "boot/member.h"
 
-#define POLL_FIRST_MS 1
-#define POLL_MAX_MS 20
 #define MISSING_LISTED 8 /* ranks named in a timeout message */
 /* A sync value: u64 tag, u32 length, bytes; then the same for the
  * contribution before it (tag 0 and no bytes when there was none). */
 #define SYNC_HEADER 12
-
-/* ---- helpers ---------------------------------------------------------- */
-
-static vmep_status bad_arg(const char *fn, const char *what) {
-  return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s", fn, what);
-}
-
-/* key[VMEP_STORE_KEY_MAX + 1] = "<ns>/<kind>/<rank>". */
-static vmep_status member_key(const char *fn, const char *ns, const char *kind,
-                              int rank, char *key) {
-  int n = snprintf(key, VMEP_STORE_KEY_MAX + 1, "%s/%s/%d", ns, kind, rank);
-  if (n < 0 || n > (int)VMEP_STORE_KEY_MAX)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "%s: namespace of %zu bytes makes a key over the "
-                      "store's limit of %u",
-                      fn, strlen(ns), VMEP_STORE_KEY_MAX);
-  return VMEP_OK;
-}
-
-static vmep_status check_common(const char *fn,
-                                const struct vmep_store_client *c,
-                                const char *ns, int rank) {
-  if (!c || !ns)
-    return bad_arg(fn, c ? "ns is NULL" : "client is NULL");
-  if (rank < 0)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "%s: rank %d (ranks are >= 0)", fn, rank);
-  return VMEP_OK;
-}
-
-static int timeout_of(struct vmep_store_client *c, int timeout_ms) {
-  return timeout_ms < 0 ? vmep__store_client_timeout(c) : timeout_ms;
-}
-
-/* Sleeps *pause_ms (not past the deadline) and doubles it up to
- * POLL_MAX_MS. */
-static void back_off(int *pause_ms, uint64_t deadline) {
-  int ms =
-      *pause_ms < vmep__ms_left(deadline) ? *pause_ms : vmep__ms_left(deadline);
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-  *pause_ms = *pause_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : *pause_ms * 2;
-}
-
-/* Little-endian integers of `bytes` bytes. */
-static uint64_t get_le(const unsigned char *p, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; i++)
-    v |= (uint64_t)p[i] << (8 * i);
-  return v;
-}
-
-static void put_le(unsigned char *p, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; i++)
-    p[i] = (unsigned char)(v >> (8 * i));
-}
-
-/* ---- records ---------------------------------------------------------- */
-
-vmep_status vmep__member_publish(struct vmep_store_client *c, const char *ns,
-                                 int rank, const void *rec, size_t len) {
-  char key[VMEP_STORE_KEY_MAX + 1];
-  vmep_status status = check_common("vmep__member_publish", c, ns, rank);
-  if (status == VMEP_OK && len && !rec)
-    status = bad_arg("vmep__member_publish", "rec is NULL");
-  if (status == VMEP_OK)
-    status = member_key("vmep__member_publish", ns, "member", rank, key);
-  if (status == VMEP_OK)
-    status = vmep__store_set(c, key, rec, len);
-  return status;
-}
-
-vmep_status vmep__member_withdraw(struct vmep_store_client *c, const char *ns,
-                                  int rank) {
-  char key[VMEP_STORE_KEY_MAX + 1];
-  vmep_status status = check_common("vmep__member_withdraw", c, ns, rank);
-  if (status == VMEP_OK)
-    status = member_key("vmep__member_withdraw", ns, "member", rank, key);
-  if (status == VMEP_OK)
-    status = vmep__store_delete(c, key, NULL);
-  return status;
-}
-
-/* What one GET of a record and its rank's dead key found. */
-struct fetch_poll {
-  int dead;
-  void *rec; /* a copy, when present */
-  size_t len;
-  int present;
-};
-
-static vmep_status fetch_value(void *user, size_t index, const void *value,
-                               size_t len) {
-  struct fetch_poll *f = user;
-  if (index == 1) {
-    f->dead = value != NULL;
-    return VMEP_OK;
-  }
-  if (!value)
-    return VMEP_OK;
-  f->rec = vmep__malloc(len ? len : 1);
-  if (!f->rec)
-    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                      "member fetch: no memory for a record of %zu bytes", len);
-  if (len)
-    memcpy(f->rec, value, len);
-  f->len = len;
-  f->present = 1;
-  return VMEP_OK;
-}
-
-vmep_status vmep__member_fetch(struct vmep_store_client *c, const char *ns,
-                               int rank, int timeout_ms, void **rec_out,
-                               size_t *len_out) {
-  char key[VMEP_STORE_KEY_MAX + 1], dead_key[VMEP_STORE_DEAD_KEY_BYTES];
-  vmep_status status = check_common("vmep__member_fetch", c, ns, rank);
-  if (status == VMEP_OK && (!rec_out || !len_out))
-    status = bad_arg("vmep__member_fetch", "rec_out or len_out is NULL");
-  if (status == VMEP_OK)
-    status = member_key("vmep__member_fetch", ns, "member", rank, key);
-  if (status != VMEP_OK)
-    return status;
-  vmep__store_dead_key(rank, dead_key);
-  const char *keys[2] = {key, dead_key};
-  int waited = timeout_of(c, timeout_ms), pause = POLL_FIRST_MS;
-  uint64_t deadline = vmep__now_ms() + (uint64_t)waited;
-  for (;;) {
-    struct fetch_poll f = {0, NULL, 0, 0};
-    status = vmep__store_get_many(c, keys, 2, fetch_value, &f);
-    if (status == VMEP_OK && f.dead) /* one GET: a consistent view */
-      status = vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
-                          "rank %d died (%s is set) before its record %s "
-                          "could be fetched",
-                          rank, dead_key, key);
-    if (status == VMEP_OK && f.present) {
-      *rec_out = f.rec;
-      *len_out = f.len;
-      return VMEP_OK;
-    }
-    vmep__free(f.rec);
-    if (status != VMEP_OK)
-      return status;
-    if (vmep__now_ms() >= deadline)
-      return vmep__fail(VMEP_ERR_TIMEOUT, VMEP_LOG_ERROR,
-                        "rank %d's record %s did not appear within %d ms", rank,
-                        key, waited);
-    back_off(&pause, deadline);
-  }
-}
 
 /* ---- deaths ----------------------------------------------------------- */
 
@@ -202,7 +48,8 @@ vmep_status vmep__member_is_dead(struct vmep_store_client *c, int rank,
   void *value = NULL;
   size_t len = 0;
   if (!c || !dead_out || rank < 0)
-    return bad_arg("vmep__member_is_dead", "client, rank or dead_out");
+    return vmep__member_bad_arg("vmep__member_is_dead",
+                                "client, rank or dead_out");
   vmep__store_dead_key(rank, key);
   vmep_status status = vmep__store_get(c, key, dead_out, &value, &len);
   vmep__free(value);
@@ -212,7 +59,8 @@ vmep_status vmep__member_is_dead(struct vmep_store_client *c, int rank,
 vmep_status vmep__member_dead(struct vmep_store_client *c, int max_ranks,
                               unsigned char *dead_out) {
   if (!c || !dead_out)
-    return bad_arg("vmep__member_dead", "client or dead_out is NULL");
+    return vmep__member_bad_arg("vmep__member_dead",
+                                "client or dead_out is NULL");
   if (max_ranks < 1 || max_ranks > VMEP_MEMBER_RANKS_MAX)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep__member_dead: max_ranks %d is not in 1..%d",
@@ -233,6 +81,13 @@ vmep_status vmep__member_dead(struct vmep_store_client *c, int max_ranks,
   return status;
 }
 
+vmep_status vmep__member_forget(struct vmep_store_client *c, int rank,
+                                int *was_dead_out) {
+  if (!c)
+    return vmep__member_bad_arg("vmep__member_forget", "client is NULL");
+  return vmep__store_forget(c, rank, was_dead_out);
+}
+
 /* ---- allgather among a rank set ---------------------------------------- */
 
 /* One contribution inside a sync value. */
@@ -249,8 +104,8 @@ static int sync_parse(const unsigned char *v, size_t len,
   for (int i = 0; i < 2; i++) {
     if (len < SYNC_HEADER)
       return 0;
-    part[i].tag = get_le(v, 8);
-    part[i].len = (size_t)get_le(v + 8, 4);
+    part[i].tag = vmep__le_get(v, 8);
+    part[i].len = (size_t)vmep__le_get(v + 8, 4);
     if (len - SYNC_HEADER < part[i].len)
       return 0;
     part[i].data = v + SYNC_HEADER;
@@ -322,10 +177,10 @@ static vmep_status sync_value(void *user, size_t index, const void *value,
     }
     /* A part this caller consumed before (the same tag came round again):
      * wait for the fresh one. */
-    if (s->seen && get_le(part[p].data, 8) <= s->seen[i])
+    if (s->seen && vmep__le_get(part[p].data, 8) <= s->seen[i])
       continue;
     if (s->seen)
-      s->seen[i] = get_le(part[p].data, 8);
+      s->seen[i] = vmep__le_get(part[p].data, 8);
     if (s->bytes)
       memcpy(s->all + (size_t)i * s->bytes, part[p].data, s->bytes);
     s->have[i] = 1;
@@ -385,7 +240,7 @@ static vmep_status sync_check_args(const char *ns, int self, const int *ranks,
                       ns ? "set" : "NULL", ranks ? "set" : "NULL", n,
                       VMEP_MEMBER_RANKS_MAX);
   if (bytes && (!mine || !all_out))
-    return bad_arg(fn, "mine or all_out is NULL");
+    return vmep__member_bad_arg(fn, "mine or all_out is NULL");
   if (bytes > (VMEP_STORE_VALUE_MAX - 2 * SYNC_HEADER) / 2)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: %zu bytes per rank (at most %u)", fn, bytes,
@@ -428,12 +283,12 @@ static vmep_status sync_publish(struct vmep_store_client *c, const char *key,
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "member allgather: no memory for %zu bytes", len);
   }
-  put_le(v, tag, 8);
-  put_le(v + 8, bytes, 4);
+  vmep__le_put(v, tag, 8);
+  vmep__le_put(v + 8, bytes, 4);
   if (bytes)
     memcpy(v + SYNC_HEADER, mine, bytes);
-  put_le(v + SYNC_HEADER + bytes, prev->tag, 8);
-  put_le(v + SYNC_HEADER + bytes + 8, prev->len, 4);
+  vmep__le_put(v + SYNC_HEADER + bytes, prev->tag, 8);
+  vmep__le_put(v + SYNC_HEADER + bytes + 8, prev->len, 4);
   if (prev->len)
     memcpy(v + 2 * SYNC_HEADER + bytes, prev->data, prev->len);
   status = vmep__store_set(c, key, v, len);
@@ -493,12 +348,13 @@ static vmep_status allgather(struct vmep_store_client *c, const char *ns,
   char key[VMEP_STORE_KEY_MAX + 1], missing[128];
   vmep_status status =
       c ? sync_check_args(ns, self, ranks, n, mine, bytes, all_out)
-        : bad_arg("vmep__member_allgather", "client is NULL");
+        : vmep__member_bad_arg("vmep__member_allgather", "client is NULL");
   if (status == VMEP_OK)
-    status = member_key("vmep__member_allgather", ns, "sync", self, key);
+    status = vmep__member_key("vmep__member_allgather", ns, "sync", self, key);
   if (status != VMEP_OK)
     return status;
-  int waited = timeout_of(c, timeout_ms), pause = POLL_FIRST_MS;
+  int waited = vmep__member_timeout(c, timeout_ms),
+      pause = VMEP_MEMBER_POLL_FIRST_MS;
   uint64_t deadline = vmep__now_ms() + (uint64_t)waited;
   s.have = vmep__calloc((size_t)n, 1);
   s.poll_of = vmep__malloc(2 * (size_t)n * sizeof(*s.poll_of));
@@ -520,7 +376,7 @@ static vmep_status allgather(struct vmep_store_client *c, const char *ns,
                           ns, (unsigned long long)tag, missing, n, waited);
       break;
     }
-    back_off(&pause, deadline);
+    vmep__member_back_off(&pause, deadline);
   }
   sync_keys_free(&k);
   vmep__free(s.poll_of);
@@ -543,8 +399,9 @@ vmep_status vmep__member_allgather_fresh(struct vmep_store_client *c,
                                          void *all_out, int timeout_ms,
                                          uint64_t *seen) {
   if (bytes < 8 || !seen)
-    return bad_arg("vmep__member_allgather_fresh",
-                   "parts need an 8-byte sequence number and seen[n]");
+    return vmep__member_bad_arg(
+        "vmep__member_allgather_fresh",
+        "parts need an 8-byte sequence number and seen[n]");
   return allgather(c, ns, tag, self, ranks, n, mine, bytes, all_out, timeout_ms,
                    seen);
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 
 #define PART_BYTES ((size_t)1 << 20)
 #define HEADER_BYTES 8
@@ -52,8 +53,7 @@ static vmep_status put_parts(struct vmep_store_gather *x, const void *send,
   if (!part0)
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "allgatherv: no memory for %zu bytes", first);
-  for (int i = 0; i < HEADER_BYTES; i++)
-    part0[i] = (unsigned char)((uint64_t)bytes >> (8 * i));
+  vmep__le_put(part0, bytes, HEADER_BYTES);
   if (bytes)
     memcpy(part0 + HEADER_BYTES, send, first);
   part_key(key, x->round, x->rank, 0);
@@ -95,9 +95,7 @@ static vmep_status take_first(void *user, size_t r, const void *value,
                               size_t len) {
   struct gather *g = user;
   const unsigned char *v = value;
-  uint64_t size = 0;
-  for (int i = 0; len >= HEADER_BYTES && i < HEADER_BYTES; i++)
-    size |= (uint64_t)v[i] << (8 * i);
+  uint64_t size = len >= HEADER_BYTES ? vmep__le_get(v, HEADER_BYTES) : 0;
   if (len < HEADER_BYTES ||
       len - HEADER_BYTES != (size < FIRST_BYTES ? size : FIRST_BYTES))
     return corrupt((int)r, 0);

@@ -1,15 +1,18 @@
 /*
  * core: the layer below all others. Status and last-error text, the
  * logger, the host allocator indirection (so tests can inject malloc
- * faults) and the table of configuration variables. Includes nothing of
- * the other layers.
+ * faults), the table of configuration variables, a monotonic clock for
+ * deadlines and byte helpers (core/bytes.h). Includes nothing of the other
+ * layers.
  */
 #ifndef VMEP_CORE_H
 #define VMEP_CORE_H
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
+#include "core/bytes.h"
 #include "vmep.h"
 
 /* ---- logging ---------------------------------------------------------- */
@@ -178,6 +181,13 @@ vmep_status vmep__config_choice(enum vmep_config_id id,
  */
 vmep_status vmep__config_int(enum vmep_config_id id, long long min,
                              long long max, long long *value_out);
+
+/* ---- deadlines (deadline.c) ------------------------------------------- */
+
+/* Milliseconds of a monotonic clock. */
+uint64_t vmep__now_ms(void);
+/* Milliseconds until deadline_ms (0 when past), capped to INT_MAX. */
+int vmep__ms_left(uint64_t deadline_ms);
 
 /* ---- small helpers ---------------------------------------------------- */
 

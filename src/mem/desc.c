@@ -28,18 +28,6 @@ static uint32_t fnv1a(const unsigned char *p, size_t n) {
   return h;
 }
 
-static void put_le(unsigned char *p, uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; i++)
-    p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t get_le(const unsigned char *p, int bytes) {
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; i++)
-    v |= (uint64_t)p[i] << (8 * i);
-  return v;
-}
-
 /* Handle bytes a strategy carries on the wire; -1 for an unknown one. */
 static int handle_bytes(uint32_t strategy) {
   switch (strategy) {
@@ -136,13 +124,14 @@ vmep_status vmep_mem_desc_serialize(const vmep_mem_desc *d, void *buf,
                       len, capacity);
   unsigned char *p = buf;
   memcpy(p, DESC_MAGIC, 4);
-  put_le(p + 4, d->version, 2);
-  put_le(p + 6, (uint64_t)d->strategy, 2);
-  put_le(p + 8, d->size, 8);
+  vmep__le_put(p + 4, d->version, 2);
+  vmep__le_put(p + 6, (uint64_t)d->strategy, 2);
+  vmep__le_put(p + 8, d->size, 8);
   memcpy(p + 16, d->device_uuid, 16);
-  put_le(p + 32, (uint64_t)hbytes, 2);
+  vmep__le_put(p + 32, (uint64_t)hbytes, 2);
   memcpy(p + DESC_HEADER_BYTES, d->handle, (size_t)hbytes);
-  put_le(p + len - DESC_CHECKSUM_BYTES, fnv1a(p, len - DESC_CHECKSUM_BYTES), 4);
+  vmep__le_put(p + len - DESC_CHECKSUM_BYTES,
+               fnv1a(p, len - DESC_CHECKSUM_BYTES), 4);
   *len_out = len;
   return VMEP_OK;
 }
@@ -158,28 +147,28 @@ vmep_status vmep_mem_desc_parse(const void *buf, size_t len,
   if (memcmp(p, DESC_MAGIC, 4) != 0)
     return bad_desc("bad magic: not a vmep memory descriptor");
   memset(&d, 0, sizeof(d));
-  d.version = (uint32_t)get_le(p + 4, 2);
+  d.version = (uint32_t)vmep__le_get(p + 4, 2);
   if (d.version != VMEP_MEM_DESC_VERSION)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_mem_desc_parse: version %u, this library reads %d",
                       d.version, VMEP_MEM_DESC_VERSION);
-  uint32_t strategy = (uint32_t)get_le(p + 6, 2);
+  uint32_t strategy = (uint32_t)vmep__le_get(p + 6, 2);
   int hbytes = handle_bytes(strategy);
   if (hbytes < 0)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_mem_desc_parse: unknown strategy %u", strategy);
-  if (get_le(p + 32, 2) != (uint64_t)hbytes)
+  if (vmep__le_get(p + 32, 2) != (uint64_t)hbytes)
     return bad_desc("handle length does not match the strategy");
   if (len != DESC_HEADER_BYTES + (size_t)hbytes + DESC_CHECKSUM_BYTES)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_mem_desc_parse: %zu B, a %s descriptor has %d", len,
                       vmep_mem_strategy_name((vmep_mem_strategy)strategy),
                       DESC_HEADER_BYTES + hbytes + DESC_CHECKSUM_BYTES);
-  if (get_le(p + len - DESC_CHECKSUM_BYTES, 4) !=
+  if (vmep__le_get(p + len - DESC_CHECKSUM_BYTES, 4) !=
       fnv1a(p, len - DESC_CHECKSUM_BYTES))
     return bad_desc("checksum mismatch: corrupted in transit");
   d.strategy = (vmep_mem_strategy)strategy;
-  d.size = get_le(p + 8, 8);
+  d.size = vmep__le_get(p + 8, 8);
   if (d.size == 0 || d.size > DESC_MAX_SIZE)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_mem_desc_parse: implausible size %llu B",

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "elastic.h"
 
 #define FILE_MAX (1 << 20)

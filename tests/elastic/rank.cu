@@ -17,6 +17,7 @@
 
 extern "C" {
 #include "boot/boot.h"
+#include "store/store.h"
 #include "elastic.h"
 }
 

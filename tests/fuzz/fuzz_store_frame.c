@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 
 /* Reads every byte of a range, so ASan sees any that lies outside. */
 static unsigned touch(struct vmep_store_bytes b, const uint8_t *start,

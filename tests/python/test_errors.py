@@ -23,6 +23,8 @@ def test_status_mapping():
     assert type(g) is vmep.Error and g.rank is None
     assert "CUDA_ERROR_NOT_PERMITTED" in str(g)
     assert error_from_status(-1, "").message  # never an empty text
+    b = error_from_status(-8, "vmep_group_destroy: 1 holder(s) still use it")
+    assert type(b) is vmep.Error and b.status_name == "VMEP_ERR_BUSY"
 
 
 def test_c_message_reaches_python(lib):

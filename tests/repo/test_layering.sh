@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Fails on any #include that reaches up the layer stack (DESIGN.md section 1):
-# core <- driver <- mem <- sym <- ep, core <- boot <- sym, kernels below ep.
-# boot moves bytes and fds and never includes mem or driver; sym (symmetric
-# memory) is the one place where mem and boot meet.
+# core <- driver <- mem <- sym <- ep, core <- store <- boot <- sym, kernels
+# below ep. boot moves bytes and fds and never includes mem or driver; sym
+# (symmetric memory) is the one place where mem and boot meet. The store's
+# header (wire format, tables, server) is private to store and boot: upper
+# layers reach the store only through boot/boot.h, which must not include it.
 set -u
 src=${1:?usage: test_layering.sh SRC_DIR}
 declare -A forbidden=(
-  [core]="driver mem boot sym ep kernels"
-  [driver]="mem boot sym ep kernels"
-  [mem]="boot sym ep kernels"
+  [core]="driver mem store boot sym ep kernels"
+  [driver]="mem store boot sym ep kernels"
+  [mem]="store boot sym ep kernels"
+  [store]="driver mem boot sym ep kernels"
   [boot]="driver mem sym ep kernels"
-  [sym]="ep kernels"
-  [kernels]="driver mem boot sym ep"
-  [ep]=""
+  [sym]="store ep kernels"
+  [kernels]="driver mem store boot sym ep"
+  [ep]="store"
 )
 bad=0
 for layer in "${!forbidden[@]}"; do
@@ -26,8 +29,19 @@ for layer in "${!forbidden[@]}"; do
     fi
   done
 done
+# boot.h is what upper layers include: the store's internals stay out of it.
+if grep -nE '#include +"store/' "$src/boot/boot.h"; then
+  echo "boot/boot.h includes the store's private header"
+  bad=1
+fi
+# The group's and membership's insides (boot/group.h, boot/member.h) stay
+# inside boot.
+if grep -rnE '#include +"boot/(group|member).h"' "$src" --include='*.[ch]' --include='*.cu*' | grep -v "^$src/boot/"; then
+  echo "a boot-private header is included outside src/boot"
+  bad=1
+fi
 # Public header: nothing private may leak into it.
-if grep -nE '#include +"(core|driver|mem|boot|sym|ep|kernels)/' "$src/../include/vmep.h"; then
+if grep -nE '#include +"(core|driver|mem|store|boot|sym|ep|kernels)/' "$src/../include/vmep.h"; then
   echo "include/vmep.h includes a private header"
   bad=1
 fi

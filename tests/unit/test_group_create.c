@@ -8,6 +8,7 @@
  * destroy keeps the store up until the other ranks have left.
  */
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 static vmep_group *const untouched = (vmep_group *)0x7;

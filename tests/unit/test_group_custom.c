@@ -139,8 +139,35 @@ static void run_phase(int with_barrier) {
   ASSERT_EQ(strncmp(world.job_ids[0], "custom-", 7), 0);
 }
 
+/* A custom group has no store address: its token and job id come from
+ * VMEP_JOB_TOKEN and VMEP_JOB_ID, checked as a launcher's, else the job is
+ * named after rank 0; nothing names a made-up store. */
+static void test_names_from_env(void) {
+  vmep_group *g = NULL;
+  setenv("VMEP_JOB_ID", "custom-job.7", 1);
+  setenv("VMEP_JOB_TOKEN", "s3cret", 1);
+  ASSERT_OK(vmep_group_create_custom(0, 1, NULL, NULL, NULL, &g));
+  ASSERT_EQ(strcmp(vmep__group_job_id(g), "custom-job.7"), 0);
+  ASSERT_EQ(strcmp(vmep__group_token(g), "s3cret"), 0);
+  ASSERT_OK(vmep_group_destroy(g));
+  g = NULL;
+  setenv("VMEP_JOB_ID", "no spaces allowed", 1);
+  ASSERT_STATUS(vmep_group_create_custom(0, 1, NULL, NULL, NULL, &g),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(),
+                      "VMEP_JOB_ID=\"no spaces allowed\" must be");
+  ASSERT_TRUE(g == NULL);
+  unsetenv("VMEP_JOB_ID");
+  unsetenv("VMEP_JOB_TOKEN");
+  ASSERT_OK(vmep_group_create_custom(0, 1, NULL, NULL, NULL, &g));
+  ASSERT_EQ(strncmp(vmep__group_job_id(g), "custom-", 7), 0);
+  ASSERT_EQ(strcmp(vmep__group_token(g), ""), 0);
+  ASSERT_OK(vmep_group_destroy(g));
+}
+
 int main(void) {
   world.seed = test_seed("test_group_custom");
+  test_names_from_env();
   unsetenv("VMEP_JOB_ID");
   ASSERT_EQ(pthread_barrier_init(&world.barrier, NULL, RANKS), 0);
   run_phase(1);

@@ -12,9 +12,11 @@
  * rank id. No fd leaks in this process.
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 #define TOKEN "join-token"
@@ -116,11 +118,17 @@ static void test_joined_group(void) {
   ASSERT_EQ(strcmp(vmep__group_job_id(b), env.job_id), 0);
   ASSERT_EQ(strcmp(vmep__group_token(b), TOKEN), 0);
   ASSERT_TRUE(vmep__group_store(a) != NULL);
-  /* A rank a live process holds is refused; nothing stays open. */
+  /* A rank a live process holds is refused once it stays held for the
+   * timeout; nothing stays open. */
   int before = test_count_fds();
+  setenv("VMEP_TIMEOUT_MS", "500", 1);
+  uint64_t start = test_now_ms();
   ASSERT_STATUS(vmep_group_join(2, MAX_RANKS, addr, TOKEN, &twin),
                 VMEP_ERR_INVALID_ARG);
+  ASSERT_TRUE(test_now_ms() - start >= 500);
+  unsetenv("VMEP_TIMEOUT_MS");
   ASSERT_STR_CONTAINS(vmep_last_error(), "rank 2 is already connected");
+  ASSERT_STR_CONTAINS(vmep_last_error(), "still so after 500 ms");
   ASSERT_TRUE(twin == untouched);
   test_expect_fds(before);
   /* No collectives. */
@@ -146,6 +154,39 @@ static void test_joined_group(void) {
 }
 
 /* Every rank < MAX_RANKS is alive or left cleanly: no dead key. */
+/* Drops the holder's connection without goodbye after 300 ms, as its
+ * process's death would. */
+static void *drop_later(void *arg) {
+  usleep(300000);
+  vmep__store_client_close(arg, 0);
+  return NULL;
+}
+
+/* A rejoin that reaches the store before the store has seen its
+ * predecessor's connection close is not refused as "rank taken": the join
+ * retries until the rank is free. */
+static void test_fast_rejoin(void) {
+  struct vmep_store_client *holder = NULL;
+  vmep_group *g = NULL;
+  pthread_t t;
+  int dead = 1;
+  ASSERT_OK(vmep__store_client_connect(addr, TOKEN, 6, -1, 5000, &holder));
+  ASSERT_EQ(pthread_create(&t, NULL, drop_later, holder), 0);
+  setenv("VMEP_TIMEOUT_MS", "10000", 1);
+  uint64_t start = test_now_ms();
+  ASSERT_OK(vmep_group_join(6, MAX_RANKS, addr, TOKEN, &g));
+  uint64_t took = test_now_ms() - start;
+  unsetenv("VMEP_TIMEOUT_MS");
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  printf("fast rejoin: joined %llu ms after asking\n",
+         (unsigned long long)took);
+  ASSERT_TRUE(took >= 250 && took < 5000);
+  /* The rejoin cleared the death the dropped holder left. */
+  ASSERT_OK(vmep__member_is_dead(obs, 6, &dead));
+  ASSERT_EQ(dead, 0);
+  ASSERT_OK(vmep_group_destroy(g));
+}
+
 static void expect_no_deaths(void) {
   unsigned char dead[MAX_RANKS];
   ASSERT_OK(vmep__member_dead(obs, MAX_RANKS, dead));
@@ -383,7 +424,8 @@ static void kill_round(int round, int counts[3]) {
     snprintf(key, sizeof(key), NS "/member/%d", rank);
     ASSERT_OK(vmep__store_get(obs, key, &found, &rec, &len));
     record_of(rank, round, text, sizeof(text));
-    ASSERT_TRUE(found && len == strlen(text) && !memcmp(rec, text, len));
+    ASSERT_TRUE(found && len == VMEP_MEMBER_HEADER + strlen(text) &&
+                !memcmp((char *)rec + VMEP_MEMBER_HEADER, text, strlen(text)));
     vmep__free(rec);
     ASSERT_STATUS(vmep__member_fetch(obs, NS, rank, 0, &rec, &len),
                   VMEP_ERR_PEER);
@@ -429,6 +471,8 @@ int main(void) {
   ASSERT_OK(vmep_group_destroy(back));
   expect_no_deaths();
   test_kill_during_join();
+  test_fast_rejoin();
+  expect_no_deaths();
   munmap(sh, sizeof(*sh));
   vmep__store_client_close(obs, 1);
   test_store_host_stop(&host);

@@ -322,8 +322,43 @@ static void test_detect(void) {
   ASSERT_STR_CONTAINS(vmep_last_error(), "VMEP_STORE_ADDR");
 }
 
+/* The names of a group made from explicit arguments follow the launcher's
+ * rules: the same derived job id for the same store address, the token
+ * argument before VMEP_JOB_TOKEN, no job id without an address. */
+static void test_job_names(void) {
+  struct table t = {0};
+  struct vmep_launch_env parsed, named;
+  table_set(&t, "VMEP_RANK", "0");
+  table_set(&t, "VMEP_WORLD_SIZE", "2");
+  table_set(&t, "VMEP_LOCAL_RANK", "0");
+  table_set(&t, "VMEP_STORE_ADDR", "node7:29400");
+  unsetenv("VMEP_JOB_ID");
+  unsetenv("VMEP_JOB_TOKEN");
+  ASSERT_OK(vmep__launch_env_parse(table_lookup, &t, &parsed));
+  ASSERT_OK(vmep__launch_job_names("tok", "node7:29400", &named));
+  ASSERT_EQ(strcmp(named.job_id, parsed.job_id), 0);
+  ASSERT_EQ(strcmp(named.token, "tok"), 0);
+  ASSERT_EQ(strcmp(named.store_addr, "node7:29400"), 0);
+  setenv("VMEP_JOB_TOKEN", "from-env", 1);
+  setenv("VMEP_JOB_ID", "job-3", 1);
+  ASSERT_OK(vmep__launch_job_names(NULL, NULL, &named));
+  ASSERT_EQ(strcmp(named.token, "from-env"), 0);
+  ASSERT_EQ(strcmp(named.job_id, "job-3"), 0);
+  unsetenv("VMEP_JOB_ID");
+  ASSERT_OK(vmep__launch_job_names(NULL, NULL, &named));
+  ASSERT_EQ(named.job_id[0], '\0');
+  ASSERT_EQ(named.store_addr[0], '\0');
+  unsetenv("VMEP_JOB_TOKEN");
+  memset(&named, 0xA5, sizeof(named));
+  ASSERT_STATUS(vmep__launch_job_names(NULL, "no-port", &named),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "VMEP_STORE_ADDR=\"no-port\"");
+  ASSERT_EQ(named.store_addr[0], (char)0xA5); /* untouched on failure */
+}
+
 int main(void) {
   test_seed("test_launch_env");
+  test_job_names();
   test_vmep_run();
   test_derived_job_id();
   test_torchrun();

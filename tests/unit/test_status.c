@@ -50,6 +50,7 @@ static void test_status_names(void) {
   ASSERT_EQ(VMEP_ERR_TIMEOUT, -5);
   ASSERT_EQ(VMEP_ERR_PEER, -6);
   ASSERT_EQ(VMEP_ERR_SYSTEM, -7);
+  ASSERT_EQ(VMEP_ERR_BUSY, -8);
   ASSERT_STR_EQ(vmep_status_name(VMEP_ERR_CUDA), "VMEP_ERR_CUDA");
   ASSERT_STR_EQ(vmep_status_string(VMEP_ERR_OUT_OF_MEMORY), "out of memory");
 }

@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 #define WORKERS 3
@@ -107,7 +108,7 @@ static void hello(int fd, const char *token, int rank) {
 
 /* Reads until the store closes (within 5 s): first a REJECTED answer
  * containing `needle` (NULL: any text) must come. */
-static void expect_closed(int fd, const char *needle) {
+static void expect_answer_closed(int fd, unsigned answer, const char *needle) {
   unsigned char buf[4096];
   size_t len = 0;
   uint64_t deadline = test_now_ms() + 5000;
@@ -124,13 +125,17 @@ static void expect_closed(int fd, const char *needle) {
   ASSERT_TRUE(len > 0); /* the answer came before the close */
   ASSERT_EQ(vmep__store_reply_parse(buf, len, VMEP_STORE_SET, &a, &error),
             (long)len);
-  ASSERT_EQ(a.answer, VMEP_STORE_REJECTED);
+  ASSERT_EQ(a.answer, answer);
   char text[VMEP_STORE_MESSAGE_MAX + 1];
   snprintf(text, sizeof(text), "%.*s", (int)a.message.len,
            (const char *)a.message.data);
   if (needle)
     ASSERT_STR_CONTAINS(text, needle);
   close(fd);
+}
+
+static void expect_closed(int fd, const char *needle) {
+  expect_answer_closed(fd, VMEP_STORE_REJECTED, needle);
 }
 
 /* A fresh client still gets served. */
@@ -203,7 +208,8 @@ static void bad_requests(void) {
       .cmd = VMEP_STORE_HELLO, .rank = 1, .session = 99, .token = TOKEN};
   fd = raw_connect();
   send_op(fd, &dup);
-  expect_closed(fd, "already connected");
+  /* Answered TAKEN, which clients retry: the holder may have just died. */
+  expect_answer_closed(fd, VMEP_STORE_TAKEN, "already connected");
   /* Version 2's HELLO (no instance fields): the store names the versions. */
   unsigned char v2[9 + 4 + 4 + 8 + 4 + sizeof(TOKEN) - 1] = {
       VMEP_STORE_HELLO, [9] = 2, [13] = 0xff, 0xff, 0xff, 0xff};

@@ -10,6 +10,7 @@
 #include <signal.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "fake_driver.h"
 #include "test_store_util.h"
 

@@ -15,6 +15,7 @@
 #include <pthread.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 #define TOKEN "member-token"

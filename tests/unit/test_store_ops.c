@@ -8,6 +8,7 @@
 #include <pthread.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 static char addr[64];

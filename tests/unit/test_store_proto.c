@@ -8,6 +8,7 @@
  * token comparison.
  */
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 #define MUTATIONS 12

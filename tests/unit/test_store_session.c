@@ -14,6 +14,7 @@
 #include <pthread.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test_store_util.h"
 
 #define TOKEN "session-token"
@@ -167,7 +168,7 @@ static void test_killed_rank(void) {
   ASSERT_OK(vmep__store_wait(b, (const char *[]){"never set"}, 1, 1000));
   /* Two live clients may not hold one rank. */
   struct vmep_store_client *twin = NULL;
-  ASSERT_STATUS(vmep__store_client_connect(addr, TOKEN, 3, -1, 2000, &twin),
+  ASSERT_STATUS(vmep__store_client_connect(addr, TOKEN, 3, -1, 500, &twin),
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "rank 3 is already connected");
   vmep__store_client_close(again, 1);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "boot/boot.h"
+#include "store/store.h"
 #include "test.h"
 
 /* A port the kernel just handed out on 127.0.0.1 (free again now; taking

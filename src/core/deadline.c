@@ -1,12 +1,12 @@
 /*
- * Deadlines for the boot layer's waits: a monotonic millisecond clock
+ * Deadlines for the waits of every layer: a monotonic millisecond clock
  * (immune to wall-clock steps) and the time left until a deadline, in the
  * int milliseconds that poll() takes.
  */
 #include <limits.h>
 #include <time.h>
 
-#include "boot/boot.h"
+#include "core/core.h"
 
 uint64_t vmep__now_ms(void) {
   struct timespec ts;

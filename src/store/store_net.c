@@ -14,7 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 int vmep__tcp_wait(int fd, short events, uint64_t deadline_ms) {
   for (;;) {

@@ -6,7 +6,7 @@
  */
 #include <string.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 struct entry {
   struct entry *next;
@@ -22,14 +22,6 @@ struct vmep_store_table {
   size_t nbuckets; /* a power of two */
   size_t count;
 };
-
-uint64_t vmep__bytes_hash(const void *bytes, size_t len) {
-  const unsigned char *p = bytes;
-  uint64_t h = 14695981039346656037ull; /* FNV-1a */
-  for (size_t i = 0; i < len; i++)
-    h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
 
 static struct entry **find_slot(const struct vmep_store_table *t,
                                 const unsigned char *key, size_t len,

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 /* ---- reading ---------------------------------------------------------- */
 
@@ -26,13 +26,11 @@ struct reader {
 };
 
 static uint64_t read_le(struct reader *r, size_t bytes) {
-  uint64_t v = 0;
   if (r->bad || r->left < bytes) {
     r->bad = r->bad ? r->bad : "a field runs past the end of the frame";
     return 0;
   }
-  for (size_t i = 0; i < bytes; i++)
-    v |= (uint64_t)r->p[i] << (8 * i);
+  uint64_t v = vmep__le_get(r->p, bytes);
   r->p += bytes;
   r->left -= bytes;
   return v;
@@ -83,8 +81,7 @@ static long frame_envelope(const unsigned char *buf, size_t len,
                            struct reader *body, const char **error_out) {
   if (len < 4)
     return 0;
-  uint32_t n = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 |
-               (uint32_t)buf[2] << 16 | (uint32_t)buf[3] << 24;
+  uint32_t n = (uint32_t)vmep__le_get(buf, 4);
   if (n == 0 || n > VMEP_STORE_FRAME_MAX) {
     *error_out = n ? "frame length over the limit" : "empty frame";
     return -1;
@@ -260,6 +257,11 @@ void vmep__store_dead_key(int rank, char *key) {
   snprintf(key, VMEP_STORE_DEAD_KEY_BYTES, VMEP_STORE_DEAD_PREFIX "%d", rank);
 }
 
+void vmep__store_session_key(int rank, char *key) {
+  snprintf(key, VMEP_STORE_SESSION_KEY_BYTES, VMEP_STORE_SESSION_PREFIX "%d",
+           rank);
+}
+
 int vmep__store_token_equal(const unsigned char *a, size_t a_len,
                             const unsigned char *b, size_t b_len) {
   /* Time depends on a_len only (the expected token), never on where the
@@ -325,8 +327,7 @@ void vmep__wbuf_put(struct vmep_store_wbuf *w, const void *p, size_t n) {
 
 static void put_le(struct vmep_store_wbuf *w, uint64_t v, size_t bytes) {
   unsigned char b[8];
-  for (size_t i = 0; i < bytes; i++)
-    b[i] = (unsigned char)(v >> (8 * i));
+  vmep__le_put(b, v, bytes);
   vmep__wbuf_put(w, b, bytes);
 }
 
@@ -361,8 +362,7 @@ vmep_status vmep__wbuf_frame_end(struct vmep_store_wbuf *w) {
     w->failed = 0;
     return status;
   }
-  for (int i = 0; i < 4; i++)
-    w->data[w->frame_start + (size_t)i] = (unsigned char)(body >> (8 * i));
+  vmep__le_put(w->data + w->frame_start, body, 4);
   return VMEP_OK;
 }
 
@@ -450,8 +450,8 @@ static vmep_status encode_fields(struct vmep_store_wbuf *w,
       body += 4 + n;
       vmep__wbuf_put_bytes(w, op->keys[*packed], n);
     }
-    for (int i = 0; i < 4 && !w->failed; i++)
-      w->data[count_at + (size_t)i] = (unsigned char)(*packed >> (8 * i));
+    if (!w->failed)
+      vmep__le_put(w->data + count_at, *packed, 4);
     return VMEP_OK;
   }
   case VMEP_STORE_ADD:

@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 /* How long a reply may lag behind the end of the wait it answers. */
 #define REPLY_SLACK_MS 5000
@@ -39,7 +39,7 @@ struct vmep_store_client {
   int timeout_ms;
   uint64_t session, seq;
   uint64_t instance; /* of the store, once a HELLO was answered OK */
-  char refusal[160]; /* the last CLOSING answer's reason */
+  char refusal[160]; /* the last CLOSING or TAKEN answer's reason */
   struct vmep_store_wbuf out;
   unsigned char *in;
   size_t in_len, in_cap;
@@ -115,10 +115,7 @@ static enum io recv_reply(struct vmep_store_client *c, unsigned cmd,
       return IO_BAD; /* malformed, or more than one answer */
     if (n > 0)
       return IO_OK;
-    size_t need = c->in_len < 4
-                      ? 4096
-                      : 4 + ((size_t)c->in[0] | (size_t)c->in[1] << 8 |
-                             (size_t)c->in[2] << 16 | (size_t)c->in[3] << 24);
+    size_t need = c->in_len < 4 ? 4096 : 4 + (size_t)vmep__le_get(c->in, 4);
     if (need > c->in_cap) {
       unsigned char *grown = vmep__malloc(need);
       if (!grown)
@@ -189,9 +186,14 @@ static vmep_status store_replaced(const struct vmep_store_client *c,
                     text);
 }
 
+/* Values of try_open's *err besides errno values: the store's answer. */
+#define ERR_CLOSING (-1)
+#define ERR_TAKEN (-2)
+
 /* One try: connect and say HELLO. VMEP_OK; VMEP_ERR_TIMEOUT (not logged)
- * when it may be retried, with *err an errno value, or -1 when the store
- * answered CLOSING (c->refusal says why); any other status is final. A
+ * when it may be retried, with *err an errno value, or ERR_CLOSING /
+ * ERR_TAKEN when the store answered so (c->refusal says why); any other
+ * status is final. A
  * new session avoids the store instances this process left; a resumed one
  * asks for its own instance. */
 static vmep_status try_open(struct vmep_store_client *c, uint64_t deadline,
@@ -225,10 +227,11 @@ static vmep_status try_open(struct vmep_store_client *c, uint64_t deadline,
     return VMEP_OK;
   }
   hang_up(c);
-  if (io == IO_OK && a.answer == VMEP_STORE_CLOSING) {
+  if (io == IO_OK &&
+      (a.answer == VMEP_STORE_CLOSING || a.answer == VMEP_STORE_TAKEN)) {
     snprintf(c->refusal, sizeof(c->refusal), "%.*s", (int)a.message.len,
              (const char *)a.message.data);
-    *err = -1;
+    *err = a.answer == VMEP_STORE_TAKEN ? ERR_TAKEN : ERR_CLOSING;
     return VMEP_ERR_TIMEOUT;
   }
   if (io == IO_OK && a.answer == VMEP_STORE_GONE)
@@ -257,6 +260,12 @@ static vmep_status open_connection(struct vmep_store_client *c,
       last = err; /* an attempt cut short by the deadline says less */
     uint64_t now = vmep__now_ms();
     const char *why = last < 0 ? c->refusal : strerror(last);
+    /* The rank stayed held for the whole timeout: a live twin. */
+    if (last == ERR_TAKEN && now >= deadline)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "store %s refused this client (rank %d): %s; still "
+                        "so after %d ms",
+                        c->addr, (int)c->rank, why, c->timeout_ms);
     if (lost_at && c->host_rank >= 0 && now >= lost_at + HOST_LOST_MS)
       return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
                         "rank %d died (the store it hosts at %s is gone: %s)",
@@ -386,6 +395,10 @@ void vmep__store_client_drop(struct vmep_store_client *c) { hang_up(c); }
 
 int vmep__store_client_timeout(const struct vmep_store_client *c) {
   return c->timeout_ms;
+}
+
+uint64_t vmep__store_client_session(const struct vmep_store_client *c) {
+  return c->session;
 }
 
 uint64_t vmep__store_client_instance(const struct vmep_store_client *c) {

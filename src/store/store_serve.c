@@ -11,7 +11,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 #define MAX_SESSIONS 4096
 #define CACHED_REPLY_MAX 32
@@ -145,8 +145,7 @@ static void publish_death(struct vmep_store_state *st, int32_t rank) {
   char key[VMEP_STORE_DEAD_KEY_BYTES];
   unsigned char serial[8];
   uint64_t n = ++st->deaths;
-  for (int i = 0; i < 8; i++)
-    serial[i] = (unsigned char)(n >> (8 * i));
+  vmep__le_put(serial, n, 8);
   vmep__store_dead_key(rank, key);
   struct vmep_store_bytes k = {(const unsigned char *)key, strlen(key)};
   struct vmep_store_bytes v = {serial, sizeof(serial)};
@@ -154,6 +153,28 @@ static void publish_death(struct vmep_store_state *st, int32_t rank) {
     vmep_log_error("store: no memory to publish that rank %d died; members "
                    "waiting for it will time out instead",
                    (int)rank);
+}
+
+/* SETs "vmep/session/<rank>" to the session now holding the rank (on), or
+ * deletes it if that session still holds it (off: a goodbye). */
+static void publish_session(struct vmep_store_state *st, int32_t rank,
+                            uint64_t id, int on) {
+  char key[VMEP_STORE_SESSION_KEY_BYTES];
+  unsigned char bytes[8];
+  struct vmep_store_bytes cur;
+  vmep__store_session_key(rank, key);
+  vmep__le_put(bytes, id, 8);
+  struct vmep_store_bytes k = {(const unsigned char *)key, strlen(key)};
+  struct vmep_store_bytes v = {bytes, sizeof(bytes)};
+  if (!on) {
+    if (vmep__store_table_get(st->table, k, &cur) && cur.len == 8 &&
+        vmep__le_get(cur.data, 8) == id)
+      vmep__store_table_delete(st->table, k);
+  } else if (vmep__store_table_set(st->table, k, v) != VMEP_OK) {
+    vmep_log_error("store: no memory to publish the session of rank %d; "
+                   "its records will not be taken for current",
+                   (int)rank);
+  }
 }
 
 /* A rank rejoins: its death is neither waited on nor published. */
@@ -316,10 +337,14 @@ static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
   if (s && s->rank != q->rank)
     return reject(p, out, "a session cannot change its rank");
   if (rank_taken(st, q->rank, q->session)) {
+    /* Its holder may have died a moment ago, its close not yet read: the
+     * client tries again. */
     snprintf(why, sizeof(why),
              "rank %d is already connected (two processes with one rank?)",
              (int)q->rank);
-    return reject(p, out, why);
+    vmep_log_info("store: %s: %s; closing that connection", p->name, why);
+    vmep__store_reply_error(out, VMEP_STORE_TAKEN, -1, "%s", why);
+    return VMEP_STORE_PEER_CLOSE;
   }
   if (!s && !(s = new_session(st, q->session, q->rank)))
     return reject(p, out, "no room for another session");
@@ -327,8 +352,10 @@ static int hello(struct vmep_store_state *st, struct vmep_store_peer *p,
     s->peer->session = NULL; /* a reconnect replaces the old connection */
   s->peer = p;
   p->session = s;
-  if (q->rank >= 0)
+  if (q->rank >= 0) {
     clear_death(st, q->rank);
+    publish_session(st, q->rank, q->session, 1);
+  }
   snprintf(p->name + strlen(p->name), sizeof(p->name) - strlen(p->name),
            q->rank >= 0 ? " rank %d" : " (no rank)", (int)q->rank);
   vmep__wbuf_frame_begin(out);
@@ -363,12 +390,11 @@ static void mutate(struct vmep_store_state *st,
                               cur.len);
       return;
     }
-    for (int i = 0; present && i < 8; i++)
-      v |= (uint64_t)cur.data[i] << (8 * i);
+    if (present)
+      v = vmep__le_get(cur.data, 8);
     v += (uint64_t)q->delta; /* wraps like two's complement */
     unsigned char bytes[8];
-    for (int i = 0; i < 8; i++)
-      bytes[i] = (unsigned char)(v >> (8 * i));
+    vmep__le_put(bytes, v, 8);
     struct vmep_store_bytes nv = {bytes, 8};
     status = vmep__store_table_set(st->table, q->key, nv);
     number = (int64_t)v;
@@ -466,8 +492,8 @@ static void answer_keys(const struct vmep_store_state *st, unsigned cmd,
     }
     count++;
   }
-  for (int i = 0; i < 4 && !out->failed; i++)
-    out->data[count_at + (size_t)i] = (unsigned char)(count >> (8 * i));
+  if (!out->failed)
+    vmep__le_put(out->data + count_at, count, 4);
   vmep__wbuf_frame_end(out);
 }
 
@@ -574,6 +600,8 @@ int vmep__store_peer_request(struct vmep_store_state *st,
     return reject(p, out, "request while a wait is pending");
   switch (q->cmd) {
   case VMEP_STORE_BYE:
+    if (p->session->rank >= 0)
+      publish_session(st, p->session->rank, p->session->id, 0);
     unlink_session(st, p->session);
     p->session = NULL;
     reply_ok(out);

@@ -19,7 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "boot/boot.h"
+#include "store/store.h"
 
 #define MAX_CONNS 4096
 #define IN_BUF_MIN 4096
@@ -145,8 +145,7 @@ static void conn_process(struct vmep_store_server *s, struct conn *c) {
 static int conn_reserve(struct conn *c) {
   size_t need = IN_BUF_MIN;
   if (c->in_len >= 4)
-    need = 4 + ((size_t)c->in[0] | (size_t)c->in[1] << 8 |
-                (size_t)c->in[2] << 16 | (size_t)c->in[3] << 24);
+    need = 4 + (size_t)vmep__le_get(c->in, 4);
   if (need < IN_BUF_MIN)
     need = IN_BUF_MIN;
   if (need <= c->in_len) /* cannot happen: complete frames are consumed */
