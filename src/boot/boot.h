@@ -75,12 +75,6 @@ vmep_status vmep__launch_job_names(const char *token, const char *store_addr,
  * from vmep__group_store and pass it to the member functions below. */
 struct vmep_store_client;
 
-/* Transitional: src/ep/elastic.c still calls the store's own FORGET
- * (declared identically in store/store.h); new code calls
- * vmep__member_forget, and this line goes once ep does. */
-vmep_status vmep__store_forget(struct vmep_store_client *client, int rank,
-                               int *was_dead_out);
-
 /* ---- allgatherv over the store (store_gather.c) ---- */
 
 /* The collectives one rank runs over a store client; every rank of the

@@ -305,11 +305,14 @@ struct sync_keys {
   const char **poll; /* [2n] */
 };
 
+/* Frees the keys and empties `k`, so that freeing it again is harmless
+ * (a failed make frees, and its caller frees once more on the way out). */
 static void sync_keys_free(struct sync_keys *k) {
   vmep__free(k->text);
   vmep__free(k->sync);
   vmep__free(k->dead);
   vmep__free(k->poll);
+  memset(k, 0, sizeof(*k));
 }
 
 static vmep_status sync_keys_make(const char *ns, const int *ranks, int n,

@@ -1,7 +1,7 @@
 /*
  * Masks and membership of an EP buffer. The buffer has room for max_ranks
  * ranks; `connected` says whose windows are mapped here. Every rank
- * publishes a member record (its descriptor and an incarnation number)
+ * publishes a member record (its descriptor, under its store session)
  * under the buffer's store namespace, so that ranks joining later can map
  * it. A membership change ends with a resynchronization of the flags: the
  * connected ranks agree, through the store, on an epoch above any they
@@ -102,14 +102,14 @@ static int connected_list(const vmep_ep *ep, int *ranks) {
   return n;
 }
 
-/* Names the connected set and its incarnations: equal on every member of
- * one view, different after any change (a rank that rejoins comes back
- * with another incarnation). */
+/* Names the connected set and its sessions: equal on every member of one
+ * view, different after any change (a rank that rejoins comes back as
+ * another process, with another session). */
 static uint64_t view_tag(const vmep_ep *ep, uint64_t what) {
   uint64_t h = vmep__bytes_hash(&what, sizeof(what));
   for (int r = 0; r < ep->num_ranks; r++)
     if (is_connected(ep, r)) {
-      uint64_t pair[2] = {(uint64_t)r, ep->incarnation[r]};
+      uint64_t pair[2] = {(uint64_t)r, ep->session[r]};
       h ^= vmep__bytes_hash(pair, sizeof(pair)) + (h << 6) + (h >> 2);
     }
   return h;
@@ -150,7 +150,11 @@ static struct vmep_store_client *store_of(const vmep_ep *ep, const char *call) {
   return c;
 }
 
-static uint64_t new_incarnation(const vmep_ep *ep) {
+/* Our session: the store client's (records are keyed by it), or, for a
+ * group without a store, a random one. */
+static uint64_t own_session(const vmep_ep *ep, struct vmep_store_client *c) {
+  if (c)
+    return vmep__member_session(c);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   uint64_t v[4] = {(uint64_t)getpid(), (uint64_t)ts.tv_sec,
@@ -158,8 +162,8 @@ static uint64_t new_incarnation(const vmep_ep *ep) {
   return vmep__bytes_hash(v, sizeof(v));
 }
 
-/* A fixed group's start: the ranks begin connected, with the incarnations
- * they draw, and with rank 0's name index (`*index`, -1 when rank 0 has
+/* A fixed group's start: the ranks begin connected, with their sessions,
+ * and with rank 0's name index (`*index`, -1 when rank 0 has
  * none) taken in every process, so that processes name the buffer alike
  * whatever buffers of its shape each made or destroyed before. A rank that
  * failed before still joins the allgather. */
@@ -173,8 +177,8 @@ static vmep_status fixed_start(vmep_ep *ep, uint64_t mine, int *index,
                                     "vmep_ep_create: host allocation failed");
   status = status != VMEP_OK ? status : st;
   for (int r = 0; status == VMEP_OK && r < size; r++) {
-    ep->incarnation[r] = all[2 * r];
-    ep->seen_from[r] = ep->incarnation[r];
+    ep->session[r] = all[2 * r];
+    ep->seen_from[r] = ep->session[r];
     set_connected(ep, r, 1);
   }
   if (status == VMEP_OK && ep->rank != 0) {
@@ -192,9 +196,9 @@ static vmep_status fixed_start(vmep_ep *ep, uint64_t mine, int *index,
 
 vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
   vmep_status status = before;
-  uint64_t mine = new_incarnation(ep);
   int elastic = vmep__group_elastic(ep->group);
   struct vmep_store_client *c = vmep__group_store(ep->group);
+  uint64_t mine = own_session(ep, c);
   int index = -1;
   ep->changed = elastic || ep->num_ranks > vmep_group_size(ep->group);
   /* An elastic rank names its buffer alone (the lowest free index here);
@@ -209,7 +213,7 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
   }
   if (elastic) {
     set_connected(ep, ep->rank, 1);
-    ep->incarnation[ep->rank] = mine;
+    ep->session[ep->rank] = mine;
   } else {
     status = fixed_start(ep, mine, &index, status);
   }
@@ -225,13 +229,13 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
    * fails the creation's agreement), there is nothing to publish. */
   if (status != VMEP_OK || !c || index < 0)
     return status;
-  return vmep__window_publish(ep->window, c, ep->ns, mine);
+  return vmep__window_publish(ep->window, c, ep->ns);
 }
 
 /* An allgather of `words` u64 words among the connected ranks: into
  * all[n * words] in connected order. Each part leads with this process's
  * next sequence number, and a part consumed before is never taken again,
- * so a view that comes back (the same ranks and incarnations, hence the
+ * so a view that comes back (the same ranks and sessions, hence the
  * same tags) cannot complete on leftovers of its earlier turn. */
 static vmep_status gather(vmep_ep *ep, struct vmep_store_client *c,
                           uint64_t tag, const uint64_t *mine, int words,
@@ -436,16 +440,16 @@ static vmep_status drop(vmep_ep *ep, int r) {
 
 /* A newcomer of one connect call, and what we knew of its rank before. */
 struct newcomer {
-  int rank;
-  uint64_t incarnation, seen, seen_from;
+  int rank, died;
+  uint64_t session, seen, seen_from;
 };
 
-/* Takes a newcomer of a failed connect back out: dropped, with the
- * incarnation and allgather sequence we knew before the call, so that
- * the call can be retried (a live rank's record is not avoided then). */
+/* Takes a newcomer of a failed connect back out: dropped, with what we
+ * knew of its rank before the call, so that the call can be retried. */
 static void undo_newcomer(vmep_ep *ep, const struct newcomer *was) {
   (void)drop(ep, was->rank);
-  ep->incarnation[was->rank] = was->incarnation;
+  ep->died[was->rank] = (unsigned char)was->died;
+  ep->session[was->rank] = was->session;
   ep->seen[was->rank] = was->seen;
   ep->seen_from[was->rank] = was->seen_from;
 }
@@ -462,20 +466,22 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
     int r = ranks[i];
     if (is_connected(ep, r))
       continue;
-    /* A rank id that died comes back as a new process: wait for its
-     * record, not the one its predecessor left. A new process starts its
+    /* Only the record of the rank's current process is mapped (one an
+     * earlier process left is waited past); a rank id that died comes back
+     * as a new process, which we wait for. A new process starts its
      * allgather sequence afresh; a rank that was disconnected alive comes
-     * back as itself and goes on with its sequence, so that its parts of
-     * an earlier turn of this view are not taken again. */
-    struct newcomer was = {r, ep->incarnation[r], ep->seen[r],
+     * back as itself (its session) and goes on with its sequence, so that
+     * its parts of an earlier turn of this view are not taken again. */
+    struct newcomer was = {r, ep->died[r], ep->session[r], ep->seen[r],
                            ep->seen_from[r]};
-    status = vmep__window_attach(
-        ep->window, c, r, vmep__group_timeout_ms(ep->group), ep->incarnation[r],
-        "vmep_ep_connect_ranks", &ep->incarnation[r]);
-    if (status == VMEP_OK && ep->incarnation[r] != ep->seen_from[r]) {
+    status = vmep__window_attach(ep->window, c, r,
+                                 vmep__group_timeout_ms(ep->group), ep->died[r],
+                                 "vmep_ep_connect_ranks", &ep->session[r]);
+    if (status == VMEP_OK && ep->session[r] != ep->seen_from[r]) {
       ep->seen[r] = 0;
-      ep->seen_from[r] = ep->incarnation[r];
+      ep->seen_from[r] = ep->session[r];
     }
+    ep->died[r] = status == VMEP_OK ? 0 : ep->died[r];
     if (status == VMEP_OK)
       status = write_peer(ep, r);
     if (status == VMEP_OK)
@@ -501,15 +507,14 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
 }
 
 /* After a disconnect: a rank that died must not fail the store's waits any
- * more, and when its id connects again it must be its successor's record
- * that gets mapped, not the one it left behind; a rank that is alive (it
- * left, or was only dropped) may come back as itself. */
+ * more, and when its id connects again we wait for its successor; a rank
+ * that is alive (it left, or was only dropped) may come back as itself. */
 static vmep_status forget(vmep_ep *ep, struct vmep_store_client *c, int r) {
   int dead = 0;
   vmep_status status = vmep__member_is_dead(c, r, &dead);
-  if (status == VMEP_OK && !dead)
-    ep->incarnation[r] = 0;
-  return status == VMEP_OK ? vmep__store_forget(c, r, NULL) : status;
+  if (status == VMEP_OK)
+    ep->died[r] = (unsigned char)dead;
+  return status == VMEP_OK ? vmep__member_forget(c, r, NULL) : status;
 }
 
 vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {

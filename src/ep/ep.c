@@ -157,7 +157,8 @@ static void release(vmep_ep *ep) {
       vmep__ep_device_leave(&ep->dev);
   }
   vmep__ep_device_close(&ep->dev);
-  vmep__free(ep->incarnation);
+  vmep__free(ep->session);
+  vmep__free(ep->died);
   vmep__free(ep->seen);
   vmep__free(ep->seen_from);
   vmep__free(ep);
@@ -191,10 +192,11 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
   long long timeout_ms =
       config->timeout_ms ? config->timeout_ms : vmep__group_timeout_ms(group);
   ep->timeout_ns = timeout_ms * 1000000ll;
-  ep->incarnation = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
+  ep->session = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
+  ep->died = vmep__calloc((size_t)ep->num_ranks, 1);
   ep->seen = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
   ep->seen_from = vmep__calloc((size_t)ep->num_ranks, sizeof(uint64_t));
-  status = ep->incarnation && ep->seen && ep->seen_from
+  status = ep->session && ep->died && ep->seen && ep->seen_from
                ? create(ep)
                : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                             "vmep_ep_create: host allocation "

@@ -122,18 +122,19 @@ struct vmep_ep {
   struct vmep_ll_dispatch_io pending_dispatch[2];
   int combine_pending[2];
   struct vmep_ll_combine_io pending_combine[2];
-  /* membership (elastic.c): who is mapped here, each one's incarnation
-   * (from its member record), and our store namespace */
+  /* membership (elastic.c): who is mapped here, the store session (the
+   * process) of each one's member record, and our store namespace */
   struct vmep_ll_rank_set connected;
-  uint64_t *incarnation; /* [num_ranks]; after a disconnect, a dead rank's
-                            (its successor must publish another), else 0 */
-  uint64_t *seen;        /* [num_ranks]: the last allgather sequence taken from
-                            each rank (elastic.c) */
-  uint64_t *seen_from;   /* [num_ranks]: the incarnation (process) whose
-                            sequence seen[] holds */
-  uint64_t barriers;     /* vmep_ep_barrier calls since the last change */
-  int changed;           /* the connected set is not (or no longer) the group */
-  int ns_index;          /* among this process's live buffers of one shape */
+  uint64_t *session;   /* [num_ranks] */
+  unsigned char *died; /* [num_ranks]: disconnected after it died, so a
+                          connect waits for its successor */
+  uint64_t *seen;      /* [num_ranks]: the last allgather sequence taken from
+                          each rank (elastic.c) */
+  uint64_t *seen_from; /* [num_ranks]: the session (process) whose
+                          sequence seen[] holds */
+  uint64_t barriers;   /* vmep_ep_barrier calls since the last change */
+  int changed;         /* the connected set is not (or no longer) the group */
+  int ns_index;        /* among this process's live buffers of one shape */
   char ns[64];
 };
 

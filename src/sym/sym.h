@@ -64,27 +64,29 @@ enum vmep_peer_kind vmep__window_peer_kind(const vmep_window *w, int rank);
 /* ---- members that come and go (window_member.c) ------------------------ */
 
 /*
- * Publishes our member record (descriptor and `incarnation`) under
- * "<ns>/member/<rank>" in the store, and serves our fd to ranks that
- * attach later. VMEP_OK, or the first failure (nothing published then).
+ * Publishes our member record (our region's descriptor, under our store
+ * session) as "<ns>/member/<rank>" in the store, and serves our fd to
+ * ranks that attach later. VMEP_OK, or the first failure (nothing
+ * published then).
  */
 vmep_status vmep__window_publish(vmep_window *w, struct vmep_store_client *c,
-                                 const char *ns, uint64_t incarnation);
+                                 const char *ns);
 
 /* Withdraws our record and stops serving our fd; a no-op when nothing was
  * published. */
 vmep_status vmep__window_withdraw(vmep_window *w);
 
 /*
- * Maps rank `rank`'s region from its member record into its slot, waiting
- * up to timeout_ms for a record whose incarnation is not `avoid` (0: any);
- * a rank already attached is a no-op. *incarnation_out (may be NULL) gets
- * the record's incarnation. Messages name `call`. On failure the rank stays
- * unattached.
+ * Maps rank `rank`'s region from the member record of its current process
+ * into its slot, waiting up to timeout_ms for one (past a record an
+ * earlier process of the rank left; with wait_dead, past the rank's death
+ * too, for a successor). A rank already attached is a no-op.
+ * *session_out (may be NULL) gets the record's store session, which names
+ * the process. Messages name `call`. On failure the rank stays unattached.
  */
 vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
-                                int rank, int timeout_ms, uint64_t avoid,
-                                const char *call, uint64_t *incarnation_out);
+                                int rank, int timeout_ms, int wait_dead,
+                                const char *call, uint64_t *session_out);
 
 /* Unmaps rank `rank`'s region (a no-op when it is not mapped). */
 vmep_status vmep__window_detach(vmep_window *w, int rank);

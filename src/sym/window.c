@@ -208,6 +208,8 @@ static vmep_status release(vmep_window *w) {
   vmep__fd_server_stop(w->server);
   st = vmep_region_free(w->local);
   status = status != VMEP_OK ? status : st;
+  if (w->holds_group)
+    vmep__group_release(w->group);
   vmep__free(w->peers);
   vmep__free(w);
   return status;
@@ -290,6 +292,9 @@ vmep_status vmep__window_create(vmep_group *group, int device, size_t bytes,
     (void)release(w);
     return status;
   }
+  /* The group may not be destroyed under a window (VMEP_ERR_BUSY). */
+  vmep__group_hold(group);
+  w->holds_group = 1;
   vmep_log_info("window of %zu B per rank, %d of %d slots, strategy %s",
                 w->stride, vmep__group_elastic(group) ? 1 : w->size, w->slots,
                 vmep_mem_strategy_name(w->strategy));

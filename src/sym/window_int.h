@@ -29,6 +29,7 @@ struct vmep_window {
   struct vmep_sym_peer *peers;   /* [slots] */
   struct vmep_fd_server *server; /* serves our fd to ranks that join */
   const char *call;              /* the API call that made the window */
+  int holds_group;               /* vmep__group_hold taken at creation */
   char ns[64];                   /* store namespace of our member record */
 };
 

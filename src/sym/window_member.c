@@ -1,12 +1,12 @@
 /*
  * Members of a window that come and go (elastic EP buffers): each rank
- * publishes a member record (its region's descriptor and an incarnation
- * number) in the store and serves its fd, and a rank that arrives later
- * maps the others from their records, and they map it, one at a time.
+ * publishes a member record (its region's descriptor; the store keys it by
+ * the publisher's session) and serves its fd, and a rank that arrives
+ * later maps the others from their records, and they map it, one at a
+ * time.
  */
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "sym/window_int.h"
 
@@ -14,7 +14,6 @@
 struct member_record {
   uint32_t magic;
   uint32_t desc_len;
-  uint64_t incarnation;
   unsigned char desc[VMEP_MEM_DESC_MAX_BYTES];
 };
 #define MEMBER_MAGIC 0x564d4d31u /* "VMM1" */
@@ -29,7 +28,7 @@ static void member_job(const vmep_window *w, char *job, size_t cap) {
 }
 
 vmep_status vmep__window_publish(vmep_window *w, struct vmep_store_client *c,
-                                 const char *ns, uint64_t incarnation) {
+                                 const char *ns) {
   struct member_record rec;
   char job[VMEP_JOB_ID_MAX + 1];
   size_t len = 0;
@@ -40,7 +39,6 @@ vmep_status vmep__window_publish(vmep_window *w, struct vmep_store_client *c,
       vmep__window_offer(w, job, rec.desc, sizeof(rec.desc), &len, &w->server);
   rec.magic = MEMBER_MAGIC;
   rec.desc_len = (uint32_t)len;
-  rec.incarnation = incarnation;
   if (status == VMEP_OK)
     status = vmep__member_publish(c, ns, w->rank, &rec, sizeof(rec));
   return status;
@@ -53,50 +51,32 @@ vmep_status vmep__window_withdraw(vmep_window *w) {
   return c && w->ns[0] ? vmep__member_withdraw(c, w->ns, w->rank) : VMEP_OK;
 }
 
-/* Fetches rank's member record, waiting past one whose incarnation is
- * `avoid` (a process that died and whose successor has not published yet). */
+/* Fetches the member record of rank's current process (see
+ * vmep__member_fetch_current) into *rec, and its publisher's session. */
 static vmep_status fetch_record(vmep_window *w, struct vmep_store_client *c,
-                                int rank, int timeout_ms, uint64_t avoid,
-                                const char *call, struct member_record *rec) {
-  uint64_t deadline = vmep__now_ms() + (uint64_t)timeout_ms;
-  for (;;) {
-    void *bytes = NULL;
-    size_t len = 0;
-    int dead = 0;
-    /* The successor of a process that died clears its dead key when it
-     * says hello: until then, wait for it rather than fail. */
-    vmep_status status = avoid ? vmep__member_is_dead(c, rank, &dead) : VMEP_OK;
-    if (status == VMEP_OK && dead && vmep__now_ms() < deadline) {
-      usleep(5000);
-      continue;
-    }
-    if (status == VMEP_OK)
-      status = vmep__member_fetch(c, w->ns, rank, vmep__ms_left(deadline),
-                                  &bytes, &len);
-    if (status != VMEP_OK)
-      return status;
-    if (len == sizeof(*rec))
-      memcpy(rec, bytes, sizeof(*rec));
-    vmep__free(bytes);
-    if (len != sizeof(*rec) || rec->magic != MEMBER_MAGIC ||
-        rec->desc_len > sizeof(rec->desc))
-      return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
-                        "%s: rank %d's member record is malformed (%zu B)",
-                        call, rank, len);
-    if (avoid == 0 || rec->incarnation != avoid)
-      return VMEP_OK;
-    if (vmep__now_ms() >= deadline)
-      return vmep__fail(VMEP_ERR_TIMEOUT, VMEP_LOG_ERROR,
-                        "%s: rank %d's member record is still the one of its "
-                        "previous process after %d ms",
-                        call, rank, timeout_ms);
-    usleep(5000);
-  }
+                                int rank, int timeout_ms, int wait_dead,
+                                const char *call, struct member_record *rec,
+                                uint64_t *session_out) {
+  void *bytes = NULL;
+  size_t len = 0;
+  vmep_status status = vmep__member_fetch_current(
+      c, w->ns, rank, timeout_ms, wait_dead, &bytes, &len, session_out);
+  if (status != VMEP_OK)
+    return status;
+  if (len == sizeof(*rec))
+    memcpy(rec, bytes, sizeof(*rec));
+  vmep__free(bytes);
+  if (len != sizeof(*rec) || rec->magic != MEMBER_MAGIC ||
+      rec->desc_len > sizeof(rec->desc))
+    return vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
+                      "%s: rank %d's member record is malformed (%zu B)", call,
+                      rank, len);
+  return VMEP_OK;
 }
 
 vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
-                                int rank, int timeout_ms, uint64_t avoid,
-                                const char *call, uint64_t *incarnation_out) {
+                                int rank, int timeout_ms, int wait_dead,
+                                const char *call, uint64_t *session_out) {
   char job[VMEP_JOB_ID_MAX + 1];
   struct member_record rec;
   if (rank < 0 || rank >= w->slots || rank == w->rank)
@@ -105,13 +85,15 @@ vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
                       w->slots - 1);
   if (w->peers[rank].kind != VMEP_PEER_NONE)
     return VMEP_OK;
-  vmep_status status = fetch_record(w, c, rank, timeout_ms, avoid, call, &rec);
+  uint64_t session = 0;
+  vmep_status status =
+      fetch_record(w, c, rank, timeout_ms, wait_dead, call, &rec, &session);
   if (status != VMEP_OK)
     return status;
   member_job(w, job, sizeof(job));
   status = vmep__window_map_peer(w, rank, rec.desc, rec.desc_len, job, call);
-  if (status == VMEP_OK && incarnation_out)
-    *incarnation_out = rec.incarnation;
+  if (status == VMEP_OK && session_out)
+    *session_out = session;
   return status;
 }
 
