@@ -96,16 +96,14 @@ static vmep_status identify(vmep_group *g, int name_job) {
 
 /* ---- creation and destruction ---------------------------------------- */
 
+/* VMEP_TIMEOUT_MS through the config table (its rule names the range). */
 static vmep_status timeout_from_env(int *ms_out) {
-  const char *text = vmep__config_get(VMEP_CONFIG_TIMEOUT_MS);
-  char *end = NULL;
-  long ms = strtol(text, &end, 10);
-  if (end == text || *end || ms < 1 || ms > 2147483647L)
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "%s=\"%s\": expected milliseconds in 1..2147483647",
-                      vmep__config_name(VMEP_CONFIG_TIMEOUT_MS), text);
-  *ms_out = (int)ms;
-  return VMEP_OK;
+  long long ms = 0;
+  vmep_status status =
+      vmep__config_int(VMEP_CONFIG_TIMEOUT_MS, 1, 2147483647LL, &ms);
+  if (status == VMEP_OK)
+    *ms_out = (int)ms;
+  return status;
 }
 
 /* A group shell: backend, ranks, timeout, token and job id. */
@@ -397,7 +395,7 @@ void vmep__group_release(vmep_group *g) {
 /* ---- accessors ------------------------------------------------------- */
 
 int vmep_group_rank(const vmep_group *g) { return g ? g->rank : -1; }
-int vmep_group_size(const vmep_group *g) { return g ? g->size : -1; }
+int vmep_group_size(const vmep_group *g) { return g ? g->size : 0; }
 int vmep_group_local_rank(const vmep_group *g) {
   return g ? g->local_rank : -1;
 }
@@ -421,12 +419,27 @@ static vmep_status bad_call(const char *fn, const char *what) {
   return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s", fn, what);
 }
 
+/* "<fn>: <name> is NULL" for the first of the group and the buffers a
+ * collective needs (`need_*`) that is NULL; VMEP_OK when none is. */
+static vmep_status null_args(const char *fn, const vmep_group *g,
+                             const void *send, int need_send, const void *recv,
+                             int need_recv) {
+  const char *name = !g                   ? "group"
+                     : need_send && !send ? "send"
+                     : need_recv && !recv ? "recv"
+                                          : NULL;
+  return name ? vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                           "%s: %s is NULL", fn, name)
+              : VMEP_OK;
+}
+
 vmep_status vmep_group_allgather(vmep_group *g, const void *send, size_t bytes,
                                  void *recv) {
   const char *fn = "vmep_group_allgather";
-  if (!g || (bytes && (!send || !recv)))
-    return bad_call(fn, "NULL group or buffer");
-  vmep_status status = g->ops->usable(fn);
+  vmep_status status = null_args(fn, g, send, bytes > 0, recv, bytes > 0);
+  if (status != VMEP_OK)
+    return status;
+  status = g->ops->usable(fn);
   if (status != VMEP_OK)
     return status;
   if (bytes > SIZE_MAX / (size_t)g->size)
@@ -438,17 +451,21 @@ vmep_status vmep_group_allgatherv(vmep_group *g, const void *send, size_t bytes,
                                   void *recv, size_t recv_capacity,
                                   size_t *sizes_out) {
   const char *fn = "vmep_group_allgatherv";
-  if (!g || (bytes && !send) || (recv_capacity && !recv) || !sizes_out)
-    return bad_call(fn, "NULL group, buffer or sizes");
+  vmep_status status = null_args(fn, g, send, bytes > 0, recv, recv_capacity);
+  if (status == VMEP_OK && !sizes_out)
+    status = bad_call(fn, "sizes_out is NULL");
+  if (status != VMEP_OK)
+    return status;
   return g->ops->allgatherv(g, fn, send, bytes, recv, recv_capacity, sizes_out);
 }
 
 vmep_status vmep_group_broadcast(vmep_group *g, int root, void *buf,
                                  size_t bytes) {
   const char *fn = "vmep_group_broadcast";
-  if (!g || (bytes && !buf))
-    return bad_call(fn, "NULL group or buffer");
-  vmep_status status = g->ops->usable(fn);
+  vmep_status status = null_args(fn, g, buf, bytes > 0, buf, 0);
+  if (status != VMEP_OK)
+    return status;
+  status = g->ops->usable(fn);
   if (status != VMEP_OK)
     return status;
   if (root < 0 || root >= g->size)
@@ -472,7 +489,8 @@ vmep_status vmep_group_broadcast(vmep_group *g, int root, void *buf,
 }
 
 vmep_status vmep_group_barrier(vmep_group *g) {
-  if (!g)
-    return bad_call("vmep_group_barrier", "NULL group");
+  vmep_status status = null_args("vmep_group_barrier", g, NULL, 0, NULL, 0);
+  if (status != VMEP_OK)
+    return status;
   return g->ops->barrier(g, "vmep_group_barrier");
 }

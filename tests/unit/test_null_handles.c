@@ -2,8 +2,7 @@
  * NULL handles answer consistently (vmep.h's header comment): every public
  * call that takes a handle is given NULL, and must return
  * VMEP_ERR_INVALID_ARG with "<function>: <argument> is NULL" (destroyers:
- * VMEP_OK), or, for an accessor, the convention's value. Calls whose
- * answer does not follow it yet are left out (see the list at the end).
+ * VMEP_OK), or, for an accessor, the convention's value.
  * No GPU and no driver needed: every refusal comes before either is used.
  */
 #include "test.h"
@@ -67,8 +66,17 @@ static void groups_and_windows(void) {
   ASSERT_EQ(vmep_group_rank(NULL), -1);
   ASSERT_EQ(vmep_group_local_rank(NULL), -1);
   ASSERT_EQ(vmep_group_node(NULL, 0), -1);
+  ASSERT_EQ(vmep_group_size(NULL), 0);
   ASSERT_NULL_REFUSED(vmep_group_barrier(NULL),
-                      "vmep_group_barrier: NULL group");
+                      "vmep_group_barrier: group is NULL");
+  char buf[8] = {0};
+  size_t sizes[1];
+  ASSERT_NULL_REFUSED(vmep_group_allgather(NULL, buf, 4, buf),
+                      "vmep_group_allgather: group is NULL");
+  ASSERT_NULL_REFUSED(vmep_group_allgatherv(NULL, buf, 4, buf, 8, sizes),
+                      "vmep_group_allgatherv: group is NULL");
+  ASSERT_NULL_REFUSED(vmep_group_broadcast(NULL, 0, buf, 4),
+                      "vmep_group_broadcast: group is NULL");
   ASSERT_NULL_REFUSED(vmep_window_create(NULL, 0, 4096, &win),
                       "vmep_window_create: group is NULL");
   ASSERT_TRUE(win == NULL);
@@ -149,13 +157,6 @@ static void ep_buffer(void) {
                       "vmep_ep_disconnect_dead: ep is NULL");
   ASSERT_NULL_REFUSED(vmep_ep_barrier(NULL), "vmep_ep_barrier: ep is NULL");
 }
-
-/*
- * Left out until their files follow the convention (src/boot/group.c):
- * vmep_group_size(NULL) returns -1, not 0 as a count should; and
- * vmep_group_allgather / _allgatherv / _broadcast say "NULL group or
- * buffer" without naming which argument is NULL.
- */
 
 int main(void) {
   test_seed("test_null_handles");
