@@ -14,12 +14,10 @@
  * kernel mapping each row to bf16(x * (1 + e / 16)); the host's copy of
  * that model is the oracle for combine.
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "ep_test.cuh"
+#include "test_port.h"
 
 #define MAX_RANKS 8
 #define BATCH 10
@@ -490,21 +488,6 @@ static void wait_counters(vmep_group *g, uint64_t seed) {
   io_free(&b);
 }
 
-/* A free TCP port on the loopback (bound once, then released). */
-static int free_port(void) {
-  struct sockaddr_in a;
-  socklen_t len = sizeof(a);
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  ASSERT_TRUE(fd >= 0);
-  memset(&a, 0, sizeof(a));
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_TRUE(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
-  ASSERT_TRUE(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 /* Processes name a buffer alike whatever buffers of its shape each already
  * has: rank 0 alone holds one more (over a group of its own), so its lowest
  * free name index differs from the others', and the group's buffer must
@@ -516,7 +499,7 @@ static void names_agree(vmep_group *g) {
   vmep_ep *extra = NULL;
   if (me == 0) {
     char addr[64];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", free_port());
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", test_free_port());
     ASSERT_OK(vmep_group_create(0, 1, addr, "names-agree", &solo));
     /* Room for R ranks: the same shape as the group's buffer. */
     vmep_ep_config c;

@@ -463,20 +463,28 @@ static void sim_free(struct sim *s) {
   CUDA_OK(cudaFree(s->peers));
 }
 
+/* A simulation of R ranks with `dead` (bits) never running, whose peers
+ * mask them after timeout_ms; bf16, not yet initialized. */
+static struct sim with_dead(int R, int E, int T, int H, int K, unsigned dead,
+                            long long timeout_ms) {
+  struct sim s;
+  memset(&s, 0, sizeof(s));
+  s.R = R;
+  s.E = E;
+  s.T = T;
+  s.H = H;
+  s.K = K;
+  s.dead = dead;
+  s.timeout_ns = timeout_ms * 1000 * 1000;
+  return s;
+}
+
 /* Rank 2 never runs (dead from the start): the others must mask it after
  * the timeout instead of hanging, and their outputs must equal the
  * reference with rank 2 masked, in this round and the next ones (where the
  * masked rank is skipped without waiting). */
 static int dead_rank(void) {
-  struct sim s;
-  memset(&s, 0, sizeof(s));
-  s.R = 4;
-  s.E = 16;
-  s.T = 64;
-  s.H = 2048;
-  s.K = 8;
-  s.dead = 1u << 2;
-  s.timeout_ns = 200ll * 1000 * 1000;
+  struct sim s = with_dead(4, 16, 64, 2048, 8, 1u << 2, 200);
   sim_init(&s);
   for (int round = 0; round < 3; round++)
     one_round(&s, round);
@@ -492,16 +500,9 @@ static int dead_rank(void) {
  * dispatch must end before a second timeout could have passed (waits in
  * turn took three). The later rounds skip them without waiting. */
 static int dead_ranks(void) {
-  struct sim s;
-  memset(&s, 0, sizeof(s));
-  s.R = 6;
-  s.E = 12;
-  s.T = 32;
-  s.H = 1024;
-  s.K = 4;
-  s.dead = (1u << 1) | (1u << 3) | (1u << 5);
+  struct sim s =
+      with_dead(6, 12, 32, 1024, 4, (1u << 1) | (1u << 3) | (1u << 5), 300);
   s.untimed = 1;
-  s.timeout_ns = 300ll * 1000 * 1000;
   sim_init(&s);
   s.blocks = 2;
   struct timespec t0, t1;
