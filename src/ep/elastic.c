@@ -139,6 +139,17 @@ static vmep_status write_peer(vmep_ep *ep, int r) {
                              "peer table update");
 }
 
+/* Ends a group of host writes to device memory (masks, the peer table):
+ * cuMemcpyHtoD from pageable memory may return before its copy lands, so
+ * wait for the device before kernels on any stream may read them, then
+ * leave the device. Returns `status`, or the wait's failure. */
+static vmep_status settle(const vmep_ep *ep, vmep_status status,
+                          const char *call) {
+  vmep_status synced = vmep__ep_device_sync(&ep->dev, call);
+  vmep__ep_device_leave(&ep->dev);
+  return status != VMEP_OK ? status : synced;
+}
+
 static struct vmep_store_client *store_of(const vmep_ep *ep, const char *call) {
   struct vmep_store_client *c = vmep__group_store(ep->group);
   if (!c)
@@ -170,27 +181,32 @@ static uint64_t own_session(const vmep_ep *ep, struct vmep_store_client *c) {
 static vmep_status fixed_start(vmep_ep *ep, uint64_t mine, int *index,
                                vmep_status status) {
   int size = vmep_group_size(ep->group);
-  uint64_t me[2] = {mine, (uint64_t)(int64_t)*index};
-  uint64_t *all = vmep__calloc((size_t)size, sizeof(me));
-  vmep_status st = all ? vmep_group_allgather(ep->group, me, sizeof(me), all)
-                       : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                                    "vmep_ep_create: host allocation failed");
+  /* Two allgathers into arrays the buffer already has ([num_ranks] >=
+   * size), so that no allocation can keep this rank out of them. */
+  uint64_t proposed = (uint64_t)(int64_t)*index;
+  vmep_status st =
+      vmep_group_allgather(ep->group, &mine, sizeof(mine), ep->session);
+  if (st == VMEP_OK)
+    st = vmep_group_allgather(ep->group, &proposed, sizeof(proposed),
+                              ep->seen_from);
   status = status != VMEP_OK ? status : st;
-  for (int r = 0; status == VMEP_OK && r < size; r++) {
-    ep->session[r] = all[2 * r];
-    ep->seen_from[r] = ep->session[r];
-    set_connected(ep, r, 1);
+  int want = status == VMEP_OK ? (int)(int64_t)ep->seen_from[0] : -1;
+  for (int r = 0; r < size; r++) {
+    ep->seen_from[r] = status == VMEP_OK ? ep->session[r] : 0;
+    if (status == VMEP_OK)
+      set_connected(ep, r, 1);
   }
-  if (status == VMEP_OK && ep->rank != 0) {
-    *index = (int)(int64_t)all[1];
-    if (*index >= 0 && shape_take(shape_hash(ep), ep->rank, *index) < 0)
-      status = vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                          "vmep_ep_create: rank 0 named this buffer "
-                          "\"ep-%016llx-%d\", the name of another live buffer "
-                          "of this shape in this process",
-                          (unsigned long long)shape_hash(ep), *index);
+  /* The index is ours only once taken: a refused one belongs to another
+   * live buffer, which must keep it. */
+  if (status == VMEP_OK && ep->rank != 0 && want >= 0) {
+    if (shape_take(shape_hash(ep), ep->rank, want) < 0)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "vmep_ep_create: rank 0 named this buffer "
+                        "\"ep-%016llx-%d\", the name of another live buffer "
+                        "of this shape in this process",
+                        (unsigned long long)shape_hash(ep), want);
+    *index = want;
   }
-  vmep__free(all);
   return status;
 }
 
@@ -328,8 +344,13 @@ static vmep_status resync(vmep_ep *ep, struct vmep_store_client *c) {
     base = epochs[2 * i] > base ? epochs[2 * i] : base;
     calls = epochs[2 * i + 1] > calls ? epochs[2 * i + 1] : calls;
   }
-  /* +2: a rank that died mid-call may have run one epoch ahead. */
+  /* +2: a rank that died mid-call may have run one epoch ahead. The
+   * copies may still be in flight when cuMemcpyHtoD returns: wait for
+   * them before telling the others (a kernel of ours on another stream,
+   * or a peer's, must see the raised flags). */
   status = raise_flags(ep, base + 2);
+  if (status == VMEP_OK)
+    status = vmep__ep_device_sync(&ep->dev, "vmep_ep_connect_ranks");
   if (status != VMEP_OK)
     return status;
   /* Every rank continues with the same parity; handles from before the
@@ -393,8 +414,7 @@ vmep_status vmep_ep_set_mask(vmep_ep *ep, int rank, int masked) {
   if (status == VMEP_OK)
     status = quiesce(ep, "vmep_ep_set_mask");
   if (status == VMEP_OK) {
-    status = write_mask(ep, rank, masked);
-    vmep__ep_device_leave(&ep->dev);
+    status = settle(ep, write_mask(ep, rank, masked), "vmep_ep_set_mask");
   }
   return status;
 }
@@ -408,8 +428,7 @@ vmep_status vmep_ep_clear_mask(vmep_ep *ep) {
   for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
     if (is_connected(ep, r) && r != ep->rank)
       status = write_mask(ep, r, 0);
-  vmep__ep_device_leave(&ep->dev);
-  return status;
+  return settle(ep, status, "vmep_ep_clear_mask");
 }
 
 /* The start of a membership change: valid arguments, a store, and this
@@ -441,7 +460,7 @@ static vmep_status drop(vmep_ep *ep, int r) {
 /* A newcomer of one connect call, and what we knew of its rank before. */
 struct newcomer {
   int rank, died;
-  uint64_t session, seen, seen_from;
+  uint64_t session;
 };
 
 /* Takes a newcomer of a failed connect back out: dropped, with what we
@@ -450,8 +469,9 @@ static void undo_newcomer(vmep_ep *ep, const struct newcomer *was) {
   (void)drop(ep, was->rank);
   ep->died[was->rank] = (unsigned char)was->died;
   ep->session[was->rank] = was->session;
-  ep->seen[was->rank] = was->seen;
-  ep->seen_from[was->rank] = was->seen_from;
+  /* seen[] keeps what the failed call consumed: the store still holds the
+   * peer's parts of that attempt, and a retry with the same tags must not
+   * complete on them. A new session of the rank still restarts it. */
 }
 
 vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
@@ -472,8 +492,7 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
      * allgather sequence afresh; a rank that was disconnected alive comes
      * back as itself (its session) and goes on with its sequence, so that
      * its parts of an earlier turn of this view are not taken again. */
-    struct newcomer was = {r, ep->died[r], ep->session[r], ep->seen[r],
-                           ep->seen_from[r]};
+    struct newcomer was = {r, ep->died[r], ep->session[r]};
     status = vmep__window_attach(ep->window, c, r,
                                  vmep__group_timeout_ms(ep->group), ep->died[r],
                                  "vmep_ep_connect_ranks", &ep->session[r]);
@@ -543,8 +562,7 @@ vmep_status vmep_ep_disconnect_ranks(vmep_ep *ep, const int *ranks, int n) {
     ep->barriers = 0;
     ep->changed = 1;
   }
-  vmep__ep_device_leave(&ep->dev);
-  return status;
+  return settle(ep, status, "vmep_ep_disconnect_ranks");
 }
 
 vmep_status vmep_ep_disconnect_dead(vmep_ep *ep, int *count_out) {

@@ -64,6 +64,9 @@ __device__ __forceinline__ uint64_t *ll_alive(const struct vmep_ll_params &p,
 /* Ranks that all wait for a flag nobody will raise would keep each other
  * alive forever: a wait ends after this many extensions regardless. */
 #define LL_MAX_EXTENSIONS 3
+/* The least time a wait gives a rank before its deadline, however late
+ * it starts: several heartbeats of a rank that is itself waiting. */
+#define LL_BEAT_GRACE_NS 10000000ll
 __device__ __forceinline__ int ll_wait_flag(const struct vmep_ll_params &p,
                                             const uint64_t *flag,
                                             uint64_t target, int rank,
@@ -76,7 +79,11 @@ __device__ __forceinline__ int ll_wait_flag(const struct vmep_ll_params &p,
   const uint64_t *alive = ll_alive(p, rank);
   unsigned long long *beat = (unsigned long long *)ll_alive(p, p.rank);
   uint64_t seen = ll_load_acquire(alive);
+  /* A wait that begins after others of its thread may already be overdue:
+   * give the awaited rank one heartbeat window to show it lives. */
   long long deadline = start + p.timeout_ns;
+  if (deadline < ll_now_ns() + LL_BEAT_GRACE_NS)
+    deadline = ll_now_ns() + LL_BEAT_GRACE_NS;
   unsigned spins = 0, extensions = 0;
   while (ll_load_acquire(flag) < target) {
     if (ll_is_masked(st, rank))
