@@ -322,6 +322,38 @@ static void view_again(void) {
   check_clean();
 }
 
+/* A retry after a connect failed half way: rank 0's fails after the first
+ * of the resync's two allgathers (its third host copy, in the flag raise),
+ * rank 1's then times out in the second. Rank 0 alone retries: it must
+ * not complete on the parts rank 1 gave to the failed attempt (the tags
+ * are the same), but time out, and the pair must then connect for real. */
+static void retry_after_half_connect(void) {
+  struct ranks r;
+  struct peer peer = {0};
+  vmep_ep_config c = buffer_config();
+  const int rank1 = 1;
+  fresh_machine("a retry after a half connect", &unknown, 0, 0);
+  open_rank0(&r);
+  ASSERT_OK(vmep_ep_create(r.g0, &c, &r.ep0));
+  open_rank1(&r);
+  pthread_t t;
+  peer.ep = r.ep1;
+  ASSERT_EQ(pthread_create(&t, NULL, peer_connect, &peer), 0);
+  fake_fail(FAKE_cuMemcpyHtoD, 3, CUDA_ERROR_UNKNOWN, 0);
+  ASSERT_STATUS(vmep_ep_connect_ranks(r.ep0, &rank1, 1, 1), VMEP_ERR_CUDA);
+  fake_faults_clear();
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  ASSERT_TRUE(peer.status != VMEP_OK);
+  ASSERT_STATUS(vmep_ep_connect_ranks(r.ep0, &rank1, 1, 1), VMEP_ERR_TIMEOUT);
+  expect_view(r.ep0, 1, 0);
+  struct outcome out = connect_both(&r, NULL, 0, 0, &peer);
+  ASSERT_OK(out.status);
+  ASSERT_OK(peer.status);
+  connected_then_disconnect(&r);
+  close_ranks(&r);
+  check_clean();
+}
+
 /* ---- c: disconnect after a clean connect ------------------------------- */
 
 static struct outcome disconnect_trial(const struct injection *inj, int n,
@@ -398,6 +430,7 @@ int main(void) {
   /* The happy path first: connect, masks, disconnect, and again. */
   ASSERT_EQ(connect_trial(&unknown, 0, 0).status, VMEP_OK);
   view_again();
+  retry_after_half_connect();
   for (int persistent = 0; persistent <= 1; persistent++) {
     const struct injection *driver = persistent ? &out_of_memory : &unknown;
     ASSERT_TRUE(fault_loop("vmep_ep_create", create_trial, driver, persistent) >
