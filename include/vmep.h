@@ -297,7 +297,9 @@ VMEP_API vmep_status vmep_group_create_custom(int rank, int size,
  * store's reason) once it stays held for VMEP_TIMEOUT_MS; the rank of a
  * process that died is taken over (a rejoin, retried until the store sees
  * it closed). The group's size is max_ranks; its local rank VMEP_LOCAL_RANK
- * if set, else rank; vmep_group_node gives 0 for every rank; its job id is
+ * if set, else rank; vmep_group_node gives 0 for every rank (with
+ * VMEP_NODES=N > 0: rank r is in pretend node r * N / max_ranks, and the
+ * local rank is its index there; docs/TOPOLOGY.md); its job id is
  * VMEP_JOB_ID, else derived from the store address as for the other
  * groups, so all members agree. An elastic group has no fixed membership:
  * vmep_group_allgather, _allgatherv, _broadcast and _barrier return
@@ -320,7 +322,10 @@ VMEP_API vmep_status vmep_group_destroy(vmep_group *group);
 VMEP_API int vmep_group_rank(const vmep_group *group);
 VMEP_API int vmep_group_size(const vmep_group *group);
 /* Rank within this node, and the node index (0..) of any rank: ranks with
- * the same node index share a host (same hostname and boot id). */
+ * the same node index share a host (same hostname and boot id). With
+ * VMEP_NODES=N > 0 (pretend nodes, docs/TOPOLOGY.md) every rank must be on
+ * one host and see the same N (else creation fails with
+ * VMEP_ERR_INVALID_ARG naming both), and rank r is in node r * N / size. */
 VMEP_API int vmep_group_local_rank(const vmep_group *group);
 VMEP_API int vmep_group_node(const vmep_group *group, int rank);
 
