@@ -25,10 +25,44 @@ enum vmep_peer_kind {
   VMEP_PEER_NONE = 0, /* not attached (yet, or any more) */
   VMEP_PEER_SELF,     /* our own region */
   VMEP_PEER_MAPPED,   /* imported and mapped: kernels load and store */
-  /* Not mapped: reached through an RDMA engine (DESIGN.md section 9). No
-   * window makes such peers yet; the kind reserves their place. */
+  /* Not mapped: in another node (vmep__topology_class), reached through an
+   * RDMA engine (DESIGN.md section 9). Its base is NULL. */
   VMEP_PEER_REMOTE,
 };
+
+/* ---- the topology decision (topology.c, docs/TOPOLOGY.md) -------------- */
+
+/* How a peer is reached. */
+enum vmep_peer_class {
+  VMEP_CLASS_NODE = 0, /* same node: mapped with the node's strategy */
+  VMEP_CLASS_FABRIC,   /* another node of the NVLink domain: mapped, FABRIC */
+  VMEP_CLASS_REMOTE,   /* elsewhere: never mapped, through an RDMA engine */
+};
+
+/*
+ * The strategy of every rank's region: the strongest strategy usable by
+ * every rank of its node (node_of[r]; usable[r] its VMEP_REGION_ALLOW_*
+ * mask), so that the ranks mapped together share one; VMEP_MEM_NONE for
+ * the ranks of a node that share none. Returns the node index of the first
+ * such node (in rank order), or -1 when every node has a strategy. Pure;
+ * strategy_out[size] is written in full. At most size * (nodes + 1)
+ * comparisons.
+ */
+int vmep__topology_strategies(int size, const int *node_of,
+                              const unsigned *usable,
+                              vmep_mem_strategy *strategy_out);
+
+/*
+ * The class of rank `peer` as rank `me` sees it (symmetric in me and
+ * peer), from the nodes and the strategies of vmep__topology_strategies:
+ * the same node is VMEP_CLASS_NODE (me itself too); another node is
+ * VMEP_CLASS_FABRIC when both nodes use FABRIC (every rank of both can)
+ * and `pretend` is 0 (pretend nodes never map across nodes); else
+ * VMEP_CLASS_REMOTE. Pure.
+ */
+enum vmep_peer_class vmep__topology_class(const int *node_of,
+                                          const vmep_mem_strategy *strategy,
+                                          int pretend, int me, int peer);
 
 /*
  * Every rank's status, and a report of `bytes` bytes from each (NULL and 0
