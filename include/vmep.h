@@ -351,19 +351,22 @@ VMEP_API vmep_status vmep_group_broadcast(vmep_group *group, int root,
 VMEP_API vmep_status vmep_group_barrier(vmep_group *group);
 
 /* ------------------------------------------------------------------------
- * Symmetric windows: one region per rank, every peer's mapped here.
+ * Symmetric windows: one region per rank, every reachable peer's mapped here.
  * --------------------------------------------------------------------- */
 
 typedef struct vmep_window vmep_window;
 
 /*
  * Collective: each rank allocates `bytes` (rounded up to the granularity)
- * on `device`; the ranks agree on the strongest strategy every rank can use
- * (ranks on different nodes need FABRIC, else VMEP_ERR_UNSUPPORTED saying
- * why); descriptors and fds are exchanged and every peer's region is mapped
- * with read/write access for `device`, VMM regions into one reserved VA
- * range at base + rank * stride. A failure on any rank fails the call on
- * every rank (VMEP_ERR_PEER naming it) and leaves nothing behind.
+ * on `device`; the ranks of each node agree on the strongest strategy they
+ * can all use (VMEP_ERR_UNSUPPORTED saying why when they share none);
+ * descriptors and fds are exchanged and the region of every peer in this
+ * node, or in another node when both nodes use FABRIC (never between
+ * pretend nodes, VMEP_NODES), is mapped with read/write access for
+ * `device`, VMM regions into one reserved VA range at base + rank * stride.
+ * Other peers are remote: not mapped (docs/TOPOLOGY.md). A failure on any rank
+ * fails the call on every rank (VMEP_ERR_PEER naming it) and leaves nothing
+ * behind.
  */
 VMEP_API vmep_status vmep_window_create(vmep_group *group, int device,
                                         size_t bytes, vmep_window **win_out);
@@ -374,7 +377,8 @@ VMEP_API vmep_status vmep_window_create(vmep_group *group, int device,
 VMEP_API vmep_status vmep_window_destroy(vmep_window *win);
 
 VMEP_API void *vmep_window_local(const vmep_window *win);
-/* Rank `rank`'s region as this process sees it; NULL out of range. */
+/* Rank `rank`'s region as this process sees it; NULL out of range and for
+ * a remote peer (another node, not mapped: docs/TOPOLOGY.md). */
 VMEP_API void *vmep_window_peer(const vmep_window *win, int rank);
 /* Bytes of each rank's region (the slot stride of a VMM window). */
 VMEP_API size_t vmep_window_size(const vmep_window *win);

@@ -79,7 +79,12 @@ vmep_status vmep__sym_agree(vmep_group *group, vmep_status mine,
 
 /*
  * vmep_window_create with room for `slots` ranks (at least the group's
- * size), naming `call` in its messages. Over a group of vmep_group_join it
+ * size), naming `call` in its messages. Collective over a created group:
+ * the topology decision (vmep__topology_strategies, _class) over the
+ * group's nodes and the strategies every rank can use picks our strategy,
+ * maps the peers of our node and of fabric nodes, and marks the others
+ * VMEP_PEER_REMOTE; VMEP_ERR_UNSUPPORTED on every rank when the ranks of
+ * some node share no strategy. Over a group of vmep_group_join it
  * is not collective: only our region is made, in slot `rank`, with the
  * strategy the device does best. On failure nothing is left.
  */
@@ -92,8 +97,14 @@ vmep_status vmep__window_create(vmep_group *group, int device, size_t bytes,
  * error; releases everything all the same. */
 vmep_status vmep__window_free(vmep_window *w);
 
-/* How rank `rank`'s region is reached here; VMEP_PEER_NONE out of range. */
+/* How rank `rank`'s region is reached here; VMEP_PEER_NONE out of range.
+ * A VMEP_PEER_REMOTE peer (another node that the topology decision does
+ * not map, docs/TOPOLOGY.md) has no base: vmep_window_peer gives NULL. */
 enum vmep_peer_kind vmep__window_peer_kind(const vmep_window *w, int rank);
+
+/* The lowest rank marked VMEP_PEER_REMOTE here, or -1 when there is none
+ * (or w is NULL). */
+int vmep__window_remote_peer(const vmep_window *w);
 
 /* ---- members that come and go (window_member.c) ------------------------ */
 
@@ -117,6 +128,9 @@ vmep_status vmep__window_withdraw(vmep_window *w);
  * too, for a successor). A rank already attached is a no-op.
  * *session_out (may be NULL) gets the record's store session, which names
  * the process. Messages name `call`. On failure the rank stays unattached.
+ * A rank whose record names another VMEP_NODES is VMEP_ERR_INVALID_ARG;
+ * one in another pretend node is VMEP_ERR_UNSUPPORTED (remote peers are
+ * not attached yet). A rank marked remote at creation is a no-op too.
  */
 vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
                                 int rank, int timeout_ms, int wait_dead,
