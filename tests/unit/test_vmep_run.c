@@ -316,45 +316,34 @@ static void test_timeout_and_signals(void) {
   ASSERT_EQ(expect_pids_gone(), 2);
 }
 
+/* Runs `ranks` ranks on `nodes` pretend nodes, each printing "n RANK
+ * VMEP_NODES VMEP_LOCAL_RANK"; they must all succeed. */
+static void run_nodes(const char *ranks, const char *nodes) {
+  const char *const args[] = {
+      "-n",      ranks,
+      "--nodes", nodes,
+      "--",      "sh",
+      "-c",      "echo \"n $VMEP_RANK $VMEP_NODES $VMEP_LOCAL_RANK\"",
+      NULL};
+  run(args, NULL, 0, 0);
+  ASSERT_EQ(res.status, 0);
+  ASSERT_EQ(count_lines(res.out, res.out_len), atoi(ranks));
+}
+
 /* --nodes K: every rank gets VMEP_NODES=K and its rank within its
  * pretend node r * K / N as VMEP_LOCAL_RANK; the refusals name the rule. */
 static void test_nodes(void) {
-  static const char *const args[] = {
-      "-n",
-      "5",
-      "--nodes=2",
-      "--",
-      "sh",
-      "-c",
-      "echo \"nodes $VMEP_RANK $VMEP_NODES $VMEP_LOCAL_RANK\"",
-      NULL};
   static const int local[5] = {0, 1, 2, 0, 1}; /* nodes 0 0 0 1 1 */
-  run(args, NULL, 0, 0);
-  ASSERT_EQ(res.status, 0);
-  ASSERT_EQ(count_lines(res.out, res.out_len), 5);
+  run_nodes("5", "2");
   for (int r = 0; r < 5; r++) {
     char line[64];
-    snprintf(line, sizeof(line), "[rank %d] nodes %d 2 %d\n", r, r, local[r]);
+    snprintf(line, sizeof(line), "[rank %d] n %d 2 %d\n", r, r, local[r]);
     ASSERT_STR_CONTAINS(res.out, line);
   }
   /* One node per rank, and one node for all. */
-  static const char *const apart[] = {
-      "-n",      "3",
-      "--nodes", "3",
-      "--",      "sh",
-      "-c",      "echo \"n $VMEP_RANK $VMEP_NODES $VMEP_LOCAL_RANK\"",
-      NULL};
-  run(apart, NULL, 0, 0);
-  ASSERT_EQ(res.status, 0);
+  run_nodes("3", "3");
   ASSERT_STR_CONTAINS(res.out, "[rank 2] n 2 3 0\n");
-  static const char *const one[] = {
-      "-n",      "2",
-      "--nodes", "1",
-      "--",      "sh",
-      "-c",      "echo \"n $VMEP_RANK $VMEP_NODES $VMEP_LOCAL_RANK\"",
-      NULL};
-  run(one, NULL, 0, 0);
-  ASSERT_EQ(res.status, 0);
+  run_nodes("2", "1");
   ASSERT_STR_CONTAINS(res.out, "[rank 1] n 1 1 1\n");
   static const char *const too_many[] = {"--nodes", "3",    "-n", "2",
                                          "--",      "true", NULL};

@@ -11,6 +11,7 @@
 
 #include "ep/ep.h"
 #include "fake_driver.h"
+#include "test_ep_util.h"
 #include "test_store_util.h"
 
 #define TOKEN "topology-token"
@@ -27,17 +28,6 @@ struct rank_run {
   int other_mapped;               /* WINDOW: vmep_window_peer is not NULL */
 };
 
-static vmep_ep_config buffer_config(int max_ranks) {
-  vmep_ep_config c;
-  vmep_ep_config_init(&c);
-  c.num_experts = 4;
-  c.hidden = 256;
-  c.max_tokens_per_rank = 8;
-  c.max_topk = 2;
-  c.max_ranks = max_ranks;
-  return c;
-}
-
 static void *run_rank(void *arg) {
   struct rank_run *run = arg;
   vmep_group *g = NULL;
@@ -51,7 +41,7 @@ static void *run_rank(void *arg) {
     ASSERT_EQ(vmep__window_peer_kind(w, run->rank), VMEP_PEER_SELF);
     ASSERT_OK(vmep_window_destroy(w));
   } else {
-    vmep_ep_config c = buffer_config(0);
+    vmep_ep_config c = test_small_ep_config(0);
     vmep_ep *ep = NULL;
     run->status = vmep_ep_create(g, &c, &ep);
     snprintf(run->error, sizeof(run->error), "%s", vmep_last_error());
@@ -132,7 +122,7 @@ static void *join_and_connect(void *arg) {
   struct joiner *j = arg;
   vmep_group *g = NULL;
   vmep_ep *ep = NULL;
-  vmep_ep_config c = buffer_config(2);
+  vmep_ep_config c = test_small_ep_config(2);
   const int rank0 = 0;
   ASSERT_OK(vmep_group_join(1, 2, j->addr, TOKEN, &g));
   ASSERT_OK(vmep_ep_create(g, &c, &ep));
@@ -148,7 +138,7 @@ static void test_joiner_of_another_node(void) {
   char addr[64];
   vmep_group *g = NULL;
   vmep_ep *ep = NULL;
-  vmep_ep_config c = buffer_config(2);
+  vmep_ep_config c = test_small_ep_config(2);
   struct joiner j = {.addr = addr};
   pthread_t t;
   const int rank1 = 1;
