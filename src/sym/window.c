@@ -260,11 +260,11 @@ static vmep_status create_together(vmep_window *w, size_t bytes) {
   /* A rank that failed to probe still joins the exchange, so that no peer
    * waits for it until the timeout. */
   status = share_step(w, status, &me, all, "probe its device");
-  if (status == VMEP_OK)
-    status = decide(w, all);
   if (status == VMEP_OK) {
-    vmep_status local =
-        vmep_region_alloc(w->device, bytes, 1u << w->strategy, &w->local);
+    /* A decision that fails on one rank only (no memory) still joins. */
+    vmep_status local = decide(w, all);
+    if (local == VMEP_OK)
+      local = vmep_region_alloc(w->device, bytes, 1u << w->strategy, &w->local);
     if (local == VMEP_OK)
       local = place_local(w);
     status = share_step(w, local, &me, all, "allocate its region");
