@@ -297,7 +297,9 @@ VMEP_API vmep_status vmep_group_create_custom(int rank, int size,
  * store's reason) once it stays held for VMEP_TIMEOUT_MS; the rank of a
  * process that died is taken over (a rejoin, retried until the store sees
  * it closed). The group's size is max_ranks; its local rank VMEP_LOCAL_RANK
- * if set, else rank; vmep_group_node gives 0 for every rank; its job id is
+ * if set, else rank; vmep_group_node gives 0 for every rank (with
+ * VMEP_NODES=N > 0: rank r is in pretend node r * N / max_ranks, and the
+ * local rank is its index there; docs/TOPOLOGY.md); its job id is
  * VMEP_JOB_ID, else derived from the store address as for the other
  * groups, so all members agree. An elastic group has no fixed membership:
  * vmep_group_allgather, _allgatherv, _broadcast and _barrier return
@@ -320,7 +322,10 @@ VMEP_API vmep_status vmep_group_destroy(vmep_group *group);
 VMEP_API int vmep_group_rank(const vmep_group *group);
 VMEP_API int vmep_group_size(const vmep_group *group);
 /* Rank within this node, and the node index (0..) of any rank: ranks with
- * the same node index share a host (same hostname and boot id). */
+ * the same node index share a host (same hostname and boot id). With
+ * VMEP_NODES=N > 0 (pretend nodes, docs/TOPOLOGY.md) every rank must be on
+ * one host and see the same N (else creation fails with
+ * VMEP_ERR_INVALID_ARG naming both), and rank r is in node r * N / size. */
 VMEP_API int vmep_group_local_rank(const vmep_group *group);
 VMEP_API int vmep_group_node(const vmep_group *group, int rank);
 
@@ -346,19 +351,22 @@ VMEP_API vmep_status vmep_group_broadcast(vmep_group *group, int root,
 VMEP_API vmep_status vmep_group_barrier(vmep_group *group);
 
 /* ------------------------------------------------------------------------
- * Symmetric windows: one region per rank, every peer's mapped here.
+ * Symmetric windows: one region per rank, every reachable peer's mapped here.
  * --------------------------------------------------------------------- */
 
 typedef struct vmep_window vmep_window;
 
 /*
  * Collective: each rank allocates `bytes` (rounded up to the granularity)
- * on `device`; the ranks agree on the strongest strategy every rank can use
- * (ranks on different nodes need FABRIC, else VMEP_ERR_UNSUPPORTED saying
- * why); descriptors and fds are exchanged and every peer's region is mapped
- * with read/write access for `device`, VMM regions into one reserved VA
- * range at base + rank * stride. A failure on any rank fails the call on
- * every rank (VMEP_ERR_PEER naming it) and leaves nothing behind.
+ * on `device`; the ranks of each node agree on the strongest strategy they
+ * can all use (VMEP_ERR_UNSUPPORTED saying why when they share none);
+ * descriptors and fds are exchanged and the region of every peer in this
+ * node, or in another node when both nodes use FABRIC (never between
+ * pretend nodes, VMEP_NODES), is mapped with read/write access for
+ * `device`, VMM regions into one reserved VA range at base + rank * stride.
+ * Other peers are remote: not mapped (docs/TOPOLOGY.md). A failure on any rank
+ * fails the call on every rank (VMEP_ERR_PEER naming it) and leaves nothing
+ * behind.
  */
 VMEP_API vmep_status vmep_window_create(vmep_group *group, int device,
                                         size_t bytes, vmep_window **win_out);
@@ -369,7 +377,8 @@ VMEP_API vmep_status vmep_window_create(vmep_group *group, int device,
 VMEP_API vmep_status vmep_window_destroy(vmep_window *win);
 
 VMEP_API void *vmep_window_local(const vmep_window *win);
-/* Rank `rank`'s region as this process sees it; NULL out of range. */
+/* Rank `rank`'s region as this process sees it; NULL out of range and for
+ * a remote peer (another node, not mapped: docs/TOPOLOGY.md). */
 VMEP_API void *vmep_window_peer(const vmep_window *win, int rank);
 /* Bytes of each rank's region (the slot stride of a VMM window). */
 VMEP_API size_t vmep_window_size(const vmep_window *win);

@@ -2,11 +2,13 @@
  * vmep-info: what this machine supports for vmep and why. Prints the driver
  * and runtime versions, every device's sharing capabilities, the strategy
  * the allocation chain picks there and the reason for every strategy it
- * cannot use; with --config, every environment variable vmep reads. Any
+ * cannot use, and how nodes are decided (host identity or pretend nodes);
+ * with --config, every environment variable vmep reads. Any
  * variable whose value breaks its rule is reported (one line each on
  * stderr, marked in --config) and makes the exit status 1.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cuda_runtime_api.h>
@@ -16,7 +18,9 @@
 
 static void usage(FILE *out) {
   fprintf(out, "usage: vmep-info [--config] [--version] [--help]\n"
-               "  (no option)  versions, devices, capabilities, strategy\n"
+               "  (no option)  versions, how nodes are decided, devices, "
+               "capabilities,\n"
+               "               strategy\n"
                "  --config     every environment variable vmep reads, with "
                "value, default and doc;\n"
                "               a value that breaks its rule is marked "
@@ -51,6 +55,28 @@ static int print_config(void) {
     invalid += bad;
   }
   return invalid;
+}
+
+/* How a group decides nodes (docs/TOPOLOGY.md): VMEP_NODES, and under a
+ * launcher (VMEP_RANK, VMEP_WORLD_SIZE) this rank's pretend node. An
+ * invalid value is reported by check_config; this line only says so. */
+static void print_nodes(void) {
+  const char *nodes = getenv("VMEP_NODES");
+  const char *rank = getenv("VMEP_RANK"), *size = getenv("VMEP_WORLD_SIZE");
+  long long n = 0, r = 0, s = 0;
+  if (nodes && nodes[0] && cli_parse_int(nodes, 0, 65536, &n) != 0) {
+    printf("nodes: VMEP_NODES=\"%s\" is invalid\n", nodes);
+    return;
+  }
+  if (n == 0) {
+    printf("nodes: from host identity\n");
+    return;
+  }
+  printf("nodes: %lld pretend nodes (VMEP_NODES)", n);
+  if (size && rank && cli_parse_int(size, 1, 2147483647LL, &s) == 0 &&
+      cli_parse_int(rank, 0, s - 1, &r) == 0)
+    printf("; rank %lld of %lld is in node %lld", r, s, r * n / s);
+  printf("\n");
 }
 
 static const char *yes_no(int v) { return v ? "yes" : "no"; }
@@ -128,6 +154,7 @@ int main(int argc, char **argv) {
   int invalid = check_config();
   int runtime = 0, driver = 0, count = 0;
   printf("vmep %s\n", vmep_version());
+  print_nodes();
   if (cudaRuntimeGetVersion(&runtime) == cudaSuccess)
     printf("CUDA runtime: %d.%d\n", runtime / 1000, (runtime % 1000) / 10);
   vmep_status st = vmep_driver_version(&driver);

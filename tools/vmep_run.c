@@ -1,8 +1,9 @@
 /*
  * vmep-run: starts N local ranks of a program with everything vmep's
  * launch-environment detection looks for (VMEP_RANK, VMEP_WORLD_SIZE,
- * VMEP_LOCAL_RANK, VMEP_STORE_ADDR, VMEP_JOB_TOKEN, VMEP_JOB_ID and
- * VMEP_DEVICE), with a private MPS daemon when ranks share a GPU. This file
+ * VMEP_LOCAL_RANK, VMEP_STORE_ADDR, VMEP_JOB_TOKEN, VMEP_JOB_ID,
+ * VMEP_DEVICE and, with --nodes, VMEP_NODES), with a private MPS daemon
+ * when ranks share a GPU. This file
  * parses the command line and sets the job up; run_ranks.c supervises the
  * ranks and run_mps.c runs the daemon.
  */
@@ -24,7 +25,7 @@
 
 #define MAX_RANKS 4096
 #define MAX_GPUS 1024
-#define ENV_VARS 9 /* VMEP_* and CUDA_MPS_* variables set per rank */
+#define ENV_VARS 10 /* VMEP_* and CUDA_MPS_* variables set per rank */
 #define ENV_BYTES 320
 
 extern char **environ;
@@ -38,16 +39,24 @@ struct options {
   int gpus_given;
   enum mps_mode mps;
   int timeout_s;
+  int nodes;   /* --nodes: pretend nodes, 0 when not given */
   char **argv; /* the program and its arguments */
 };
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: vmep-run -n N [--gpus LIST] [--mps auto|on|off] "
-          "[--timeout S] [--] PROGRAM [ARGS...]\n"
+          "usage: vmep-run -n N [--nodes K] [--gpus LIST] [--mps "
+          "auto|on|off]\n"
+          "                [--timeout S] [--] PROGRAM [ARGS...]\n"
           "Starts N local ranks of PROGRAM for vmep and prefixes each line of\n"
           "their output with \"[rank i] \".\n"
           "  -n N            number of ranks (1..%d)\n"
+          "  --nodes K       split the ranks into K pretend nodes (1..N) in\n"
+          "                  contiguous blocks: rank r is in node r * K / N;\n"
+          "                  peers in other pretend nodes are never mapped\n"
+          "                  (VMEP_NODES=K; VMEP_LOCAL_RANK is the rank "
+          "within\n"
+          "                  its pretend node)\n"
           "  --gpus LIST     devices to assign round-robin, e.g. 0,1 "
           "(default: all)\n"
           "  --mps MODE      when ranks share a GPU: auto (default) starts a "
@@ -60,11 +69,11 @@ static void usage(FILE *out) {
           "  -h, --help      this text\n"
           "Every rank gets VMEP_RANK, VMEP_WORLD_SIZE, VMEP_LOCAL_RANK,\n"
           "VMEP_STORE_ADDR (rank 0 hosts the store), VMEP_JOB_TOKEN, "
-          "VMEP_JOB_ID\n"
-          "and, when there are GPUs, VMEP_DEVICE. If a rank fails, the "
-          "others are\n"
-          "killed and vmep-run exits with its status (128+signal when "
-          "killed).\n",
+          "VMEP_JOB_ID,\n"
+          "VMEP_NODES with --nodes and, when there are GPUs, VMEP_DEVICE. If "
+          "a rank\n"
+          "fails, the others are killed and vmep-run exits with its status\n"
+          "(128+signal when killed).\n",
           MAX_RANKS);
 }
 
@@ -153,6 +162,12 @@ static int parse_args(int argc, char **argv, struct options *opt) {
         return usage_error("--mps takes auto, on or off, not \"%s\"",
                            value ? value : "");
       opt->mps = (enum mps_mode)m;
+    } else if (is_option(arg, "--nodes")) {
+      value = option_value(argv, argc, &i, "--nodes");
+      if (parse_int(value, 1, MAX_RANKS, &opt->nodes) != 0)
+        return usage_error("--nodes needs a node count in 1..%d (at most -n), "
+                           "not \"%s\"",
+                           MAX_RANKS, value ? value : "");
     } else if (is_option(arg, "--timeout")) {
       value = option_value(argv, argc, &i, "--timeout");
       if (parse_int(value, 1, 100000000, &opt->timeout_s) != 0)
@@ -164,6 +179,10 @@ static int parse_args(int argc, char **argv, struct options *opt) {
   }
   if (opt->ranks == 0)
     return usage_error("-n N is required");
+  if (opt->nodes > opt->ranks)
+    return usage_error("--nodes %d: expected a node count in 1..%d (the "
+                       "ranks of -n)",
+                       opt->nodes, opt->ranks);
   if (i >= argc)
     return usage_error("no PROGRAM to run");
   opt->argv = argv + i;
@@ -275,10 +294,15 @@ static int random_hex(char *out, size_t bytes) {
 static int rank_vars(const struct options *opt, const struct run_mps *mps,
                      int r, const char *common[3], char (*vars)[ENV_BYTES],
                      char **set) {
-  int n = 0;
+  int n = 0, local = r;
+  if (opt->nodes) { /* the rank within its pretend node r * K / N */
+    long long node = (long long)r * opt->nodes / opt->ranks;
+    local = r - (int)((node * opt->ranks + opt->nodes - 1) / opt->nodes);
+    snprintf(vars[n++], ENV_BYTES, "VMEP_NODES=%d", opt->nodes);
+  }
   snprintf(vars[n++], ENV_BYTES, "VMEP_RANK=%d", r);
   snprintf(vars[n++], ENV_BYTES, "VMEP_WORLD_SIZE=%d", opt->ranks);
-  snprintf(vars[n++], ENV_BYTES, "VMEP_LOCAL_RANK=%d", r);
+  snprintf(vars[n++], ENV_BYTES, "VMEP_LOCAL_RANK=%d", local);
   for (int c = 0; c < 3; c++)
     snprintf(vars[n++], ENV_BYTES, "%s", common[c]);
   if (opt->gpu_count)

@@ -113,6 +113,11 @@ const char *vmep__group_job_id(const vmep_group *group);
 const char *vmep__group_token(const vmep_group *group);
 /* VMEP_TIMEOUT_MS as read when the group was created. */
 int vmep__group_timeout_ms(const vmep_group *group);
+/* VMEP_NODES as read when the group was created: N > 0 when its node
+ * indices are N pretend nodes (rank r in node r * N / size; for a group
+ * of vmep_group_join, r * N / max_ranks), 0 when they come from host
+ * identity. Every rank of a created group has the same value. */
+int vmep__group_pretend_nodes(const vmep_group *group);
 /* 1 for a group made by vmep_group_join (no fixed membership), else 0. */
 int vmep__group_elastic(const vmep_group *group);
 /*

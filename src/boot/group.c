@@ -6,7 +6,9 @@
  * group (vmep_group_join), which only holds a store connection: its
  * members come and go (see member.c for what it offers). At creation every
  * rank contributes its host identity (hostname and boot id), from which
- * the node indices and local ranks follow.
+ * the node indices and local ranks follow, and its VMEP_NODES: with
+ * pretend nodes (N > 0, docs/TOPOLOGY.md) the ranks of one host are split
+ * into N nodes in contiguous blocks instead, rank r in node r * N / size.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +20,9 @@
 #define MAX_GROUP_SIZE 65536
 #define HOST_BYTES 256
 #define BOOT_ID_BYTES 64
-/* Identity record: host, boot id, u32 group size, u32 pid. */
-#define IDENTITY_BYTES (HOST_BYTES + BOOT_ID_BYTES + 8)
+/* Identity record: host, boot id, u32 group size, u32 pid, u32 VMEP_NODES. */
+#define IDENTITY_BYTES (HOST_BYTES + BOOT_ID_BYTES + 12)
+#define HOST_ID_BYTES (HOST_BYTES + BOOT_ID_BYTES)
 
 /* ---- identity: which ranks share a node ------------------------------ */
 
@@ -35,6 +38,7 @@ static void identity_make(const vmep_group *g, unsigned char *rec) {
   }
   vmep__le_put(rec + HOST_BYTES + BOOT_ID_BYTES, (uint32_t)g->size, 4);
   vmep__le_put(rec + HOST_BYTES + BOOT_ID_BYTES + 4, (uint32_t)getpid(), 4);
+  vmep__le_put(rec + HOST_BYTES + BOOT_ID_BYTES + 8, (uint32_t)g->nodes, 4);
 }
 
 static uint32_t identity_field(const unsigned char *rec, int index) {
@@ -42,7 +46,47 @@ static uint32_t identity_field(const unsigned char *rec, int index) {
                                 4);
 }
 
-/* Node indices in order of first appearance, and this rank's local rank. */
+/* The pretend node of rank r of `ranks` split into `nodes` blocks. */
+static int pretend_node(int r, int nodes, int ranks) {
+  return (int)((long long)r * nodes / ranks);
+}
+
+/* Every rank must run with this rank's size. */
+static vmep_status size_check(const vmep_group *g, const unsigned char *all) {
+  for (int r = 0; r < g->size; r++) {
+    const unsigned char *rec = all + (size_t)r * IDENTITY_BYTES;
+    if (identity_field(rec, 0) != (uint32_t)g->size)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "group: rank %d was created with size %u, rank %d "
+                        "with size %d",
+                        r, identity_field(rec, 0), g->rank, g->size);
+  }
+  return VMEP_OK;
+}
+
+/* Every rank must run with this rank's VMEP_NODES; pretend nodes need one
+ * host. Every rank checks every record, so all fail alike. */
+static vmep_status nodes_check(const vmep_group *g, const unsigned char *all) {
+  const char *var = vmep__config_name(VMEP_CONFIG_NODES);
+  for (int r = 0; r < g->size; r++) {
+    const unsigned char *rec = all + (size_t)r * IDENTITY_BYTES;
+    if (identity_field(rec, 2) != (uint32_t)g->nodes)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "group: rank %d runs with %s=%u, rank %d with %s=%d; "
+                        "every rank must see the same value",
+                        r, var, identity_field(rec, 2), g->rank, var, g->nodes);
+    if (g->nodes > 0 && memcmp(rec, all, HOST_ID_BYTES) != 0)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "group: %s=%d asks for pretend nodes, which need every "
+                        "rank on one host, but rank %d is on host %s and rank "
+                        "0 on host %s",
+                        var, g->nodes, r, (const char *)rec, (const char *)all);
+  }
+  return VMEP_OK;
+}
+
+/* Node indices (pretend ones, or hosts in order of first appearance), and
+ * this rank's local rank: its index among the ranks of its node. */
 static vmep_status identity_apply(vmep_group *g, const unsigned char *all) {
   int *first = vmep__calloc((size_t)g->size, sizeof(*first));
   g->node_of = vmep__calloc((size_t)g->size, sizeof(*g->node_of));
@@ -54,20 +98,13 @@ static vmep_status identity_apply(vmep_group *g, const unsigned char *all) {
   int nodes = 0;
   for (int r = 0; r < g->size; r++) {
     const unsigned char *rec = all + (size_t)r * IDENTITY_BYTES;
-    if (identity_field(rec, 0) != (uint32_t)g->size) {
-      vmep__free(first);
-      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                        "group: rank %d was created with size %u, rank %d "
-                        "with size %d",
-                        r, identity_field(rec, 0), g->rank, g->size);
-    }
     int n = 0;
     while (n < nodes && memcmp(rec, all + (size_t)first[n] * IDENTITY_BYTES,
-                               HOST_BYTES + BOOT_ID_BYTES) != 0)
+                               HOST_ID_BYTES) != 0)
       n++;
     if (n == nodes)
       first[nodes++] = r;
-    g->node_of[r] = n;
+    g->node_of[r] = g->nodes > 0 ? pretend_node(r, g->nodes, g->size) : n;
   }
   for (int r = 0; r < g->rank; r++)
     g->local_rank += g->node_of[r] == g->node_of[g->rank];
@@ -76,8 +113,10 @@ static vmep_status identity_apply(vmep_group *g, const unsigned char *all) {
 }
 
 /* Exchanges identities; a custom group without VMEP_JOB_ID names its job
- * after rank 0's identity (host, boot id, pid), the same on every rank. */
-static vmep_status identify(vmep_group *g, int name_job) {
+ * after rank 0's identity (host, boot id, pid), the same on every rank.
+ * *everyone_out = 1 when it failed on a check that every rank, holding
+ * every record, fails alike (so none waits for another). */
+static vmep_status identify(vmep_group *g, int name_job, int *everyone_out) {
   unsigned char mine[IDENTITY_BYTES];
   unsigned char *all = vmep__malloc((size_t)g->size * IDENTITY_BYTES);
   if (!all)
@@ -85,6 +124,12 @@ static vmep_status identify(vmep_group *g, int name_job) {
                       "group: no memory for %d identities", g->size);
   identity_make(g, mine);
   vmep_status status = g->ops->allgather(g, "group", mine, IDENTITY_BYTES, all);
+  if (status == VMEP_OK)
+    status = size_check(g, all);
+  if (status == VMEP_OK) {
+    status = nodes_check(g, all);
+    *everyone_out = status != VMEP_OK;
+  }
   if (status == VMEP_OK)
     status = identity_apply(g, all);
   if (status == VMEP_OK && name_job)
@@ -96,13 +141,16 @@ static vmep_status identify(vmep_group *g, int name_job) {
 
 /* ---- creation and destruction ---------------------------------------- */
 
-/* VMEP_TIMEOUT_MS through the config table (its rule names the range). */
-static vmep_status timeout_from_env(int *ms_out) {
-  long long ms = 0;
+/* VMEP_TIMEOUT_MS and VMEP_NODES through the config table (their rules
+ * name the ranges). */
+static vmep_status group_env(vmep_group *g) {
+  long long ms = 0, nodes = 0;
   vmep_status status =
       vmep__config_int(VMEP_CONFIG_TIMEOUT_MS, 1, 2147483647LL, &ms);
   if (status == VMEP_OK)
-    *ms_out = (int)ms;
+    status = vmep__config_int(VMEP_CONFIG_NODES, 0, MAX_GROUP_SIZE, &nodes);
+  g->timeout_ms = (int)ms;
+  g->nodes = (int)nodes;
   return status;
 }
 
@@ -114,7 +162,7 @@ static vmep_status group_new(const struct vmep_group_ops *ops, int rank,
   if (!g)
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "group: no memory");
-  vmep_status status = timeout_from_env(&g->timeout_ms);
+  vmep_status status = group_env(g);
   if (status != VMEP_OK) {
     vmep__free(g);
     return status;
@@ -143,6 +191,17 @@ static int is_loopback(const char *host) {
          strcmp(host, "::1") == 0;
 }
 
+/* Rank 0 after a check that fails on every rank: serves the store until
+ * the others have read every record and left (at most the timeout), so
+ * that they fail on the same check instead of on its death. Keeps this
+ * rank's error text. */
+static void serve_until_left(vmep_group *g) {
+  char error[512];
+  snprintf(error, sizeof(error), "%s", vmep_last_error());
+  (void)vmep__store_server_drain(g->server, g->timeout_ms);
+  vmep__set_last_error(error);
+}
+
 static vmep_status store_group_create(int rank, int size, const char *addr,
                                       const struct vmep_launch_env *job,
                                       vmep_group **group_out) {
@@ -162,21 +221,24 @@ static vmep_status store_group_create(int rank, int size, const char *addr,
                                         &g->gather.client);
   g->gather.rank = rank;
   g->gather.size = size;
+  int everyone = 0;
   if (status == VMEP_OK)
-    status = identify(g, 0);
+    status = identify(g, 0, &everyone);
   if (status != VMEP_OK) {
     /* No goodbye: the others' waits fail now instead of timing out. */
     vmep__store_client_close(g->gather.client, 0);
+    if (everyone && g->server)
+      serve_until_left(g);
     vmep__store_server_stop(g->server);
     group_free(g);
     return status;
   }
   vmep_log_info(
       "group: rank %d of %d joined through store %s, instance "
-      "%016llx (node %d, local rank %d)",
+      "%016llx (node %d%s, local rank %d)",
       rank, size, addr,
       (unsigned long long)vmep__store_client_instance(g->gather.client),
-      g->node_of[rank], g->local_rank);
+      g->node_of[rank], g->nodes ? ", pretend" : "", g->local_rank);
   *group_out = g;
   return VMEP_OK;
 }
@@ -246,6 +308,18 @@ static vmep_status local_rank_from_env(int rank, int max_ranks,
   return VMEP_OK;
 }
 
+/* A joiner has no identity exchange: with pretend nodes it splits the
+ * job's capacity (max_ranks) as a group splits its size, and its local
+ * rank is its index within its pretend node (VMEP_LOCAL_RANK ignored).
+ * Without them every rank is taken for node 0. */
+static void join_pretend_nodes(vmep_group *g, int max_ranks) {
+  for (int r = 0; r < max_ranks; r++)
+    g->node_of[r] = pretend_node(r, g->nodes, max_ranks);
+  g->local_rank = 0;
+  for (int r = 0; r < g->rank; r++)
+    g->local_rank += g->node_of[r] == g->node_of[g->rank];
+}
+
 /* The store address of a join: the argument, else VMEP_STORE_ADDR. */
 static vmep_status join_addr(const char *store_addr, const char **addr_out) {
   char host[256];
@@ -295,6 +369,8 @@ vmep_status vmep_group_join(int rank, int max_ranks, const char *store_addr,
   g->gather.rank = rank;
   g->gather.size = max_ranks;
   g->node_of = vmep__calloc((size_t)max_ranks, sizeof(*g->node_of));
+  if (g->node_of && g->nodes > 0)
+    join_pretend_nodes(g, max_ranks);
   status =
       g->node_of
           ? vmep__store_client_connect(addr, g->token, rank, -1, g->timeout_ms,
@@ -359,7 +435,8 @@ vmep_status vmep_group_create_custom(int rank, int size,
   g->allgather = allgather;
   g->barrier = barrier;
   g->user = user;
-  status = identify(g, !job.job_id[0]);
+  int everyone = 0;
+  status = identify(g, !job.job_id[0], &everyone);
   if (status != VMEP_OK) {
     group_free(g);
     return status;
@@ -409,6 +486,7 @@ struct vmep_store_client *vmep__group_store(const vmep_group *g) {
 const char *vmep__group_job_id(const vmep_group *g) { return g->job_id; }
 const char *vmep__group_token(const vmep_group *g) { return g->token; }
 int vmep__group_timeout_ms(const vmep_group *g) { return g->timeout_ms; }
+int vmep__group_pretend_nodes(const vmep_group *g) { return g->nodes; }
 int vmep__group_elastic(const vmep_group *g) {
   return g && g->ops == &vmep__group_elastic_ops;
 }

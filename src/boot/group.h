@@ -35,6 +35,7 @@ struct vmep_group {
   int rank, size, local_rank;
   int *node_of; /* [size] */
   int timeout_ms;
+  int nodes; /* VMEP_NODES: pretend nodes, 0 for host identity */
   struct vmep_store_server *server; /* rank 0 of a store group */
   struct vmep_store_gather gather;  /* a store group's collectives */
   vmep_allgather_fn allgather;      /* a custom group's */

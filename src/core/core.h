@@ -133,7 +133,11 @@ void vmep__allocator_install(const struct vmep_allocator *allocator);
     "host:port of the job's TCP store (set by vmep-run)")                      \
   X(DEVICE, "VMEP_DEVICE", "", "0..2147483647",                                \
     "CUDA device ordinal of this rank (set by vmep-run; default: local rank "  \
-    "modulo the device count)")
+    "modulo the device count)")                                                \
+  X(NODES, "VMEP_NODES", "0", "0..65536",                                      \
+    "pretend nodes: N > 0 splits the ranks of one host into N nodes, rank r "  \
+    "in node r * N / ranks, whose peers are never mapped (vmep-run --nodes "   \
+    "sets it); 0: nodes from host identity")
 
 enum vmep_config_id {
 #define VMEP_CONFIG_ENUM(id, name, def, rule, doc) VMEP_CONFIG_##id,

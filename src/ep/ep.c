@@ -116,6 +116,22 @@ static vmep_status setup_device(vmep_ep *ep) {
   return status == VMEP_OK ? vmep__ep_device_sync(&ep->dev, call) : status;
 }
 
+/* The kernels reach mapped peers only: a window with a remote peer (the
+ * topology decision, docs/TOPOLOGY.md) is refused. Every rank decided the
+ * same topology, and when any pair of ranks is remote every rank has a
+ * remote peer, so every rank refuses. */
+static vmep_status refuse_remote(const vmep_ep *ep) {
+  int r = vmep__window_remote_peer(ep->window);
+  if (r < 0)
+    return VMEP_OK;
+  return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                    "vmep_ep_create: rank %d is in node %d, which this rank "
+                    "(node %d) reaches only through an RDMA engine; EP "
+                    "buffers do not use the engine yet (docs/TOPOLOGY.md)",
+                    r, vmep_group_node(ep->group, r),
+                    vmep_group_node(ep->group, ep->rank));
+}
+
 static vmep_status create(vmep_ep *ep) {
   vmep_status status = resolve_device(ep);
   if (status == VMEP_OK)
@@ -127,6 +143,8 @@ static vmep_status create(vmep_ep *ep) {
   vmep__ep_layout(&ep->config, ep->num_ranks, &ep->layout);
   status = vmep__window_create(ep->group, ep->config.device, ep->layout.total,
                                ep->num_ranks, "vmep_ep_create", &ep->window);
+  if (status == VMEP_OK)
+    status = refuse_remote(ep);
   if (status != VMEP_OK)
     return status;
   status = vmep__ep_device_enter(&ep->dev);

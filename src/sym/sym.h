@@ -25,10 +25,44 @@ enum vmep_peer_kind {
   VMEP_PEER_NONE = 0, /* not attached (yet, or any more) */
   VMEP_PEER_SELF,     /* our own region */
   VMEP_PEER_MAPPED,   /* imported and mapped: kernels load and store */
-  /* Not mapped: reached through an RDMA engine (DESIGN.md section 9). No
-   * window makes such peers yet; the kind reserves their place. */
+  /* Not mapped: in another node (vmep__topology_class), reached through an
+   * RDMA engine (DESIGN.md section 9). Its base is NULL. */
   VMEP_PEER_REMOTE,
 };
+
+/* ---- the topology decision (topology.c, docs/TOPOLOGY.md) -------------- */
+
+/* How a peer is reached. */
+enum vmep_peer_class {
+  VMEP_CLASS_NODE = 0, /* same node: mapped with the node's strategy */
+  VMEP_CLASS_FABRIC,   /* another node of the NVLink domain: mapped, FABRIC */
+  VMEP_CLASS_REMOTE,   /* elsewhere: never mapped, through an RDMA engine */
+};
+
+/*
+ * The strategy of every rank's region: the strongest strategy usable by
+ * every rank of its node (node_of[r]; usable[r] its VMEP_REGION_ALLOW_*
+ * mask), so that the ranks mapped together share one; VMEP_MEM_NONE for
+ * the ranks of a node that share none. Returns the node index of the first
+ * such node (in rank order), or -1 when every node has a strategy. Pure;
+ * strategy_out[size] is written in full. At most size * (nodes + 1)
+ * comparisons.
+ */
+int vmep__topology_strategies(int size, const int *node_of,
+                              const unsigned *usable,
+                              vmep_mem_strategy *strategy_out);
+
+/*
+ * The class of rank `peer` as rank `me` sees it (symmetric in me and
+ * peer), from the nodes and the strategies of vmep__topology_strategies:
+ * the same node is VMEP_CLASS_NODE (me itself too); another node is
+ * VMEP_CLASS_FABRIC when both nodes use FABRIC (every rank of both can)
+ * and `pretend` is 0 (pretend nodes never map across nodes); else
+ * VMEP_CLASS_REMOTE. Pure.
+ */
+enum vmep_peer_class vmep__topology_class(const int *node_of,
+                                          const vmep_mem_strategy *strategy,
+                                          int pretend, int me, int peer);
 
 /*
  * Every rank's status, and a report of `bytes` bytes from each (NULL and 0
@@ -45,7 +79,12 @@ vmep_status vmep__sym_agree(vmep_group *group, vmep_status mine,
 
 /*
  * vmep_window_create with room for `slots` ranks (at least the group's
- * size), naming `call` in its messages. Over a group of vmep_group_join it
+ * size), naming `call` in its messages. Collective over a created group:
+ * the topology decision (vmep__topology_strategies, _class) over the
+ * group's nodes and the strategies every rank can use picks our strategy,
+ * maps the peers of our node and of fabric nodes, and marks the others
+ * VMEP_PEER_REMOTE; VMEP_ERR_UNSUPPORTED on every rank when the ranks of
+ * some node share no strategy. Over a group of vmep_group_join it
  * is not collective: only our region is made, in slot `rank`, with the
  * strategy the device does best. On failure nothing is left.
  */
@@ -58,8 +97,14 @@ vmep_status vmep__window_create(vmep_group *group, int device, size_t bytes,
  * error; releases everything all the same. */
 vmep_status vmep__window_free(vmep_window *w);
 
-/* How rank `rank`'s region is reached here; VMEP_PEER_NONE out of range. */
+/* How rank `rank`'s region is reached here; VMEP_PEER_NONE out of range.
+ * A VMEP_PEER_REMOTE peer (another node that the topology decision does
+ * not map, docs/TOPOLOGY.md) has no base: vmep_window_peer gives NULL. */
 enum vmep_peer_kind vmep__window_peer_kind(const vmep_window *w, int rank);
+
+/* The lowest rank marked VMEP_PEER_REMOTE here, or -1 when there is none
+ * (or w is NULL). */
+int vmep__window_remote_peer(const vmep_window *w);
 
 /* ---- members that come and go (window_member.c) ------------------------ */
 
@@ -83,6 +128,9 @@ vmep_status vmep__window_withdraw(vmep_window *w);
  * too, for a successor). A rank already attached is a no-op.
  * *session_out (may be NULL) gets the record's store session, which names
  * the process. Messages name `call`. On failure the rank stays unattached.
+ * A rank whose record names another VMEP_NODES is VMEP_ERR_INVALID_ARG;
+ * one in another pretend node is VMEP_ERR_UNSUPPORTED (remote peers are
+ * not attached yet). A rank marked remote at creation is a no-op too.
  */
 vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
                                 int rank, int timeout_ms, int wait_dead,

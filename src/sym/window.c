@@ -1,7 +1,11 @@
 /*
  * Symmetric windows made collectively: every rank of a group allocates one
- * region, and every rank maps every peer's. The ranks first agree on one
- * strategy (the strongest all can use; FABRIC when they span nodes), then
+ * region, and every rank maps the regions of the peers it can reach by
+ * load and store. The ranks first exchange the strategies each can use;
+ * the topology decision (topology.c) gives each node the strongest its
+ * ranks share and each peer its class: peers of our node, and of other
+ * nodes when both use FABRIC (never between pretend nodes), are mapped;
+ * the others are marked remote (VMEP_PEER_REMOTE, no base). The ranks then
  * exchange descriptors through the group and POSIX fds through a
  * short-lived fd server. VMM regions are mapped into one reserved VA range
  * at base + rank * stride; LEGACY IPC cannot choose addresses, so the peer
@@ -26,9 +30,9 @@ static vmep_status share_step(vmep_window *w, vmep_status mine,
   return vmep__sym_agree(w->group, mine, me, sizeof(*me), all, w->call, step);
 }
 
-/* The refusal when the ranks share no strategy: which strategies each
- * rank allows, and why this rank cannot use the others. */
-static vmep_status no_common_strategy(const vmep_window *w,
+/* The refusal when the ranks of node `node` share no strategy: which
+ * strategies each rank allows, and why this rank cannot use the others. */
+static vmep_status no_common_strategy(const vmep_window *w, int node,
                                       const struct step_report *all) {
   char why[3 * VMEP_MEM_REASON_BYTES] = "", ranks[256] = "";
   vmep_mem_caps caps;
@@ -43,43 +47,53 @@ static vmep_status no_common_strategy(const vmep_window *w,
                                                      "VMEP_MEM_SHARE");
   used = 0;
   for (int r = 0; r < w->size && used < sizeof(ranks); r++)
-    used += (size_t)snprintf(
-        ranks + used, sizeof(ranks) - used, "%s%d:%s%s%s", r ? " " : "", r,
-        all[r].value & VMEP_REGION_ALLOW_FABRIC ? "F" : "",
-        all[r].value & VMEP_REGION_ALLOW_POSIX_FD ? "P" : "",
-        all[r].value & VMEP_REGION_ALLOW_LEGACY ? "L" : "");
+    if (vmep_group_node(w->group, r) == node)
+      used += (size_t)snprintf(
+          ranks + used, sizeof(ranks) - used, "%s%d:%s%s%s", used ? " " : "", r,
+          all[r].value & VMEP_REGION_ALLOW_FABRIC ? "F" : "",
+          all[r].value & VMEP_REGION_ALLOW_POSIX_FD ? "P" : "",
+          all[r].value & VMEP_REGION_ALLOW_LEGACY ? "L" : "");
   return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-                    "%s: no sharing strategy is usable on every rank "
-                    "(VMEP_MEM_SHARE=%s; usable per rank, F fabric P posix_fd "
-                    "L legacy: %s); on this rank%s",
-                    w->call, vmep__config_get(VMEP_CONFIG_MEM_SHARE), ranks,
-                    why[0] ? why : ": all usable");
+                    "%s: no sharing strategy is usable on every rank of node "
+                    "%d (VMEP_MEM_SHARE=%s; usable per rank, F fabric P "
+                    "posix_fd L legacy: %s); on this rank%s",
+                    w->call, node, vmep__config_get(VMEP_CONFIG_MEM_SHARE),
+                    ranks, why[0] ? why : ": all usable");
 }
 
-/* The strongest strategy in every rank's mask; FABRIC alone across nodes. */
-static vmep_status agree_strategy(vmep_window *w,
-                                  const struct step_report *all) {
-  unsigned common = VMEP_REGION_ALLOW_ALL;
-  int spans_nodes = 0;
-  for (int r = 0; r < w->size; r++) {
-    common &= all[r].value;
-    spans_nodes |= vmep_group_node(w->group, r) != vmep_group_node(w->group, 0);
+/* The topology decision over every rank's usable strategies: our
+ * strategy, and remote peers marked as such (exchange skips them). */
+static vmep_status decide(vmep_window *w, const struct step_report *all) {
+  int *node_of = vmep__calloc((size_t)w->size, sizeof(*node_of));
+  unsigned *usable = vmep__calloc((size_t)w->size, sizeof(*usable));
+  vmep_mem_strategy *strategy =
+      vmep__calloc((size_t)w->size, sizeof(*strategy));
+  vmep_status status = VMEP_OK;
+  if (!node_of || !usable || !strategy)
+    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                        "%s: host allocation failed", w->call);
+  for (int r = 0; status == VMEP_OK && r < w->size; r++) {
+    node_of[r] = vmep_group_node(w->group, r);
+    usable[r] = all[r].value;
   }
-  if (spans_nodes)
-    common &= VMEP_REGION_ALLOW_FABRIC;
-  for (int s = VMEP_MEM_FABRIC; s <= VMEP_MEM_LEGACY; s++)
-    if (common & (1u << s)) {
-      w->strategy = (vmep_mem_strategy)s;
-      return VMEP_OK;
+  int bad = status == VMEP_OK
+                ? vmep__topology_strategies(w->size, node_of, usable, strategy)
+                : -1;
+  if (bad >= 0)
+    status = no_common_strategy(w, bad, all);
+  int pretend = vmep__group_pretend_nodes(w->group) > 0;
+  for (int r = 0; status == VMEP_OK && r < w->size; r++)
+    if (vmep__topology_class(node_of, strategy, pretend, w->rank, r) ==
+        VMEP_CLASS_REMOTE) {
+      w->peers[r].kind = VMEP_PEER_REMOTE;
+      w->remote++;
     }
-  for (int r = 0; r < w->size; r++)
-    if (spans_nodes && !(all[r].value & VMEP_REGION_ALLOW_FABRIC))
-      return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-                        "%s: the ranks span nodes, which needs fabric handles, "
-                        "and rank %d cannot use them (see vmep-info on its "
-                        "node)",
-                        w->call, r);
-  return no_common_strategy(w, all);
+  if (status == VMEP_OK)
+    w->strategy = strategy[w->rank];
+  vmep__free(node_of);
+  vmep__free(usable);
+  vmep__free(strategy);
+  return status;
 }
 
 vmep_status vmep__window_offer(vmep_window *w, const char *job, void *bytes,
@@ -147,7 +161,7 @@ static vmep_status exchange(vmep_window *w, struct step_report *all) {
   me.value = (uint32_t)len;
   status = share_step(w, status, &me, all, "export its region");
   for (int r = 0; r < w->size && status == VMEP_OK; r++)
-    if (r != w->rank)
+    if (r != w->rank && w->peers[r].kind != VMEP_PEER_REMOTE)
       status =
           vmep__window_map_peer(w, r, all[r].desc, all[r].value, job, w->call);
   /* Everyone has fetched our fd (or failed) once all reach this point. */
@@ -246,11 +260,11 @@ static vmep_status create_together(vmep_window *w, size_t bytes) {
   /* A rank that failed to probe still joins the exchange, so that no peer
    * waits for it until the timeout. */
   status = share_step(w, status, &me, all, "probe its device");
-  if (status == VMEP_OK)
-    status = agree_strategy(w, all);
   if (status == VMEP_OK) {
-    vmep_status local =
-        vmep_region_alloc(w->device, bytes, 1u << w->strategy, &w->local);
+    /* A decision that fails on one rank only (no memory) still joins. */
+    vmep_status local = decide(w, all);
+    if (local == VMEP_OK)
+      local = vmep_region_alloc(w->device, bytes, 1u << w->strategy, &w->local);
     if (local == VMEP_OK)
       local = place_local(w);
     status = share_step(w, local, &me, all, "allocate its region");
@@ -295,9 +309,10 @@ vmep_status vmep__window_create(vmep_group *group, int device, size_t bytes,
   /* The group may not be destroyed under a window (VMEP_ERR_BUSY). */
   vmep__group_hold(group);
   w->holds_group = 1;
-  vmep_log_info("window of %zu B per rank, %d of %d slots, strategy %s",
+  vmep_log_info("window of %zu B per rank, %d of %d slots, strategy %s, %d "
+                "remote peers",
                 w->stride, vmep__group_elastic(group) ? 1 : w->size, w->slots,
-                vmep_mem_strategy_name(w->strategy));
+                vmep_mem_strategy_name(w->strategy), w->remote);
   *win_out = w;
   return VMEP_OK;
 }
@@ -346,6 +361,13 @@ void *vmep_window_local(const vmep_window *w) {
 
 void *vmep_window_peer(const vmep_window *w, int rank) {
   return w && rank >= 0 && rank < w->slots ? w->peers[rank].base : NULL;
+}
+
+int vmep__window_remote_peer(const vmep_window *w) {
+  for (int r = 0; w && r < w->slots; r++)
+    if (w->peers[r].kind == VMEP_PEER_REMOTE)
+      return r;
+  return -1;
 }
 
 enum vmep_peer_kind vmep__window_peer_kind(const vmep_window *w, int rank) {

@@ -27,6 +27,7 @@ struct vmep_window {
   CUdeviceptr base;              /* VMM: the reserved range [slots * stride] */
   int own_slot_mapped;           /* VMM: our region at base + rank * stride */
   struct vmep_sym_peer *peers;   /* [slots] */
+  int remote;                    /* peers marked VMEP_PEER_REMOTE */
   struct vmep_fd_server *server; /* serves our fd to ranks that join */
   const char *call;              /* the API call that made the window */
   int holds_group;               /* vmep__group_hold taken at creation */

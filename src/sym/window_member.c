@@ -3,7 +3,9 @@
  * publishes a member record (its region's descriptor; the store keys it by
  * the publisher's session) and serves its fd, and a rank that arrives
  * later maps the others from their records, and they map it, one at a
- * time.
+ * time. A record names its publisher's VMEP_NODES and node: a rank of
+ * another pretend node is refused (VMEP_ERR_UNSUPPORTED), never mapped,
+ * since attaching a remote peer needs the RDMA engine (docs/TOPOLOGY.md).
  */
 #include <stdio.h>
 #include <string.h>
@@ -14,9 +16,11 @@
 struct member_record {
   uint32_t magic;
   uint32_t desc_len;
+  uint32_t nodes; /* the publisher's VMEP_NODES (0: host identity) */
+  int32_t node;   /* its node index, as its group sees it */
   unsigned char desc[VMEP_MEM_DESC_MAX_BYTES];
 };
-#define MEMBER_MAGIC 0x564d4d31u /* "VMM1" */
+#define MEMBER_MAGIC 0x564d4d32u /* "VMM2" */
 
 /* The fd server's job name for namespace `ns` of this job: the same in
  * every process of the job, short enough for a socket name. */
@@ -39,6 +43,8 @@ vmep_status vmep__window_publish(vmep_window *w, struct vmep_store_client *c,
       vmep__window_offer(w, job, rec.desc, sizeof(rec.desc), &len, &w->server);
   rec.magic = MEMBER_MAGIC;
   rec.desc_len = (uint32_t)len;
+  rec.nodes = (uint32_t)vmep__group_pretend_nodes(w->group);
+  rec.node = vmep_group_node(w->group, w->rank);
   if (status == VMEP_OK)
     status = vmep__member_publish(c, ns, w->rank, &rec, sizeof(rec));
   return status;
@@ -74,6 +80,29 @@ static vmep_status fetch_record(vmep_window *w, struct vmep_store_client *c,
   return VMEP_OK;
 }
 
+/* Pretend nodes: the publisher must run with our VMEP_NODES and be in our
+ * node (joiners know no hosts, so real nodes are not told apart here). */
+static vmep_status check_node(const vmep_window *w, int rank,
+                              const struct member_record *rec,
+                              const char *call) {
+  const char *var = vmep__config_name(VMEP_CONFIG_NODES);
+  int nodes = vmep__group_pretend_nodes(w->group);
+  int node = vmep_group_node(w->group, w->rank);
+  if (rec->nodes != (uint32_t)nodes)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: rank %d runs with %s=%u, this rank (%d) with "
+                      "%s=%d; every rank must see the same value",
+                      call, rank, var, rec->nodes, w->rank, var, nodes);
+  if (nodes > 0 && rec->node != node)
+    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                      "%s: rank %d is in pretend node %d, which this rank "
+                      "(%d, node %d) reaches only through an RDMA engine; "
+                      "windows do not attach remote peers yet "
+                      "(docs/TOPOLOGY.md)",
+                      call, rank, (int)rec->node, w->rank, node);
+  return VMEP_OK;
+}
+
 vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
                                 int rank, int timeout_ms, int wait_dead,
                                 const char *call, uint64_t *session_out) {
@@ -88,6 +117,9 @@ vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
   uint64_t session = 0;
   vmep_status status =
       fetch_record(w, c, rank, timeout_ms, wait_dead, call, &rec, &session);
+  if (status != VMEP_OK)
+    return status;
+  status = check_node(w, rank, &rec, call);
   if (status != VMEP_OK)
     return status;
   member_job(w, job, sizeof(job));

@@ -4,7 +4,8 @@
 # refused up front with exit 2 and exactly one line on stderr that names
 # the option (no usage dump). Then the environment: an invalid VMEP_*
 # value makes vmep-info (and --config) exit 1 naming the variable, the
-# value and what is allowed, once.
+# value and what is allowed, once; vmep-info's line on how nodes are
+# decided (VMEP_NODES).
 # usage: test_tool_options.sh VERSION VMEP_INFO VMEP_RUN VMEP_BENCH [NCCL_A2A]
 set -u
 version=${1:?usage: test_tool_options.sh VERSION VMEP_INFO VMEP_RUN VMEP_BENCH [NCCL_A2A]}
@@ -91,6 +92,16 @@ env_bad VMEP_MEM_SHARE nonsense "one of auto|fabric|posix_fd|legacy"
 env_bad VMEP_TIMEOUT_MS -1 "an integer in 1..2147483647"
 env_bad VMEP_TIMEOUT_MS abc "an integer in 1..2147483647"
 env_bad VMEP_DEVICE 0x1 "an integer in 0..2147483647"
+env_bad VMEP_NODES -1 "an integer in 0..65536"
+env_bad VMEP_NODES two "an integer in 0..65536"
+
+# How nodes are decided: host identity, or pretend nodes (and under a
+# launcher, this rank's).
+env -u VMEP_NODES "$info" 2>/dev/null | grep -qx "nodes: from host identity" ||
+  { echo "FAIL: vmep-info without VMEP_NODES"; fail=1; }
+VMEP_NODES=2 VMEP_RANK=3 VMEP_WORLD_SIZE=4 "$info" 2>/dev/null |
+  grep -qx "nodes: 2 pretend nodes (VMEP_NODES); rank 3 of 4 is in node 1" ||
+  { echo "FAIL: vmep-info with VMEP_NODES=2"; fail=1; }
 VMEP_LOG=debug VMEP_TIMEOUT_MS=5000 "$info" --config >/dev/null 2>&1 ||
   { echo "FAIL: valid values refused by vmep-info --config"; fail=1; }
 

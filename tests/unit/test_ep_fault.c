@@ -17,6 +17,7 @@
 
 #include "ep/ep.h"
 #include "fake_driver.h"
+#include "test_ep_util.h"
 #include "test_store_util.h"
 
 #define TOKEN "ep-fault-token"
@@ -56,17 +57,6 @@ struct outcome {
 static int trials;
 static int base_fds;
 static char trial_name[160]; /* the trial running, for messages */
-
-static vmep_ep_config buffer_config(void) {
-  vmep_ep_config c;
-  vmep_ep_config_init(&c);
-  c.num_experts = 4;
-  c.hidden = 256;
-  c.max_tokens_per_rank = 8;
-  c.max_topk = 2;
-  c.max_ranks = 2;
-  return c;
-}
 
 /* A fresh machine, re-probed, undo calls exempt; with `host`, host
  * allocations counted from here on. */
@@ -139,7 +129,7 @@ static void open_rank0(struct ranks *r) {
 }
 
 static void open_rank1(struct ranks *r) {
-  vmep_ep_config c = buffer_config();
+  vmep_ep_config c = test_small_ep_config(2);
   ASSERT_OK(vmep_group_join(1, 2, r->addr, TOKEN, &r->g1));
   ASSERT_OK(vmep_ep_create(r->g1, &c, &r->ep1));
 }
@@ -221,7 +211,7 @@ static struct outcome create_trial(const struct injection *inj, int n,
                                    int persistent) {
   struct ranks r;
   struct outcome out = {VMEP_OK, "", 0};
-  vmep_ep_config c = buffer_config();
+  vmep_ep_config c = test_small_ep_config(2);
   vmep_ep *const untouched = (vmep_ep *)0x7; /* never dereferenced */
   fresh_machine("vmep_ep_create", inj, n, persistent);
   open_rank0(&r);
@@ -269,7 +259,7 @@ static struct outcome connect_trial(const struct injection *inj, int n,
                                     int persistent) {
   struct ranks r;
   struct peer peer = {0};
-  vmep_ep_config c = buffer_config();
+  vmep_ep_config c = test_small_ep_config(2);
   fresh_machine("vmep_ep_connect_ranks", inj, n, persistent);
   open_rank0(&r);
   ASSERT_OK(vmep_ep_create(r.g0, &c, &r.ep0));
@@ -301,7 +291,7 @@ static struct outcome connect_trial(const struct injection *inj, int n,
 static void view_again(void) {
   struct ranks r;
   struct peer peer = {0};
-  vmep_ep_config c = buffer_config();
+  vmep_ep_config c = test_small_ep_config(2);
   const int rank0 = 0;
   fresh_machine("a view again", &unknown, 0, 0);
   open_rank0(&r);
@@ -361,7 +351,7 @@ static struct outcome disconnect_trial(const struct injection *inj, int n,
   struct ranks r;
   struct peer peer = {0};
   struct outcome out = {VMEP_OK, "", 0};
-  vmep_ep_config c = buffer_config();
+  vmep_ep_config c = test_small_ep_config(2);
   const int rank0 = 0, rank1 = 1;
   fresh_machine("vmep_ep_disconnect_ranks", inj, n, persistent);
   open_rank0(&r);

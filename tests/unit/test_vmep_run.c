@@ -3,8 +3,9 @@
  * lines prefixed and whole, the VMEP_* variables each rank sees, a failing
  * or killed rank taking the others down (their pids must be gone) with its
  * status passed on, --timeout (124), SIGTERM forwarded (143), usage errors
- * (2), and the MPS daemon's life cycle through a fake
- * nvidia-cuda-mps-control that records how it was called.
+ * (2), --nodes (VMEP_NODES and the local rank within a pretend node), and the
+ * MPS daemon's life cycle through a fake nvidia-cuda-mps-control that records
+ * how it was called.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -315,6 +316,53 @@ static void test_timeout_and_signals(void) {
   ASSERT_EQ(expect_pids_gone(), 2);
 }
 
+/* Runs `ranks` ranks on `nodes` pretend nodes, each printing "n RANK
+ * VMEP_NODES VMEP_LOCAL_RANK"; they must all succeed. */
+static void run_nodes(const char *ranks, const char *nodes) {
+  const char *const args[] = {
+      "-n",      ranks,
+      "--nodes", nodes,
+      "--",      "sh",
+      "-c",      "echo \"n $VMEP_RANK $VMEP_NODES $VMEP_LOCAL_RANK\"",
+      NULL};
+  run(args, NULL, 0, 0);
+  ASSERT_EQ(res.status, 0);
+  ASSERT_EQ(count_lines(res.out, res.out_len), atoi(ranks));
+}
+
+/* --nodes K: every rank gets VMEP_NODES=K and its rank within its
+ * pretend node r * K / N as VMEP_LOCAL_RANK; the refusals name the rule. */
+static void test_nodes(void) {
+  static const int local[5] = {0, 1, 2, 0, 1}; /* nodes 0 0 0 1 1 */
+  run_nodes("5", "2");
+  for (int r = 0; r < 5; r++) {
+    char line[64];
+    snprintf(line, sizeof(line), "[rank %d] n %d 2 %d\n", r, r, local[r]);
+    ASSERT_STR_CONTAINS(res.out, line);
+  }
+  /* One node per rank, and one node for all. */
+  run_nodes("3", "3");
+  ASSERT_STR_CONTAINS(res.out, "[rank 2] n 2 3 0\n");
+  run_nodes("2", "1");
+  ASSERT_STR_CONTAINS(res.out, "[rank 1] n 1 1 1\n");
+  static const char *const too_many[] = {"--nodes", "3",    "-n", "2",
+                                         "--",      "true", NULL};
+  run(too_many, NULL, 0, 0);
+  ASSERT_EQ(res.status, 2);
+  ASSERT_EQ(strcmp(res.err, "vmep-run: --nodes 3: expected a node count in "
+                            "1..2 (the ranks of -n)\n"),
+            0);
+  static const char *const zero[] = {"--nodes", "0",    "-n", "2",
+                                     "--",      "true", NULL};
+  run(zero, NULL, 0, 0);
+  ASSERT_EQ(res.status, 2);
+  ASSERT_STR_CONTAINS(res.err, "--nodes needs a node count");
+  ASSERT_EQ(count_lines(res.err, res.err_len), 1);
+  static const char *const help[] = {"--help", NULL};
+  run(help, NULL, 0, 0);
+  ASSERT_STR_CONTAINS(res.out, "rank r is in node r * K / N");
+}
+
 static void test_usage(void) {
   static const char *const bad[][8] = {
       {NULL},
@@ -328,6 +376,12 @@ static void test_usage(void) {
       {"--timeout", "-1", "-n", "1", "--", "true", NULL},
       {"--bogus", "-n", "1", "--", "true", NULL},
       {"-n", NULL},
+      {"--nodes", "0", "-n", "2", "--", "true", NULL},
+      {"--nodes", "two", "-n", "2", "--", "true", NULL},
+      {"--nodes", "-1", "-n", "2", "--", "true", NULL},
+      {"--nodes", "3", "-n", "2", "--", "true", NULL},
+      {"-n", "2", "--nodes=", "--", "true", NULL},
+      {"-n", "2", "--nodes", NULL},
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     run(bad[i], NULL, 0, 0);
@@ -492,6 +546,7 @@ int main(int argc, char **argv) {
   test_seed("test_vmep_run");
   make_fake_control();
   test_usage();
+  test_nodes();
   /* Without a GPU, --gpus and --mps on are refused (test_no_gpu); the
    * tests that name devices run against 4 that vmep-run is told exist. */
   test_no_gpu();
