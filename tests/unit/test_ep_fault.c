@@ -320,7 +320,7 @@ static void view_again(void) {
 static void retry_after_half_connect(void) {
   struct ranks r;
   struct peer peer = {0};
-  vmep_ep_config c = buffer_config();
+  vmep_ep_config c = test_small_ep_config(2);
   const int rank1 = 1;
   fresh_machine("a retry after a half connect", &unknown, 0, 0);
   open_rank0(&r);
