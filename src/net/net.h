@@ -4,7 +4,9 @@
  * below; a transport plugs in through struct vmep_engine_ops (UCX's ucp
  * today, in ucx.c; NCCL GIN or libfabric could follow without touching
  * callers). Address and remote-key blobs travel between ranks in vmep's
- * own wire form (blob.c). Depends on core only.
+ * own wire form (blob.c). Depends on core only. An engine is used by one
+ * thread at a time (its worker is single-threaded); engines are
+ * independent of each other.
  */
 #ifndef VMEP_NET_H
 #define VMEP_NET_H
@@ -202,7 +204,8 @@ vmep_status vmep__engine_put_signal(vmep_engine *engine, int rank,
 vmep_status vmep__engine_flush(vmep_engine *engine, int rank, int timeout_ms);
 
 /* Drives the transport once (needed on the target side of transports that
- * emulate RMA, e.g. TCP); returns nonzero when something happened. */
+ * emulate RMA, e.g. TCP); returns nonzero when something happened, 0 for
+ * a NULL engine. */
 int vmep__engine_progress(vmep_engine *engine);
 
 /* Nonzero when `rank` was marked failed. */

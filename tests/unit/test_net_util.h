@@ -139,7 +139,7 @@ static inline void net_connect_all(vmep_engine *engine, int fd, int rank,
 }
 
 /* Forks `size` ranks running fn(rank, size, fd); their exit status is
- * fn's return value. */
+ * fn's return value. stdout is flushed first, so no rank repeats it. */
 static inline void net_job_start(struct net_job *job, int size,
                                  int (*fn)(int rank, int size, int fd)) {
   ASSERT_TRUE(size >= 1 && size <= NET_MAX_RANKS);
@@ -154,9 +154,7 @@ static inline void net_job_start(struct net_job *job, int size,
       close(sv[0]);
       for (int q = 0; q < r; q++)
         close(job->fd[q]);
-      int rc = fn(r, size, sv[1]);
-      fflush(stdout);
-      _exit(rc);
+      exit(fn(r, size, sv[1])); /* exit, not _exit: LeakSanitizer runs */
     }
     close(sv[1]);
     job->pid[r] = pid;
