@@ -9,22 +9,11 @@
  * of the wrong kind or rank, and bad arguments, give VMEP_ERR_INVALID_ARG
  * with a message.
  */
-#include <dirent.h>
-
+#include "fake_driver.h"
 #include "test_net_util.h"
 
 #define TIMEOUT_MS 2000
 #define BUF_BYTES (1u << 20)
-
-static int count_fds(void) {
-  DIR *dir = opendir("/proc/self/fd");
-  ASSERT_TRUE(dir != NULL);
-  int n = 0;
-  while (readdir(dir))
-    n++;
-  closedir(dir);
-  return n;
-}
 
 static vmep_engine *make_engine(int rank, int size) {
   struct vmep_engine_params params = {
@@ -53,7 +42,7 @@ static int survivor_or_victim(int rank, int size, int fd) {
   /* One engine made and destroyed first, so that what UCX keeps open for
    * the process (once) is in the baseline. */
   vmep__engine_destroy(make_engine(rank, size));
-  int fds_before = count_fds();
+  int fds_before = fake_open_fds();
   vmep_engine *engine = make_engine(rank, size);
   unsigned char *buf = calloc(1, BUF_BYTES);
   ASSERT_TRUE(buf != NULL);
@@ -102,7 +91,7 @@ static int survivor_or_victim(int rank, int size, int fd) {
   ASSERT_TRUE(vmep__now_ms() - d0 <= TIMEOUT_MS + 1000);
   printf("destroy took %llu ms\n", (unsigned long long)(vmep__now_ms() - d0));
   free(buf);
-  ASSERT_EQ(count_fds(), fds_before);
+  ASSERT_EQ(fake_open_fds(), fds_before);
   return 0;
 }
 
