@@ -99,14 +99,14 @@ static vmep_status ucx_probe(struct vmep_engine_info *info) {
 
 /*
  * Waits for `request` (a ucp_*_nbx result) until it completes, `rank`
- * fails (rank >= 0) or timeout_ms pass, then releases it. VMEP_OK,
- * VMEP_ERR_PEER (the peer marked failed) or VMEP_ERR_TIMEOUT, naming
- * `what` and the rank.
+ * fails (rank >= 0) or deadline_ms passes (the end of a wait of
+ * timeout_ms), then releases it. VMEP_OK, VMEP_ERR_PEER (the peer marked
+ * failed) or VMEP_ERR_TIMEOUT, naming `what` and the rank.
  */
 static vmep_status wait_request(struct ucx_engine *ue, void *request, int rank,
-                                int timeout_ms, const char *what) {
+                                uint64_t deadline_ms, int timeout_ms,
+                                const char *what) {
   const struct vmep_ucx *api = ue->api;
-  uint64_t deadline_ms = vmep__now_ms() + (uint64_t)timeout_ms;
   if (request == NULL)
     return VMEP_OK;
   ucs_status_t st = UCS_INPROGRESS;
@@ -182,7 +182,8 @@ static void close_peers(struct ucx_engine *ue) {
     void *request = ue->api->ucp_ep_close_nbx(ue->peers[r].ep, &param);
     /* A peer that closed first resets the connection: expected, so it is
      * only told at info level. */
-    if (wait_request(ue, request, -1, vmep__engine_timeout_ms(ue->engine),
+    int bound = vmep__engine_timeout_ms(ue->engine);
+    if (wait_request(ue, request, -1, vmep__now_ms() + (uint64_t)bound, bound,
                      "ucp_ep_close_nbx") != VMEP_OK)
       vmep_log_info("engine: closing the endpoint to rank %d: %s", r,
                     vmep_last_error());
@@ -425,18 +426,17 @@ static vmep_status ucx_signal(void *impl, int rank, void *rkey, uint64_t raddr,
 static vmep_status ucx_flush(void *impl, int rank, int timeout_ms) {
   struct ucx_engine *ue = impl;
   ucp_request_param_t param = {.op_attr_mask = 0};
-  if (rank >= 0)
-    return wait_request(ue,
-                        ue->api->ucp_ep_flush_nbx(ue->peers[rank].ep, &param),
-                        rank, timeout_ms, "ucp_ep_flush_nbx");
-  /* Every peer within one bound. */
+  /* One peer, or every peer one after another within one bound. */
   uint64_t deadline = vmep__now_ms() + (uint64_t)timeout_ms;
   vmep_status status = VMEP_OK;
-  for (int r = 0; r < ue->size && status == VMEP_OK; r++)
+  for (int r = rank >= 0 ? rank : 0; r < ue->size && status == VMEP_OK; r++) {
     if (ue->peers[r].ep)
       status =
           wait_request(ue, ue->api->ucp_ep_flush_nbx(ue->peers[r].ep, &param),
-                       r, vmep__ms_left(deadline), "ucp_ep_flush_nbx");
+                       r, deadline, timeout_ms, "ucp_ep_flush_nbx");
+    if (rank >= 0)
+      break;
+  }
   return status;
 }
 
