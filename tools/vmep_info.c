@@ -3,7 +3,8 @@
  * and runtime versions, every device's sharing capabilities, the strategy
  * the allocation chain picks there and the reason for every strategy it
  * cannot use, then the inter-node engine (UCX, loaded at run time: its
- * version or why it is unavailable, and what it can register); with
+ * version or why it is unavailable, what it can register, and what each
+ * device offers a NIC); with
  * --config, every environment variable vmep reads. Any
  * variable whose value breaks its rule is reported (one line each on
  * stderr, marked in --config) and makes the exit status 1.
@@ -124,10 +125,9 @@ static void print_engine(int count) {
   for (int d = 0; d < count; d++) {
     vmep_mem_caps caps;
     if (vmep_mem_probe(d, &caps) == VMEP_OK)
-      printf("  %-20s device %d: %s\n", "gpudirect rdma (vmm)", d,
-             yes_no(caps.rdma_with_vmm));
+      printf("  %-20s device %d: %s, dma-buf %s\n", "gpudirect rdma (vmm)", d,
+             yes_no(caps.rdma_with_vmm), yes_no(caps.dma_buf));
   }
-  printf("  %-20s %s\n", "dma-buf", "not probed");
 }
 
 int main(int argc, char **argv) {
