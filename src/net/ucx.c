@@ -170,7 +170,11 @@ static void on_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status) {
   vmep__engine_peer_failed(peer->ue->engine, peer->rank, why);
 }
 
+/* Closes every endpoint, all within one engine bound (so destroy takes at
+ * most that long, however many peers are stuck). */
 static void close_peers(struct ucx_engine *ue) {
+  int bound = vmep__engine_timeout_ms(ue->engine);
+  uint64_t deadline = vmep__now_ms() + (uint64_t)bound;
   for (int r = 0; r < ue->size; r++) {
     if (!ue->peers[r].ep)
       continue;
@@ -182,9 +186,8 @@ static void close_peers(struct ucx_engine *ue) {
     void *request = ue->api->ucp_ep_close_nbx(ue->peers[r].ep, &param);
     /* A peer that closed first resets the connection: expected, so it is
      * only told at info level. */
-    int bound = vmep__engine_timeout_ms(ue->engine);
-    if (wait_request(ue, request, -1, vmep__now_ms() + (uint64_t)bound, bound,
-                     "ucp_ep_close_nbx") != VMEP_OK)
+    if (wait_request(ue, request, -1, deadline, bound, "ucp_ep_close_nbx") !=
+        VMEP_OK)
       vmep_log_info("engine: closing the endpoint to rank %d: %s", r,
                     vmep_last_error());
     ue->peers[r].ep = NULL;
