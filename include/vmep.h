@@ -123,6 +123,7 @@ typedef struct vmep_mem_caps {
   int fabric_attr;    /* the fabric attribute alone (a hint) */
   int fabric;         /* fabric handles: attribute and trial allocation */
   int rdma_with_vmm;  /* GPUDirect RDMA with VMM allocations */
+  int dma_buf;        /* dma-buf export of device memory (for NICs) */
   int legacy_ipc;     /* cuMemAlloc + cuIpcGetMemHandle: trial */
   size_t granularity; /* minimum VMM granularity for a POSIX-fd allocation */
   vmep_mem_strategy best; /* what VMEP_MEM_SHARE=auto picks on this device */

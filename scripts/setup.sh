@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Installs what building and testing vmep needs, from Debian's packages, when
 # it is missing, and finds the CUDA toolkit. Sourced by the other scripts:
-# exports PATH with nvcc on it.
+# exports PATH with nvcc on it. UCX (headers to build the inter-node engine,
+# libucp.so.0 for its tests) comes from Debian's libucx-dev and libucx0.
 need=()
 for tool in cmake make gcc clang clang-format cppcheck readelf nm; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
-if [ ${#need[@]} -gt 0 ]; then
-  pkgs=()
-  for tool in "${need[@]}"; do
-    case "$tool" in
-      readelf|nm) pkgs+=(binutils) ;;
-      clang) pkgs+=(clang libclang-rt-dev) ;;
-      *) pkgs+=("$tool") ;;
-    esac
-  done
+pkgs=()
+for tool in "${need[@]}"; do
+  case "$tool" in
+    readelf|nm) pkgs+=(binutils) ;;
+    clang) pkgs+=(clang libclang-rt-dev) ;;
+    *) pkgs+=("$tool") ;;
+  esac
+done
+if [ ! -f /usr/include/ucp/api/ucp.h ] ||
+   ! compgen -G '/usr/lib/*/libucp.so.0' >/dev/null; then
+  pkgs+=(libucx-dev libucx0)
+fi
+if [ ${#pkgs[@]} -gt 0 ]; then
   echo "setup: installing ${pkgs[*]}"
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo -n"

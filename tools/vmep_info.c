@@ -2,7 +2,9 @@
  * vmep-info: what this machine supports for vmep and why. Prints the driver
  * and runtime versions, every device's sharing capabilities, the strategy
  * the allocation chain picks there and the reason for every strategy it
- * cannot use, and how nodes are decided (host identity or pretend nodes);
+ * cannot use, how nodes are decided (host identity or pretend nodes), then
+ * the inter-node engine (UCX, loaded at run time: its version or why it is
+ * unavailable, what it can register, and what each device offers a NIC);
  * with --config, every environment variable vmep reads. Any
  * variable whose value breaks its rule is reported (one line each on
  * stderr, marked in --config) and makes the exit status 1.
@@ -14,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include "cli.h"
+#include "net/net.h"
 #include "vmep.h"
 
 static void usage(FILE *out) {
@@ -129,6 +132,29 @@ static int print_device(int device) {
   return 0;
 }
 
+/* The inter-node engine: what the RDMA transport offers here, and what
+ * each of `count` devices offers a NIC (GPUDirect RDMA on VMM memory). */
+static void print_engine(int count) {
+  struct vmep_engine_info info;
+  if (vmep__engine_probe(&info) != VMEP_OK)
+    return;
+  if (!info.available) {
+    printf("inter-node engine: %s not available: %s\n", info.name, info.reason);
+    return;
+  }
+  printf("inter-node engine: %s %s\n", info.name, info.version);
+  printf("  %-20s %s\n", "cuda memory",
+         info.cuda_memory ? "yes (GPU regions registered directly)"
+                          : "no (GPU data must be staged through host "
+                            "memory)");
+  for (int d = 0; d < count; d++) {
+    vmep_mem_caps caps;
+    if (vmep_mem_probe(d, &caps) == VMEP_OK)
+      printf("  %-20s device %d: %s, dma-buf %s\n", "gpudirect rdma (vmm)", d,
+             yes_no(caps.rdma_with_vmm), yes_no(caps.dma_buf));
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc > 2)
     return cli_usage_error("vmep-info",
@@ -161,6 +187,7 @@ int main(int argc, char **argv) {
   if (st != VMEP_OK) {
     printf("CUDA driver: not available: %s\n", vmep_last_error());
     printf("devices: 0\n");
+    print_engine(0);
     return invalid ? 1 : 0;
   }
   printf("CUDA driver: %d.%d\n", driver / 1000, (driver % 1000) / 10);
@@ -173,5 +200,6 @@ int main(int argc, char **argv) {
   int failed = 0;
   for (int d = 0; d < count; d++)
     failed |= print_device(d);
+  print_engine(count);
   return failed || invalid ? 1 : 0;
 }

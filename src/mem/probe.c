@@ -147,6 +147,9 @@ static vmep_status probe_identity(const struct vmep_driver *drv, CUdevice dev,
     status = get_attr(drv, dev, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
                       "compute capability minor", &caps->cc_minor);
   if (status == VMEP_OK)
+    status = get_attr(drv, dev, CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED,
+                      "dma-buf supported", &caps->dma_buf);
+  if (status == VMEP_OK)
     memcpy(caps->uuid, uuid.bytes, sizeof(caps->uuid));
   return status;
 }

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Fails on any #include that reaches up the layer stack (DESIGN.md section 1):
 # core <- driver <- mem <- sym <- ep, core <- store <- boot <- sym, kernels
-# below ep. boot moves bytes and fds and never includes mem or driver; sym
-# (symmetric memory) is the one place where mem and boot meet. The store's
-# header (wire format, tables, server) is private to store and boot: upper
-# layers reach the store only through boot/boot.h, which must not include it.
+# below ep, core <- net (the RDMA engine, core only) <- sym, ep. boot moves
+# bytes and fds and never includes mem or driver; sym (symmetric memory) is
+# the one place where mem and boot meet. The store's header (wire format,
+# tables, server) is private to store and boot: upper layers reach the store
+# only through boot/boot.h, which must not include it.
 set -u
 src=${1:?usage: test_layering.sh SRC_DIR}
 declare -A forbidden=(
-  [core]="driver mem store boot sym ep kernels"
-  [driver]="mem store boot sym ep kernels"
-  [mem]="store boot sym ep kernels"
-  [store]="driver mem boot sym ep kernels"
-  [boot]="driver mem sym ep kernels"
+  [core]="driver mem store boot sym ep kernels net"
+  [driver]="mem store boot sym ep kernels net"
+  [mem]="store boot sym ep kernels net"
+  [store]="driver mem boot sym ep kernels net"
+  [boot]="driver mem sym ep kernels net"
+  [net]="driver mem store boot sym ep kernels"
   [sym]="store ep kernels"
-  [kernels]="driver mem store boot sym ep"
+  [kernels]="driver mem store boot sym ep net"
   [ep]="store"
 )
 bad=0
@@ -41,7 +43,7 @@ if grep -rnE '#include +"boot/(group|member).h"' "$src" --include='*.[ch]' --inc
   bad=1
 fi
 # Public header: nothing private may leak into it.
-if grep -nE '#include +"(core|driver|mem|store|boot|sym|ep|kernels)/' "$src/../include/vmep.h"; then
+if grep -nE '#include +"(core|driver|mem|store|boot|sym|ep|kernels|net)/' "$src/../include/vmep.h"; then
   echo "include/vmep.h includes a private header"
   bad=1
 fi

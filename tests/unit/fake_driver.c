@@ -57,6 +57,7 @@ static void default_device(struct fake_device *d, int ordinal) {
   d->posix_fd = 1;
   d->fabric_attr = 1;
   d->rdma_with_vmm = 1;
+  d->dma_buf = 1;
   d->fabric_create = CUDA_SUCCESS;
   d->granularity = (size_t)2 << 20;
   d->total_bytes = (size_t)80 << 30;
@@ -321,6 +322,9 @@ CUresult fake_cuDeviceGetAttribute(int *value, CUdevice_attribute attr,
     break;
   case CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED:
     *value = c->rdma_with_vmm;
+    break;
+  case CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED:
+    *value = c->dma_buf;
     break;
   default:
     *value = 0;

@@ -41,6 +41,7 @@ struct fake_device {
   int posix_fd;      /* HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED */
   int fabric_attr;   /* HANDLE_TYPE_FABRIC_SUPPORTED */
   int rdma_with_vmm; /* GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED */
+  int dma_buf;       /* DMA_BUF_SUPPORTED */
   /* What cuMemCreate requesting FABRIC returns when fabric_attr is 1:
    * CUDA_SUCCESS, or CUDA_ERROR_NOT_PERMITTED as on an H100 without an
    * IMEX channel. */

@@ -43,6 +43,7 @@ static void test_two_devices(void) {
   d1->cc_minor = 9;
   d1->fabric_attr = 0;
   d1->rdma_with_vmm = 0;
+  d1->dma_buf = 0;
   d1->granularity = 4 * FAKE_MIB;
   d1->total_bytes = ((size_t)40 + test_rand() % 8) << 30;
   fake_install();
@@ -58,10 +59,10 @@ static void test_two_devices(void) {
   ASSERT_EQ(c1.cc_major * 10 + c1.cc_minor, 89);
   ASSERT_EQ(c1.total_bytes, d1->total_bytes);
   ASSERT_EQ(c0.vmm + c0.posix_fd + c0.fabric_attr + c0.fabric, 4);
-  ASSERT_EQ(c0.rdma_with_vmm + c0.legacy_ipc, 2);
+  ASSERT_EQ(c0.rdma_with_vmm + c0.legacy_ipc + c0.dma_buf, 3);
   ASSERT_EQ(c0.granularity, 2 * FAKE_MIB);
   ASSERT_EQ(c0.best, VMEP_MEM_FABRIC);
-  ASSERT_EQ(c1.fabric_attr + c1.fabric + c1.rdma_with_vmm, 0);
+  ASSERT_EQ(c1.fabric_attr + c1.fabric + c1.rdma_with_vmm + c1.dma_buf, 0);
   ASSERT_EQ(c1.posix_fd, 1);
   ASSERT_EQ(c1.granularity, 4 * FAKE_MIB);
   ASSERT_EQ(c1.best, VMEP_MEM_POSIX_FD);
