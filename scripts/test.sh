@@ -18,23 +18,25 @@ echo "full log: build-test/test.log"
 log_step "configure build-test" \
   cmake -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo
 log_step "build build-test" cmake --build build-test -j "$VMEP_JOBS"
-log_ctest "tests (build-test)" build-test --output-on-failure -j "$VMEP_JOBS"
-
-# Debian's python3-torch (CPU), python3-pytest and python3-venv (a test
-# installs the package into a fresh venv), installed when missing;
-# /usr/bin/python3 so that a pyenv or venv shim does not hide them.
+# Debian's python3-torch (CPU), python3-pytest, python3-venv (a test
+# installs the package into a fresh venv) and python3-matplotlib (the
+# plot_bench CTest), installed when missing, before the CTest run that
+# uses matplotlib; /usr/bin/python3 so that a pyenv or venv shim does not
+# hide them.
 py=/usr/bin/python3
-if ! "$py" -c "import torch, pytest, ensurepip" >/dev/null 2>&1; then
-  echo "setup: installing python3-torch python3-pytest python3-venv"
+if ! "$py" -c "import torch, pytest, ensurepip, matplotlib" >/dev/null 2>&1; then
+  echo "setup: installing python3-torch python3-pytest python3-venv python3-matplotlib"
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo -n"
   $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
     $sudo_cmd apt-get install -y -qq --no-install-recommends \
-    python3-torch python3-pytest python3-venv >/dev/null || {
-      echo "setup: could not install python3-torch python3-pytest python3-venv" >&2
+    python3-torch python3-pytest python3-venv python3-matplotlib >/dev/null || {
+      echo "setup: could not install python3-torch python3-pytest python3-venv python3-matplotlib" >&2
       exit 1
     }
 fi
+log_ctest "tests (build-test)" build-test --output-on-failure -j "$VMEP_JOBS"
+
 log_step "Python package CPU tests (tests/python)" \
   env VMEP_BUILD_DIR=build-test "$py" -m pytest -q -p no:cacheprovider tests/python
 grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$VMEP_LOG_FILE" | tail -n 1
