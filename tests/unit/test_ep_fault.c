@@ -134,6 +134,14 @@ static void open_rank1(struct ranks *r) {
   ASSERT_OK(vmep_ep_create(r->g1, &c, &r->ep1));
 }
 
+/* Both ranks with their buffers, not yet connected. */
+static void open_pair(struct ranks *r) {
+  vmep_ep_config c = test_small_ep_config(2);
+  open_rank0(r);
+  ASSERT_OK(vmep_ep_create(r->g0, &c, &r->ep0));
+  open_rank1(r);
+}
+
 /* Rank 1 first: rank 0's group serves the store until rank 1 has left. */
 static void close_ranks(struct ranks *r) {
   ASSERT_OK(vmep_ep_destroy(r->ep1));
@@ -259,11 +267,8 @@ static struct outcome connect_trial(const struct injection *inj, int n,
                                     int persistent) {
   struct ranks r;
   struct peer peer = {0};
-  vmep_ep_config c = test_small_ep_config(2);
   fresh_machine("vmep_ep_connect_ranks", inj, n, persistent);
-  open_rank0(&r);
-  ASSERT_OK(vmep_ep_create(r.g0, &c, &r.ep0));
-  open_rank1(&r);
+  open_pair(&r);
   struct outcome out = connect_both(&r, inj, n, persistent, &peer);
   check_outcome(inj, &out);
   if (out.status != VMEP_OK) {
@@ -291,12 +296,9 @@ static struct outcome connect_trial(const struct injection *inj, int n,
 static void view_again(void) {
   struct ranks r;
   struct peer peer = {0};
-  vmep_ep_config c = test_small_ep_config(2);
   const int rank0 = 0;
   fresh_machine("a view again", &unknown, 0, 0);
-  open_rank0(&r);
-  ASSERT_OK(vmep_ep_create(r.g0, &c, &r.ep0));
-  open_rank1(&r);
+  open_pair(&r);
   for (int turn = 0; turn < 2; turn++) {
     struct outcome out = connect_both(&r, NULL, 0, 0, &peer);
     ASSERT_OK(out.status);
@@ -320,12 +322,9 @@ static void view_again(void) {
 static void retry_after_half_connect(void) {
   struct ranks r;
   struct peer peer = {0};
-  vmep_ep_config c = test_small_ep_config(2);
   const int rank1 = 1;
   fresh_machine("a retry after a half connect", &unknown, 0, 0);
-  open_rank0(&r);
-  ASSERT_OK(vmep_ep_create(r.g0, &c, &r.ep0));
-  open_rank1(&r);
+  open_pair(&r);
   pthread_t t;
   peer.ep = r.ep1;
   ASSERT_EQ(pthread_create(&t, NULL, peer_connect, &peer), 0);
@@ -351,12 +350,9 @@ static struct outcome disconnect_trial(const struct injection *inj, int n,
   struct ranks r;
   struct peer peer = {0};
   struct outcome out = {VMEP_OK, "", 0};
-  vmep_ep_config c = test_small_ep_config(2);
   const int rank0 = 0, rank1 = 1;
   fresh_machine("vmep_ep_disconnect_ranks", inj, n, persistent);
-  open_rank0(&r);
-  ASSERT_OK(vmep_ep_create(r.g0, &c, &r.ep0));
-  open_rank1(&r);
+  open_pair(&r);
   struct outcome connected = connect_both(&r, NULL, 0, 0, &peer);
   ASSERT_OK(connected.status);
   ASSERT_OK(peer.status);
