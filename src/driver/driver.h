@@ -35,6 +35,9 @@
   X(cuMemsetD8, 3020, 1)                                                       \
   X(cuMemcpyHtoD, 3020, 1)                                                     \
   X(cuMemcpyDtoH, 3020, 1)                                                     \
+  X(cuMemHostAlloc, 2020, 1)                                                   \
+  X(cuMemHostGetDevicePointer, 3020, 1)                                        \
+  X(cuMemFreeHost, 2000, 1)                                                    \
   X(cuIpcGetMemHandle, 4010, 1)                                                \
   X(cuIpcOpenMemHandle, 11000, 1)                                              \
   X(cuIpcCloseMemHandle, 4010, 1)                                              \

@@ -6,6 +6,8 @@
  * Allocation, zeroing and copies go through the resolved driver entry
  * points, so the fake driver of the CPU tests reaches every one of them.
  */
+#include <string.h>
+
 #include "ep/ep.h"
 
 vmep_status vmep__ep_device_open(int device, struct vmep_ep_device *dev_out) {
@@ -55,6 +57,36 @@ vmep_status vmep__ep_device_free(const struct vmep_ep_device *d, void *ptr) {
   return vmep__cu_check(d->drv->cuMemFree((CUdeviceptr)(uintptr_t)ptr),
                         VMEP_LOG_ERROR, NULL, "cuMemFree(device %d)",
                         d->device);
+}
+
+vmep_status vmep__ep_device_host_alloc(const struct vmep_ep_device *d,
+                                       size_t bytes, void **host_out,
+                                       char **dev_out, const char *call) {
+  void *host = NULL;
+  CUdeviceptr dev = 0;
+  vmep_status status = vmep__cu_check(
+      d->drv->cuMemHostAlloc(&host, bytes, CU_MEMHOSTALLOC_DEVICEMAP),
+      VMEP_LOG_ERROR, NULL, "%s: cuMemHostAlloc(%zu B, mapped, device %d)",
+      call, bytes, d->device);
+  if (status == VMEP_OK)
+    status = vmep__cu_check(
+        d->drv->cuMemHostGetDevicePointer(&dev, host, 0), VMEP_LOG_ERROR, NULL,
+        "%s: cuMemHostGetDevicePointer(device %d)", call, d->device);
+  if (status != VMEP_OK) {
+    if (host)
+      (void)d->drv->cuMemFreeHost(host);
+    return status;
+  }
+  memset(host, 0, bytes);
+  *host_out = host;
+  *dev_out = (char *)(uintptr_t)dev;
+  return VMEP_OK;
+}
+
+vmep_status vmep__ep_device_host_free(const struct vmep_ep_device *d,
+                                      void *host) {
+  return vmep__cu_check(d->drv->cuMemFreeHost(host), VMEP_LOG_ERROR, NULL,
+                        "cuMemFreeHost(device %d)", d->device);
 }
 
 vmep_status vmep__ep_device_zero(const struct vmep_ep_device *d, void *ptr,

@@ -134,7 +134,7 @@ static vmep_status write_mask(vmep_ep *ep, int r, int masked) {
 }
 
 static vmep_status write_peer(vmep_ep *ep, int r) {
-  char *base = vmep_window_peer(ep->window, r);
+  char *base = vmep__ep_peer_base(ep, r);
   return vmep__ep_device_put(&ep->dev, &ep->peers[r], &base, sizeof(base),
                              "peer table update");
 }

@@ -79,6 +79,7 @@ static size_t carve(vmep_ep *ep, char *base) {
     size_t bytes;
   } parts[] = {
       {(void **)&ep->peers, R * sizeof(char *)},
+      {(void **)&ep->inbox, R * sizeof(char *)},
       {(void **)&ep->state, sizeof(struct vmep_ll_state)},
       {(void **)&ep->entries, 2 * R * T * K * sizeof(int)},
       {(void **)&ep->counts, 2 * R * (L + 1) * sizeof(int)},
@@ -99,16 +100,23 @@ static size_t carve(vmep_ep *ep, char *base) {
 static vmep_status setup_device(vmep_ep *ep) {
   const char *call = "vmep_ep_create";
   size_t bytes = carve(ep, NULL);
-  char *bases[VMEP_LL_MAX_RANKS];
+  char *bases[VMEP_LL_MAX_RANKS], *inbox[VMEP_LL_MAX_RANKS];
   vmep_status status = vmep__ep_device_alloc(&ep->dev, bytes, &ep->arena, call);
   if (status != VMEP_OK)
     return status;
   carve(ep, ep->arena);
-  for (int r = 0; r < ep->num_ranks; r++)
-    bases[r] = vmep_window_peer(ep->window, r);
+  char *own = vmep_window_local(ep->window);
+  for (int r = 0; r < ep->num_ranks; r++) {
+    bases[r] = vmep__ep_peer_base(ep, r);
+    inbox[r] = vmep__ep_remote_inbox(ep, r);
+    inbox[r] = inbox[r] ? inbox[r] : own;
+  }
   status = vmep__ep_device_zero(&ep->dev, ep->arena, bytes, call);
   if (status == VMEP_OK)
     status = vmep__ep_device_put(&ep->dev, ep->peers, bases,
+                                 sizeof(char *) * (size_t)ep->num_ranks, call);
+  if (status == VMEP_OK)
+    status = vmep__ep_device_put(&ep->dev, ep->inbox, inbox,
                                  sizeof(char *) * (size_t)ep->num_ranks, call);
   if (status == VMEP_OK)
     status = vmep__ep_device_zero(&ep->dev, vmep_window_local(ep->window),
@@ -116,20 +124,9 @@ static vmep_status setup_device(vmep_ep *ep) {
   return status == VMEP_OK ? vmep__ep_device_sync(&ep->dev, call) : status;
 }
 
-/* The kernels reach mapped peers only: a window with a remote peer (the
- * topology decision, docs/TOPOLOGY.md) is refused. Every rank decided the
- * same topology, and when any pair of ranks is remote every rank has a
- * remote peer, so every rank refuses. */
-static vmep_status refuse_remote(const vmep_ep *ep) {
-  int r = vmep__window_remote_peer(ep->window);
-  if (r < 0)
-    return VMEP_OK;
-  return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-                    "vmep_ep_create: rank %d is in node %d, which this rank "
-                    "(node %d) reaches only through an RDMA engine; EP "
-                    "buffers do not use the engine yet (docs/TOPOLOGY.md)",
-                    r, vmep_group_node(ep->group, r),
-                    vmep_group_node(ep->group, ep->rank));
+char *vmep__ep_peer_base(const vmep_ep *ep, int r) {
+  char *base = vmep_window_peer(ep->window, r);
+  return base ? base : vmep__ep_remote_outbox(ep, r);
 }
 
 static vmep_status create(vmep_ep *ep) {
@@ -143,13 +140,13 @@ static vmep_status create(vmep_ep *ep) {
   vmep__ep_layout(&ep->config, ep->num_ranks, &ep->layout);
   status = vmep__window_create(ep->group, ep->config.device, ep->layout.total,
                                ep->num_ranks, "vmep_ep_create", &ep->window);
-  if (status == VMEP_OK)
-    status = refuse_remote(ep);
   if (status != VMEP_OK)
     return status;
   status = vmep__ep_device_enter(&ep->dev);
   int entered = status == VMEP_OK;
-  if (entered)
+  /* Peers in other nodes: the engine and the proxy (collective). */
+  status = vmep__ep_remote_init(ep, status);
+  if (status == VMEP_OK)
     status = setup_device(ep);
   /* Every rank joins the same collectives whatever happened before, so
    * that one rank's failure fails them all instead of leaving the others
@@ -168,6 +165,7 @@ static vmep_status create(vmep_ep *ep) {
  * nothing more can be done about them. cuMemFree needs no current
  * context: the arena is freed even when the device cannot be entered. */
 static void release(vmep_ep *ep) {
+  vmep__ep_remote_fini(ep);
   if (ep->arena) {
     int entered = vmep__ep_device_enter(&ep->dev) == VMEP_OK;
     (void)vmep__ep_device_free(&ep->dev, ep->arena);

@@ -15,6 +15,7 @@
 #include "core/core.h"
 #include "driver/driver.h"
 #include "kernels/kernels.h"
+#include "net/net.h"
 #include "sym/sym.h"
 
 #ifdef __cplusplus
@@ -98,8 +99,80 @@ vmep_status vmep__ep_device_put(const struct vmep_ep_device *d, void *dst,
 vmep_status vmep__ep_device_get(const struct vmep_ep_device *d, void *dst,
                                 const void *src, size_t bytes,
                                 const char *call);
+/* Inside enter / leave: zeroed host memory mapped into the device
+ * (*host_out for the host, *dev_out for kernels), and its release. */
+vmep_status vmep__ep_device_host_alloc(const struct vmep_ep_device *d,
+                                       size_t bytes, void **host_out,
+                                       char **dev_out, const char *call);
+vmep_status vmep__ep_device_host_free(const struct vmep_ep_device *d,
+                                      void *host);
 /* The device's multiprocessor count (needs no enter). */
 vmep_status vmep__ep_device_sms(const struct vmep_ep_device *d, int *sms_out);
+
+/* ---- the proxy of remote peers (proxy.c, docs/INTERNODE.md) ---------- */
+
+/*
+ * Host memory of a buffer with remote peers, mapped into the device and
+ * registered with the engine: layout-shaped images of `image` bytes (the
+ * layout without its zero-copy areas), [stage][inbox of each remote peer,
+ * in rank order][outbox of each][ring]. A peer's inbox of us is where the
+ * proxy of that peer puts what it sends us; our outbox of it is where our
+ * kernels write what it will receive (combine rows), before our proxy puts
+ * them into its inbox of us, at the same offsets.
+ */
+struct vmep_ep_proxy {
+  vmep_engine *engine;
+  int rank, num_ranks, local_experts, hidden, max_tokens;
+  struct vmep_ll_layout layout;
+  size_t image;
+  struct vmep_ll_rank_set remote;
+  char *stage;
+  struct vmep_ll_ring *ring;
+  char *inbox[VMEP_LL_MAX_RANKS];  /* NULL for mapped peers */
+  char *outbox[VMEP_LL_MAX_RANKS]; /* NULL for mapped peers */
+  vmep_engine_rkey *keys[VMEP_LL_MAX_RANKS];
+  uint64_t peer_inbox[VMEP_LL_MAX_RANKS];    /* at the peer: its inbox of us */
+  unsigned char reported[VMEP_LL_MAX_RANKS]; /* its failure was logged */
+  uint64_t tail;                             /* requests taken from the ring */
+  uint64_t beat;                             /* the heartbeat last forwarded */
+  uint64_t beat_at_ns;                       /* when */
+  uint64_t bytes_out; /* bytes put to remote peers, flags included */
+};
+
+/* The image size of `layout`, and the host bytes of a proxy with
+ * `num_remote` remote peers. */
+size_t vmep__ep_proxy_image(const struct vmep_ll_layout *layout);
+size_t vmep__ep_proxy_host_bytes(const struct vmep_ll_layout *layout,
+                                 int num_remote);
+
+/* Sets px up over `host` (vmep__ep_proxy_host_bytes, zeroed by the
+ * caller) for the ranks in `remote`; keys and addresses come with
+ * vmep__ep_proxy_connect. `engine` stays the caller's. */
+void vmep__ep_proxy_init(struct vmep_ep_proxy *px, vmep_engine *engine,
+                         const vmep_ep_config *config, int rank, int num_ranks,
+                         const struct vmep_ll_rank_set *remote, char *host);
+
+/* Our record for every peer: the engine's address, `mr`'s key (the
+ * registration of `host`), the image size and our remote set.
+ * *record_out is from vmep__malloc; the caller frees it. */
+vmep_status vmep__ep_proxy_record(const struct vmep_ep_proxy *px,
+                                  const vmep_engine_mr *mr, void **record_out,
+                                  size_t *len_out);
+
+/* Connects to every remote peer from the records of ranks 0..count-1
+ * (concatenated in rank order, sizes[count]): its endpoint, its key,
+ * where its inbox of us is. A record that is cut, foreign, of another
+ * shape, or whose remote set disagrees with ours is VMEP_ERR_INVALID_ARG
+ * naming the rank. */
+vmep_status vmep__ep_proxy_connect(struct vmep_ep_proxy *px, const void *all,
+                                   const size_t *sizes, int count);
+
+/* One turn: serves every request published in the ring (in order), sends
+ * a moved heartbeat (at most every 100 us), drives the engine once.
+ * Returns the number of requests served. A peer the engine reports failed
+ * is skipped (logged once, with its rank): the kernels mask it after their
+ * timeout. */
+int vmep__ep_proxy_step(struct vmep_ep_proxy *px);
 
 /* ---- the EP buffer object (ep.c, ll.c, elastic.c) -------------------- */
 
@@ -136,7 +209,32 @@ struct vmep_ep {
   int changed;         /* the connected set is not (or no longer) the group */
   int ns_index;        /* among this process's live buffers of one shape */
   char ns[64];
+  /* remote peers (remote.c): NULL when every peer is mapped */
+  struct vmep_ep_remote *remote;
+  char **inbox; /* device [num_ranks]: struct vmep_ll_params.inbox */
 };
+
+/* ---- remote peers of a buffer (remote.c) ------------------------------ */
+
+/* After the window: when any rank of a fixed group has a remote peer,
+ * every rank makes the engine, the shared host memory and the proxy, and
+ * connects (collective; joined whatever `before` is, which it returns when
+ * not VMEP_OK). A buffer of an elastic group with a remote peer is
+ * VMEP_ERR_UNSUPPORTED. */
+vmep_status vmep__ep_remote_init(vmep_ep *ep, vmep_status before);
+/* Stops the proxy and releases what init made; a no-op without. */
+void vmep__ep_remote_fini(vmep_ep *ep);
+/* Device addresses of our outbox / inbox of rank r (NULL unless r is
+ * remote). */
+char *vmep__ep_remote_outbox(const vmep_ep *ep, int r);
+char *vmep__ep_remote_inbox(const vmep_ep *ep, int r);
+/* Sets p's ring and staging area when the buffer has remote peers. */
+void vmep__ep_remote_params(const vmep_ep *ep, struct vmep_ll_params *p);
+/* Bytes the proxy put to remote peers so far. */
+uint64_t vmep__ep_remote_bytes_out(const vmep_ep *ep);
+/* Where kernels write what rank r receives: its mapped buffer, or our
+ * outbox of it (NULL when neither). */
+char *vmep__ep_peer_base(const vmep_ep *ep, int r);
 
 /* Membership setup at creation (elastic.c): publishes our member record,
  * masks every rank not connected. Over a fixed group it joins the group's

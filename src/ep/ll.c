@@ -64,6 +64,8 @@ void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,
   p->timeout_ns = ep->timeout_ns;
   p->layout = ep->layout;
   p->peers = ep->peers;
+  p->inbox = ep->inbox;
+  vmep__ep_remote_params(ep, p);
   p->state = ep->state;
   p->entries = ep->entries;
   p->counts = ep->counts;

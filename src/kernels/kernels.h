@@ -64,6 +64,49 @@ struct vmep_ll_state {
   unsigned int errors;      /* VMEP_LL_ERR_* bits */
   unsigned int bad_experts; /* selections skipped for a bad expert id */
   int masked[VMEP_LL_MAX_RANKS];
+  unsigned long long ring_head; /* requests reserved in the proxy ring */
+};
+
+/*
+ * Remote peers (docs/INTERNODE.md): kernels never call the RDMA engine.
+ * What a remote peer must receive is written into host memory mapped into
+ * the device (the staging area, or the outbox of that peer), and one
+ * request per phase goes into a ring in host memory that this rank's proxy
+ * thread reads: it puts the bytes the request names to every remote peer,
+ * then their flag, in that order. What remote peers send lands in this
+ * rank's inbox of each (host memory too), at the offsets of the layout.
+ */
+enum vmep_ll_ship {
+  VMEP_LL_SHIP_DISPATCH = 1, /* the staged send area's header, expert ids
+                                and the rows each peer selected; then the
+                                flag at `offset` */
+  VMEP_LL_SHIP_COMBINE = 2,  /* each remote source's slots that our experts
+                                filled (from its expert ids in our inbox);
+                                then the flag */
+  VMEP_LL_SHIP_FLAG = 3,     /* the flag alone */
+};
+
+#define VMEP_LL_RING_SLOTS 256
+
+/* One request. `seq` is written last (release): slot number + 1. */
+struct vmep_ll_ring_entry {
+  uint64_t seq;
+  uint32_t op;       /* enum vmep_ll_ship */
+  uint32_t parity;   /* buffer parity of the call */
+  uint32_t num_topk; /* the call's K (the expert-id and slot strides) */
+  uint32_t row_len;  /* bytes of each staged row that matter (dispatch) */
+  uint64_t offset;   /* the flag array: flag [parity][rank] at the peer */
+  uint64_t value;    /* the epoch the flag takes */
+  uint64_t pad[4];
+};
+
+/* The ring, in host memory mapped into the device. The device reserves
+ * slots with state->ring_head; the proxy writes `tail` after each request
+ * it took. */
+struct vmep_ll_ring {
+  uint64_t tail;
+  uint64_t pad[7];
+  struct vmep_ll_ring_entry entries[VMEP_LL_RING_SLOTS];
 };
 
 /* Everything a launch needs. Pointers are device pointers. */
@@ -73,7 +116,18 @@ struct vmep_ll_params {
   int parity;     /* buffer parity of this call (0 or 1) */
   long long timeout_ns;
   struct vmep_ll_layout layout;
-  char *const *peers;          /* [num_ranks] base of each rank's buffer */
+  /* [num_ranks] where we write what each rank receives: its buffer
+   * (mapped peers, ourselves), or our outbox of it (remote peers) */
+  char *const *peers;
+  /* [num_ranks] where what each rank sent us is read: our own buffer for
+   * mapped peers, our inbox of it for remote peers; a remote peer's own
+   * parts (send area, heartbeat) are read there too */
+  char *const *inbox;
+  /* With remote peers (else NULL): the proxy's ring and the host staging
+   * area (layout-shaped: the send areas and the heartbeat that go to every
+   * remote peer) */
+  struct vmep_ll_ring *ring;
+  char *stage;
   struct vmep_ll_state *state; /* this rank's private state */
   /* routing scratch (private): entries [2][R][T][K] (l << 16 | rank within
    * (source, l), or -1), per-(source, local expert) counts and begins

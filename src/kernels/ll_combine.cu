@@ -28,10 +28,10 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   /* Items (row, slice) over the rows [0, recv_count[l]) of every expert,
    * walked as one sequence: a warp's items only move forward. */
   int l = 0, before = 0;
-  /* Zero-copy: the outputs stay where the experts wrote them; the sources
-   * pull them, so only the flags go out. */
-  for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32; !io.zero_copy;
-       item += warps) {
+  /* Zero-copy: the outputs stay where the experts wrote them; mapped
+   * sources pull them, so only remote sources get their rows pushed. */
+  for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
+       !io.zero_copy || p.ring; item += warps) {
     int row = item / slices, slice = item % slices;
     while (l < L && row >= before + recv_count[l])
       before += recv_count[l++];
@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     size_t local = (size_t)l * RT + (row - before);
     unsigned int m = row_map[local];
     int t = (int)(m >> 16), s = (int)((m >> 5) & 0x7ff), k = (int)(m & 31);
-    if (ll_is_masked(p.state, s))
+    if (ll_is_masked(p.state, s) || (io.zero_copy && !ll_remote(p, s)))
       continue;
     const uint4 *src = (const uint4 *)((const __nv_bfloat16 *)io.expert_out +
                                        local * p.hidden);
@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     ll_copy_slice(src, dst, chunks, slice, lane);
   }
   if (ll_last_block(p.state, 3))
-    ll_signal_all(p, p.layout.comb_ready, epoch);
+    ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE, 0);
 }
 
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
@@ -74,7 +74,11 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
       int64_t e = io.topk_idx[(size_t)t * K + lane];
       use = e >= 0 && e < p.num_experts && !ll_is_masked(p.state, (int)(e / L));
       w = io.topk_weights[(size_t)t * K + lane];
-      if (use && io.zero_copy)
+      /* A remote expert rank's rows land in our inbox of it. */
+      if (use && ll_remote(p, (int)(e / L)))
+        row = (const uint4 *)(p.inbox[e / L] + p.layout.slots[p.parity] +
+                              ((size_t)t * K + lane) * p.hidden * 2);
+      else if (use && io.zero_copy)
         row =
             (const uint4 *)(p.peers[e / L] + p.layout.zero_copy[p.parity] +
                             (size_t)where[(size_t)t * K + lane] * p.hidden * 2);
@@ -117,7 +121,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   }
   if (!ll_last_block(p.state, 4))
     return;
-  ll_signal_all(p, p.layout.comb_ack, epoch);
+  ll_signal_all(p, p.layout.comb_ack, epoch, VMEP_LL_SHIP_FLAG, 0);
   if (threadIdx.x == 0)
     p.state->comb_epoch[p.parity] = epoch;
 }

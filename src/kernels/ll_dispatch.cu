@@ -16,9 +16,23 @@
 
 #include "kernels/launch.cuh"
 
-/* The send area of `rank` for this call's parity. */
+/* The send area of `rank` for this call's parity (a remote rank's is in
+ * our inbox of it). */
 __device__ __forceinline__ char *send_area(const vmep_ll_params &p, int rank) {
-  return p.peers[rank] + p.layout.send[p.parity];
+  return ll_src(p, rank) + p.layout.send[p.parity];
+}
+
+/* Whether token `t` selected an expert of a remote rank (one warp). */
+__device__ __forceinline__ int goes_remote(const vmep_ll_params &p,
+                                           const vmep_ll_dispatch_io &io, int t,
+                                           int lane) {
+  int remote = 0;
+  if (lane < p.num_topk) {
+    int64_t e = io.topk_idx[(size_t)t * p.num_topk + lane];
+    remote = e >= 0 && e < p.num_experts &&
+             ll_remote(p, (int)(e / (p.num_experts / p.num_ranks)));
+  }
+  return __any_sync(LL_FULL_MASK, remote);
 }
 
 __device__ __forceinline__ int32_t checked_expert(const vmep_ll_params &p,
@@ -37,14 +51,21 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
   ll_wait_all(p, p.layout.disp_ack, epoch - 1, NULL);
   char *area = send_area(p, p.rank);
+  /* With remote peers, the same area in host memory for the proxy. */
+  char *stage = p.stage ? p.stage + p.layout.send[p.parity] : NULL;
   int32_t *topk = (int32_t *)(area + p.layout.send_topk);
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
   const int thread = blockIdx.x * blockDim.x + threadIdx.x;
   if (thread == 0)
     *(int *)area = io.num_tokens;
+  if (thread == 0 && stage)
+    *(int *)stage = io.num_tokens;
   for (int i = thread; i < io.num_tokens * p.num_topk;
-       i += gridDim.x * blockDim.x)
+       i += gridDim.x * blockDim.x) {
     topk[i] = checked_expert(p, io.topk_idx[i]);
+    if (stage)
+      ((int32_t *)(stage + p.layout.send_topk))[i] = topk[i];
+  }
   /* Work items: (token, 2 KiB slice) in bf16, (token, 1024 channels) in
    * fp8. */
   const int per_row = io.use_fp8
@@ -54,15 +75,25 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
        item < io.num_tokens * per_row; item += warps) {
     int t = item / per_row, part = item % per_row;
     const __nv_bfloat16 *x = (const __nv_bfloat16 *)io.x + (size_t)t * p.hidden;
-    char *row = area + p.layout.send_rows + (size_t)t * p.layout.row_bytes;
-    if (io.use_fp8)
-      ll_quantize_slice(x, (unsigned char *)row, p.hidden, part, io.round_scale,
-                        lane);
-    else
-      ll_copy_slice((const uint4 *)x, (uint4 *)row, p.hidden / 8, part, lane);
+    const size_t at = p.layout.send_rows + (size_t)t * p.layout.row_bytes;
+    /* A row for remote peers is staged a second time, in host memory. */
+    const int copies = stage && goes_remote(p, io, t, lane) ? 2 : 1;
+    for (int c = 0; c < copies; c++) {
+      char *row = (c ? stage : area) + at;
+      if (io.use_fp8)
+        ll_quantize_slice(x, (unsigned char *)row, p.hidden, part,
+                          io.round_scale, lane);
+      else
+        ll_copy_slice((const uint4 *)x, (uint4 *)row, p.hidden / 8, part, lane);
+    }
   }
+  const unsigned row_len =
+      io.use_fp8
+          ? (unsigned)(p.hidden + p.hidden / VMEP_LL_FP8_GROUP * sizeof(float))
+          : (unsigned)(2 * p.hidden);
   if (ll_last_block(p.state, 0))
-    ll_signal_all(p, p.layout.disp_ready, epoch);
+    ll_signal_all(p, p.layout.disp_ready, epoch, VMEP_LL_SHIP_DISPATCH,
+                  row_len);
 }
 
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
@@ -81,10 +112,9 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
                 io.recv_wait_ns);
   for (int s = blockIdx.x; s < p.num_ranks; s += gridDim.x) {
     if (threadIdx.x == 0) {
-      int ready = ll_wait_flag(p,
-                               ll_flag(p.peers[p.rank], p.layout.disp_ready,
-                                       p.parity, p.num_ranks, s),
-                               epoch, s, ll_now_ns());
+      int ready = ll_wait_flag(
+          p, ll_flag(p.inbox[s], p.layout.disp_ready, p.parity, p.num_ranks, s),
+          epoch, s, ll_now_ns());
       n_src = ready ? __ldcg((const int *)send_area(p, s)) : 0;
     }
     for (int l = threadIdx.x; l < L; l += blockDim.x)
@@ -154,8 +184,9 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
       if (slice == 0) {
         io.src_info[dst_row] = t;
         row_map[dst_row] = ((unsigned)t << 16) | ((unsigned)s << 5) | lane;
-        /* Where this selection landed, for a zero-copy combine's pull. */
-        if (p.layout.zero_copy[0])
+        /* Where this selection landed, for a zero-copy combine's pull
+         * (remote sources are pushed their rows instead). */
+        if (p.layout.zero_copy[0] && !ll_remote(p, s))
           ((int *)(p.peers[s] +
                    p.layout.where[p.parity]))[(size_t)t * K + lane] =
               (int)dst_row;
@@ -183,7 +214,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   }
   if (!ll_last_block(p.state, 2))
     return;
-  ll_signal_all(p, p.layout.disp_ack, epoch);
+  ll_signal_all(p, p.layout.disp_ack, epoch, VMEP_LL_SHIP_FLAG, 0);
   if (threadIdx.x == 0)
     p.state->disp_epoch[p.parity] = epoch;
 }

@@ -43,10 +43,32 @@ __device__ __forceinline__ void ll_mask_rank(struct vmep_ll_state *st,
   atomicOr(&st->errors, VMEP_LL_ERR_TIMEOUT);
 }
 
-/* Address of rank `rank`'s heartbeat word, in its own buffer. */
+/* Whether `rank` is reached through the proxy (docs/INTERNODE.md). */
+__device__ __forceinline__ int ll_remote(const struct vmep_ll_params &p,
+                                         int rank) {
+  return p.ring && p.inbox[rank] != p.peers[p.rank];
+}
+
+/* Where rank `rank`'s own parts (its send areas, its heartbeat) are read:
+ * its mapped buffer, or our inbox of it, where the proxy puts them. */
+__device__ __forceinline__ char *ll_src(const struct vmep_ll_params &p,
+                                        int rank) {
+  return ll_remote(p, rank) ? p.inbox[rank] : p.peers[rank];
+}
+
+/* Address of rank `rank`'s heartbeat word. */
 __device__ __forceinline__ uint64_t *ll_alive(const struct vmep_ll_params &p,
                                               int rank) {
-  return (uint64_t *)(p.peers[rank] + p.layout.alive);
+  return (uint64_t *)(ll_src(p, rank) + p.layout.alive);
+}
+
+/* Advances our heartbeat; with remote peers it is mirrored in the staging
+ * area too, which the proxy forwards. */
+__device__ __forceinline__ void ll_beat(const struct vmep_ll_params &p) {
+  unsigned long long v =
+      atomicAdd_system((unsigned long long *)ll_alive(p, p.rank), 1ull) + 1;
+  if (p.stage)
+    *(volatile unsigned long long *)(p.stage + p.layout.alive) = v;
 }
 
 /*
@@ -77,7 +99,6 @@ __device__ __forceinline__ int ll_wait_flag(const struct vmep_ll_params &p,
   if (ll_load_acquire(flag) >= target)
     return 1;
   const uint64_t *alive = ll_alive(p, rank);
-  unsigned long long *beat = (unsigned long long *)ll_alive(p, p.rank);
   uint64_t seen = ll_load_acquire(alive);
   /* A wait that begins after others of its thread may already be overdue:
    * give the awaited rank one heartbeat window to show it lives. */
@@ -89,7 +110,7 @@ __device__ __forceinline__ int ll_wait_flag(const struct vmep_ll_params &p,
     if (ll_is_masked(st, rank))
       return 0;
     if (++spins % LL_BEAT_SPINS == 0)
-      atomicAdd_system(beat, 1ull);
+      ll_beat(p);
     long long now = ll_now_ns();
     if (now > deadline) {
       uint64_t beat_now = ll_load_acquire(alive);
@@ -134,18 +155,54 @@ __device__ __forceinline__ int ll_last_block(struct vmep_ll_state *st,
   return last;
 }
 
-/* Raises flag [parity][rank] to `epoch` in every live peer's buffer. One
- * thread per peer; the caller is the last block. */
+/*
+ * Hands the proxy one request (one thread): reserves a ring slot, waits
+ * while the ring is full (at most the timeout: a proxy that took nothing
+ * for that long is stuck, and its peers mask this rank anyway; the request
+ * is then dropped with VMEP_LL_ERR_TIMEOUT), writes the entry and
+ * publishes it. The caller made the bytes the request names visible
+ * system-wide first (ll_last_block does).
+ */
+__device__ __forceinline__ void ll_post(const struct vmep_ll_params &p,
+                                        enum vmep_ll_ship op, size_t offset,
+                                        uint64_t epoch, unsigned row_len) {
+  unsigned long long slot = atomicAdd(&p.state->ring_head, 1ull);
+  long long deadline = ll_now_ns() + p.timeout_ns;
+  while (slot - ll_load_acquire(&p.ring->tail) >= VMEP_LL_RING_SLOTS)
+    if (ll_now_ns() > deadline) {
+      atomicOr(&p.state->errors, VMEP_LL_ERR_TIMEOUT);
+      return;
+    }
+  volatile struct vmep_ll_ring_entry *e =
+      &p.ring->entries[slot % VMEP_LL_RING_SLOTS];
+  e->op = (uint32_t)op;
+  e->parity = (uint32_t)p.parity;
+  e->num_topk = (uint32_t)p.num_topk;
+  e->row_len = row_len;
+  e->offset = offset;
+  e->value = epoch;
+  ll_store_release((uint64_t *)&e->seq, slot + 1);
+}
+
+/* Raises flag [parity][rank] at `offset` to `epoch` in every live mapped
+ * peer's buffer, one thread per peer, and hands the proxy request `op` for
+ * the remote ones (`row_len`: VMEP_LL_SHIP_DISPATCH's row bytes). All
+ * threads of the last block call it. */
 __device__ __forceinline__ void ll_signal_all(const struct vmep_ll_params &p,
-                                              size_t offset, uint64_t epoch) {
+                                              size_t offset, uint64_t epoch,
+                                              enum vmep_ll_ship op,
+                                              unsigned row_len) {
   for (int peer = threadIdx.x; peer < p.num_ranks; peer += blockDim.x)
-    if (!ll_is_masked(p.state, peer))
+    if (!ll_is_masked(p.state, peer) && !ll_remote(p, peer))
       ll_store_release(
           ll_flag(p.peers[peer], offset, p.parity, p.num_ranks, p.rank), epoch);
+  if (p.ring && threadIdx.x == 0)
+    ll_post(p, op, offset, epoch, row_len);
 }
 
 /*
- * Waits until flag [parity][peer] in our own buffer reaches `target` for
+ * Waits until flag [parity][peer] (in our own buffer, or in our inbox of a
+ * remote peer) reaches `target` for
  * the peers first, first + stride, ..., one thread per peer, all from one
  * start: k dead peers cost one timeout, not k, and a rank held up by them
  * is not held so long that its own waiters mask it. With wait_ns (else
@@ -160,8 +217,7 @@ __device__ __forceinline__ void ll_wait_peers(const struct vmep_ll_params &p,
   long long start = ll_now_ns();
   for (int peer = first + (int)threadIdx.x * stride; peer < p.num_ranks;
        peer += (int)blockDim.x * stride) {
-    ll_wait_flag(p,
-                 ll_flag(p.peers[p.rank], offset, p.parity, p.num_ranks, peer),
+    ll_wait_flag(p, ll_flag(p.inbox[peer], offset, p.parity, p.num_ranks, peer),
                  target, peer, start);
     if (wait_ns)
       atomicAdd((unsigned long long *)&wait_ns[peer],

@@ -14,6 +14,7 @@
 
 struct sim_rank {
   char *buffer;
+  char **inbox; /* [R]: every peer's writes land in our own buffer */
   struct vmep_ll_state *state;
   int *entries, *counts, *begins, *recv_count_copy;
   unsigned int *row_map;
@@ -97,6 +98,12 @@ static void sim_init(struct sim *s) {
     CUDA_OK(cudaMemcpy(k->wait_ns, k->wait_base, sizeof(int64_t) * 2 * s->R,
                        cudaMemcpyHostToDevice));
     bases[r] = k->buffer;
+    char *own[SIM_MAX_RANKS];
+    for (int i = 0; i < s->R; i++)
+      own[i] = k->buffer;
+    CUDA_OK(cudaMalloc((void **)&k->inbox, sizeof(char *) * s->R));
+    CUDA_OK(cudaMemcpy(k->inbox, own, sizeof(char *) * s->R,
+                       cudaMemcpyHostToDevice));
   }
   CUDA_OK(cudaMalloc((void **)&s->peers, sizeof(char *) * s->R));
   CUDA_OK(cudaMemcpy(s->peers, bases, sizeof(char *) * s->R,
@@ -119,6 +126,7 @@ static struct vmep_ll_params sim_params(const struct sim *s, int r,
   p.timeout_ns = s->timeout_ns;
   p.layout = s->layout;
   p.peers = s->peers;
+  p.inbox = k->inbox;
   p.state = k->state;
   p.entries = k->entries;
   p.counts = k->counts;
@@ -450,12 +458,12 @@ static void sim_free(struct sim *s) {
     CUDA_OK(cudaMemcpy(&st, k->state, sizeof(st), cudaMemcpyDeviceToHost));
     ASSERT_EQ(st.errors, s->dead && !is_dead(s, r) ? VMEP_LL_ERR_TIMEOUT : 0);
     check_wait_counters(s, r);
-    void *ptrs[] = {k->buffer,     k->state,    k->entries,
-                    k->counts,     k->begins,   k->recv_count_copy,
-                    k->row_map,    k->x,        k->topk,
-                    k->weights,    k->recv_x,   k->recv_scales,
-                    k->recv_count, k->src_info, k->layout_range,
-                    k->expert_out, k->out,      k->wait_ns};
+    void *ptrs[] = {
+        k->buffer,     k->state,           k->entries,      k->counts,
+        k->begins,     k->recv_count_copy, k->row_map,      k->x,
+        k->topk,       k->weights,         k->recv_x,       k->recv_scales,
+        k->recv_count, k->src_info,        k->layout_range, k->expert_out,
+        k->out,        k->wait_ns,         k->inbox};
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++)
       CUDA_OK(cudaFree(ptrs[i]));
     CUDA_OK(cudaStreamDestroy(k->stream));

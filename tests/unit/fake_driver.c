@@ -172,6 +172,7 @@ struct fake_live fake_live(void) {
   for (int d = 0; d < fake__m.device_count; d++)
     l.ctx_retains += fake__m.ctx_retains[d];
   l.ctx_pushes = fake__m.ctx_pushes;
+  l.host_allocs = fake__m.host_allocs;
   return l;
 }
 
@@ -185,7 +186,7 @@ const char *fake_leaks(void) {
   } counts[] = {{"handles", l.handles},       {"reservations", l.reservations},
                 {"mappings", l.mappings},     {"allocs", l.allocs},
                 {"ipc_opened", l.ipc_opened}, {"ctx_retains", l.ctx_retains},
-                {"ctx_pushes", l.ctx_pushes}};
+                {"ctx_pushes", l.ctx_pushes}, {"host_allocs", l.host_allocs}};
   size_t used = 0;
   text[0] = '\0';
   for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++)

@@ -98,6 +98,7 @@ struct fake_live {
   int ipc_opened;   /* cuIpcOpenMemHandle - cuIpcCloseMemHandle */
   int ctx_retains;  /* primary context retains - releases */
   int ctx_pushes;   /* cuCtxPushCurrent - cuCtxPopCurrent, all threads */
+  int host_allocs;  /* cuMemHostAlloc - cuMemFreeHost */
 };
 
 struct fake_live fake_live(void);

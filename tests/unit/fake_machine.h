@@ -38,7 +38,8 @@ struct fake_machine {
   int driver_version;
   struct fake_device dev[FAKE_MAX_DEVICES];
   int ctx_retains[FAKE_MAX_DEVICES];
-  int ctx_pushes; /* pushed and not popped, over all threads */
+  int ctx_pushes;  /* pushed and not popped, over all threads */
+  int host_allocs; /* cuMemHostAlloc - cuMemFreeHost */
   CUdeviceptr next_va;
   struct fake_table handles, reservations, mappings, blocks, ipc;
   enum fake_entry log[FAKE_LOG_MAX];

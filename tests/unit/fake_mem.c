@@ -7,6 +7,7 @@
  * reservation, a free of a range that is still mapped, ...).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -354,6 +355,45 @@ CUresult fake_cuMemSetAccess(CUdeviceptr ptr, size_t size,
     fake__m.last_access.desc[i] = desc[i];
   }
   fake__m.last_access.count = (int)count;
+  return CUDA_SUCCESS;
+}
+
+/* ---- pinned host memory: plain heap memory, its device pointer itself -- */
+
+CUresult fake_cuMemHostAlloc(void **pp, size_t bytes, unsigned int flags) {
+  FAKE_ENTER(FAKE_cuMemHostAlloc);
+  if (rc != CUDA_SUCCESS)
+    return rc;
+  if (fake__current_device() < 0)
+    return CUDA_ERROR_INVALID_CONTEXT;
+  if (!pp || bytes == 0 || (flags & ~0x7u))
+    return CUDA_ERROR_INVALID_VALUE;
+  *pp = malloc(bytes);
+  if (!*pp)
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  fake__m.host_allocs++;
+  return CUDA_SUCCESS;
+}
+
+CUresult fake_cuMemHostGetDevicePointer(CUdeviceptr *dptr, void *p,
+                                        unsigned int flags) {
+  FAKE_ENTER(FAKE_cuMemHostGetDevicePointer);
+  if (rc != CUDA_SUCCESS)
+    return rc;
+  if (!dptr || !p || flags)
+    return CUDA_ERROR_INVALID_VALUE;
+  *dptr = (CUdeviceptr)(uintptr_t)p;
+  return CUDA_SUCCESS;
+}
+
+CUresult fake_cuMemFreeHost(void *p) {
+  FAKE_ENTER(FAKE_cuMemFreeHost);
+  if (rc != CUDA_SUCCESS)
+    return rc;
+  if (!p)
+    return CUDA_ERROR_INVALID_VALUE;
+  free(p);
+  fake__m.host_allocs--;
   return CUDA_SUCCESS;
 }
 

@@ -1,0 +1,337 @@
+/*
+ * The proxy of an EP buffer with remote peers (docs/INTERNODE.md): the
+ * kernels write what remote peers must receive into host memory and post
+ * one request per phase into a ring; the proxy turns each request into
+ * engine puts, then the phase's flag, toward every remote peer. Bytes follow
+ * the kernels' rule: a dispatched row goes once to each rank that selected
+ * one of its experts, a combined row once per (token, k) to its source.
+ * Plain host code over the engine, so CPU tests drive it with real UCX
+ * between processes, playing the kernels' part.
+ */
+#include <string.h>
+#include <time.h>
+
+#include "ep/ep.h"
+
+#define RECORD_MAGIC 0x52504d56u /* "VMPR" */
+#define RECORD_VERSION 1u
+#define BEAT_EVERY_NS 100000ull
+
+/* What every rank tells every other, before the engine's blobs. */
+struct record_head {
+  uint32_t magic, version, rank, num_ranks;
+  uint32_t addr_len, key_len;
+  uint64_t image;
+  struct vmep_ll_rank_set remote;
+};
+
+static int in_set(const struct vmep_ll_rank_set *set, int r) {
+  return (set->bits[r / 32] >> (r % 32)) & 1u;
+}
+
+/* The position of `r` among the ranks of `set` (those below it). */
+static int index_in(const struct vmep_ll_rank_set *set, int r) {
+  int n = 0;
+  for (int q = 0; q < r; q++)
+    n += in_set(set, q);
+  return n;
+}
+
+static int set_count(const struct vmep_ll_rank_set *set, int num_ranks) {
+  return index_in(set, num_ranks);
+}
+
+size_t vmep__ep_proxy_image(const struct vmep_ll_layout *layout) {
+  return layout->zero_copy[0] ? layout->zero_copy[0] : layout->total;
+}
+
+size_t vmep__ep_proxy_host_bytes(const struct vmep_ll_layout *layout,
+                                 int num_remote) {
+  return vmep__ep_proxy_image(layout) * (1 + 2 * (size_t)num_remote) +
+         sizeof(struct vmep_ll_ring);
+}
+
+void vmep__ep_proxy_init(struct vmep_ep_proxy *px, vmep_engine *engine,
+                         const vmep_ep_config *config, int rank, int num_ranks,
+                         const struct vmep_ll_rank_set *remote, char *host) {
+  memset(px, 0, sizeof(*px));
+  px->engine = engine;
+  px->rank = rank;
+  px->num_ranks = num_ranks;
+  px->local_experts = config->num_experts / num_ranks;
+  px->hidden = config->hidden;
+  px->max_tokens = config->max_tokens_per_rank;
+  vmep__ep_layout(config, num_ranks, &px->layout);
+  px->image = vmep__ep_proxy_image(&px->layout);
+  px->remote = *remote;
+  int n = set_count(remote, num_ranks);
+  px->stage = host;
+  for (int r = 0; r < num_ranks; r++) {
+    if (!in_set(remote, r))
+      continue;
+    int i = index_in(remote, r);
+    px->inbox[r] = host + px->image * (size_t)(1 + i);
+    px->outbox[r] = host + px->image * (size_t)(1 + n + i);
+  }
+  px->ring = (struct vmep_ll_ring *)(host + px->image * (size_t)(1 + 2 * n));
+}
+
+vmep_status vmep__ep_proxy_record(const struct vmep_ep_proxy *px,
+                                  const vmep_engine_mr *mr, void **record_out,
+                                  size_t *len_out) {
+  const void *addr;
+  size_t addr_len = 0, key_len = 0;
+  vmep_status status = vmep__engine_address(px->engine, &addr, &addr_len);
+  if (status != VMEP_OK)
+    return status;
+  const void *key = vmep__engine_mr_blob(mr, &key_len);
+  struct record_head head = {RECORD_MAGIC,       RECORD_VERSION,
+                             (uint32_t)px->rank, (uint32_t)px->num_ranks,
+                             (uint32_t)addr_len, (uint32_t)key_len,
+                             px->image,          px->remote};
+  size_t len = sizeof(head) + addr_len + key_len;
+  char *record = vmep__malloc(len);
+  if (!record)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "vmep_ep_create: host allocation failed");
+  memcpy(record, &head, sizeof(head));
+  memcpy(record + sizeof(head), addr, addr_len);
+  memcpy(record + sizeof(head) + addr_len, key, key_len);
+  *record_out = record;
+  *len_out = len;
+  return VMEP_OK;
+}
+
+static vmep_status bad_record(int r, const char *why) {
+  return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                    "vmep_ep_create: rank %d's inter-node record: %s", r, why);
+}
+
+/* Checks rank r's record (len bytes at rec) against ours; *head_out is a
+ * copy of its head. */
+static vmep_status check_record(const struct vmep_ep_proxy *px, int r,
+                                const char *rec, size_t len,
+                                struct record_head *head_out) {
+  if (len < sizeof(*head_out))
+    return bad_record(r, "cut short");
+  memcpy(head_out, rec, sizeof(*head_out));
+  const struct record_head *h = head_out;
+  if (h->magic != RECORD_MAGIC || h->version != RECORD_VERSION)
+    return bad_record(r, "not a record of this vmep version");
+  if (h->rank != (uint32_t)r || h->num_ranks != (uint32_t)px->num_ranks)
+    return bad_record(r, "of another rank or group size");
+  if (len != sizeof(*h) + (size_t)h->addr_len + h->key_len)
+    return bad_record(r, "its length disagrees with its blobs");
+  if (h->image != px->image)
+    return bad_record(r, "its buffer has another shape");
+  if (in_set(&h->remote, px->rank) != in_set(&px->remote, r))
+    return bad_record(r, "it disagrees on whether we are in one node");
+  return VMEP_OK;
+}
+
+vmep_status vmep__ep_proxy_connect(struct vmep_ep_proxy *px, const void *all,
+                                   const size_t *sizes, int count) {
+  const char *rec = all;
+  vmep_status status = VMEP_OK;
+  for (int r = 0; r < count && status == VMEP_OK; rec += sizes[r], r++) {
+    struct record_head h;
+    status = check_record(px, r, rec, sizes[r], &h);
+    if (status != VMEP_OK || !in_set(&px->remote, r))
+      continue;
+    const char *addr = rec + sizeof(h), *key = addr + h.addr_len;
+    status = vmep__engine_connect(px->engine, r, addr, h.addr_len);
+    if (status == VMEP_OK)
+      status =
+          vmep__engine_rkey_unpack(px->engine, r, key, h.key_len, &px->keys[r]);
+    /* Rank r's inbox of us is its image 1 + (our place among its remote
+     * peers), counted from the start of its registration. */
+    if (status == VMEP_OK)
+      px->peer_inbox[r] =
+          vmep__engine_rkey_base(px->keys[r]) +
+          px->image * (uint64_t)(1 + index_in(&h.remote, px->rank));
+  }
+  return status;
+}
+
+/* ---- serving requests ---------------------------------------------------- */
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Puts [src, +bytes) into rank r's inbox of us at `offset`. */
+static vmep_status put(struct vmep_ep_proxy *px, int r, const char *src,
+                       size_t offset, size_t bytes) {
+  __atomic_fetch_add(&px->bytes_out, bytes, __ATOMIC_RELAXED);
+  return vmep__engine_put(px->engine, r, src, bytes, px->keys[r],
+                          px->peer_inbox[r] + offset);
+}
+
+/* Sets the 8-byte word at `offset` of rank r's inbox of us to `value`,
+ * after everything put before it. */
+static vmep_status signal(struct vmep_ep_proxy *px, int r, size_t offset,
+                          uint64_t value) {
+  __atomic_fetch_add(&px->bytes_out, sizeof(uint64_t), __ATOMIC_RELAXED);
+  return vmep__engine_put_signal(px->engine, r, NULL, 0, px->keys[r], 0,
+                                 px->keys[r], px->peer_inbox[r] + offset,
+                                 VMEP_ENGINE_SIGNAL_SET, value);
+}
+
+/* The token count of a send area, within the buffer's bounds. */
+static int area_tokens(const struct vmep_ep_proxy *px, const char *area) {
+  int n = *(const volatile int *)area;
+  return n < 0 ? 0 : n > px->max_tokens ? px->max_tokens : n;
+}
+
+static int selects(const struct vmep_ep_proxy *px, const int32_t *topk, int K,
+                   int t, int rank) {
+  const int first = rank * px->local_experts;
+  for (int k = 0; k < K; k++)
+    if (topk[t * K + k] >= first && topk[t * K + k] < first + px->local_experts)
+      return 1;
+  return 0;
+}
+
+/* Rows [t0, t1) of our staged send area of parity b to rank r: one put
+ * when rows are whole, else one per row of row_len bytes. */
+static vmep_status put_rows(struct vmep_ep_proxy *px, int r, int b, int t0,
+                            int t1, size_t row_len) {
+  const struct vmep_ll_layout *l = &px->layout;
+  size_t at = l->send[b] + l->send_rows + (size_t)t0 * l->row_bytes;
+  if (row_len == l->row_bytes)
+    return put(px, r, px->stage + at, at, (size_t)(t1 - t0) * row_len);
+  vmep_status status = VMEP_OK;
+  for (int t = t0; t < t1 && status == VMEP_OK; t++, at += l->row_bytes)
+    status = put(px, r, px->stage + at, at, row_len);
+  return status;
+}
+
+/* Dispatch: the header and expert ids, then each row rank r selected,
+ * runs of consecutive tokens in one put. */
+static vmep_status ship_dispatch(struct vmep_ep_proxy *px, int r,
+                                 const struct vmep_ll_ring_entry *e) {
+  const struct vmep_ll_layout *l = &px->layout;
+  const int b = (int)e->parity, K = (int)e->num_topk;
+  const char *area = px->stage + l->send[b];
+  const int n = area_tokens(px, area);
+  const int32_t *topk = (const int32_t *)(area + l->send_topk);
+  size_t row_len = e->row_len > l->row_bytes ? l->row_bytes : e->row_len;
+  vmep_status status =
+      put(px, r, area, l->send[b], l->send_topk + (size_t)n * K * 4);
+  int run = -1;
+  for (int t = 0; t <= n && status == VMEP_OK; t++) {
+    int want = t < n && selects(px, topk, K, t, r);
+    if (want && run < 0)
+      run = t;
+    if (!want && run >= 0) {
+      status = put_rows(px, r, b, run, t, row_len);
+      run = -1;
+    }
+  }
+  return status;
+}
+
+/* Combine: every slot [t][k] of rank r's tokens whose expert is ours (from
+ * r's expert ids in our inbox of it), runs of consecutive slots in one
+ * put. */
+static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
+                                const struct vmep_ll_ring_entry *e) {
+  const struct vmep_ll_layout *l = &px->layout;
+  const int b = (int)e->parity, K = (int)e->num_topk;
+  const char *area = px->inbox[r] + l->send[b];
+  const int n = area_tokens(px, area);
+  const int32_t *topk = (const int32_t *)(area + l->send_topk);
+  const int first = px->rank * px->local_experts;
+  const size_t row = 2 * (size_t)px->hidden;
+  vmep_status status = VMEP_OK;
+  int run = -1;
+  for (int i = 0; i <= n * K && status == VMEP_OK; i++) {
+    int want =
+        i < n * K && topk[i] >= first && topk[i] < first + px->local_experts;
+    if (want && run < 0)
+      run = i;
+    if (!want && run >= 0) {
+      size_t at = l->slots[b] + (size_t)run * row;
+      status = put(px, r, px->outbox[r] + at, at, (size_t)(i - run) * row);
+      run = -1;
+    }
+  }
+  return status;
+}
+
+/* Logs rank r's first failure: later requests skip it. */
+static void report(struct vmep_ep_proxy *px, int r) {
+  if (px->reported[r])
+    return;
+  px->reported[r] = 1;
+  vmep_log_warn("inter-node proxy: rank %d is unreachable (%s); its peers "
+                "mask it after their timeout",
+                r, vmep_last_error());
+}
+
+static int reachable(struct vmep_ep_proxy *px, int r) {
+  if (!in_set(&px->remote, r) || !px->keys[r])
+    return 0;
+  if (vmep__engine_peer_is_failed(px->engine, r)) {
+    report(px, r);
+    return 0;
+  }
+  return 1;
+}
+
+static void serve(struct vmep_ep_proxy *px,
+                  const struct vmep_ll_ring_entry *e) {
+  const size_t flag =
+      e->offset +
+      ((size_t)e->parity * (size_t)px->num_ranks + px->rank) * sizeof(uint64_t);
+  for (int r = 0; r < px->num_ranks; r++) {
+    if (!reachable(px, r))
+      continue;
+    vmep_status status = VMEP_OK;
+    if (e->op == VMEP_LL_SHIP_DISPATCH)
+      status = ship_dispatch(px, r, e);
+    else if (e->op == VMEP_LL_SHIP_COMBINE)
+      status = ship_combine(px, r, e);
+    if (status == VMEP_OK)
+      status = signal(px, r, flag, e->value);
+    if (status != VMEP_OK)
+      report(px, r);
+  }
+}
+
+/* Forwards our heartbeat when it moved, at most every BEAT_EVERY_NS. */
+static void forward_beat(struct vmep_ep_proxy *px) {
+  uint64_t beat = __atomic_load_n((uint64_t *)(px->stage + px->layout.alive),
+                                  __ATOMIC_ACQUIRE);
+  if (beat == px->beat)
+    return;
+  uint64_t now = now_ns();
+  if (now - px->beat_at_ns < BEAT_EVERY_NS)
+    return;
+  px->beat = beat;
+  px->beat_at_ns = now;
+  for (int r = 0; r < px->num_ranks; r++)
+    if (reachable(px, r) && signal(px, r, px->layout.alive, beat) != VMEP_OK)
+      report(px, r);
+}
+
+int vmep__ep_proxy_step(struct vmep_ep_proxy *px) {
+  int served = 0;
+  for (;;) {
+    struct vmep_ll_ring_entry *e =
+        &px->ring->entries[px->tail % VMEP_LL_RING_SLOTS];
+    if (__atomic_load_n(&e->seq, __ATOMIC_ACQUIRE) != px->tail + 1)
+      break;
+    struct vmep_ll_ring_entry copy = *e;
+    px->tail++;
+    /* The slot is free again once copied. */
+    __atomic_store_n(&px->ring->tail, px->tail, __ATOMIC_RELEASE);
+    serve(px, &copy);
+    served++;
+  }
+  forward_beat(px);
+  vmep__engine_progress(px->engine);
+  return served;
+}

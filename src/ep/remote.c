@@ -1,0 +1,197 @@
+/*
+ * Remote peers of an EP buffer (docs/INTERNODE.md): the ranks that the
+ * topology decision does not map (other nodes, pretend nodes included)
+ * are reached through the RDMA engine. Creation makes the engine, the
+ * host memory that kernels and proxy share (mapped into the device,
+ * registered with the engine), exchanges the records through the group,
+ * connects, and starts the proxy thread; release undoes it in reverse.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+
+#include "boot/boot.h"
+#include "ep/ep.h"
+
+/* Upper bound of one rank's record (engine address + remote key); UCX's
+ * are a few hundred bytes over TCP, a few KiB over InfiniBand. */
+#define RECORD_MAX 16384
+/* Idle turns of the proxy before it yields its core once. */
+#define IDLE_SPINS 256
+
+struct vmep_ep_remote {
+  struct vmep_ep_proxy px;
+  vmep_engine *engine;
+  vmep_engine_mr *mr;
+  void *host; /* vmep__ep_proxy_host_bytes, mapped into the device */
+  char *dev;  /* its device address */
+  size_t bytes;
+  pthread_t thread;
+  int running;
+  int stop; /* atomic */
+};
+
+static const char call[] = "vmep_ep_create";
+
+static void *proxy_main(void *arg) {
+  struct vmep_ep_remote *rm = arg;
+  unsigned idle = 0;
+  while (!__atomic_load_n(&rm->stop, __ATOMIC_ACQUIRE)) {
+    if (vmep__ep_proxy_step(&rm->px))
+      idle = 0;
+    else if (++idle % IDLE_SPINS == 0)
+      sched_yield();
+  }
+  return NULL;
+}
+
+/* The device address of a host address inside rm->host. */
+static char *dev_of(const struct vmep_ep_remote *rm, const char *host) {
+  return rm->dev + (host - (const char *)rm->host);
+}
+
+/* Engine, host memory and registration; *record_out our record. */
+static vmep_status prepare(vmep_ep *ep, struct vmep_ep_remote *rm,
+                           const struct vmep_ll_rank_set *remote, int n,
+                           void **record_out, size_t *len_out) {
+  struct vmep_engine_params params = {ep->rank, ep->num_ranks,
+                                      (int)(ep->timeout_ns / 1000000)};
+  vmep_status status = vmep__engine_create(&params, &rm->engine);
+  rm->bytes = vmep__ep_proxy_host_bytes(&ep->layout, n);
+  if (status == VMEP_OK)
+    status = vmep__ep_device_host_alloc(&ep->dev, rm->bytes, &rm->host,
+                                        &rm->dev, call);
+  if (status != VMEP_OK)
+    return status;
+  vmep__ep_proxy_init(&rm->px, rm->engine, &ep->config, ep->rank, ep->num_ranks,
+                      remote, rm->host);
+  status = vmep__engine_mem_reg(rm->engine, rm->host, rm->bytes, 0, &rm->mr);
+  if (status == VMEP_OK)
+    status = vmep__ep_proxy_record(&rm->px, rm->mr, record_out, len_out);
+  if (status == VMEP_OK && *len_out > RECORD_MAX)
+    status = vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                        "%s: the engine's address and key take %zu B, more "
+                        "than %d",
+                        call, *len_out, RECORD_MAX);
+  return status;
+}
+
+/* Allgathers the records and connects; every rank joins both steps. */
+static vmep_status exchange(vmep_ep *ep, struct vmep_ep_remote *rm,
+                            vmep_status status, const void *record,
+                            size_t len) {
+  int size = vmep_group_size(ep->group);
+  size_t capacity = (size_t)size * RECORD_MAX;
+  char *all = vmep__malloc(capacity);
+  size_t *sizes = vmep__calloc((size_t)size, sizeof(size_t));
+  if ((!all || !sizes) && status == VMEP_OK)
+    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                        "%s: host allocation failed", call);
+  vmep_status st = vmep_group_allgatherv(
+      ep->group, status == VMEP_OK ? record : NULL, status == VMEP_OK ? len : 0,
+      all, all ? capacity : 0, sizes);
+  status = vmep__sym_agree(ep->group, status != VMEP_OK ? status : st, NULL, 0,
+                           NULL, call, "set up its inter-node engine");
+  if (status == VMEP_OK)
+    status = vmep__ep_proxy_connect(&rm->px, all, sizes, size);
+  vmep__free(all);
+  vmep__free(sizes);
+  return vmep__sym_agree(ep->group, status, NULL, 0, NULL, call,
+                         "connect to its remote peers");
+}
+
+vmep_status vmep__ep_remote_init(vmep_ep *ep, vmep_status status) {
+  struct vmep_ll_rank_set remote;
+  memset(&remote, 0, sizeof(remote));
+  int n = 0;
+  for (int r = 0; ep->window && r < ep->num_ranks; r++)
+    if (vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE) {
+      remote.bits[r / 32] |= 1u << (r % 32);
+      n++;
+    }
+  if (vmep__group_elastic(ep->group))
+    return status != VMEP_OK || n == 0
+               ? status
+               : vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                            "%s: rank %d is in another node; buffers of "
+                            "elastic groups reach mapped peers only "
+                            "(docs/INTERNODE.md)",
+                            call, vmep__window_remote_peer(ep->window));
+  /* Whether any rank has a remote peer: then all make the engine. */
+  int size = vmep_group_size(ep->group);
+  int *counts = vmep__calloc((size_t)size, sizeof(int));
+  if (!counts && status == VMEP_OK)
+    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                        "%s: host allocation failed", call);
+  status = vmep__sym_agree(ep->group, status, &n, sizeof(n), counts, call,
+                           "find its remote peers");
+  int any = 0;
+  for (int r = 0; counts && status == VMEP_OK && r < size; r++)
+    any |= counts[r] > 0;
+  vmep__free(counts);
+  if (status != VMEP_OK || !any)
+    return status;
+  struct vmep_ep_remote *rm = vmep__calloc(1, sizeof(*rm));
+  ep->remote = rm;
+  void *record = NULL;
+  size_t len = 0;
+  status = rm ? prepare(ep, rm, &remote, n, &record, &len)
+              : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                           "%s: host allocation failed", call);
+  status = exchange(ep, rm, status, record, len);
+  vmep__free(record);
+  if (status == VMEP_OK && pthread_create(&rm->thread, NULL, proxy_main, rm))
+    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                        "%s: cannot start the inter-node proxy thread", call);
+  if (status == VMEP_OK) {
+    rm->running = 1;
+    vmep_log_info("%d remote peers through %s, GPU data staged through host "
+                  "memory (%zu B mapped and registered)",
+                  n, "ucx", rm->bytes);
+  }
+  return status;
+}
+
+char *vmep__ep_remote_outbox(const vmep_ep *ep, int r) {
+  const struct vmep_ep_remote *rm = ep->remote;
+  return rm && rm->px.outbox[r] ? dev_of(rm, rm->px.outbox[r]) : NULL;
+}
+
+char *vmep__ep_remote_inbox(const vmep_ep *ep, int r) {
+  const struct vmep_ep_remote *rm = ep->remote;
+  return rm && rm->px.inbox[r] ? dev_of(rm, rm->px.inbox[r]) : NULL;
+}
+
+void vmep__ep_remote_params(const vmep_ep *ep, struct vmep_ll_params *p) {
+  const struct vmep_ep_remote *rm = ep->remote;
+  if (!rm || !rm->running)
+    return;
+  p->ring = (struct vmep_ll_ring *)dev_of(rm, (const char *)rm->px.ring);
+  p->stage = dev_of(rm, rm->px.stage);
+}
+
+uint64_t vmep__ep_remote_bytes_out(const vmep_ep *ep) {
+  return ep->remote
+             ? __atomic_load_n(&ep->remote->px.bytes_out, __ATOMIC_RELAXED)
+             : 0;
+}
+
+void vmep__ep_remote_fini(vmep_ep *ep) {
+  struct vmep_ep_remote *rm = ep->remote;
+  if (!rm)
+    return;
+  if (rm->running) {
+    __atomic_store_n(&rm->stop, 1, __ATOMIC_RELEASE);
+    pthread_join(rm->thread, NULL);
+  }
+  vmep__engine_mem_dereg(rm->engine, rm->mr);
+  vmep__engine_destroy(rm->engine); /* releases the peers' keys */
+  if (rm->host) {
+    int entered = vmep__ep_device_enter(&ep->dev) == VMEP_OK;
+    (void)vmep__ep_device_host_free(&ep->dev, rm->host);
+    if (entered)
+      vmep__ep_device_leave(&ep->dev);
+  }
+  vmep__free(rm);
+  ep->remote = NULL;
+}
