@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The inter-node path on one GPU (docs/INTERNODE.md): the EP test with the
+# ranks split into pretend nodes (4 ranks on 2 and on 4 nodes, 3 ranks on
+# 2), every byte between nodes through UCX over TCP on loopback and the
+# proxies, then the kernel test and the EP test without pretend nodes (the
+# mapped path the same kernels serve). Logs under $OUT (or ./gpu-logs)/nodes.
+# GPU_NODES_TIMEOUT bounds each run (seconds, default 300); GPU_NODES_SPLITS
+# picks the "ranks nodes" pairs (default "4 2,4 4,3 2").
+set -uo pipefail
+GPU_ENV_SUBDIR=nodes source "$(dirname "$0")/gpu-env.sh"
+limit=${GPU_NODES_TIMEOUT:-300}
+export UCX_TLS=${UCX_TLS:-tcp} UCX_NET_DEVICES=${UCX_NET_DEVICES:-lo}
+export UCX_WARN_UNUSED_ENV_VARS=n
+status=0
+"$build/tools/vmep-info" > "$out/vmep-info.log" 2>&1
+grep -A3 "inter-node engine" "$out/vmep-info.log"
+run() { # name, then the command
+  local name=$1; shift
+  local t0=$SECONDS
+  timeout $((limit + 30)) "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  echo "$name: rc $rc, $((SECONDS - t0)) s; $(grep -cE 'ok$|: ok' "$out/$name.log") ok lines"
+  [ $rc = 0 ] || { status=1; tail -15 "$out/$name.log"; }
+}
+IFS=, read -ra splits <<< "${GPU_NODES_SPLITS:-4 2,4 4,3 2}"
+for split in "${splits[@]}"; do
+  set -- $split
+  VMEP_LOG=${VMEP_LOG:-info} run "test_ep-$1ranks-$2nodes" \
+    "$build/tools/vmep-run" -n "$1" --nodes "$2" --timeout "$limit" -- \
+    "$build/tests/gpu/test_ep"
+done
+run test_ll_kernels "$build/tests/gpu/test_ll_kernels"
+run test_ep-4ranks "$build/tools/vmep-run" -n 4 --timeout "$limit" -- \
+  "$build/tests/gpu/test_ep"
+exit "$status"
