@@ -161,22 +161,32 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Counts `bytes` put when the engine took them (a refused put is not). */
+static vmep_status counted(struct vmep_ep_proxy *px, vmep_status status,
+                           size_t bytes) {
+  if (status == VMEP_OK)
+    __atomic_fetch_add(&px->bytes_out, bytes, __ATOMIC_RELAXED);
+  return status;
+}
+
 /* Puts [src, +bytes) into rank r's inbox of us at `offset`. */
 static vmep_status put(struct vmep_ep_proxy *px, int r, const char *src,
                        size_t offset, size_t bytes) {
-  __atomic_fetch_add(&px->bytes_out, bytes, __ATOMIC_RELAXED);
-  return vmep__engine_put(px->engine, r, src, bytes, px->keys[r],
-                          px->peer_inbox[r] + offset);
+  return counted(px,
+                 vmep__engine_put(px->engine, r, src, bytes, px->keys[r],
+                                  px->peer_inbox[r] + offset),
+                 bytes);
 }
 
 /* Sets the 8-byte word at `offset` of rank r's inbox of us to `value`,
  * after everything put before it. */
 static vmep_status signal(struct vmep_ep_proxy *px, int r, size_t offset,
                           uint64_t value) {
-  __atomic_fetch_add(&px->bytes_out, sizeof(uint64_t), __ATOMIC_RELAXED);
-  return vmep__engine_put_signal(px->engine, r, NULL, 0, px->keys[r], 0,
-                                 px->keys[r], px->peer_inbox[r] + offset,
-                                 VMEP_ENGINE_SIGNAL_SET, value);
+  return counted(px,
+                 vmep__engine_put_signal(
+                     px->engine, r, NULL, 0, px->keys[r], 0, px->keys[r],
+                     px->peer_inbox[r] + offset, VMEP_ENGINE_SIGNAL_SET, value),
+                 sizeof(uint64_t));
 }
 
 /* The token count of a send area, within the buffer's bounds. */
@@ -261,21 +271,23 @@ static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
   return status;
 }
 
-/* Logs rank r's first failure: later requests skip it. */
-static void report(struct vmep_ep_proxy *px, int r) {
+/* Logs rank r's first failure and `why`: later requests skip it. */
+static void report(struct vmep_ep_proxy *px, int r, const char *why) {
   if (px->reported[r])
     return;
   px->reported[r] = 1;
   vmep_log_warn("inter-node proxy: rank %d is unreachable (%s); its peers "
                 "mask it after their timeout",
-                r, vmep_last_error());
+                r, why);
 }
 
 static int reachable(struct vmep_ep_proxy *px, int r) {
   if (!in_set(&px->remote, r) || !px->keys[r])
     return 0;
   if (vmep__engine_peer_is_failed(px->engine, r)) {
-    report(px, r);
+    /* The engine found it while progressing and logged why; our last
+     * error, if any, is about something else. */
+    report(px, r, "the engine marked it failed");
     return 0;
   }
   return 1;
@@ -297,7 +309,7 @@ static void serve(struct vmep_ep_proxy *px,
     if (status == VMEP_OK)
       status = signal(px, r, flag, e->value);
     if (status != VMEP_OK)
-      report(px, r);
+      report(px, r, vmep_last_error());
   }
 }
 
@@ -314,7 +326,7 @@ static void forward_beat(struct vmep_ep_proxy *px) {
   px->beat_at_ns = now;
   for (int r = 0; r < px->num_ranks; r++)
     if (reachable(px, r) && signal(px, r, px->layout.alive, beat) != VMEP_OK)
-      report(px, r);
+      report(px, r, vmep_last_error());
 }
 
 int vmep__ep_proxy_step(struct vmep_ep_proxy *px) {
