@@ -4,7 +4,9 @@
  * bench_run.c times dispatch, combine and the same-run copy ceiling for one
  * token count; bench_report.c prints the per-rank lines, the summary table
  * and the JSON file; bench_shared.c holds what the NCCL baseline (bench/)
- * shares with it: inputs, checks, the median.
+ * shares with it: inputs, checks, the median, the byte accounting;
+ * bench_nodes.c adds, across nodes, the proxy's measured bytes and the
+ * engine ceiling (bench_engine.c, bench_engine.h).
  */
 #ifndef VMEP_BENCH_H
 #define VMEP_BENCH_H
@@ -31,6 +33,7 @@ struct bench_options {
   uint64_t seed;
   const char *json;
   int compare_nccl; /* --compare nccl: the NCCL baseline after vmep */
+  int nodes;        /* --nodes N: pretend nodes for vmep-run (0: not given) */
   int own_gpus;     /* set per run: every rank has a GPU of its own */
 };
 
@@ -61,6 +64,18 @@ struct bench_result {
   /* --compare nccl: the NCCL baseline's medians (0: not run) */
   double nccl_dispatch_us, nccl_combine_us;
   int nccl_checked;
+  /* This rank's node and the nodes the ranks span (vmep_group_node). With
+   * nodes > 1 (bench_nodes.c): the bytes per call split by node
+   * (bench_node_bytes); what this rank's proxy put per call, measured
+   * (vmep__ep_remote_bytes_out over the warm-up and timed calls: its own
+   * dispatch, the combine rows its experts return to other ranks' tokens,
+   * flags and heartbeats); the engine ceiling's medians (bench_engine.h)
+   * of this rank's inter-node dispatch and combine bytes. */
+  int node, nodes;
+  double intra_dispatch_bytes, intra_combine_bytes;
+  double inter_dispatch_bytes, inter_combine_bytes;
+  double proxy_bytes;
+  double engine_dispatch_us, engine_combine_us;
 };
 
 /* Runs one token count on this rank: creates the buffer, optionally checks
@@ -75,6 +90,23 @@ vmep_status bench_run_tokens(vmep_group *group, const struct bench_options *o,
  * or with 1 rank). */
 vmep_status bench_time_peer_copy(vmep_group *g, const struct bench_options *o,
                                  size_t bytes, double *us, double *pair_us);
+
+/* The ranks in other nodes (bench_nodes.c). Fills r->node and r->nodes
+ * from the group (pretend nodes, VMEP_NODES, or host identity). */
+void bench_nodes_of(vmep_group *g, struct bench_result *r);
+
+/* The count of bytes this buffer's proxy has put so far
+ * (vmep__ep_remote_bytes_out), read once it has stood still for 2 ms
+ * (after the calls, the proxy may still serve their last requests); at
+ * most 1 s of waiting. */
+uint64_t bench_proxy_bytes(const vmep_ep *ep);
+
+/* Collective, with r->nodes > 1, after the EP buffer is gone: r's byte
+ * split by node (bench_node_bytes over this rank's inputs) and the engine
+ * ceiling of its inter-node dispatch and combine bytes between the same
+ * ranks (o->warmup + o->iters iterations each, medians). */
+vmep_status bench_nodes_run(vmep_group *g, const struct bench_options *o,
+                            int experts, struct bench_result *r);
 
 /* The NCCL baseline (bench/nccl_run.c, or bench/nccl_none.c without
  * NCCL): 1 when built in; collective: times one token count on the same
@@ -133,6 +165,30 @@ void bench_free_inputs(struct bench_inputs *in);
 void bench_link_bytes(const struct bench_options *o, int ranks, int experts,
                       int me, const struct bench_inputs *in, double *dispatch,
                       double *combine);
+
+/* The bytes per call on account of rank `me`'s inputs `in`, split by
+ * whether the peer is in our node (node[r]: rank r's node):
+ *  intra: what bench_link_bytes counts, over the peers in our node (NVLink,
+ *    the peers are mapped);
+ *  inter: what the proxies put through the engine (src/ep/proxy.c), over
+ *    the peers in other nodes: dispatch, per remote rank, the send area's
+ *    header up to the expert ids (the layout's send_topk bytes) and the
+ *    int32 ids of every token, then our row once per token that selects
+ *    one of its experts (2H bf16, H + H/128*4 fp8), and two 8-byte flags
+ *    (our ready, its ack); combine, 2H per selection of ours whose expert
+ *    is on that rank (its proxy pushes them to us), and two flags.
+ * dispatch_to[r] and combine_from[r] (the caller's [ranks] arrays) get
+ * those data bytes without flags per remote rank r, 0 for ranks in our
+ * node: what the engine ceiling puts (bench_engine.h). Heartbeats (8 B per
+ * remote peer, at most every 100 us) are left out. */
+struct bench_node_bytes {
+  double intra_dispatch, intra_combine;
+  double inter_dispatch, inter_combine;
+  double *dispatch_to, *combine_from;
+};
+void bench_node_bytes(const struct bench_options *o, int ranks, int experts,
+                      int me, const int *node, const struct bench_inputs *in,
+                      struct bench_node_bytes *out);
 
 /* VMEP_OK, or VMEP_ERR_CUDA after printing "<program>: what: error". */
 vmep_status bench_cuda_check(cudaError_t err, const char *what);

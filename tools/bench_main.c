@@ -5,6 +5,8 @@
  * when ranks share a GPU); under vmep-run, torchrun or mpirun it is one
  * rank. Each rank prints the line users of other EP libraries know; rank 0
  * then prints a summary with the same-run copy ceiling and the efficiency.
+ * With --nodes N (passed to vmep-run) or ranks in several nodes, the bytes
+ * within and across nodes and the engine ceiling come with them.
  */
 #include <cuda_runtime_api.h>
 #include <limits.h>
@@ -37,6 +39,16 @@ static void usage(FILE *out) {
           "  --zero-copy      experts write into the EP buffer; combine pulls\n"
           "  --compare nccl   also time the NCCL all-to-all baseline (one GPU "
           "per rank)\n"
+          "  --nodes N        N pretend nodes (vmep-run --nodes; VMEP_NODES "
+          "under a launcher):\n"
+          "                   peers in other nodes go through the inter-node "
+          "proxy; adds the\n"
+          "                   bytes within and across nodes, the proxy's "
+          "measured bytes and\n"
+          "                   the engine's own ceiling of the same bytes "
+          "(engine eff); over\n"
+          "                   TCP on one machine only engine eff means "
+          "anything\n"
           "  --seed S         random seed (default 1)\n"
           "  --json FILE      also write the results as JSON (rank 0)\n"
           "  --version        print the version; -h, --help this text\n");
@@ -53,6 +65,8 @@ static enum bench_arg own_option(const char *a, const char *v,
     return bench_int_option(PROG, a, v, 1, 1024, 1, &o->ranks);
   if (!strcmp(a, "--num-sms"))
     return bench_int_option(PROG, a, v, 1, 1024, 1, &o->num_sms);
+  if (!strcmp(a, "--nodes"))
+    return bench_int_option(PROG, a, v, 1, 1024, 1, &o->nodes);
   if (!strcmp(a, "--json")) {
     if (!v || !v[0])
       return cli_usage_error(PROG, "--json needs a file name"), BENCH_ARG_BAD;
@@ -103,7 +117,7 @@ static int parse(int argc, char **argv, struct bench_options *o) {
 /* Not under any launcher: run ourselves under vmep-run, which sits next to
  * this program. Returns only on failure. */
 static int launch(int argc, char **argv, const struct bench_options *o) {
-  char self[PATH_MAX], run[PATH_MAX + 16], ranks[16];
+  char self[PATH_MAX], run[PATH_MAX + 16], ranks[16], nodes[16];
   int gpus = 0;
   ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
   if (n <= 0)
@@ -120,13 +134,18 @@ static int launch(int argc, char **argv, const struct bench_options *o) {
            o->ranks    ? o->ranks
            : gpus == 1 ? 4
                        : gpus);
-  char **args = calloc((size_t)argc + 6, sizeof(char *));
+  snprintf(nodes, sizeof(nodes), "%d", o->nodes);
+  char **args = calloc((size_t)argc + 8, sizeof(char *));
   if (!args)
     return 1;
   int k = 0;
   args[k++] = run;
   args[k++] = "-n";
   args[k++] = ranks;
+  if (o->nodes) { /* vmep-run sets VMEP_NODES for every rank */
+    args[k++] = "--nodes";
+    args[k++] = nodes;
+  }
   args[k++] = "--";
   args[k++] = self;
   for (int i = 1; i < argc; i++)
@@ -140,6 +159,12 @@ static int launch(int argc, char **argv, const struct bench_options *o) {
 static int run_rank(struct bench_options *o) {
   vmep_group *g = NULL;
   int count = 0;
+  char nodes[16];
+  /* --nodes under a launcher that did not set VMEP_NODES (vmep-run does
+   * with its own --nodes, which then wins). */
+  snprintf(nodes, sizeof(nodes), "%d", o->nodes);
+  if (o->nodes)
+    setenv("VMEP_NODES", nodes, 0);
   if (vmep_group_create_from_env(&g) != VMEP_OK) {
     fprintf(stderr, "vmep-bench: %s\n", vmep_last_error());
     return 1;
@@ -163,10 +188,15 @@ static int run_rank(struct bench_options *o) {
              "NCCL needs one GPU per rank\n");
     o->compare_nccl = 0;
   }
+  struct bench_result where;
+  char span[32] = "";
+  bench_nodes_of(g, &where);
+  if (where.nodes > 1)
+    snprintf(span, sizeof(span), " in %d nodes", where.nodes);
   if (rank == 0)
-    printf("vmep-bench: %d ranks, hidden %d, top-k %d, experts %d, %s%s, "
+    printf("vmep-bench: %d ranks%s, hidden %d, top-k %d, experts %d, %s%s, "
            "seed %llu\n",
-           size, o->hidden, o->topk, bench_experts(o, size),
+           size, span, o->hidden, o->topk, bench_experts(o, size),
            o->fp8 ? "fp8" : "bf16", o->zero_copy ? ", zero-copy combine" : "",
            (unsigned long long)o->seed);
   for (int i = 0; !failed && i < o->num_tokens_values; i++) {

@@ -5,7 +5,8 @@
  * token count with the same-run copy ceiling and the efficiency, and the
  * JSON file. "avg_t" in the per-rank line is the median of the timed
  * calls. With --compare nccl, the NCCL baseline's line and table sit next
- * to vmep's.
+ * to vmep's; across nodes, a line and a table of the bytes within and
+ * across nodes, the proxy's measured bytes and the engine ceiling.
  */
 #include "bench.h"
 
@@ -30,6 +31,34 @@ static double eff_link(double call_us, double copy_us) {
   return call_us > 0 && copy_us > 0 ? copy_us / call_us : 0.0;
 }
 
+/* engine eff: the engine ceiling's time of the inter-node bytes / vmep's
+ * time of the call (0 without either). */
+static double eff_engine(double call_us, double engine_us) {
+  return eff_link(call_us, engine_us);
+}
+
+/* Across nodes: bytes per call within and across nodes, the proxy's
+ * measured bytes, the engine ceiling. "proxy put" is what this rank's
+ * proxy put per call: its dispatch (the inter dispatch bytes exactly, its
+ * acks standing for the peers' acks of ours), but the combine rows its
+ * experts return to *other* ranks' tokens, not the rows of ours that the
+ * inter combine bytes count; plus heartbeats. So per rank the two may
+ * differ by the routing; the summary compares the sums over ranks. */
+static void print_nodes_rank(const struct bench_result *r, int prefix) {
+  if (prefix)
+    printf("[rank %d] ", r->rank);
+  printf("node %d of %d | intra B/call: dispatch %.0f, combine %.0f | inter "
+         "B/call: dispatch %.0f, combine %.0f, both %.0f; proxy put %.0f | "
+         "engine ceiling: dispatch %.2f us (engine eff %.2f), combine %.2f us "
+         "(engine eff %.2f)\n",
+         r->node, r->nodes, r->intra_dispatch_bytes, r->intra_combine_bytes,
+         r->inter_dispatch_bytes, r->inter_combine_bytes,
+         r->inter_dispatch_bytes + r->inter_combine_bytes, r->proxy_bytes,
+         r->engine_dispatch_us,
+         eff_engine(r->dispatch_us, r->engine_dispatch_us),
+         r->engine_combine_us, eff_engine(r->combine_us, r->engine_combine_us));
+}
+
 void bench_print_rank(const struct bench_result *r, int prefix) {
   if (prefix)
     printf("[rank %d] ", r->rank);
@@ -45,6 +74,8 @@ void bench_print_rank(const struct bench_result *r, int prefix) {
   if (r->ceiling)
     printf(" (eff %.2f)", eff_link(r->combine_us, r->copy_combine_link_us));
   printf("\n");
+  if (r->nodes > 1)
+    print_nodes_rank(r, prefix);
   if (r->nccl_dispatch_us > 0)
     bench_print_nccl_rank(r, prefix);
 }
@@ -107,6 +138,61 @@ static void print_phases(const struct bench_result *all, int ranks,
         ph[k] += all[(size_t)i * ranks + r].phase_us[k] / ranks;
     printf("%7d | %13.1f %13.1f | %12.1f %12.1f\n",
            all[(size_t)i * ranks].tokens, ph[0], ph[1], ph[2], ph[3]);
+  }
+}
+
+/* Across nodes: the byte split (means over ranks), the proxy's measured
+ * bytes against the computed inter-node bytes (sums over ranks: a rank's
+ * proxy puts the combine rows of other ranks' tokens, so only the sums
+ * agree), and vmep against the engine ceiling (means over ranks). */
+static void print_nodes(const struct bench_result *all, int ranks, int sweeps) {
+  printf(
+      "\nacross %d nodes (bytes per call; intra, inter, us: mean over "
+      "ranks; proxy, computed: sum over ranks)\n"
+      "  intra     the link bytes to the peers in the rank's node (mapped)\n"
+      "  inter     what the proxies put for the rank's tokens: dispatch, "
+      "header + expert ids\n"
+      "            + one row per (token, remote rank) + 2 flags per remote "
+      "rank; combine,\n"
+      "            2H per selection of a remote expert + 2 flags per remote "
+      "rank\n"
+      "  proxy     measured, vmep__ep_remote_bytes_out per call; computed, "
+      "the inter bytes;\n"
+      "            diff = proxy - computed: heartbeats (8 B per remote peer, "
+      "at most every\n"
+      "            100 us), else a mismatch of the accounting\n"
+      "  engine    plain engine puts of the rank's inter-node bytes between "
+      "the same ranks\n"
+      "            (one put per remote rank + a signal, median per "
+      "iteration);\n"
+      "            engine eff = engine us / vmep avg_t us\n"
+      "  over TCP on one machine (pretend nodes) only engine eff means "
+      "anything\n"
+      "%7s | %10s %10s | %10s %10s | %11s %11s %8s | %8s %8s %5s | %8s %8s "
+      "%5s\n",
+      all[0].nodes, "tokens", "intra disp", "intra comb", "inter disp",
+      "inter comb", "proxy", "computed", "diff", "disp us", "engine", "eff",
+      "comb us", "engine", "eff");
+  for (int i = 0; i < sweeps; i++) {
+    const struct bench_result *r = all + (size_t)i * ranks;
+    double v[8] = {0}, proxy = 0, computed = 0;
+    for (int k = 0; k < ranks; k++) {
+      v[0] += r[k].intra_dispatch_bytes / ranks;
+      v[1] += r[k].intra_combine_bytes / ranks;
+      v[2] += r[k].inter_dispatch_bytes / ranks;
+      v[3] += r[k].inter_combine_bytes / ranks;
+      v[4] += r[k].dispatch_us / ranks;
+      v[5] += r[k].engine_dispatch_us / ranks;
+      v[6] += r[k].combine_us / ranks;
+      v[7] += r[k].engine_combine_us / ranks;
+      proxy += r[k].proxy_bytes;
+      computed += r[k].inter_dispatch_bytes + r[k].inter_combine_bytes;
+    }
+    printf("%7d | %10.0f %10.0f | %10.0f %10.0f | %11.0f %11.0f %+8.0f | "
+           "%8.1f %8.1f %5.2f | %8.1f %8.1f %5.2f\n",
+           r->tokens, v[0], v[1], v[2], v[3], proxy, computed, proxy - computed,
+           v[4], v[5], eff_engine(v[4], v[5]), v[6], v[7],
+           eff_engine(v[6], v[7]));
   }
 }
 
@@ -194,8 +280,34 @@ void bench_print_summary(const struct bench_options *o,
            all[(size_t)i * ranks].dispatch_bytes,
            gbps(all[(size_t)i * ranks].dispatch_bytes,
                 all[(size_t)i * ranks].pair_us));
+  if (all[0].nodes > 1)
+    print_nodes(all, ranks, sweeps);
   if (o->compare_nccl)
     print_nccl(o, all, ranks, sweeps);
+}
+
+/* A result's node fields, closing its object: null in one node. */
+static void write_json_nodes(FILE *f, const struct bench_result *r) {
+  fprintf(f, ", \"node\": %d", r->node);
+  if (r->nodes <= 1) {
+    fprintf(f, ", \"intra_disp_bytes\": null, \"intra_comb_bytes\": null, "
+               "\"inter_disp_bytes\": null, \"inter_comb_bytes\": null, "
+               "\"proxy_bytes\": null, \"engine_disp_us\": null, "
+               "\"engine_comb_us\": null, \"engine_disp_eff\": null, "
+               "\"engine_comb_eff\": null}");
+    return;
+  }
+  fprintf(f,
+          ", \"intra_disp_bytes\": %.0f, \"intra_comb_bytes\": %.0f, "
+          "\"inter_disp_bytes\": %.0f, \"inter_comb_bytes\": %.0f, "
+          "\"proxy_bytes\": %.1f, \"engine_disp_us\": %.3f, "
+          "\"engine_comb_us\": %.3f, \"engine_disp_eff\": %.4f, "
+          "\"engine_comb_eff\": %.4f}",
+          r->intra_dispatch_bytes, r->intra_combine_bytes,
+          r->inter_dispatch_bytes, r->inter_combine_bytes, r->proxy_bytes,
+          r->engine_dispatch_us, r->engine_combine_us,
+          eff_engine(r->dispatch_us, r->engine_dispatch_us),
+          eff_engine(r->combine_us, r->engine_combine_us));
 }
 
 int bench_write_json(const char *path, const struct bench_options *o,
@@ -209,13 +321,13 @@ int bench_write_json(const char *path, const struct bench_options *o,
           "{\"ranks\": %d, \"hidden\": %d, \"topk\": %d, \"experts\": %d, "
           "\"fp8\": %s, \"zero_copy\": %s, \"seed\": %llu, \"iters\": %d, "
           "\"ceiling\": \"%s\", \"ceiling_bytes\": \"%s\", "
-          "\"compare_nccl\": %s, \"results\": [\n",
+          "\"compare_nccl\": %s, \"nodes\": %d, \"results\": [\n",
           ranks, o->hidden, o->topk, bench_experts(o, ranks),
           o->fp8 ? "true" : "false", o->zero_copy ? "true" : "false",
           (unsigned long long)o->seed, o->iters,
           all[0].ceiling ? "peer_all_pairs" : "d2d",
           all[0].ceiling ? "link" : "deepep",
-          o->compare_nccl ? "true" : "false");
+          o->compare_nccl ? "true" : "false", all[0].nodes);
   for (int i = 0; i < sweeps * ranks; i++) {
     const struct bench_result *r = &all[i];
     fprintf(f,
@@ -243,14 +355,15 @@ int bench_write_json(const char *path, const struct bench_options *o,
     if (r->ceiling)
       fprintf(f,
               "\"disp_link_copy_us\": %.3f, \"disp_eff_link\": %.4f, "
-              "\"comb_link_copy_us\": %.3f, \"comb_eff_link\": %.4f}",
+              "\"comb_link_copy_us\": %.3f, \"comb_eff_link\": %.4f",
               r->copy_dispatch_link_us,
               eff_link(r->dispatch_us, r->copy_dispatch_link_us),
               r->copy_combine_link_us,
               eff_link(r->combine_us, r->copy_combine_link_us));
     else
       fprintf(f, "\"disp_link_copy_us\": null, \"disp_eff_link\": null, "
-                 "\"comb_link_copy_us\": null, \"comb_eff_link\": null}");
+                 "\"comb_link_copy_us\": null, \"comb_eff_link\": null");
+    write_json_nodes(f, r);
     fprintf(f, "%s\n", i + 1 < sweeps * ranks ? "," : "");
   }
   fprintf(f, "]}\n");

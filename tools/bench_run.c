@@ -6,7 +6,8 @@
  * the same bytes on the same GPU at the same time (or, when every rank has
  * its own GPU, the all-pairs peer copy of bench_peer.c of the link bytes,
  * those that cross between ranks): the ceiling that the efficiency is
- * measured against.
+ * measured against. Across nodes, bench_nodes.c adds the proxy's bytes
+ * and the engine's ceiling.
  */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
@@ -314,8 +315,13 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   vmep_ep_combine_args ca = combine_args(b, b->expert_out);
   if (st == VMEP_OK)
     st = vmep_group_barrier(g);
+  /* Across nodes: what the proxy puts over the warm-up and timed calls. */
+  uint64_t proxy = res->nodes > 1 ? bench_proxy_bytes(ep) : 0;
   if (st == VMEP_OK)
     st = time_calls(ep, o, &da, &ca, s, res);
+  if (st == VMEP_OK && res->nodes > 1)
+    res->proxy_bytes = (double)(bench_proxy_bytes(ep) - proxy) /
+                       (double)(o->warmup + o->iters);
   /* The ceiling: NVLink (all-pairs peer copy) when every rank has its own
    * GPU, else HBM (a D2D copy on the shared GPU). Across GPUs the
    * efficiency is against a copy of the link bytes, the bytes that cross;
@@ -363,6 +369,7 @@ vmep_status bench_run_tokens(vmep_group *g, const struct bench_options *o,
   memset(res, 0, sizeof(*res));
   res->rank = vmep_group_rank(g);
   res->tokens = tokens;
+  bench_nodes_of(g, res);
   /* Every selection is valid here: sel = T * K. */
   double sel = (double)tokens * o->topk, H = o->hidden;
   res->dispatch_bytes = sel * (o->fp8 ? H + H / 128 * 4 + 16 : 2 * H + 16);
@@ -380,5 +387,10 @@ vmep_status bench_run_tokens(vmep_group *g, const struct bench_options *o,
     st = measure(g, ep, o, &c, &b, res);
   free_buffers(&b);
   vmep_status destroyed = vmep_ep_destroy(ep);
-  return st != VMEP_OK ? st : destroyed;
+  st = st != VMEP_OK ? st : destroyed;
+  /* Across nodes, with the buffer (and its proxy) gone: the byte split and
+   * the engine's own ceiling of the same inter-node bytes. */
+  if (st == VMEP_OK && res->nodes > 1)
+    st = bench_nodes_run(g, o, c.num_experts, res);
+  return st;
 }

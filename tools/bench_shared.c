@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "ep/ep.h"
 #include "ep/reference.h"
 #include "kernels/kernels.h"
 
@@ -59,28 +60,90 @@ void bench_free_inputs(struct bench_inputs *in) {
   free(in->weights);
 }
 
-void bench_link_bytes(const struct bench_options *o, int ranks, int experts,
-                      int me, const struct bench_inputs *in, double *dispatch,
-                      double *combine) {
+/* Per rank r: rows[r], the tokens of ours that select one of r's experts
+ * at least once; sel[r], our selections of r's experts (an invalid expert
+ * id counts as ours). */
+static void count_peers(const struct bench_options *o, int ranks, int experts,
+                        int me, const struct bench_inputs *in, double *rows,
+                        double *sel) {
   const int L = experts / ranks, K = o->topk;
-  const double H = o->hidden, row = o->fp8 ? H + H / 128 * 4 : 2 * H;
-  const double flags = 2.0 * 8 * (ranks - 1);
   /* seen[r] == t + 1: token t already counted a row for rank r. */
   int seen[VMEP_LL_MAX_RANKS] = {0};
-  double rows = 0, remote = 0;
+  for (int r = 0; r < ranks; r++)
+    rows[r] = sel[r] = 0;
   for (int t = 0; t < in->n; t++)
     for (int k = 0; k < K; k++) {
       int64_t e = in->topk[(size_t)t * K + k];
       int r = e >= 0 && e < experts ? (int)(e / L) : me;
-      if (r == me)
-        continue;
-      remote++;
-      rows += seen[r] != t + 1;
+      sel[r]++;
+      rows[r] += seen[r] != t + 1;
       seen[r] = t + 1;
     }
-  *dispatch = rows * row + (ranks - 1) * (4.0 + 4.0 * in->n * K) +
-              (o->zero_copy ? 4 * remote : 0) + flags;
-  *combine = remote * 2 * H + flags;
+}
+
+/* The bytes of a staged row: 2H bf16, H + H/128*4 fp8. */
+static double row_bytes(const struct bench_options *o) {
+  const double H = o->hidden;
+  return o->fp8 ? H + H / 128 * 4 : 2 * H;
+}
+
+/* What one mapped peer costs (bench_link_bytes' rule), from our rows and
+ * selections of it: *dispatch and *combine are increased. */
+static void mapped_peer_bytes(const struct bench_options *o,
+                              const struct bench_inputs *in, double rows,
+                              double sel, double *dispatch, double *combine) {
+  const double flags = 2.0 * 8;
+  *dispatch += rows * row_bytes(o) + 4.0 + 4.0 * in->n * o->topk +
+               (o->zero_copy ? 4 * sel : 0) + flags;
+  *combine += sel * 2 * o->hidden + flags;
+}
+
+void bench_link_bytes(const struct bench_options *o, int ranks, int experts,
+                      int me, const struct bench_inputs *in, double *dispatch,
+                      double *combine) {
+  double rows[VMEP_LL_MAX_RANKS], sel[VMEP_LL_MAX_RANKS];
+  count_peers(o, ranks, experts, me, in, rows, sel);
+  *dispatch = *combine = 0;
+  for (int r = 0; r < ranks; r++)
+    if (r != me)
+      mapped_peer_bytes(o, in, rows[r], sel[r], dispatch, combine);
+}
+
+void bench_node_bytes(const struct bench_options *o, int ranks, int experts,
+                      int me, const int *node, const struct bench_inputs *in,
+                      struct bench_node_bytes *out) {
+  double rows[VMEP_LL_MAX_RANKS], sel[VMEP_LL_MAX_RANKS];
+  vmep_ep_config c;
+  struct vmep_ll_layout layout;
+  vmep_ep_config_init(&c);
+  c.num_experts = experts;
+  c.hidden = o->hidden;
+  c.max_tokens_per_rank = in->n;
+  c.max_topk = o->topk;
+  vmep__ep_layout(&c, ranks, &layout);
+  /* The proxy's first put: the send area's header up to the expert ids,
+   * then the ids (int32) of every token. */
+  const double header = (double)layout.send_topk + 4.0 * in->n * o->topk;
+  /* Flags through the proxies, per remote peer and phase: ours (ready)
+   * and the peer's answer (ack). */
+  const double flags = 2.0 * 8;
+  count_peers(o, ranks, experts, me, in, rows, sel);
+  out->intra_dispatch = out->intra_combine = 0;
+  out->inter_dispatch = out->inter_combine = 0;
+  for (int r = 0; r < ranks; r++) {
+    out->dispatch_to[r] = out->combine_from[r] = 0;
+    if (r == me)
+      continue;
+    if (node[r] == node[me]) {
+      mapped_peer_bytes(o, in, rows[r], sel[r], &out->intra_dispatch,
+                        &out->intra_combine);
+      continue;
+    }
+    out->dispatch_to[r] = header + rows[r] * row_bytes(o);
+    out->combine_from[r] = sel[r] * 2 * o->hidden;
+    out->inter_dispatch += out->dispatch_to[r] + flags;
+    out->inter_combine += out->combine_from[r] + flags;
+  }
 }
 
 vmep_status bench_cuda_check(cudaError_t err, const char *what) {

@@ -71,6 +71,10 @@ done
 bad "$bench" vmep-bench --ranks --ranks 0
 bad "$bench" vmep-bench --num-sms --num-sms ''
 bad "$bench" vmep-bench --compare --compare mpi
+bad "$bench" vmep-bench --nodes --nodes 0
+bad "$bench" vmep-bench --nodes --nodes two
+"$bench" --help | grep -q -- "--nodes N" ||
+  { echo "FAIL: vmep-bench --help does not list --nodes"; fail=1; }
 [ -z "$nccl" ] || bad "$nccl" nccl-a2a stray stray
 
 # The environment: each invalid value named, with what is allowed, once.
