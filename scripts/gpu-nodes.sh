@@ -23,13 +23,26 @@ run() { # name, then the command
   [ $rc = 0 ] || { status=1; tail -15 "$out/$name.log"; }
 }
 IFS=, read -ra splits <<< "${GPU_NODES_SPLITS:-4 2,4 4,3 2}"
-for split in "${splits[@]}"; do
-  set -- $split
+split_run() { # ranks nodes
   VMEP_LOG=${VMEP_LOG:-info} run "test_ep-$1ranks-$2nodes" \
     "$build/tools/vmep-run" -n "$1" --nodes "$2" --timeout "$limit" -- \
     "$build/tests/gpu/test_ep"
-done
+}
+# shellcheck disable=SC2086 # "ranks nodes" are two words
+split_run ${splits[0]}
+# The benchmark across 2 pretend nodes: intra / inter bytes, the proxy's
+# count, the engine's own ceiling.
+if [ "${GPU_NODES_BENCH:-1}" != 0 ]; then
+  run bench-nodes2 "$build/tools/vmep-bench" --nodes 2 --check \
+    --json "$out/bench-nodes2.json"
+  grep -A16 "across 2 nodes" "$out/bench-nodes2.log" | sed 's/^\[rank 0\] //'
+fi
+# The same kernels on mapped peers only.
 run test_ll_kernels "$build/tests/gpu/test_ll_kernels"
 run test_ep-4ranks "$build/tools/vmep-run" -n 4 --timeout "$limit" -- \
   "$build/tests/gpu/test_ep"
+for split in "${splits[@]:1}"; do
+  # shellcheck disable=SC2086
+  split_run $split
+done
 exit "$status"

@@ -267,6 +267,25 @@ vmep_status vmep__engine_connect(vmep_engine *engine, int rank,
   return status;
 }
 
+void vmep__engine_disconnect(vmep_engine *engine, int rank) {
+  if (!engine || rank < 0 || rank >= engine->size ||
+      !engine->peers[rank].connected)
+    return;
+  struct engine_link **at = &engine->rkeys;
+  while (*at) {
+    vmep_engine_rkey *rkey = (vmep_engine_rkey *)*at;
+    if (rkey->rank != rank) {
+      at = &(*at)->next;
+      continue;
+    }
+    *at = rkey->link.next;
+    engine->ops->rkey_release(engine->impl, rkey->impl);
+    vmep__free(rkey);
+  }
+  engine->ops->disconnect(engine->impl, rank);
+  memset(&engine->peers[rank], 0, sizeof(engine->peers[rank]));
+}
+
 int vmep__engine_peer_is_failed(const vmep_engine *engine, int rank) {
   return engine && rank >= 0 && rank < engine->size &&
          engine->peers[rank].failed;

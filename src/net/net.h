@@ -67,6 +67,9 @@ struct vmep_engine_ops {
   /* This worker's address (owned by impl, valid until destroy). */
   vmep_status (*address)(void *impl, const void **bytes_out, size_t *len_out);
   vmep_status (*connect)(void *impl, int rank, const void *address, size_t len);
+  /* Closes the endpoint to `rank` within the engine's bound (by force when
+   * it failed); never fails. */
+  void (*disconnect)(void *impl, int rank);
   /* Registers [addr, addr+len); *packed_out (len *packed_len_out, from
    * vmep__malloc, the caller frees it) is the remote key for peers. */
   vmep_status (*mem_reg)(void *impl, void *addr, size_t len, unsigned flags,
@@ -207,6 +210,14 @@ vmep_status vmep__engine_flush(vmep_engine *engine, int rank, int timeout_ms);
  * emulate RMA, e.g. TCP); returns nonzero when something happened, 0 for
  * a NULL engine. */
 int vmep__engine_progress(vmep_engine *engine);
+
+/*
+ * Forgets `rank`: releases every remote key of it still held, closes its
+ * endpoint (within the engine's bound; by force when it failed) and clears
+ * its failure, so that vmep__engine_connect can reach its next process.
+ * A rank not connected is a no-op. Never fails.
+ */
+void vmep__engine_disconnect(vmep_engine *engine, int rank);
 
 /* Nonzero when `rank` was marked failed. */
 int vmep__engine_peer_is_failed(const vmep_engine *engine, int rank);

@@ -170,28 +170,38 @@ static void on_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status) {
   vmep__engine_peer_failed(peer->ue->engine, peer->rank, why);
 }
 
+/* Closes the endpoint to rank r (if any) by `deadline`: a failed peer's
+ * by force, a live one flushed first. */
+static void close_peer(struct ucx_engine *ue, int r, uint64_t deadline,
+                       int bound) {
+  if (!ue->peers[r].ep)
+    return;
+  ucp_request_param_t param = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS};
+  if (vmep__engine_peer_is_failed(ue->engine, r))
+    param.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  void *request = ue->api->ucp_ep_close_nbx(ue->peers[r].ep, &param);
+  /* A peer that closed first resets the connection: expected, so it is
+   * only told at info level. */
+  if (wait_request(ue, request, -1, deadline, bound, "ucp_ep_close_nbx") !=
+      VMEP_OK)
+    vmep_log_info("engine: closing the endpoint to rank %d: %s", r,
+                  vmep_last_error());
+  ue->peers[r].ep = NULL;
+}
+
 /* Closes every endpoint, all within one engine bound (so destroy takes at
  * most that long, however many peers are stuck). */
 static void close_peers(struct ucx_engine *ue) {
   int bound = vmep__engine_timeout_ms(ue->engine);
   uint64_t deadline = vmep__now_ms() + (uint64_t)bound;
-  for (int r = 0; r < ue->size; r++) {
-    if (!ue->peers[r].ep)
-      continue;
-    /* A failed peer's endpoint must be closed by force; a live one is
-     * flushed first, within the engine's bound. */
-    ucp_request_param_t param = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS};
-    if (vmep__engine_peer_is_failed(ue->engine, r))
-      param.flags = UCP_EP_CLOSE_FLAG_FORCE;
-    void *request = ue->api->ucp_ep_close_nbx(ue->peers[r].ep, &param);
-    /* A peer that closed first resets the connection: expected, so it is
-     * only told at info level. */
-    if (wait_request(ue, request, -1, deadline, bound, "ucp_ep_close_nbx") !=
-        VMEP_OK)
-      vmep_log_info("engine: closing the endpoint to rank %d: %s", r,
-                    vmep_last_error());
-    ue->peers[r].ep = NULL;
-  }
+  for (int r = 0; r < ue->size; r++)
+    close_peer(ue, r, deadline, bound);
+}
+
+static void ucx_disconnect(void *impl, int rank) {
+  struct ucx_engine *ue = impl;
+  int bound = vmep__engine_timeout_ms(ue->engine);
+  close_peer(ue, rank, vmep__now_ms() + (uint64_t)bound, bound);
 }
 
 static void ucx_destroy(void *impl) {
@@ -455,6 +465,7 @@ const struct vmep_engine_ops vmep__ucx_ops = {
     .destroy = ucx_destroy,
     .address = ucx_address,
     .connect = ucx_connect,
+    .disconnect = ucx_disconnect,
     .mem_reg = ucx_mem_reg,
     .mem_dereg = ucx_mem_dereg,
     .rkey_unpack = ucx_rkey_unpack,
