@@ -3,7 +3,8 @@
 # ranks split into pretend nodes (4 ranks on 2 and on 4 nodes, 3 ranks on
 # 2), every byte between nodes through UCX over TCP on loopback and the
 # proxies, then the kernel test and the EP test without pretend nodes (the
-# mapped path the same kernels serve). Logs under $OUT (or ./gpu-logs)/nodes.
+# mapped path the same kernels serve), then elastic plans on 2 pretend nodes.
+# Logs under $OUT (or ./gpu-logs)/nodes.
 # GPU_NODES_TIMEOUT bounds each run (seconds, default 300); GPU_NODES_SPLITS
 # picks the "ranks nodes" pairs (default "4 2,4 4,3 2").
 set -uo pipefail
@@ -44,5 +45,13 @@ run test_ep-4ranks "$build/tools/vmep-run" -n 4 --timeout "$limit" -- \
 for split in "${splits[@]:1}"; do
   # shellcheck disable=SC2086
   split_run $split
+done
+# Elastic plans on 2 pretend nodes: ranks that join, leave, die and come
+# back across nodes (connect / disconnect through the proxies).
+IFS=, read -ra plans <<< "${GPU_NODES_PLANS:-expand_shrink,fault_dispatch,rejoin}"
+for name in "${plans[@]}"; do
+  VMEP_NODES=2 run "elastic-nodes2-$name" "$build/tests/elastic/vmep-elastic" \
+    "tests/elastic/plans/$name.json" --json "$out/elastic-nodes2-$name.json"
+  tail -1 "$out/elastic-nodes2-$name.log"
 done
 exit "$status"

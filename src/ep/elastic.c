@@ -133,10 +133,16 @@ static vmep_status write_mask(vmep_ep *ep, int r, int masked) {
                              "mask update");
 }
 
+/* Rank r's entries of the peer table and of the inbox table, from how
+ * the window reaches it now. */
 static vmep_status write_peer(vmep_ep *ep, int r) {
-  char *base = vmep__ep_peer_base(ep, r);
-  return vmep__ep_device_put(&ep->dev, &ep->peers[r], &base, sizeof(base),
-                             "peer table update");
+  char *base = vmep__ep_peer_base(ep, r), *inbox = vmep__ep_inbox(ep, r);
+  vmep_status status = vmep__ep_device_put(&ep->dev, &ep->peers[r], &base,
+                                           sizeof(base), "peer table update");
+  if (status == VMEP_OK)
+    status = vmep__ep_device_put(&ep->dev, &ep->inbox[r], &inbox, sizeof(inbox),
+                                 "inbox table update");
+  return status;
 }
 
 /* Ends a group of host writes to device memory (masks, the peer table):
@@ -245,7 +251,9 @@ vmep_status vmep__ep_membership_init(vmep_ep *ep, vmep_status before) {
    * fails the creation's agreement), there is nothing to publish. */
   if (status != VMEP_OK || !c || index < 0)
     return status;
-  return vmep__window_publish(ep->window, c, ep->ns);
+  status = vmep__ep_remote_publish(ep, c);
+  return status == VMEP_OK ? vmep__window_publish(ep->window, c, ep->ns)
+                           : status;
 }
 
 /* An allgather of `words` u64 words among the connected ranks: into
@@ -302,6 +310,9 @@ static vmep_status raise_flags(vmep_ep *ep, uint64_t base) {
                                            sizeof(epochs), call);
   for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++) {
     char *peer = vmep_window_peer(ep->window, r);
+    if (is_connected(ep, r) && r != ep->rank &&
+        vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE)
+      status = vmep__ep_remote_raise(ep, r, flags, 4, base);
     if (!is_connected(ep, r) || !peer)
       continue;
     for (int f = 0; status == VMEP_OK && f < 4; f++)
@@ -451,6 +462,8 @@ static vmep_status begin_change(const vmep_ep *ep, const int *ranks, int n,
 static vmep_status drop(vmep_ep *ep, int r) {
   vmep_status status = write_mask(ep, r, 1);
   set_connected(ep, r, 0);
+  if (vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE)
+    vmep__ep_remote_detach(ep, r);
   vmep_status st = vmep__window_detach(ep->window, r);
   status = status != VMEP_OK ? status : st;
   st = write_peer(ep, r);
@@ -501,6 +514,10 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
       ep->seen_from[r] = ep->session[r];
     }
     ep->died[r] = status == VMEP_OK ? 0 : ep->died[r];
+    if (status == VMEP_OK &&
+        vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE)
+      status = vmep__ep_remote_attach(ep, c, r, ep->session[r],
+                                      "vmep_ep_connect_ranks");
     if (status == VMEP_OK)
       status = write_peer(ep, r);
     if (status == VMEP_OK)

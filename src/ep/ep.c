@@ -105,11 +105,9 @@ static vmep_status setup_device(vmep_ep *ep) {
   if (status != VMEP_OK)
     return status;
   carve(ep, ep->arena);
-  char *own = vmep_window_local(ep->window);
   for (int r = 0; r < ep->num_ranks; r++) {
     bases[r] = vmep__ep_peer_base(ep, r);
-    inbox[r] = vmep__ep_remote_inbox(ep, r);
-    inbox[r] = inbox[r] ? inbox[r] : own;
+    inbox[r] = vmep__ep_inbox(ep, r);
   }
   status = vmep__ep_device_zero(&ep->dev, ep->arena, bytes, call);
   if (status == VMEP_OK)
@@ -125,8 +123,15 @@ static vmep_status setup_device(vmep_ep *ep) {
 }
 
 char *vmep__ep_peer_base(const vmep_ep *ep, int r) {
-  char *base = vmep_window_peer(ep->window, r);
-  return base ? base : vmep__ep_remote_outbox(ep, r);
+  if (vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE)
+    return vmep__ep_remote_outbox(ep, r);
+  return vmep_window_peer(ep->window, r);
+}
+
+char *vmep__ep_inbox(const vmep_ep *ep, int r) {
+  if (vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE)
+    return vmep__ep_remote_inbox(ep, r);
+  return vmep_window_local(ep->window);
 }
 
 static vmep_status create(vmep_ep *ep) {
@@ -220,6 +225,7 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
   if (status != VMEP_OK) {
     if (ep->window)
       (void)vmep_window_destroy(ep->window);
+    vmep__ep_remote_fini(ep);
     vmep__ep_membership_leave(ep); /* gives its store name back */
     release(ep);
     return status;
@@ -236,6 +242,8 @@ vmep_status vmep_ep_destroy(vmep_ep *ep) {
    * until it unmaps it. Our own kernels finish before we unmap theirs. */
   vmep_status status = ep->changed ? vmep__window_free(ep->window)
                                    : vmep_window_destroy(ep->window);
+  /* The proxy served peers' puts until every rank got here. */
+  vmep__ep_remote_fini(ep);
   /* Only now, with our record withdrawn and its fd server stopped, may
    * another buffer of this shape take the name. */
   vmep__ep_membership_leave(ep);

@@ -159,13 +159,26 @@ vmep_status vmep__ep_proxy_record(const struct vmep_ep_proxy *px,
                                   const vmep_engine_mr *mr, void **record_out,
                                   size_t *len_out);
 
-/* Connects to every remote peer from the records of ranks 0..count-1
- * (concatenated in rank order, sizes[count]): its endpoint, its key,
- * where its inbox of us is. A record that is cut, foreign, of another
- * shape, or whose remote set disagrees with ours is VMEP_ERR_INVALID_ARG
- * naming the rank. */
+/* Connects to the ranks of `which` from the records of ranks
+ * 0..count-1 (concatenated in rank order, sizes[count]), each checked.
+ * A record that is cut, foreign, of another shape, or whose remote set
+ * disagrees with ours is VMEP_ERR_INVALID_ARG naming the rank. */
 vmep_status vmep__ep_proxy_connect(struct vmep_ep_proxy *px, const void *all,
-                                   const size_t *sizes, int count);
+                                   const size_t *sizes, int count,
+                                   const struct vmep_ll_rank_set *which);
+/* Connects to rank r (in px's remote set) from its record: its endpoint,
+ * its key, where its inbox of us is; from then on requests reach it. On
+ * failure nothing of r is kept. */
+vmep_status vmep__ep_proxy_connect_one(struct vmep_ep_proxy *px, int r,
+                                       const void *record, size_t len);
+/* Stops serving rank r and forgets its endpoint and key (a no-op when not
+ * connected). */
+void vmep__ep_proxy_forget(struct vmep_ep_proxy *px, int r);
+/* Sets our flags [b][rank] at each of the n flag offsets, both parities,
+ * to `value` in rank r's inbox of us and waits until they landed (the
+ * engine's bound). VMEP_OK for a rank not connected. */
+vmep_status vmep__ep_proxy_raise(struct vmep_ep_proxy *px, int r,
+                                 const size_t *offsets, int n, uint64_t value);
 
 /* One turn: serves every request published in the ring (in order), sends
  * a moved heartbeat (at most every 100 us), drives the engine once.
@@ -222,8 +235,24 @@ struct vmep_ep {
  * not VMEP_OK). A buffer of an elastic group with a remote peer is
  * VMEP_ERR_UNSUPPORTED. */
 vmep_status vmep__ep_remote_init(vmep_ep *ep, vmep_status before);
-/* Stops the proxy and releases what init made; a no-op without. */
+/* Stops the proxy, withdraws our record, releases what init made; a
+ * no-op without. */
 void vmep__ep_remote_fini(vmep_ep *ep);
+/* Publishes our inter-node record in the store (buffers with remote
+ * room), for ranks that connect later. */
+vmep_status vmep__ep_remote_publish(vmep_ep *ep, struct vmep_store_client *c);
+/* Connects the proxy to rank r, attached as remote with member-record
+ * session `session`, from the inter-node record of the same process;
+ * VMEP_ERR_UNSUPPORTED when the buffer has no room for r. */
+vmep_status vmep__ep_remote_attach(vmep_ep *ep, struct vmep_store_client *c,
+                                   int r, uint64_t session, const char *caller);
+/* The proxy stops serving rank r and forgets its endpoint. */
+void vmep__ep_remote_detach(vmep_ep *ep, int r);
+/* Raises our flags [b][rank] at the n offsets to `value` in remote rank
+ * r's inbox of us and waits until they landed (VMEP_OK when r is not
+ * connected through the proxy). */
+vmep_status vmep__ep_remote_raise(vmep_ep *ep, int r, const size_t *offsets,
+                                  int n, uint64_t value);
 /* Device addresses of our outbox / inbox of rank r (NULL unless r is
  * remote). */
 char *vmep__ep_remote_outbox(const vmep_ep *ep, int r);
@@ -233,8 +262,10 @@ void vmep__ep_remote_params(const vmep_ep *ep, struct vmep_ll_params *p);
 /* Bytes the proxy put to remote peers so far. */
 uint64_t vmep__ep_remote_bytes_out(const vmep_ep *ep);
 /* Where kernels write what rank r receives: its mapped buffer, or our
- * outbox of it (NULL when neither). */
+ * outbox of it (NULL when neither); where what r sent us is read: our
+ * inbox of a remote r, else our own buffer. */
 char *vmep__ep_peer_base(const vmep_ep *ep, int r);
+char *vmep__ep_inbox(const vmep_ep *ep, int r);
 
 /* Membership setup at creation (elastic.c): publishes our member record,
  * masks every rank not connected. Over a fixed group it joins the group's

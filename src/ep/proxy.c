@@ -25,6 +25,9 @@ struct record_head {
   struct vmep_ll_rank_set remote;
 };
 
+static vmep_status signal(struct vmep_ep_proxy *px, int r, size_t offset,
+                          uint64_t value);
+
 static int in_set(const struct vmep_ll_rank_set *set, int r) {
   return (set->bits[r / 32] >> (r % 32)) & 1u;
 }
@@ -129,28 +132,64 @@ static vmep_status check_record(const struct vmep_ep_proxy *px, int r,
   return VMEP_OK;
 }
 
+vmep_status vmep__ep_proxy_connect_one(struct vmep_ep_proxy *px, int r,
+                                       const void *record, size_t len) {
+  struct record_head h;
+  vmep_status status = check_record(px, r, record, len, &h);
+  if (status == VMEP_OK && !in_set(&px->remote, r))
+    status = bad_record(r, "this buffer has no room for it as a remote peer");
+  if (status != VMEP_OK)
+    return status;
+  const char *addr = (const char *)record + sizeof(h), *key = addr + h.addr_len;
+  vmep_engine_rkey *rkey = NULL;
+  status = vmep__engine_connect(px->engine, r, addr, h.addr_len);
+  if (status == VMEP_OK)
+    status = vmep__engine_rkey_unpack(px->engine, r, key, h.key_len, &rkey);
+  if (status != VMEP_OK) {
+    vmep__engine_disconnect(px->engine, r);
+    return status;
+  }
+  /* Rank r's inbox of us is its image 1 + (our place among its remote
+   * peers), counted from the start of its registration. */
+  px->peer_inbox[r] = vmep__engine_rkey_base(rkey) +
+                      px->image * (uint64_t)(1 + index_in(&h.remote, px->rank));
+  px->reported[r] = 0;
+  px->keys[r] = rkey;
+  return VMEP_OK;
+}
+
 vmep_status vmep__ep_proxy_connect(struct vmep_ep_proxy *px, const void *all,
-                                   const size_t *sizes, int count) {
+                                   const size_t *sizes, int count,
+                                   const struct vmep_ll_rank_set *which) {
   const char *rec = all;
   vmep_status status = VMEP_OK;
   for (int r = 0; r < count && status == VMEP_OK; rec += sizes[r], r++) {
     struct record_head h;
     status = check_record(px, r, rec, sizes[r], &h);
-    if (status != VMEP_OK || !in_set(&px->remote, r))
-      continue;
-    const char *addr = rec + sizeof(h), *key = addr + h.addr_len;
-    status = vmep__engine_connect(px->engine, r, addr, h.addr_len);
-    if (status == VMEP_OK)
-      status =
-          vmep__engine_rkey_unpack(px->engine, r, key, h.key_len, &px->keys[r]);
-    /* Rank r's inbox of us is its image 1 + (our place among its remote
-     * peers), counted from the start of its registration. */
-    if (status == VMEP_OK)
-      px->peer_inbox[r] =
-          vmep__engine_rkey_base(px->keys[r]) +
-          px->image * (uint64_t)(1 + index_in(&h.remote, px->rank));
+    if (status == VMEP_OK && in_set(which, r))
+      status = vmep__ep_proxy_connect_one(px, r, rec, sizes[r]);
   }
   return status;
+}
+
+void vmep__ep_proxy_forget(struct vmep_ep_proxy *px, int r) {
+  px->keys[r] = NULL;
+  vmep__engine_disconnect(px->engine, r);
+}
+
+vmep_status vmep__ep_proxy_raise(struct vmep_ep_proxy *px, int r,
+                                 const size_t *offsets, int n, uint64_t value) {
+  if (!px->keys[r])
+    return VMEP_OK;
+  vmep_status status = VMEP_OK;
+  for (int i = 0; i < n && status == VMEP_OK; i++)
+    for (int b = 0; b < 2 && status == VMEP_OK; b++)
+      status = signal(
+          px, r,
+          offsets[i] + ((size_t)b * (size_t)px->num_ranks + (size_t)px->rank) *
+                           sizeof(uint64_t),
+          value);
+  return status == VMEP_OK ? vmep__engine_flush(px->engine, r, 0) : status;
 }
 
 /* ---- serving requests ---------------------------------------------------- */

@@ -5,9 +5,13 @@
  * host memory that kernels and proxy share (mapped into the device,
  * registered with the engine), exchanges the records through the group,
  * connects, and starts the proxy thread; release undoes it in reverse.
+ * Ranks that come later (elastic groups, connects after a disconnect)
+ * are connected from the record each publishes in the store. The proxy
+ * thread and the membership calls share the engine under one lock.
  */
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "boot/boot.h"
@@ -26,6 +30,9 @@ struct vmep_ep_remote {
   void *host; /* vmep__ep_proxy_host_bytes, mapped into the device */
   char *dev;  /* its device address */
   size_t bytes;
+  void *record; /* ours, published for ranks that connect later */
+  size_t record_len;
+  pthread_mutex_t lock; /* the engine and px: proxy turns, membership */
   pthread_t thread;
   int running;
   int stop; /* atomic */
@@ -37,7 +44,10 @@ static void *proxy_main(void *arg) {
   struct vmep_ep_remote *rm = arg;
   unsigned idle = 0;
   while (!__atomic_load_n(&rm->stop, __ATOMIC_ACQUIRE)) {
-    if (vmep__ep_proxy_step(&rm->px))
+    pthread_mutex_lock(&rm->lock);
+    int served = vmep__ep_proxy_step(&rm->px);
+    pthread_mutex_unlock(&rm->lock);
+    if (served)
       idle = 0;
     else if (++idle % IDLE_SPINS == 0)
       sched_yield();
@@ -92,31 +102,70 @@ static vmep_status exchange(vmep_ep *ep, struct vmep_ep_remote *rm,
       all, all ? capacity : 0, sizes);
   status = vmep__sym_agree(ep->group, status != VMEP_OK ? status : st, NULL, 0,
                            NULL, call, "set up its inter-node engine");
+  struct vmep_ll_rank_set now;
+  memset(&now, 0, sizeof(now));
+  for (int r = 0; r < size; r++)
+    if (vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE)
+      now.bits[r / 32] |= 1u << (r % 32);
   if (status == VMEP_OK)
-    status = vmep__ep_proxy_connect(&rm->px, all, sizes, size);
+    status = vmep__ep_proxy_connect(&rm->px, all, sizes, size, &now);
   vmep__free(all);
   vmep__free(sizes);
   return vmep__sym_agree(ep->group, status, NULL, 0, NULL, call,
                          "connect to its remote peers");
 }
 
-vmep_status vmep__ep_remote_init(vmep_ep *ep, vmep_status status) {
-  struct vmep_ll_rank_set remote;
-  memset(&remote, 0, sizeof(remote));
+/*
+ * The ranks this buffer keeps room for as remote peers: those the window
+ * marked remote; with pretend nodes, when ranks may connect later (an
+ * elastic group, or room beyond the group), every other rank, since which
+ * of them land in other nodes is known only when they publish.
+ */
+static int room_for(const vmep_ep *ep, struct vmep_ll_rank_set *set) {
+  int later = vmep__group_elastic(ep->group) ||
+              ep->num_ranks > vmep_group_size(ep->group);
+  int all = later && vmep__group_pretend_nodes(ep->group) > 1;
   int n = 0;
+  memset(set, 0, sizeof(*set));
   for (int r = 0; ep->window && r < ep->num_ranks; r++)
-    if (vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE) {
-      remote.bits[r / 32] |= 1u << (r % 32);
+    if (r != ep->rank &&
+        (all || vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE)) {
+      set->bits[r / 32] |= 1u << (r % 32);
       n++;
     }
+  return n;
+}
+
+/* Allocates the state, prepares it and, on success, starts the proxy. */
+static vmep_status start(vmep_ep *ep, vmep_status status,
+                         const struct vmep_ll_rank_set *remote, int n) {
+  struct vmep_ep_remote *rm = vmep__calloc(1, sizeof(*rm));
+  ep->remote = rm;
+  if (!rm)
+    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                      "%s: host allocation failed", call);
+  pthread_mutex_init(&rm->lock, NULL);
+  if (status == VMEP_OK)
+    status = prepare(ep, rm, remote, n, &rm->record, &rm->record_len);
+  if (!vmep__group_elastic(ep->group))
+    status = exchange(ep, rm, status, rm->record, rm->record_len);
+  if (status == VMEP_OK && pthread_create(&rm->thread, NULL, proxy_main, rm))
+    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                        "%s: cannot start the inter-node proxy thread", call);
+  if (status == VMEP_OK) {
+    rm->running = 1;
+    vmep_log_info("room for %d remote peers through ucx, GPU data staged "
+                  "through host memory (%zu B mapped and registered)",
+                  n, rm->bytes);
+  }
+  return status;
+}
+
+vmep_status vmep__ep_remote_init(vmep_ep *ep, vmep_status status) {
+  struct vmep_ll_rank_set remote;
+  int n = room_for(ep, &remote);
   if (vmep__group_elastic(ep->group))
-    return status != VMEP_OK || n == 0
-               ? status
-               : vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-                            "%s: rank %d is in another node; buffers of "
-                            "elastic groups reach mapped peers only "
-                            "(docs/INTERNODE.md)",
-                            call, vmep__window_remote_peer(ep->window));
+    return status != VMEP_OK || n == 0 ? status : start(ep, status, &remote, n);
   /* Whether any rank has a remote peer: then all make the engine. */
   int size = vmep_group_size(ep->group);
   int *counts = vmep__calloc((size_t)size, sizeof(int));
@@ -131,24 +180,71 @@ vmep_status vmep__ep_remote_init(vmep_ep *ep, vmep_status status) {
   vmep__free(counts);
   if (status != VMEP_OK || !any)
     return status;
-  struct vmep_ep_remote *rm = vmep__calloc(1, sizeof(*rm));
-  ep->remote = rm;
+  return start(ep, status, &remote, n);
+}
+
+/* Our record's store namespace: the buffer's, plus "/net". */
+static void net_ns(const vmep_ep *ep, char *ns, size_t size) {
+  snprintf(ns, size, "%s/net", ep->ns);
+}
+
+vmep_status vmep__ep_remote_publish(vmep_ep *ep, struct vmep_store_client *c) {
+  char ns[96];
+  if (!ep->remote)
+    return VMEP_OK;
+  net_ns(ep, ns, sizeof(ns));
+  return vmep__member_publish(c, ns, ep->rank, ep->remote->record,
+                              ep->remote->record_len);
+}
+
+vmep_status vmep__ep_remote_attach(vmep_ep *ep, struct vmep_store_client *c,
+                                   int r, uint64_t session,
+                                   const char *caller) {
+  struct vmep_ep_remote *rm = ep->remote;
+  char ns[96];
+  if (!rm || !rm->running || !(rm->px.remote.bits[r / 32] >> (r % 32) & 1u))
+    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                      "%s: rank %d is in another node, and this buffer was "
+                      "made without room for it as a remote peer",
+                      caller, r);
+  net_ns(ep, ns, sizeof(ns));
   void *record = NULL;
   size_t len = 0;
-  status = rm ? prepare(ep, rm, &remote, n, &record, &len)
-              : vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                           "%s: host allocation failed", call);
-  status = exchange(ep, rm, status, record, len);
-  vmep__free(record);
-  if (status == VMEP_OK && pthread_create(&rm->thread, NULL, proxy_main, rm))
-    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                        "%s: cannot start the inter-node proxy thread", call);
+  uint64_t from = 0;
+  vmep_status status = vmep__member_fetch_current(
+      c, ns, r, vmep__group_timeout_ms(ep->group), 0, &record, &len, &from);
+  if (status == VMEP_OK && from != session)
+    status = vmep__fail(VMEP_ERR_PEER, VMEP_LOG_ERROR,
+                        "%s: rank %d's inter-node record is of another "
+                        "process than its member record",
+                        caller, r);
   if (status == VMEP_OK) {
-    rm->running = 1;
-    vmep_log_info("%d remote peers through %s, GPU data staged through host "
-                  "memory (%zu B mapped and registered)",
-                  n, "ucx", rm->bytes);
+    pthread_mutex_lock(&rm->lock);
+    vmep__ep_proxy_forget(&rm->px, r);
+    status = vmep__ep_proxy_connect_one(&rm->px, r, record, len);
+    pthread_mutex_unlock(&rm->lock);
   }
+  vmep__free(record);
+  return status;
+}
+
+void vmep__ep_remote_detach(vmep_ep *ep, int r) {
+  struct vmep_ep_remote *rm = ep->remote;
+  if (!rm || !rm->running)
+    return;
+  pthread_mutex_lock(&rm->lock);
+  vmep__ep_proxy_forget(&rm->px, r);
+  pthread_mutex_unlock(&rm->lock);
+}
+
+vmep_status vmep__ep_remote_raise(vmep_ep *ep, int r, const size_t *offsets,
+                                  int n, uint64_t value) {
+  struct vmep_ep_remote *rm = ep->remote;
+  if (!rm || !rm->running)
+    return VMEP_OK;
+  pthread_mutex_lock(&rm->lock);
+  vmep_status status = vmep__ep_proxy_raise(&rm->px, r, offsets, n, value);
+  pthread_mutex_unlock(&rm->lock);
   return status;
 }
 
@@ -184,6 +280,11 @@ void vmep__ep_remote_fini(vmep_ep *ep) {
     __atomic_store_n(&rm->stop, 1, __ATOMIC_RELEASE);
     pthread_join(rm->thread, NULL);
   }
+  if (ep->ns[0] && vmep__group_store(ep->group)) {
+    char ns[96];
+    net_ns(ep, ns, sizeof(ns));
+    (void)vmep__member_withdraw(vmep__group_store(ep->group), ns, ep->rank);
+  }
   vmep__engine_mem_dereg(rm->engine, rm->mr);
   vmep__engine_destroy(rm->engine); /* releases the peers' keys */
   if (rm->host) {
@@ -192,6 +293,8 @@ void vmep__ep_remote_fini(vmep_ep *ep) {
     if (entered)
       vmep__ep_device_leave(&ep->dev);
   }
+  pthread_mutex_destroy(&rm->lock);
+  vmep__free(rm->record);
   vmep__free(rm);
   ep->remote = NULL;
 }

@@ -297,7 +297,9 @@ void vmep__engine_peer_failed(vmep_engine *engine, int rank, const char *why) {
     return;
   peer->failed = 1;
   snprintf(peer->why, sizeof(peer->why), "%s", why);
-  vmep_log_warn("engine: rank %d failed: %s", rank, why);
+  /* Info only: a peer that leaves first closes its endpoints, which reads
+   * the same here; the engine's user says so when the rank is needed. */
+  vmep_log_info("engine: rank %d failed: %s", rank, why);
 }
 
 int vmep__engine_timeout_ms(const vmep_engine *engine) {

@@ -125,12 +125,13 @@ vmep_status vmep__window_withdraw(vmep_window *w);
  * Maps rank `rank`'s region from the member record of its current process
  * into its slot, waiting up to timeout_ms for one (past a record an
  * earlier process of the rank left; with wait_dead, past the rank's death
- * too, for a successor). A rank already attached is a no-op.
+ * too, for a successor). A rank already mapped is a no-op.
  * *session_out (may be NULL) gets the record's store session, which names
  * the process. Messages name `call`. On failure the rank stays unattached.
  * A rank whose record names another VMEP_NODES is VMEP_ERR_INVALID_ARG;
- * one in another pretend node is VMEP_ERR_UNSUPPORTED (remote peers are
- * not attached yet). A rank marked remote at creation is a no-op too.
+ * one in another pretend node, or marked remote at creation, is not
+ * mapped but marked VMEP_PEER_REMOTE (with its session), for the window's
+ * user to reach through the engine.
  */
 vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
                                 int rank, int timeout_ms, int wait_dead,

@@ -80,26 +80,18 @@ static vmep_status fetch_record(vmep_window *w, struct vmep_store_client *c,
   return VMEP_OK;
 }
 
-/* Pretend nodes: the publisher must run with our VMEP_NODES and be in our
- * node (joiners know no hosts, so real nodes are not told apart here). */
+/* Pretend nodes: the publisher must run with our VMEP_NODES (joiners know
+ * no hosts, so real nodes are not told apart here). */
 static vmep_status check_node(const vmep_window *w, int rank,
                               const struct member_record *rec,
                               const char *call) {
   const char *var = vmep__config_name(VMEP_CONFIG_NODES);
   int nodes = vmep__group_pretend_nodes(w->group);
-  int node = vmep_group_node(w->group, w->rank);
   if (rec->nodes != (uint32_t)nodes)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: rank %d runs with %s=%u, this rank (%d) with "
                       "%s=%d; every rank must see the same value",
                       call, rank, var, rec->nodes, w->rank, var, nodes);
-  if (nodes > 0 && rec->node != node)
-    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-                      "%s: rank %d is in pretend node %d, which this rank "
-                      "(%d, node %d) reaches only through an RDMA engine; "
-                      "windows do not attach remote peers yet "
-                      "(docs/TOPOLOGY.md)",
-                      call, rank, (int)rec->node, w->rank, node);
   return VMEP_OK;
 }
 
@@ -112,16 +104,26 @@ vmep_status vmep__window_attach(vmep_window *w, struct vmep_store_client *c,
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: rank %d, expected another rank in 0..%d", call, rank,
                       w->slots - 1);
-  if (w->peers[rank].kind != VMEP_PEER_NONE)
+  enum vmep_peer_kind kind = w->peers[rank].kind;
+  if (kind == VMEP_PEER_MAPPED)
     return VMEP_OK;
   uint64_t session = 0;
   vmep_status status =
       fetch_record(w, c, rank, timeout_ms, wait_dead, call, &rec, &session);
+  if (status == VMEP_OK)
+    status = check_node(w, rank, &rec, call);
   if (status != VMEP_OK)
     return status;
-  status = check_node(w, rank, &rec, call);
-  if (status != VMEP_OK)
-    return status;
+  /* A rank of another (pretend) node is never mapped: marked remote, it
+   * is reached through the engine by the window's user. */
+  int pretend = vmep__group_pretend_nodes(w->group);
+  if (kind == VMEP_PEER_REMOTE ||
+      (pretend > 0 && rec.node != vmep_group_node(w->group, w->rank))) {
+    w->peers[rank].kind = VMEP_PEER_REMOTE;
+    if (session_out)
+      *session_out = session;
+    return VMEP_OK;
+  }
   member_job(w, job, sizeof(job));
   status = vmep__window_map_peer(w, rank, rec.desc, rec.desc_len, job, call);
   if (status == VMEP_OK && session_out)

@@ -649,7 +649,8 @@ static void setup(struct rank_state *s) {
     at += sizes[r];
     free(recs[r]);
   }
-  ASSERT_OK(vmep__ep_proxy_connect(&s->px, all, sizes, NUM_RANKS));
+  ASSERT_OK(
+      vmep__ep_proxy_connect(&s->px, all, sizes, NUM_RANKS, &s->px.remote));
   free(all);
   barrier(s, NULL); /* everyone connected before anyone puts */
 }
@@ -801,7 +802,8 @@ static vmep_status connect_from(struct peer *peers, int me,
   vmep_engine *engine = make_engine(me);
   vmep__ep_proxy_init(px, engine, &config, me, NUM_RANKS, remote,
                       peers[me].host);
-  vmep_status status = vmep__ep_proxy_connect(px, all, lens, NUM_RANKS);
+  vmep_status status =
+      vmep__ep_proxy_connect(px, all, lens, NUM_RANKS, &px->remote);
   snprintf(why_out, why_len, "%s", status == VMEP_OK ? "" : vmep_last_error());
   for (int r = 0; status == VMEP_OK && r < NUM_RANKS; r++) {
     if (r == me) {
