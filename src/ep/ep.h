@@ -113,12 +113,15 @@ vmep_status vmep__ep_device_sms(const struct vmep_ep_device *d, int *sms_out);
 
 /*
  * Host memory of a buffer with remote peers, mapped into the device and
- * registered with the engine: layout-shaped images of `image` bytes (the
- * layout without its zero-copy areas), [stage][inbox of each remote peer,
- * in rank order][outbox of each][ring]. A peer's inbox of us is where the
- * proxy of that peer puts what it sends us; our outbox of it is where our
- * kernels write what it will receive (combine rows), before our proxy puts
- * them into its inbox of us, at the same offsets.
+ * registered with the engine: [stage][inbox of each remote peer, in rank
+ * order][outbox of each][ring]. The stage is layout-shaped, `image` bytes
+ * (the layout without its zero-copy areas): our staged send areas and
+ * heartbeat, and the combine slots where remote expert ranks put the rows
+ * of our tokens. An inbox of peer r holds the layout's parts before the
+ * slots (flags, heartbeat, send areas) at their offsets: what r's proxy
+ * puts there. An outbox of r holds the slot areas (offset slots[0] at its
+ * start): the rows of r's tokens our experts made, which our proxy puts
+ * into the slots of r's stage.
  */
 struct vmep_ep_proxy {
   vmep_engine *engine;
@@ -129,8 +132,10 @@ struct vmep_ep_proxy {
   char *stage;
   struct vmep_ll_ring *ring;
   char *inbox[VMEP_LL_MAX_RANKS];  /* NULL for mapped peers */
-  char *outbox[VMEP_LL_MAX_RANKS]; /* NULL for mapped peers */
+  char *outbox[VMEP_LL_MAX_RANKS]; /* NULL for mapped peers; its start is
+                                      the layout's slots[0] */
   vmep_engine_rkey *keys[VMEP_LL_MAX_RANKS];
+  uint64_t peer_stage[VMEP_LL_MAX_RANKS];    /* at the peer: its stage */
   uint64_t peer_inbox[VMEP_LL_MAX_RANKS];    /* at the peer: its inbox of us */
   unsigned char reported[VMEP_LL_MAX_RANKS]; /* its failure was logged */
   uint64_t tail;                             /* requests taken from the ring */

@@ -48,9 +48,20 @@ size_t vmep__ep_proxy_image(const struct vmep_ll_layout *layout) {
   return layout->zero_copy[0] ? layout->zero_copy[0] : layout->total;
 }
 
+/* An inbox holds the flags, the heartbeat and the send areas (all before
+ * the slots); an outbox the slots alone. */
+static size_t inbox_bytes(const struct vmep_ll_layout *layout) {
+  return layout->slots[0];
+}
+
+static size_t outbox_bytes(const struct vmep_ll_layout *layout) {
+  return layout->where[0] - layout->slots[0];
+}
+
 size_t vmep__ep_proxy_host_bytes(const struct vmep_ll_layout *layout,
                                  int num_remote) {
-  return vmep__ep_proxy_image(layout) * (1 + 2 * (size_t)num_remote) +
+  return vmep__ep_proxy_image(layout) +
+         (inbox_bytes(layout) + outbox_bytes(layout)) * (size_t)num_remote +
          sizeof(struct vmep_ll_ring);
 }
 
@@ -68,15 +79,16 @@ void vmep__ep_proxy_init(struct vmep_ep_proxy *px, vmep_engine *engine,
   px->image = vmep__ep_proxy_image(&px->layout);
   px->remote = *remote;
   int n = set_count(remote, num_ranks);
+  const size_t in = inbox_bytes(&px->layout), out = outbox_bytes(&px->layout);
   px->stage = host;
   for (int r = 0; r < num_ranks; r++) {
     if (!in_set(remote, r))
       continue;
     int i = index_in(remote, r);
-    px->inbox[r] = host + px->image * (size_t)(1 + i);
-    px->outbox[r] = host + px->image * (size_t)(1 + n + i);
+    px->inbox[r] = host + px->image + in * (size_t)i;
+    px->outbox[r] = host + px->image + in * (size_t)n + out * (size_t)i;
   }
-  px->ring = (struct vmep_ll_ring *)(host + px->image * (size_t)(1 + 2 * n));
+  px->ring = (struct vmep_ll_ring *)(host + px->image + (in + out) * (size_t)n);
 }
 
 vmep_status vmep__ep_proxy_record(const struct vmep_ep_proxy *px,
@@ -149,10 +161,12 @@ vmep_status vmep__ep_proxy_connect_one(struct vmep_ep_proxy *px, int r,
     vmep__engine_disconnect(px->engine, r);
     return status;
   }
-  /* Rank r's inbox of us is its image 1 + (our place among its remote
-   * peers), counted from the start of its registration. */
-  px->peer_inbox[r] = vmep__engine_rkey_base(rkey) +
-                      px->image * (uint64_t)(1 + index_in(&h.remote, px->rank));
+  /* Rank r's block starts with its stage, then its inboxes in rank order:
+   * ours is at our place among its remote peers. */
+  px->peer_stage[r] = vmep__engine_rkey_base(rkey);
+  px->peer_inbox[r] =
+      px->peer_stage[r] + px->image +
+      inbox_bytes(&px->layout) * (uint64_t)index_in(&h.remote, px->rank);
   px->reported[r] = 0;
   px->keys[r] = rkey;
   return VMEP_OK;
@@ -208,13 +222,18 @@ static vmep_status counted(struct vmep_ep_proxy *px, vmep_status status,
   return status;
 }
 
+/* Puts [src, +bytes) at rank r's address raddr (in its registration). */
+static vmep_status put_at(struct vmep_ep_proxy *px, int r, const char *src,
+                          uint64_t raddr, size_t bytes) {
+  return counted(
+      px, vmep__engine_put(px->engine, r, src, bytes, px->keys[r], raddr),
+      bytes);
+}
+
 /* Puts [src, +bytes) into rank r's inbox of us at `offset`. */
 static vmep_status put(struct vmep_ep_proxy *px, int r, const char *src,
                        size_t offset, size_t bytes) {
-  return counted(px,
-                 vmep__engine_put(px->engine, r, src, bytes, px->keys[r],
-                                  px->peer_inbox[r] + offset),
-                 bytes);
+  return put_at(px, r, src, px->peer_inbox[r] + offset, bytes);
 }
 
 /* Sets the 8-byte word at `offset` of rank r's inbox of us to `value`,
@@ -284,7 +303,8 @@ static vmep_status ship_dispatch(struct vmep_ep_proxy *px, int r,
 
 /* Combine: every slot [t][k] of rank r's tokens whose expert is ours (from
  * r's expert ids in our inbox of it), runs of consecutive slots in one
- * put. */
+ * put, into the slots of r's stage: each slot has one expert rank, so all
+ * of r's remote peers share that area. */
 static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
                                 const struct vmep_ll_ring_entry *e) {
   const struct vmep_ll_layout *l = &px->layout;
@@ -303,7 +323,8 @@ static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
       run = i;
     if (!want && run >= 0) {
       size_t at = l->slots[b] + (size_t)run * row;
-      status = put(px, r, px->outbox[r] + at, at, (size_t)(i - run) * row);
+      status = put_at(px, r, px->outbox[r] + (at - l->slots[0]),
+                      px->peer_stage[r] + at, (size_t)(i - run) * row);
       run = -1;
     }
   }

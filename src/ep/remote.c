@@ -250,7 +250,12 @@ vmep_status vmep__ep_remote_raise(vmep_ep *ep, int r, const size_t *offsets,
 
 char *vmep__ep_remote_outbox(const vmep_ep *ep, int r) {
   const struct vmep_ep_remote *rm = ep->remote;
-  return rm && rm->px.outbox[r] ? dev_of(rm, rm->px.outbox[r]) : NULL;
+  if (!rm || !rm->px.outbox[r])
+    return NULL;
+  /* Kernels add the layout's slot offsets to it: the outbox starts at
+   * slots[0]. */
+  return (char *)((uintptr_t)dev_of(rm, rm->px.outbox[r]) -
+                  ep->layout.slots[0]);
 }
 
 char *vmep__ep_remote_inbox(const vmep_ep *ep, int r) {

@@ -81,8 +81,8 @@ enum vmep_ll_ship {
                                 and the rows each peer selected; then the
                                 flag at `offset` */
   VMEP_LL_SHIP_COMBINE = 2,  /* each remote source's slots that our experts
-                                filled (from its expert ids in our inbox);
-                                then the flag */
+                                filled (from its expert ids in our inbox),
+                                into its staging area; then the flag */
   VMEP_LL_SHIP_FLAG = 3,     /* the flag alone */
 };
 
@@ -125,7 +125,7 @@ struct vmep_ll_params {
   char *const *inbox;
   /* With remote peers (else NULL): the proxy's ring and the host staging
    * area (layout-shaped: the send areas and the heartbeat that go to every
-   * remote peer) */
+   * remote peer, and the combine slots that remote expert ranks fill) */
   struct vmep_ll_ring *ring;
   char *stage;
   struct vmep_ll_state *state; /* this rank's private state */

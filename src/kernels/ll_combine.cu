@@ -74,9 +74,9 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
       int64_t e = io.topk_idx[(size_t)t * K + lane];
       use = e >= 0 && e < p.num_experts && !ll_is_masked(p.state, (int)(e / L));
       w = io.topk_weights[(size_t)t * K + lane];
-      /* A remote expert rank's rows land in our inbox of it. */
+      /* Remote expert ranks' rows land in the staging area's slots. */
       if (use && ll_remote(p, (int)(e / L)))
-        row = (const uint4 *)(p.inbox[e / L] + p.layout.slots[p.parity] +
+        row = (const uint4 *)(p.stage + p.layout.slots[p.parity] +
                               ((size_t)t * K + lane) * p.hidden * 2);
       else if (use && io.zero_copy)
         row =

@@ -348,7 +348,8 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
     const char *area = s->px.inbox[src] + l->send[b];
     int n = *(const int *)area;
     const int32_t *ids = (const int32_t *)(area + l->send_topk);
-    unsigned char *slots = (unsigned char *)s->px.outbox[src] + l->slots[b];
+    unsigned char *slots =
+        (unsigned char *)s->px.outbox[src] + (l->slots[b] - l->slots[0]);
     memset(slots, GARBAGE, (size_t)n * K * COMBINE_ROW);
     struct gen g = gen_of(TAG_COMBINE, round, s->rank, src);
     gen_bytes(&g, s->rows, (size_t)n * K * COMBINE_ROW);
@@ -366,22 +367,27 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
 
   struct tokens mine;
   tokens_of(round, s->rank, sh, &mine);
+  /* Every remote expert rank puts into the one slot area of our stage:
+   * each slot [t][k] holds the rows of its expert's rank, the others (our
+   * own experts', unselected) the poison. */
   const size_t slot_bytes = l->slots[1] - l->slots[0];
+  for (int d = 0; d < NUM_RANKS; d++)
+    if (s->live[d])
+      wait_word(s, s->px.inbox[d], flag_at(l->comb_ready, b, d), sh->epoch,
+                "combine flag", d);
+  memset(s->want, POISON, slot_bytes);
   for (int d = 0; d < NUM_RANKS; d++) {
     if (!s->live[d])
       continue;
-    wait_word(s, s->px.inbox[d], flag_at(l->comb_ready, b, d), sh->epoch,
-              "combine flag", d);
-    memset(s->want, POISON, slot_bytes);
     struct gen g = gen_of(TAG_COMBINE, round, d, s->rank);
     gen_bytes(&g, s->rows, (size_t)mine.n * K * COMBINE_ROW);
     for (int i = 0; i < mine.n * K; i++)
       if (owner(mine.ids[i]) == d)
         memcpy(s->want + i * COMBINE_ROW, s->rows + i * COMBINE_ROW,
                COMBINE_ROW);
-    compare(s, (const unsigned char *)s->px.inbox[d] + l->slots[b], s->want,
-            slot_bytes, round, "combine slots", d, COMBINE_ROW);
   }
+  compare(s, (const unsigned char *)s->px.stage + l->slots[b], s->want,
+          slot_bytes, round, "combine slots", s->rank, COMBINE_ROW);
 }
 
 /* A flag alone, then two heartbeats back to back: the second goes at
@@ -458,9 +464,8 @@ static void run_round(struct rank_state *s, int round) {
     if (s->live[p]) {
       memset(s->px.inbox[p] + l->send[sh.parity], POISON,
              l->send[1] - l->send[0]);
-      memset(s->px.inbox[p] + l->slots[sh.parity], POISON,
-             l->slots[1] - l->slots[0]);
     }
+  memset(s->px.stage + l->slots[sh.parity], POISON, l->slots[1] - l->slots[0]);
   barrier(s, NULL); /* every inbox poisoned before anyone sends */
   dispatch(s, round, &sh);
   combine(s, round, &sh);
@@ -616,16 +621,19 @@ static void setup(struct rank_state *s) {
   ASSERT_TRUE(s->host && s->want && s->rows);
   vmep__ep_proxy_init(&s->px, s->engine, &config, s->rank, NUM_RANKS, &remote,
                       s->host);
-  /* [stage][inboxes][outboxes][ring], in rank order */
-  const size_t image = s->px.image;
+  /* [stage][inboxes][outboxes][ring], in rank order: a stage is the whole
+   * layout, an inbox its parts before the slots, an outbox the slots */
+  const size_t image = s->px.image, in = layout.slots[0];
+  const size_t out = layout.where[0] - layout.slots[0];
   ASSERT_EQ(image, layout.total);
   ASSERT_TRUE(s->px.stage == s->host);
   for (int r = 0, i = 0; r < NUM_RANKS; r++) {
     s->live[r] = r != s->rank;
-    ASSERT_TRUE(s->live[r] ? s->px.inbox[r] == s->host + image * (1 + i)
+    ASSERT_TRUE(s->live[r] ? s->px.inbox[r] == s->host + image + in * i
                            : s->px.inbox[r] == NULL);
     ASSERT_TRUE(s->live[r]
-                    ? s->px.outbox[r] == s->host + image * (NUM_RANKS + i)
+                    ? s->px.outbox[r] ==
+                          s->host + image + in * (NUM_RANKS - 1) + out * i
                     : s->px.outbox[r] == NULL);
     i += s->live[r];
   }
@@ -813,8 +821,9 @@ static vmep_status connect_from(struct peer *peers, int me,
     /* our place among r's remote peers: r's inbox of us */
     int place = me < r ? me : me - 1;
     ASSERT_TRUE(px->keys[r] != NULL);
-    ASSERT_EQ(px->peer_inbox[r], vmep__engine_rkey_base(px->keys[r]) +
-                                     px->image * (uint64_t)(1 + place));
+    ASSERT_EQ(px->peer_stage[r], vmep__engine_rkey_base(px->keys[r]));
+    ASSERT_EQ(px->peer_inbox[r], px->peer_stage[r] + px->image +
+                                     px->layout.slots[0] * (uint64_t)place);
   }
   uint64_t t0 = vmep__now_ms();
   vmep__engine_destroy(engine);
