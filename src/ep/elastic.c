@@ -117,11 +117,14 @@ static uint64_t view_tag(const vmep_ep *ep, uint64_t what) {
 
 /* Makes ep's device current and waits for its work; on success the caller
  * leaves the device (vmep__ep_device_leave) when done. */
-static vmep_status quiesce(const vmep_ep *ep, const char *call) {
+static vmep_status quiesce(vmep_ep *ep, const char *call) {
   vmep_status status = vmep__ep_device_enter(&ep->dev);
   if (status != VMEP_OK)
     return status;
   status = vmep__ep_device_sync(&ep->dev, call);
+  /* And the proxy: nothing posted before the change may land after it. */
+  if (status == VMEP_OK)
+    status = vmep__ep_remote_drain(ep, call);
   if (status != VMEP_OK)
     vmep__ep_device_leave(&ep->dev); /* the caller returns at once */
   return status;
@@ -129,6 +132,7 @@ static vmep_status quiesce(const vmep_ep *ep, const char *call) {
 
 static vmep_status write_mask(vmep_ep *ep, int r, int masked) {
   int32_t v = masked ? 1 : 0;
+  vmep__ep_remote_mask(ep, r, masked);
   return vmep__ep_device_put(&ep->dev, &ep->state->masked[r], &v, sizeof(v),
                              "mask update");
 }
@@ -445,7 +449,7 @@ vmep_status vmep_ep_clear_mask(vmep_ep *ep) {
 /* The start of a membership change: valid arguments, a store, and this
  * rank's device work finished (the device stays entered: the caller leaves
  * it). */
-static vmep_status begin_change(const vmep_ep *ep, const int *ranks, int n,
+static vmep_status begin_change(vmep_ep *ep, const int *ranks, int n,
                                 const char *call,
                                 struct vmep_store_client **c_out) {
   vmep_status status = check_ep(ep, call);
@@ -529,6 +533,12 @@ vmep_status vmep_ep_connect_ranks(vmep_ep *ep, const int *ranks, int n,
       undo_newcomer(ep, &was);
     }
   }
+  /* A remote rank that stayed connected here may have dropped us and come
+   * back alive: its end of our endpoint is gone, so make it again. */
+  for (int r = 0; status == VMEP_OK && r < ep->num_ranks; r++)
+    if (is_connected(ep, r) && vmep__ep_remote_failed(ep, r))
+      status = vmep__ep_remote_attach(ep, c, r, ep->session[r],
+                                      "vmep_ep_connect_ranks");
   if (status == VMEP_OK)
     status = resync(ep, c);
   /* A newcomer that cannot be mapped, or a resync that fails, undoes this

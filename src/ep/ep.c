@@ -240,6 +240,12 @@ vmep_status vmep_ep_destroy(vmep_ep *ep) {
   /* After a membership change no collective spans the ranks still here,
    * and none is needed: a rank that imported our region keeps it alive
    * until it unmaps it. Our own kernels finish before we unmap theirs. */
+  /* Our last requests reach the remote peers before anyone tears down. */
+  if (ep->remote && vmep__ep_device_enter(&ep->dev) == VMEP_OK) {
+    if (vmep__ep_device_sync(&ep->dev, "vmep_ep_destroy") == VMEP_OK)
+      (void)vmep__ep_remote_drain(ep, "vmep_ep_destroy");
+    vmep__ep_device_leave(&ep->dev);
+  }
   vmep_status status = ep->changed ? vmep__window_free(ep->window)
                                    : vmep_window_destroy(ep->window);
   /* The proxy served peers' puts until every rank got here. */

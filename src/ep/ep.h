@@ -187,9 +187,9 @@ vmep_status vmep__ep_proxy_raise(struct vmep_ep_proxy *px, int r,
 
 /* One turn: serves every request published in the ring (in order), sends
  * a moved heartbeat (at most every 100 us), drives the engine once.
- * Returns the number of requests served. A peer the engine reports failed
- * is skipped (logged once, with its rank): the kernels mask it after their
- * timeout. */
+ * Returns the number of requests served. A rank masked (ring->masked) gets
+ * nothing; a peer the engine reports failed is skipped (logged once, with
+ * its rank): the kernels mask it after their timeout. */
 int vmep__ep_proxy_step(struct vmep_ep_proxy *px);
 
 /* ---- the EP buffer object (ep.c, ll.c, elastic.c) -------------------- */
@@ -237,8 +237,8 @@ struct vmep_ep {
 /* After the window: when any rank of a fixed group has a remote peer,
  * every rank makes the engine, the shared host memory and the proxy, and
  * connects (collective; joined whatever `before` is, which it returns when
- * not VMEP_OK). A buffer of an elastic group with a remote peer is
- * VMEP_ERR_UNSUPPORTED. */
+ * not VMEP_OK). A buffer of an elastic group makes them alone when it has
+ * room for remote peers (pretend nodes), and connects them later. */
 vmep_status vmep__ep_remote_init(vmep_ep *ep, vmep_status before);
 /* Stops the proxy, withdraws our record, releases what init made; a
  * no-op without. */
@@ -253,6 +253,16 @@ vmep_status vmep__ep_remote_attach(vmep_ep *ep, struct vmep_store_client *c,
                                    int r, uint64_t session, const char *caller);
 /* The proxy stops serving rank r and forgets its endpoint. */
 void vmep__ep_remote_detach(vmep_ep *ep, int r);
+/* The proxy's copy of rank r's mask (a no-op without remote peers). */
+void vmep__ep_remote_mask(vmep_ep *ep, int r, int masked);
+/* Nonzero when the engine found remote rank r failed (its endpoint must
+ * be made again before the rank is reached). */
+int vmep__ep_remote_failed(vmep_ep *ep, int r);
+/* After the device is idle: waits until the proxy served every request
+ * the kernels posted (at most the buffer's timeout) and the engine
+ * delivered them, so that nothing from before a membership change or the
+ * end arrives after it. VMEP_ERR_TIMEOUT when the proxy is stuck. */
+vmep_status vmep__ep_remote_drain(vmep_ep *ep, const char *caller);
 /* Raises our flags [b][rank] at the n offsets to `value` in remote rank
  * r's inbox of us and waits until they landed (VMEP_OK when r is not
  * connected through the proxy). */

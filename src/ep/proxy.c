@@ -342,7 +342,8 @@ static void report(struct vmep_ep_proxy *px, int r, const char *why) {
 }
 
 static int reachable(struct vmep_ep_proxy *px, int r) {
-  if (!in_set(&px->remote, r) || !px->keys[r])
+  if (!in_set(&px->remote, r) || !px->keys[r] ||
+      __atomic_load_n(&px->ring->masked[r], __ATOMIC_ACQUIRE))
     return 0;
   if (vmep__engine_peer_is_failed(px->engine, r)) {
     /* The engine found it while progressing and logged why; our last

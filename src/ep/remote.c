@@ -33,6 +33,7 @@ struct vmep_ep_remote {
   void *record; /* ours, published for ranks that connect later */
   size_t record_len;
   pthread_mutex_t lock; /* the engine and px: proxy turns, membership */
+  int waiting;          /* atomic: membership calls waiting for the lock */
   pthread_t thread;
   int running;
   int stop; /* atomic */
@@ -44,6 +45,9 @@ static void *proxy_main(void *arg) {
   struct vmep_ep_remote *rm = arg;
   unsigned idle = 0;
   while (!__atomic_load_n(&rm->stop, __ATOMIC_ACQUIRE)) {
+    /* A membership call wants the engine: let it have the lock first. */
+    if (__atomic_load_n(&rm->waiting, __ATOMIC_ACQUIRE))
+      sched_yield();
     pthread_mutex_lock(&rm->lock);
     int served = vmep__ep_proxy_step(&rm->px);
     pthread_mutex_unlock(&rm->lock);
@@ -53,6 +57,13 @@ static void *proxy_main(void *arg) {
       sched_yield();
   }
   return NULL;
+}
+
+/* The lock, for a membership call (the proxy yields to it). */
+static void lock_for_host(struct vmep_ep_remote *rm) {
+  __atomic_fetch_add(&rm->waiting, 1, __ATOMIC_ACQ_REL);
+  pthread_mutex_lock(&rm->lock);
+  __atomic_fetch_sub(&rm->waiting, 1, __ATOMIC_ACQ_REL);
 }
 
 /* The device address of a host address inside rm->host. */
@@ -90,16 +101,17 @@ static vmep_status prepare(vmep_ep *ep, struct vmep_ep_remote *rm,
 static vmep_status exchange(vmep_ep *ep, struct vmep_ep_remote *rm,
                             vmep_status status, const void *record,
                             size_t len) {
+  static char none[1]; /* without memory: a capacity every rank exceeds */
+  size_t sizes[VMEP_LL_MAX_RANKS];
   int size = vmep_group_size(ep->group);
   size_t capacity = (size_t)size * RECORD_MAX;
   char *all = vmep__malloc(capacity);
-  size_t *sizes = vmep__calloc((size_t)size, sizeof(size_t));
-  if ((!all || !sizes) && status == VMEP_OK)
+  if (!all && status == VMEP_OK)
     status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                         "%s: host allocation failed", call);
   vmep_status st = vmep_group_allgatherv(
       ep->group, status == VMEP_OK ? record : NULL, status == VMEP_OK ? len : 0,
-      all, all ? capacity : 0, sizes);
+      all ? all : none, all ? capacity : sizeof(none), sizes);
   status = vmep__sym_agree(ep->group, status != VMEP_OK ? status : st, NULL, 0,
                            NULL, call, "set up its inter-node engine");
   struct vmep_ll_rank_set now;
@@ -110,7 +122,6 @@ static vmep_status exchange(vmep_ep *ep, struct vmep_ep_remote *rm,
   if (status == VMEP_OK)
     status = vmep__ep_proxy_connect(&rm->px, all, sizes, size, &now);
   vmep__free(all);
-  vmep__free(sizes);
   return vmep__sym_agree(ep->group, status, NULL, 0, NULL, call,
                          "connect to its remote peers");
 }
@@ -141,14 +152,18 @@ static vmep_status start(vmep_ep *ep, vmep_status status,
                          const struct vmep_ll_rank_set *remote, int n) {
   struct vmep_ep_remote *rm = vmep__calloc(1, sizeof(*rm));
   ep->remote = rm;
-  if (!rm)
-    return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
-                      "%s: host allocation failed", call);
-  pthread_mutex_init(&rm->lock, NULL);
+  if (!rm && status == VMEP_OK)
+    status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
+                        "%s: host allocation failed", call);
+  if (rm)
+    pthread_mutex_init(&rm->lock, NULL);
   if (status == VMEP_OK)
     status = prepare(ep, rm, remote, n, &rm->record, &rm->record_len);
+  /* A fixed group's ranks exchange records even after a failure here, so
+   * that all fail together. */
   if (!vmep__group_elastic(ep->group))
-    status = exchange(ep, rm, status, rm->record, rm->record_len);
+    status = exchange(ep, rm, status, rm ? rm->record : NULL,
+                      rm ? rm->record_len : 0);
   if (status == VMEP_OK && pthread_create(&rm->thread, NULL, proxy_main, rm))
     status = vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                         "%s: cannot start the inter-node proxy thread", call);
@@ -219,7 +234,7 @@ vmep_status vmep__ep_remote_attach(vmep_ep *ep, struct vmep_store_client *c,
                         "process than its member record",
                         caller, r);
   if (status == VMEP_OK) {
-    pthread_mutex_lock(&rm->lock);
+    lock_for_host(rm);
     vmep__ep_proxy_forget(&rm->px, r);
     status = vmep__ep_proxy_connect_one(&rm->px, r, record, len);
     pthread_mutex_unlock(&rm->lock);
@@ -232,9 +247,54 @@ void vmep__ep_remote_detach(vmep_ep *ep, int r) {
   struct vmep_ep_remote *rm = ep->remote;
   if (!rm || !rm->running)
     return;
-  pthread_mutex_lock(&rm->lock);
+  lock_for_host(rm);
   vmep__ep_proxy_forget(&rm->px, r);
   pthread_mutex_unlock(&rm->lock);
+}
+
+void vmep__ep_remote_mask(vmep_ep *ep, int r, int masked) {
+  if (ep->remote)
+    __atomic_store_n(&ep->remote->px.ring->masked[r], masked ? 1u : 0u,
+                     __ATOMIC_RELEASE);
+}
+
+int vmep__ep_remote_failed(vmep_ep *ep, int r) {
+  struct vmep_ep_remote *rm = ep->remote;
+  if (!rm || !rm->running)
+    return 0;
+  lock_for_host(rm);
+  int failed = rm->px.keys[r] && vmep__engine_peer_is_failed(rm->engine, r);
+  pthread_mutex_unlock(&rm->lock);
+  return failed;
+}
+
+vmep_status vmep__ep_remote_drain(vmep_ep *ep, const char *caller) {
+  struct vmep_ep_remote *rm = ep->remote;
+  if (!rm || !rm->running)
+    return VMEP_OK;
+  unsigned long long head = 0;
+  vmep_status status = vmep__ep_device_get(
+      &ep->dev, &head, &ep->state->ring_head, sizeof(head), caller);
+  uint64_t deadline = vmep__now_ms() + (uint64_t)(ep->timeout_ns / 1000000);
+  while (status == VMEP_OK &&
+         __atomic_load_n(&rm->px.tail, __ATOMIC_ACQUIRE) < head) {
+    if (vmep__now_ms() > deadline)
+      return vmep__fail(VMEP_ERR_TIMEOUT, VMEP_LOG_ERROR,
+                        "%s: the inter-node proxy served %llu of the %llu "
+                        "requests posted, within %lld ms",
+                        caller, (unsigned long long)rm->px.tail, head,
+                        ep->timeout_ns / 1000000);
+    sched_yield();
+  }
+  if (status != VMEP_OK)
+    return status;
+  /* Delivered too; a failed peer's refusal is the kernels' business. */
+  lock_for_host(rm);
+  for (int r = 0; r < ep->num_ranks; r++)
+    if (rm->px.keys[r] && !vmep__engine_peer_is_failed(rm->engine, r))
+      (void)vmep__engine_flush(rm->engine, r, 0);
+  pthread_mutex_unlock(&rm->lock);
+  return VMEP_OK;
 }
 
 vmep_status vmep__ep_remote_raise(vmep_ep *ep, int r, const size_t *offsets,
@@ -242,7 +302,7 @@ vmep_status vmep__ep_remote_raise(vmep_ep *ep, int r, const size_t *offsets,
   struct vmep_ep_remote *rm = ep->remote;
   if (!rm || !rm->running)
     return VMEP_OK;
-  pthread_mutex_lock(&rm->lock);
+  lock_for_host(rm);
   vmep_status status = vmep__ep_proxy_raise(&rm->px, r, offsets, n, value);
   pthread_mutex_unlock(&rm->lock);
   return status;

@@ -36,11 +36,15 @@ __device__ __forceinline__ int ll_is_masked(const struct vmep_ll_state *st,
   return *(volatile const int *)&st->masked[rank];
 }
 
-/* Masks `rank` after a timeout (idempotent across threads and blocks). */
-__device__ __forceinline__ void ll_mask_rank(struct vmep_ll_state *st,
+/* Masks `rank` after a timeout (idempotent across threads and blocks);
+ * with remote peers the proxy's copy of the mask too, so that it stops
+ * sending to the rank. */
+__device__ __forceinline__ void ll_mask_rank(const struct vmep_ll_params &p,
                                              int rank) {
-  atomicExch(&st->masked[rank], 1);
-  atomicOr(&st->errors, VMEP_LL_ERR_TIMEOUT);
+  atomicExch(&p.state->masked[rank], 1);
+  atomicOr(&p.state->errors, VMEP_LL_ERR_TIMEOUT);
+  if (p.ring)
+    *(volatile uint32_t *)&p.ring->masked[rank] = 1;
 }
 
 /* Whether `rank` is reached through the proxy (docs/INTERNODE.md). */
@@ -119,7 +123,7 @@ __device__ __forceinline__ int ll_wait_flag(const struct vmep_ll_params &p,
         deadline = now + p.timeout_ns;
         continue;
       }
-      ll_mask_rank(st, rank);
+      ll_mask_rank(p, rank);
       return 0;
     }
   }
@@ -156,23 +160,32 @@ __device__ __forceinline__ int ll_last_block(struct vmep_ll_state *st,
 }
 
 /*
- * Hands the proxy one request (one thread): reserves a ring slot, waits
- * while the ring is full (at most the timeout: a proxy that took nothing
- * for that long is stuck, and its peers mask this rank anyway; the request
- * is then dropped with VMEP_LL_ERR_TIMEOUT), writes the entry and
- * publishes it. The caller made the bytes the request names visible
- * system-wide first (ll_last_block does).
+ * Hands the proxy one request (one thread): reserves a ring slot once one
+ * is free, at most the timeout (a proxy that took nothing for that long is
+ * stuck, and its peers mask this rank anyway: the request is then dropped
+ * with VMEP_LL_ERR_TIMEOUT, and no slot was taken, so the proxy goes on
+ * with the next), writes the entry and publishes it. The caller made the
+ * bytes the request names visible system-wide first (ll_last_block does).
  */
 __device__ __forceinline__ void ll_post(const struct vmep_ll_params &p,
                                         enum vmep_ll_ship op, size_t offset,
                                         uint64_t epoch, unsigned row_len) {
-  unsigned long long slot = atomicAdd(&p.state->ring_head, 1ull);
   long long deadline = ll_now_ns() + p.timeout_ns;
-  while (slot - ll_load_acquire(&p.ring->tail) >= VMEP_LL_RING_SLOTS)
-    if (ll_now_ns() > deadline) {
-      atomicOr(&p.state->errors, VMEP_LL_ERR_TIMEOUT);
-      return;
+  unsigned long long slot = *(volatile unsigned long long *)&p.state->ring_head;
+  for (;;) {
+    if (slot - ll_load_acquire(&p.ring->tail) >= VMEP_LL_RING_SLOTS) {
+      if (ll_now_ns() > deadline) {
+        atomicOr(&p.state->errors, VMEP_LL_ERR_TIMEOUT);
+        return;
+      }
+      slot = *(volatile unsigned long long *)&p.state->ring_head;
+      continue;
     }
+    unsigned long long seen = atomicCAS(&p.state->ring_head, slot, slot + 1);
+    if (seen == slot)
+      break;
+    slot = seen;
+  }
   volatile struct vmep_ll_ring_entry *e =
       &p.ring->entries[slot % VMEP_LL_RING_SLOTS];
   e->op = (uint32_t)op;
