@@ -730,20 +730,7 @@ static void relay(struct net_job *job) {
       dead[VICTIM] = killed = 1;
     }
   }
-  int failed = !killed;
-  for (int r = 0; r < NUM_RANKS; r++) {
-    if (dead[r])
-      continue;
-    close(job->fd[r]);
-    int wstatus = 0;
-    ASSERT_EQ(waitpid(job->pid[r], &wstatus, 0), job->pid[r]);
-    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
-      fprintf(stderr, "rank %d: %s %d\n", r,
-              WIFEXITED(wstatus) ? "exit status" : "signal",
-              WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : WTERMSIG(wstatus));
-      failed = 1;
-    }
-  }
+  int failed = net_job_reap(job, dead) || !killed;
   if (failed)
     TEST_FAIL("a rank failed%s", killed ? "" : " (before the victim's death)");
 }
