@@ -108,13 +108,6 @@ class Runtime:
         # max_num_ranks is larger), as NIXL EP's group_size.
         self.rank, self.group_size = g.rank, max(g.size,
                                                  self.max_num_ranks or 0)
-        if not self.allow_mnnvl and not g.elastic:
-            nodes = {self._lib.vmep_group_node(g.handle, r)
-                     for r in range(g.size)}
-            if len(nodes) > 1:
-                raise Error(f"the {g.size} ranks span {len(nodes)} nodes: "
-                            "pass allow_mnnvl=True to share memory across "
-                            "nodes through fabric handles")
 
     def _hinted_shape(self):
         T, H, E, K = self._shape_hint

@@ -52,7 +52,9 @@ class Buffer(Runtime, Membership):
     allow_nvlink_for_low_latency_mode, enable_shrink, nvlink_backend and
     disable_ll_nvlink are accepted and ignored (vmep sizes its buffer from
     the shapes, reaches peers through shared memory only and always keeps a
-    mask). allow_mnnvl=False refuses ranks on more than one node.
+    mask). allow_mnnvl is accepted: ranks of other nodes are mapped through
+    fabric handles where both nodes can, else reached through vmep's
+    inter-node engine (docs/INTERNODE.md).
 
     Keyword-only (vmep): timeout_ms (0/None: VMEP_TIMEOUT_MS), after which
     a silent peer is masked; max_num_ranks (elastic capacity R: every shape
