@@ -7,7 +7,8 @@
  * hang; an endpoint
  * whose owner is gone fails the same way; blobs that are garbage, cut or
  * of the wrong kind or rank, and bad arguments, give VMEP_ERR_INVALID_ARG
- * with a message.
+ * with a message; a failed rank, forgotten, is connected again in its next
+ * process.
  */
 #include "fake_driver.h"
 #include "test_net_util.h"
@@ -191,6 +192,45 @@ static void bad_arguments(vmep_engine *engine, vmep_engine_rkey *key,
   ASSERT_STATUS(vmep__engine_probe(NULL), VMEP_ERR_INVALID_ARG);
 }
 
+/* After rank 1 failed: forgotten (its key released, its failure cleared;
+ * twice is a no-op), then its next process connected afresh, and a put +
+ * signal reaches it. Both engines progressed by this one thread. */
+static void reconnect(vmep_engine *engine, unsigned char *buf) {
+  vmep__engine_disconnect(engine, 1);
+  vmep__engine_disconnect(engine, 1);
+  ASSERT_TRUE(!vmep__engine_peer_is_failed(engine, 1));
+  vmep_engine *next = make_engine(1, 2);
+  unsigned char *landing = calloc(1, BUF_BYTES);
+  ASSERT_TRUE(landing != NULL);
+  vmep_engine_mr *mr = NULL;
+  ASSERT_OK(vmep__engine_mem_reg(next, landing, BUF_BYTES, 0, &mr));
+  const void *address = NULL;
+  size_t len = 0, key_len = 0;
+  ASSERT_OK(vmep__engine_address(next, &address, &len));
+  const void *key_blob = vmep__engine_mr_blob(mr, &key_len);
+  vmep_engine_rkey *key = NULL;
+  ASSERT_OK(vmep__engine_connect(engine, 1, address, len));
+  ASSERT_OK(vmep__engine_rkey_unpack(engine, 1, key_blob, key_len, &key));
+  for (size_t i = 0; i < 4096; i++)
+    buf[i] = (unsigned char)(test_rand() | 1);
+  uint64_t base = vmep__engine_rkey_base(key);
+  ASSERT_OK(vmep__engine_put_signal(engine, 1, buf, 4096, key, base, key,
+                                    base + 8192, VMEP_ENGINE_SIGNAL_SET, 77));
+  uint64_t deadline = vmep__now_ms() + TIMEOUT_MS;
+  while (__atomic_load_n((uint64_t *)(landing + 8192), __ATOMIC_ACQUIRE) !=
+         77) {
+    if (vmep__now_ms() > deadline)
+      TEST_FAIL("the put to rank 1's next process did not land");
+    vmep__engine_progress(engine);
+    vmep__engine_progress(next);
+  }
+  ASSERT_TRUE(memcmp(landing, buf, 4096) == 0);
+  vmep__engine_disconnect(engine, 1);
+  vmep__engine_destroy(next);
+  free(landing);
+  printf("rank 1 forgotten and its next process reached\n");
+}
+
 /* Rank 0 and a ghost rank 1 in one process: blobs and arguments checked
  * while the ghost lives, then the ghost destroyed under a connection. */
 static int refused(int rank, int size, int fd) {
@@ -227,6 +267,7 @@ static int refused(int rank, int size, int fd) {
     st = vmep__engine_flush(engine, 1, 0);
   assert_peer_error(st, 1, "toward a destroyed engine");
   ASSERT_TRUE(vmep__now_ms() - t0 <= TIMEOUT_MS + 1000);
+  reconnect(engine, buf);
   vmep__engine_destroy(engine);
   vmep__engine_destroy(NULL);
   free(buf);
