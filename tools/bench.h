@@ -233,8 +233,8 @@ enum bench_arg bench_parse_shared_option(const char *prog, const char *opt,
 /* 1 when a launcher (vmep-run, torchrun, mpirun, Slurm) started us. */
 int bench_under_launcher(void);
 
-/* Collective: *shared_out = 1 when two ranks use one GPU (same node, same
- * PCI bus id of their current device), on every rank. */
+/* Collective: *shared_out = 1 when two ranks use one GPU (same host name,
+ * same PCI bus id of their current device), on every rank. */
 vmep_status bench_gpu_sharing(vmep_group *g, int *shared_out);
 
 /* Sorts v[n] and returns its median. */

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench.h"
 #include "ep/ep.h"
@@ -263,9 +264,10 @@ int bench_under_launcher(void) {
   return 0;
 }
 
-/* Which GPU a rank uses: its node and its current device's PCI bus id. */
+/* Which GPU a rank uses: its host and its current device's PCI bus id.
+ * The host name, not the node index: pretend nodes split one host. */
 struct gpu_id {
-  int node;
+  char host[64];
   char bus[32];
 };
 
@@ -273,7 +275,7 @@ vmep_status bench_gpu_sharing(vmep_group *g, int *shared_out) {
   int R = vmep_group_size(g), dev = 0;
   struct gpu_id mine, *all = calloc((size_t)R, sizeof(*all));
   memset(&mine, 0, sizeof(mine));
-  mine.node = vmep_group_node(g, vmep_group_rank(g));
+  (void)gethostname(mine.host, sizeof(mine.host) - 1);
   vmep_status st = all ? bench_cuda_check(cudaGetDevice(&dev), "cudaGetDevice")
                        : VMEP_ERR_OUT_OF_MEMORY;
   if (st == VMEP_OK)
@@ -287,7 +289,8 @@ vmep_status bench_gpu_sharing(vmep_group *g, int *shared_out) {
   int shared = 0;
   for (int i = 0; st == VMEP_OK && i < R; i++)
     for (int j = i + 1; j < R; j++)
-      shared |= all[i].node == all[j].node && !strcmp(all[i].bus, all[j].bus);
+      shared |=
+          !strcmp(all[i].host, all[j].host) && !strcmp(all[i].bus, all[j].bus);
   if (st == VMEP_OK)
     *shared_out = shared;
   free(all);
