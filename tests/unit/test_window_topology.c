@@ -98,6 +98,7 @@ static void test_two_pretend_nodes(void) {
   setenv("UCX_TLS", "tcp", 0);
   setenv("UCX_NET_DEVICES", "lo", 0);
   setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 0);
+  setenv("UCX_MEM_EVENTS", "no", 0); /* as test_net_util.h says */
   run_both(WINDOW, runs);
   for (int r = 0; r < 2; r++) {
     ASSERT_EQ(runs[r].other_kind, VMEP_PEER_REMOTE);
