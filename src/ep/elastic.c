@@ -83,14 +83,11 @@ static void shape_give(uint64_t shape, int rank, int index) {
 }
 
 static int is_connected(const vmep_ep *ep, int r) {
-  return (ep->connected.bits[r / 32] >> (r % 32)) & 1u;
+  return vmep__rank_set_has(&ep->connected, r);
 }
 
 static void set_connected(vmep_ep *ep, int r, int on) {
-  if (on)
-    ep->connected.bits[r / 32] |= 1u << (r % 32);
-  else
-    ep->connected.bits[r / 32] &= ~(1u << (r % 32));
+  vmep__rank_set_put(&ep->connected, r, on);
 }
 
 /* The connected ranks in order; returns how many. */

@@ -28,15 +28,11 @@ struct record_head {
 static vmep_status signal(struct vmep_ep_proxy *px, int r, size_t offset,
                           uint64_t value);
 
-static int in_set(const struct vmep_ll_rank_set *set, int r) {
-  return (set->bits[r / 32] >> (r % 32)) & 1u;
-}
-
 /* The position of `r` among the ranks of `set` (those below it). */
 static int index_in(const struct vmep_ll_rank_set *set, int r) {
   int n = 0;
   for (int q = 0; q < r; q++)
-    n += in_set(set, q);
+    n += vmep__rank_set_has(set, q);
   return n;
 }
 
@@ -82,7 +78,7 @@ void vmep__ep_proxy_init(struct vmep_ep_proxy *px, vmep_engine *engine,
   const size_t in = inbox_bytes(&px->layout), out = outbox_bytes(&px->layout);
   px->stage = host;
   for (int r = 0; r < num_ranks; r++) {
-    if (!in_set(remote, r))
+    if (!vmep__rank_set_has(remote, r))
       continue;
     int i = index_in(remote, r);
     px->inbox[r] = host + px->image + in * (size_t)i;
@@ -139,7 +135,8 @@ static vmep_status check_record(const struct vmep_ep_proxy *px, int r,
     return bad_record(r, "its length disagrees with its blobs");
   if (h->image != px->image)
     return bad_record(r, "its buffer has another shape");
-  if (in_set(&h->remote, px->rank) != in_set(&px->remote, r))
+  if (vmep__rank_set_has(&h->remote, px->rank) !=
+      vmep__rank_set_has(&px->remote, r))
     return bad_record(r, "it disagrees on whether we are in one node");
   return VMEP_OK;
 }
@@ -148,7 +145,7 @@ vmep_status vmep__ep_proxy_connect_one(struct vmep_ep_proxy *px, int r,
                                        const void *record, size_t len) {
   struct record_head h;
   vmep_status status = check_record(px, r, record, len, &h);
-  if (status == VMEP_OK && !in_set(&px->remote, r))
+  if (status == VMEP_OK && !vmep__rank_set_has(&px->remote, r))
     status = bad_record(r, "this buffer has no room for it as a remote peer");
   if (status != VMEP_OK)
     return status;
@@ -180,7 +177,7 @@ vmep_status vmep__ep_proxy_connect(struct vmep_ep_proxy *px, const void *all,
   for (int r = 0; r < count && status == VMEP_OK; rec += sizes[r], r++) {
     struct record_head h;
     status = check_record(px, r, rec, sizes[r], &h);
-    if (status == VMEP_OK && in_set(which, r))
+    if (status == VMEP_OK && vmep__rank_set_has(which, r))
       status = vmep__ep_proxy_connect_one(px, r, rec, sizes[r]);
   }
   return status;
@@ -342,7 +339,7 @@ static void report(struct vmep_ep_proxy *px, int r, const char *why) {
 }
 
 static int reachable(struct vmep_ep_proxy *px, int r) {
-  if (!in_set(&px->remote, r) || !px->keys[r] ||
+  if (!vmep__rank_set_has(&px->remote, r) || !px->keys[r] ||
       __atomic_load_n(&px->ring->masked[r], __ATOMIC_ACQUIRE))
     return 0;
   if (vmep__engine_peer_is_failed(px->engine, r)) {

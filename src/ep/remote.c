@@ -118,7 +118,7 @@ static vmep_status exchange(vmep_ep *ep, struct vmep_ep_remote *rm,
   memset(&now, 0, sizeof(now));
   for (int r = 0; r < size; r++)
     if (vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE)
-      now.bits[r / 32] |= 1u << (r % 32);
+      vmep__rank_set_put(&now, r, 1);
   if (status == VMEP_OK)
     status = vmep__ep_proxy_connect(&rm->px, all, sizes, size, &now);
   vmep__free(all);
@@ -141,7 +141,7 @@ static int room_for(const vmep_ep *ep, struct vmep_ll_rank_set *set) {
   for (int r = 0; ep->window && r < ep->num_ranks; r++)
     if (r != ep->rank &&
         (all || vmep__window_peer_kind(ep->window, r) == VMEP_PEER_REMOTE)) {
-      set->bits[r / 32] |= 1u << (r % 32);
+      vmep__rank_set_put(set, r, 1);
       n++;
     }
   return n;
@@ -217,7 +217,7 @@ vmep_status vmep__ep_remote_attach(vmep_ep *ep, struct vmep_store_client *c,
                                    const char *caller) {
   struct vmep_ep_remote *rm = ep->remote;
   char ns[96];
-  if (!rm || !rm->running || !(rm->px.remote.bits[r / 32] >> (r % 32) & 1u))
+  if (!rm || !rm->running || !vmep__rank_set_has(&rm->px.remote, r))
     return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
                       "%s: rank %d is in another node, and this buffer was "
                       "made without room for it as a remote peer",

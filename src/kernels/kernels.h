@@ -193,10 +193,23 @@ vmep_status vmep__ll_combine_recv(const struct vmep_ll_params *p,
                                   const struct vmep_ll_combine_io *io,
                                   void *stream);
 
-/* The ranks whose windows are mapped here, one bit each. */
+/* A set of ranks, one bit each (e.g. those connected to a buffer). */
 struct vmep_ll_rank_set {
   uint32_t bits[VMEP_LL_MAX_RANKS / 32];
 };
+
+static inline int vmep__rank_set_has(const struct vmep_ll_rank_set *set,
+                                     int r) {
+  return (set->bits[r / 32] >> (r % 32)) & 1u;
+}
+
+static inline void vmep__rank_set_put(struct vmep_ll_rank_set *set, int r,
+                                      int on) {
+  if (on)
+    set->bits[r / 32] |= 1u << (r % 32);
+  else
+    set->bits[r / 32] &= ~(1u << (r % 32));
+}
 
 #ifdef __cplusplus
 }
