@@ -465,7 +465,11 @@ VMEP_API vmep_status vmep_ep_deepep_bytes(const vmep_ep_config *config,
  * group's ranks start connected; with config.max_ranks above the group's
  * size the other ranks start masked, and can join later. Over a group of
  * vmep_group_join it is not collective: only this rank is connected until
- * vmep_ep_connect_ranks.
+ * vmep_ep_connect_ranks. Ranks the window cannot map (other nodes,
+ * docs/TOPOLOGY.md) are reached through the inter-node engine (UCX,
+ * loaded at run time) and a proxy thread of the buffer
+ * (docs/INTERNODE.md); where UCX cannot be loaded such a buffer fails
+ * with VMEP_ERR_UNSUPPORTED saying what is missing.
  */
 VMEP_API vmep_status vmep_ep_create(vmep_group *group,
                                     const vmep_ep_config *config,
