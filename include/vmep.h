@@ -599,12 +599,130 @@ VMEP_API vmep_status vmep_ep_combine_recv(vmep_ep *ep,
  * new bits are appended. */
 #define VMEP_EP_ERR_BAD_EXPERT 1u /* an expert id >= E or < -1 was skipped */
 #define VMEP_EP_ERR_TIMEOUT 2u    /* a rank was masked after a timeout */
+#define VMEP_EP_ERR_OVERFLOW                                                   \
+  4u /* a high-throughput dispatch received more                               \
+        rows than its capacity: dropped */
 
 /* Synchronous: the device error bits (VMEP_EP_ERR_*) and the number of
  * skipped selections since the last call, which clears them. Any output
  * may be NULL. */
 VMEP_API vmep_status vmep_ep_poll_errors(vmep_ep *ep, unsigned *errors_out,
                                          uint64_t *bad_experts_out);
+
+/* ------------------------------------------------------------------------
+ * High-throughput ("normal") dispatch and combine (docs/HT.md): prefill
+ * and training, token-major and unpadded, on the same EP buffer as the
+ * low-latency calls (its max_tokens_per_rank T bounds num_tokens; its
+ * parities, masks and elasticity are shared: a high-throughput dispatch
+ * and a low-latency one count alike against the two outstanding
+ * dispatches). Each token goes once to every rank that holds at least one
+ * of its experts. On rank d, with N the tokens it received (at most R*T):
+ *   recv_x             [N, H] bf16, or fp8 e4m3 with recv_scales [N, H/128]
+ *                      fp32 (the sender's scales, passed through)
+ *   recv_topk_idx      [N, K] int64: the local expert id (expert - d*L)
+ *                      where the expert is ours, else -1
+ *   recv_topk_weights  [N, K] fp32: the weight where the id is ours, else 0
+ *   recv_src           [N] int32: the handle's record of each row's source
+ * Rows are ordered by source rank, then by source token. Combine is the
+ * inverse: out[t] = the sum over the ranks that received token t of the
+ * row each sends back (weights already applied by the caller), in fp32 in
+ * the token's expert order, then + bias0[t] + bias1[t], rounded once to
+ * bf16. Buffers with remote peers (other nodes) are refused
+ * (VMEP_ERR_UNSUPPORTED) for now: docs/HT.md says what remains.
+ * --------------------------------------------------------------------- */
+
+/* The routing of `num_tokens` tokens, computed locally (no communication),
+ * asynchronous on `stream`: tokens_per_rank [R] int32, tokens_per_expert
+ * [E] int32, in_rank [num_tokens, R] uint8 (1 when the token has an expert
+ * on the rank). Ids out of range and -1 count nowhere. Any output may be
+ * NULL. */
+VMEP_API vmep_status vmep_ep_ht_layout(vmep_ep *ep, const int64_t *topk_idx,
+                                       int num_tokens, int num_topk,
+                                       int32_t *tokens_per_rank,
+                                       int32_t *tokens_per_expert,
+                                       uint8_t *in_rank, void *stream);
+
+/* One high-throughput dispatch, kept by the caller for its combine and for
+ * cached dispatches. */
+typedef struct vmep_ep_ht_handle {
+  int parity;
+  int num_tokens; /* this rank's tokens */
+  int num_topk;
+  int use_fp8;
+  uint64_t call;     /* this buffer's dispatch number, from 1 */
+  int32_t *num_recv; /* device [1]: N, written by the send phase */
+  int32_t *recv_src; /* device [capacity], the caller's (args.recv_src) */
+  int capacity;      /* rows recv_src and the recv arrays hold */
+} vmep_ep_ht_handle;
+
+typedef struct vmep_ep_ht_dispatch_args {
+  size_t struct_size;        /* sizeof: vmep_ep_ht_dispatch_args_init */
+  const void *x;             /* bf16 or fp8 [num_tokens, H] */
+  const float *x_scales;     /* fp8: [num_tokens, H/128] fp32; else NULL */
+  const int64_t *topk_idx;   /* [num_tokens, num_topk], -1 = none */
+  const float *topk_weights; /* [num_tokens, num_topk], or NULL (zeros) */
+  int num_tokens;            /* 0..T */
+  int num_topk;              /* 1..max_topk, the same on every rank */
+  int use_fp8;               /* x is fp8 with x_scales */
+  int expert_alignment;      /* recv_expert_count rounded up to a multiple;
+                                0 or 1: exact */
+  /* what the send phase writes */
+  int32_t *num_recv;          /* device [1]: N */
+  int32_t *recv_expert_count; /* device [L]: rows per local expert */
+  /* what the receive phase writes; `capacity` rows each */
+  int capacity;                    /* >= N: R*T always suffices */
+  void *recv_x;                    /* [capacity, H] */
+  float *recv_scales;              /* fp8: [capacity, H/128]; else NULL */
+  int64_t *recv_topk_idx;          /* [capacity, num_topk], or NULL */
+  float *recv_topk_weights;        /* [capacity, num_topk], or NULL */
+  int32_t *recv_src;               /* [capacity]: kept by the handle */
+  const vmep_ep_ht_handle *cached; /* a handle of an earlier dispatch of the
+                             same routing: the layout is not exchanged
+                             again; topk_idx, topk_weights, num_recv,
+                             recv_expert_count and recv_src are then
+                             ignored, recv_topk_* not written */
+} vmep_ep_ht_dispatch_args;
+
+/* Fills *args with the defaults: struct_size = sizeof, every pointer NULL,
+ * every number 0. NULL is a no-op. */
+VMEP_API void vmep_ep_ht_dispatch_args_init(vmep_ep_ht_dispatch_args *args);
+
+/*
+ * Collective, asynchronous on `stream`. VMEP_EP_SEND stages the tokens and
+ * counts what this rank receives (num_recv, recv_expert_count); the
+ * caller may then read N (one synchronization) to size the receive arrays
+ * and call vmep_ep_ht_dispatch_recv, or pass capacity R*T (DeepEP's
+ * num_worst_tokens) and VMEP_EP_SEND_RECV without synchronizing. Rows past
+ * `capacity` are dropped and VMEP_EP_ERR_OVERFLOW set, never written.
+ */
+VMEP_API vmep_status vmep_ep_ht_dispatch(vmep_ep *ep,
+                                         const vmep_ep_ht_dispatch_args *args,
+                                         int phases, void *stream,
+                                         vmep_ep_ht_handle *handle_out);
+
+/* The receive phase of a dispatch made with VMEP_EP_SEND, into the
+ * receive arrays of `args` (the other fields are not read again). */
+VMEP_API vmep_status
+vmep_ep_ht_dispatch_recv(vmep_ep *ep, const vmep_ep_ht_dispatch_args *args,
+                         vmep_ep_ht_handle *handle, void *stream);
+
+typedef struct vmep_ep_ht_combine_args {
+  size_t struct_size;        /* sizeof: vmep_ep_ht_combine_args_init */
+  const void *x;             /* bf16 [N, H], rows as dispatched */
+  const float *topk_weights; /* [N, num_topk] or NULL */
+  const void *bias0, *bias1; /* bf16 [num_tokens, H] each, or NULL */
+  void *out;                 /* bf16 [num_tokens, H] */
+  float *out_topk_weights;   /* [num_tokens, num_topk]: the sum of what each
+                                rank sent; NULL without topk_weights */
+} vmep_ep_ht_combine_args;
+
+VMEP_API void vmep_ep_ht_combine_args_init(vmep_ep_ht_combine_args *args);
+
+/* Collective, asynchronous: the inverse of dispatch `handle`. */
+VMEP_API vmep_status vmep_ep_ht_combine(vmep_ep *ep,
+                                        const vmep_ep_ht_combine_args *args,
+                                        const vmep_ep_ht_handle *handle,
+                                        void *stream);
 
 /* ------------------------------------------------------------------------
  * Masks and membership (docs/RELIABILITY.md). A buffer has room for
