@@ -18,6 +18,8 @@ _Static_assert(VMEP_LL_ERR_BAD_EXPERT == VMEP_EP_ERR_BAD_EXPERT,
                "kernel error bit BAD_EXPERT differs from vmep.h's");
 _Static_assert(VMEP_LL_ERR_TIMEOUT == VMEP_EP_ERR_TIMEOUT,
                "kernel error bit TIMEOUT differs from vmep.h's");
+_Static_assert(VMEP_LL_ERR_OVERFLOW == VMEP_EP_ERR_OVERFLOW,
+               "kernel error bit OVERFLOW differs from vmep.h's");
 
 void vmep_ep_dispatch_args_init(vmep_ep_dispatch_args *args) {
   if (!args)
