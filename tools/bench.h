@@ -289,6 +289,43 @@ vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
 vmep_status bench_check_combine(const struct bench_options *o, int me,
                                 int tokens, int experts, const void *out_dev);
 
+/* ---- the high-throughput --check (bench_ht_check.c) ----------------- */
+
+/* Rank me's high-throughput outputs (device pointers): the layout of its
+ * tokens, a dispatch of `tokens` per rank with capacity ranks * tokens, and
+ * the combine of the dispatched rows sent back unchanged (bf16), with the
+ * dispatch's recv_topk_weights as its weights. */
+struct bench_ht_outputs {
+  const int32_t *tokens_per_rank, *tokens_per_expert; /* vmep_ep_ht_layout */
+  const uint8_t *in_rank;
+  const int32_t *num_recv, *expert_count, *recv_src;
+  const void *recv_x; /* bf16, or fp8 with recv_scales */
+  const float *recv_scales;
+  const int64_t *recv_topk;
+  const float *recv_weights;
+  const uint16_t *out;
+  const float *out_weights;
+};
+
+/* The layout and the dispatch against what every rank's inputs imply,
+ * bit for bit, after vmep.h's rules (docs/HT.md): the counts, then each
+ * received row in turn, rows ordered by source rank and token (its source
+ * record, x or the fp8 codes and scales the host quantizes, the local
+ * expert ids and weights). VMEP_ERR_CUDA after printing how many
+ * mismatched and the first. */
+vmep_status bench_ht_check_dispatch(const struct bench_options *o, int ranks,
+                                    int experts, int tokens, int me,
+                                    const struct bench_ht_outputs *dev);
+
+/* The combine: token t comes back from each of the m ranks that hold one
+ * of its experts, unchanged, so out[t] is bf16(m * x[t]) exactly (m <= 16
+ * copies of a bf16 add exactly in fp32) and out_weights[t][k] is the
+ * weight of k (the one rank that holds its expert sends it, the others 0).
+ * VMEP_ERR_CUDA after printing how many mismatched and the first. */
+vmep_status bench_ht_check_combine(const struct bench_options *o, int ranks,
+                                   int experts, int tokens, int me,
+                                   const struct bench_ht_outputs *dev);
+
 /* ---- device resources (bench_device.c) --------------------------------- */
 
 /* One device buffer to allocate: where its pointer goes, and its bytes. */
