@@ -1,14 +1,15 @@
 /*
  * vmep-bench: shared declarations of its parts. bench_main.c parses the
  * command line and starts the ranks through vmep-run when no launcher did;
- * bench_run.c times dispatch and combine for one token count;
- * bench_ceiling.c times the same-run copy ceiling; bench_device.c holds
- * their device buffers, events and timing stream; bench_report.c prints
- * the per-rank lines, the summary table and the JSON file; bench_shared.c
- * holds what the NCCL baseline (bench/) shares with it: inputs, checks,
- * the median, the byte accounting; bench_nodes.c adds, across nodes, the
- * proxy's measured bytes and the engine ceiling (bench_engine.c,
- * bench_engine.h).
+ * bench_run.c times the low-latency dispatch and combine for one token
+ * count, bench_ht.c the high-throughput ones (--mode ht, checked by
+ * bench_ht_check.c); bench_ceiling.c times the same-run copy ceiling of
+ * either; bench_device.c holds their device buffers, events and timing
+ * stream; bench_report.c prints the per-rank lines, the summary table and
+ * the JSON file; bench_shared.c holds what the NCCL baseline (bench/)
+ * shares with it: inputs, checks, the median, the byte accounting;
+ * bench_nodes.c adds, across nodes, the proxy's measured bytes and the
+ * engine ceiling (bench_engine.c, bench_engine.h).
  */
 #ifndef VMEP_BENCH_H
 #define VMEP_BENCH_H
@@ -37,12 +38,18 @@ struct bench_options {
   int compare_nccl; /* --compare nccl: the NCCL baseline after vmep */
   int nodes;        /* --nodes N: pretend nodes for vmep-run (0: not given) */
   int own_gpus;     /* set per run: every rank has a GPU of its own */
+  int ht;           /* --mode ht: the high-throughput calls (0: --mode ll) */
 };
 
 /* One rank's numbers for one token count. */
 struct bench_result {
   int rank, tokens;
-  double dispatch_bytes, combine_bytes;     /* per call, DeepEP LL accounting */
+  /* Per call. Low-latency: the DeepEP LL accounting, every selection
+   * counted (sel * (2H + 16), fp8 sel * (H + H/32 + 16); combine sel * 2H).
+   * High-throughput (ht): DeepEP's normal-mode accounting, the rows this
+   * rank received, num_recv * (2H, fp8 H + H/32), and the same rows sent
+   * back for combine, num_recv * 2H. */
+  double dispatch_bytes, combine_bytes;
   double dispatch_us, combine_us;           /* median per call */
   double copy_dispatch_us, copy_combine_us; /* same bytes, D2D copy */
   int checked;                              /* 1 passed, 0 not run */
@@ -78,11 +85,15 @@ struct bench_result {
   double inter_dispatch_bytes, inter_combine_bytes;
   double proxy_bytes;
   double engine_dispatch_us, engine_combine_us;
+  /* ht: 1 for a high-throughput result; num_recv, the rows this rank
+   * received per dispatch (N), read after the timed calls. */
+  int ht;
+  int num_recv;
 };
 
 /* The EP buffer's config for one token count (`tokens` per rank, the
  * options' shape, num_sms the option or this rank's whole share of the
- * GPU) and a result naming the run (rank, tokens, node), its numbers
+ * GPU) and a result naming the run (rank, tokens, mode, node), its numbers
  * cleared. */
 void bench_start_run(vmep_group *g, const struct bench_options *o, int tokens,
                      vmep_ep_config *c, struct bench_result *res);
@@ -91,6 +102,14 @@ void bench_start_run(vmep_group *g, const struct bench_options *o, int tokens,
  * against the reference, times, destroys. Prints nothing. */
 vmep_status bench_run_tokens(vmep_group *group, const struct bench_options *o,
                              int tokens, struct bench_result *result);
+
+/* The same for the high-throughput calls (bench_ht.c, --mode ht): the
+ * dispatch with capacity R*T and VMEP_EP_SEND_RECV, then its combine, no
+ * host synchronization between the timed calls; bf16, or fp8 rows with
+ * their scales quantized on the host (--fp8). */
+vmep_status bench_ht_run_tokens(vmep_group *group,
+                                const struct bench_options *o, int tokens,
+                                struct bench_result *result);
 
 /* Collective: the same-run ceiling of result's bytes, every rank at once
  * (bench_ceiling.c). With o->own_gpus and 2+ ranks (result->ceiling = 1),
@@ -171,8 +190,9 @@ int bench_make_inputs(const struct bench_options *o, int rank, int tokens,
 void bench_free_inputs(struct bench_inputs *in);
 
 /* Per rank r: rows[r], the tokens of `in` (rank me's) that select one of
- * r's experts at least once; sel[r], their selections of r's experts (an
- * invalid expert id counts as me's: the bench draws none). */
+ * r's experts at least once (a high-throughput dispatch sends r one row
+ * for each); sel[r], their selections of r's experts (an invalid expert id
+ * counts as me's: the bench draws none). */
 void bench_count_peers(const struct bench_options *o, int ranks, int experts,
                        int me, const struct bench_inputs *in, double *rows,
                        double *sel);

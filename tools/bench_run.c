@@ -243,6 +243,7 @@ void bench_start_run(vmep_group *g, const struct bench_options *o, int tokens,
   memset(res, 0, sizeof(*res));
   res->rank = vmep_group_rank(g);
   res->tokens = tokens;
+  res->ht = o->ht;
   bench_nodes_of(g, res);
 }
 
