@@ -39,6 +39,7 @@ struct bench_options {
   int nodes;        /* --nodes N: pretend nodes for vmep-run (0: not given) */
   int own_gpus;     /* set per run: every rank has a GPU of its own */
   int ht;           /* --mode ht: the high-throughput calls (0: --mode ll) */
+  int cached;       /* --cached (ht): time the cached dispatch */
 };
 
 /* One rank's numbers for one token count. */

@@ -3,12 +3,13 @@
  * dispatch (capacity R*T, so VMEP_EP_SEND_RECV needs no host
  * synchronization) and its combine, timed as the low-latency calls are
  * (CUDA events around each call, median of --iters after --warmup, the
- * calls back to back on one stream). Bytes follow DeepEP's normal-mode
- * accounting: the N rows this rank received, N * (2H bf16, H + H/32 fp8)
- * per dispatch, and the same N rows of 2H sent back per combine; the link
- * bytes are the rows of those that came from other ranks. The ceiling is
- * bench_ceiling.c's, of the same bytes; --check verifies the outputs once
- * (bench_ht_check.c).
+ * calls back to back on one stream; with --cached, the dispatch reuses
+ * the layout of a first one, as DeepEP's normal-mode tuning loop does).
+ * Bytes follow DeepEP's normal-mode accounting: the N rows this rank
+ * received, N * (2H bf16, H + H/32 fp8) per dispatch, and the same N rows
+ * of 2H sent back per combine; the link bytes (ht_link_bytes) are what
+ * crosses between ranks for them. The ceiling is bench_ceiling.c's;
+ * --check verifies the outputs once (bench_ht_check.c).
  */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
@@ -167,7 +168,9 @@ static vmep_status check_calls(vmep_ep *ep, const struct bench_options *o,
 }
 
 /* Medians over `iters` dispatch + combine pairs after `warmup`: events
- * before the dispatch, between the calls and after the combine. */
+ * before the dispatch, between the calls and after the combine. With
+ * --cached, a first dispatch and combine (untimed) give the handle that
+ * the timed dispatches reuse. */
 static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
                               const vmep_ep_ht_dispatch_args *da,
                               const vmep_ep_ht_combine_args *ca, cudaStream_t s,
@@ -175,14 +178,21 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
   const int n = o->iters;
   cudaEvent_t *ev = NULL;
   double *t = calloc((size_t)2 * n, sizeof(double));
+  vmep_ep_ht_dispatch_args timed = *da;
+  vmep_ep_ht_handle first;
   vmep_status st =
       t ? bench_events_open(&ev, (size_t)3 * n) : VMEP_ERR_OUT_OF_MEMORY;
+  if (st == VMEP_OK && o->cached)
+    st = vmep_ep_ht_dispatch(ep, da, VMEP_EP_SEND_RECV, s, &first);
+  if (st == VMEP_OK && o->cached)
+    st = vmep_ep_ht_combine(ep, ca, &first, s);
+  timed.cached = o->cached ? &first : NULL;
   for (int i = 0; st == VMEP_OK && i < o->warmup + n; i++) {
     vmep_ep_ht_handle h;
     cudaEvent_t *e = i >= o->warmup ? ev + 3 * (i - o->warmup) : NULL;
     if (e)
       cudaEventRecord(e[0], s);
-    st = vmep_ep_ht_dispatch(ep, da, VMEP_EP_SEND_RECV, s, &h);
+    st = vmep_ep_ht_dispatch(ep, &timed, VMEP_EP_SEND_RECV, s, &h);
     if (e)
       cudaEventRecord(e[1], s);
     if (st == VMEP_OK)
@@ -204,16 +214,44 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
   return st;
 }
 
-/* After the calls: N and the bytes it makes (own_rows of them came from
- * us, the rest crossed); *errors, the buffer's error bits (an overflow
- * would have dropped rows), printed when set. */
+/*
+ * The bytes that cross between ranks per call for the rows this rank
+ * receives, after what src/kernels/ht_*.cu move: `rows` rows from other
+ * ranks, with `sel` selections of our experts among them. Dispatch pulls
+ * from each other rank its token count and, unless cached, the K int32
+ * ids of each of its T tokens (to count); then each row (2H, fp8 H +
+ * H/32) and, unless cached, the row's K ids and the weight of each
+ * selection of ours. Combine pushes each row back (2H) with its K fp32
+ * weights and an 8-byte slot mark. Two 8-byte flags per peer and call.
+ */
+static void ht_link_bytes(const struct bench_options *o, int R, int T,
+                          double rows, double sel, double *dispatch,
+                          double *combine) {
+  const double K = o->topk, peers = R - 1, flags = 2.0 * 8;
+  *dispatch = peers * (4 + flags) + rows * bench_row_bytes(o);
+  if (!o->cached)
+    *dispatch += peers * T * K * 4 + rows * K * 4 + sel * 4;
+  *combine = peers * flags + rows * (2.0 * o->hidden + K * 4 + 8);
+}
+
+/* After the calls: N and the bytes it makes (own[0] rows of them came from
+ * us, with own[1] selections of our experts); *errors, the buffer's error
+ * bits (an overflow would have dropped rows), printed when set. */
 static vmep_status account(vmep_ep *ep, const struct bench_options *o,
-                           const struct ht_buffers *b, double own_rows,
+                           const struct ht_buffers *b, const double own[2],
                            unsigned *errors, struct bench_result *res) {
+  const int R = vmep_ep_max_ranks(ep), L = vmep_ep_num_local_experts(ep);
   uint64_t bad = 0;
-  vmep_status st = bench_cuda_check(
-      cudaMemcpy(&res->num_recv, b->num_recv, 4, cudaMemcpyDeviceToHost),
-      "num_recv");
+  double sel = 0;
+  int32_t *count = bench_fetch(b->expert_count, (size_t)L * 4);
+  vmep_status st =
+      count ? bench_cuda_check(cudaMemcpy(&res->num_recv, b->num_recv, 4,
+                                          cudaMemcpyDeviceToHost),
+                               "num_recv")
+            : VMEP_ERR_OUT_OF_MEMORY;
+  for (int l = 0; st == VMEP_OK && l < L; l++)
+    sel += count[l];
+  free(count);
   if (st == VMEP_OK)
     st = vmep_ep_poll_errors(ep, errors, &bad);
   if (st == VMEP_OK && *errors)
@@ -221,11 +259,11 @@ static vmep_status account(vmep_ep *ep, const struct bench_options *o,
             "vmep-bench: rank %d: the ht calls raised error bits 0x%x (4: "
             "rows dropped past the capacity; %llu bad expert ids)\n",
             res->rank, *errors, (unsigned long long)bad);
-  const double n = res->num_recv, H = o->hidden;
+  const double n = res->num_recv;
   res->dispatch_bytes = n * bench_row_bytes(o);
-  res->combine_bytes = n * 2 * H;
-  res->dispatch_link_bytes = (n - own_rows) * bench_row_bytes(o);
-  res->combine_link_bytes = (n - own_rows) * 2 * H;
+  res->combine_bytes = n * 2 * o->hidden;
+  ht_link_bytes(o, R, res->tokens, n - own[0], sel - own[1],
+                &res->dispatch_link_bytes, &res->combine_link_bytes);
   return st;
 }
 
@@ -243,10 +281,11 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   vmep_status st = peers && bench_make_inputs(o, res->rank, T, E, &in) == 0
                        ? VMEP_OK
                        : VMEP_ERR_OUT_OF_MEMORY;
-  /* peers[me]: our tokens that stay with us (one row each). */
+  /* Our tokens that stay with us (one row each), and their selections. */
   if (st == VMEP_OK)
     bench_count_peers(o, R, E, res->rank, &in, peers, peers + R);
-  double own_rows = peers ? peers[res->rank] : 0;
+  const double own[2] = {peers ? peers[res->rank] : 0,
+                         peers ? peers[R + res->rank] : 0};
   if (st == VMEP_OK)
     st = upload(b, o, &in);
   bench_free_inputs(&in);
@@ -262,7 +301,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK)
     st = time_calls(ep, o, &da, &ca, s, res);
   if (st == VMEP_OK)
-    st = account(ep, o, b, own_rows, &errors, res);
+    st = account(ep, o, b, own, &errors, res);
   /* The ceiling is collective: taken even when error bits are set (the
    * failure, printed, is returned as the checks return theirs). */
   if (st == VMEP_OK)

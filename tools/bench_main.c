@@ -27,6 +27,8 @@ static void usage(FILE *out) {
           "  --mode ll|ht     ll: the low-latency calls (default); ht: the "
           "high-throughput\n"
           "                   dispatch / combine, GB/s of the rows received\n"
+          "  --cached         (ht) time the cached dispatch: a first "
+          "dispatch's layout reused\n"
           "  --ranks N        ranks to launch (default: 4 on one GPU, else "
           "one per GPU)\n"
           "  --tokens LIST    max tokens per rank, a sweep: 128,512,1024 "
@@ -76,6 +78,10 @@ static enum bench_arg own_option(const char *a, const char *v,
     o->zero_copy = 1;
     return BENCH_ARG_FLAG;
   }
+  if (!strcmp(a, "--cached")) {
+    o->cached = 1;
+    return BENCH_ARG_FLAG;
+  }
   if (!strcmp(a, "--ranks"))
     return bench_int_option(PROG, a, v, 1, 1024, 1, &o->ranks);
   if (!strcmp(a, "--num-sms"))
@@ -104,24 +110,27 @@ static enum bench_arg own_option(const char *a, const char *v,
   return BENCH_ARG_UNKNOWN;
 }
 
-/* --mode ht: what the high-throughput run cannot do, refused in one line
- * (1, after printing), and its default token count (4096, as DeepEP's
+/* The options of one mode given with the other, refused in one line (1,
+ * after printing); --mode ht's default token count (4096, as DeepEP's
  * normal-mode test) when --tokens was not given. */
-static int ht_refused(struct bench_options *o, int tokens_given) {
+static int mode_refused(struct bench_options *o, int tokens_given) {
   const char *why =
-      o->zero_copy      ? "--zero-copy: the high-throughput combine has no "
-                          "zero-copy form"
-      : o->compare_nccl ? "--compare nccl: the NCCL baseline moves the "
-                          "low-latency layout"
-      : o->nodes > 1    ? "--nodes: the high-throughput calls refuse peers in "
-                          "other nodes for now"
-                        : NULL;
-  if (!o->ht)
-    return 0;
+      !o->ht && o->cached ? "--cached: the cached high-throughput dispatch "
+                            "(only with --mode ht)"
+      : !o->ht            ? NULL
+      : o->zero_copy      ? "--zero-copy: the high-throughput combine has no "
+                            "zero-copy form (not with --mode ht)"
+      : o->compare_nccl   ? "--compare nccl: the NCCL baseline moves the "
+                            "low-latency layout (not with --mode ht)"
+      : o->nodes > 1      ? "--nodes: the high-throughput calls refuse peers "
+                            "in other nodes for now (not with --mode ht)"
+                          : NULL;
   if (why) {
-    cli_usage_error(PROG, "%s (not with --mode ht)", why);
+    cli_usage_error(PROG, "%s", why);
     return 1;
   }
+  if (!o->ht)
+    return 0;
   if (!tokens_given) {
     o->tokens[0] = 4096;
     o->num_tokens_values = 1;
@@ -153,7 +162,7 @@ static int parse(int argc, char **argv, struct bench_options *o) {
     tokens_given |= !strcmp(a, "--tokens");
     i += got == BENCH_ARG_VALUE;
   }
-  return bench_experts_refused(o, PROG) || ht_refused(o, tokens_given)
+  return bench_experts_refused(o, PROG) || mode_refused(o, tokens_given)
              ? CLI_EXIT_USAGE
              : -1;
 }
@@ -239,11 +248,11 @@ static int run_rank(struct bench_options *o) {
     snprintf(span, sizeof(span), " in %d nodes", where.nodes);
   if (rank == 0)
     printf("vmep-bench: %s, %d ranks%s, hidden %d, top-k %d, experts %d, "
-           "%s%s, seed %llu\n",
+           "%s%s%s, seed %llu\n",
            o->ht ? "high-throughput" : "low-latency", size, span, o->hidden,
            o->topk, bench_experts(o, size), o->fp8 ? "fp8" : "bf16",
            o->zero_copy ? ", zero-copy combine" : "",
-           (unsigned long long)o->seed);
+           o->cached ? ", cached dispatch" : "", (unsigned long long)o->seed);
   for (int i = 0; !failed && i < o->num_tokens_values; i++) {
     struct bench_result mine;
     if (rank == 0 && o->num_tokens_values > 1)

@@ -264,8 +264,12 @@ static void print_summary_header(const struct bench_result *r) {
            "received:\n"
            "             dispatch N*2H (fp8 N*(H+H/32)), combine the same "
            "rows sent back, N*2H\n"
-           "  link GB/s  the rows of those that came from (went back to) "
-           "other ranks / avg_t\n"
+           "  link GB/s  what crosses between ranks for those rows / avg_t: "
+           "dispatch, the rows\n"
+           "             from other ranks + their routing (the ids of every "
+           "token, unless\n"
+           "             cached); combine, the same rows back with K "
+           "weights and a mark\n"
            "  rows       N, the rows a rank received per dispatch\n");
   else
     printf("  GB/s       DeepEP LL accounting, every selection counted: "
@@ -361,12 +365,13 @@ int bench_write_json(const char *path, const struct bench_options *o,
     return -1;
   }
   fprintf(f,
-          "{\"mode\": \"%s\", \"ranks\": %d, \"hidden\": %d, \"topk\": %d, "
-          "\"experts\": %d, \"fp8\": %s, \"zero_copy\": %s, \"seed\": %llu, "
-          "\"iters\": %d, \"ceiling\": \"%s\", \"ceiling_bytes\": \"%s\", "
-          "\"compare_nccl\": %s, \"nodes\": %d, \"results\": [\n",
-          o->ht ? "ht" : "ll", ranks, o->hidden, o->topk,
-          bench_experts(o, ranks), o->fp8 ? "true" : "false",
+          "{\"mode\": \"%s\", \"cached\": %s, \"ranks\": %d, \"hidden\": %d, "
+          "\"topk\": %d, \"experts\": %d, \"fp8\": %s, \"zero_copy\": %s, "
+          "\"seed\": %llu, \"iters\": %d, \"ceiling\": \"%s\", "
+          "\"ceiling_bytes\": \"%s\", \"compare_nccl\": %s, \"nodes\": %d, "
+          "\"results\": [\n",
+          o->ht ? "ht" : "ll", o->cached ? "true" : "false", ranks, o->hidden,
+          o->topk, bench_experts(o, ranks), o->fp8 ? "true" : "false",
           o->zero_copy ? "true" : "false", (unsigned long long)o->seed,
           o->iters, all[0].ceiling ? "peer_all_pairs" : "d2d",
           all[0].ceiling ? "link" : "deepep",
