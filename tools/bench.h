@@ -329,11 +329,11 @@ struct bench_ht_outputs {
 };
 
 /* The layout and the dispatch against what every rank's inputs imply,
- * bit for bit, after vmep.h's rules (docs/HT.md): the counts, then each
- * received row in turn, rows ordered by source rank and token (its source
- * record, x or the fp8 codes and scales the host quantizes, the local
- * expert ids and weights). VMEP_ERR_CUDA after printing how many
- * mismatched and the first. */
+ * bit for bit, after vmep.h's rules: the counts, then each received row in
+ * turn, rows ordered by source rank and token (its source record, x or the
+ * fp8 codes and scales the host quantizes, the local expert ids and
+ * weights). VMEP_ERR_CUDA after printing how many mismatched and the
+ * first. */
 vmep_status bench_ht_check_dispatch(const struct bench_options *o, int ranks,
                                     int experts, int tokens, int me,
                                     const struct bench_ht_outputs *dev);
