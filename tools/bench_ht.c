@@ -45,7 +45,7 @@ static void buffer_parts(struct ht_buffers *b, const struct bench_options *o,
                          int T, int R, int E, struct bench_part *out) {
   const size_t t = (size_t)T, rows = (size_t)R * T, H = (size_t)o->hidden,
                K = (size_t)o->topk, f = o->fp8 ? 1 : 0;
-  const struct bench_part parts[PARTS] = {
+  const struct bench_part parts[] = {
       {(void **)&b->x, t * H * 2},
       {(void **)&b->x_fp8, f * t * H},
       {(void **)&b->x_scales, f * t * (H / 128) * 4},
@@ -65,6 +65,7 @@ static void buffer_parts(struct ht_buffers *b, const struct bench_options *o,
       {(void **)&b->out, t * H * 2},
       {(void **)&b->out_weights, t * K * 4},
   };
+  _Static_assert(sizeof(parts) / sizeof(parts[0]) == PARTS, "PARTS");
   memcpy(out, parts, sizeof(parts));
 }
 
