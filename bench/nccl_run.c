@@ -179,10 +179,7 @@ vmep_status bench_nccl_run_tokens(vmep_group *g, const struct bench_options *o,
     res->nccl_checked = st == VMEP_OK;
   }
   if (st == VMEP_OK)
-    st = bench_cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
-                          "cudaStreamCreate");
-  if (st == VMEP_OK)
-    st = vmep_group_barrier(g);
+    st = bench_timing_stream(g, &s);
   if (st == VMEP_OK)
     st = time_calls(a, &t, o, tokens, s, res);
   if (s)

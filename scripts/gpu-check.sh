@@ -2,8 +2,10 @@
 # Everything that needs a GPU, in one call on the device machine: vmep-info,
 # every GPU test (the elastic plans included, three of them again with
 # VMEP_MEM_SHARE=legacy), the Python package's GPU
-# tests, the default benchmark with --check, and the bf16, fp8 and
-# zero-copy sweeps (T = 128 .. 4096) as JSON, with logs under $OUT (or ./gpu-logs).
+# tests, the default benchmark with --check, the bf16, fp8 and
+# zero-copy sweeps (T = 128 .. 4096) as JSON, and a short high-throughput
+# run (--mode ht --check, T = 1024 and 4096, under a minute) as JSON, with
+# logs under $OUT (or ./gpu-logs).
 # Expects a build folder made elsewhere (default build-gpu, carried to the
 # device) so that device time goes to running, not compiling; builds one if
 # it is missing. GPU_CHECK_BENCH=0 skips the benchmarks, GPU_CHECK_PYTHON=0
@@ -54,7 +56,10 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
     --json "$out/bench-fp8.json" > "$out/bench-fp8.log" 2>&1 || status=1
   timeout 300 "$bench" --zero-copy --tokens $sweep --iters 50 \
     --json "$out/bench-zc.json" > "$out/bench-zc.log" 2>&1 || status=1
-  for f in bench-default bench-bf16 bench-fp8 bench-zc; do
+  # The high-throughput calls, checked once against the host, then timed.
+  timeout 60 "$bench" --mode ht --check --tokens 1024,4096 --iters 20 \
+    --warmup 5 --json "$out/bench-ht.json" > "$out/bench-ht.log" 2>&1 || status=1
+  for f in bench-default bench-bf16 bench-fp8 bench-zc bench-ht; do
     echo "== $f"; grep -A16 "summary" "$out/$f.log" | sed 's/^\[rank 0\] //'
   done
 fi

@@ -8,14 +8,18 @@
   PREFIX-eff.png     efficiency = GB/s / ceiling GB/s against T, with the
                      targets (--targets) as dotted lines;
   PREFIX-phases.png  where the time goes: each half launched alone (send,
-                     receive) as a share of their sum, the sum in us on top.
+                     receive) as a share of their sum, the sum in us on top;
+                     not drawn for high-throughput files ("mode": "ht"), whose
+                     calls have no halves timed alone.
 
 Numbers are means over ranks, as vmep-bench's summary prints them, of the
 GB/s that the file's ceiling measures: DeepEP bytes against a device-to-device
 copy (ranks share a GPU; "ceiling" absent or "d2d"), or link bytes against an
 all-pairs peer copy of them ("ceiling_bytes": "link"). The first 2-GPU bench
 (a peer copy of the DeepEP bytes, no "ceiling_bytes") has no valid ceiling:
-its headline GB/s is drawn alone, with no efficiency PNG.
+its headline GB/s is drawn alone, with no efficiency PNG. A high-throughput
+file (vmep-bench --mode ht) counts DeepEP's normal-mode bytes (the rows each
+rank received) instead; its ceilings are read the same way.
 
 usage: plot-bench.py [--out DIR] [--prefix NAME] [--title TEXT] [--label TEXT]
                      [--targets 0.85,0.5] FILE.json...
@@ -67,7 +71,7 @@ def load(path):
     for i, row in enumerate(data["results"]):
         by_t.setdefault(int(field(row, "tokens", f"{path}: results[{i}]")), []).append(row)
     run = {"path": path, "data": data, "ranks": ranks, "valid": valid, "link": link,
-           "tokens": sorted(by_t), "phases": []}
+           "ht": data.get("mode") == "ht", "tokens": sorted(by_t), "phases": []}
     for half in HALVES:
         run[half[0]] = {"gbps": [], "ceil": [], "eff": []}
     for t in run["tokens"]:
@@ -98,7 +102,10 @@ def load(path):
 def describe(runs, label):
     """Legend names (what differs between the files) and the shared line."""
     def mode(d):
-        return "fp8" if d.get("fp8") else "zero-copy" if d.get("zero_copy") else "bf16"
+        kind = "fp8" if d.get("fp8") else "zero-copy" if d.get("zero_copy") else "bf16"
+        if d.get("mode") == "ht":
+            kind = f"ht {kind}{' cached' if d.get('cached') else ''}"
+        return kind
 
     traits = {
         "mode": lambda r: mode(r["data"]),
@@ -255,7 +262,13 @@ def main(argv):
         jobs.append(("eff", plot_eff, (valid, targets, a.title, subtitle, vs, marks)))
     else:
         print(f"{PROG}: no file has a valid ceiling: no efficiency plot")
-    jobs.append(("phases", plot_phases, (runs, a.title, subtitle, styles, halves)))
+    # High-throughput files have no halves timed alone.
+    split = [(r, s) for r, s in zip(runs, styles) if not r["ht"]]
+    if split:
+        jobs.append(("phases", plot_phases, ([r for r, _ in split], a.title, subtitle,
+                                             [s for _, s in split], halves)))
+    else:
+        print(f"{PROG}: only high-throughput files: no phases plot")
     for suffix, plot, args in jobs:
         path = os.path.join(a.out, f"{a.prefix}-{suffix}.png")
         fig = plot(plt, *args)

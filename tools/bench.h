@@ -1,9 +1,12 @@
 /*
  * vmep-bench: shared declarations of its parts. bench_main.c parses the
  * command line and starts the ranks through vmep-run when no launcher did;
- * bench_run.c times dispatch, combine and the same-run copy ceiling for one
- * token count; bench_report.c prints the per-rank lines, the summary table
- * and the JSON file; bench_shared.c holds what the NCCL baseline (bench/)
+ * bench_run.c times the low-latency dispatch and combine for one token
+ * count, bench_ht.c the high-throughput ones (--mode ht, checked by
+ * bench_ht_check.c); bench_ceiling.c times the same-run copy ceiling of
+ * either; bench_device.c holds their device buffers, events and timing
+ * stream; bench_report.c prints the per-rank lines, the summary table and
+ * the JSON file; bench_shared.c holds what the NCCL baseline (bench/)
  * shares with it: inputs, checks, the median, the byte accounting;
  * bench_nodes.c adds, across nodes, the proxy's measured bytes and the
  * engine ceiling (bench_engine.c, bench_engine.h).
@@ -35,12 +38,19 @@ struct bench_options {
   int compare_nccl; /* --compare nccl: the NCCL baseline after vmep */
   int nodes;        /* --nodes N: pretend nodes for vmep-run (0: not given) */
   int own_gpus;     /* set per run: every rank has a GPU of its own */
+  int ht;           /* --mode ht: the high-throughput calls (0: --mode ll) */
+  int cached;       /* --cached (ht): time the cached dispatch */
 };
 
 /* One rank's numbers for one token count. */
 struct bench_result {
   int rank, tokens;
-  double dispatch_bytes, combine_bytes;     /* per call, DeepEP LL accounting */
+  /* Per call. Low-latency: the DeepEP LL accounting, every selection
+   * counted (sel * (2H + 16), fp8 sel * (H + H/32 + 16); combine sel * 2H).
+   * High-throughput (ht): DeepEP's normal-mode accounting, the rows this
+   * rank received, num_recv * (2H, fp8 H + H/32), and the same rows sent
+   * back for combine, num_recv * 2H. */
+  double dispatch_bytes, combine_bytes;
   double dispatch_us, combine_us;           /* median per call */
   double copy_dispatch_us, copy_combine_us; /* same bytes, D2D copy */
   int checked;                              /* 1 passed, 0 not run */
@@ -76,12 +86,41 @@ struct bench_result {
   double inter_dispatch_bytes, inter_combine_bytes;
   double proxy_bytes;
   double engine_dispatch_us, engine_combine_us;
+  /* ht: 1 for a high-throughput result; num_recv, the rows this rank
+   * received per dispatch (N), read after the timed calls. */
+  int ht;
+  int num_recv;
 };
+
+/* The EP buffer's config for one token count (`tokens` per rank, the
+ * options' shape, num_sms the option or this rank's whole share of the
+ * GPU) and a result naming the run (rank, tokens, mode, node), its numbers
+ * cleared. */
+void bench_start_run(vmep_group *g, const struct bench_options *o, int tokens,
+                     vmep_ep_config *c, struct bench_result *res);
 
 /* Runs one token count on this rank: creates the buffer, optionally checks
  * against the reference, times, destroys. Prints nothing. */
 vmep_status bench_run_tokens(vmep_group *group, const struct bench_options *o,
                              int tokens, struct bench_result *result);
+
+/* The same for the high-throughput calls (bench_ht.c, --mode ht): the
+ * dispatch with capacity R*T and VMEP_EP_SEND_RECV, then its combine, no
+ * host synchronization between the timed calls; bf16, or fp8 rows with
+ * their scales quantized on the host (--fp8). */
+vmep_status bench_ht_run_tokens(vmep_group *group,
+                                const struct bench_options *o, int tokens,
+                                struct bench_result *result);
+
+/* Collective: the same-run ceiling of result's bytes, every rank at once
+ * (bench_ceiling.c). With o->own_gpus and 2+ ranks (result->ceiling = 1),
+ * the all-pairs peer copy of the link bytes (copy_*_link_us) and of the
+ * accounted bytes (copy_*_us, and pair_us on rank 0); else
+ * (result->ceiling = 0) a device-to-device copy of the accounted bytes on
+ * `stream`, through buffers of its own rotated past L2 (copy_*_us). */
+vmep_status bench_time_ceiling(vmep_group *g, const struct bench_options *o,
+                               cudaStream_t stream,
+                               struct bench_result *result);
 
 /* The multi-GPU ceilings (bench_peer.c), collective, with own_gpus: each
  * rank writes its own `bytes` (they may differ between ranks) split evenly
@@ -150,6 +189,18 @@ struct vmep_ref_recv;
 int bench_make_inputs(const struct bench_options *o, int rank, int tokens,
                       int experts, struct bench_inputs *in);
 void bench_free_inputs(struct bench_inputs *in);
+
+/* Per rank r: rows[r], the tokens of `in` (rank me's) that select one of
+ * r's experts at least once (a high-throughput dispatch sends r one row
+ * for each); sel[r], their selections of r's experts (an invalid expert id
+ * counts as me's: the bench draws none). */
+void bench_count_peers(const struct bench_options *o, int ranks, int experts,
+                       int me, const struct bench_inputs *in, double *rows,
+                       double *sel);
+
+/* The bytes of a row as dispatch moves it: 2H bf16, H + H/128*4 fp8 (the
+ * e4m3 codes and one fp32 scale per 128 channels). */
+double bench_row_bytes(const struct bench_options *o);
 
 /* The bytes that cross between ranks per call on account of rank `me`'s
  * inputs `in` (what the kernels in src/kernels/ll_*.cu move; flags
@@ -237,6 +288,11 @@ int bench_under_launcher(void);
  * same PCI bus id of their current device), on every rank. */
 vmep_status bench_gpu_sharing(vmep_group *g, int *shared_out);
 
+/* Copies `bytes` of device memory into a new host buffer, 16 bytes
+ * longer (free it); NULL when out of memory or after printing a failed
+ * copy. */
+void *bench_fetch(const void *dev, size_t bytes);
+
 /* Sorts v[n] and returns its median. */
 double bench_median(double *v, int n);
 
@@ -253,5 +309,78 @@ vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
  * bf16 ulp. VMEP_ERR_CUDA after printing the first difference. */
 vmep_status bench_check_combine(const struct bench_options *o, int me,
                                 int tokens, int experts, const void *out_dev);
+
+/* ---- the high-throughput --check (bench_ht_check.c) ----------------- */
+
+/* Rank me's high-throughput outputs (device pointers): the layout of its
+ * tokens, a dispatch of `tokens` per rank with capacity ranks * tokens, and
+ * the combine of the dispatched rows sent back unchanged (bf16), with the
+ * dispatch's recv_topk_weights as its weights. */
+struct bench_ht_outputs {
+  const int32_t *tokens_per_rank, *tokens_per_expert; /* vmep_ep_ht_layout */
+  const uint8_t *in_rank;
+  const int32_t *num_recv, *expert_count, *recv_src;
+  const void *recv_x; /* bf16, or fp8 with recv_scales */
+  const float *recv_scales;
+  const int64_t *recv_topk;
+  const float *recv_weights;
+  const uint16_t *out;
+  const float *out_weights;
+};
+
+/* The layout and the dispatch against what every rank's inputs imply,
+ * bit for bit, after vmep.h's rules: the counts, then each received row in
+ * turn, rows ordered by source rank and token (its source record, x or the
+ * fp8 codes and scales the host quantizes, the local expert ids and
+ * weights). VMEP_ERR_CUDA after printing how many mismatched and the
+ * first. */
+vmep_status bench_ht_check_dispatch(const struct bench_options *o, int ranks,
+                                    int experts, int tokens, int me,
+                                    const struct bench_ht_outputs *dev);
+
+/* The combine: token t comes back from each of the m ranks that hold one
+ * of its experts, unchanged, so out[t] is bf16(m * x[t]) exactly (m <= 16
+ * copies of a bf16 add exactly in fp32) and out_weights[t][k] is the
+ * weight of k (the one rank that holds its expert sends it, the others 0).
+ * VMEP_ERR_CUDA after printing how many mismatched and the first. */
+vmep_status bench_ht_check_combine(const struct bench_options *o, int ranks,
+                                   int experts, int tokens, int me,
+                                   const struct bench_ht_outputs *dev);
+
+/* ---- device resources (bench_device.c) --------------------------------- */
+
+/* One device buffer to allocate: where its pointer goes, and its bytes. */
+struct bench_part {
+  void **p;
+  size_t bytes;
+};
+
+/* cudaMalloc's every part (16 bytes more, for tails read in whole vectors)
+ * and fills it with 0x3c bytes (bf16 about 0.0115: never zero, so that
+ * what is read unwritten is not mistaken for a result). Stops at the first
+ * failure, printed; the caller frees with bench_free_parts either way
+ * (parts not reached stay NULL: clear the pointers first). */
+vmep_status bench_alloc_parts(const struct bench_part *parts, size_t n);
+void bench_free_parts(const struct bench_part *parts, size_t n);
+
+/* Copies in's x (bf16 [n, H]), top-k ids and weights to x, topk and
+ * weights (device; x may be NULL to skip it). */
+vmep_status bench_upload_inputs(const struct bench_inputs *in,
+                                const struct bench_options *o, void *x,
+                                int64_t *topk, float *weights);
+
+/* n CUDA events in a new array (close it with bench_events_close): on
+ * failure, printed, nothing stays and *ev is NULL. */
+vmep_status bench_events_open(cudaEvent_t **ev, size_t n);
+void bench_events_close(cudaEvent_t *ev, size_t n);
+
+/* Microseconds from event `from` to event `to`, both completed (0 when
+ * they cannot be read). */
+double bench_events_us(cudaEvent_t from, cudaEvent_t to);
+
+/* Collective: a new non-blocking stream for the timed calls (*s; destroy
+ * it when set, even on failure), then a barrier, so that every rank starts
+ * timing together. */
+vmep_status bench_timing_stream(vmep_group *g, cudaStream_t *s);
 
 #endif /* VMEP_BENCH_H */

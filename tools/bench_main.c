@@ -1,5 +1,7 @@
 /*
- * vmep-bench: the low-latency dispatch / combine benchmark. Started plainly,
+ * vmep-bench: the dispatch / combine benchmark, of the low-latency calls
+ * (--mode ll, the default) or the high-throughput ones (--mode ht, DeepEP's
+ * normal-mode accounting: docs/PERFORMANCE.md). Started plainly,
  * it launches its ranks through vmep-run (4 ranks sharing the GPU when
  * there is one GPU, else one per GPU; vmep-run starts a private MPS daemon
  * when ranks share a GPU); under vmep-run, torchrun or mpirun it is one
@@ -22,10 +24,16 @@
 static void usage(FILE *out) {
   fprintf(out,
           "usage: vmep-bench [options]\n"
+          "  --mode ll|ht     ll: the low-latency calls (default); ht: the "
+          "high-throughput\n"
+          "                   dispatch / combine, GB/s of the rows received\n"
+          "  --cached         (ht) time the cached dispatch: a first "
+          "dispatch's layout reused\n"
           "  --ranks N        ranks to launch (default: 4 on one GPU, else "
           "one per GPU)\n"
           "  --tokens LIST    max tokens per rank, a sweep: 128,512,1024 "
-          "(default 128)\n"
+          "(default 128,\n"
+          "                   4096 with --mode ht)\n"
           "  --hidden H       hidden size, a multiple of 128 (default 7168)\n"
           "  --topk K         experts per token (default 8)\n"
           "  --experts E      experts in all, at least K (default 4 per rank, "
@@ -36,9 +44,10 @@ static void usage(FILE *out) {
           "  --num-sms N      blocks per kernel (default: this rank's share of "
           "the GPU)\n"
           "  --check          check against the host reference before timing\n"
-          "  --zero-copy      experts write into the EP buffer; combine pulls\n"
+          "  --zero-copy      experts write into the EP buffer; combine pulls "
+          "(ll only)\n"
           "  --compare nccl   also time the NCCL all-to-all baseline (one GPU "
-          "per rank)\n"
+          "per rank; ll only)\n"
           "  --nodes N        N pretend nodes (vmep-run --nodes; VMEP_NODES "
           "under a launcher):\n"
           "                   peers in other nodes go through the inter-node "
@@ -48,7 +57,7 @@ static void usage(FILE *out) {
           "                   the engine's own ceiling of the same bytes "
           "(engine eff); over\n"
           "                   TCP on one machine only engine eff means "
-          "anything\n"
+          "anything (ll only)\n"
           "  --seed S         random seed (default 1)\n"
           "  --json FILE      also write the results as JSON (rank 0)\n"
           "  --version        print the version; -h, --help this text\n");
@@ -57,8 +66,20 @@ static void usage(FILE *out) {
 /* vmep-bench's own options (the shared ones are in bench_args.c). */
 static enum bench_arg own_option(const char *a, const char *v,
                                  struct bench_options *o) {
+  if (!strcmp(a, "--mode")) {
+    if (!v || (strcmp(v, "ll") && strcmp(v, "ht")))
+      return cli_usage_error(PROG, "--mode %s: expected ll or ht",
+                             v ? v : "(no value)"),
+             BENCH_ARG_BAD;
+    o->ht = !strcmp(v, "ht");
+    return BENCH_ARG_VALUE;
+  }
   if (!strcmp(a, "--zero-copy")) {
     o->zero_copy = 1;
+    return BENCH_ARG_FLAG;
+  }
+  if (!strcmp(a, "--cached")) {
+    o->cached = 1;
     return BENCH_ARG_FLAG;
   }
   if (!strcmp(a, "--ranks"))
@@ -89,9 +110,38 @@ static enum bench_arg own_option(const char *a, const char *v,
   return BENCH_ARG_UNKNOWN;
 }
 
+/* The options of one mode given with the other, refused in one line (1,
+ * after printing); --mode ht's default token count (4096, as DeepEP's
+ * normal-mode test) when --tokens was not given. */
+static int mode_refused(struct bench_options *o, int tokens_given) {
+  const char *why =
+      !o->ht && o->cached ? "--cached: the cached high-throughput dispatch "
+                            "(only with --mode ht)"
+      : !o->ht            ? NULL
+      : o->zero_copy      ? "--zero-copy: the high-throughput combine has no "
+                            "zero-copy form (not with --mode ht)"
+      : o->compare_nccl   ? "--compare nccl: the NCCL baseline moves the "
+                            "low-latency layout (not with --mode ht)"
+      : o->nodes > 1      ? "--nodes: the high-throughput calls refuse peers "
+                            "in other nodes for now (not with --mode ht)"
+                          : NULL;
+  if (why) {
+    cli_usage_error(PROG, "%s", why);
+    return 1;
+  }
+  if (!o->ht)
+    return 0;
+  if (!tokens_given) {
+    o->tokens[0] = 4096;
+    o->num_tokens_values = 1;
+  }
+  return 0;
+}
+
 /* Returns -1 to go on, or an exit status: 0 after --help or --version, 2
  * after one line naming a bad option and the rule it broke. */
 static int parse(int argc, char **argv, struct bench_options *o) {
+  int tokens_given = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -109,9 +159,12 @@ static int parse(int argc, char **argv, struct bench_options *o) {
                              PROG);
     if (got == BENCH_ARG_BAD)
       return CLI_EXIT_USAGE;
+    tokens_given |= !strcmp(a, "--tokens");
     i += got == BENCH_ARG_VALUE;
   }
-  return bench_experts_refused(o, PROG) ? CLI_EXIT_USAGE : -1;
+  return bench_experts_refused(o, PROG) || mode_refused(o, tokens_given)
+             ? CLI_EXIT_USAGE
+             : -1;
 }
 
 /* Not under any launcher: run ourselves under vmep-run, which sits next to
@@ -194,17 +247,19 @@ static int run_rank(struct bench_options *o) {
   if (where.nodes > 1)
     snprintf(span, sizeof(span), " in %d nodes", where.nodes);
   if (rank == 0)
-    printf("vmep-bench: %d ranks%s, hidden %d, top-k %d, experts %d, %s%s, "
-           "seed %llu\n",
-           size, span, o->hidden, o->topk, bench_experts(o, size),
-           o->fp8 ? "fp8" : "bf16", o->zero_copy ? ", zero-copy combine" : "",
-           (unsigned long long)o->seed);
+    printf("vmep-bench: %s, %d ranks%s, hidden %d, top-k %d, experts %d, "
+           "%s%s%s, seed %llu\n",
+           o->ht ? "high-throughput" : "low-latency", size, span, o->hidden,
+           o->topk, bench_experts(o, size), o->fp8 ? "fp8" : "bf16",
+           o->zero_copy ? ", zero-copy combine" : "",
+           o->cached ? ", cached dispatch" : "", (unsigned long long)o->seed);
   for (int i = 0; !failed && i < o->num_tokens_values; i++) {
     struct bench_result mine;
     if (rank == 0 && o->num_tokens_values > 1)
       fprintf(stderr, "vmep-bench: tokens %d (%d of %d)\n", o->tokens[i], i + 1,
               o->num_tokens_values);
-    vmep_status st = bench_run_tokens(g, o, o->tokens[i], &mine);
+    vmep_status st = o->ht ? bench_ht_run_tokens(g, o, o->tokens[i], &mine)
+                           : bench_run_tokens(g, o, o->tokens[i], &mine);
     if (st == VMEP_OK && o->compare_nccl)
       st = bench_nccl_run_tokens(g, o, o->tokens[i], &mine);
     if (st != VMEP_OK) {

@@ -1,12 +1,13 @@
 /*
  * vmep-bench output: the per-rank line (bandwidth and time of dispatch and
- * combine, DeepEP low-latency byte accounting, then the link GB/s: the
- * bytes that cross between ranks over the same time), the summary per
- * token count with the same-run copy ceiling and the efficiency, and the
- * JSON file. "avg_t" in the per-rank line is the median of the timed
- * calls. With --compare nccl, the NCCL baseline's line and table sit next
- * to vmep's; across nodes, a line and a table of the bytes within and
- * across nodes, the proxy's measured bytes and the engine ceiling.
+ * combine, DeepEP low-latency byte accounting, or with --mode ht its
+ * normal-mode one, then the link GB/s: the bytes that cross between ranks
+ * over the same time), the summary per token count with the same-run copy
+ * ceiling and the efficiency, and the JSON file. "avg_t" in the per-rank
+ * line is the median of the timed calls. With --compare nccl, the NCCL
+ * baseline's line and table sit next to vmep's; across nodes, a line and a
+ * table of the bytes within and across nodes, the proxy's measured bytes and
+ * the engine ceiling.
  */
 #include "bench.h"
 
@@ -29,6 +30,17 @@ static void print_line(const struct bench_result *r, int prefix,
  * bytes, i.e. copy time / call time (0 without that ceiling). */
 static double eff_link(double call_us, double copy_us) {
   return call_us > 0 && copy_us > 0 ? copy_us / call_us : 0.0;
+}
+
+/* A rank's eff against the ceiling it was timed with (the summary's eff
+ * is the ratio of the means instead): the peer copy of the link bytes, or
+ * the D2D copy of the accounted bytes; copy time / call time either way. */
+static double eff_of(const struct bench_result *r, int combine) {
+  if (combine)
+    return eff_link(r->combine_us,
+                    r->ceiling ? r->copy_combine_link_us : r->copy_combine_us);
+  return eff_link(r->dispatch_us,
+                  r->ceiling ? r->copy_dispatch_link_us : r->copy_dispatch_us);
 }
 
 /* engine eff: the engine ceiling's time of the inter-node bytes / vmep's
@@ -59,14 +71,30 @@ static void print_nodes_rank(const struct bench_result *r, int prefix) {
          r->engine_combine_us, eff_engine(r->combine_us, r->engine_combine_us));
 }
 
+/* The high-throughput line's tail: the rows received, eff against the
+ * ceiling and the link GB/s. */
+static void print_ht_rank(const struct bench_result *r) {
+  printf(" | ht: %d rows received | eff: dispatch %.2f, combine %.2f (%s) | "
+         "link: dispatch %.2f GB/s, combine %.2f GB/s\n",
+         r->num_recv, eff_of(r, 0), eff_of(r, 1),
+         r->ceiling ? "peer copy of the link bytes" : "D2D copy",
+         gbps(r->dispatch_link_bytes, r->dispatch_us),
+         gbps(r->combine_link_bytes, r->combine_us));
+}
+
 void bench_print_rank(const struct bench_result *r, int prefix) {
   if (prefix)
     printf("[rank %d] ", r->rank);
   /* The first half is the line users of DeepEP / NIXL EP know, unchanged. */
   printf("Dispatch bandwidth: %.2f GB/s, avg_t=%.2f us | Combine bandwidth: "
-         "%.2f GB/s, avg_t=%.2f us | link: dispatch %.2f GB/s",
+         "%.2f GB/s, avg_t=%.2f us",
          gbps(r->dispatch_bytes, r->dispatch_us), r->dispatch_us,
-         gbps(r->combine_bytes, r->combine_us), r->combine_us,
+         gbps(r->combine_bytes, r->combine_us), r->combine_us);
+  if (r->ht) {
+    print_ht_rank(r);
+    return;
+  }
+  printf(" | link: dispatch %.2f GB/s",
          gbps(r->dispatch_link_bytes, r->dispatch_us));
   if (r->ceiling)
     printf(" (eff %.2f)", eff_link(r->dispatch_us, r->copy_dispatch_link_us));
@@ -92,6 +120,7 @@ struct summary {
    * of the DeepEP bytes (D2D ceiling) */
   double d_ceil, c_ceil;
   double d_min, c_min; /* slowest rank */
+  double rows;         /* ht: rows received, mean over ranks */
   int checked;
 };
 
@@ -119,6 +148,7 @@ static struct summary summarize(const struct bench_result *r, int ranks) {
     }
     s.d_min = d < s.d_min ? d : s.d_min;
     s.c_min = c < s.c_min ? c : s.c_min;
+    s.rows += (double)r[i].num_recv / ranks;
     s.checked &= r[i].checked;
   }
   return s;
@@ -227,17 +257,30 @@ static void print_nccl(const struct bench_options *o,
 }
 
 static void print_summary_header(const struct bench_result *r) {
-  printf("\nsummary (per rank: mean over ranks; %d blocks per kernel)\n"
-         "  GB/s       DeepEP LL accounting, every selection counted: "
-         "dispatch sel*(2H+16)\n"
-         "             (fp8 sel*(H+H/32+16)), combine sel*2H\n"
-         "  link GB/s  the bytes that cross to another rank per call / avg_t: "
-         "dispatch, one\n"
-         "             staged row per (token, other rank that selected it) + "
-         "the expert ids;\n"
-         "             combine, 2H per selection whose expert is on another "
-         "rank\n",
+  printf("\nsummary (per rank: mean over ranks; %d blocks per kernel)\n",
          r->num_sms);
+  if (r->ht)
+    printf("  GB/s       DeepEP normal-mode accounting, the N rows each rank "
+           "received:\n"
+           "             dispatch N*2H (fp8 N*(H+H/32)), combine the same "
+           "rows sent back, N*2H\n"
+           "  link GB/s  what crosses between ranks for those rows / avg_t: "
+           "dispatch, the rows\n"
+           "             from other ranks + their routing (the ids of every "
+           "token, unless\n"
+           "             cached); combine, the same rows back with K "
+           "weights and a mark\n"
+           "  rows       N, the rows a rank received per dispatch\n");
+  else
+    printf("  GB/s       DeepEP LL accounting, every selection counted: "
+           "dispatch sel*(2H+16)\n"
+           "             (fp8 sel*(H+H/32+16)), combine sel*2H\n"
+           "  link GB/s  the bytes that cross to another rank per call / "
+           "avg_t: dispatch, one\n"
+           "             staged row per (token, other rank that selected it) "
+           "+ the expert ids;\n"
+           "             combine, 2H per selection whose expert is on another "
+           "rank\n");
   if (r->ceiling)
     printf("  ceil GB/s  all-pairs peer copy of the link bytes: each rank "
            "writes its own, split\n"
@@ -245,18 +288,20 @@ static void print_summary_header(const struct bench_result *r) {
            "eff = link GB/s / ceil GB/s\n");
   else
     printf("  ceil GB/s  ranks share a GPU, so HBM: a device-to-device copy "
-           "of the DeepEP bytes,\n"
+           "of the %s bytes,\n"
            "             every rank at once, buffers rotated past L2; "
-           "eff = GB/s / ceil GB/s\n");
+           "eff = GB/s / ceil GB/s\n",
+           r->ht ? "accounted" : "DeepEP");
 }
 
 void bench_print_summary(const struct bench_options *o,
                          const struct bench_result *all, int ranks,
                          int sweeps) {
   print_summary_header(&all[0]);
-  printf("%7s | %9s %9s %9s %9s %5s | %9s %9s %9s %9s %5s | %s\n", "tokens",
+  printf("%7s | %9s %9s %9s %9s %5s | %9s %9s %9s %9s %5s |%s %s\n", "tokens",
          "disp GB/s", "link GB/s", "avg_t us", "ceil GB/s", "eff", "comb GB/s",
-         "link GB/s", "avg_t us", "ceil GB/s", "eff", "check");
+         "link GB/s", "avg_t us", "ceil GB/s", "eff",
+         all[0].ht ? "      rows |" : "", "check");
   for (int i = 0; i < sweeps; i++) {
     struct summary s = summarize(all + (size_t)i * ranks, ranks);
     /* eff: of the link bytes against their copy, or (D2D) of the DeepEP
@@ -264,15 +309,17 @@ void bench_print_summary(const struct bench_options *o,
     double d = all[0].ceiling ? s.d_link : s.d_gbps;
     double c = all[0].ceiling ? s.c_link : s.c_gbps;
     printf("%7d | %9.1f %9.1f %9.1f %9.1f %5.2f | %9.1f %9.1f %9.1f %9.1f "
-           "%5.2f | %s\n",
+           "%5.2f | ",
            all[(size_t)i * ranks].tokens, s.d_gbps, s.d_link, s.d_us, s.d_ceil,
            s.d_ceil > 0 ? d / s.d_ceil : 0, s.c_gbps, s.c_link, s.c_us,
-           s.c_ceil, s.c_ceil > 0 ? c / s.c_ceil : 0,
-           !o->check   ? "not run"
-           : s.checked ? "passed"
-                       : "FAILED");
+           s.c_ceil, s.c_ceil > 0 ? c / s.c_ceil : 0);
+    if (o->ht)
+      printf("%9.0f | ", s.rows);
+    printf("%s\n", !o->check ? "not run" : s.checked ? "passed" : "FAILED");
   }
-  print_phases(all, ranks, sweeps);
+  /* The high-throughput calls have no halves to launch alone. */
+  if (!o->ht)
+    print_phases(all, ranks, sweeps);
   for (int i = 0; all[0].pair_us > 0 && i < sweeps; i++)
     printf("%s%d tokens: peer copy rank 0 -> rank 1 alone, %.0f bytes (the "
            "DeepEP dispatch bytes): %.1f GB/s\n",
@@ -318,14 +365,15 @@ int bench_write_json(const char *path, const struct bench_options *o,
     return -1;
   }
   fprintf(f,
-          "{\"ranks\": %d, \"hidden\": %d, \"topk\": %d, \"experts\": %d, "
-          "\"fp8\": %s, \"zero_copy\": %s, \"seed\": %llu, \"iters\": %d, "
-          "\"ceiling\": \"%s\", \"ceiling_bytes\": \"%s\", "
-          "\"compare_nccl\": %s, \"nodes\": %d, \"results\": [\n",
-          ranks, o->hidden, o->topk, bench_experts(o, ranks),
-          o->fp8 ? "true" : "false", o->zero_copy ? "true" : "false",
-          (unsigned long long)o->seed, o->iters,
-          all[0].ceiling ? "peer_all_pairs" : "d2d",
+          "{\"mode\": \"%s\", \"cached\": %s, \"ranks\": %d, \"hidden\": %d, "
+          "\"topk\": %d, \"experts\": %d, \"fp8\": %s, \"zero_copy\": %s, "
+          "\"seed\": %llu, \"iters\": %d, \"ceiling\": \"%s\", "
+          "\"ceiling_bytes\": \"%s\", \"compare_nccl\": %s, \"nodes\": %d, "
+          "\"results\": [\n",
+          o->ht ? "ht" : "ll", o->cached ? "true" : "false", ranks, o->hidden,
+          o->topk, bench_experts(o, ranks), o->fp8 ? "true" : "false",
+          o->zero_copy ? "true" : "false", (unsigned long long)o->seed,
+          o->iters, all[0].ceiling ? "peer_all_pairs" : "d2d",
           all[0].ceiling ? "link" : "deepep",
           o->compare_nccl ? "true" : "false", all[0].nodes);
   for (int i = 0; i < sweeps * ranks; i++) {
@@ -363,6 +411,13 @@ int bench_write_json(const char *path, const struct bench_options *o,
     else
       fprintf(f, "\"disp_link_copy_us\": null, \"disp_eff_link\": null, "
                  "\"comb_link_copy_us\": null, \"comb_eff_link\": null");
+    /* eff against the ceiling used; rows received (ht only). */
+    fprintf(f, ", \"disp_eff\": %.4f, \"comb_eff\": %.4f, \"num_recv\": ",
+            eff_of(r, 0), eff_of(r, 1));
+    if (r->ht)
+      fprintf(f, "%d", r->num_recv);
+    else
+      fprintf(f, "null");
     write_json_nodes(f, r);
     fprintf(f, "%s\n", i + 1 < sweeps * ranks ? "," : "");
   }

@@ -1,13 +1,11 @@
 /*
- * vmep-bench, one token count on one rank: random inputs (seeded per rank,
- * so any rank can rebuild any rank's), an optional check against the host
- * reference, then the timing of dispatch and combine with CUDA events
- * (median of many calls after warm-up) and of a device-to-device copy of
- * the same bytes on the same GPU at the same time (or, when every rank has
- * its own GPU, the all-pairs peer copy of bench_peer.c of the link bytes,
- * those that cross between ranks): the ceiling that the efficiency is
- * measured against. Across nodes, bench_nodes.c adds the proxy's bytes
- * and the engine's ceiling.
+ * vmep-bench, one token count on one rank, low-latency calls: random
+ * inputs (seeded per rank, so any rank can rebuild any rank's), an
+ * optional check against the host reference, then the timing of dispatch
+ * and combine with CUDA events (median of many calls after warm-up) and
+ * the same-run copy ceiling of the same bytes (bench_ceiling.c): the
+ * ceiling that the efficiency is measured against. Across nodes,
+ * bench_nodes.c adds the proxy's bytes and the engine's ceiling.
  */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
@@ -20,7 +18,7 @@ struct buffers {
   uint16_t *x, *expert_out, *out;
   int64_t *topk;
   float *weights, *recv_scales;
-  void *recv_x, *copy_src, *copy_dst;
+  void *recv_x;
   int *recv_count, *src_info;
   int64_t *layout_range;
 };
@@ -38,15 +36,15 @@ static vmep_ep_combine_args combine_args(const struct buffers *b,
   return ca;
 }
 
-static vmep_status alloc_buffers(struct buffers *b, const vmep_ep_config *c,
-                                 int ranks, size_t copy_bytes) {
+/* The table of b's buffers for `c` over `ranks` ranks. */
+#define PARTS 10
+
+static void buffer_parts(struct buffers *b, const vmep_ep_config *c, int ranks,
+                         struct bench_part *out) {
   size_t rows = (size_t)c->num_experts / ranks * ranks * c->max_tokens_per_rank,
          H = (size_t)c->hidden;
   size_t T = (size_t)c->max_tokens_per_rank, K = (size_t)c->max_topk;
-  struct {
-    void **p;
-    size_t bytes;
-  } parts[] = {
+  const struct bench_part parts[] = {
       {(void **)&b->x, T * H * 2},
       {(void **)&b->topk, T * K * 8},
       {(void **)&b->weights, T * K * 4},
@@ -57,30 +55,9 @@ static vmep_status alloc_buffers(struct buffers *b, const vmep_ep_config *c,
       {(void **)&b->layout_range, rows / T * 8},
       {(void **)&b->expert_out, rows * H * 2},
       {(void **)&b->out, T * H * 2},
-      {&b->copy_src, copy_bytes},
-      {&b->copy_dst, copy_bytes},
   };
-  memset(b, 0, sizeof(*b));
-  for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-    vmep_status st = bench_cuda_check(
-        cudaMalloc(parts[i].p, parts[i].bytes + 16), "cudaMalloc");
-    if (st != VMEP_OK)
-      return st;
-    /* 0x3c: bf16 about 0.0115, never zero, for what is read unwritten. */
-    st = bench_cuda_check(cudaMemset(*parts[i].p, 0x3c, parts[i].bytes + 16),
-                          "cudaMemset");
-    if (st != VMEP_OK)
-      return st;
-  }
-  return VMEP_OK;
-}
-
-static void free_buffers(struct buffers *b) {
-  void *p[] = {b->x,           b->topk,       b->weights,  b->recv_x,
-               b->recv_scales, b->recv_count, b->src_info, b->layout_range,
-               b->expert_out,  b->out,        b->copy_src, b->copy_dst};
-  for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++)
-    cudaFree(p[i]);
+  _Static_assert(sizeof(parts) / sizeof(parts[0]) == PARTS, "PARTS");
+  memcpy(out, parts, sizeof(parts));
 }
 
 /* Dispatch checked against the reference over every rank's inputs; then,
@@ -120,12 +97,11 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
                               const vmep_ep_dispatch_args *da,
                               const vmep_ep_combine_args *ca, cudaStream_t s,
                               struct bench_result *res) {
-  int n = o->iters;
-  cudaEvent_t *ev = calloc((size_t)(PHASES + 1) * n, sizeof(cudaEvent_t));
+  const int n = o->iters, marks = (PHASES + 1) * n;
+  cudaEvent_t *ev = NULL;
   double *t = calloc((size_t)PHASES * n, sizeof(double));
-  vmep_status st = ev && t ? VMEP_OK : VMEP_ERR_OUT_OF_MEMORY;
-  for (int i = 0; st == VMEP_OK && i < (PHASES + 1) * n; i++)
-    st = bench_cuda_check(cudaEventCreate(&ev[i]), "cudaEventCreate");
+  vmep_status st =
+      t ? bench_events_open(&ev, (size_t)marks) : VMEP_ERR_OUT_OF_MEMORY;
   for (int i = 0; st == VMEP_OK && i < o->warmup + n; i++) {
     vmep_ep_handle h;
     cudaEvent_t *e =
@@ -155,12 +131,9 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
   if (st == VMEP_OK)
     st = bench_cuda_check(cudaStreamSynchronize(s), "timed calls");
   for (int i = 0; st == VMEP_OK && i < n; i++)
-    for (int ph = 0; ph < PHASES; ph++) {
-      float ms = 0;
-      cudaEventElapsedTime(&ms, ev[(PHASES + 1) * i + ph],
-                           ev[(PHASES + 1) * i + ph + 1]);
-      t[ph * n + i] = ms * 1000.0;
-    }
+    for (int ph = 0; ph < PHASES; ph++)
+      t[ph * n + i] = bench_events_us(ev[(PHASES + 1) * i + ph],
+                                      ev[(PHASES + 1) * i + ph + 1]);
   if (st == VMEP_OK) {
     for (int ph = 0; ph < PHASES; ph++)
       res->phase_us[ph] = bench_median(t + ph * n, n);
@@ -172,61 +145,7 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
     res->dispatch_us = bench_median(t, n);
     res->combine_us = bench_median(t + 2 * n, n);
   }
-  for (int i = 0; ev && i < (PHASES + 1) * n; i++)
-    if (ev[i])
-      cudaEventDestroy(ev[i]);
-  free(ev);
-  free(t);
-  return st;
-}
-
-/* Copy sets rotated through, so that the copies (and their ceiling) are
- * not served from the 50 MB L2: every set together spans COPY_FOOTPRINT. */
-#define COPY_FOOTPRINT ((size_t)256 << 20)
-
-static size_t copy_sets(size_t bytes) {
-  size_t sets = COPY_FOOTPRINT / (2 * bytes + 1) + 1;
-  /* cppcheck assumes bytes == 0 here; it is a run-time size. */
-  // cppcheck-suppress knownConditionTrueFalse
-  return sets > 64 ? 64 : sets;
-}
-
-/* Median microseconds of a D2D copy of `bytes`, every rank at once: after a
- * barrier, back to back as the calls are timed, rotating the sets. */
-static vmep_status time_copy(vmep_group *g, const struct bench_options *o,
-                             const struct buffers *b, size_t bytes,
-                             cudaStream_t s, double *us) {
-  int n = o->iters;
-  size_t sets = copy_sets(bytes);
-  cudaEvent_t *ev = calloc((size_t)n + 1, sizeof(cudaEvent_t));
-  double *t = calloc((size_t)n, sizeof(double));
-  vmep_status st = ev && t ? vmep_group_barrier(g) : VMEP_ERR_OUT_OF_MEMORY;
-  for (int i = 0; st == VMEP_OK && i <= n; i++)
-    st = bench_cuda_check(cudaEventCreate(&ev[i]), "cudaEventCreate");
-  for (int i = 0; st == VMEP_OK && i < o->warmup + n; i++) {
-    size_t at = (size_t)i % sets * bytes;
-    if (i >= o->warmup && i == o->warmup)
-      cudaEventRecord(ev[0], s);
-    st = bench_cuda_check(cudaMemcpyAsync((char *)b->copy_dst + at,
-                                          (char *)b->copy_src + at, bytes,
-                                          cudaMemcpyDeviceToDevice, s),
-                          "cudaMemcpyAsync");
-    if (i >= o->warmup)
-      cudaEventRecord(ev[i - o->warmup + 1], s);
-  }
-  if (st == VMEP_OK)
-    st = bench_cuda_check(cudaStreamSynchronize(s), "copies");
-  for (int i = 0; st == VMEP_OK && i < n; i++) {
-    float ms = 0;
-    cudaEventElapsedTime(&ms, ev[i], ev[i + 1]);
-    t[i] = ms * 1000.0;
-  }
-  if (st == VMEP_OK)
-    *us = bench_median(t, n);
-  for (int i = 0; ev && i <= n; i++)
-    if (ev[i])
-      cudaEventDestroy(ev[i]);
-  free(ev);
+  bench_events_close(ev, (size_t)marks);
   free(t);
   return st;
 }
@@ -250,23 +169,6 @@ static vmep_status fill_zero_copy(vmep_ep *ep, const vmep_ep_dispatch_args *da,
   return st == VMEP_OK ? bench_cuda_check(cudaDeviceSynchronize(), "fill") : st;
 }
 
-static vmep_status upload(const struct buffers *b,
-                          const struct bench_inputs *in,
-                          const struct bench_options *o) {
-  size_t n = (size_t)in->n, K = (size_t)o->topk;
-  vmep_status st = bench_cuda_check(
-      cudaMemcpy(b->x, in->x, n * o->hidden * 2, cudaMemcpyHostToDevice), "x");
-  if (st == VMEP_OK)
-    st = bench_cuda_check(
-        cudaMemcpy(b->topk, in->topk, n * K * 8, cudaMemcpyHostToDevice),
-        "topk");
-  if (st == VMEP_OK)
-    st = bench_cuda_check(
-        cudaMemcpy(b->weights, in->weights, n * K * 4, cudaMemcpyHostToDevice),
-        "weights");
-  return st;
-}
-
 /* Times everything with a buffer that exists; the caller destroys it. */
 static vmep_status measure(vmep_group *g, vmep_ep *ep,
                            const struct bench_options *o,
@@ -281,7 +183,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   }
   bench_link_bytes(o, R, c->num_experts, res->rank, &in,
                    &res->dispatch_link_bytes, &res->combine_link_bytes);
-  vmep_status st = upload(b, &in, o);
+  vmep_status st = bench_upload_inputs(&in, o, b->x, b->topk, b->weights);
   bench_free_inputs(&in);
   vmep_ep_dispatch_args da;
   vmep_ep_dispatch_args_init(&da);
@@ -310,11 +212,8 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   for (int parity = 0; st == VMEP_OK && o->zero_copy && parity < 2; parity++)
     st = fill_zero_copy(ep, &da, b, eo_bytes);
   if (st == VMEP_OK)
-    st = bench_cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
-                          "cudaStreamCreate");
+    st = bench_timing_stream(g, &s);
   vmep_ep_combine_args ca = combine_args(b, b->expert_out);
-  if (st == VMEP_OK)
-    st = vmep_group_barrier(g);
   /* Across nodes: what the proxy puts over the warm-up and timed calls. */
   uint64_t proxy = res->nodes > 1 ? bench_proxy_bytes(ep) : 0;
   if (st == VMEP_OK)
@@ -322,32 +221,30 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK && res->nodes > 1)
     res->proxy_bytes = (double)(bench_proxy_bytes(ep) - proxy) /
                        (double)(o->warmup + o->iters);
-  /* The ceiling: NVLink (all-pairs peer copy) when every rank has its own
-   * GPU, else HBM (a D2D copy on the shared GPU). Across GPUs the
-   * efficiency is against a copy of the link bytes, the bytes that cross;
-   * the copy of the DeepEP bytes is kept for the record (and the pair). */
-  res->ceiling = o->own_gpus && R > 1;
-  if (st == VMEP_OK && res->ceiling)
-    st = bench_time_peer_copy(g, o, (size_t)res->dispatch_link_bytes,
-                              &res->copy_dispatch_link_us, NULL);
-  if (st == VMEP_OK && res->ceiling)
-    st = bench_time_peer_copy(g, o, (size_t)res->combine_link_bytes,
-                              &res->copy_combine_link_us, NULL);
-  if (st == VMEP_OK && res->ceiling)
-    st = bench_time_peer_copy(g, o, (size_t)res->dispatch_bytes,
-                              &res->copy_dispatch_us, &res->pair_us);
-  if (st == VMEP_OK && res->ceiling)
-    st = bench_time_peer_copy(g, o, (size_t)res->combine_bytes,
-                              &res->copy_combine_us, NULL);
-  if (st == VMEP_OK && !res->ceiling)
-    st = time_copy(g, o, b, (size_t)res->dispatch_bytes, s,
-                   &res->copy_dispatch_us);
-  if (st == VMEP_OK && !res->ceiling)
-    st = time_copy(g, o, b, (size_t)res->combine_bytes, s,
-                   &res->copy_combine_us);
+  if (st == VMEP_OK)
+    st = bench_time_ceiling(g, o, s, res);
   if (s)
     cudaStreamDestroy(s);
   return st;
+}
+
+void bench_start_run(vmep_group *g, const struct bench_options *o, int tokens,
+                     vmep_ep_config *c, struct bench_result *res) {
+  vmep_ep_config_init(c);
+  c->num_experts = bench_experts(o, vmep_group_size(g));
+  c->hidden = o->hidden;
+  c->max_tokens_per_rank = tokens;
+  c->max_topk = o->topk;
+  /* Default: this rank's whole share of the GPU (the library caps it to
+   * the SMs divided by the ranks sharing the GPU), as the copy ceiling
+   * uses the whole GPU too. */
+  c->num_sms = o->num_sms ? o->num_sms : 1024;
+  c->zero_copy = o->zero_copy;
+  memset(res, 0, sizeof(*res));
+  res->rank = vmep_group_rank(g);
+  res->tokens = tokens;
+  res->ht = o->ht;
+  bench_nodes_of(g, res);
 }
 
 vmep_status bench_run_tokens(vmep_group *g, const struct bench_options *o,
@@ -355,21 +252,9 @@ vmep_status bench_run_tokens(vmep_group *g, const struct bench_options *o,
   vmep_ep_config c;
   vmep_ep *ep = NULL;
   struct buffers b;
+  struct bench_part parts[PARTS];
   int R = vmep_group_size(g);
-  vmep_ep_config_init(&c);
-  c.num_experts = bench_experts(o, R);
-  c.hidden = o->hidden;
-  c.max_tokens_per_rank = tokens;
-  c.max_topk = o->topk;
-  /* Default: this rank's whole share of the GPU (the library caps it to
-   * the SMs divided by the ranks sharing the GPU), as the copy ceiling
-   * uses the whole GPU too. */
-  c.num_sms = o->num_sms ? o->num_sms : 1024;
-  c.zero_copy = o->zero_copy;
-  memset(res, 0, sizeof(*res));
-  res->rank = vmep_group_rank(g);
-  res->tokens = tokens;
-  bench_nodes_of(g, res);
+  bench_start_run(g, o, tokens, &c, res);
   /* Every selection is valid here: sel = T * K. */
   double sel = (double)tokens * o->topk, H = o->hidden;
   res->dispatch_bytes = sel * (o->fp8 ? H + H / 128 * 4 + 16 : 2 * H + 16);
@@ -378,14 +263,12 @@ vmep_status bench_run_tokens(vmep_group *g, const struct bench_options *o,
   if (st != VMEP_OK)
     return st;
   res->num_sms = vmep_ep_num_sms(ep);
-  size_t copy =
-      (size_t)(res->dispatch_bytes > res->combine_bytes ? res->dispatch_bytes
-                                                        : res->combine_bytes);
-  /* +1 set: a smaller copy may rotate through a little more. */
-  st = alloc_buffers(&b, &c, R, copy * (copy_sets(copy) + 1));
+  memset(&b, 0, sizeof(b));
+  buffer_parts(&b, &c, R, parts);
+  st = bench_alloc_parts(parts, PARTS);
   if (st == VMEP_OK)
     st = measure(g, ep, o, &c, &b, res);
-  free_buffers(&b);
+  bench_free_parts(parts, PARTS);
   vmep_status destroyed = vmep_ep_destroy(ep);
   st = st != VMEP_OK ? st : destroyed;
   /* Across nodes, with the buffer (and its proxy) gone: the byte split and

@@ -61,12 +61,9 @@ void bench_free_inputs(struct bench_inputs *in) {
   free(in->weights);
 }
 
-/* Per rank r: rows[r], the tokens of ours that select one of r's experts
- * at least once; sel[r], our selections of r's experts (an invalid expert
- * id counts as ours). */
-static void count_peers(const struct bench_options *o, int ranks, int experts,
-                        int me, const struct bench_inputs *in, double *rows,
-                        double *sel) {
+void bench_count_peers(const struct bench_options *o, int ranks, int experts,
+                       int me, const struct bench_inputs *in, double *rows,
+                       double *sel) {
   const int L = experts / ranks, K = o->topk;
   /* seen[r] == t + 1: token t already counted a row for rank r. */
   int seen[VMEP_LL_MAX_RANKS] = {0};
@@ -82,8 +79,7 @@ static void count_peers(const struct bench_options *o, int ranks, int experts,
     }
 }
 
-/* The bytes of a staged row: 2H bf16, H + H/128*4 fp8. */
-static double row_bytes(const struct bench_options *o) {
+double bench_row_bytes(const struct bench_options *o) {
   const double H = o->hidden;
   return o->fp8 ? H + H / 128 * 4 : 2 * H;
 }
@@ -94,7 +90,7 @@ static void mapped_peer_bytes(const struct bench_options *o,
                               const struct bench_inputs *in, double rows,
                               double sel, double *dispatch, double *combine) {
   const double flags = 2.0 * 8;
-  *dispatch += rows * row_bytes(o) + 4.0 + 4.0 * in->n * o->topk +
+  *dispatch += rows * bench_row_bytes(o) + 4.0 + 4.0 * in->n * o->topk +
                (o->zero_copy ? 4 * sel : 0) + flags;
   *combine += sel * 2 * o->hidden + flags;
 }
@@ -103,7 +99,7 @@ void bench_link_bytes(const struct bench_options *o, int ranks, int experts,
                       int me, const struct bench_inputs *in, double *dispatch,
                       double *combine) {
   double rows[VMEP_LL_MAX_RANKS], sel[VMEP_LL_MAX_RANKS];
-  count_peers(o, ranks, experts, me, in, rows, sel);
+  bench_count_peers(o, ranks, experts, me, in, rows, sel);
   *dispatch = *combine = 0;
   for (int r = 0; r < ranks; r++)
     if (r != me)
@@ -128,7 +124,7 @@ void bench_node_bytes(const struct bench_options *o, int ranks, int experts,
   /* Flags through the proxies, per remote peer and phase: ours (ready)
    * and the peer's answer (ack). */
   const double flags = 2.0 * 8;
-  count_peers(o, ranks, experts, me, in, rows, sel);
+  bench_count_peers(o, ranks, experts, me, in, rows, sel);
   out->intra_dispatch = out->intra_combine = 0;
   out->inter_dispatch = out->inter_combine = 0;
   for (int r = 0; r < ranks; r++) {
@@ -140,7 +136,7 @@ void bench_node_bytes(const struct bench_options *o, int ranks, int experts,
                         &out->intra_combine);
       continue;
     }
-    out->dispatch_to[r] = header + rows[r] * row_bytes(o);
+    out->dispatch_to[r] = header + rows[r] * bench_row_bytes(o);
     out->combine_from[r] = sel[r] * 2 * o->hidden;
     out->inter_dispatch += out->dispatch_to[r] + flags;
     out->inter_combine += out->combine_from[r] + flags;
@@ -165,8 +161,7 @@ double bench_median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* Copies `bytes` of device memory into a new host buffer (NULL on error). */
-static void *fetch(const void *dev, size_t bytes) {
+void *bench_fetch(const void *dev, size_t bytes) {
   void *host = malloc(bytes + 16);
   if (host &&
       bench_cuda_check(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost),
@@ -186,10 +181,11 @@ vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
   struct vmep_ref_rank_input ref_in[VMEP_LL_MAX_RANKS];
   vmep_status st = VMEP_OK;
   struct vmep_ref_recv got = {
-      fetch(dev->recv_x, L * RT * H * (o->fp8 ? 1 : 2)),
-      o->fp8 ? fetch(dev->recv_scales, L * RT * (H / 128) * 4) : NULL,
-      fetch(dev->recv_count, L * 4), fetch(dev->src_info, L * RT * 4),
-      fetch(dev->layout_range, L * ranks * 8)};
+      bench_fetch(dev->recv_x, L * RT * H * (o->fp8 ? 1 : 2)),
+      o->fp8 ? bench_fetch(dev->recv_scales, L * RT * (H / 128) * 4) : NULL,
+      bench_fetch(dev->recv_count, L * 4),
+      bench_fetch(dev->src_info, L * RT * 4),
+      bench_fetch(dev->layout_range, L * ranks * 8)};
   if (!got.recv_x || (o->fp8 && !got.recv_scales) || !got.recv_count ||
       !got.src_info || !got.layout_range)
     st = VMEP_ERR_CUDA;
@@ -227,7 +223,7 @@ vmep_status bench_check_combine(const struct bench_options *o, int me,
                                 int tokens, int experts, const void *out_dev) {
   struct bench_inputs in;
   size_t H = (size_t)o->hidden, K = (size_t)o->topk;
-  uint16_t *out = fetch(out_dev, (size_t)tokens * H * 2);
+  uint16_t *out = bench_fetch(out_dev, (size_t)tokens * H * 2);
   vmep_status st = out ? VMEP_OK : VMEP_ERR_CUDA;
   memset(&in, 0, sizeof(in));
   if (st == VMEP_OK && bench_make_inputs(o, me, tokens, experts, &in) != 0)

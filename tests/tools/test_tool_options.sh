@@ -2,7 +2,9 @@
 # Every tool's command line, as the README promises: --help on stdout with
 # exit 0, --version printing "NAME VERSION", and every bad option or value
 # refused up front with exit 2 and exactly one line on stderr that names
-# the option (no usage dump). Then the environment: an invalid VMEP_*
+# the option (no usage dump); vmep-bench's valid mode combinations get past
+# the command line (to its GPU probe, with no GPU visible). Then the
+# environment: an invalid VMEP_*
 # value makes vmep-info (and --config) exit 1 naming the variable, the
 # value and what is allowed, once; vmep-info's line on how nodes are
 # decided (VMEP_NODES).
@@ -75,6 +77,40 @@ bad "$bench" vmep-bench --nodes --nodes 0
 bad "$bench" vmep-bench --nodes --nodes two
 "$bench" --help | grep -q -- "--nodes N" ||
   { echo "FAIL: vmep-bench --help does not list --nodes"; fail=1; }
+# --mode: ll or ht; what one mode cannot do is refused with the other,
+# whatever the order of the options.
+bad "$bench" vmep-bench --mode --mode
+bad "$bench" vmep-bench --mode --mode fast
+bad "$bench" vmep-bench --mode --mode HT
+bad "$bench" vmep-bench --zero-copy --mode ht --zero-copy
+bad "$bench" vmep-bench --zero-copy --zero-copy --mode ht
+bad "$bench" vmep-bench --compare --mode ht --compare nccl
+bad "$bench" vmep-bench --nodes --mode ht --nodes 2
+bad "$bench" vmep-bench --cached --cached
+bad "$bench" vmep-bench --cached --mode ll --cached
+bad "$bench" vmep-bench --tokens --mode ht --tokens 0
+for word in "--mode ll|ht" "--cached"; do
+  "$bench" --help | grep -qF -- "$word" ||
+    { echo "FAIL: vmep-bench --help does not list $word"; fail=1; }
+done
+
+# accepted ARGS...: the command line passes; with no GPU visible (and no
+# launcher's variables) vmep-bench then stops at its GPU probe: exit 1 and
+# one stderr line saying so, never a usage error (2).
+accepted() {
+  env -u VMEP_RANK -u RANK -u OMPI_COMM_WORLD_RANK -u SLURM_PROCID \
+    CUDA_VISIBLE_DEVICES= "$bench" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
+  rc=$?
+  if [ "$rc" != 1 ] || ! grep -q "^vmep-bench: no GPU" "$tmp/err"; then
+    echo "FAIL: vmep-bench $*: exit $rc, want 1 at the GPU probe:"
+    cat "$tmp/err" "$tmp/out"; fail=1
+  fi
+}
+accepted --mode ht
+accepted --mode ht --fp8 --cached --check --tokens 64,128 --json "$tmp/ht.json"
+accepted --fp8 --mode ht --round-scale --nodes 1 --experts 32
+accepted --mode ll --zero-copy
+accepted --mode ht --mode ll --zero-copy
 [ -z "$nccl" ] || bad "$nccl" nccl-a2a stray stray
 
 # The environment: each invalid value named, with what is allowed, once.
