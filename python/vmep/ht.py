@@ -105,7 +105,8 @@ def _layout_in_torch(topk_idx, E, R):
     valid = (topk_idx >= 0) & (topk_idx < E)
     # a spare column / bin past the last collects what counts nowhere
     expert = torch.where(valid, topk_idx, torch.full_like(topk_idx, E))
-    rank = torch.where(valid, topk_idx // L, torch.full_like(topk_idx, R))
+    rank = torch.where(valid, torch.div(topk_idx, L, rounding_mode="floor"),
+                       torch.full_like(topk_idx, R))
     per_expert = torch.zeros(E + 1, dtype=torch.int32,
                              device=topk_idx.device)
     per_expert.scatter_add_(0, expert.flatten(), torch.ones(
