@@ -35,14 +35,15 @@ def fp8_dtype():
 
 class HtHandle:
     """What a high-throughput dispatch returns, for its combine and for
-    cached dispatches. Opaque to engines; its parts, for inspection:
-    c_handle (vmep_ep_ht_handle of the latest dispatch with this routing: a
-    cached dispatch renews it), recv_src (int32 [rows]: vmep's record of
-    each received row, (t << 16) | (s << 5) | j), counts (int32: N at [0],
-    written by the send phase, and num_recv_tokens_per_expert), rows (the
-    rows of recv_x: N, or num_worst_tokens), num_tokens, num_topk and
-    hidden of the dispatch. It keeps recv_src and counts alive, since the
-    C handle points into them."""
+    cached dispatches; it does not expire (the C calls read only what it
+    holds, not the dispatch's buffer parity). Opaque to engines; its
+    parts, for inspection: c_handle (vmep_ep_ht_handle), recv_src (int32
+    [rows]: vmep's record of each received row, (t << 16) | (s << 5) | j),
+    counts (int32: N at [0], written by the send phase, and
+    num_recv_tokens_per_expert), rows (the rows of recv_x: N, or
+    num_worst_tokens), num_tokens, num_topk and hidden of the dispatch. It
+    keeps recv_src and counts alive, since the C handle points into
+    them."""
 
     def __init__(self, buffer, c_handle, counts, recv_src, rows, num_tokens,
                  num_topk, hidden):
@@ -434,7 +435,7 @@ class HighThroughput:
     def _cached_dispatch(self, x, scales, handle, topk_idx, topk_weights,
                          event_in, async_finish, on_comm):
         """dispatch(x, handle=...): the rows go where the handle's
-        dispatch put them; the handle is renewed to this dispatch."""
+        dispatch put them; the handle comes back as it was."""
         handle = self._check_ht_handle(handle)
         if topk_idx is not None or topk_weights is not None:
             raise ValueError("a cached dispatch (handle given) takes no "
@@ -454,8 +455,7 @@ class HighThroughput:
         with self._allocating(stream, on_comm):
             recv_x, recv_scales = self._recv_rows(args, handle.rows, H,
                                                   scales)
-        handle.c_handle = self._ht_dispatch(ep, args, _lib.EP_SEND_RECV,
-                                            stream_ptr)
+        self._ht_dispatch(ep, args, _lib.EP_SEND_RECV, stream_ptr)
         event = self._ht_finish(stream, async_finish, on_comm,
                                 (x, scales, recv_x, recv_scales,
                                  handle.recv_src, handle.counts))

@@ -6,12 +6,12 @@ rows) -> combine, then a cached dispatch of new activations and its
 combine. In bf16 and fp8, with topk_weights, expert_alignment, one or two
 biases, n = 0 on some ranks, and expert ids that are invalid or repeated;
 then num_worst_tokens (rows past N, and an overflow), async_finish with
-previous_event and allocate_on_comm_stream, a masked rank, a stale handle
-and more tokens than T. Each rank rebuilds every rank's inputs and checks
-every element of its outputs against a torch reference of the rules of
-the high-throughput mode (rows, ids, weights, sources and counts exactly;
-combine bit for bit: fp32 sums in the tokens' expert order, then the
-biases, rounded once to bf16)."""
+previous_event and allocate_on_comm_stream, a masked rank, a handle
+combined after later dispatches, and more tokens than T. Each rank
+rebuilds every rank's inputs and checks every element of its outputs
+against a torch reference of the rules of the high-throughput mode (rows,
+ids, weights, sources and counts exactly; combine bit for bit: fp32 sums
+in the tokens' expert order, then the biases, rounded once to bf16)."""
 import os
 import tempfile
 import zlib
@@ -276,7 +276,6 @@ def prefill_round(buf, seed, round_, E, R, fp8, sizes, alignment, bias_kind,
     print(f"rank {G.RANK} round {round_} {'fp8' if fp8 else 'bf16'} "
           f"n={me.n} N={N} alignment {alignment} biases {bias_kind} "
           f"layout {'torch' if fresh else 'C'}: exact", flush=True)
-    return handle
 
 
 def worst_rounds(buf, seed, E, R, rnd):
@@ -363,20 +362,28 @@ def masked_round(buf, seed, E, R, group):
     print(f"rank {G.RANK} masked (live {sorted(live)}): exact", flush=True)
 
 
-def refusals(buf, seed, E, handle):
-    """A handle whose parity later dispatches reused, and more tokens
-    than T, are refused on every rank before any collective."""
-    ins = make_inputs(seed, 600, [50] * G.WORLD, E, False)
+def old_handle(buf, seed, E, R):
+    """Handles do not expire: a dispatch's handle combines exactly after
+    two later dispatches (on both buffer parities) and serves a cached
+    dispatch."""
+    ins = make_inputs(seed, 600, [120] * G.WORLD, E, False)
     x, topk, w = to_device(ins[G.RANK], False)
-    later = [buf.dispatch(x, topk_idx=topk)[4] for _ in range(2)]
-    parities = [h.c_handle.parity for h in later]
-    if handle.c_handle.parity in parities:
-        try:
-            buf.combine(torch.zeros(handle.rows, H, dtype=torch.bfloat16,
-                                    device="cuda"), handle)
-            raise AssertionError("a stale handle was combined")
-        except vmep.Error as exc:
-            print(f"rank {G.RANK} stale handle refused: {exc}", flush=True)
+    recv_x, _, recv_w, _, handle, _ = buf.dispatch(x, topk_idx=topk,
+                                                   topk_weights=w)
+    y = expert(recv_x, False)
+    later = make_inputs(seed, 601, [80] * G.WORLD, E, False)[G.RANK]
+    for _ in range(2):
+        buf.dispatch(later.x.cuda(), topk_idx=later.topk.cuda())
+    out, out_w, _ = buf.combine(y, handle, recv_w)
+    check_combine(ins[G.RANK], E, R, False, (None, None), out, out_w, True)
+    recv2, *_ = buf.dispatch(x, handle)
+    check_dispatch(ins, E, False, recv2, None, None, handle)
+    print(f"rank {G.RANK} an old handle: exact", flush=True)
+
+
+def too_many_tokens(buf):
+    """More tokens than T: ValueError on every rank, before any
+    collective."""
     T = buf._shape[0]
     many = torch.zeros(T + 1, H, dtype=torch.bfloat16, device="cuda")
     idx = torch.zeros(T + 1, K, dtype=torch.int64, device="cuda")
@@ -407,12 +414,11 @@ def body(seed):
     rnd = G.shared_random(seed, "ht")
     plan = [(False, 1, 0, True), (True, 4, 1, False), (False, 8, 2, True),
             (True, 1, 2, True), (False, 3, 1, False)]
-    handle = None
     for round_, (fp8, alignment, bias_kind, messy) in enumerate(plan):
         sizes = [rnd.randint(0, 300) for _ in range(G.WORLD)]
         sizes[round_ % G.WORLD] = 0 if round_ % 2 else sizes[round_ % G.WORLD]
-        handle = prefill_round(buf, seed, round_, E, R, fp8, sizes,
-                               alignment, bias_kind, messy)
+        prefill_round(buf, seed, round_, E, R, fp8, sizes, alignment,
+                      bias_kind, messy)
         if round_ == 0:
             T = buf._shape[0]
             assert T >= vmep.Config().num_max_tokens_per_rank, T
@@ -422,7 +428,8 @@ def body(seed):
     async_round(buf, seed, E, R)
     if G.WORLD > 1:
         masked_round(buf, seed, E, R, group)
-    refusals(buf, seed, E, handle)
+    old_handle(buf, seed, E, R)
+    too_many_tokens(buf)
     buf.destroy()
     dist.destroy_process_group()
 
