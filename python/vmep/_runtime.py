@@ -211,7 +211,8 @@ class Runtime:
                 raise Error(f"this buffer serves hidden={H0}, num_experts="
                             f"{E0}, top-k <= {K0}; the call asks for hidden="
                             f"{H}, num_experts={E}, top-k {K}")
-            where = "the EP buffer's max_tokens_per_rank"
+            where = ("the EP buffer's max_tokens_per_rank (made by an "
+                     "earlier call or the shape keywords)")
         else:
             T = self._ht_tokens(H, E, K)
             where = (f"the largest max_tokens_per_rank whose EP buffer fits "
@@ -219,9 +220,9 @@ class Runtime:
                      f"top-k {K}")
         if n > T:
             raise ValueError(
-                f"{n} tokens, more than T={T}, {where}; pass num_nvl_bytes >= "
-                f"Buffer.get_low_latency_rdma_size_hint({n}, {H}, "
-                f"{self.group_size}, {E}) (top-k <= 8) to a new Buffer")
+                f"{n} tokens, more than T={T}, {where}; a new Buffer given "
+                f"num_nvl_bytes >= Buffer.get_low_latency_rdma_size_hint("
+                f"{n}, {H}, {self.group_size}, {E}) (top-k <= 8) serves them")
         return self._ensure_ep(T, H, E, K, num_sms), T
 
     def _agree(self, T, H, E, K):
