@@ -1,6 +1,7 @@
 """
 vmep: expert-parallel dispatch / combine for Mixture-of-Experts models over
-CUDA VMM memory, with the low-latency Buffer of DeepEP and NIXL EP:
+CUDA VMM memory, with the Buffer of DeepEP (low-latency and
+high-throughput calls) and NIXL EP:
 
     import vmep as deep_ep            # the calls an engine makes stay the same
     buffer = deep_ep.Buffer(group, 0, num_rdma_bytes, low_latency_mode=True)
@@ -22,7 +23,7 @@ except ImportError:  # installed without torch: the library can be checked
     torch = None
 
 if torch is not None:
-    from .buffer import Buffer, Handle
+    from .buffer import Buffer, Handle, HtHandle
     from .compat import Config
     from .event import EventHandle, EventOverlap
 
@@ -33,9 +34,9 @@ __version__ = VERSION
 
 __all__ = [
     "Buffer", "Config", "Error", "EventHandle", "EventOverlap", "Handle",
-    "LibraryNotFoundError", "PeerError", "TimeoutError", "is_available",
-    "library_available", "library_candidates", "library_path",
-    "library_version", "topk_idx_t", "__version__",
+    "HtHandle", "LibraryNotFoundError", "PeerError", "TimeoutError",
+    "is_available", "library_available", "library_candidates",
+    "library_path", "library_version", "topk_idx_t", "__version__",
 ]
 
 

@@ -14,9 +14,10 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_int32,
                     c_size_t, c_uint, c_uint64, c_void_p)
 
 from .errors import (  # noqa: F401 (the status values, re-exported)
-    EP_ERR_BAD_EXPERT, EP_ERR_TIMEOUT, ERR_CUDA, ERR_INVALID_ARG,
-    ERR_BUSY, ERR_OUT_OF_MEMORY, ERR_PEER, ERR_SYSTEM, ERR_TIMEOUT, ERR_UNSUPPORTED, OK,
-    LibraryNotFoundError, error_from_status)
+    EP_ERR_BAD_EXPERT, EP_ERR_OVERFLOW, EP_ERR_TIMEOUT, ERR_CUDA,
+    ERR_INVALID_ARG, ERR_BUSY, ERR_OUT_OF_MEMORY, ERR_PEER, ERR_SYSTEM,
+    ERR_TIMEOUT, ERR_UNSUPPORTED, OK, Error, LibraryNotFoundError,
+    error_from_status)
 
 EP_SEND = 1
 EP_RECV = 2
@@ -106,12 +107,69 @@ class CombineArgs(_Sized):
     ]
 
 
+class HtHandle(Structure):
+    """vmep_ep_ht_handle: one high-throughput dispatch, for its combine and
+    for cached dispatches (num_recv and recv_src point into the caller's
+    tensors, which the Python handle keeps alive)."""
+    _fields_ = [
+        ("parity", c_int),
+        ("num_tokens", c_int),
+        ("num_topk", c_int),
+        ("use_fp8", c_int),
+        ("call", c_uint64),
+        ("num_recv", c_void_p),
+        ("recv_src", c_void_p),
+        ("capacity", c_int),
+    ]
+
+
+class HtDispatchArgs(_Sized):
+    """vmep_ep_ht_dispatch_args (pointers are device addresses; `cached`
+    the address of an HtHandle, or None)."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("x", c_void_p),
+        ("x_scales", c_void_p),
+        ("topk_idx", c_void_p),
+        ("topk_weights", c_void_p),
+        ("num_tokens", c_int),
+        ("num_topk", c_int),
+        ("use_fp8", c_int),
+        ("expert_alignment", c_int),
+        ("num_recv", c_void_p),
+        ("recv_expert_count", c_void_p),
+        ("capacity", c_int),
+        ("recv_x", c_void_p),
+        ("recv_scales", c_void_p),
+        ("recv_topk_idx", c_void_p),
+        ("recv_topk_weights", c_void_p),
+        ("recv_src", c_void_p),
+        ("cached", c_void_p),
+    ]
+
+
+class HtCombineArgs(_Sized):
+    """vmep_ep_ht_combine_args."""
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("x", c_void_p),
+        ("topk_weights", c_void_p),
+        ("bias0", c_void_p),
+        ("bias1", c_void_p),
+        ("out", c_void_p),
+        ("out_topk_weights", c_void_p),
+    ]
+
+
 # The C names of the mirrored structs, for the layout test.
 STRUCTS = {
     "vmep_ep_config": EpConfig,
     "vmep_ep_handle": EpHandle,
     "vmep_ep_dispatch_args": DispatchArgs,
     "vmep_ep_combine_args": CombineArgs,
+    "vmep_ep_ht_handle": HtHandle,
+    "vmep_ep_ht_dispatch_args": HtDispatchArgs,
+    "vmep_ep_ht_combine_args": HtCombineArgs,
 }
 
 # vmep_allgather_fn / vmep_barrier_fn.
@@ -169,6 +227,22 @@ _ELASTIC_PROTOTYPES = {
 }
 _PROTOTYPES.update(_ELASTIC_PROTOTYPES)
 
+# High-throughput dispatch / combine (include/vmep.h, "High-throughput").
+# Optional: a libvmep 0.3 built before them loads, and only the
+# high-throughput calls are refused (Library.require_high_throughput).
+_HT_PROTOTYPES = {
+    "vmep_ep_ht_layout":
+        (c_int, [_P, _P, c_int, c_int, _P, _P, _P, _P]),
+    "vmep_ep_ht_dispatch_args_init": (None, [_P]),
+    "vmep_ep_ht_dispatch":
+        (c_int, [_P, POINTER(HtDispatchArgs), c_int, _P, POINTER(HtHandle)]),
+    "vmep_ep_ht_dispatch_recv":
+        (c_int, [_P, POINTER(HtDispatchArgs), POINTER(HtHandle), _P]),
+    "vmep_ep_ht_combine_args_init": (None, [_P]),
+    "vmep_ep_ht_combine":
+        (c_int, [_P, POINTER(HtCombineArgs), POINTER(HtHandle), _P]),
+}
+
 
 def library_candidates():
     """Where libvmep.so is looked for, in order: $VMEP_LIBRARY (a file, or a
@@ -217,8 +291,9 @@ class Library:
     """libvmep with its prototypes set; `call(name, *args)` raises the
     mapped exception for a failed status. A library that lacks an entry
     point (one built before elastic membership) is refused at load with
-    the missing names, never half bound. `cdll` replaces ctypes.CDLL(path)
-    (the CPU tests pass a fake)."""
+    the missing names, never half bound; the high-throughput entry points
+    are bound all or none (`ht_missing` lists those absent). `cdll`
+    replaces ctypes.CDLL(path) (the CPU tests pass a fake)."""
 
     def __init__(self, path, cdll=None):
         self.path = path
@@ -232,7 +307,12 @@ class Library:
             raise AttributeError(
                 f"{path} lacks {', '.join(missing)}{why}; rebuild libvmep "
                 "from a checkout that matches this package")
-        for name, (restype, argtypes) in _PROTOTYPES.items():
+        self.ht_missing = [name for name in _HT_PROTOTYPES
+                           if getattr(self.cdll, name, None) is None]
+        bound = dict(_PROTOTYPES)
+        if not self.ht_missing:
+            bound.update(_HT_PROTOTYPES)
+        for name, (restype, argtypes) in bound.items():
             fn = getattr(self.cdll, name)
             fn.restype, fn.argtypes = restype, argtypes
         version = self.cdll.vmep_version()  # bytes (a test fake: not)
@@ -245,9 +325,19 @@ class Library:
                 "package")
 
     def __getattr__(self, name):
-        if name.startswith("vmep_") and name in _PROTOTYPES:
+        if name.startswith("vmep_") and (name in _PROTOTYPES or (
+                name in _HT_PROTOTYPES and not self.ht_missing)):
             return getattr(self.cdll, name)
         raise AttributeError(name)
+
+    def require_high_throughput(self, what):
+        """Raises Error naming `what` when this library lacks the
+        high-throughput entry points."""
+        if self.ht_missing:
+            raise Error(f"{what}: {self.path} lacks "
+                        f"{', '.join(self.ht_missing)} (built before the "
+                        "high-throughput calls); rebuild libvmep from a "
+                        "checkout that implements them")
 
     def last_error(self):
         text = self.cdll.vmep_last_error()

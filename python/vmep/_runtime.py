@@ -9,7 +9,8 @@ The EP buffer needs the call's shapes (T, H, E, top-k), which DeepEP gives
 only per call: it is created, collectively, at the first dispatch (or at
 construction / update_memory_buffers when the shape keywords are given),
 after the ranks compare their shapes, so that a mismatch raises on every
-rank instead of hanging.
+rank instead of hanging. A high-throughput dispatch has no T: the EP buffer
+it creates gets the largest T whose size fits num_nvl_bytes (_ht_ep).
 """
 import ctypes
 import struct
@@ -25,6 +26,8 @@ from .errors import Error
 # Handles a plain tuple can stand for: more than the two in flight, fewer
 # than would keep much memory alive.
 RECENT_HANDLES = 8
+# vmep_ep_config.max_tokens_per_rank's range is 1..MAX_TOKENS_PER_RANK.
+MAX_TOKENS_PER_RANK = 65535
 
 
 class Handle(tuple):
@@ -56,6 +59,7 @@ class Runtime:
         self._pending_masks = set()  # masked before the EP buffer exists
         self._recent = {}  # src_info pointer -> the last dispatches' Handles
         self._destroyed = False
+        self._layout_experts = None  # E of the last get_dispatch_layout
 
     def _open_group(self, group, comm, rank, max_num_ranks, store_addr):
         """The group the constructor's arguments name (see Buffer), and the
@@ -113,20 +117,22 @@ class Runtime:
         T, H, E, K = self._shape_hint
         return int(T), int(H), int(E), int(K or 8)
 
-    def _config(self, T, H, E, K):
+    def _config(self, T, H, E, K, num_sms=None):
         cfg = _lib.EpConfig()  # vmep_ep_config_init's defaults
         cfg.num_experts, cfg.hidden = int(E), int(H)
         cfg.max_tokens_per_rank, cfg.max_topk = int(T), int(K)
         cfg.device = self.device.index
-        cfg.num_sms = int(self.num_sms)  # Buffer.set_num_sms
+        # a high-throughput call's Config, else Buffer.set_num_sms
+        cfg.num_sms = int(num_sms or self.num_sms)
         cfg.timeout_ms = self.timeout_ms
         cfg.zero_copy = int(self.zero_copy)
         cfg.max_ranks = int(self.max_num_ranks or 0)
         return cfg
 
-    def _ensure_ep(self, T, H, E, K):
+    def _ensure_ep(self, T, H, E, K, num_sms=None):
         """The EP buffer for shapes (T, H, E) and top-k <= its max_topk;
-        created collectively on first use."""
+        created collectively on first use (with num_sms blocks per kernel
+        when given, else Buffer.num_sms)."""
         if self._ep is not None:
             if self._shape[:3] != (T, H, E) or K > self._shape[3]:
                 raise Error(
@@ -146,7 +152,7 @@ class Runtime:
                         "to Buffer()")
         if not self._group.elastic:
             K = self._agree(T, H, E, K)
-        cfg = self._config(T, H, E, K)
+        cfg = self._config(T, H, E, K, num_sms)
         out = ctypes.c_void_p()
         status = self._lib.vmep_ep_create(self._group.handle,
                                           ctypes.addressof(cfg),
@@ -165,6 +171,59 @@ class Runtime:
             if not masked[r]:
                 self._lib.call("vmep_ep_set_mask", out, r, 1)
         return out
+
+    def _ht_tokens(self, H, E, K):
+        """T for an EP buffer that a high-throughput call creates: the
+        largest T (1..65535) whose vmep_ep_buffer_bytes for (T, H, E, K, R,
+        zero_copy) fits num_nvl_bytes. Error when not even T = 1 fits."""
+        budget = int(self.num_nvl_bytes or 0)
+
+        def size(T):
+            return self._bytes("vmep_ep_buffer_bytes", T, H, self.group_size,
+                               E, K, self.zero_copy)
+
+        if size(1) > budget:
+            raise Error(
+                f"num_nvl_bytes={budget} is below the EP buffer of one token "
+                f"per rank ({size(1)} bytes at hidden {H}, top-k {K}, "
+                f"{self.group_size} ranks): the high-throughput calls size "
+                f"the EP buffer from num_nvl_bytes (Config."
+                f"get_nvl_buffer_size_hint), or pass the shape keywords "
+                f"num_max_dispatch_tokens_per_rank, hidden, num_experts to "
+                f"Buffer()")
+        lo, hi = 1, MAX_TOKENS_PER_RANK
+        if size(hi) <= budget:
+            return hi
+        while hi - lo > 1:  # size(lo) fits, size(hi) does not
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid)
+        return lo
+
+    def _ht_ep(self, n, H, E, K, num_sms):
+        """The EP buffer for a high-throughput dispatch of n tokens of
+        hidden H, top-k K, E experts: the existing one (same H and E, top-k
+        within its max_topk), else one created collectively with T from
+        num_nvl_bytes (_ht_tokens). ValueError, before any collective,
+        when n exceeds T."""
+        if self._ep is not None:
+            T, H0, E0, K0 = self._shape
+            if (H0, E0) != (H, E) or K > K0:
+                raise Error(f"this buffer serves hidden={H0}, num_experts="
+                            f"{E0}, top-k <= {K0}; the call asks for hidden="
+                            f"{H}, num_experts={E}, top-k {K}")
+            where = ("the EP buffer's max_tokens_per_rank (made by an "
+                     "earlier call or the shape keywords)")
+        else:
+            T = self._ht_tokens(H, E, K)
+            where = (f"the largest max_tokens_per_rank whose EP buffer fits "
+                     f"num_nvl_bytes={self.num_nvl_bytes} at hidden {H}, "
+                     f"top-k {K}")
+        if n > T:
+            raise ValueError(
+                f"{n} tokens, more than T={T}, {where}; a new Buffer given "
+                f"num_nvl_bytes >= Buffer.get_low_latency_rdma_size_hint("
+                f"{n}, {H}, {self.group_size}, {E}) (top-k <= 8) serves them")
+        return self._ensure_ep(T, H, E, K, num_sms), T
 
     def _agree(self, T, H, E, K):
         """Every rank's (T, H, E, K, zero_copy, capacity): equal or an
@@ -267,6 +326,34 @@ class Runtime:
         self._lib.call("vmep_ep_combine_buffer", self._live_ep(),
                        ctypes.byref(c_handle), ctypes.byref(ptr))
         return _device_view(ptr.value, shape, self.device)
+
+    # ---- high-throughput: the C calls -----------------------------------
+
+    def _ht_layout(self, ep, topk_idx, n, K, outputs, stream_ptr):
+        """vmep_ep_ht_layout of topk_idx [n, K] into `outputs` (per rank,
+        per expert, in_rank: device pointers) on stream_ptr."""
+        self._lib.call("vmep_ep_ht_layout", ep, topk_idx, n, K, *outputs,
+                       stream_ptr)
+
+    def _ht_dispatch(self, ep, args, phases, stream_ptr):
+        """vmep_ep_ht_dispatch of `args` (a _lib.HtDispatchArgs) with
+        `phases`; the C handle."""
+        c_handle = _lib.HtHandle()
+        self._lib.call("vmep_ep_ht_dispatch", ep, ctypes.byref(args), phases,
+                       stream_ptr, ctypes.byref(c_handle))
+        return c_handle
+
+    def _ht_dispatch_recv(self, ep, args, c_handle, stream_ptr):
+        """The receive phase of a send-only _ht_dispatch, into the receive
+        arrays of `args`."""
+        self._lib.call("vmep_ep_ht_dispatch_recv", ep, ctypes.byref(args),
+                       ctypes.byref(c_handle), stream_ptr)
+
+    def _ht_combine(self, ep, args, c_handle, stream_ptr):
+        """vmep_ep_ht_combine of `args` (a _lib.HtCombineArgs) for the
+        dispatch `c_handle`."""
+        self._lib.call("vmep_ep_ht_combine", ep, ctypes.byref(args),
+                       ctypes.byref(c_handle), stream_ptr)
 
     def _poll_errors(self):
         bits, bad = ctypes.c_uint(), ctypes.c_uint64()

@@ -1,15 +1,17 @@
 """
-vmep.Buffer: the low-latency Buffer of DeepEP and NIXL EP, answered by
-libvmep. Same names, positional order, return order, shapes and dtypes;
-vmep-only options are keyword-only. Defaults differ where vmep needs no
-setting (group may be None, low_latency_mode=True, num_qps_per_rank=1).
+vmep.Buffer: the Buffer of DeepEP (low-latency and high-throughput calls)
+and NIXL EP, answered by libvmep. Same names, positional order, return
+order, shapes and dtypes; vmep-only options are keyword-only. Defaults
+differ where vmep needs no setting (group may be None,
+low_latency_mode=True, num_qps_per_rank=1).
 
-This file is the facade: it takes DeepEP's and NIXL EP's arguments, checks
-tensors, allocates outputs from torch's allocator and hands device
-pointers and the current CUDA stream on. The data movement is libvmep's;
-the group, the EP buffer's lifecycle (created at the first dispatch, after
-the ranks compare their shapes), the C calls and the handles are
-_runtime.py's, and the membership methods membership.py's.
+This file is the facade of the low-latency calls: it takes DeepEP's and
+NIXL EP's arguments, checks tensors, allocates outputs from torch's
+allocator and hands device pointers and the current CUDA stream on. The
+data movement is libvmep's; the group, the EP buffer's lifecycle (created
+at the first dispatch, after the ranks compare their shapes), the C calls
+and the handles are _runtime.py's, the high-throughput calls ht.py's and
+the membership methods membership.py's.
 """
 import numbers
 
@@ -19,23 +21,13 @@ from . import _lib, compat
 from ._runtime import RECENT_HANDLES, Handle, Runtime  # noqa: F401
 from .errors import Error
 from .event import EventHandle, EventOverlap
+from .ht import FP8_GROUP, HighThroughput, HtHandle, fp8_dtype  # noqa: F401
 from .membership import Membership, capacity
 
-FP8_GROUP = 128
 
-
-def _fp8_dtype():
-    dtype = getattr(torch, "float8_e4m3fn", None)
-    if dtype is None:
-        raise Error(f"use_fp8 needs torch.float8_e4m3fn (torch "
-                    f"{torch.__version__} has none)")
-    return dtype
-
-
-
-class Buffer(Runtime, Membership):
+class Buffer(Runtime, Membership, HighThroughput):
     """
-    The low-latency EP buffer of one rank. Collective over `group` (a
+    The EP buffer of one rank. Collective over `group` (a
     torch.distributed ProcessGroup), `comm` (an mpi4py communicator), the
     `tcp_store_group` (a torch Store, with `rank`: a group of max_num_ranks
     ranks, or, after update_memory_buffers, of the ranks the first
@@ -48,7 +40,9 @@ class Buffer(Runtime, Membership):
     (connect_ranks, disconnect_ranks, disconnect_dead_ranks) need vmep's
     store: the launch environment or a join; the other groups are fixed.
 
-    num_nvl_bytes, num_rdma_bytes, low_latency_mode, num_qps_per_rank,
+    num_nvl_bytes bounds the EP buffer that a high-throughput dispatch
+    creates: its T (tokens per rank) is the largest whose size fits
+    (ht.py). num_rdma_bytes, low_latency_mode, num_qps_per_rank,
     allow_nvlink_for_low_latency_mode, enable_shrink, nvlink_backend and
     disable_ll_nvlink are accepted and ignored (vmep sizes its buffer from
     the shapes, reaches peers through shared memory only and always keeps a
@@ -156,16 +150,18 @@ class Buffer(Runtime, Membership):
 
     @staticmethod
     def get_dispatch_config(num_ranks):
-        """A default Config (engines ask for it while setting up; vmep's
-        low-latency calls do not read it)."""
-        del num_ranks
-        return compat.Config()
+        """The Config a high-throughput dispatch uses by default:
+        Buffer.num_sms and DeepEP's default chunk sizes (which vmep does
+        not read), for any number of ranks."""
+        compat.positive_int(num_ranks, "num_ranks")
+        return compat.Config(Buffer.num_sms)
 
     @staticmethod
     def get_combine_config(num_ranks):
-        """A default Config, as get_dispatch_config."""
-        del num_ranks
-        return compat.Config()
+        """The Config a high-throughput combine uses by default, as
+        get_dispatch_config."""
+        compat.positive_int(num_ranks, "num_ranks")
+        return compat.Config(Buffer.num_sms)
 
     @property
     def runtime(self):
@@ -321,7 +317,7 @@ class Buffer(Runtime, Membership):
         stream, stream_ptr = self._launch_stream(async_finish)
         dev = self.device
         recv_x = torch.empty((L, R * T, H), device=dev,
-                             dtype=_fp8_dtype() if use_fp8 else torch.bfloat16)
+                             dtype=fp8_dtype() if use_fp8 else torch.bfloat16)
         scales = None
         layout = _lib.SCALES_ROW_MAJOR
         if use_fp8 and use_ue8m0:
@@ -371,17 +367,14 @@ class Buffer(Runtime, Membership):
         return out_x, recv_count, handle, event, hook
 
     def dispatch(self, *args, **kwargs):
-        """low_latency_dispatch (NIXL EP's name). DeepEP's high-throughput
-        dispatch, told apart by its arguments, raises
-        NotImplementedError."""
-        compat.refuse_high_throughput("dispatch", args, kwargs,
-                                      compat.DISPATCH_KEYWORDS)
-        return self.low_latency_dispatch(*args, **kwargs)
-
-    def get_dispatch_layout(self, *args, **kwargs):
-        """DeepEP's high-throughput layout: raises NotImplementedError."""
-        raise compat.high_throughput("get_dispatch_layout")
-
+        """DeepEP's high-throughput dispatch(x, handle=None, ...)
+        (high_throughput_dispatch), or NIXL EP's name for
+        low_latency_dispatch(x, topk_idx, T, E, ...): the low-latency call
+        when topk_idx comes second or a keyword only it takes is given."""
+        if compat.is_low_latency(args, kwargs,
+                                 compat.LOW_LATENCY_DISPATCH_KEYWORDS):
+            return self.low_latency_dispatch(*args, **kwargs)
+        return self.high_throughput_dispatch(*args, **kwargs)
 
     def get_next_low_latency_combine_buffer(self, handle):
         """The bf16 [L, T*R, H] tensor for the combine of `handle`'s
@@ -472,15 +465,22 @@ class Buffer(Runtime, Membership):
         return out, event, hook
 
     def combine(self, *args, **kwargs):
-        """low_latency_combine (NIXL EP's name). DeepEP's high-throughput
-        combine(x, handle, ...) raises NotImplementedError."""
-        compat.refuse_high_throughput("combine", args, kwargs)
-        return self.low_latency_combine(*args, **kwargs)
+        """DeepEP's high-throughput combine(x, handle, ...)
+        (high_throughput_combine), or NIXL EP's name for
+        low_latency_combine(x, topk_idx, topk_weights, handle, ...): the
+        low-latency call when topk_idx comes second or a keyword only it
+        takes is given."""
+        if compat.is_low_latency(args, kwargs,
+                                 compat.LOW_LATENCY_COMBINE_KEYWORDS):
+            return self.low_latency_combine(*args, **kwargs)
+        return self.high_throughput_combine(*args, **kwargs)
 
     def poll_errors(self):
         """(error bits, skipped selections) since the last poll (synchronous):
         bit vmep.errors.EP_ERR_BAD_EXPERT (1): an invalid expert id was
-        skipped; EP_ERR_TIMEOUT (2): a rank was masked after a timeout."""
+        skipped; EP_ERR_TIMEOUT (2): a rank was masked after a timeout;
+        EP_ERR_OVERFLOW (4): a high-throughput dispatch received more rows
+        than num_worst_tokens (the rest were dropped)."""
         return self._poll_errors()
 
 

@@ -74,6 +74,9 @@ ERR_BUSY = _VALUES["ERR_BUSY"]
 # Buffer.poll_errors returns them.
 EP_ERR_BAD_EXPERT = 1  # an expert id >= E or < -1 was skipped
 EP_ERR_TIMEOUT = 2  # a rank was masked after a timeout
+# a high-throughput dispatch received more rows than its capacity
+# (num_worst_tokens): the rows past it were dropped, never written
+EP_ERR_OVERFLOW = 4
 
 
 def error_from_status(status, message, call=None, status_name=None):

@@ -2,7 +2,7 @@
 prints each mirrored struct's size and each field's offset and size, which
 must equal ctypes'; every C field is mirrored, in order (max_ranks of
 vmep_ep_config included); every bound function's ctypes prototype matches
-its declaration; the whole elastic API is bound."""
+its declaration; the whole elastic and high-throughput APIs are bound."""
 import ctypes
 import os
 import re
@@ -72,12 +72,19 @@ def test_struct_layouts_match_the_header(root, tmp_path):
 
 
 def c_fields(root, struct):
-    """The field names of `typedef struct NAME {...} NAME;` in vmep.h."""
+    """The field names of `typedef struct NAME {...} NAME;` in vmep.h, a
+    declaration of several (`const void *bias0, *bias1;`) included."""
     header = open(os.path.join(root, "include", "vmep.h")).read()
-    body = header[header.index(f"typedef struct {struct} {{"):]
+    start = header.index(f"typedef struct {struct} {{")
+    body = header[header.index("{", start) + 1:]
     body = re.sub(r"/\*.*?\*/", "", body[:body.index(f"}} {struct};")],
                   flags=re.S)
-    return re.findall(r"(\w+)(?:\[[^]]*\])?\s*;", body)
+    names = []
+    for declaration in body.split(";")[:-1]:
+        for declarator in declaration.split(","):
+            names.append(re.search(r"(\w+)(?:\[[^]]*\])?\s*$",
+                                   declarator).group(1))
+    return names
 
 
 def test_every_c_field_is_mirrored_in_order(root):
@@ -117,7 +124,9 @@ def allowed(ctype):
         "void": [None], "int": [c_int], "vmep_status": [c_int],
         "size_t": [c_size_t], "size_t*": [POINTER(c_size_t)],
         "char*": [c_char_p], "void*": [c_void_p],
-        "int*": [POINTER(c_int)], "int32_t*": [POINTER(c_int32)],
+        "int*": [POINTER(c_int)],
+        "int32_t*": [POINTER(c_int32), c_void_p],  # host array / device
+        "int64_t*": [c_void_p], "uint8_t*": [c_void_p],  # device arrays
         "unsigned*": [POINTER(c_uint)], "uint64_t*": [POINTER(c_uint64)],
         "void**": [POINTER(c_void_p)],
         "vmep_allgather_fn": [_lib.ALLGATHER_FN],
@@ -137,7 +146,8 @@ def allowed(ctype):
 
 def test_prototypes_match_the_header(root):
     c = c_prototypes(root)
-    for name, (restype, argtypes) in _lib._PROTOTYPES.items():
+    bound = {**_lib._PROTOTYPES, **_lib._HT_PROTOTYPES}
+    for name, (restype, argtypes) in bound.items():
         assert name in c, f"{name} is not declared in vmep.h"
         ret, params = c[name]
         assert restype in allowed(ret), f"{name} returns {ret}"
@@ -158,6 +168,15 @@ def test_the_elastic_api_is_bound(root):
     assert names <= set(_lib._PROTOTYPES)
 
 
+def test_the_high_throughput_api_is_bound(root):
+    header = open(os.path.join(root, "include", "vmep.h")).read()
+    section = header[header.index("High-throughput (\"normal\")"):]
+    section = section[:section.index("Masks and membership")]
+    names = set(re.findall(r"VMEP_API[^;(]*?(\w+)\s*\(", section))
+    assert names == set(_lib._HT_PROTOTYPES)
+    assert not names & set(_lib._PROTOTYPES)  # optional: bound apart
+
+
 def test_constants_match_the_header(root):
     header = open(os.path.join(root, "include", "vmep.h")).read()
     for name, value in [("VMEP_EP_SEND", _lib.EP_SEND),
@@ -168,8 +187,10 @@ def test_constants_match_the_header(root):
                         ("VMEP_EP_SCALES_UE8M0", _lib.SCALES_UE8M0)]:
         assert f"#define {name} {value}\n" in header, name
     for name, value in [("VMEP_EP_ERR_BAD_EXPERT", _lib.EP_ERR_BAD_EXPERT),
-                        ("VMEP_EP_ERR_TIMEOUT", _lib.EP_ERR_TIMEOUT)]:
-        assert re.search(rf"#define {name} {value}u\b", header), name
+                        ("VMEP_EP_ERR_TIMEOUT", _lib.EP_ERR_TIMEOUT),
+                        ("VMEP_EP_ERR_OVERFLOW", _lib.EP_ERR_OVERFLOW)]:
+        assert re.search(rf"#define {name}\s+(\\\s*)?{value}u\b", header), \
+            name
 
 
 def test_status_table_matches_the_header(root):
@@ -195,7 +216,8 @@ def test_status_names_come_from_the_library(lib):
 def test_mirrors_carry_their_size():
     """struct_size, first in every struct a caller fills in, is the
     mirror's own size; keywords set fields."""
-    for cls in (_lib.EpConfig, _lib.DispatchArgs, _lib.CombineArgs):
+    for cls in (_lib.EpConfig, _lib.DispatchArgs, _lib.CombineArgs,
+                _lib.HtDispatchArgs, _lib.HtCombineArgs):
         assert cls._fields_[0] == ("struct_size", c_size_t), cls
         assert cls().struct_size == ctypes.sizeof(cls)
     assert _lib.DispatchArgs(num_tokens=5, scale_layout=2).num_tokens == 5
@@ -210,6 +232,22 @@ def test_config_defaults_are_config_init_s(lib):
     c = _lib.EpConfig.from_buffer(room)
     mine = _lib.EpConfig()
     for field, _ in _lib.EpConfig._fields_:
+        assert getattr(mine, field) == getattr(c, field), field
+
+
+@pytest.mark.parametrize("init,cls", [
+    ("vmep_ep_ht_dispatch_args_init", _lib.HtDispatchArgs),
+    ("vmep_ep_ht_combine_args_init", _lib.HtCombineArgs)])
+def test_ht_args_defaults_are_init_s(lib, init, cls):
+    """HtDispatchArgs() / HtCombineArgs() hold what the C _init writes
+    (every pointer NULL, every number 0, struct_size the mirror's)."""
+    if lib.ht_missing:
+        pytest.skip(f"{lib.path} has no high-throughput calls yet")
+    room = ctypes.create_string_buffer(4096)
+    getattr(lib, init)(ctypes.addressof(room))
+    c = cls.from_buffer(room)
+    mine = cls()
+    for field, _ in cls._fields_:
         assert getattr(mine, field) == getattr(c, field), field
 
 
