@@ -213,6 +213,10 @@ struct vmep_ep {
   struct vmep_ll_dispatch_io pending_dispatch[2];
   int combine_pending[2];
   struct vmep_ll_combine_io pending_combine[2];
+  /* the last dispatch of each parity was a high-throughput one (ht.c): its
+   * handle is a vmep_ep_ht_handle, and the other mode's calls refuse it */
+  int parity_ht[2];
+  struct vmep_ht_dispatch_io pending_ht[2];
   /* membership (elastic.c): who is mapped here, the store session (the
    * process) of each one's member record, and our store namespace */
   struct vmep_ll_rank_set connected;
@@ -289,6 +293,13 @@ char *vmep__ep_inbox(const vmep_ep *ep, int r);
 vmep_status vmep__ep_membership_init(struct vmep_ep *ep, vmep_status before);
 /* Gives the buffer's store name back (after its window is released). */
 void vmep__ep_membership_leave(struct vmep_ep *ep);
+
+/* Argument checks of the entry points (args.c): VMEP_ERR_INVALID_ARG with
+ * "<call>: <what>" or "<call>: <name> is NULL"; bad_ptr is nonzero for a
+ * NULL pointer (unless `optional`) or one not aligned to `align`. */
+vmep_status vmep__ep_bad_arg(const char *call, const char *what);
+vmep_status vmep__ep_null_arg(const char *call, const char *name);
+int vmep__ep_bad_ptr(const void *p, size_t align, int optional);
 
 /* The launch parameters of `ep` for buffer `parity`. Cannot fail. */
 void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,

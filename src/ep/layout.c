@@ -1,8 +1,10 @@
 /*
  * Layout of one rank's EP buffer (pure C, the same on every rank): four
  * flag arrays [parity][rank] of uint64 epochs, two send areas (header,
- * expert ids, staged rows), two combine slot areas [T][K][H] bf16 and two
- * "where" tables [T][K]. Two of each so that two calls can be in flight.
+ * expert ids, weights, staged rows), two combine slot areas [T][K][H] bf16,
+ * two "where" tables [T][K], and the high-throughput combine's slot marks
+ * [T][K] and weights [T][K][K]. Two of each so that two calls can be in
+ * flight.
  * The buffer grows with T, K and H only, not with the number of experts:
  * dispatch is pull-based, so a rank needs room for its own tokens, not for
  * everyone's. Only the optional zero-copy combine buffers ([L][R*T][H]
@@ -30,8 +32,10 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
   at += PART_ALIGN;
   out->row_bytes = align_up(2 * H > fp8_row ? 2 * H : fp8_row, 16);
   out->send_topk = PART_ALIGN; /* after the header (token count) */
-  out->send_rows =
+  out->send_weights =
       align_up(out->send_topk + T * K * sizeof(int32_t), PART_ALIGN);
+  out->send_rows =
+      align_up(out->send_weights + T * K * sizeof(float), PART_ALIGN);
   size_t send_bytes = align_up(out->send_rows + T * out->row_bytes, PART_ALIGN);
   size_t slot_bytes = align_up(T * K * H * 2, PART_ALIGN);
   for (int b = 0; b < 2; b++) {
@@ -45,6 +49,14 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
   for (int b = 0; b < 2; b++) {
     out->where[b] = at;
     at += align_up(T * K * sizeof(int32_t), PART_ALIGN);
+  }
+  for (int b = 0; b < 2; b++) {
+    out->ht_mark[b] = at;
+    at += align_up(T * K * sizeof(uint64_t), PART_ALIGN);
+  }
+  for (int b = 0; b < 2; b++) {
+    out->ht_weights[b] = at;
+    at += align_up(T * K * K * sizeof(float), PART_ALIGN);
   }
   const size_t experts_rows =
       (size_t)(c->num_experts / num_ranks) * (size_t)num_ranks * T;

@@ -18,22 +18,8 @@ _Static_assert(VMEP_LL_ERR_BAD_EXPERT == VMEP_EP_ERR_BAD_EXPERT,
                "kernel error bit BAD_EXPERT differs from vmep.h's");
 _Static_assert(VMEP_LL_ERR_TIMEOUT == VMEP_EP_ERR_TIMEOUT,
                "kernel error bit TIMEOUT differs from vmep.h's");
-
-static vmep_status bad_arg(const char *call, const char *what) {
-  return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s", call, what);
-}
-
-static vmep_status null_arg(const char *call, const char *name) {
-  return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR, "%s: %s is NULL",
-                    call, name);
-}
-
-/* NULL or misaligned pointers are refused; `optional` allows NULL. */
-static int bad_ptr(const void *p, size_t align, int optional) {
-  if (!p)
-    return !optional;
-  return ((uintptr_t)p % align) != 0;
-}
+_Static_assert(VMEP_LL_ERR_OVERFLOW == VMEP_EP_ERR_OVERFLOW,
+               "kernel error bit OVERFLOW differs from vmep.h's");
 
 void vmep_ep_dispatch_args_init(vmep_ep_dispatch_args *args) {
   if (!args)
@@ -78,7 +64,8 @@ static vmep_status check_dispatch(const vmep_ep *ep,
                                   const vmep_ep_dispatch_args *a, int phases) {
   const char *call = "vmep_ep_dispatch";
   if (phases != VMEP_EP_SEND && phases != VMEP_EP_SEND_RECV)
-    return bad_arg(call, "phases must be VMEP_EP_SEND or VMEP_EP_SEND_RECV");
+    return vmep__ep_bad_arg(call,
+                            "phases must be VMEP_EP_SEND or VMEP_EP_SEND_RECV");
   if (a->num_tokens < 0 || a->num_tokens > ep->config.max_tokens_per_rank)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: num_tokens = %d, expected 0..%d", call,
@@ -88,14 +75,16 @@ static vmep_status check_dispatch(const vmep_ep *ep,
                       "%s: num_topk = %d, expected 1..%d (max_topk)", call,
                       a->num_topk, ep->config.max_topk);
   int none = a->num_tokens == 0;
-  if (bad_ptr(a->x, 16, none))
-    return bad_arg(call, "x must be a 16-byte aligned device pointer");
-  if (bad_ptr(a->topk_idx, 8, none))
-    return bad_arg(call, "topk_idx must be an 8-byte aligned device pointer");
-  if (bad_ptr(a->recv_x, 16, 0))
-    return bad_arg(call, "recv_x must be a 16-byte aligned device pointer");
-  if (a->use_fp8 && bad_ptr(a->recv_scales, 4, 0))
-    return bad_arg(call, "use_fp8 needs recv_scales (4-byte aligned)");
+  if (vmep__ep_bad_ptr(a->x, 16, none))
+    return vmep__ep_bad_arg(call, "x must be a 16-byte aligned device pointer");
+  if (vmep__ep_bad_ptr(a->topk_idx, 8, none))
+    return vmep__ep_bad_arg(
+        call, "topk_idx must be an 8-byte aligned device pointer");
+  if (vmep__ep_bad_ptr(a->recv_x, 16, 0))
+    return vmep__ep_bad_arg(call,
+                            "recv_x must be a 16-byte aligned device pointer");
+  if (a->use_fp8 && vmep__ep_bad_ptr(a->recv_scales, 4, 0))
+    return vmep__ep_bad_arg(call, "use_fp8 needs recv_scales (4-byte aligned)");
   if (a->use_fp8 && (a->scale_layout < VMEP_EP_SCALES_ROW_MAJOR ||
                      a->scale_layout > VMEP_EP_SCALES_UE8M0))
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
@@ -108,12 +97,16 @@ static vmep_status check_dispatch(const vmep_ep *ep,
                       "%s: UE8M0 scales need round_scale and hidden a "
                       "multiple of 512 (round_scale %d, hidden %d)",
                       call, a->round_scale, ep->config.hidden);
-  if (bad_ptr(a->recv_count, 4, 0) || bad_ptr(a->src_info, 4, 0))
-    return bad_arg(call, "recv_count and src_info must be 4-byte aligned");
-  if (bad_ptr(a->layout_range, 8, 0))
-    return bad_arg(call, "layout_range must be an 8-byte aligned pointer");
-  if (bad_ptr(a->recv_wait_ns, 8, 1))
-    return bad_arg(call, "recv_wait_ns must be NULL or 8-byte aligned");
+  if (vmep__ep_bad_ptr(a->recv_count, 4, 0) ||
+      vmep__ep_bad_ptr(a->src_info, 4, 0))
+    return vmep__ep_bad_arg(call,
+                            "recv_count and src_info must be 4-byte aligned");
+  if (vmep__ep_bad_ptr(a->layout_range, 8, 0))
+    return vmep__ep_bad_arg(call,
+                            "layout_range must be an 8-byte aligned pointer");
+  if (vmep__ep_bad_ptr(a->recv_wait_ns, 8, 1))
+    return vmep__ep_bad_arg(call,
+                            "recv_wait_ns must be NULL or 8-byte aligned");
   return VMEP_OK;
 }
 
@@ -182,7 +175,7 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
   const char *call = "vmep_ep_dispatch";
   vmep_ep_dispatch_args a;
   if (!ep || !handle_out)
-    return null_arg(call, ep ? "handle_out" : "ep");
+    return vmep__ep_null_arg(call, ep ? "handle_out" : "ep");
   vmep_status status = read_args(LL_DISPATCH, args, &a);
   if (status == VMEP_OK)
     status = check_dispatch(ep, &a, phases);
@@ -190,8 +183,9 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
     return status;
   int parity = (int)((ep->calls + 1) & 1);
   if (ep->dispatch_pending[parity])
-    return bad_arg(call, "two dispatches already wait for their receive "
-                         "phase (vmep_ep_dispatch_recv)");
+    return vmep__ep_bad_arg(call,
+                            "two dispatches already wait for their receive "
+                            "phase (vmep_ep_dispatch_recv)");
   struct vmep_ll_dispatch_io io = {
       a.x,           a.topk_idx,     a.num_tokens,   a.use_fp8,
       a.round_scale, a.recv_x,       a.recv_scales,  a.recv_count,
@@ -204,6 +198,7 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
   ep->parity_call[parity] = ep->calls;
   ep->dispatch_pending[parity] = !recv;
   ep->pending_dispatch[parity] = io;
+  ep->parity_ht[parity] = 0;
   ep->combine_pending[parity] = 0;
   vmep_ep_handle h = {parity, a.num_tokens, a.num_topk, ep->calls};
   *handle_out = h;
@@ -214,10 +209,10 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
 static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_handle *h,
                                 const char *call) {
   if (!ep || !h)
-    return null_arg(call, ep ? "handle" : "ep");
+    return vmep__ep_null_arg(call, ep ? "handle" : "ep");
   if (h->parity < 0 || h->parity > 1 || h->call == 0 || h->call > ep->calls)
-    return bad_arg(call, "not a handle of this buffer's dispatches");
-  if (ep->parity_call[h->parity] != h->call)
+    return vmep__ep_bad_arg(call, "not a handle of this buffer's dispatches");
+  if (ep->parity_call[h->parity] != h->call || ep->parity_ht[h->parity])
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: stale handle: dispatch %llu reused its buffer "
                       "(at most two dispatches may be outstanding)",
@@ -235,7 +230,7 @@ static vmep_status recv_phase(vmep_ep *ep, enum ll_op op,
     return status;
   int *pending = op == LL_DISPATCH ? ep->dispatch_pending : ep->combine_pending;
   if (!pending[h->parity])
-    return bad_arg(c->recv_call, c->not_pending);
+    return vmep__ep_bad_arg(c->recv_call, c->not_pending);
   const void *io = op == LL_DISPATCH
                        ? (const void *)&ep->pending_dispatch[h->parity]
                        : (const void *)&ep->pending_combine[h->parity];
@@ -260,7 +255,7 @@ vmep_status vmep_ep_combine_buffer(vmep_ep *ep, const vmep_ep_handle *h,
   if (status != VMEP_OK)
     return status;
   if (!buf_out)
-    return null_arg("vmep_ep_combine_buffer", "buf_out");
+    return vmep__ep_null_arg("vmep_ep_combine_buffer", "buf_out");
   if (!ep->layout.zero_copy[h->parity])
     return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
                       "vmep_ep_combine_buffer: the buffer was created without "
@@ -276,21 +271,28 @@ static vmep_status check_combine(const vmep_ep *ep,
                                  const vmep_ep_handle *h, int phases) {
   const char *call = "vmep_ep_combine";
   if (phases != VMEP_EP_SEND && phases != VMEP_EP_SEND_RECV)
-    return bad_arg(call, "phases must be VMEP_EP_SEND or VMEP_EP_SEND_RECV");
+    return vmep__ep_bad_arg(call,
+                            "phases must be VMEP_EP_SEND or VMEP_EP_SEND_RECV");
   if (ep->dispatch_pending[h->parity])
-    return bad_arg(call, "the dispatch's receive phase was not launched");
+    return vmep__ep_bad_arg(call,
+                            "the dispatch's receive phase was not launched");
   if (ep->combine_pending[h->parity])
-    return bad_arg(call, "a combine of this handle waits for its receive "
-                         "phase (vmep_ep_combine_recv)");
+    return vmep__ep_bad_arg(call,
+                            "a combine of this handle waits for its receive "
+                            "phase (vmep_ep_combine_recv)");
   int none = h->num_tokens == 0;
-  if (bad_ptr(a->expert_out, 16, 0))
-    return bad_arg(call, "expert_out must be a 16-byte aligned pointer");
-  if (bad_ptr(a->topk_idx, 8, none) || bad_ptr(a->topk_weights, 4, none))
-    return bad_arg(call, "topk_idx and topk_weights must be aligned pointers");
-  if (bad_ptr(a->out, 16, none))
-    return bad_arg(call, "out must be a 16-byte aligned pointer");
-  if (bad_ptr(a->recv_wait_ns, 8, 1))
-    return bad_arg(call, "recv_wait_ns must be NULL or 8-byte aligned");
+  if (vmep__ep_bad_ptr(a->expert_out, 16, 0))
+    return vmep__ep_bad_arg(call,
+                            "expert_out must be a 16-byte aligned pointer");
+  if (vmep__ep_bad_ptr(a->topk_idx, 8, none) ||
+      vmep__ep_bad_ptr(a->topk_weights, 4, none))
+    return vmep__ep_bad_arg(
+        call, "topk_idx and topk_weights must be aligned pointers");
+  if (vmep__ep_bad_ptr(a->out, 16, none))
+    return vmep__ep_bad_arg(call, "out must be a 16-byte aligned pointer");
+  if (vmep__ep_bad_ptr(a->recv_wait_ns, 8, 1))
+    return vmep__ep_bad_arg(call,
+                            "recv_wait_ns must be NULL or 8-byte aligned");
   return VMEP_OK;
 }
 

@@ -34,6 +34,7 @@ extern "C" {
  * time that the values agree). */
 #define VMEP_LL_ERR_BAD_EXPERT 1u /* an expert id >= E or < -1 was skipped */
 #define VMEP_LL_ERR_TIMEOUT 2u    /* a rank was masked after a timeout */
+#define VMEP_LL_ERR_OVERFLOW 4u   /* high-throughput rows past capacity */
 
 /* Byte offsets of the parts of one rank's EP buffer (identical on all
  * ranks). Flags are uint64 epochs, indexed [parity][peer rank]. */
@@ -45,15 +46,22 @@ struct vmep_ll_layout {
   size_t alive;      /* uint64 heartbeat, advanced by this rank's waits */
   size_t send[2];    /* per parity: header, topk [T][K] int32, rows [T] */
   size_t send_topk;  /* offset of topk within a send area */
-  size_t send_rows;  /* offset of the rows within a send area */
-  size_t row_bytes;  /* one staged row: max(2H, H + 4H/128), 16-aligned */
-  size_t slots[2];   /* per parity: combine slots [T][K][H] bf16 */
-  size_t where[2];   /* per parity: [T][K] int32, written by the expert
-                        ranks: the row (l * R*T + i) each selection of
-                        ours landed in */
-  size_t zero_copy[2]; /* per parity: [L][R*T][H] bf16 expert outputs that
-                          sources pull (0 when the buffer has none) */
-  size_t total;        /* bytes, a multiple of 4096 */
+  size_t send_weights;  /* offset of the [T][K] fp32 weights within a send
+                           area (high-throughput dispatch) */
+  size_t send_rows;     /* offset of the rows within a send area */
+  size_t row_bytes;     /* one staged row: max(2H, H + 4H/128), 16-aligned */
+  size_t slots[2];      /* per parity: combine slots [T][K][H] bf16 */
+  size_t where[2];      /* per parity: [T][K] int32, written by the expert
+                           ranks: the row (l * R*T + i) each selection of
+                           ours landed in */
+  size_t ht_mark[2];    /* per parity: [T][K] uint64, written by the expert
+                           ranks of a high-throughput combine: the epoch
+                           when slot [t][j] holds a row of this call */
+  size_t ht_weights[2]; /* per parity: [T][K][K] fp32, the weights sent
+                           back with slot [t][j] */
+  size_t zero_copy[2];  /* per parity: [L][R*T][H] bf16 expert outputs that
+                           sources pull (0 when the buffer has none) */
+  size_t total;         /* bytes, a multiple of 4096 */
 };
 
 /* Per-rank device state private to the rank (not shared). */
@@ -192,6 +200,65 @@ vmep_status vmep__ll_combine_send(const struct vmep_ll_params *p,
 vmep_status vmep__ll_combine_recv(const struct vmep_ll_params *p,
                                   const struct vmep_ll_combine_io *io,
                                   void *stream);
+
+/*
+ * High-throughput ("normal") mode on the same buffer and flags (docs/HT.md):
+ * dispatch stages each token once (its row as given, bf16 or fp8 with its
+ * scales, its expert ids and weights) and receivers pull each token once,
+ * token-major; combine pushes each received row back into the source's
+ * slot [t][j] (j: the first k whose expert is on the sending rank), marks
+ * it with the call's epoch and the weights, and the source sums its
+ * marked slots in fp32. The routing scratch of the low-latency calls of
+ * the same parity holds the receive positions ([R][T] in `entries`), each
+ * source's token count (counts[s * (L + 1) + L]) and begin (begins[s * L]).
+ */
+struct vmep_ht_dispatch_io {
+  const void *x;             /* bf16 or fp8 [n, H] */
+  const float *x_scales;     /* fp8: [n, H/128] */
+  const int64_t *topk_idx;   /* [n, K]; NULL when cached */
+  const float *topk_weights; /* [n, K] or NULL */
+  int num_tokens, use_fp8, expert_alignment;
+  int cached; /* positions from recv_src / num_recv */
+  int capacity;
+  int32_t *num_recv;          /* [1] */
+  int32_t *recv_expert_count; /* [L] */
+  void *recv_x;
+  float *recv_scales;
+  int64_t *recv_topk_idx;
+  float *recv_topk_weights;
+  int32_t *recv_src; /* [capacity]: (t << 16) | (s << 5) | j */
+};
+
+struct vmep_ht_combine_io {
+  const void *x;             /* bf16 [N, H] */
+  const float *topk_weights; /* [N, K] or NULL */
+  const int32_t *num_recv;   /* [1] */
+  const int32_t *recv_src;   /* [capacity] */
+  int capacity;
+  int num_tokens;            /* the source's */
+  const void *bias0, *bias1; /* bf16 [n, H] or NULL */
+  void *out;                 /* bf16 [n, H] */
+  float *out_topk_weights;   /* [n, K] or NULL */
+};
+
+/* The local routing tables of vmep_ep_ht_layout (no communication). */
+vmep_status vmep__ht_layout(const int64_t *topk_idx, int num_tokens,
+                            int num_topk, int num_ranks, int num_experts,
+                            int32_t *tokens_per_rank,
+                            int32_t *tokens_per_expert, uint8_t *in_rank,
+                            void *stream);
+
+/* Dispatch send phase (stage, signal) and, unless cached, the count of
+ * what this rank receives; then the receive phase (copy, acknowledge). */
+vmep_status vmep__ht_dispatch_send(const struct vmep_ll_params *p,
+                                   const struct vmep_ht_dispatch_io *io,
+                                   void *stream);
+vmep_status vmep__ht_dispatch_recv(const struct vmep_ll_params *p,
+                                   const struct vmep_ht_dispatch_io *io,
+                                   void *stream);
+/* Combine: push the rows back, then sum them at the source. */
+vmep_status vmep__ht_combine(const struct vmep_ll_params *p,
+                             const struct vmep_ht_combine_io *io, void *stream);
 
 /* A set of ranks, one bit each (e.g. those connected to a buffer). */
 struct vmep_ll_rank_set {

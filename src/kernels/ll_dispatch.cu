@@ -11,16 +11,11 @@
  * No grid-wide barrier inside a kernel: ranks sharing a GPU under MPS
  * cannot starve one another of SMs into a deadlock.
  */
+#include "kernels/route.cuh"
 #include "kernels/rows.cuh"
 #include "kernels/sync.cuh"
 
 #include "kernels/launch.cuh"
-
-/* The send area of `rank` for this call's parity (a remote rank's is in
- * our inbox of it). */
-__device__ __forceinline__ char *send_area(const vmep_ll_params &p, int rank) {
-  return ll_src(p, rank) + p.layout.send[p.parity];
-}
 
 /* Whether token `t` selected an expert of a remote rank (one warp). */
 __device__ __forceinline__ int goes_remote(const vmep_ll_params &p,
@@ -33,17 +28,6 @@ __device__ __forceinline__ int goes_remote(const vmep_ll_params &p,
              ll_remote(p, (int)(e / (p.num_experts / p.num_ranks)));
   }
   return __any_sync(LL_FULL_MASK, remote);
-}
-
-__device__ __forceinline__ int32_t checked_expert(const vmep_ll_params &p,
-                                                  int64_t e) {
-  if (e >= 0 && e < p.num_experts)
-    return (int32_t)e;
-  if (e != -1) {
-    atomicAdd(&p.state->bad_experts, 1u);
-    atomicOr(&p.state->errors, VMEP_LL_ERR_BAD_EXPERT);
-  }
-  return -1;
 }
 
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
