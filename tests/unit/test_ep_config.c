@@ -280,6 +280,128 @@ static void combine_args(void) {
   ASSERT_STATUS(vmep_ep_dispatch_recv(&ep, &stale, NULL), VMEP_ERR_INVALID_ARG);
 }
 
+/* The high-throughput calls' checks: each bad field named, nothing
+ * counted as dispatched, handles of other modes, pending or never given
+ * out refused, and a buffer with remote peers refused as unsupported. */
+static void ht_args(void) {
+  struct vmep_ep ep = fake_ep();
+  static uint64_t mem[1024];
+  vmep_ep_ht_dispatch_args a;
+  vmep_ep_ht_dispatch_args_init(&a);
+  ASSERT_EQ(a.struct_size, sizeof(a));
+  a.x = mem;
+  a.topk_idx = (int64_t *)mem;
+  a.num_tokens = 16;
+  a.num_topk = 8;
+  a.num_recv = (int32_t *)mem;
+  a.recv_expert_count = (int32_t *)mem;
+  a.capacity = 64;
+  a.recv_x = mem;
+  a.recv_src = (int32_t *)mem;
+  vmep_ep_ht_handle h;
+  struct {
+    const char *says;
+    vmep_ep_ht_dispatch_args args;
+  } cases[9];
+  for (size_t i = 0; i < VMEP_ARRAY_SIZE(cases); i++)
+    cases[i].args = a;
+  cases[0].says = "num_tokens", cases[0].args.num_tokens = 129;
+  cases[1].says = "num_topk", cases[1].args.num_topk = 0;
+  cases[2].says = "x must", cases[2].args.x = (char *)mem + 8;
+  cases[3].says = "x_scales", cases[3].args.use_fp8 = 1;
+  cases[4].says = "expert_alignment", cases[4].args.expert_alignment = -2;
+  cases[5].says = "topk_idx", cases[5].args.topk_idx = NULL;
+  cases[6].says = "capacity", cases[6].args.capacity = -1;
+  cases[7].says = "recv_src", cases[7].args.recv_src = NULL;
+  cases[8].says = "struct_size", cases[8].args.struct_size = 8;
+  for (size_t i = 0; i < VMEP_ARRAY_SIZE(cases); i++) {
+    ASSERT_STATUS(
+        vmep_ep_ht_dispatch(&ep, &cases[i].args, VMEP_EP_SEND_RECV, NULL, &h),
+        VMEP_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(vmep_last_error(), cases[i].says);
+  }
+  /* The receive arrays are checked only with the receive phase. */
+  vmep_ep_ht_dispatch_args b = a;
+  b.recv_x = NULL;
+  ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "recv_x");
+  ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, &a, VMEP_EP_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, &a, VMEP_EP_SEND_RECV, NULL, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_ht_dispatch(NULL, &a, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  /* Handles: one never given out, one of a low-latency parity, one whose
+   * receive phase is pending; a handle of dispatch 1 still serves after
+   * its parity was reused (high-throughput handles do not expire). */
+  int32_t *n = (int32_t *)mem;
+  vmep_ep_ht_handle never = {0, 16, 8, 0, 1, n, n, 64};
+  b = a;
+  b.cached = &never;
+  ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "cached is not a handle");
+  ep.calls = 3;
+  ep.parity_call[1] = 3;
+  ep.parity_call[0] = 2;
+  ep.parity_ht[0] = ep.parity_ht[1] = 1;
+  ep.dispatch_pending[1] = 1;
+  vmep_ep_ht_handle old = {1, 16, 8, 0, 1, n, n, 64};
+  vmep_ep_ht_handle pending = {1, 16, 8, 0, 3, n, n, 0};
+  vmep_ep_ht_handle fp8 = {0, 16, 8, 1, 2, n, n, 64};
+  vmep_ep_ht_combine_args c;
+  vmep_ep_ht_combine_args_init(&c);
+  c.x = mem;
+  c.out = mem;
+  ASSERT_STATUS(vmep_ep_ht_combine(&ep, &c, &pending, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "receive phase was not launched");
+  b.cached = &fp8; /* another use_fp8 */
+  ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "use_fp8");
+  vmep_ep_ht_combine_args d = c;
+  d.bias0 = (char *)mem + 4;
+  ASSERT_STATUS(vmep_ep_ht_combine(&ep, &d, &old, NULL), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "bias0");
+  d = c;
+  d.out = NULL;
+  ASSERT_STATUS(vmep_ep_ht_combine(&ep, &d, &old, NULL), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "out must");
+  ASSERT_STATUS(vmep_ep_ht_dispatch_recv(&ep, &a, &old, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "waits for its receive phase");
+  /* A low-latency call refuses a parity a high-throughput dispatch took. */
+  vmep_ep_combine_args ll;
+  vmep_ep_combine_args_init(&ll);
+  ll.expert_out = ll.out = mem;
+  ll.topk_idx = (int64_t *)mem;
+  ll.topk_weights = (float *)mem;
+  vmep_ep_handle ll_h = {0, 16, 8, 2};
+  ASSERT_STATUS(vmep_ep_combine(&ep, &ll, &ll_h, VMEP_EP_SEND_RECV, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "stale handle");
+  /* Layout: counts of tokens and top-k checked. */
+  ASSERT_STATUS(
+      vmep_ep_ht_layout(&ep, (int64_t *)mem, -1, 8, NULL, NULL, NULL, NULL),
+      VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(
+      vmep_ep_ht_layout(&ep, (int64_t *)mem, 4, 17, NULL, NULL, NULL, NULL),
+      VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_ht_layout(&ep, NULL, 4, 8, NULL, NULL, NULL, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STATUS(vmep_ep_ht_layout(NULL, NULL, 0, 8, NULL, NULL, NULL, NULL),
+                VMEP_ERR_INVALID_ARG);
+  /* Remote peers: not yet. */
+  ep.remote = (struct vmep_ep_remote *)mem;
+  ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, &a, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_UNSUPPORTED);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "other nodes");
+  ASSERT_STATUS(vmep_ep_ht_combine(&ep, &c, &old, NULL), VMEP_ERR_UNSUPPORTED);
+  ASSERT_EQ(ep.calls, 3); /* nothing was counted as dispatched */
+}
+
 /* The structs that grow: _init sets struct_size and the defaults; 0, a
  * size below the 0.3.0 layout or one above the library's sizeof is
  * refused naming the struct, by every call that reads it. */
@@ -435,9 +557,10 @@ int main(void) {
   sizes();
   dispatch_args();
   combine_args();
+  ht_args();
   struct_sizes();
   struct_read();
   membership_refusals();
-  printf("8 passed, 0 failed\n");
+  printf("9 passed, 0 failed\n");
   return 0;
 }
