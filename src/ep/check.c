@@ -12,11 +12,7 @@
 #include "core/core.h"
 #include "ep/reference.h"
 
-/* Records one mismatch; the first one's text is kept. */
-static void mismatch(struct vmep_ref_report *report, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void mismatch(struct vmep_ref_report *report, const char *fmt, ...) {
+void vmep__ref_mismatch(struct vmep_ref_report *report, const char *fmt, ...) {
   if (report->mismatches++ == 0) {
     va_list args;
     va_start(args, fmt);
@@ -55,21 +51,23 @@ static void check_tokens(struct dispatch_check *c, int l, int src,
     if (got[i] >= 0 && got[i] < tokens)
       c->tally[got[i]]--;
     else
-      mismatch(c->report,
-               "rank %d expert %d row %u: src_info %d is not a token of "
-               "rank %d (it has %d)",
-               c->rank, l, begin + i, got[i], src, tokens);
+      vmep__ref_mismatch(
+          c->report,
+          "rank %d expert %d row %u: src_info %d is not a token of "
+          "rank %d (it has %d)",
+          c->rank, l, begin + i, got[i], src, tokens);
   }
   for (int pass = 0; pass < 2; pass++)
     for (uint32_t i = 0; i < count; i++) {
       int32_t t = pass == 0 ? ref[i] : got[i];
       if (t < 0 || t >= tokens || c->tally[t] == 0)
         continue;
-      mismatch(c->report,
-               "rank %d expert %d, range of rank %d: token %d appears %d "
-               "time(s) too %s",
-               c->rank, l, src, t, c->tally[t] > 0 ? c->tally[t] : -c->tally[t],
-               c->tally[t] > 0 ? "few" : "many");
+      vmep__ref_mismatch(
+          c->report,
+          "rank %d expert %d, range of rank %d: token %d appears %d "
+          "time(s) too %s",
+          c->rank, l, src, t, c->tally[t] > 0 ? c->tally[t] : -c->tally[t],
+          c->tally[t] > 0 ? "few" : "many");
       c->tally[t] = 0;
     }
 }
@@ -83,10 +81,11 @@ static void check_row(struct dispatch_check *c, int l, uint32_t row, int src,
     const uint16_t *got = (const uint16_t *)c->impl->recv_x + at * hidden;
     for (size_t h = 0; h < hidden; h++)
       if (got[h] != x[h]) {
-        mismatch(c->report,
-                 "rank %d expert %d row %u (token %d of rank %d): channel "
-                 "%zu is bf16 0x%04x, expected 0x%04x",
-                 c->rank, l, row, token, src, h, got[h], x[h]);
+        vmep__ref_mismatch(
+            c->report,
+            "rank %d expert %d row %u (token %d of rank %d): channel "
+            "%zu is bf16 0x%04x, expected 0x%04x",
+            c->rank, l, row, token, src, h, got[h], x[h]);
         return;
       }
     return;
@@ -97,19 +96,21 @@ static void check_row(struct dispatch_check *c, int l, uint32_t row, int src,
   for (size_t g = 0; g < groups; g++) {
     float got_scale = vmep__ref_scale_load(c->p, c->impl->recv_scales, at, g);
     if (memcmp(&got_scale, &c->scales[g], sizeof(float)) != 0) {
-      mismatch(c->report,
-               "rank %d expert %d row %u (token %d of rank %d): scale %zu is "
-               "%.9g, expected %.9g",
-               c->rank, l, row, token, src, g, got_scale, c->scales[g]);
+      vmep__ref_mismatch(
+          c->report,
+          "rank %d expert %d row %u (token %d of rank %d): scale %zu is "
+          "%.9g, expected %.9g",
+          c->rank, l, row, token, src, g, got_scale, c->scales[g]);
       return;
     }
   }
   for (size_t h = 0; h < hidden; h++)
     if (got[h] != c->q[h]) {
-      mismatch(c->report,
-               "rank %d expert %d row %u (token %d of rank %d): channel %zu "
-               "is fp8 0x%02x, expected 0x%02x",
-               c->rank, l, row, token, src, h, got[h], c->q[h]);
+      vmep__ref_mismatch(
+          c->report,
+          "rank %d expert %d row %u (token %d of rank %d): channel %zu "
+          "is fp8 0x%02x, expected 0x%02x",
+          c->rank, l, row, token, src, h, got[h], c->q[h]);
       return;
     }
 }
@@ -123,25 +124,28 @@ static void check_range(struct dispatch_check *c, int l, int src,
   uint32_t count = vmep__range_count(c->impl->layout_range[at]);
   uint32_t expected = vmep__range_count(c->ref.layout_range[at]);
   if (count != expected) {
-    mismatch(c->report,
-             "rank %d expert %d: range of rank %d has %u rows, expected %u",
-             c->rank, l, src, count, expected);
+    vmep__ref_mismatch(
+        c->report,
+        "rank %d expert %d: range of rank %d has %u rows, expected %u", c->rank,
+        l, src, count, expected);
     return;
   }
   if (count == 0)
     return;
   if ((uint64_t)begin + count > valid) {
-    mismatch(c->report,
-             "rank %d expert %d: range of rank %d [%u, %llu) exceeds "
-             "recv_count %u",
-             c->rank, l, src, begin, (unsigned long long)begin + count, valid);
+    vmep__ref_mismatch(c->report,
+                       "rank %d expert %d: range of rank %d [%u, %llu) exceeds "
+                       "recv_count %u",
+                       c->rank, l, src, begin,
+                       (unsigned long long)begin + count, valid);
     return;
   }
   for (uint32_t i = begin; i < begin + count; i++) {
     if (c->owner[i] >= 0) {
-      mismatch(c->report,
-               "rank %d expert %d: ranges of ranks %d and %d share row %u",
-               c->rank, l, c->owner[i], src, i);
+      vmep__ref_mismatch(
+          c->report,
+          "rank %d expert %d: ranges of ranks %d and %d share row %u", c->rank,
+          l, c->owner[i], src, i);
       return;
     }
     c->owner[i] = src;
@@ -156,8 +160,9 @@ static void check_range(struct dispatch_check *c, int l, int src,
 static void check_expert(struct dispatch_check *c, int l) {
   int32_t got = c->impl->recv_count[l], expected = c->ref.recv_count[l];
   if (got != expected)
-    mismatch(c->report, "rank %d expert %d: recv_count %d, expected %d",
-             c->rank, l, got, expected);
+    vmep__ref_mismatch(c->report,
+                       "rank %d expert %d: recv_count %d, expected %d", c->rank,
+                       l, got, expected);
   uint32_t valid = (uint32_t)(got < 0 ? 0 : got > c->rows ? c->rows : got);
   for (uint32_t i = 0; i < valid; i++)
     c->owner[i] = -1;
@@ -278,11 +283,12 @@ static void check_token(const struct vmep_ref_problem *p, int rank, int token,
   const uint16_t *got = out + (size_t)token * (size_t)p->hidden;
   for (size_t h = 0; h < (size_t)p->hidden; h++)
     if (!combine_close(got[h], sum[h], abs_sum[h], terms))
-      mismatch(report,
-               "rank %d token %d channel %zu: bf16 0x%04x (%.6g), expected "
-               "0x%04x (fp32 sum %.9g of %d terms)",
-               rank, token, h, got[h], (double)vmep__bf16_to_float(got[h]),
-               vmep__bf16_from_float(sum[h]), (double)sum[h], terms);
+      vmep__ref_mismatch(
+          report,
+          "rank %d token %d channel %zu: bf16 0x%04x (%.6g), expected "
+          "0x%04x (fp32 sum %.9g of %d terms)",
+          rank, token, h, got[h], (double)vmep__bf16_to_float(got[h]),
+          vmep__bf16_from_float(sum[h]), (double)sum[h], terms);
 }
 
 vmep_status vmep__ref_check_combine(const struct vmep_ref_problem *p, int rank,

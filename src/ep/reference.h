@@ -1,8 +1,9 @@
 /*
  * ep/reference.h: the test oracle of the ep layer. Host numerics (bf16,
  * fp8 e4m3 and the fp8 scales, bit for bit as the kernels compute them),
- * a plain-C reference of dispatch and combine, and the checkers that
- * compare an implementation's outputs with it (DESIGN.md section 6).
+ * a plain-C reference of dispatch and combine, low-latency and
+ * high-throughput, and the checkers that compare an implementation's
+ * outputs with it (DESIGN.md section 6).
  * Tests, tools and benchmarks include it; the EP buffer itself does not
  * need it. Plain C, no CUDA headers, so that CPU tests and GPU tests (.cu,
  * C++) can include it alike.
@@ -267,6 +268,158 @@ vmep_status vmep__ref_check_combine(const struct vmep_ref_problem *p, int rank,
                                     const uint16_t *const *expert_out,
                                     const uint16_t *out,
                                     struct vmep_ref_report *report_out);
+
+/* Records one mismatch in `report`: counts it, and keeps the text of the
+ * first one (printf format). Cannot fail. */
+void vmep__ref_mismatch(struct vmep_ref_report *report, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ======================================================================
+ * High-throughput mode (reference_ht.c, check_ht.c)
+ *
+ * The semantics of vmep.h's vmep_ep_ht_* calls, bit for bit, over the
+ * inputs of every rank. Rows are token-major and unpadded: receiving rank
+ * d gets one row per (source s, token t) where t has at least one valid
+ * expert on d, ordered by s, then t. Arrays are dense host arrays in
+ * row-major order, as in the low-latency section.
+ * ==================================================================== */
+
+/* One rank's inputs to a high-throughput dispatch. */
+struct vmep_ref_ht_rank_input {
+  int num_tokens;            /* n, 0 <= n <= max_tokens */
+  const void *x;             /* [n, H]: bf16 bits (uint16_t), or fp8 e4m3
+                                codes (uint8_t) with use_fp8 */
+  const float *x_scales;     /* use_fp8: [n, H / 128]; else unused */
+  const int64_t *topk_idx;   /* [n, top_k]: expert id, -1 = none */
+  const float *topk_weights; /* [n, top_k], or NULL: every weight 0 */
+};
+
+/*
+ * One call over the whole group. R, E, L = E / R, T, H, K as in
+ * vmep_ref_problem; expert e lives on rank e / L. An id >= E or < -1 is
+ * taken as -1 and counted as bad (vmep__ref_ht_bad_experts). A masked
+ * rank sends and receives nothing; the layout is computed without masks
+ * (it involves no other rank).
+ */
+struct vmep_ref_ht_problem {
+  int num_ranks;        /* R, 1..2048 (recv_src holds the rank in 11 bits) */
+  int num_experts;      /* E, a positive multiple of R */
+  int max_tokens;       /* T, 1..65536 (recv_src holds t in 16 bits) */
+  int hidden;           /* H >= 1; a multiple of VMEP_FP8_GROUP with use_fp8 */
+  int top_k;            /* K, 1..VMEP_EP_MAX_TOPK */
+  int use_fp8;          /* x is fp8 codes with x_scales */
+  int expert_alignment; /* recv_expert_count rounded up to a multiple of it
+                           when > 1; 0 or 1: exact */
+  const int *masked;    /* [R], nonzero = masked; NULL: none masked */
+  const struct vmep_ref_ht_rank_input *ranks; /* [R] */
+};
+
+/* One rank's vmep_ep_ht_layout outputs; any may be NULL (not written). */
+struct vmep_ref_ht_layout {
+  int32_t *tokens_per_rank;   /* [R]: tokens with an expert on the rank */
+  int32_t *tokens_per_expert; /* [E]: (token, k) pairs naming the expert */
+  uint8_t *in_rank;           /* [n, R]: 1 when the token has an expert on
+                                 the rank, else 0 */
+};
+
+/*
+ * One rank's dispatch outputs (host arrays). The row arrays hold
+ * `capacity` rows; any pointer may be NULL: the reference then does not
+ * write it, and the checker does not check it (e.g. the recv_topk_* of a
+ * cached dispatch, which are not written).
+ */
+struct vmep_ref_ht_recv {
+  int capacity;               /* rows each row array holds, >= 0 */
+  int32_t *num_recv;          /* [1]: N, every row, even those dropped */
+  int32_t *recv_expert_count; /* [L]: (row, k) per local expert, aligned */
+  void *recv_x;               /* [capacity, H]: bf16 bits or fp8 codes */
+  float *recv_scales;         /* use_fp8: [capacity, H / 128] */
+  int64_t *recv_topk_idx;     /* [capacity, K]: local id, else -1 */
+  float *recv_topk_weights;   /* [capacity, K]: the weight, else 0 */
+  int32_t *recv_src;          /* [capacity]: (t << 16) | (s << 5) | j */
+};
+
+/* One rank's inputs to a high-throughput combine. */
+struct vmep_ref_ht_combine_input {
+  const uint16_t *x;         /* bf16 [N, H]: the rank's rows, in its
+                                dispatch order */
+  const float *topk_weights; /* [N, K], or NULL */
+  const uint16_t *bias0;     /* bf16 [n, H] for the rank's own tokens, or
+                                NULL */
+  const uint16_t *bias1;     /* likewise */
+};
+
+/* recv_src of the row of token t of rank s, first sent for slot j. */
+static inline int32_t vmep__ht_src_pack(int t, int s, int j) {
+  return (int32_t)(((uint32_t)t << 16) | ((uint32_t)s << 5) | (uint32_t)j);
+}
+
+/* Checks the shapes, ranges and pointers of `p`. VMEP_OK, or
+ * VMEP_ERR_INVALID_ARG naming the field. */
+vmep_status vmep__ref_ht_validate(const struct vmep_ref_ht_problem *p);
+
+/* *count_out = the ids of rank `rank`'s topk_idx that are >= E or < -1.
+ * VMEP_ERR_INVALID_ARG for an invalid problem, rank or count_out. */
+vmep_status vmep__ref_ht_bad_experts(const struct vmep_ref_ht_problem *p,
+                                     int rank, int64_t *count_out);
+
+/* Rank `rank`'s vmep_ep_ht_layout into the non-NULL fields of `out`.
+ * VMEP_ERR_INVALID_ARG for an invalid problem, rank or `out`. */
+vmep_status vmep__ref_ht_layout(const struct vmep_ref_ht_problem *p, int rank,
+                                const struct vmep_ref_ht_layout *out);
+
+/*
+ * Dispatch on receiving rank `rank` into the non-NULL fields of `out`:
+ * *num_recv = N and recv_expert_count count every row; rows at or past
+ * out->capacity are not written (an overflow; N > capacity says so).
+ * Allocates nothing. VMEP_ERR_INVALID_ARG for an invalid problem, rank or
+ * `out`.
+ */
+vmep_status vmep__ref_ht_dispatch(const struct vmep_ref_ht_problem *p, int rank,
+                                  const struct vmep_ref_ht_recv *out);
+
+/*
+ * Combine on source rank `rank`, given every rank's combine inputs in[R]
+ * (the rows of rank r are N_r = its dispatch's N, with no overflow): out
+ * [n, H] bf16 and, when not NULL, out_topk_weights [n, K], summed in
+ * fp32 over the contributing ranks in the order they first appear in the
+ * token's topk_idx, then + bias0 + bias1, rounded once. A masked source's
+ * tokens have no contributing rank. VMEP_ERR_INVALID_ARG when the problem,
+ * rank or an output is invalid, or a contributing rank's x (or, with
+ * out_topk_weights, its topk_weights) is NULL: the outputs may then be
+ * partly written; VMEP_ERR_OUT_OF_MEMORY.
+ */
+vmep_status vmep__ref_ht_combine(const struct vmep_ref_ht_problem *p,
+                                 const struct vmep_ref_ht_combine_input *in,
+                                 int rank, uint16_t *out,
+                                 float *out_topk_weights);
+
+/*
+ * Checkers: compare an implementation's outputs with the reference's,
+ * element by element and bit for bit, count the elements that differ and
+ * describe the first (rank, row or token, column, both values). They
+ * return VMEP_OK with *report_out filled, or VMEP_ERR_INVALID_ARG /
+ * VMEP_ERR_OUT_OF_MEMORY when they cannot check.
+ *
+ * vmep__ref_ht_check_layout: every non-NULL field of `impl`.
+ * vmep__ref_ht_check_dispatch: every non-NULL field of `impl`, the rows
+ *   [0, min(N, impl->capacity)) of the row arrays, N the reference's.
+ * vmep__ref_ht_check_combine: out [n, H] and, when not NULL,
+ *   out_topk_weights [n, K], with the inputs of vmep__ref_ht_combine.
+ */
+vmep_status vmep__ref_ht_check_layout(const struct vmep_ref_ht_problem *p,
+                                      int rank,
+                                      const struct vmep_ref_ht_layout *impl,
+                                      struct vmep_ref_report *report_out);
+vmep_status vmep__ref_ht_check_dispatch(const struct vmep_ref_ht_problem *p,
+                                        int rank,
+                                        const struct vmep_ref_ht_recv *impl,
+                                        struct vmep_ref_report *report_out);
+vmep_status
+vmep__ref_ht_check_combine(const struct vmep_ref_ht_problem *p,
+                           const struct vmep_ref_ht_combine_input *in, int rank,
+                           const uint16_t *out, const float *out_topk_weights,
+                           struct vmep_ref_report *report_out);
 
 #ifdef __cplusplus
 }

@@ -17,15 +17,20 @@ extern "C" {
 #include "ep/reference.h"
 }
 
-/* A bf16 value that is never zero: sign * (0.5 .. 2) * 2^(-2..2). */
-static uint16_t random_bf16(void) {
-  float mag = (float)(0.5 + (test_rand() % 1536) / 1024.0);
-  mag = ldexpf(mag, (int)(test_rand() % 5) - 2);
-  return vmep__bf16_from_float(test_rand() & 1 ? -mag : mag);
+/* A bf16 value that is never zero, sign * (0.5 .. 2) * 2^(-2..2), drawn
+ * from the bits of `word`. */
+static inline uint16_t bf16_from_word(uint32_t word) {
+  float mag = (float)(0.5 + (word % 1536) / 1024.0);
+  mag = ldexpf(mag, (int)(word / 1536 % 5) - 2);
+  return vmep__bf16_from_float(word >> 31 ? -mag : mag);
+}
+
+static inline uint16_t random_bf16(void) {
+  return bf16_from_word((uint32_t)(test_rand() >> 32));
 }
 
 /* Distinct experts per token, some slots -1. */
-static void random_topk(int64_t *topk, int n, int K, int E, int skew) {
+static inline void random_topk(int64_t *topk, int n, int K, int E, int skew) {
   for (int t = 0; t < n; t++)
     for (int k = 0; k < K; k++) {
       int64_t e;
@@ -46,8 +51,9 @@ static void random_topk(int64_t *topk, int n, int K, int E, int skew) {
 /* Fills expert_out [L, R*T, H] of rank d from its layout (recv_count,
  * src_info, layout_range) and the sources' inputs; NaN outside the valid
  * rows, so a combine that reads them shows it. */
-static void expert_model(const struct vmep_ref_problem *p, int d,
-                         const struct vmep_ref_recv *recv, uint16_t *eo) {
+static inline void expert_model(const struct vmep_ref_problem *p, int d,
+                                const struct vmep_ref_recv *recv,
+                                uint16_t *eo) {
   const int R = p->num_ranks, L = p->num_experts / R, H = p->hidden;
   const size_t RT = (size_t)R * p->max_tokens;
   for (size_t i = 0; i < (size_t)L * RT * H; i++)

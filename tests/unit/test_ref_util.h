@@ -81,6 +81,27 @@ static inline void recv_free(struct vmep_ref_recv *r) {
   free(r->layout_range);
 }
 
+/* A nonzero bf16 with magnitude in [1/64, 8). */
+static inline uint16_t random_value(void) {
+  float mag = (float)(1 + test_rand() % 512) / 64.0f;
+  return vmep__bf16_from_float((test_rand() & 1) ? -mag : mag);
+}
+
+/* Slot `slot` of an id array and its weight: `expert`, or one time in
+ * eight -1, one in forty an invalid id (>= E or < -1); the weight in
+ * +-[0.001, 1], never zero. */
+static inline void random_slot(int64_t expert, int E, int64_t *ids,
+                               float *weights, size_t slot) {
+  uint64_t dice = test_rand() % 40;
+  int64_t id = dice < 5 ? -1 : expert;
+  if (dice == 5)
+    id = (test_rand() & 1) ? E + (int64_t)(test_rand() % 5)
+                           : -2 - (int64_t)(test_rand() % 5);
+  ids[slot] = id;
+  weights[slot] =
+      (float)(1 + test_rand() % 1000) / ((test_rand() & 1) ? 1000 : -1000);
+}
+
 /* ---- an implementation's layout, simulated ------------------------------ */
 
 static inline void copy_recv_row(const struct world *w,

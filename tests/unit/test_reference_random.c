@@ -16,28 +16,14 @@ static int corrupted_rows, corrupted_scales, corrupted_counts,
     corrupted_src_infos, corrupted_ranges, corrupted_overlaps, corrupted_holes,
     corrupted_combines;
 
-/* A nonzero bf16 with magnitude in [1/64, 8). */
-static uint16_t random_value(void) {
-  float mag = (float)(1 + test_rand() % 512) / 64.0f;
-  return vmep__bf16_from_float((test_rand() & 1) ? -mag : mag);
-}
-
 /* Token t of rank r: K distinct experts, some slots -1, a few invalid. */
 static void random_token(struct world *w, int r, int t) {
   int E = w->p.num_experts, K = w->p.top_k, experts[MAX_EXPERTS];
   for (int e = 0; e < E; e++)
     experts[e] = e;
   shuffle(experts, E);
-  for (int k = 0; k < K; k++) {
-    uint64_t dice = test_rand() % 40;
-    int64_t id = dice < 5 ? -1 : experts[k];
-    if (dice == 5)
-      id = (test_rand() & 1) ? E + (int64_t)(test_rand() % 5)
-                             : -2 - (int64_t)(test_rand() % 5);
-    w->idx[r][t * K + k] = id;
-    w->weight[r][t * K + k] =
-        (float)(1 + test_rand() % 1000) / ((test_rand() & 1) ? 1000 : -1000);
-  }
+  for (int k = 0; k < K; k++)
+    random_slot(experts[k], E, w->idx[r], w->weight[r], (size_t)(t * K + k));
 }
 
 static void random_world(struct world *w) {
