@@ -312,6 +312,8 @@ static vmep_status check_combine(const vmep_ep *ep,
                                   "aligned");
   if (vmep__ep_bad_ptr(a->out, 16, none))
     return vmep__ep_bad_arg(call, "out must be a 16-byte aligned pointer");
+  if (a->out_topk_weights && !a->topk_weights)
+    return vmep__ep_bad_arg(call, "out_topk_weights needs topk_weights");
   if (vmep__ep_bad_ptr(a->out_topk_weights, 4, 1))
     return vmep__ep_bad_arg(call, "out_topk_weights must be NULL or 4-byte "
                                   "aligned");
