@@ -301,6 +301,11 @@ vmep_status vmep__ep_bad_arg(const char *call, const char *what);
 vmep_status vmep__ep_null_arg(const char *call, const char *name);
 int vmep__ep_bad_ptr(const void *p, size_t align, int optional);
 
+/* After a dispatch of either mode was launched on `parity` (ll.c): counts
+ * it, makes it the parity's dispatch (`pending`: its receive phase waits;
+ * `ht`: a high-throughput one) and forgets a combine left pending there. */
+void vmep__ep_dispatched(struct vmep_ep *ep, int parity, int pending, int ht);
+
 /* The launch parameters of `ep` for buffer `parity`. Cannot fail. */
 void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,
                      struct vmep_ll_params *params_out);

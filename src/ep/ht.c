@@ -246,12 +246,8 @@ vmep_status vmep_ep_ht_dispatch(vmep_ep *ep,
   status = launch(ep, parity, a.num_topk, &io, 1, recv, stream);
   if (status != VMEP_OK)
     return status;
-  ep->calls++;
-  ep->parity_call[parity] = ep->calls;
-  ep->dispatch_pending[parity] = !recv;
   ep->pending_ht[parity] = io;
-  ep->combine_pending[parity] = 0;
-  ep->parity_ht[parity] = 1;
+  vmep__ep_dispatched(ep, parity, !recv, 1);
   vmep_ep_ht_handle h = {
       parity,      a.num_tokens,
       a.num_topk,  a.use_fp8,

@@ -194,15 +194,19 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
   status = launch(ep, LL_DISPATCH, parity, a.num_topk, &io, 1, recv, stream);
   if (status != VMEP_OK)
     return status;
-  ep->calls++;
-  ep->parity_call[parity] = ep->calls;
-  ep->dispatch_pending[parity] = !recv;
   ep->pending_dispatch[parity] = io;
-  ep->parity_ht[parity] = 0;
-  ep->combine_pending[parity] = 0;
+  vmep__ep_dispatched(ep, parity, !recv, 0);
   vmep_ep_handle h = {parity, a.num_tokens, a.num_topk, ep->calls};
   *handle_out = h;
   return VMEP_OK;
+}
+
+void vmep__ep_dispatched(struct vmep_ep *ep, int parity, int pending, int ht) {
+  ep->calls++;
+  ep->parity_call[parity] = ep->calls;
+  ep->dispatch_pending[parity] = pending;
+  ep->combine_pending[parity] = 0;
+  ep->parity_ht[parity] = ht;
 }
 
 /* A handle from this buffer whose parity no later dispatch reused. */
