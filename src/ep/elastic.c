@@ -368,6 +368,7 @@ static vmep_status resync(vmep_ep *ep, struct vmep_store_client *c) {
   /* Every rank continues with the same parity; handles from before the
    * change are refused as stale. */
   ep->calls = calls;
+  ep->calls_at_change = calls;
   memset(ep->parity_call, 0, sizeof(ep->parity_call));
   memset(ep->dispatch_pending, 0, sizeof(ep->dispatch_pending));
   memset(ep->combine_pending, 0, sizeof(ep->combine_pending));

@@ -216,6 +216,8 @@ struct vmep_ep {
   /* the last dispatch of each parity was a high-throughput one (ht.c): its
    * handle is a vmep_ep_ht_handle, and the other mode's calls refuse it */
   int parity_ht[2];
+  uint64_t calls_at_change; /* `calls` at the last membership change: older
+                               handles of either mode are stale */
   struct vmep_ht_dispatch_io pending_ht[2];
   /* membership (elastic.c): who is mapped here, the store session (the
    * process) of each one's member record, and our store namespace */
@@ -301,9 +303,13 @@ vmep_status vmep__ep_bad_arg(const char *call, const char *what);
 vmep_status vmep__ep_null_arg(const char *call, const char *name);
 int vmep__ep_bad_ptr(const void *p, size_t align, int optional);
 
-/* After a dispatch of either mode was launched on `parity` (ll.c): counts
- * it, makes it the parity's dispatch (`pending`: its receive phase waits;
- * `ht`: a high-throughput one) and forgets a combine left pending there. */
+/* Whether a dispatch of either mode may take `parity` (ll.c): refused
+ * while a dispatch or a combine there waits for its receive phase. */
+vmep_status vmep__ep_parity_free(const struct vmep_ep *ep, int parity,
+                                 const char *call);
+/* After a dispatch of either mode was launched on `parity`: counts it and
+ * makes it the parity's dispatch (`pending`: its receive phase waits;
+ * `ht`: a high-throughput one). */
 void vmep__ep_dispatched(struct vmep_ep *ep, int parity, int pending, int ht);
 
 /* The launch parameters of `ep` for buffer `parity`. Cannot fail. */

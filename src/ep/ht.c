@@ -10,6 +10,10 @@
 
 #include "ep/ep.h"
 
+/* A per-expert count (at most R*T < 2^27 rows) rounded up to this stays
+ * within an int. */
+#define ALIGNMENT_MAX 65536
+
 void vmep_ep_ht_dispatch_args_init(vmep_ep_ht_dispatch_args *args) {
   if (!args)
     return;
@@ -107,10 +111,18 @@ static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_ht_handle *h,
   if (!h)
     return vmep__ep_null_arg(call, name);
   if (h->parity < 0 || h->parity > 1 || h->call == 0 || h->call > ep->calls ||
-      !h->num_recv || (h->capacity > 0 && !h->recv_src) || h->capacity < 0)
+      !h->num_recv || (h->capacity > 0 && !h->recv_src) || h->capacity < 0 ||
+      h->num_topk < 1 || h->num_topk > ep->config.max_topk ||
+      h->num_tokens < 0 || h->num_tokens > ep->config.max_tokens_per_rank)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: %s is not a handle of this buffer's "
                       "high-throughput dispatches",
+                      call, name);
+  /* Its records name the ranks of then: a membership change since makes
+   * them meaningless to the others. */
+  if (h->call <= ep->calls_at_change)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: stale %s: made before the last membership change",
                       call, name);
   if (ep->parity_call[h->parity] == h->call && ep->dispatch_pending[h->parity])
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
@@ -140,10 +152,10 @@ static vmep_status check_dispatch(const vmep_ep *ep,
     return vmep__ep_bad_arg(call, "x must be a 16-byte aligned pointer");
   if (a->use_fp8 && vmep__ep_bad_ptr(a->x_scales, 4, none))
     return vmep__ep_bad_arg(call, "use_fp8 needs x_scales (4-byte aligned)");
-  if (a->expert_alignment < 0)
+  if (a->expert_alignment < 0 || a->expert_alignment > ALIGNMENT_MAX)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "%s: expert_alignment = %d, expected >= 0", call,
-                      a->expert_alignment);
+                      "%s: expert_alignment = %d, expected 0..%d", call,
+                      a->expert_alignment, ALIGNMENT_MAX);
   if (cached) {
     status = check_handle(ep, a->cached, call, "cached");
     if (status == VMEP_OK && (a->cached->num_topk != a->num_topk ||
@@ -223,9 +235,9 @@ vmep_status vmep_ep_ht_dispatch(vmep_ep *ep,
   if (status != VMEP_OK)
     return status;
   int parity = (int)((ep->calls + 1) & 1);
-  if (ep->dispatch_pending[parity])
-    return vmep__ep_bad_arg(call, "two dispatches already wait for their "
-                                  "receive phase");
+  status = vmep__ep_parity_free(ep, parity, call);
+  if (status != VMEP_OK)
+    return status;
   const vmep_ep_ht_handle *c = a.cached;
   struct vmep_ht_dispatch_io io = {
       .x = a.x,

@@ -182,10 +182,9 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
   if (status != VMEP_OK)
     return status;
   int parity = (int)((ep->calls + 1) & 1);
-  if (ep->dispatch_pending[parity])
-    return vmep__ep_bad_arg(call,
-                            "two dispatches already wait for their receive "
-                            "phase (vmep_ep_dispatch_recv)");
+  status = vmep__ep_parity_free(ep, parity, call);
+  if (status != VMEP_OK)
+    return status;
   struct vmep_ll_dispatch_io io = {
       a.x,           a.topk_idx,     a.num_tokens,   a.use_fp8,
       a.round_scale, a.recv_x,       a.recv_scales,  a.recv_count,
@@ -201,11 +200,23 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
   return VMEP_OK;
 }
 
+vmep_status vmep__ep_parity_free(const struct vmep_ep *ep, int parity,
+                                 const char *call) {
+  if (ep->dispatch_pending[parity])
+    return vmep__ep_bad_arg(call, "two dispatches already wait for their "
+                                  "receive phase");
+  /* Its flags are raised and its epoch not yet counted: a later combine on
+   * this parity would take the stale flags for its own. */
+  if (ep->combine_pending[parity])
+    return vmep__ep_bad_arg(call, "a combine of this parity waits for its "
+                                  "receive phase (vmep_ep_combine_recv)");
+  return VMEP_OK;
+}
+
 void vmep__ep_dispatched(struct vmep_ep *ep, int parity, int pending, int ht) {
   ep->calls++;
   ep->parity_call[parity] = ep->calls;
   ep->dispatch_pending[parity] = pending;
-  ep->combine_pending[parity] = 0;
   ep->parity_ht[parity] = ht;
 }
 

@@ -144,7 +144,8 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     int total = 0;
     for (int s = 0; s < p.num_ranks; s++)
       total += counts[s * (L + 1) + l];
-    io.recv_expert_count[l] = (total + align - 1) / align * align;
+    io.recv_expert_count[l] =
+        (int)(((long long)total + align - 1) / align * align);
   }
 }
 
