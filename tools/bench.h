@@ -312,6 +312,14 @@ vmep_status bench_check_combine(const struct bench_options *o, int me,
 
 /* ---- the high-throughput --check (bench_ht_check.c) ----------------- */
 
+/* in's x (bf16 [n, H]) as the caller of an fp8 dispatch brings it,
+ * quantized on the host per row and 128 channels (vmep__fp8_quantize_row,
+ * o->round_scale): q [n, H] e4m3 codes, scales [n, H / 128]. In
+ * bench_ht.c, which uploads them. Cannot fail. */
+void bench_ht_quantize(const struct bench_options *o,
+                       const struct bench_inputs *in, uint8_t *q,
+                       float *scales);
+
 /* Rank me's high-throughput outputs (device pointers): the layout of its
  * tokens, a dispatch of `tokens` per rank with capacity ranks * tokens, and
  * the combine of the dispatched rows sent back unchanged (bf16), with the
