@@ -138,11 +138,12 @@ static vmep_status upload(const struct ht_buffers *b,
   return st;
 }
 
-/* --check, once before timing: the layout and the dispatch against every
- * rank's inputs, then the combine of the dispatched bf16 rows sent back
- * unchanged. With --fp8 the fp8 rows cannot be sent back: that dispatch
- * is paired with a combine of whatever `rows` holds, and a bf16 dispatch
- * of the same tokens then fills `rows` for the combine that is checked. */
+/* --check, once before timing: the layout and the dispatch against the
+ * host reference over every rank's inputs, then the combine of the
+ * dispatched bf16 rows sent back unchanged. With --fp8 the fp8 rows
+ * cannot be sent back: that dispatch is paired with a combine of whatever
+ * `rows` holds, and a bf16 dispatch of the same tokens then fills `rows`
+ * for the combine that is checked. */
 static vmep_status check_calls(vmep_ep *ep, const struct bench_options *o,
                                int T, int E, const struct ht_buffers *b,
                                const vmep_ep_ht_dispatch_args *da,
