@@ -312,6 +312,15 @@ vmep_status bench_check_combine(const struct bench_options *o, int me,
 
 /* ---- the high-throughput --check (bench_ht_check.c) ----------------- */
 
+/* in's x (bf16 [n, H]) as the caller of an fp8 dispatch brings it,
+ * quantized on the host per row and 128 channels (vmep__fp8_quantize_row,
+ * o->round_scale): q [n, H] e4m3 codes, scales [n, H / 128]. In
+ * bench_ht.c, which uploads them; the check gives the reference every
+ * rank's inputs quantized by it too. Cannot fail. */
+void bench_ht_quantize(const struct bench_options *o,
+                       const struct bench_inputs *in, uint8_t *q,
+                       float *scales);
+
 /* Rank me's high-throughput outputs (device pointers): the layout of its
  * tokens, a dispatch of `tokens` per rank with capacity ranks * tokens, and
  * the combine of the dispatched rows sent back unchanged (bf16), with the
@@ -328,21 +337,20 @@ struct bench_ht_outputs {
   const float *out_weights;
 };
 
-/* The layout and the dispatch against what every rank's inputs imply,
- * bit for bit, after vmep.h's rules: the counts, then each received row in
- * turn, rows ordered by source rank and token (its source record, x or the
- * fp8 codes and scales the host quantizes, the local expert ids and
- * weights). VMEP_ERR_CUDA after printing how many mismatched and the
- * first. */
+/* The layout and the dispatch (fp8 with o->fp8) against the host
+ * reference over every rank's inputs (vmep__ref_ht_check_layout,
+ * vmep__ref_ht_check_dispatch): every field, every row up to N, bit for
+ * bit. VMEP_ERR_CUDA after printing, per call, how many elements
+ * mismatched and the first; the status of a check that could not run
+ * (no host memory, a failed copy) after saying so. */
 vmep_status bench_ht_check_dispatch(const struct bench_options *o, int ranks,
                                     int experts, int tokens, int me,
                                     const struct bench_ht_outputs *dev);
 
-/* The combine: token t comes back from each of the m ranks that hold one
- * of its experts, unchanged, so out[t] is bf16(m * x[t]) exactly (m <= 16
- * copies of a bf16 add exactly in fp32) and out_weights[t][k] is the
- * weight of k (the one rank that holds its expert sends it, the others 0).
- * VMEP_ERR_CUDA after printing how many mismatched and the first. */
+/* The combine (out and out_weights) against vmep__ref_ht_check_combine,
+ * bit for bit, each rank's input being the bf16 rows the reference
+ * dispatches to it with their recv_topk_weights. Fails as
+ * bench_ht_check_dispatch. */
 vmep_status bench_ht_check_combine(const struct bench_options *o, int ranks,
                                    int experts, int tokens, int me,
                                    const struct bench_ht_outputs *dev);

@@ -104,8 +104,17 @@ static vmep_ep_ht_combine_args combine_args(const struct ht_buffers *b) {
   return ca;
 }
 
-/* Our tokens on the device; with --fp8 also quantized on the host, per
- * row and 128 channels, as the caller of an fp8 dispatch brings them. */
+void bench_ht_quantize(const struct bench_options *o,
+                       const struct bench_inputs *in, uint8_t *q,
+                       float *scales) {
+  const size_t H = (size_t)o->hidden;
+  for (size_t t = 0; t < (size_t)in->n; t++)
+    vmep__fp8_quantize_row(in->x + t * H, o->hidden, o->round_scale, q + t * H,
+                           scales + t * (H / 128));
+}
+
+/* Our tokens on the device; with --fp8 also quantized on the host
+ * (bench_ht_quantize). */
 static vmep_status upload(const struct ht_buffers *b,
                           const struct bench_options *o,
                           const struct bench_inputs *in) {
@@ -115,9 +124,8 @@ static vmep_status upload(const struct ht_buffers *b,
   float *scales = o->fp8 ? malloc(n * (H / 128) * 4) : NULL;
   if (st == VMEP_OK && o->fp8 && (!q || !scales))
     st = VMEP_ERR_OUT_OF_MEMORY;
-  for (size_t t = 0; st == VMEP_OK && o->fp8 && t < n; t++)
-    vmep__fp8_quantize_row(in->x + t * H, o->hidden, o->round_scale, q + t * H,
-                           scales + t * (H / 128));
+  if (st == VMEP_OK && o->fp8)
+    bench_ht_quantize(o, in, q, scales);
   if (st == VMEP_OK && o->fp8)
     st = bench_cuda_check(
         cudaMemcpy(b->x_fp8, q, n * H, cudaMemcpyHostToDevice), "x (fp8)");
@@ -130,11 +138,12 @@ static vmep_status upload(const struct ht_buffers *b,
   return st;
 }
 
-/* --check, once before timing: the layout and the dispatch against every
- * rank's inputs, then the combine of the dispatched bf16 rows sent back
- * unchanged. With --fp8 the fp8 rows cannot be sent back: that dispatch
- * is paired with a combine of whatever `rows` holds, and a bf16 dispatch
- * of the same tokens then fills `rows` for the combine that is checked. */
+/* --check, once before timing: the layout and the dispatch against the
+ * host reference over every rank's inputs, then the combine of the
+ * dispatched bf16 rows sent back unchanged. With --fp8 the fp8 rows
+ * cannot be sent back: that dispatch is paired with a combine of whatever
+ * `rows` holds, and a bf16 dispatch of the same tokens then fills `rows`
+ * for the combine that is checked. */
 static vmep_status check_calls(vmep_ep *ep, const struct bench_options *o,
                                int T, int E, const struct ht_buffers *b,
                                const vmep_ep_ht_dispatch_args *da,

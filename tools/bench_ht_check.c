@@ -1,42 +1,102 @@
 /*
  * vmep-bench --mode ht --check: one rank's high-throughput layout,
- * dispatch and combine against what every rank's inputs imply. The host
- * reference of the high-throughput calls is not in ep/reference.h yet, so
- * the bench reads vmep.h's rules itself, on the routing it draws (K
- * distinct valid experts per token, no masked rank): it walks the sources'
- * tokens in the order the rows must arrive and compares each received row
- * with the one it must be, bit for bit. Sources are rebuilt one at a time
- * (bench_make_inputs), so the host holds one rank's inputs at once.
+ * dispatch and combine against the host reference (ep/reference.h:
+ * reference_ht.c, through the checkers of check_ht.c), every element, bit
+ * for bit. The inputs are seeded per rank (bench_make_inputs), so each
+ * rank rebuilds every rank's inputs, fetches its own outputs and hands
+ * both to the reference, with no traffic between ranks.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bench.h"
 #include "ep/reference.h"
 
-/* Counts one mismatch in `rep`, keeping the text of the first. */
-__attribute__((format(printf, 2, 3))) static void
-mismatch(struct vmep_ref_report *rep, const char *fmt, ...) {
-  if (rep->mismatches++ > 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(rep->first, sizeof(rep->first), fmt, ap);
-  va_end(ap);
+/* What the reference takes of a run: every rank's inputs. */
+struct ht_problem {
+  struct vmep_ref_ht_problem p;
+  struct vmep_ref_ht_rank_input *ranks; /* [R] */
+  struct bench_inputs *in;              /* [R]: the bench's draw */
+  uint8_t *q;                           /* fp8: [R, T, H] codes of x */
+  float *scales;                        /* fp8: [R, T, H / 128] */
+};
+
+static void problem_close(struct ht_problem *hp) {
+  for (int r = 0; hp->in && r < hp->p.num_ranks; r++)
+    bench_free_inputs(&hp->in[r]);
+  free(hp->in);
+  free(hp->ranks);
+  free(hp->q);
+  free(hp->scales);
 }
 
-/* VMEP_OK, or VMEP_ERR_CUDA after printing what mismatched; `st` (a
- * check that could not run: no host memory, or a copy that failed and was
- * printed) after saying so. */
+/* Draws rank r's inputs into hp, quantized as the bench uploads them when
+ * the problem is fp8 (its bf16 x then freed: only the codes are sent).
+ * -1 when out of memory. */
+static int problem_draw(const struct bench_options *o, int r,
+                        struct ht_problem *hp) {
+  const size_t T = (size_t)hp->p.max_tokens, H = (size_t)o->hidden;
+  struct bench_inputs *in = &hp->in[r];
+  struct vmep_ref_ht_rank_input *ref = &hp->ranks[r];
+  if (bench_make_inputs(o, r, hp->p.max_tokens, hp->p.num_experts, in) != 0)
+    return -1;
+  ref->num_tokens = in->n;
+  ref->x = in->x;
+  ref->topk_idx = in->topk;
+  ref->topk_weights = in->weights;
+  if (hp->p.use_fp8) {
+    uint8_t *q = hp->q + (size_t)r * T * H;
+    float *scales = hp->scales + (size_t)r * T * (H / VMEP_FP8_GROUP);
+    bench_ht_quantize(o, in, q, scales);
+    ref->x = q;
+    ref->x_scales = scales;
+    free(in->x);
+    in->x = NULL;
+  }
+  return 0;
+}
+
+/*
+ * The problem of the run (R ranks, E experts, T tokens per rank; x as fp8
+ * codes with `fp8`, else bf16). With only >= 0, rank `only` alone has
+ * tokens: what its combine needs (below). Close *hp either way.
+ */
+static vmep_status problem_open(const struct bench_options *o, int R, int E,
+                                int T, int fp8, int only,
+                                struct ht_problem *hp) {
+  const size_t rows = (size_t)R * T, H = (size_t)o->hidden;
+  memset(hp, 0, sizeof(*hp));
+  hp->p.num_ranks = R;
+  hp->p.num_experts = E;
+  hp->p.max_tokens = T;
+  hp->p.hidden = o->hidden;
+  hp->p.top_k = o->topk;
+  hp->p.use_fp8 = fp8;
+  hp->in = calloc((size_t)R, sizeof(*hp->in));
+  hp->ranks = calloc((size_t)R, sizeof(*hp->ranks));
+  hp->p.ranks = hp->ranks;
+  if (fp8) {
+    hp->q = malloc(rows * H);
+    hp->scales = malloc(rows * (H / VMEP_FP8_GROUP) * sizeof(float));
+  }
+  if (!hp->in || !hp->ranks || (fp8 && (!hp->q || !hp->scales)))
+    return VMEP_ERR_OUT_OF_MEMORY;
+  for (int r = 0; r < R; r++)
+    if ((only < 0 || r == only) && problem_draw(o, r, hp) != 0)
+      return VMEP_ERR_OUT_OF_MEMORY;
+  return VMEP_OK;
+}
+
+/* VMEP_OK, or VMEP_ERR_CUDA after printing how many mismatched and the
+ * first; `st` (a check that could not run) after saying so. */
 static vmep_status verdict(vmep_status st, const struct vmep_ref_report *rep,
                            int me, const char *what) {
   if (st != VMEP_OK) {
     fprintf(stderr,
-            "%s: rank %d %s check: not run (out of host memory or a "
-            "failed copy)\n",
-            program_invocation_short_name, me, what);
+            "%s: rank %d %s check: not run (%s: out of host memory, a failed "
+            "copy or a problem the reference refused)\n",
+            program_invocation_short_name, me, what, vmep_status_name(st));
     return st;
   }
   if (!rep->mismatches)
@@ -47,244 +107,156 @@ static vmep_status verdict(vmep_status st, const struct vmep_ref_report *rep,
   return VMEP_ERR_CUDA;
 }
 
-/* The rank that holds expert e (E experts, L per rank), -1 for an id that
- * counts nowhere (-1, or out of range). */
-static int rank_of(int64_t e, int E, int L) {
-  return e >= 0 && e < E ? (int)(e / L) : -1;
-}
-
-/* The first k of a token's ids `topk` whose expert is on rank r, or -1. */
-static int first_on(const int64_t *topk, int K, int E, int L, int r) {
-  for (int k = 0; k < K; k++)
-    if (rank_of(topk[k], E, L) == r)
-      return k;
-  return -1;
-}
-
-/* A dispatch's outputs copied to the host: n rows (num_recv, within the
- * capacity) of each array. */
-struct recv_host {
-  int n;
-  int32_t *src, *expert_count;
-  unsigned char *x;
-  float *scales, *weights;
-  int64_t *topk;
+/* One output array to copy to the host: `bytes` from dev into *host. */
+struct fetch {
+  const void *dev;
+  size_t bytes;
+  void **host;
 };
 
-static int fetch_recv(const struct bench_options *o, int L,
-                      const struct bench_ht_outputs *dev, int n,
-                      struct recv_host *h) {
-  size_t rows = (size_t)n, H = (size_t)o->hidden, K = (size_t)o->topk;
-  h->n = n;
-  h->src = bench_fetch(dev->recv_src, rows * 4);
-  h->expert_count = bench_fetch(dev->expert_count, (size_t)L * 4);
-  h->x = bench_fetch(dev->recv_x, rows * (size_t)bench_row_bytes(o));
-  h->scales =
-      o->fp8 ? bench_fetch(dev->recv_scales, rows * (H / 128) * 4) : NULL;
-  h->topk = bench_fetch(dev->recv_topk, rows * K * 8);
-  h->weights = bench_fetch(dev->recv_weights, rows * K * 4);
-  return h->src && h->expert_count && h->x && (h->scales || !o->fp8) &&
-                 h->topk && h->weights
-             ? 0
-             : -1;
+/* Copies f[0..n) in turn (each *host NULL before), up to the first that
+ * fails (printed) or finds no host memory: VMEP_ERR_CUDA then. Free them
+ * with free_fetched either way. */
+static vmep_status fetch_all(const struct fetch *f, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if ((*f[i].host = bench_fetch(f[i].dev, f[i].bytes)) == NULL)
+      return VMEP_ERR_CUDA;
+  return VMEP_OK;
 }
 
-static void free_recv(struct recv_host *h) {
-  free(h->src);
-  free(h->expert_count);
-  free(h->x);
-  free(h->scales);
-  free(h->topk);
-  free(h->weights);
+static void free_fetched(const struct fetch *f, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    free(*f[i].host);
 }
 
-/* vmep_ep_ht_layout of our own tokens `in`. */
-static vmep_status check_layout(const struct bench_options *o, int R, int E,
-                                const struct bench_inputs *in,
-                                const struct bench_ht_outputs *dev,
-                                struct vmep_ref_report *rep) {
-  const int L = E / R, K = o->topk;
-  int32_t *per_rank = bench_fetch(dev->tokens_per_rank, (size_t)R * 4);
-  int32_t *per_expert = bench_fetch(dev->tokens_per_expert, (size_t)E * 4);
-  uint8_t *in_rank = bench_fetch(dev->in_rank, (size_t)in->n * R);
-  long long *want = calloc((size_t)(R + E), sizeof(long long));
-  vmep_status st = per_rank && per_expert && in_rank && want
-                       ? VMEP_OK
-                       : VMEP_ERR_OUT_OF_MEMORY;
-  for (int t = 0; st == VMEP_OK && t < in->n; t++) {
-    const int64_t *tk = in->topk + (size_t)t * K;
-    for (int r = 0; r < R; r++) {
-      int has = first_on(tk, K, E, L, r) >= 0;
-      want[r] += has;
-      if (in_rank[(size_t)t * R + r] != has)
-        mismatch(rep, "in_rank[token %d][rank %d] is %d, expected %d", t, r,
-                 in_rank[(size_t)t * R + r], has);
-    }
-    for (int k = 0; k < K; k++)
-      if (rank_of(tk[k], E, L) >= 0)
-        want[R + tk[k]]++;
-  }
-  for (int r = 0; st == VMEP_OK && r < R; r++)
-    if (per_rank[r] != want[r])
-      mismatch(rep, "tokens_per_rank[%d] is %d, expected %lld", r, per_rank[r],
-               want[r]);
-  for (int e = 0; st == VMEP_OK && e < E; e++)
-    if (per_expert[e] != want[R + e])
-      mismatch(rep, "tokens_per_expert[%d] is %d, expected %lld", e,
-               per_expert[e], want[R + e]);
-  free(per_rank);
-  free(per_expert);
-  free(in_rank);
-  free(want);
-  return st;
+/* vmep_ep_ht_layout of rank me's tokens. */
+static vmep_status check_layout(const struct ht_problem *hp, int me,
+                                const struct bench_ht_outputs *dev) {
+  const size_t R = (size_t)hp->p.num_ranks, E = (size_t)hp->p.num_experts;
+  struct vmep_ref_report rep = {0, ""};
+  struct vmep_ref_ht_layout got = {NULL, NULL, NULL};
+  const struct fetch f[] = {
+      {dev->tokens_per_rank, R * 4, (void **)&got.tokens_per_rank},
+      {dev->tokens_per_expert, E * 4, (void **)&got.tokens_per_expert},
+      {dev->in_rank, (size_t)hp->p.max_tokens * R, (void **)&got.in_rank}};
+  const size_t n = sizeof(f) / sizeof(f[0]);
+  vmep_status st = fetch_all(f, n);
+  if (st == VMEP_OK)
+    st = vmep__ref_ht_check_layout(&hp->p, me, &got, &rep);
+  free_fetched(f, n);
+  return verdict(st, &rep, me, "ht layout");
 }
 
-/* Received row `row` against token t of source s (in), j the first k of
- * its ids on rank me. */
-static void check_row(const struct bench_options *o, int E, int L, int me,
-                      int s, const struct bench_inputs *in, int t, int j,
-                      const struct recv_host *got, int row,
-                      struct vmep_ref_report *rep) {
-  const size_t H = (size_t)o->hidden, K = (size_t)o->topk;
-  const uint32_t src = (uint32_t)t << 16 | (uint32_t)s << 5 | (uint32_t)j;
-  const uint16_t *x = in->x + (size_t)t * H;
-  if ((uint32_t)got->src[row] != src)
-    mismatch(rep,
-             "row %d: recv_src 0x%08x, expected 0x%08x (rank %d, token %d, "
-             "k %d)",
-             row, (unsigned)got->src[row], (unsigned)src, s, t, j);
-  if (o->fp8) {
-    uint8_t q[32768];
-    float scales[32768 / 128];
-    vmep__fp8_quantize_row(x, o->hidden, o->round_scale, q, scales);
-    if (memcmp(got->x + row * H, q, H) ||
-        memcmp(got->scales + row * (H / 128), scales, H / 128 * 4))
-      mismatch(rep, "row %d (rank %d, token %d): fp8 codes or scales differ",
-               row, s, t);
-  } else if (memcmp(got->x + row * H * 2, x, H * 2)) {
-    mismatch(rep, "row %d (rank %d, token %d): recv_x differs", row, s, t);
-  }
-  for (size_t k = 0; k < K; k++) {
-    int64_t e = in->topk[(size_t)t * K + k];
-    int64_t want = rank_of(e, E, L) == me ? e - (int64_t)me * L : -1;
-    float w = want >= 0 ? in->weights[(size_t)t * K + k] : 0.0f;
-    if (got->topk[row * K + k] != want ||
-        memcmp(&got->weights[row * K + k], &w, sizeof(w)))
-      mismatch(rep,
-               "row %d (rank %d, token %d) k %zu: local expert %lld weight "
-               "%g, expected %lld %g",
-               row, s, t, k, (long long)got->topk[row * K + k],
-               got->weights[row * K + k], (long long)want, w);
-  }
+#define RECV_FETCHES 6
+
+/*
+ * The arrays of rank me's dispatch outputs to copy into `got` besides
+ * num_recv: recv_expert_count, and got->capacity rows of each row array
+ * (the fp8 scales only with fp8). Fills f[RECV_FETCHES]; returns how many
+ * of them to copy.
+ */
+static size_t recv_fetches(const struct ht_problem *hp,
+                           const struct bench_ht_outputs *dev,
+                           struct vmep_ref_ht_recv *got, struct fetch *f) {
+  const size_t H = (size_t)hp->p.hidden, K = (size_t)hp->p.top_k;
+  const size_t L = (size_t)(hp->p.num_experts / hp->p.num_ranks);
+  const size_t rows = (size_t)got->capacity, fp8 = (size_t)hp->p.use_fp8;
+  const struct fetch all[RECV_FETCHES] = {
+      {dev->expert_count, L * 4, (void **)&got->recv_expert_count},
+      {dev->recv_src, rows * 4, (void **)&got->recv_src},
+      {dev->recv_x, rows * H * (fp8 ? 1 : 2), &got->recv_x},
+      {dev->recv_topk, rows * K * 8, (void **)&got->recv_topk_idx},
+      {dev->recv_weights, rows * K * 4, (void **)&got->recv_topk_weights},
+      {dev->recv_scales, rows * (H / VMEP_FP8_GROUP) * 4,
+       (void **)&got->recv_scales}};
+  memcpy(f, all, sizeof(all));
+  return RECV_FETCHES - 1 + fp8;
 }
 
-/* The rows from source s (its inputs `in`), from row *next on; counts[l]
- * gains their selections of our local expert l. */
-static void check_source(const struct bench_options *o, int E, int L, int me,
-                         int s, const struct bench_inputs *in,
-                         const struct recv_host *got, int *next,
-                         long long *counts, struct vmep_ref_report *rep) {
-  const int K = o->topk;
-  for (int t = 0; t < in->n; t++) {
-    const int64_t *tk = in->topk + (size_t)t * K;
-    int j = first_on(tk, K, E, L, me);
-    if (j < 0)
-      continue;
-    for (int k = 0; k < K; k++)
-      if (rank_of(tk[k], E, L) == me)
-        counts[tk[k] - (int64_t)me * L]++;
-    int row = (*next)++;
-    if (row < got->n)
-      check_row(o, E, L, me, s, in, t, j, got, row, rep);
-  }
-}
-
+/* Rank me's dispatch: num_recv first, taken within 0..R*T for the rows
+ * to copy (a wrong N is then the checker's first mismatch), then the
+ * other arrays. */
 vmep_status bench_ht_check_dispatch(const struct bench_options *o, int R, int E,
                                     int tokens, int me,
                                     const struct bench_ht_outputs *dev) {
-  const int L = E / R, capacity = R * tokens;
+  struct ht_problem hp;
+  struct vmep_ref_ht_recv got = {0};
   struct vmep_ref_report rep = {0, ""};
-  struct recv_host got;
-  struct bench_inputs in;
-  int32_t *num = bench_fetch(dev->num_recv, 4);
-  int n = num ? num[0] : 0, next = 0;
-  long long *counts = calloc((size_t)L, sizeof(long long));
-  memset(&got, 0, sizeof(got));
-  memset(&in, 0, sizeof(in));
-  if (n < 0 || n > capacity) {
-    mismatch(&rep, "num_recv %d, outside 0..%d", n, capacity);
-    n = n < 0 ? 0 : capacity;
-  }
-  vmep_status st = num && counts && fetch_recv(o, L, dev, n, &got) == 0
-                       ? VMEP_OK
-                       : VMEP_ERR_OUT_OF_MEMORY;
-  for (int s = 0; st == VMEP_OK && s < R; s++) {
-    if (bench_make_inputs(o, s, tokens, E, &in) != 0)
-      st = VMEP_ERR_OUT_OF_MEMORY;
-    if (st == VMEP_OK && s == me)
-      st = check_layout(o, R, E, &in, dev, &rep);
-    if (st == VMEP_OK)
-      check_source(o, E, L, me, s, &in, &got, &next, counts, &rep);
-    bench_free_inputs(&in);
-    memset(&in, 0, sizeof(in));
-  }
-  if (st == VMEP_OK && next != n)
-    mismatch(&rep, "num_recv %d, expected %d rows", n, next);
-  for (int l = 0; st == VMEP_OK && l < L; l++)
-    if (got.expert_count[l] != counts[l])
-      mismatch(&rep, "recv_expert_count[%d] is %d, expected %lld", l,
-               got.expert_count[l], counts[l]);
-  free_recv(&got);
-  free(num);
-  free(counts);
-  return verdict(st, &rep, me, "ht dispatch");
+  struct fetch f[RECV_FETCHES];
+  vmep_status st = problem_open(o, R, E, tokens, o->fp8, -1, &hp);
+  vmep_status layout = st == VMEP_OK ? check_layout(&hp, me, dev) : VMEP_OK;
+  const struct fetch num = {dev->num_recv, 4, (void **)&got.num_recv};
+  if (st == VMEP_OK)
+    st = fetch_all(&num, 1);
+  int n = got.num_recv ? *got.num_recv : 0;
+  got.capacity = n < 0 ? 0 : n > R * tokens ? R * tokens : n;
+  size_t arrays = recv_fetches(&hp, dev, &got, f);
+  if (st == VMEP_OK)
+    st = fetch_all(f, arrays);
+  if (st == VMEP_OK)
+    st = vmep__ref_ht_check_dispatch(&hp.p, me, &got, &rep);
+  st = verdict(st, &rep, me, "ht dispatch");
+  free_fetched(f, arrays);
+  free(got.num_recv);
+  problem_close(&hp);
+  return layout != VMEP_OK ? layout : st;
 }
 
-/* The ranks that hold one of a token's experts (each counted once). */
-static int ranks_of_token(const int64_t *topk, int K, int E, int L) {
-  int m = 0;
-  for (int k = 0; k < K; k++) {
-    int r = rank_of(topk[k], E, L);
-    m += r >= 0 && first_on(topk, k, E, L, r) < 0;
-  }
-  return m;
+/* Rank r's combine input as the bench gives it: the bf16 rows dispatched
+ * to r, sent back unchanged with their recv_topk_weights, computed by the
+ * reference dispatch into *rows (free its recv_x and recv_topk_weights). */
+static vmep_status rows_sent_back(const struct vmep_ref_ht_problem *p, int r,
+                                  struct vmep_ref_ht_recv *rows,
+                                  struct vmep_ref_ht_combine_input *in) {
+  const size_t H = (size_t)p->hidden, K = (size_t)p->top_k;
+  int32_t n = 0;
+  struct vmep_ref_ht_recv count = {.num_recv = &n};
+  vmep_status st = vmep__ref_ht_dispatch(p, r, &count);
+  if (st != VMEP_OK)
+    return st;
+  rows->capacity = n;
+  rows->recv_x = malloc((size_t)n * H * 2 + 1);
+  rows->recv_topk_weights = malloc((size_t)n * K * sizeof(float) + 1);
+  if (!rows->recv_x || !rows->recv_topk_weights)
+    return VMEP_ERR_OUT_OF_MEMORY;
+  in->x = rows->recv_x;
+  in->topk_weights = rows->recv_topk_weights;
+  return vmep__ref_ht_dispatch(p, r, rows);
 }
 
+/*
+ * The combine of rank me's tokens reads, of each rank's rows, only those
+ * that came from me; the other sources only shift where they sit. So the
+ * problem holds me's tokens alone, and every rank's rows are only me's:
+ * a rank's memory for R * T rows in all, not for every rank's dispatch.
+ */
 vmep_status bench_ht_check_combine(const struct bench_options *o, int R, int E,
                                    int tokens, int me,
                                    const struct bench_ht_outputs *dev) {
-  const int L = E / R, K = o->topk;
-  const size_t H = (size_t)o->hidden;
+  const size_t H = (size_t)o->hidden, K = (size_t)o->topk;
+  struct ht_problem hp;
   struct vmep_ref_report rep = {0, ""};
-  struct bench_inputs in;
+  struct vmep_ref_ht_recv *rows = calloc((size_t)R, sizeof(*rows));
+  struct vmep_ref_ht_combine_input *in = calloc((size_t)R, sizeof(*in));
   uint16_t *out = bench_fetch(dev->out, (size_t)tokens * H * 2);
-  float *w = bench_fetch(dev->out_weights, (size_t)tokens * K * 4);
-  memset(&in, 0, sizeof(in));
-  vmep_status st = out && w && bench_make_inputs(o, me, tokens, E, &in) == 0
-                       ? VMEP_OK
-                       : VMEP_ERR_OUT_OF_MEMORY;
-  for (int t = 0; st == VMEP_OK && t < tokens; t++) {
-    const int64_t *tk = in.topk + (size_t)t * K;
-    float m = (float)ranks_of_token(tk, K, E, L);
-    for (size_t h = 0; h < H; h++) {
-      uint16_t want = vmep__bf16_from_float(
-          m * vmep__bf16_to_float(in.x[(size_t)t * H + h]));
-      if (out[(size_t)t * H + h] != want)
-        mismatch(&rep,
-                 "token %d channel %zu: 0x%04x, expected 0x%04x (%g x %g)", t,
-                 h, out[(size_t)t * H + h], want, m,
-                 vmep__bf16_to_float(in.x[(size_t)t * H + h]));
-    }
-    for (int k = 0; k < K; k++) {
-      float want =
-          rank_of(tk[k], E, L) >= 0 ? in.weights[(size_t)t * K + k] : 0.0f;
-      if (memcmp(&w[(size_t)t * K + k], &want, sizeof(want)))
-        mismatch(&rep, "token %d: out_topk_weights[%d] %g, expected %g", t, k,
-                 w[(size_t)t * K + k], want);
-    }
+  float *out_w = bench_fetch(dev->out_weights, (size_t)tokens * K * 4);
+  vmep_status st = problem_open(o, R, E, tokens, 0, me, &hp);
+  if (st == VMEP_OK && (!rows || !in))
+    st = VMEP_ERR_OUT_OF_MEMORY;
+  if (st == VMEP_OK && (!out || !out_w))
+    st = VMEP_ERR_CUDA;
+  for (int r = 0; st == VMEP_OK && r < R; r++)
+    st = rows_sent_back(&hp.p, r, &rows[r], &in[r]);
+  if (st == VMEP_OK)
+    st = vmep__ref_ht_check_combine(&hp.p, in, me, out, out_w, &rep);
+  for (int r = 0; rows && r < R; r++) {
+    free(rows[r].recv_x);
+    free(rows[r].recv_topk_weights);
   }
-  bench_free_inputs(&in);
+  free(rows);
+  free(in);
   free(out);
-  free(w);
+  free(out_w);
+  problem_close(&hp);
   return verdict(st, &rep, me, "ht combine");
 }
