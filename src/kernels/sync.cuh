@@ -197,16 +197,19 @@ __device__ __forceinline__ void ll_post(const struct vmep_ll_params &p,
   ll_store_release((uint64_t *)&e->seq, slot + 1);
 }
 
-/* Raises flag [parity][rank] at `offset` to `epoch` in every live mapped
- * peer's buffer, one thread per peer, and hands the proxy request `op` for
- * the remote ones (`row_len`: VMEP_LL_SHIP_DISPATCH's row bytes). All
- * threads of the last block call it. */
+/* Raises flag [parity][rank] at `offset` to `epoch` in every mapped peer's
+ * buffer, one thread per peer, and hands the proxy request `op` for the
+ * remote ones (`row_len`: VMEP_LL_SHIP_DISPATCH's row bytes). A masked
+ * peer that is still mapped gets its flags too: nobody waits for them
+ * while it is masked, and after vmep_ep_clear_mask its epochs and ours are
+ * in step again (a window stays mapped until its rank is disconnected,
+ * and an unmapped one is NULL). All threads of the last block call it. */
 __device__ __forceinline__ void ll_signal_all(const struct vmep_ll_params &p,
                                               size_t offset, uint64_t epoch,
                                               enum vmep_ll_ship op,
                                               unsigned row_len) {
   for (int peer = threadIdx.x; peer < p.num_ranks; peer += blockDim.x)
-    if (!ll_is_masked(p.state, peer) && !ll_remote(p, peer))
+    if (p.peers[peer] && !ll_remote(p, peer))
       ll_store_release(
           ll_flag(p.peers[peer], offset, p.parity, p.num_ranks, p.rank), epoch);
   if (p.ring && threadIdx.x == 0)
