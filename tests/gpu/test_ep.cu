@@ -19,7 +19,6 @@
 #include "ep_test.cuh"
 #include "test_port.h"
 
-#define MAX_RANKS 8
 #define BATCH 10
 
 enum routing { UNIFORM, ONE_EXPERT, SILENT_RANK, FULL, INVALID_IDS };
@@ -180,76 +179,17 @@ static vmep_ep_combine_args combine_args(const struct io *b) {
   return a;
 }
 
-/* Host copies of every rank's layout, and of every rank's expert output. */
-struct layouts {
-  struct vmep_ref_recv recv[MAX_RANKS];
-  uint16_t *eo[MAX_RANKS];
-  void *mine_x;
-  float *mine_scales;
-};
-
-/* Checks this rank's dispatch, shares the layouts and builds every rank's
- * expert outputs on the host. */
 static void check_dispatch(vmep_group *g, const struct world *w, int me,
                            const struct io *b, struct layouts *lay) {
-  size_t RT = (size_t)w->R * w->T, rows = (size_t)w->L * RT;
-  size_t per_rank = w->L * 4 + rows * 4 + (size_t)w->L * w->R * 8;
-  char *mine = (char *)malloc(per_rank), *all = (char *)malloc(per_rank * w->R);
-  lay->mine_x = malloc(rows * w->H * 2);
-  lay->mine_scales = (float *)malloc(rows * (w->H / 128) * 4 + 4);
-  CUDA_OK(cudaMemcpy(mine, b->recv_count, w->L * 4, cudaMemcpyDeviceToHost));
-  CUDA_OK(cudaMemcpy(mine + w->L * 4, b->src_info, rows * 4,
-                     cudaMemcpyDeviceToHost));
-  CUDA_OK(cudaMemcpy(mine + w->L * 4 + rows * 4, b->layout_range,
-                     (size_t)w->L * w->R * 8, cudaMemcpyDeviceToHost));
-  CUDA_OK(cudaMemcpy(lay->mine_x, b->recv_x, rows * w->H * (w->fp8 ? 1 : 2),
-                     cudaMemcpyDeviceToHost));
-  if (w->fp8)
-    CUDA_OK(cudaMemcpy(lay->mine_scales, b->recv_scales,
-                       rows * (w->H / 128) * 4, cudaMemcpyDeviceToHost));
-  ASSERT_OK(vmep_group_allgather(g, mine, per_rank, all));
   struct vmep_ref_problem p = problem(w);
-  for (int r = 0; r < w->R; r++) {
-    char *at = all + per_rank * r;
-    lay->recv[r].recv_x = r == me ? lay->mine_x : NULL;
-    lay->recv[r].recv_scales = r == me ? lay->mine_scales : NULL;
-    lay->recv[r].recv_count = (int32_t *)at;
-    lay->recv[r].src_info = (int32_t *)(at + w->L * 4);
-    lay->recv[r].layout_range = (int64_t *)(at + w->L * 4 + rows * 4);
-    lay->eo[r] = (uint16_t *)malloc(rows * w->H * 2);
-    expert_model(&p, r, &lay->recv[r], lay->eo[r]);
-  }
-  struct vmep_ref_report rep;
-  ASSERT_OK(vmep__ref_check_dispatch(&p, me, &lay->recv[me], &rep));
-  if (rep.mismatches)
-    TEST_FAIL("rank %d dispatch: %lld mismatches, first: %s", me,
-              (long long)rep.mismatches, rep.first);
-  free(mine); /* `all` is freed through recv[0].recv_count */
+  vmep_ep_dispatch_args a = dispatch_args(b, w, me);
+  check_ll_dispatch(g, &p, &a, lay, "dispatch");
 }
 
 static void check_combine(const struct world *w, int me, const struct io *b,
                           struct layouts *lay) {
-  uint16_t *out = (uint16_t *)malloc((size_t)w->T * w->H * 2 + 2);
   struct vmep_ref_problem p = problem(w);
-  struct vmep_ref_report rep;
-  CUDA_OK(cudaMemcpy(out, b->out, (size_t)w->in[me].num_tokens * w->H * 2,
-                     cudaMemcpyDeviceToHost));
-  const uint16_t *eo[MAX_RANKS];
-  for (int r = 0; r < w->R; r++)
-    eo[r] = lay->eo[r];
-  ASSERT_OK(vmep__ref_check_combine(&p, me, lay->recv, eo, out, &rep));
-  if (rep.mismatches)
-    TEST_FAIL("rank %d combine: %lld mismatches, first: %s", me,
-              (long long)rep.mismatches, rep.first);
-  free(out);
-}
-
-static void free_layouts(const struct world *w, struct layouts *lay) {
-  free(lay->recv[0].recv_count);
-  free(lay->mine_x);
-  free(lay->mine_scales);
-  for (int r = 0; r < w->R; r++)
-    free(lay->eo[r]);
+  check_ll_combine(&p, me, b->out, lay, "combine");
 }
 
 /* The expert computation between dispatch and combine, on `stream`. */
@@ -303,7 +243,7 @@ static void checked_pair(vmep_group *g, vmep_ep *ep, struct world *w,
   ASSERT_OK(vmep_ep_poll_errors(ep, &errors, &bad));
   ASSERT_EQ(bad, w->invalid[me]);
   ASSERT_EQ(errors, w->invalid[me] ? 1u : 0u);
-  free_layouts(w, &lay);
+  free_layouts(w->R, &lay);
   free_world(w);
 }
 
@@ -368,7 +308,7 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
       struct layouts lay;
       check_dispatch(g, &w[i], me, &b[i], &lay);
       check_combine(&w[i], me, &b[i], &lay);
-      free_layouts(&w[i], &lay);
+      free_layouts(w[i].R, &lay);
       free_world(&w[i]);
     }
   }
@@ -413,7 +353,7 @@ static void graph_replay(vmep_group *g, uint64_t seed) {
     CUDA_OK(cudaStreamSynchronize(stream));
     check_dispatch(g, &w, me, &b, &lay);
     check_combine(&w, me, &b, &lay);
-    free_layouts(&w, &lay);
+    free_layouts(w.R, &lay);
     free_world(&w);
   }
   CUDA_OK(cudaGraphExecDestroy(exec));
