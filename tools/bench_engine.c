@@ -20,7 +20,11 @@
 
 #define RECORD_MAX 16384 /* an engine address + key blob, as remote.c */
 #define SLOT_ALIGN 64
-#define COUNTER_BYTES SLOT_ALIGN
+/* One signal word per remote peer (room for the group's size on every rank,
+ * so that offsets agree): a put sets it to the iteration count, as the
+ * proxy sets flags (UCX 1.16 over TCP offers no atomics). */
+#define COUNTER_BYTES(ranks)                                                   \
+  (((size_t)(ranks)*8 + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN)
 
 struct ceiling {
   const struct bench_engine_job *job;
@@ -29,10 +33,10 @@ struct ceiling {
   double *matrix; /* [size][count][size]: every rank's loads' bytes */
   vmep_engine *engine;
   vmep_engine_mr *mr;
-  char *buf; /* [counter][source: stride][remote slots: stride each] */
+  char *buf; /* [signal words][source: stride][remote slots: stride each] */
   size_t buf_bytes, stride;
   int remote;    /* our peers in other nodes */
-  uint64_t seen; /* signals our counter should show so far */
+  uint64_t seen; /* iterations every signal word should show so far */
   vmep_engine_rkey **keys;
   uint64_t *base; /* [size]: where each remote peer's buffer starts */
 };
@@ -194,7 +198,8 @@ static vmep_status prepare(struct ceiling *c, char **record, size_t *len) {
   struct vmep_engine_params params = {j->rank, j->size, j->timeout_ms};
   for (int r = 0; r < j->size; r++)
     c->remote += is_remote(c, j->rank, r);
-  c->buf_bytes = COUNTER_BYTES + c->stride * (1 + (size_t)c->remote);
+  c->buf_bytes =
+      COUNTER_BYTES(c->job->size) + c->stride * (1 + (size_t)c->remote);
   c->buf = vmep__calloc(1, c->buf_bytes);
   c->keys = vmep__calloc((size_t)j->size, sizeof(*c->keys));
   c->base = vmep__calloc((size_t)j->size, sizeof(*c->base));
@@ -281,13 +286,18 @@ static double now_us(void) {
   return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
-/* Spins until our counter shows c->seen signals. */
+/* Spins until every remote peer's signal word shows c->seen iterations. */
 static vmep_status wait_signals(struct ceiling *c) {
   const struct bench_engine_job *j = c->job;
   const int timeout_ms = vmep__engine_timeout_ms(c->engine);
   const uint64_t deadline = vmep__now_ms() + (uint64_t)timeout_ms;
   for (unsigned spin = 1;; spin++) {
-    uint64_t got = __atomic_load_n((const uint64_t *)c->buf, __ATOMIC_ACQUIRE);
+    uint64_t got = c->seen;
+    for (int i = 0; i < c->remote; i++) {
+      uint64_t w =
+          __atomic_load_n((const uint64_t *)c->buf + i, __ATOMIC_ACQUIRE);
+      got = w < got ? w : got;
+    }
     if (got >= c->seen)
       return VMEP_OK;
     vmep__engine_progress(c->engine);
@@ -299,7 +309,7 @@ static vmep_status wait_signals(struct ceiling *c) {
                           "engine ceiling: rank %d failed", r);
     if (vmep__now_ms() > deadline)
       return vmep__fail(VMEP_ERR_TIMEOUT, VMEP_LOG_ERROR,
-                        "engine ceiling: %llu of %llu signals within %d ms",
+                        "engine ceiling: iteration %llu of %llu within %d ms",
                         (unsigned long long)got, (unsigned long long)c->seen,
                         timeout_ms);
   }
@@ -309,23 +319,24 @@ static vmep_status wait_signals(struct ceiling *c) {
  * then every remote peer's signal. */
 static vmep_status iteration(struct ceiling *c, int l) {
   const struct bench_engine_job *j = c->job;
-  const char *src = c->buf + COUNTER_BYTES;
+  const char *src = c->buf + COUNTER_BYTES(c->job->size);
   vmep_status status = VMEP_OK;
   for (int k = 1; k < j->size && status == VMEP_OK; k++) {
     int r = (j->rank + k) % j->size; /* not every rank at rank 0 first */
     if (!is_remote(c, j->rank, r))
       continue;
     size_t bytes = load_bytes(c, l, j->rank, r);
-    uint64_t slot = c->base[r] + COUNTER_BYTES +
+    uint64_t slot = c->base[r] + COUNTER_BYTES(c->job->size) +
                     c->stride * (1 + (uint64_t)slot_of(c, r, j->rank));
     if (bytes)
       status = vmep__engine_put(c->engine, r, src, bytes, c->keys[r], slot);
     if (status == VMEP_OK)
-      status =
-          vmep__engine_put_signal(c->engine, r, NULL, 0, NULL, 0, c->keys[r],
-                                  c->base[r], VMEP_ENGINE_SIGNAL_ADD, 1);
+      status = vmep__engine_put_signal(
+          c->engine, r, NULL, 0, NULL, 0, c->keys[r],
+          c->base[r] + 8 * (uint64_t)slot_of(c, r, j->rank),
+          VMEP_ENGINE_SIGNAL_SET, c->seen + 1);
   }
-  c->seen += (uint64_t)c->remote;
+  c->seen++;
   return status == VMEP_OK ? wait_signals(c) : status;
 }
 
