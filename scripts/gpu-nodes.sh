@@ -6,7 +6,9 @@
 # mapped path the same kernels serve), then elastic plans on 2 pretend nodes.
 # Logs under $OUT (or ./gpu-logs)/nodes.
 # GPU_NODES_TIMEOUT bounds each run (seconds, default 300); GPU_NODES_SPLITS
-# picks the "ranks nodes" pairs (default "4 2,4 4,3 2").
+# picks the "ranks nodes" pairs (default "4 2,4 4,3 2"), GPU_NODES_PLANS the
+# elastic plans (default: all of tests/elastic/plans; empty: none),
+# GPU_NODES_BENCH=0 skips vmep-bench --nodes 2.
 set -uo pipefail
 GPU_ENV_SUBDIR=nodes source "$(dirname "$0")/gpu-env.sh"
 limit=${GPU_NODES_TIMEOUT:-300}
@@ -48,7 +50,9 @@ for split in "${splits[@]:1}"; do
 done
 # Elastic plans on 2 pretend nodes: ranks that join, leave, die and come
 # back across nodes (connect / disconnect through the proxies).
-IFS=, read -ra plans <<< "${GPU_NODES_PLANS:-expand_shrink,fault_dispatch,rejoin}"
+# Unset: every plan of tests/elastic/plans; set but empty: none.
+every=$(cd tests/elastic/plans && ls -- *.json | sed 's/\.json$//' | paste -sd,)
+IFS=, read -ra plans <<< "${GPU_NODES_PLANS-$every}"
 for name in "${plans[@]}"; do
   VMEP_NODES=2 run "elastic-nodes2-$name" "$build/tests/elastic/vmep-elastic" \
     "tests/elastic/plans/$name.json" --json "$out/elastic-nodes2-$name.json"
