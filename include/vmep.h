@@ -643,7 +643,10 @@ VMEP_API vmep_status vmep_ep_ht_layout(vmep_ep *ep, const int64_t *topk_idx,
                                        uint8_t *in_rank, void *stream);
 
 /* One high-throughput dispatch, kept by the caller for its combine and for
- * cached dispatches. */
+ * cached dispatches. It does not expire with later dispatches (it names
+ * only num_recv and recv_src, the caller's memory, which must outlive it);
+ * a membership change (vmep_ep_connect_ranks and the like) makes it
+ * stale. */
 typedef struct vmep_ep_ht_handle {
   int parity;
   int num_tokens; /* this rank's tokens */

@@ -303,10 +303,11 @@ vmep_status vmep__ep_bad_arg(const char *call, const char *what);
 vmep_status vmep__ep_null_arg(const char *call, const char *name);
 int vmep__ep_bad_ptr(const void *p, size_t align, int optional);
 
-/* Whether a dispatch of either mode may take `parity` (ll.c): refused
- * while a dispatch or a combine there waits for its receive phase. */
-vmep_status vmep__ep_parity_free(const struct vmep_ep *ep, int parity,
-                                 const char *call);
+/* The parity the next dispatch of either mode takes (ll.c), in
+ * *parity_out; refused while a dispatch or a combine there waits for its
+ * receive phase. */
+vmep_status vmep__ep_next_parity(const struct vmep_ep *ep, const char *call,
+                                 int *parity_out);
 /* After a dispatch of either mode was launched on `parity`: counts it and
  * makes it the parity's dispatch (`pending`: its receive phase waits;
  * `ht`: a high-throughput one). */

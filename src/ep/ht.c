@@ -212,11 +212,20 @@ static vmep_status launch(const vmep_ep *ep, int parity, int num_topk,
   return status;
 }
 
-static vmep_status read_dispatch_args(const vmep_ep_ht_dispatch_args *in,
-                                      vmep_ep_ht_dispatch_args *out) {
+/* The start of both dispatch calls: a buffer that can serve them, the
+ * handle pointer `h` (named `name`) given, and the caller's args in *out. */
+static vmep_status dispatch_start(const vmep_ep *ep, const char *call,
+                                  const void *h, const char *name,
+                                  const vmep_ep_ht_dispatch_args *in,
+                                  vmep_ep_ht_dispatch_args *out) {
+  vmep_status status = check_mapped(ep, call);
+  if (status == VMEP_OK && !h)
+    status = vmep__ep_null_arg(call, name);
+  if (status != VMEP_OK)
+    return status;
   vmep_ep_ht_dispatch_args_init(out);
-  return vmep__ep_struct_read("vmep_ep_ht_dispatch", "vmep_ep_ht_dispatch_args",
-                              in, sizeof(*out), sizeof(*out), out);
+  return vmep__ep_struct_read(call, "vmep_ep_ht_dispatch_args", in,
+                              sizeof(*out), sizeof(*out), out);
 }
 
 vmep_status vmep_ep_ht_dispatch(vmep_ep *ep,
@@ -225,17 +234,14 @@ vmep_status vmep_ep_ht_dispatch(vmep_ep *ep,
                                 vmep_ep_ht_handle *handle_out) {
   const char *call = "vmep_ep_ht_dispatch";
   vmep_ep_ht_dispatch_args a;
-  vmep_status status = check_mapped(ep, call);
-  if (status == VMEP_OK && !handle_out)
-    status = vmep__ep_null_arg(call, "handle_out");
-  if (status == VMEP_OK)
-    status = read_dispatch_args(args, &a);
+  vmep_status status =
+      dispatch_start(ep, call, handle_out, "handle_out", args, &a);
   if (status == VMEP_OK)
     status = check_dispatch(ep, &a, phases);
   if (status != VMEP_OK)
     return status;
-  int parity = (int)((ep->calls + 1) & 1);
-  status = vmep__ep_parity_free(ep, parity, call);
+  int parity;
+  status = vmep__ep_next_parity(ep, call, &parity);
   if (status != VMEP_OK)
     return status;
   const vmep_ep_ht_handle *c = a.cached;
@@ -274,11 +280,7 @@ vmep_status vmep_ep_ht_dispatch_recv(vmep_ep *ep,
                                      vmep_ep_ht_handle *handle, void *stream) {
   const char *call = "vmep_ep_ht_dispatch_recv";
   vmep_ep_ht_dispatch_args a;
-  vmep_status status = check_mapped(ep, call);
-  if (status == VMEP_OK && !handle)
-    status = vmep__ep_null_arg(call, "handle");
-  if (status == VMEP_OK)
-    status = read_dispatch_args(args, &a);
+  vmep_status status = dispatch_start(ep, call, handle, "handle", args, &a);
   if (status != VMEP_OK)
     return status;
   if (handle->parity < 0 || handle->parity > 1 ||

@@ -181,8 +181,8 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
     status = check_dispatch(ep, &a, phases);
   if (status != VMEP_OK)
     return status;
-  int parity = (int)((ep->calls + 1) & 1);
-  status = vmep__ep_parity_free(ep, parity, call);
+  int parity;
+  status = vmep__ep_next_parity(ep, call, &parity);
   if (status != VMEP_OK)
     return status;
   struct vmep_ll_dispatch_io io = {
@@ -200,8 +200,10 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
   return VMEP_OK;
 }
 
-vmep_status vmep__ep_parity_free(const struct vmep_ep *ep, int parity,
-                                 const char *call) {
+vmep_status vmep__ep_next_parity(const struct vmep_ep *ep, const char *call,
+                                 int *parity_out) {
+  int parity = (int)((ep->calls + 1) & 1);
+  *parity_out = parity;
   if (ep->dispatch_pending[parity])
     return vmep__ep_bad_arg(call, "two dispatches already wait for their "
                                   "receive phase");

@@ -111,11 +111,8 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
       o[k] = __float2bfloat16_rn(acc[k]);
     ((uint4 *)io.out)[at] = packed;
   }
-  if (!ll_last_block(p.state, 4))
-    return;
-  ll_signal_all(p, p.layout.comb_ack, epoch, VMEP_LL_SHIP_FLAG, 0);
-  if (threadIdx.x == 0)
-    p.state->comb_epoch[p.parity] = epoch;
+  ll_acknowledge(p, 4, p.layout.comb_ack, epoch,
+                 &p.state->comb_epoch[p.parity]);
 }
 
 extern "C" vmep_status vmep__ht_combine(const struct vmep_ll_params *p,

@@ -196,11 +196,8 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
                          g < 32 ? scale : __ldcg(scales + g));
     }
   }
-  if (!ll_last_block(p.state, 2))
-    return;
-  ll_signal_all(p, p.layout.disp_ack, epoch, VMEP_LL_SHIP_FLAG, 0);
-  if (threadIdx.x == 0)
-    p.state->disp_epoch[p.parity] = epoch;
+  ll_acknowledge(p, 2, p.layout.disp_ack, epoch,
+                 &p.state->disp_epoch[p.parity]);
 }
 
 extern "C" vmep_status

@@ -216,6 +216,20 @@ __device__ __forceinline__ void ll_signal_all(const struct vmep_ll_params &p,
     ll_post(p, op, offset, epoch, row_len);
 }
 
+/* The end of a receive phase (the last block of the kernel of done-slot
+ * `slot`): acknowledges every peer at flag offset `ack` and makes `epoch`
+ * this rank's count of the phase (*counter). All threads call it. */
+__device__ __forceinline__ void ll_acknowledge(const struct vmep_ll_params &p,
+                                               int slot, size_t ack,
+                                               uint64_t epoch,
+                                               uint64_t *counter) {
+  if (!ll_last_block(p.state, slot))
+    return;
+  ll_signal_all(p, ack, epoch, VMEP_LL_SHIP_FLAG, 0);
+  if (threadIdx.x == 0)
+    *counter = epoch;
+}
+
 /*
  * Waits until flag [parity][peer] (in our own buffer, or in our inbox of a
  * remote peer) reaches `target` for
