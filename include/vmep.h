@@ -711,7 +711,8 @@ vmep_ep_ht_dispatch_recv(vmep_ep *ep, const vmep_ep_ht_dispatch_args *args,
 
 typedef struct vmep_ep_ht_combine_args {
   size_t struct_size;        /* sizeof: vmep_ep_ht_combine_args_init */
-  const void *x;             /* bf16 [N, H], rows as dispatched */
+  const void *x;             /* bf16 [N, H], rows as dispatched; the
+                                zero-copy buffer: combined in place */
   const float *topk_weights; /* [N, num_topk] or NULL */
   const void *bias0, *bias1; /* bf16 [num_tokens, H] each, or NULL */
   void *out;                 /* bf16 [num_tokens, H] */
@@ -720,6 +721,21 @@ typedef struct vmep_ep_ht_combine_args {
 } vmep_ep_ht_combine_args;
 
 VMEP_API void vmep_ep_ht_combine_args_init(vmep_ep_ht_combine_args *args);
+
+/*
+ * The zero-copy combine buffer of dispatch `handle`: *rows_out (T times
+ * min(max_topk, R)) rows of H bf16 in this rank's window, the combine
+ * slots of the handle's parity. Expert outputs written there (row i: the
+ * output for received row i) and passed as the combine's x are read by
+ * their sources in place: no push, half the memory traffic. It serves the
+ * last dispatch of its parity, whose capacity must fit its rows; until
+ * that handle is combined, combines of other handles of the parity are
+ * refused (they would push rows into it). Every rank of a combine must
+ * combine in place, or none. rows_out may be NULL.
+ */
+VMEP_API vmep_status vmep_ep_ht_combine_buffer(vmep_ep *ep,
+                                               const vmep_ep_ht_handle *handle,
+                                               void **buf_out, int *rows_out);
 
 /* Collective, asynchronous: the inverse of dispatch `handle`. */
 VMEP_API vmep_status vmep_ep_ht_combine(vmep_ep *ep,

@@ -138,6 +138,24 @@ static vmep_status upload(const struct ht_buffers *b,
   return st;
 }
 
+/* --zero-copy: the zero-copy buffer of dispatch `h` for *ca; with `fill`
+ * the expert outputs (the dispatched bf16 rows, sent back unchanged)
+ * copied into it first. */
+static vmep_status in_place(vmep_ep *ep, const struct bench_options *o,
+                            const struct ht_buffers *b, cudaStream_t s,
+                            const vmep_ep_ht_handle *h, int fill,
+                            vmep_ep_ht_combine_args *ca) {
+  void *buf = NULL;
+  vmep_status st = vmep_ep_ht_combine_buffer(ep, h, &buf, NULL);
+  if (st == VMEP_OK && fill)
+    st = bench_cuda_check(cudaMemcpyAsync(buf, b->rows,
+                                          (size_t)h->capacity * o->hidden * 2,
+                                          cudaMemcpyDeviceToDevice, s),
+                          "expert outputs into the zero-copy buffer");
+  ca->x = buf;
+  return st;
+}
+
 /* --check, once before timing: the layout and the dispatch against the
  * host reference over every rank's inputs, then the combine of the
  * dispatched bf16 rows sent back unchanged. With --fp8 the fp8 rows
@@ -147,13 +165,14 @@ static vmep_status upload(const struct ht_buffers *b,
 static vmep_status check_calls(vmep_ep *ep, const struct bench_options *o,
                                int T, int E, const struct ht_buffers *b,
                                const vmep_ep_ht_dispatch_args *da,
-                               const vmep_ep_ht_combine_args *ca) {
+                               const vmep_ep_ht_combine_args *given) {
   const int R = vmep_ep_max_ranks(ep), me = vmep_ep_rank(ep);
   const struct bench_ht_outputs dev = {
       b->tokens_per_rank, b->tokens_per_expert, b->in_rank, b->num_recv,
       b->expert_count,    b->recv_src,          da->recv_x, b->recv_scales,
       b->recv_topk,       b->recv_weights,      b->out,     b->out_weights};
   vmep_ep_ht_dispatch_args bf16 = dispatch_args(b, o, T, da->capacity, 0);
+  vmep_ep_ht_combine_args ca = *given;
   vmep_ep_ht_handle h;
   vmep_status st =
       vmep_ep_ht_layout(ep, b->topk, T, o->topk, b->tokens_per_rank,
@@ -165,11 +184,13 @@ static vmep_status check_calls(vmep_ep *ep, const struct bench_options *o,
   if (st == VMEP_OK)
     st = bench_ht_check_dispatch(o, R, E, T, me, &dev);
   if (st == VMEP_OK && o->fp8)
-    st = vmep_ep_ht_combine(ep, ca, &h, NULL);
+    st = vmep_ep_ht_combine(ep, given, &h, NULL);
   if (st == VMEP_OK && o->fp8)
     st = vmep_ep_ht_dispatch(ep, &bf16, VMEP_EP_SEND_RECV, NULL, &h);
+  if (st == VMEP_OK && o->zero_copy)
+    st = in_place(ep, o, b, NULL, &h, 1, &ca);
   if (st == VMEP_OK)
-    st = vmep_ep_ht_combine(ep, ca, &h, NULL);
+    st = vmep_ep_ht_combine(ep, &ca, &h, NULL);
   if (st == VMEP_OK)
     st = bench_cuda_check(cudaDeviceSynchronize(), "ht combine");
   if (st == VMEP_OK)
@@ -180,8 +201,10 @@ static vmep_status check_calls(vmep_ep *ep, const struct bench_options *o,
 /* Medians over `iters` dispatch + combine pairs after `warmup`: events
  * before the dispatch, between the calls and after the combine. With
  * --cached, a first dispatch and combine (untimed) give the handle that
- * the timed dispatches reuse. */
+ * the timed dispatches reuse; with --zero-copy, two more fill both
+ * parities' zero-copy buffers, which the timed combines then read. */
 static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
+                              const struct ht_buffers *b,
                               const vmep_ep_ht_dispatch_args *da,
                               const vmep_ep_ht_combine_args *ca, cudaStream_t s,
                               struct bench_result *res) {
@@ -189,6 +212,7 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
   cudaEvent_t *ev = NULL;
   double *t = calloc((size_t)2 * n, sizeof(double));
   vmep_ep_ht_dispatch_args timed = *da;
+  vmep_ep_ht_combine_args comb = *ca;
   vmep_ep_ht_handle first;
   vmep_status st =
       t ? bench_events_open(&ev, (size_t)3 * n) : VMEP_ERR_OUT_OF_MEMORY;
@@ -196,6 +220,14 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
     st = vmep_ep_ht_dispatch(ep, da, VMEP_EP_SEND_RECV, s, &first);
   if (st == VMEP_OK && o->cached)
     st = vmep_ep_ht_combine(ep, ca, &first, s);
+  for (int i = 0; st == VMEP_OK && o->zero_copy && i < 2; i++) {
+    vmep_ep_ht_handle h;
+    st = vmep_ep_ht_dispatch(ep, da, VMEP_EP_SEND_RECV, s, &h);
+    if (st == VMEP_OK)
+      st = in_place(ep, o, b, s, &h, 1, &comb);
+    if (st == VMEP_OK)
+      st = vmep_ep_ht_combine(ep, &comb, &h, s);
+  }
   timed.cached = o->cached ? &first : NULL;
   for (int i = 0; st == VMEP_OK && i < o->warmup + n; i++) {
     vmep_ep_ht_handle h;
@@ -205,8 +237,10 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
     st = vmep_ep_ht_dispatch(ep, &timed, VMEP_EP_SEND_RECV, s, &h);
     if (e)
       cudaEventRecord(e[1], s);
+    if (st == VMEP_OK && o->zero_copy)
+      st = in_place(ep, o, b, s, &h, 0, &comb);
     if (st == VMEP_OK)
-      st = vmep_ep_ht_combine(ep, ca, &h, s);
+      st = vmep_ep_ht_combine(ep, &comb, &h, s);
     if (e)
       cudaEventRecord(e[2], s);
   }
@@ -232,7 +266,9 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
  * ids of each of its T tokens (to count); then each row (2H, fp8 H +
  * H/32) and, unless cached, the row's K ids and the weight of each
  * selection of ours. Combine pushes each row back (2H) with its K fp32
- * weights and an 8-byte slot mark. Two 8-byte flags per peer and call.
+ * weights and an 8-byte slot mark (zero-copy: the source pulls the row,
+ * and a 4-byte row index goes with the mark). Two 8-byte flags per peer
+ * and call.
  */
 static void ht_link_bytes(const struct bench_options *o, int R, int T,
                           double rows, double sel, double *dispatch,
@@ -241,7 +277,8 @@ static void ht_link_bytes(const struct bench_options *o, int R, int T,
   *dispatch = peers * (4 + flags) + rows * bench_row_bytes(o);
   if (!o->cached)
     *dispatch += peers * T * K * 4 + rows * K * 4 + sel * 4;
-  *combine = peers * flags + rows * (2.0 * o->hidden + K * 4 + 8);
+  *combine = peers * flags +
+             rows * (2.0 * o->hidden + K * 4 + 8 + (o->zero_copy ? 4 : 0));
 }
 
 /* After the calls: N and the bytes it makes (own[0] rows of them came from
@@ -309,7 +346,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK)
     st = bench_timing_stream(g, &s);
   if (st == VMEP_OK)
-    st = time_calls(ep, o, &da, &ca, s, res);
+    st = time_calls(ep, o, b, &da, &ca, s, res);
   if (st == VMEP_OK)
     st = account(ep, o, b, own, &errors, res);
   /* The ceiling is collective: taken even when error bits are set (the

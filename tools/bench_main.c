@@ -45,7 +45,7 @@ static void usage(FILE *out) {
           "the GPU)\n"
           "  --check          check against the host reference before timing\n"
           "  --zero-copy      experts write into the EP buffer; combine pulls "
-          "(ll only)\n"
+          "(ht: in place)\n"
           "  --compare nccl   also time the NCCL all-to-all baseline (one GPU "
           "per rank; ll only)\n"
           "  --nodes N        N pretend nodes (vmep-run --nodes; VMEP_NODES "
@@ -118,8 +118,6 @@ static int mode_refused(struct bench_options *o, int tokens_given) {
       !o->ht && o->cached ? "--cached: the cached high-throughput dispatch "
                             "(only with --mode ht)"
       : !o->ht            ? NULL
-      : o->zero_copy      ? "--zero-copy: the high-throughput combine has no "
-                            "zero-copy form (not with --mode ht)"
       : o->compare_nccl   ? "--compare nccl: the NCCL baseline moves the "
                             "low-latency layout (not with --mode ht)"
       : o->nodes > 1      ? "--nodes: the high-throughput calls refuse peers "

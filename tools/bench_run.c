@@ -239,7 +239,8 @@ void bench_start_run(vmep_group *g, const struct bench_options *o, int tokens,
    * the SMs divided by the ranks sharing the GPU), as the copy ceiling
    * uses the whole GPU too. */
   c->num_sms = o->num_sms ? o->num_sms : 1024;
-  c->zero_copy = o->zero_copy;
+  /* The high-throughput combine in place uses the slots it already has. */
+  c->zero_copy = o->zero_copy && !o->ht;
   memset(res, 0, sizeof(*res));
   res->rank = vmep_group_rank(g);
   res->tokens = tokens;

@@ -219,6 +219,9 @@ struct vmep_ep {
   uint64_t calls_at_change; /* `calls` at the last membership change: older
                                handles of either mode are stale */
   struct vmep_ht_dispatch_io pending_ht[2];
+  /* the dispatch whose zero-copy combine buffer (the parity's slots) was
+   * handed out and not yet combined: other combines into those slots wait */
+  uint64_t ht_in_place[2];
   /* membership (elastic.c): who is mapped here, the store session (the
    * process) of each one's member record, and our store namespace */
   struct vmep_ll_rank_set connected;

@@ -330,6 +330,72 @@ static vmep_status check_combine(const vmep_ep *ep,
   return VMEP_OK;
 }
 
+/* The zero-copy combine buffer of `parity`: its slots in our window, which
+ * a combine in place leaves to us (nobody pushes rows there). */
+static void *in_place_buffer(const vmep_ep *ep, int parity) {
+  return (char *)vmep_window_local(ep->window) + ep->layout.slots[parity];
+}
+
+/* Its rows: the slots' T*max_topk, no more than the R*T a dispatch can
+ * bring. */
+static int in_place_rows(const vmep_ep *ep) {
+  int T = ep->config.max_tokens_per_rank;
+  int k =
+      ep->config.max_topk < ep->num_ranks ? ep->config.max_topk : ep->num_ranks;
+  return T * k;
+}
+
+/* Handle `h` may combine in place: its dispatch is the last of its parity
+ * (a later one may have written the slots since) and its rows fit. */
+static vmep_status check_in_place(const vmep_ep *ep, const char *call,
+                                  const vmep_ep_ht_handle *h) {
+  if (ep->parity_call[h->parity] != h->call)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: the zero-copy buffer serves the last dispatch of "
+                      "its parity, and dispatch %llu came after the "
+                      "handle's: combine from the caller's memory instead",
+                      call, (unsigned long long)ep->parity_call[h->parity]);
+  if (h->capacity > in_place_rows(ep))
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: the handle's capacity (%d rows) exceeds the %d "
+                      "rows of the zero-copy buffer (T * min(max_topk, R))",
+                      call, h->capacity, in_place_rows(ep));
+  return VMEP_OK;
+}
+
+vmep_status vmep_ep_ht_combine_buffer(vmep_ep *ep, const vmep_ep_ht_handle *h,
+                                      void **buf_out, int *rows_out) {
+  const char *call = "vmep_ep_ht_combine_buffer";
+  vmep_status status = check_mapped(ep, call);
+  if (status == VMEP_OK)
+    status = check_handle(ep, h, call, "handle");
+  if (status == VMEP_OK && !buf_out)
+    status = vmep__ep_null_arg(call, "buf_out");
+  if (status == VMEP_OK)
+    status = check_in_place(ep, call, h);
+  if (status != VMEP_OK)
+    return status;
+  ep->ht_in_place[h->parity] = h->call;
+  *buf_out = in_place_buffer(ep, h->parity);
+  if (rows_out)
+    *rows_out = in_place_rows(ep);
+  return VMEP_OK;
+}
+
+/* A combine of handle `h` from the caller's memory must not push rows into
+ * the slots that hold another handle's outputs for a zero-copy combine. */
+static vmep_status check_slots_free(const vmep_ep *ep, const char *call,
+                                    const vmep_ep_ht_handle *h) {
+  uint64_t held = ep->ht_in_place[h->parity];
+  if (held != ep->parity_call[h->parity] || held == h->call)
+    return VMEP_OK;
+  return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                    "%s: the slots of the handle's parity hold the expert "
+                    "outputs of dispatch %llu for a zero-copy combine "
+                    "(vmep_ep_ht_combine_buffer): combine that first",
+                    call, (unsigned long long)held);
+}
+
 vmep_status vmep_ep_ht_combine(vmep_ep *ep, const vmep_ep_ht_combine_args *args,
                                const vmep_ep_ht_handle *h, void *stream) {
   const char *call = "vmep_ep_ht_combine";
@@ -337,19 +403,23 @@ vmep_status vmep_ep_ht_combine(vmep_ep *ep, const vmep_ep_ht_combine_args *args,
   vmep_status status = check_mapped(ep, call);
   if (status == VMEP_OK)
     status = check_handle(ep, h, call, "handle");
-  if (status == VMEP_OK) {
-    vmep_ep_ht_combine_args_init(&a);
-    status = vmep__ep_struct_read(call, "vmep_ep_ht_combine_args", args,
-                                  sizeof(a), sizeof(a), &a);
-  }
+  if (status != VMEP_OK)
+    return status;
+  vmep_ep_ht_combine_args_init(&a);
+  status = vmep__ep_struct_read(call, "vmep_ep_ht_combine_args", args,
+                                sizeof(a), sizeof(a), &a);
   if (status == VMEP_OK)
     status = check_combine(ep, &a, h);
+  int in_place = a.x == in_place_buffer(ep, h->parity);
+  if (status == VMEP_OK)
+    status =
+        in_place ? check_in_place(ep, call, h) : check_slots_free(ep, call, h);
   if (status != VMEP_OK)
     return status;
   struct vmep_ht_combine_io io = {
-      a.x,         a.topk_weights,    h->num_recv, h->recv_src,
-      h->capacity, h->num_tokens,     a.bias0,     a.bias1,
-      a.out,       a.out_topk_weights};
+      a.x,         in_place,    a.topk_weights,    h->num_recv,
+      h->recv_src, h->capacity, h->num_tokens,     a.bias0,
+      a.bias1,     a.out,       a.out_topk_weights};
   struct vmep_ll_params p;
   vmep__ep_params(ep, h->parity, h->num_topk, &p);
   status = vmep__ep_device_enter(&ep->dev);
@@ -357,5 +427,7 @@ vmep_status vmep_ep_ht_combine(vmep_ep *ep, const vmep_ep_ht_combine_args *args,
     return status;
   status = vmep__ht_combine(&p, &io, stream);
   vmep__ep_device_leave(&ep->dev);
+  if (status == VMEP_OK && ep->ht_in_place[h->parity] == h->call)
+    ep->ht_in_place[h->parity] = 0;
   return status;
 }

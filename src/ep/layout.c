@@ -3,12 +3,11 @@
  * flag arrays [parity][rank] of uint64 epochs, two send areas (header,
  * expert ids, weights, staged rows), two combine slot areas [T][K][H] bf16,
  * two "where" tables [T][K], and the high-throughput combine's slot marks
- * [T][K] and weights [T][K][K]. Two of each so that two calls can be in
- * flight.
- * The buffer grows with T, K and H only, not with the number of experts:
- * dispatch is pull-based, so a rank needs room for its own tokens, not for
- * everyone's. Only the optional zero-copy combine buffers ([L][R*T][H]
- * bf16, two) grow with the experts.
+ * [T][K], weights [T][K][K] and zero-copy row indices [T][K]. Two of each so
+ * that two calls can be in flight. The buffer grows with T, K and H only, not
+ * with the number of experts: dispatch is pull-based, so a rank needs room for
+ * its own tokens, not for everyone's. Only the optional zero-copy combine
+ * buffers ([L][R*T][H] bf16, two) grow with the experts.
  */
 #include "ep/ep.h"
 
@@ -57,6 +56,10 @@ void vmep__ep_layout(const vmep_ep_config *c, int num_ranks,
   for (int b = 0; b < 2; b++) {
     out->ht_weights[b] = at;
     at += align_up(T * K * K * sizeof(float), PART_ALIGN);
+  }
+  for (int b = 0; b < 2; b++) {
+    out->ht_row[b] = at;
+    at += align_up(T * K * sizeof(int32_t), PART_ALIGN);
   }
   const size_t experts_rows =
       (size_t)(c->num_experts / num_ranks) * (size_t)num_ranks * T;

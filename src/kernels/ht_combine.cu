@@ -3,10 +3,14 @@
  *  send - on each expert rank: wait until each source has reduced the
  *         previous use of its slots, push every received row back into its
  *         source's slot [t][j] with the row's weights, mark the slot with
- *         (epoch, our rank), raise the ready flags;
+ *         (epoch, our rank), raise the ready flags. Zero-copy: the rows
+ *         already sit in our own slots, where the caller wrote them
+ *         (vmep_ep_ht_combine_buffer); only the row's index goes to the
+ *         source, with the weights and a mark that says so;
  *  recv - on each source: wait for every live rank, sum each token's
- *         marked slots in slot order in fp32 (plus the biases), round once
- *         to bf16; sum the weights likewise; acknowledge.
+ *         marked slots in slot order in fp32 (plus the biases), reading a
+ *         zero-copy row in place in its rank's window, round once to bf16;
+ *         sum the weights likewise; acknowledge.
  * A slot marked by a rank masked here, or by an earlier call, counts as
  * zero.
  */
@@ -15,9 +19,16 @@
 
 #include "kernels/launch.cuh"
 
-/* A slot's mark: the combine's epoch and the rank that filled it. */
-__device__ __forceinline__ uint64_t ht_mark(uint64_t epoch, int rank) {
-  return epoch << 11 | (uint64_t)rank;
+/* A slot's mark: the combine's epoch, whether the row stays in the
+ * sender's window (zero-copy) and the rank that filled it. */
+#define HT_MARK_RANK 0x7ffu
+#define HT_MARK_IN_PLACE (1u << 11)
+#define HT_MARK_EPOCH_SHIFT 12
+
+__device__ __forceinline__ uint64_t ht_mark(uint64_t epoch, int in_place,
+                                            int rank) {
+  return epoch << HT_MARK_EPOCH_SHIFT | (in_place ? HT_MARK_IN_PLACE : 0u) |
+         (uint64_t)rank;
 }
 
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
@@ -26,7 +37,8 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
   ll_wait_all(p, p.layout.comb_ack, epoch - 1, NULL);
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
-  const int chunks = p.hidden / 8, slices = ll_slices(chunks);
+  const int chunks = p.hidden / 8;
+  const int slices = io.zero_copy ? 1 : ll_slices(chunks);
   const int rows = min(*io.num_recv, io.capacity);
   for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
        item < rows * slices; item += warps) {
@@ -38,18 +50,21 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
       continue;
     char *base = p.peers[s];
     size_t slot = (size_t)t * K + j;
-    ll_copy_slice(
-        (const uint4 *)((const __nv_bfloat16 *)io.x + (size_t)i * p.hidden),
-        (uint4 *)(base + p.layout.slots[p.parity] + slot * p.hidden * 2),
-        chunks, slice, lane);
+    if (!io.zero_copy)
+      ll_copy_slice(
+          (const uint4 *)((const __nv_bfloat16 *)io.x + (size_t)i * p.hidden),
+          (uint4 *)(base + p.layout.slots[p.parity] + slot * p.hidden * 2),
+          chunks, slice, lane);
     if (slice != 0)
       continue;
     float *w = (float *)(base + p.layout.ht_weights[p.parity]) + slot * K;
     if (lane < K)
       w[lane] = io.topk_weights ? io.topk_weights[(size_t)i * K + lane] : 0.0f;
-    if (lane == 0)
+    if (lane == 0) {
+      ((int32_t *)(base + p.layout.ht_row[p.parity]))[slot] = i;
       ((uint64_t *)(base + p.layout.ht_mark[p.parity]))[slot] =
-          ht_mark(epoch, p.rank);
+          ht_mark(epoch, io.zero_copy, p.rank);
+    }
   }
   if (ll_last_block(p.state, 3))
     ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE, 0);
@@ -63,27 +78,41 @@ __device__ __forceinline__ void ht_add8(float acc[8], uint4 v) {
     acc[c] = __fadd_rn(acc[c], __bfloat162float(h[c]));
 }
 
+/* The row of slot `slot` (token t, slot j) if a live rank filled it in
+ * this call: in our slots, or (zero-copy) in place in the sender's. */
+__device__ __forceinline__ const uint4 *
+ht_slot_row(const vmep_ll_params &p, uint64_t epoch, size_t slot) {
+  const char *own = p.peers[p.rank];
+  uint64_t m =
+      __ldcg((const uint64_t *)(own + p.layout.ht_mark[p.parity]) + slot);
+  int from = (int)(m & HT_MARK_RANK);
+  if (m >> HT_MARK_EPOCH_SHIFT != epoch || from >= p.num_ranks ||
+      ll_is_masked(p.state, from))
+    return NULL;
+  if (!(m & HT_MARK_IN_PLACE))
+    return (const uint4 *)(own + p.layout.slots[p.parity] +
+                           slot * p.hidden * 2);
+  int row = __ldcg((const int32_t *)(own + p.layout.ht_row[p.parity]) + slot);
+  return (const uint4 *)(p.peers[from] + p.layout.slots[p.parity] +
+                         (size_t)row * p.hidden * 2);
+}
+
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     ht_sum_kernel(vmep_ll_params p, vmep_ht_combine_io io) {
   const int K = p.num_topk;
   uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
   ll_wait_all(p, p.layout.comb_ready, epoch, NULL);
-  const char *own = p.peers[p.rank];
-  const char *slots = own + p.layout.slots[p.parity];
-  const uint64_t *marks = (const uint64_t *)(own + p.layout.ht_mark[p.parity]);
-  const float *weights = (const float *)(own + p.layout.ht_weights[p.parity]);
+  const float *weights =
+      (const float *)(p.peers[p.rank] + p.layout.ht_weights[p.parity]);
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
   const int chunks = p.hidden / 8, groups = (chunks + 31) / 32;
   /* Items (token, 32 chunks of 8 channels): each lane sums one chunk. */
   for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
        item < io.num_tokens * groups; item += warps) {
     int t = item / groups, c = (item % groups) * 32 + lane;
-    int filled = 0;
-    if (lane < K) {
-      uint64_t m = __ldcg(marks + (size_t)t * K + lane);
-      filled = m >> 11 == epoch && !ll_is_masked(p.state, (int)(m & 0x7ff));
-    }
-    const unsigned valid = __ballot_sync(LL_FULL_MASK, filled);
+    const uint4 *row =
+        lane < K ? ht_slot_row(p, epoch, (size_t)t * K + lane) : NULL;
+    const unsigned valid = __ballot_sync(LL_FULL_MASK, row != NULL);
     if (item % groups == 0 && io.out_topk_weights && lane < K) {
       float w = 0.0f;
       for (unsigned v = valid; v; v &= v - 1)
@@ -91,14 +120,12 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
             w, __ldcg(weights + ((size_t)t * K + __ffs(v) - 1) * K + lane));
       io.out_topk_weights[(size_t)t * K + lane] = w;
     }
-    if (c >= chunks)
-      continue; /* the last group may be partial */
+    const int active = c < chunks; /* the last group may be partial */
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (unsigned v = valid; v; v &= v - 1)
-      ht_add8(acc,
-              __ldcg((const uint4 *)(slots + ((size_t)t * K + __ffs(v) - 1) *
-                                                 p.hidden * 2) +
-                     c));
+    /* Weight 1: fma(1, x, acc) rounds as acc + x does. */
+    ll_sum_rows(row, 1.0f, valid, K, c, active, acc);
+    if (!active)
+      continue;
     const size_t at = (size_t)t * chunks + c;
     if (io.bias0)
       ht_add8(acc, ((const uint4 *)io.bias0)[at]);

@@ -59,6 +59,8 @@ struct vmep_ll_layout {
                            when slot [t][j] holds a row of this call */
   size_t ht_weights[2]; /* per parity: [T][K][K] fp32, the weights sent
                            back with slot [t][j] */
+  size_t ht_row[2];     /* per parity: [T][K] int32, the row of a zero-copy
+                           high-throughput combine in the sender's slots */
   size_t zero_copy[2];  /* per parity: [L][R*T][H] bf16 expert outputs that
                            sources pull (0 when the buffer has none) */
   size_t total;         /* bytes, a multiple of 4096 */
@@ -206,9 +208,10 @@ vmep_status vmep__ll_combine_recv(const struct vmep_ll_params *p,
  * dispatch stages each token once (its row as given, bf16 or fp8 with its
  * scales, its expert ids and weights) and receivers pull each token once,
  * token-major; combine pushes each received row back into the source's
- * slot [t][j] (j: the first k whose expert is on the sending rank), marks
- * it with the call's epoch and the weights, and the source sums its
- * marked slots in fp32. The routing scratch of the low-latency calls of
+ * slot [t][j] (j: the first k whose expert is on the sending rank), or,
+ * zero-copy, the index of the row in the sender's own slots, marks it with
+ * the call's epoch and the weights, and the source sums its marked slots
+ * in fp32. The routing scratch of the low-latency calls of
  * the same parity holds the receive positions ([R][T] in `entries`), each
  * source's token count (counts[s * (L + 1) + L]) and begin (begins[s * L]).
  */
@@ -231,6 +234,8 @@ struct vmep_ht_dispatch_io {
 
 struct vmep_ht_combine_io {
   const void *x;             /* bf16 [N, H] */
+  int zero_copy;             /* x is this rank's slots of the parity: the
+                                sources read the rows there */
   const float *topk_weights; /* [N, K] or NULL */
   const int32_t *num_recv;   /* [1] */
   const int32_t *recv_src;   /* [capacity] */

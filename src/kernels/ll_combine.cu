@@ -62,8 +62,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   const int *where = (const int *)(p.peers[p.rank] + p.layout.where[p.parity]);
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
   const int chunks = p.hidden / 8, groups = (chunks + 31) / 32;
-  /* Items (token, 32 chunks of 8 channels): each lane reduces one chunk,
-   * with all K loads issued before the first multiply. */
+  /* Items (token, 32 chunks of 8 channels): each lane reduces one chunk. */
   for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
        item < io.num_tokens * groups; item += warps) {
     int t = item / groups, c = (item % groups) * 32 + lane;
@@ -88,28 +87,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     const unsigned int valid = __ballot_sync(LL_FULL_MASK, use);
     const int active = c < chunks; /* the last group may be partial */
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    /* K in batches of 8: every load of a batch is in flight before the
-     * first multiply, within the register budget. */
-    for (int k0 = 0; k0 < K; k0 += 8) {
-      uint4 v[8];
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        const uint4 *rk = (const uint4 *)__shfl_sync(
-            LL_FULL_MASK, (unsigned long long)row, (k0 + k) & 31);
-        if (active && (valid >> (k0 + k) & 1u))
-          v[k] = __ldcg(rk + c);
-      }
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        if (!(valid >> (k0 + k) & 1u))
-          continue;
-        const float wk = __shfl_sync(LL_FULL_MASK, w, k0 + k);
-        const __nv_bfloat16 *h = (const __nv_bfloat16 *)&v[k];
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-          acc[j] = fmaf(wk, __bfloat162float(h[j]), acc[j]);
-      }
-    }
+    ll_sum_rows(row, w, valid, K, c, active, acc);
     if (!active)
       continue;
     uint4 packed;

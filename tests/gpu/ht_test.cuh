@@ -22,6 +22,8 @@ enum path { ONE_CALL, TWO_STEP };
 #define WITH_WEIGHTS 1
 #define WITH_BIAS0 2
 #define WITH_BIAS1 4
+/* x is the zero-copy buffer (vmep_ep_ht_combine_buffer), combined in place */
+#define IN_PLACE 8
 
 struct ht_case {
   int H, T, L, K, fp8, align;
@@ -587,7 +589,20 @@ static inline void combine(vmep_ep *ep, const struct world *w,
   size_t H = (size_t)w->c.H, K = (size_t)w->c.K;
   vmep_ep_ht_combine_args a;
   vmep_ep_ht_combine_args_init(&a);
-  a.x = dev_upload<uint16_t>(b.x[me], (size_t)N * H * 2);
+  void *in_place = NULL;
+  if (with & IN_PLACE) {
+    int rows = 0;
+    ASSERT_OK(vmep_ep_ht_combine_buffer(ep, h, &in_place, &rows));
+    ASSERT_TRUE(N <= rows && h->capacity <= rows);
+    CUDA_OK(cudaMemcpy(in_place, b.x[me], (size_t)N * H * 2,
+                       cudaMemcpyHostToDevice));
+    /* NaNs past N: read by mistake, they would show in every sum. */
+    dev_poison((char *)in_place + (size_t)N * H * 2,
+               (size_t)(rows - N) * H * 2);
+    a.x = in_place;
+  } else {
+    a.x = dev_upload<uint16_t>(b.x[me], (size_t)N * H * 2);
+  }
   if (with & WITH_WEIGHTS)
     a.topk_weights = dev_upload<float>(b.w[me], (size_t)N * K * 4);
   for (int j = 0; j < 2; j++)
@@ -608,8 +623,9 @@ static inline void combine(vmep_ep *ep, const struct world *w,
   ASSERT_OK(vmep__ref_ht_check_combine(&w->p, b.in, me, out, out_w, &rep));
   expect_clean(&rep, "combine");
   expect_errors(ep, 0, 0, "a combine");
-  const void *p[] = {a.x,     a.topk_weights, a.bias0,
-                     a.bias1, a.out,          a.out_topk_weights};
+  const void *p[] = {
+      in_place ? NULL : a.x, a.topk_weights, a.bias0, a.bias1, a.out,
+      a.out_topk_weights};
   for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++)
     dev_free((void *)p[i]);
   free(out);

@@ -10,7 +10,9 @@
  * none, with invalid ids; expert_alignment 1 and 4; capacity R*T in one
  * call, and the two-step path (VMEP_EP_SEND, N read on the host, then
  * vmep_ep_ht_dispatch_recv with capacity N); a cached dispatch of new
- * rows; combines with and without weights and biases; a capacity below N
+ * rows; combines with and without weights and biases, from the caller's
+ * memory and in place (the zero-copy buffer, NaNs past the rows it holds,
+ * and its refusals); a capacity below N
  * (VMEP_EP_ERR_OVERFLOW, nothing written past it); refused arguments; a
  * handle whose parity later dispatches took, still good for a combine and
  * a cached dispatch. Every output is poisoned before each call and
@@ -81,12 +83,13 @@ static void run_case(vmep_group *g, const struct ht_case *c, uint64_t seed) {
   vmep_ep_ht_handle again = dispatch(ep, &w, &io, io.cap, &h);
   combine(ep, &w, &again, seed + 4, c->combine ^ 7);
   teardown(ep, &w, &io);
-  printf("H=%d T=%d L=%d K=%d %s align %d, %s routing, %s, weights %s: "
+  printf("H=%d T=%d L=%d K=%d %s align %d, %s routing, %s, weights %s%s: "
          "exact\n",
          c->H, c->T, c->L, w.c.K, c->fp8 ? "fp8" : "bf16", c->align,
          ROUTING_NAMES[c->how],
          c->path == ONE_CALL ? "capacity R*T" : "two-step",
-         c->weights ? "given" : "NULL");
+         c->weights ? "given" : "NULL",
+         c->combine & IN_PLACE ? ", combined in place" : "");
 }
 
 static const struct ht_case CASES[] = {
@@ -98,6 +101,11 @@ static const struct ht_case CASES[] = {
     {512, 40, 8, 8, 0, 1, SPECIAL, TWO_STEP, 0, WITH_BIAS0 | WITH_BIAS1},
     {7168, 8, 4, 1, 0, 1, UNIFORM, ONE_CALL, 1, 7},
     {128, 64, 1, 3, 1, 4, FULL, TWO_STEP, 1, 0},
+    /* combined in place */
+    {512, 48, 4, 8, 0, 1, UNIFORM, ONE_CALL, 1, WITH_WEIGHTS | IN_PLACE},
+    {7168, 16, 2, 8, 1, 4, SKEWED, TWO_STEP, 1, WITH_BIAS0 | IN_PLACE},
+    {1024, 64, 4, 8, 0, 1, SPECIAL, ONE_CALL, 0, 7 | IN_PLACE},
+    {128, 64, 1, 3, 1, 4, FULL, TWO_STEP, 1, IN_PLACE},
 };
 
 /* A capacity below N, in one call and in the two-step path: N counted,
@@ -207,6 +215,26 @@ static void refusals(vmep_group *g, uint64_t seed) {
   printf("refused arguments; the buffer works on after them\n");
 }
 
+/* The zero-copy buffer serves the last dispatch of its parity (`h`), not
+ * `old`, whose parity h took; while h holds it, old's combine (which
+ * would push rows into it) is refused. */
+static void in_place_refusals(vmep_ep *ep, const vmep_ep_ht_handle *old,
+                              const vmep_ep_ht_handle *h, const struct io *io) {
+  void *buf = NULL;
+  EXPECT_REFUSED(vmep_ep_ht_combine_buffer(ep, old, &buf, NULL),
+                 "last dispatch");
+  EXPECT_REFUSED(vmep_ep_ht_combine_buffer(ep, h, NULL, NULL), "buf_out");
+  vmep_ep_ht_handle big = *h;
+  big.capacity = h->capacity + 1;
+  EXPECT_REFUSED(vmep_ep_ht_combine_buffer(ep, &big, &buf, NULL), "capacity");
+  ASSERT_OK(vmep_ep_ht_combine_buffer(ep, h, &buf, NULL));
+  vmep_ep_ht_combine_args a;
+  vmep_ep_ht_combine_args_init(&a);
+  a.x = io->recv_x;
+  a.out = io->x;
+  EXPECT_REFUSED(vmep_ep_ht_combine(ep, &a, old, NULL), "zero-copy");
+}
+
 /* Handles do not expire (docs/HT.md): the handle of a dispatch whose
  * parity two later dispatches of another routing took still serves a
  * combine and a cached dispatch, as a backward pass uses its forward's. */
@@ -221,7 +249,9 @@ static void old_handle(vmep_group *g, uint64_t seed) {
   io_alloc(&later_io, &later);
   for (int i = 0; i < 2; i++) {
     vmep_ep_ht_handle h = dispatch(ep, &later, &later_io, R * c.T, NULL);
-    combine(ep, &later, &h, seed + 2 + i, WITH_BIAS0);
+    if (i == 1)
+      in_place_refusals(ep, &old, &h, &io);
+    combine(ep, &later, &h, seed + 2 + i, WITH_BIAS0 | (i ? IN_PLACE : 0));
   }
   combine(ep, &w, &old, seed + 4, WITH_WEIGHTS | WITH_BIAS1);
   gen_rows(&w, seed + 5);

@@ -82,8 +82,6 @@ bad "$bench" vmep-bench --nodes --nodes two
 bad "$bench" vmep-bench --mode --mode
 bad "$bench" vmep-bench --mode --mode fast
 bad "$bench" vmep-bench --mode --mode HT
-bad "$bench" vmep-bench --zero-copy --mode ht --zero-copy
-bad "$bench" vmep-bench --zero-copy --zero-copy --mode ht
 bad "$bench" vmep-bench --compare --mode ht --compare nccl
 bad "$bench" vmep-bench --nodes --mode ht --nodes 2
 bad "$bench" vmep-bench --cached --cached
@@ -111,6 +109,8 @@ accepted --mode ht --fp8 --cached --check --tokens 64,128 --json "$tmp/ht.json"
 accepted --fp8 --mode ht --round-scale --nodes 1 --experts 32
 accepted --mode ll --zero-copy
 accepted --mode ht --mode ll --zero-copy
+accepted --mode ht --zero-copy --check
+accepted --zero-copy --mode ht --fp8 --cached
 [ -z "$nccl" ] || bad "$nccl" nccl-a2a stray stray
 
 # The environment: each invalid value named, with what is allowed, once.

@@ -110,10 +110,11 @@ static void sizes(void) {
     size_t row = up(2 * H > H + H / 32 ? 2 * H : H + H / 32, 16);
     /* header, expert ids and weights, rows */
     size_t send = up(up(256 + T * K * 4, 256) + T * K * 4, 256) + T * row;
-    /* slots, where tables, high-throughput marks and weights */
+    /* slots, where tables, high-throughput marks, weights and row
+     * indices */
     size_t expect = flags + 2 * up(send, 256) + 2 * up(T * K * 2 * H, 256) +
                     2 * up(T * K * 4, 256) + 2 * up(T * K * 8, 256) +
-                    2 * up(T * K * K * 4, 256) +
+                    2 * up(T * K * K * 4, 256) + 2 * up(T * K * 4, 256) +
                     (c.zero_copy ? 2 * up(E * T * 2 * H, 256) : 0);
     size_t got = 0;
     ASSERT_OK(vmep_ep_buffer_bytes(&c, R, &got));
