@@ -241,6 +241,8 @@ _HT_PROTOTYPES = {
     "vmep_ep_ht_combine_args_init": (None, [_P]),
     "vmep_ep_ht_combine":
         (c_int, [_P, POINTER(HtCombineArgs), POINTER(HtHandle), _P]),
+    "vmep_ep_ht_combine_buffer":
+        (c_int, [_P, POINTER(HtHandle), POINTER(_P), POINTER(c_int)]),
 }
 
 

@@ -329,6 +329,14 @@ class Runtime:
 
     # ---- high-throughput: the C calls -----------------------------------
 
+    def _ht_combine_buffer(self, c_handle, shape):
+        """vmep_ep_ht_combine_buffer of the dispatch `c_handle`, as a bf16
+        tensor of `shape` viewing the EP buffer's memory."""
+        ptr = ctypes.c_void_p()
+        self._lib.call("vmep_ep_ht_combine_buffer", self._live_ep(),
+                       ctypes.byref(c_handle), ctypes.byref(ptr), None)
+        return _device_view(ptr.value, shape, self.device)
+
     def _ht_layout(self, ep, topk_idx, n, K, outputs, stream_ptr):
         """vmep_ep_ht_layout of topk_idx [n, K] into `outputs` (per rank,
         per expert, in_rank: device pointers) on stream_ptr."""

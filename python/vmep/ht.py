@@ -462,6 +462,20 @@ class HighThroughput:
         out_x = (recv_x, recv_scales) if scales is not None else recv_x
         return out_x, None, None, None, handle, event
 
+    def get_high_throughput_combine_buffer(self, handle):
+        """The bf16 [rows, H] tensor (rows: the dispatch's) for combining
+        `handle` in place (a vmep extension; DeepEP has none): expert
+        outputs written there, row i for received row i, and passed to
+        combine as x are read by their sources where they lie, with no
+        push. It views the EP buffer (the combine slots of the handle's
+        parity): it serves the last dispatch of that parity, and until
+        that handle is combined, combines of other handles of the parity
+        are refused. Every rank combines in place, or none."""
+        handle = self._check_ht_handle(handle)
+        self._lib.require_high_throughput("combine")
+        return self._ht_combine_buffer(handle.c_handle,
+                                       (handle.rows, handle.hidden))
+
     def high_throughput_combine(self, x, handle, topk_weights=None,
                                 bias=None, config=None, previous_event=None,
                                 async_finish=False,
@@ -470,7 +484,9 @@ class HighThroughput:
         [rows, H] (the rows as dispatched, weights already applied); each
         token gets the sum of what the ranks that received it send back,
         in fp32, in the order of its experts, + bias (a tensor or a tuple
-        of two, bf16 [n, H]), rounded once to bf16. Returns (combined_x
+        of two, bf16 [n, H]), rounded once to bf16. x may be
+        get_high_throughput_combine_buffer(handle): combined in place.
+        Returns (combined_x
         bf16 [n, H], combined_topk_weights fp32 [n, K] (the sum of each
         rank's topk_weights rows; None without topk_weights), event)."""
         handle = self._check_ht_handle(handle)

@@ -2,10 +2,11 @@
 ("normal") API, over a torch.distributed (gloo) group, with
 Buffer(group, num_nvl_bytes) sized by the Configs' NVL hints as engines do:
 get_dispatch_layout -> dispatch -> expert computation (each rank scales its
-rows) -> combine, then a cached dispatch of new activations and its
-combine. In bf16 and fp8, with topk_weights, expert_alignment, one or two
-biases, n = 0 on some ranks, and expert ids that are invalid or repeated;
-then num_worst_tokens (rows past N, and an overflow), async_finish with
+rows) -> combine (in place in odd rounds: the experts write into
+get_high_throughput_combine_buffer), then a cached dispatch of new
+activations and its combine. In bf16 and fp8, with topk_weights,
+expert_alignment, one or two biases, n = 0 on some ranks, and expert ids
+that are invalid or repeated; then num_worst_tokens (rows past N, and an overflow), async_finish with
 previous_event and allocate_on_comm_stream, a masked rank, a handle
 combined after later dispatches, and more tokens than T. Each rank
 rebuilds every rank's inputs and checks every element of its outputs
@@ -255,6 +256,11 @@ def prefill_round(buf, seed, round_, E, R, fp8, sizes, alignment, bias_kind,
         f"error bits {bits}, {me.bad} invalid ids here"
     assert bad >= me.bad and not bits & vmep.errors.EP_ERR_OVERFLOW
     y = expert(recv_x, fp8)
+    in_place = round_ % 2 == 1
+    if in_place:  # the experts write where the sources read
+        zc = buf.get_high_throughput_combine_buffer(handle)
+        assert tuple(zc.shape) == tuple(y.shape), (zc.shape, y.shape)
+        y = zc.copy_(y)
     bias, bias_dev = biases(seed, round_, me.n, bias_kind)
     G.poison_cache()
     out, out_w, _ = buf.combine(y, handle, recv_w, bias_dev,
@@ -275,7 +281,8 @@ def prefill_round(buf, seed, round_, E, R, fp8, sizes, alignment, bias_kind,
                   False)
     print(f"rank {G.RANK} round {round_} {'fp8' if fp8 else 'bf16'} "
           f"n={me.n} N={N} alignment {alignment} biases {bias_kind} "
-          f"layout {'torch' if fresh else 'C'}: exact", flush=True)
+          f"layout {'torch' if fresh else 'C'}"
+          f"{', combined in place' if in_place else ''}: exact", flush=True)
 
 
 def worst_rounds(buf, seed, E, R, rnd):

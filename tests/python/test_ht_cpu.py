@@ -88,6 +88,13 @@ class FakeHt(FakeC):
         self.combined_call = handle._obj.call
         return 0
 
+    def c_ep_ht_combine_buffer(self, ep, handle, buf_out, rows_out):
+        """The zero-copy buffer: `in_place`'s memory, for handle call
+        `in_place_call`."""
+        self.in_place_call = handle._obj.call
+        buf_out._obj.value = self.in_place.data_ptr()
+        return 0
+
 
 @pytest.fixture
 def fake(monkeypatch):
@@ -513,6 +520,25 @@ def test_combine(fake):
     worst_x, _, worst = dispatched(fake, b, worst=9)
     out, _, _ = b.combine(worst_x, worst)  # the num_worst_tokens rows
     assert tuple(out.shape) == (6, H)
+
+
+def test_combine_in_place(fake, monkeypatch):
+    """get_high_throughput_combine_buffer views what C hands out, [rows,
+    H], for the handle's C dispatch; combine passes it on as x."""
+    b = cpu_buffer()
+    recv_x, _, handle = dispatched(fake, b)
+    fake.in_place = torch.zeros(64 * K, H, dtype=torch.bfloat16)
+    monkeypatch.setattr(
+        "vmep._runtime._device_view", lambda ptr, shape, device:
+        fake.in_place[:shape[0]] if ptr == fake.in_place.data_ptr() else None)
+    zc = b.get_high_throughput_combine_buffer(handle)
+    assert fake.in_place_call == handle.c_handle.call
+    assert tuple(zc.shape) == tuple(recv_x.shape) == (handle.rows, H)
+    zc.copy_(recv_x)
+    b.combine(zc, handle)
+    assert fake.args[-1][1]["x"] == fake.in_place.data_ptr()
+    with pytest.raises(ValueError, match="high-throughput dispatches"):
+        b.get_high_throughput_combine_buffer(object())
 
 
 @pytest.mark.parametrize("kwargs,error,text", [
