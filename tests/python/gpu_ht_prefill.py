@@ -9,9 +9,8 @@ expert_alignment, one or two biases, n = 0 on some ranks, and expert ids
 that are invalid or repeated; then num_worst_tokens (rows past N, and an
 overflow), async_finish with previous_event and allocate_on_comm_stream, a
 masked rank, a handle combined after later dispatches, and more tokens
-than T. Each rank
-rebuilds every rank's inputs and checks every element of its outputs
-against a torch reference of the rules of the high-throughput mode (rows,
+than T. Each rank rebuilds every rank's inputs and checks every element
+of its outputs against a torch reference of the rules of the high-throughput mode (rows,
 ids, weights, sources and counts exactly; combine bit for bit: fp32 sums
 in the tokens' expert order, then the biases, rounded once to bf16)."""
 import os
