@@ -1,6 +1,6 @@
 """GPU test: an engine's prefill call sequence on DeepEP's high-throughput
-("normal") API, over a torch.distributed (gloo) group, with
-Buffer(group, num_nvl_bytes) sized by the Configs' NVL hints as engines do:
+("normal") API, over a torch.distributed (gloo) group, with Buffer(group,
+num_nvl_bytes) sized by the Configs' NVL hints as engines do:
 get_dispatch_layout -> dispatch -> expert computation (each rank scales its
 rows) -> combine (in place in odd rounds: the experts write into
 get_high_throughput_combine_buffer), then a cached dispatch of new
@@ -8,11 +8,11 @@ activations and its combine. In bf16 and fp8, with topk_weights,
 expert_alignment, one or two biases, n = 0 on some ranks, and expert ids
 that are invalid or repeated; then num_worst_tokens (rows past N, and an
 overflow), async_finish with previous_event and allocate_on_comm_stream, a
-masked rank, a handle combined after later dispatches, and more tokens
-than T. Each rank rebuilds every rank's inputs and checks every element
-of its outputs against a torch reference of the rules of the high-throughput mode (rows,
-ids, weights, sources and counts exactly; combine bit for bit: fp32 sums
-in the tokens' expert order, then the biases, rounded once to bf16)."""
+masked rank, a handle combined after later dispatches, and more tokens than
+T. Each rank rebuilds every rank's inputs and checks every element of its
+outputs against a torch reference of the rules of the high-throughput mode
+(rows, ids, weights, sources and counts exactly; combine bit for bit: fp32
+sums in the tokens' expert order, then the biases, rounded once to bf16)."""
 import os
 import tempfile
 import zlib
