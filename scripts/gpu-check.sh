@@ -4,7 +4,8 @@
 # VMEP_MEM_SHARE=legacy), the Python package's GPU
 # tests, the default benchmark with --check, the bf16, fp8 and
 # zero-copy sweeps (T = 128 .. 4096) as JSON, and a short high-throughput
-# run (--mode ht --check, T = 1024 and 4096, under a minute) as JSON, with
+# run (--mode ht --check, T = 1024 and 4096, under a minute; again with
+# --zero-copy) as JSON, with
 # logs under $OUT (or ./gpu-logs).
 # Expects a build folder made elsewhere (default build-gpu, carried to the
 # device) so that device time goes to running, not compiling; builds one if
@@ -56,10 +57,14 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
     --json "$out/bench-fp8.json" > "$out/bench-fp8.log" 2>&1 || status=1
   timeout 300 "$bench" --zero-copy --tokens $sweep --iters 50 \
     --json "$out/bench-zc.json" > "$out/bench-zc.log" 2>&1 || status=1
-  # The high-throughput calls, checked once against the host, then timed.
+  # The high-throughput calls, checked once against the host, then timed;
+  # again combined in place.
   timeout 60 "$bench" --mode ht --check --tokens 1024,4096 --iters 20 \
     --warmup 5 --json "$out/bench-ht.json" > "$out/bench-ht.log" 2>&1 || status=1
-  for f in bench-default bench-bf16 bench-fp8 bench-zc bench-ht; do
+  timeout 60 "$bench" --mode ht --zero-copy --check --tokens 1024,4096 \
+    --iters 20 --warmup 5 --json "$out/bench-ht-zc.json" \
+    > "$out/bench-ht-zc.log" 2>&1 || status=1
+  for f in bench-default bench-bf16 bench-fp8 bench-zc bench-ht bench-ht-zc; do
     echo "== $f"; grep -A16 "summary" "$out/$f.log" | sed 's/^\[rank 0\] //'
   done
 fi
