@@ -8,8 +8,11 @@
  * Zero-copy: the expert outputs already sit in each expert rank's window,
  * so send only raises the flags and recv pulls each selection's row from
  * where dispatch recorded it landed (sel + n rows of traffic, not 3 sel + n).
+ * LogFMT (use_logfmt, never zero-copy): send encodes each row into its slot
+ * (41 H / 32 bytes instead of 2 H) and recv decodes before it weighs.
  * Selections of masked ranks and invalid expert ids count as zero.
  */
+#include "kernels/logfmt.cuh"
 #include "kernels/rows.cuh"
 #include "kernels/sync.cuh"
 
@@ -42,14 +45,20 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     int t = (int)(m >> 16), s = (int)((m >> 5) & 0x7ff), k = (int)(m & 31);
     if (ll_is_masked(p.state, s) || (io.zero_copy && !ll_remote(p, s)))
       continue;
-    const uint4 *src = (const uint4 *)((const __nv_bfloat16 *)io.expert_out +
-                                       local * p.hidden);
-    uint4 *dst = (uint4 *)(p.peers[s] + p.layout.slots[p.parity] +
-                           ((size_t)t * K + k) * p.hidden * 2);
-    ll_copy_slice(src, dst, chunks, slice, lane);
+    const __nv_bfloat16 *src =
+        (const __nv_bfloat16 *)io.expert_out + local * p.hidden;
+    char *dst = p.peers[s] + p.layout.slots[p.parity] +
+                ((size_t)t * K + k) * p.hidden * 2;
+    if (io.use_logfmt)
+      ll_logfmt_encode_slice(src, (unsigned char *)dst, p.hidden, slice, lane);
+    else
+      ll_copy_slice((const uint4 *)src, (uint4 *)dst, chunks, slice, lane);
   }
+  /* Remote sources get only the bytes of each slot that matter. */
   if (ll_last_block(p.state, 3))
-    ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE, 0);
+    ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE,
+                  io.use_logfmt ? (unsigned)vmep_logfmt_row_bytes(p.hidden)
+                                : 0u);
 }
 
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
@@ -69,7 +78,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     int t = item / groups, c = (item % groups) * 32 + lane;
     float w = 0.0f;
     int use = 0;
-    const uint4 *row = NULL; /* selection `lane`'s row */
+    const uint4 *row = NULL; /* selection `lane`'s row (or LogFMT slot) */
     if (lane < K) {
       int64_t e = io.topk_idx[(size_t)t * K + lane];
       use = e >= 0 && e < p.num_experts && !ll_is_masked(p.state, (int)(e / L));
@@ -97,13 +106,18 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
         const uint4 *rk = (const uint4 *)__shfl_sync(
             LL_FULL_MASK, (unsigned long long)row, (k0 + k) & 31);
         if (active && (valid >> (k0 + k) & 1u))
-          v[k] = __ldcg(rk + c);
+          v[k] =
+              io.use_logfmt ? ll_logfmt_load(rk, p.hidden, c) : __ldcg(rk + c);
       }
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         if (!(valid >> (k0 + k) & 1u))
           continue;
         const float wk = __shfl_sync(LL_FULL_MASK, w, k0 + k);
+        if (io.use_logfmt) {
+          ll_logfmt_accumulate(v[k], c, wk, acc);
+          continue;
+        }
         const __nv_bfloat16 *h = (const __nv_bfloat16 *)&v[k];
 #pragma unroll
         for (int j = 0; j < 8; j++)
