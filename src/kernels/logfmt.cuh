@@ -46,12 +46,7 @@ __device__ __forceinline__ void ll_logfmt_encode_slice(const __nv_bfloat16 *src,
                                                        int hidden, int slice,
                                                        int lane) {
   uint4 raw[LL_UNROLL];
-#pragma unroll
-  for (int j = 0; j < LL_UNROLL; j++) {
-    int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;
-    if (c < hidden)
-      raw[j] = __ldcg((const uint4 *)(src + c));
-  }
+  ll_load_quant_slice(src, hidden, slice, lane, raw);
   unsigned *header = (unsigned *)(dst + vmep_logfmt_header_offset(hidden));
 #pragma unroll
   for (int j = 0; j < LL_UNROLL; j++) {

@@ -56,13 +56,14 @@ LF_FN size_t vmep_logfmt_header_offset(int hidden) {
   return (size_t)hidden / 8 * VMEP_LOGFMT_BITS;
 }
 
-LF_FN uint32_t lf_bits(float value) {
+/* A float's bits and back (for the host's bf16 / fp8 numerics too). */
+LF_FN uint32_t vmep_f32_bits(float value) {
   uint32_t bits;
   memcpy(&bits, &value, sizeof(bits));
   return bits;
 }
 
-LF_FN float lf_float(uint32_t bits) {
+LF_FN float vmep_f32_of_bits(uint32_t bits) {
   float value;
   memcpy(&value, &bits, sizeof(value));
   return value;
@@ -71,14 +72,14 @@ LF_FN float lf_float(uint32_t bits) {
 /* log2(x) for a positive finite x, subnormals included; within a few
  * ulps of the result. */
 LF_FN float lf_log2(float x) {
-  uint32_t bits = lf_bits(x);
+  uint32_t bits = vmep_f32_bits(x);
   int e = 0;
   if (bits < 0x00800000u) { /* subnormal: scaled by 2^24, exactly */
-    bits = lf_bits(LF_MUL(x, 16777216.0f));
+    bits = vmep_f32_bits(LF_MUL(x, 16777216.0f));
     e = -24;
   }
   e += (int)(bits >> 23) - 127;
-  float m = lf_float((bits & 0x007fffffu) | 0x3f800000u); /* [1, 2) */
+  float m = vmep_f32_of_bits((bits & 0x007fffffu) | 0x3f800000u); /* [1, 2) */
   if (m > 1.41421356f) {
     m = LF_MUL(m, 0.5f);
     e += 1;
@@ -95,7 +96,9 @@ LF_FN float lf_log2(float x) {
 }
 
 /* 2^n for -126 <= n <= 127, exactly. */
-LF_FN float lf_pow2i(int n) { return lf_float((uint32_t)(n + 127) << 23); }
+LF_FN float lf_pow2i(int n) {
+  return vmep_f32_of_bits((uint32_t)(n + 127) << 23);
+}
 
 /* 2^y for -190 < y < 129: 2^f (|f| <= 0.5, Taylor to f^7, relative error
  * below 2^-26) times 2^n, rounded once where the result is subnormal. */
@@ -157,8 +160,8 @@ LF_FN void vmep_logfmt_group_init(float amax, float amin,
 
 /* The group of a 4-byte header: bf16 bits of amax | amin << 16. */
 LF_FN void vmep_logfmt_group_of(uint32_t header, struct vmep_logfmt_group *g) {
-  vmep_logfmt_group_init(lf_float(header << 16), lf_float(header >> 16 << 16),
-                         g);
+  vmep_logfmt_group_init(vmep_f32_of_bits(header << 16),
+                         vmep_f32_of_bits(header >> 16 << 16), g);
 }
 
 /*
@@ -168,7 +171,7 @@ LF_FN void vmep_logfmt_group_of(uint32_t header, struct vmep_logfmt_group *g) {
  * magnitude, or 0 in a group without one). Cannot fail.
  */
 LF_FN unsigned vmep_logfmt_encode(const struct vmep_logfmt_group *g, float x) {
-  uint32_t bits = lf_bits(x), mag = bits & 0x7fffffffu;
+  uint32_t bits = vmep_f32_bits(x), mag = bits & 0x7fffffffu;
   unsigned sign = (unsigned)(bits >> 31) << 9;
   if (mag == 0)
     return sign;
@@ -176,7 +179,7 @@ LF_FN unsigned vmep_logfmt_encode(const struct vmep_logfmt_group *g, float x) {
     return sign | 1u;
   if (mag >= 0x7f800000u)
     return sign | VMEP_LOGFMT_MAX_CODE;
-  float d = LF_SUB(lf_log2(lf_float(mag)), g->log_min);
+  float d = LF_SUB(lf_log2(vmep_f32_of_bits(mag)), g->log_min);
   float v = fmaf(d, g->inv_step, g->bias);
   if (!(v >= 1.0f))
     return sign;

@@ -72,6 +72,21 @@ __device__ __forceinline__ float ll_pow2_ceil(float scale) {
 /* Channels quantized per warp item: 4 loads of 16 bytes per lane. */
 #define LL_QUANT_SLICE (LL_UNROLL * 256)
 
+/* Loads channels [slice * 1024, +1024) of a bf16 row for a warp: load j
+ * gives the lane channels slice * 1024 + j * 256 + lane * 8, 8 of them
+ * (none past `hidden`). */
+__device__ __forceinline__ void ll_load_quant_slice(const __nv_bfloat16 *src,
+                                                    int hidden, int slice,
+                                                    int lane,
+                                                    uint4 raw[LL_UNROLL]) {
+#pragma unroll
+  for (int j = 0; j < LL_UNROLL; j++) {
+    int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;
+    if (c < hidden)
+      raw[j] = __ldcg((const uint4 *)(src + c));
+  }
+}
+
 /*
  * Quantizes channels [slice * 1024, +1024) of one bf16 row with a warp.
  * Each load covers 256 channels, 8 per lane: lanes 0-15 hold one group of
@@ -85,12 +100,7 @@ __device__ __forceinline__ void ll_quantize_slice(const __nv_bfloat16 *src,
                                                   int hidden, int slice,
                                                   int round_scale, int lane) {
   uint4 raw[LL_UNROLL];
-#pragma unroll
-  for (int j = 0; j < LL_UNROLL; j++) {
-    int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;
-    if (c < hidden)
-      raw[j] = __ldcg((const uint4 *)(src + c));
-  }
+  ll_load_quant_slice(src, hidden, slice, lane, raw);
 #pragma unroll
   for (int j = 0; j < LL_UNROLL; j++) {
     int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;
