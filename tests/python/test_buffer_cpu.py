@@ -124,9 +124,11 @@ def test_combine_argument_checks():
     w = torch.zeros(4, 2, dtype=torch.float32)
     with pytest.raises(TypeError, match="use_logfmt must be a bool"):
         b.low_latency_combine(x, topk, w, None, use_logfmt=2)
+    b.zero_copy = True  # the EP buffer's own memory: pulled as bf16
     with pytest.raises(ValueError, match="use_logfmt with zero_copy"):
         b.low_latency_combine(x, topk, w, None, use_logfmt=True,
                               zero_copy=True)
+    b.zero_copy = False
     with pytest.raises(ValueError, match="handle"):
         b.low_latency_combine(x, topk, w, (None, None, 8, 256, 4))
     h = Handle((None, None, 8, 256, 4), _lib.EpHandle(), b, 4, 2)
