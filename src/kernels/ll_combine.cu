@@ -61,6 +61,9 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
                                 : 0u);
 }
 
+/* LOGFMT a template argument: its decoding would otherwise cost the bf16
+ * path registers (spills within the 64-register budget). */
+template <bool LOGFMT>
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     combine_recv_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
   const int L = p.num_experts / p.num_ranks, K = p.num_topk;
@@ -106,15 +109,14 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
         const uint4 *rk = (const uint4 *)__shfl_sync(
             LL_FULL_MASK, (unsigned long long)row, (k0 + k) & 31);
         if (active && (valid >> (k0 + k) & 1u))
-          v[k] =
-              io.use_logfmt ? ll_logfmt_load(rk, p.hidden, c) : __ldcg(rk + c);
+          v[k] = LOGFMT ? ll_logfmt_load(rk, p.hidden, c) : __ldcg(rk + c);
       }
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         if (!(valid >> (k0 + k) & 1u))
           continue;
         const float wk = __shfl_sync(LL_FULL_MASK, w, k0 + k);
-        if (io.use_logfmt) {
+        if (LOGFMT) {
           ll_logfmt_accumulate(v[k], c, wk, acc);
           continue;
         }
@@ -148,7 +150,11 @@ vmep__ll_combine_send(const struct vmep_ll_params *p,
 extern "C" vmep_status
 vmep__ll_combine_recv(const struct vmep_ll_params *p,
                       const struct vmep_ll_combine_io *io, void *stream) {
-  combine_recv_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
-      *p, *io);
+  if (io->use_logfmt)
+    combine_recv_kernel<true>
+        <<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(*p, *io);
+  else
+    combine_recv_kernel<false>
+        <<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(*p, *io);
   return ll_launched("combine recv kernel");
 }
