@@ -23,7 +23,7 @@ file(RELATIVE_PATH VMEP_PC_TO_PREFIX
 string(REGEX REPLACE "/$" "" VMEP_PC_TO_PREFIX "${VMEP_PC_TO_PREFIX}")
 # The static CUDA runtime comes from this build's toolkit.
 set(VMEP_CUDART_STATIC_LIBS
-  "-L${CUDAToolkit_LIBRARY_DIR} -lcudart_static -lstdc++ -lpthread -ldl -lrt")
+  "-L${CUDAToolkit_LIBRARY_DIR} -lcudart_static -lstdc++ -lpthread -ldl -lrt -lm")
 foreach(pc vmep vmep-static)
   configure_file(${CMAKE_CURRENT_LIST_DIR}/${pc}.pc.in
     ${CMAKE_CURRENT_BINARY_DIR}/${pc}.pc @ONLY)

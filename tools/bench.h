@@ -32,6 +32,7 @@ struct bench_options {
   int iters, warmup;
   int check;
   int zero_copy; /* experts write into the buffer's combine area */
+  int logfmt;    /* --logfmt: combine rows travel as LogFMT (ll only) */
   int num_sms;   /* 0: this rank's whole share of the GPU */
   uint64_t seed;
   const char *json;
@@ -201,6 +202,8 @@ void bench_count_peers(const struct bench_options *o, int ranks, int experts,
 /* The bytes of a row as dispatch moves it: 2H bf16, H + H/128*4 fp8 (the
  * e4m3 codes and one fp32 scale per 128 channels). */
 double bench_row_bytes(const struct bench_options *o);
+/* Bytes of one combine row as it travels: 2H, or LogFMT's 41H/32. */
+double bench_combine_row_bytes(const struct bench_options *o);
 
 /* The bytes that cross between ranks per call on account of rank `me`'s
  * inputs `in` (what the kernels in src/kernels/ll_*.cu move; flags
@@ -306,7 +309,9 @@ vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
 
 /* Rank `me`'s combine output out_dev bf16 [tokens, H] with identity
  * experts against sum_k w[t,k] * x[t], element by element, within one
- * bf16 ulp. VMEP_ERR_CUDA after printing the first difference. */
+ * bf16 ulp; with o->logfmt, bit for bit against the receive kernel's sum
+ * of x[t] after a trip through LogFMT. VMEP_ERR_CUDA after printing the
+ * first difference. */
 vmep_status bench_check_combine(const struct bench_options *o, int me,
                                 int tokens, int experts, const void *out_dev);
 

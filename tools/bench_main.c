@@ -46,6 +46,9 @@ static void usage(FILE *out) {
           "  --check          check against the host reference before timing\n"
           "  --zero-copy      experts write into the EP buffer; combine pulls "
           "(ht: in place)\n"
+          "  --logfmt         combine rows travel as LogFMT-10, 41H/32 bytes "
+          "(ll only, not\n"
+          "                   with --zero-copy)\n"
           "  --compare nccl   also time the NCCL all-to-all baseline (one GPU "
           "per rank; ll only)\n"
           "  --nodes N        N pretend nodes (vmep-run --nodes; VMEP_NODES "
@@ -76,6 +79,10 @@ static enum bench_arg own_option(const char *a, const char *v,
   }
   if (!strcmp(a, "--zero-copy")) {
     o->zero_copy = 1;
+    return BENCH_ARG_FLAG;
+  }
+  if (!strcmp(a, "--logfmt")) {
+    o->logfmt = 1;
     return BENCH_ARG_FLAG;
   }
   if (!strcmp(a, "--cached")) {
@@ -117,12 +124,17 @@ static int mode_refused(struct bench_options *o, int tokens_given) {
   const char *why =
       !o->ht && o->cached ? "--cached: the cached high-throughput dispatch "
                             "(only with --mode ht)"
-      : !o->ht            ? NULL
-      : o->compare_nccl   ? "--compare nccl: the NCCL baseline moves the "
-                            "low-latency layout (not with --mode ht)"
-      : o->nodes > 1      ? "--nodes: the high-throughput calls refuse peers "
-                            "in other nodes for now (not with --mode ht)"
-                          : NULL;
+      : !o->ht && o->logfmt && o->zero_copy
+          ? "--logfmt with --zero-copy: zero-copy rows are pulled as the "
+            "experts wrote them (bf16)"
+      : !o->ht          ? NULL
+      : o->logfmt       ? "--logfmt: the high-throughput combine sends "
+                          "bf16 (not with --mode ht)"
+      : o->compare_nccl ? "--compare nccl: the NCCL baseline moves the "
+                          "low-latency layout (not with --mode ht)"
+      : o->nodes > 1    ? "--nodes: the high-throughput calls refuse peers "
+                          "in other nodes for now (not with --mode ht)"
+                        : NULL;
   if (why) {
     cli_usage_error(PROG, "%s", why);
     return 1;
@@ -246,9 +258,10 @@ static int run_rank(struct bench_options *o) {
     snprintf(span, sizeof(span), " in %d nodes", where.nodes);
   if (rank == 0)
     printf("vmep-bench: %s, %d ranks%s, hidden %d, top-k %d, experts %d, "
-           "%s%s%s, seed %llu\n",
+           "%s%s%s%s, seed %llu\n",
            o->ht ? "high-throughput" : "low-latency", size, span, o->hidden,
            o->topk, bench_experts(o, size), o->fp8 ? "fp8" : "bf16",
+           o->logfmt ? ", LogFMT combine" : "",
            o->zero_copy ? ", zero-copy combine" : "",
            o->cached ? ", cached dispatch" : "", (unsigned long long)o->seed);
   for (int i = 0; !failed && i < o->num_tokens_values; i++) {

@@ -272,15 +272,18 @@ static void print_summary_header(const struct bench_result *r) {
            "weights and a mark\n"
            "  rows       N, the rows a rank received per dispatch\n");
   else
-    printf("  GB/s       DeepEP LL accounting, every selection counted: "
-           "dispatch sel*(2H+16)\n"
-           "             (fp8 sel*(H+H/32+16)), combine sel*2H\n"
-           "  link GB/s  the bytes that cross to another rank per call / "
-           "avg_t: dispatch, one\n"
-           "             staged row per (token, other rank that selected it) "
-           "+ the expert ids;\n"
-           "             combine, 2H per selection whose expert is on another "
-           "rank\n");
+    printf(
+        "  GB/s       DeepEP LL accounting, every selection counted: "
+        "dispatch sel*(2H+16)\n"
+        "             (fp8 sel*(H+H/32+16)), combine sel*2H (LogFMT "
+        "sel*41H/32)\n"
+        "  link GB/s  the bytes that cross to another rank per call / "
+        "avg_t: dispatch, one\n"
+        "             staged row per (token, other rank that selected it) "
+        "+ the expert ids;\n"
+        "             combine, a row (2H, LogFMT 41H/32) per selection whose "
+        "expert is on\n"
+        "             another rank\n");
   if (r->ceiling)
     printf("  ceil GB/s  all-pairs peer copy of the link bytes: each rank "
            "writes its own, split\n"
@@ -366,14 +369,16 @@ int bench_write_json(const char *path, const struct bench_options *o,
   }
   fprintf(f,
           "{\"mode\": \"%s\", \"cached\": %s, \"ranks\": %d, \"hidden\": %d, "
-          "\"topk\": %d, \"experts\": %d, \"fp8\": %s, \"zero_copy\": %s, "
+          "\"topk\": %d, \"experts\": %d, \"fp8\": %s, \"logfmt\": %s, "
+          "\"zero_copy\": %s, "
           "\"seed\": %llu, \"iters\": %d, \"ceiling\": \"%s\", "
           "\"ceiling_bytes\": \"%s\", \"compare_nccl\": %s, \"nodes\": %d, "
           "\"results\": [\n",
           o->ht ? "ht" : "ll", o->cached ? "true" : "false", ranks, o->hidden,
           o->topk, bench_experts(o, ranks), o->fp8 ? "true" : "false",
-          o->zero_copy ? "true" : "false", (unsigned long long)o->seed,
-          o->iters, all[0].ceiling ? "peer_all_pairs" : "d2d",
+          o->logfmt ? "true" : "false", o->zero_copy ? "true" : "false",
+          (unsigned long long)o->seed, o->iters,
+          all[0].ceiling ? "peer_all_pairs" : "d2d",
           all[0].ceiling ? "link" : "deepep",
           o->compare_nccl ? "true" : "false", all[0].nodes);
   for (int i = 0; i < sweeps * ranks; i++) {

@@ -26,9 +26,10 @@ struct buffers {
 /* The combine's arguments over `b`, reading expert outputs from
  * `expert_out`. */
 static vmep_ep_combine_args combine_args(const struct buffers *b,
-                                         const void *expert_out) {
+                                         const void *expert_out, int logfmt) {
   vmep_ep_combine_args ca;
   vmep_ep_combine_args_init(&ca);
+  ca.use_logfmt = logfmt;
   ca.expert_out = expert_out;
   ca.topk_idx = b->topk;
   ca.topk_weights = b->weights;
@@ -62,7 +63,8 @@ static void buffer_parts(struct buffers *b, const vmep_ep_config *c, int ranks,
 
 /* Dispatch checked against the reference over every rank's inputs; then,
  * with each expert returning its input (bf16 only), combine checked
- * against sum_k w[t,k] * x[t] within one bf16 ulp. */
+ * against sum_k w[t,k] * x[t] within one bf16 ulp (LogFMT: exactly, see
+ * bench_check_combine). */
 static vmep_status check_call(vmep_ep *ep, const struct bench_options *o,
                               const vmep_ep_config *c, int ranks,
                               const struct buffers *b,
@@ -78,7 +80,7 @@ static vmep_status check_call(vmep_ep *ep, const struct bench_options *o,
     st = bench_check_dispatch(o, ranks, c->num_experts, T, me, &dev);
   /* bf16: each expert returns its input; fp8: any outputs, unchecked. */
   vmep_ep_combine_args ca =
-      combine_args(b, o->fp8 ? (void *)b->expert_out : b->recv_x);
+      combine_args(b, o->fp8 ? (void *)b->expert_out : b->recv_x, o->logfmt);
   if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
   if (st == VMEP_OK)
@@ -163,7 +165,7 @@ static vmep_status fill_zero_copy(vmep_ep *ep, const vmep_ep_dispatch_args *da,
     st = bench_cuda_check(
         cudaMemcpy(buf, b->expert_out, bytes, cudaMemcpyDeviceToDevice),
         "zero-copy buffer");
-  vmep_ep_combine_args ca = combine_args(b, buf);
+  vmep_ep_combine_args ca = combine_args(b, buf, 0);
   if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
   return st == VMEP_OK ? bench_cuda_check(cudaDeviceSynchronize(), "fill") : st;
@@ -213,7 +215,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
     st = fill_zero_copy(ep, &da, b, eo_bytes);
   if (st == VMEP_OK)
     st = bench_timing_stream(g, &s);
-  vmep_ep_combine_args ca = combine_args(b, b->expert_out);
+  vmep_ep_combine_args ca = combine_args(b, b->expert_out, o->logfmt);
   /* Across nodes: what the proxy puts over the warm-up and timed calls. */
   uint64_t proxy = res->nodes > 1 ? bench_proxy_bytes(ep) : 0;
   if (st == VMEP_OK)
@@ -259,7 +261,7 @@ vmep_status bench_run_tokens(vmep_group *g, const struct bench_options *o,
   /* Every selection is valid here: sel = T * K. */
   double sel = (double)tokens * o->topk, H = o->hidden;
   res->dispatch_bytes = sel * (o->fp8 ? H + H / 128 * 4 + 16 : 2 * H + 16);
-  res->combine_bytes = sel * 2 * H;
+  res->combine_bytes = sel * bench_combine_row_bytes(o);
   vmep_status st = vmep_ep_create(g, &c, &ep);
   if (st != VMEP_OK)
     return st;

@@ -104,6 +104,7 @@ class CombineArgs(_Sized):
         ("topk_weights", c_void_p),
         ("out", c_void_p),
         ("recv_wait_ns", c_void_p),
+        ("use_logfmt", c_int),
     ]
 
 

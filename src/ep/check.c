@@ -254,11 +254,15 @@ static int32_t bf16_ordinal(uint16_t bits) {
 static int bf16_is_nan(uint16_t bits) { return (bits & 0x7fff) > 0x7f80; }
 
 /* Whether `got` passes against the fp32 sum of `terms` products whose
- * magnitudes add up to abs_sum (the rule in ep.h). */
-static int combine_close(uint16_t got, float sum, float abs_sum, int terms) {
+ * magnitudes add up to abs_sum (the rule in ep.h); `exact`: only the sum's
+ * own bits pass (LogFMT, whose reference sums as the kernel does). */
+static int combine_close(uint16_t got, float sum, float abs_sum, int terms,
+                         int exact) {
   uint16_t want = vmep__bf16_from_float(sum);
   if (bf16_is_nan(got) || bf16_is_nan(want))
     return bf16_is_nan(got) && bf16_is_nan(want);
+  if (exact)
+    return got == want;
   int32_t distance = bf16_ordinal(got) - bf16_ordinal(want);
   if (distance >= -1 && distance <= 1)
     return 1;
@@ -282,7 +286,7 @@ static void check_token(const struct vmep_ref_problem *p, int rank, int token,
     terms += rows[(size_t)token * p->top_k + k] >= 0;
   const uint16_t *got = out + (size_t)token * (size_t)p->hidden;
   for (size_t h = 0; h < (size_t)p->hidden; h++)
-    if (!combine_close(got[h], sum[h], abs_sum[h], terms))
+    if (!combine_close(got[h], sum[h], abs_sum[h], terms, p->use_logfmt))
       vmep__ref_mismatch(
           report,
           "rank %d token %d channel %zu: bf16 0x%04x (%.6g), expected "

@@ -310,6 +310,10 @@ static vmep_status check_combine(const vmep_ep *ep,
   if (vmep__ep_bad_ptr(a->recv_wait_ns, 8, 1))
     return vmep__ep_bad_arg(call,
                             "recv_wait_ns must be NULL or 8-byte aligned");
+  if (a->use_logfmt != 0 && a->use_logfmt != 1)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "%s: use_logfmt = %d, expected 0 or 1", call,
+                      a->use_logfmt);
   return VMEP_OK;
 }
 
@@ -327,9 +331,18 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
   /* Expert outputs left in this parity's zero-copy buffer are pulled. */
   int zero_copy = ep->layout.zero_copy[h->parity] &&
                   a.expert_out == zero_copy_buffer(ep, h->parity);
+  /* Sources pull zero-copy rows as the experts wrote them: encoding them
+   * would take a pass over the rows on the expert side and overwrite the
+   * caller's outputs, for traffic that pulling already cut. */
+  if (zero_copy && a.use_logfmt)
+    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                      "%s: use_logfmt with expert_out in the zero-copy buffer "
+                      "(vmep_ep_combine_buffer): its rows are pulled as bf16; "
+                      "pass expert_out from other memory to send LogFMT",
+                      call);
   struct vmep_ll_combine_io io = {a.expert_out,   zero_copy,     a.topk_idx,
                                   a.topk_weights, h->num_tokens, a.out,
-                                  a.recv_wait_ns};
+                                  a.recv_wait_ns, a.use_logfmt};
   int recv = (phases & VMEP_EP_RECV) != 0;
   status = launch(ep, LL_COMBINE, h->parity, h->num_topk, &io, 1, recv, stream);
   if (status == VMEP_OK) {

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "ep/reference.h"
+#include "kernels/logfmt.h"
 
 #define F32_ABS_MASK 0x7fffffffu
 #define F32_INF_BITS 0x7f800000u
@@ -27,18 +28,6 @@
 #define FP8_REBIAS (120u << 3)
 #define FP8_DROPPED_BITS 20u
 
-static uint32_t float_bits(float value) {
-  uint32_t bits;
-  memcpy(&bits, &value, sizeof(bits));
-  return bits;
-}
-
-static float bits_float(uint32_t bits) {
-  float value;
-  memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-
 /* value >> shift (1..31) rounded to nearest, ties to even. A carry out of
  * the kept mantissa bits moves into the exponent, as it must. Branch-free:
  * on real data the round-up is a coin toss that a branch would mispredict
@@ -51,7 +40,7 @@ static uint32_t shift_round_even(uint32_t value, unsigned shift) {
 }
 
 uint16_t vmep__bf16_from_float(float value) {
-  uint32_t bits = float_bits(value);
+  uint32_t bits = vmep_f32_bits(value);
   if ((bits & F32_ABS_MASK) > F32_INF_BITS)
     return BF16_CANONICAL_NAN;
   /* The sign rides along in bit 15: the largest finite magnitude rounds up
@@ -63,11 +52,11 @@ uint16_t vmep__bf16_from_float(float value) {
  * statics, so that they inline into its loop; the vmep__ entry points
  * wrap them. */
 static inline float bf16_value(uint16_t bits) {
-  return bits_float((uint32_t)bits << 16);
+  return vmep_f32_of_bits((uint32_t)bits << 16);
 }
 
 static inline uint8_t fp8_encode(float value) {
-  uint32_t bits = float_bits(value);
+  uint32_t bits = vmep_f32_bits(value);
   uint32_t mag = bits & F32_ABS_MASK;
   uint8_t sign = (uint8_t)((bits >> 24) & 0x80u);
   if (mag > F32_INF_BITS)
@@ -99,29 +88,30 @@ float vmep__fp8_to_float(uint8_t code) {
   uint32_t exponent = (code >> 3) & 0xfu, mantissa = code & 0x7u;
   float mag;
   if ((code & FP8_NAN) == FP8_NAN)
-    return bits_float(F32_ABS_MASK);
+    return vmep_f32_of_bits(F32_ABS_MASK);
   if (exponent == 0)
     mag = (float)mantissa * (1.0f / 512.0f); /* exact: m * 2^-9 */
   else
-    mag = bits_float(((exponent + 120u) << 23) | (mantissa << 20));
+    mag = vmep_f32_of_bits(((exponent + 120u) << 23) | (mantissa << 20));
   return (code & 0x80u) ? -mag : mag;
 }
 
 float vmep__fp8_group_scale(const uint16_t *group, int round_scale) {
   float amax = 0.0f;
   for (int i = 0; i < VMEP_FP8_GROUP; i++) {
-    float mag = bits_float(float_bits(bf16_value(group[i])) & F32_ABS_MASK);
+    float mag =
+        vmep_f32_of_bits(vmep_f32_bits(bf16_value(group[i])) & F32_ABS_MASK);
     if (mag > amax) /* false for NaN: ignored */
       amax = mag;
   }
   if (amax < VMEP_FP8_AMAX_FLOOR)
     amax = VMEP_FP8_AMAX_FLOOR;
   float scale = amax / VMEP_FP8_E4M3_MAX;
-  uint32_t bits = float_bits(scale);
+  uint32_t bits = vmep_f32_bits(scale);
   /* scale is a positive normal float here (>= 1e-4 / 448); a nonzero
    * mantissa means it lies strictly between two powers of two. */
   if (round_scale && (bits & 0x7fffffu) != 0 && bits < F32_INF_BITS)
-    scale = bits_float((bits & F32_INF_BITS) + 0x800000u);
+    scale = vmep_f32_of_bits((bits & F32_INF_BITS) + 0x800000u);
   return scale;
 }
 

@@ -298,10 +298,28 @@ static vmep_status ship_dispatch(struct vmep_ep_proxy *px, int r,
   return status;
 }
 
+/* Slots [i0, i1) of parity b that our experts filled for rank r, into
+ * r's stage: one put when slots are whole, else one per slot of len
+ * bytes (LogFMT rows fill 41 H / 32 bytes of a 2 H slot). */
+static vmep_status put_slots(struct vmep_ep_proxy *px, int r, int b, int i0,
+                             int i1, size_t len) {
+  const struct vmep_ll_layout *l = &px->layout;
+  const size_t row = 2 * (size_t)px->hidden;
+  size_t at = l->slots[b] + (size_t)i0 * row;
+  if (len == row)
+    return put_at(px, r, px->outbox[r] + (at - l->slots[0]),
+                  px->peer_stage[r] + at, (size_t)(i1 - i0) * row);
+  vmep_status status = VMEP_OK;
+  for (int i = i0; i < i1 && status == VMEP_OK; i++, at += row)
+    status = put_at(px, r, px->outbox[r] + (at - l->slots[0]),
+                    px->peer_stage[r] + at, len);
+  return status;
+}
+
 /* Combine: every slot [t][k] of rank r's tokens whose expert is ours (from
- * r's expert ids in our inbox of it), runs of consecutive slots in one
- * put, into the slots of r's stage: each slot has one expert rank, so all
- * of r's remote peers share that area. */
+ * r's expert ids in our inbox of it), runs of consecutive slots, into the
+ * slots of r's stage: each slot has one expert rank, so all of r's remote
+ * peers share that area. */
 static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
                                 const struct vmep_ll_ring_entry *e) {
   const struct vmep_ll_layout *l = &px->layout;
@@ -311,6 +329,7 @@ static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
   const int32_t *topk = (const int32_t *)(area + l->send_topk);
   const int first = px->rank * px->local_experts;
   const size_t row = 2 * (size_t)px->hidden;
+  size_t len = e->row_len && e->row_len < row ? e->row_len : row;
   vmep_status status = VMEP_OK;
   int run = -1;
   for (int i = 0; i <= n * K && status == VMEP_OK; i++) {
@@ -319,9 +338,7 @@ static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
     if (want && run < 0)
       run = i;
     if (!want && run >= 0) {
-      size_t at = l->slots[b] + (size_t)run * row;
-      status = put_at(px, r, px->outbox[r] + (at - l->slots[0]),
-                      px->peer_stage[r] + at, (size_t)(i - run) * row);
+      status = put_slots(px, r, b, run, i, len);
       run = -1;
     }
   }

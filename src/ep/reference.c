@@ -6,11 +6,13 @@
  * combine follows whatever layout an implementation produced, so the same
  * code checks any kernel's outputs (check.c).
  */
+#include <math.h>
 #include <string.h>
 
 #include "core/core.h"
 #include "ep/reference.h"
 #include "kernels/kernels.h"
+#include "kernels/logfmt.h"
 
 /* The oracle and the kernels must agree on the shapes they both know. */
 _Static_assert(VMEP_FP8_GROUP == VMEP_LL_FP8_GROUP,
@@ -81,10 +83,12 @@ vmep_status vmep__ref_validate(const struct vmep_ref_problem *p,
                       "reference: max_tokens %d with %d ranks is out of "
                       "range",
                       p->max_tokens, p->num_ranks);
-  if (p->hidden < 1 || (p->use_fp8 && p->hidden % VMEP_FP8_GROUP != 0))
+  int grouped = p->use_fp8 || p->use_logfmt;
+  if (p->hidden < 1 || (grouped && p->hidden % VMEP_FP8_GROUP != 0))
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "reference: hidden %d must be positive%s", p->hidden,
-                      p->use_fp8 ? " and a multiple of 128 with fp8" : "");
+                      grouped ? " and a multiple of 128 with fp8 or LogFMT"
+                              : "");
   if (p->use_fp8 && (p->scale_layout < VMEP_EP_SCALES_ROW_MAJOR ||
                      p->scale_layout > VMEP_EP_SCALES_UE8M0 ||
                      (p->scale_layout == VMEP_EP_SCALES_UE8M0 &&
@@ -400,9 +404,15 @@ void vmep__ref_combine_token(const struct vmep_ref_problem *p, int rank,
     int d = (int)(in->topk_idx[slot0 + k] / local_experts(p));
     float weight = in->topk_weights[slot0 + k];
     const uint16_t *v = expert_out[d] + (size_t)rows[slot0 + k] * hidden;
+    float decoded[VMEP_LOGFMT_GROUP];
     for (size_t h = 0; h < hidden; h++) {
-      float term = weight * vmep__bf16_to_float(v[h]);
-      sum_out[h] += term;
+      if (p->use_logfmt && h % VMEP_LOGFMT_GROUP == 0)
+        vmep__logfmt_round_trip_group(v + h, decoded);
+      float value = p->use_logfmt ? decoded[h % VMEP_LOGFMT_GROUP]
+                                  : vmep__bf16_to_float(v[h]);
+      float term = weight * value;
+      sum_out[h] =
+          p->use_logfmt ? fmaf(weight, value, sum_out[h]) : sum_out[h] + term;
       if (abs_out)
         abs_out[h] += term < 0.0f ? -term : term;
     }

@@ -84,6 +84,31 @@ float vmep__fp8_group_scale(const uint16_t *group, int round_scale);
 void vmep__fp8_quantize_row(const uint16_t *x, int hidden, int round_scale,
                             uint8_t *q_out, float *scales_out);
 
+/* ---- LogFMT rows (logfmt.c; the scalar codec: kernels/logfmt.h) ------ */
+
+/* The header of one group of 128 bf16 values: the bf16 bits of amax (the
+ * largest finite magnitude, 0 if none) | those of amin (the smallest
+ * nonzero finite one, +Inf if none) << 16. Cannot fail. */
+uint32_t vmep__logfmt_header(const uint16_t *group);
+
+/*
+ * Encodes one bf16 row of `hidden` channels (a multiple of 128) into the
+ * vmep_logfmt_row_bytes(hidden) bytes at `out` (docs/EP.md): field i (sign
+ * << 9 | code) at bits [10 i, 10 i + 10) of a little-endian bit stream,
+ * then the groups' headers as little-endian uint32. Bit for bit what the
+ * combine's send kernel writes into a slot. Cannot fail.
+ */
+void vmep__logfmt_encode_row(const uint16_t *x, int hidden, uint8_t *out);
+
+/* Decodes an encoded row into `hidden` floats, as the receive kernel
+ * does before it weighs them. Cannot fail. */
+void vmep__logfmt_decode_row(const uint8_t *row, int hidden, float *out);
+
+/* The decoded values of one group of 128 bf16 values after a trip through
+ * LogFMT: what vmep__logfmt_decode_row gives for that group of an encoded
+ * row, without the row. Cannot fail. */
+void vmep__logfmt_round_trip_group(const uint16_t *group, float *out);
+
 /* ---- reference dispatch / combine (reference.c) ---------------------- */
 
 /* One rank's inputs to a dispatch / combine call. */
@@ -118,6 +143,8 @@ struct vmep_ref_problem {
   const struct vmep_ref_rank_input *ranks; /* [R] */
   int scale_layout; /* use_fp8: VMEP_EP_SCALES_* of recv_scales (UE8M0
                        needs round_scale and hidden a multiple of 512) */
+  int use_logfmt;   /* combine: expert rows travel as LogFMT (hidden a
+                       multiple of 128) */
 };
 
 /*
@@ -213,7 +240,9 @@ vmep_status vmep__ref_combine_rows(const struct vmep_ref_problem *p, int rank,
  * One token's combine from rows a successful vmep__ref_combine_rows gave:
  * sum_out[h] = the fp32 sum, in k order, of w[t,k] * expert_out[d][row, h];
  * abs_out[h] (may be NULL) = the fp32 sum of |w * v|, the scale of the
- * rounding error another order could make. Cannot fail.
+ * rounding error another order could make. With use_logfmt, v is the
+ * row's value after a trip through LogFMT and each term is added with one
+ * fmaf, in k order: the receive kernel's sum, bit for bit. Cannot fail.
  */
 void vmep__ref_combine_token(const struct vmep_ref_problem *p, int rank,
                              const int64_t *rows,
@@ -260,8 +289,9 @@ vmep_status vmep__ref_check_dispatch(const struct vmep_ref_problem *p, int rank,
  * (as vmep__ref_combine). An element passes when it is within one bf16 ulp
  * of the reference's fp32 sum rounded to bf16, or, for sums that cancel,
  * within one ulp plus (valid terms) * 2^-23 * sum|w * v| of the fp32 sum:
- * the rounding any order or fused multiply-add may add. Returns as
- * vmep__ref_check_dispatch.
+ * the rounding any order or fused multiply-add may add. With use_logfmt
+ * every element must equal the reference's bits (NaN matching any NaN).
+ * Returns as vmep__ref_check_dispatch.
  */
 vmep_status vmep__ref_check_combine(const struct vmep_ref_problem *p, int rank,
                                     const struct vmep_ref_recv *recv,

@@ -14,7 +14,7 @@
  * A slot marked by a rank masked here, or by an earlier call, counts as
  * zero.
  */
-#include "kernels/rows.cuh"
+#include "kernels/logfmt.cuh"
 #include "kernels/sync.cuh"
 
 #include "kernels/launch.cuh"
@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     const int active = c < chunks; /* the last group may be partial */
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     /* Weight 1: fma(1, x, acc) rounds as acc + x does. */
-    ll_sum_rows(row, 1.0f, valid, K, c, active, acc);
+    ll_sum_rows<false>(row, 1.0f, valid, K, p.hidden, c, active, acc);
     if (!active)
       continue;
     const size_t at = (size_t)t * chunks + c;

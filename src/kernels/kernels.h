@@ -9,7 +9,8 @@
  * Dispatch is pull-based: a sender stages its tokens once in its own send
  * area and raises a ready flag in each receiver's buffer; receivers read
  * the rows they need and acknowledge. Combine pushes each expert row into
- * the source's per-(token, k) slot; the source reduces in fp32. Flags hold
+ * the source's per-(token, k) slot (bf16, or LogFMT: kernels/logfmt.h);
+ * the source reduces in fp32. Flags hold
  * monotonic epochs per buffer parity, so nothing is ever reset and CUDA
  * graph replays stay consistent.
  */
@@ -104,7 +105,8 @@ struct vmep_ll_ring_entry {
   uint32_t op;       /* enum vmep_ll_ship */
   uint32_t parity;   /* buffer parity of the call */
   uint32_t num_topk; /* the call's K (the expert-id and slot strides) */
-  uint32_t row_len;  /* bytes of each staged row that matter (dispatch) */
+  uint32_t row_len;  /* bytes of each staged row (dispatch) or slot
+                        (combine; 0: all of it) that matter */
   uint64_t offset;   /* the flag array: flag [parity][rank] at the peer */
   uint64_t value;    /* the epoch the flag takes */
   uint64_t pad[4];
@@ -174,6 +176,8 @@ struct vmep_ll_combine_io {
   int num_tokens;
   void *out;             /* bf16 [n, H] */
   int64_t *recv_wait_ns; /* NULL or [R]: += ns waited for each expert rank */
+  int use_logfmt;        /* slots hold LogFMT rows (kernels/logfmt.h), not
+                            bf16; never with zero_copy */
 };
 
 /* Dispatch send phase: waits until every receiver released send[parity],

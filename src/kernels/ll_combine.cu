@@ -8,8 +8,11 @@
  * Zero-copy: the expert outputs already sit in each expert rank's window,
  * so send only raises the flags and recv pulls each selection's row from
  * where dispatch recorded it landed (sel + n rows of traffic, not 3 sel + n).
+ * LogFMT (use_logfmt, never zero-copy): send encodes each row into its slot
+ * (41 H / 32 bytes instead of 2 H) and recv decodes before it weighs.
  * Selections of masked ranks and invalid expert ids count as zero.
  */
+#include "kernels/logfmt.cuh"
 #include "kernels/rows.cuh"
 #include "kernels/sync.cuh"
 
@@ -42,16 +45,25 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     int t = (int)(m >> 16), s = (int)((m >> 5) & 0x7ff), k = (int)(m & 31);
     if (ll_is_masked(p.state, s) || (io.zero_copy && !ll_remote(p, s)))
       continue;
-    const uint4 *src = (const uint4 *)((const __nv_bfloat16 *)io.expert_out +
-                                       local * p.hidden);
-    uint4 *dst = (uint4 *)(p.peers[s] + p.layout.slots[p.parity] +
-                           ((size_t)t * K + k) * p.hidden * 2);
-    ll_copy_slice(src, dst, chunks, slice, lane);
+    const __nv_bfloat16 *src =
+        (const __nv_bfloat16 *)io.expert_out + local * p.hidden;
+    char *dst = p.peers[s] + p.layout.slots[p.parity] +
+                ((size_t)t * K + k) * p.hidden * 2;
+    if (io.use_logfmt)
+      ll_logfmt_encode_slice(src, (unsigned char *)dst, p.hidden, slice, lane);
+    else
+      ll_copy_slice((const uint4 *)src, (uint4 *)dst, chunks, slice, lane);
   }
+  /* Remote sources get only the bytes of each slot that matter. */
   if (ll_last_block(p.state, 3))
-    ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE, 0);
+    ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE,
+                  io.use_logfmt ? (unsigned)vmep_logfmt_row_bytes(p.hidden)
+                                : 0u);
 }
 
+/* LOGFMT a template argument: its decoding would otherwise cost the bf16
+ * path registers (spills within the 64-register budget). */
+template <bool LOGFMT>
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     combine_recv_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
   const int L = p.num_experts / p.num_ranks, K = p.num_topk;
@@ -68,7 +80,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     int t = item / groups, c = (item % groups) * 32 + lane;
     float w = 0.0f;
     int use = 0;
-    const uint4 *row = NULL; /* selection `lane`'s row */
+    const uint4 *row = NULL; /* selection `lane`'s row (or LogFMT slot) */
     if (lane < K) {
       int64_t e = io.topk_idx[(size_t)t * K + lane];
       use = e >= 0 && e < p.num_experts && !ll_is_masked(p.state, (int)(e / L));
@@ -87,7 +99,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     const unsigned int valid = __ballot_sync(LL_FULL_MASK, use);
     const int active = c < chunks; /* the last group may be partial */
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    ll_sum_rows(row, w, valid, K, c, active, acc);
+    ll_sum_rows<LOGFMT>(row, w, valid, K, p.hidden, c, active, acc);
     if (!active)
       continue;
     uint4 packed;
@@ -112,7 +124,11 @@ vmep__ll_combine_send(const struct vmep_ll_params *p,
 extern "C" vmep_status
 vmep__ll_combine_recv(const struct vmep_ll_params *p,
                       const struct vmep_ll_combine_io *io, void *stream) {
-  combine_recv_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
-      *p, *io);
+  if (io->use_logfmt)
+    combine_recv_kernel<true>
+        <<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(*p, *io);
+  else
+    combine_recv_kernel<false>
+        <<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(*p, *io);
   return ll_launched("combine recv kernel");
 }

@@ -61,39 +61,6 @@ __device__ __forceinline__ void ll_copy_slice(const uint4 *src, uint4 *dst,
   ll_store_slice(dst, chunks, slice, lane, v);
 }
 
-/*
- * Sums chunk c (8 bf16 channels) of up to `K` rows, each times its weight,
- * in fp32 in k order, with one warp: lane k holds row k's pointer and
- * weight, bit k of `valid` says whether it counts. Every load of a batch of
- * 8 is in flight before the first multiply, within the register budget.
- * Every lane must call it (the pointers travel by shuffle); lanes whose
- * chunk is past the row (`active` 0) load nothing.
- */
-__device__ __forceinline__ void ll_sum_rows(const uint4 *row, float w,
-                                            unsigned valid, int K, int c,
-                                            int active, float acc[8]) {
-  for (int k0 = 0; k0 < K; k0 += 8) {
-    uint4 v[8];
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-      const uint4 *rk = (const uint4 *)__shfl_sync(
-          LL_FULL_MASK, (unsigned long long)row, (k0 + k) & 31);
-      if (active && (valid >> (k0 + k) & 1u))
-        v[k] = __ldcg(rk + c);
-    }
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-      if (!(valid >> (k0 + k) & 1u))
-        continue;
-      const float wk = __shfl_sync(LL_FULL_MASK, w, (k0 + k) & 31);
-      const __nv_bfloat16 *h = (const __nv_bfloat16 *)&v[k];
-#pragma unroll
-      for (int j = 0; j < 8; j++)
-        acc[j] = fmaf(wk, __bfloat162float(h[j]), acc[j]);
-    }
-  }
-}
-
 /* The smallest power of two >= scale (positive, normal), bit-exact. */
 __device__ __forceinline__ float ll_pow2_ceil(float scale) {
   unsigned int bits = __float_as_uint(scale);
@@ -104,6 +71,21 @@ __device__ __forceinline__ float ll_pow2_ceil(float scale) {
 
 /* Channels quantized per warp item: 4 loads of 16 bytes per lane. */
 #define LL_QUANT_SLICE (LL_UNROLL * 256)
+
+/* Loads channels [slice * 1024, +1024) of a bf16 row for a warp: load j
+ * gives the lane channels slice * 1024 + j * 256 + lane * 8, 8 of them
+ * (none past `hidden`). */
+__device__ __forceinline__ void ll_load_quant_slice(const __nv_bfloat16 *src,
+                                                    int hidden, int slice,
+                                                    int lane,
+                                                    uint4 raw[LL_UNROLL]) {
+#pragma unroll
+  for (int j = 0; j < LL_UNROLL; j++) {
+    int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;
+    if (c < hidden)
+      raw[j] = __ldcg((const uint4 *)(src + c));
+  }
+}
 
 /*
  * Quantizes channels [slice * 1024, +1024) of one bf16 row with a warp.
@@ -118,12 +100,7 @@ __device__ __forceinline__ void ll_quantize_slice(const __nv_bfloat16 *src,
                                                   int hidden, int slice,
                                                   int round_scale, int lane) {
   uint4 raw[LL_UNROLL];
-#pragma unroll
-  for (int j = 0; j < LL_UNROLL; j++) {
-    int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;
-    if (c < hidden)
-      raw[j] = __ldcg((const uint4 *)(src + c));
-  }
+  ll_load_quant_slice(src, hidden, slice, lane, raw);
 #pragma unroll
   for (int j = 0; j < LL_UNROLL; j++) {
     int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;

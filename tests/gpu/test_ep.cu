@@ -3,7 +3,9 @@
  * ranks on one GPU). Every rank derives every rank's inputs from one seed,
  * so each can compute the reference of the whole group; layouts are
  * exchanged through the group for the combine check. Covered: hidden sizes
- * 512..8192, bf16 and fp8 (with round_scale), top-k 1..16, uniform routing
+ * 512..8192, bf16 and fp8 (with round_scale), a LogFMT combine (bit for
+ * bit against the reference, refused with a zero-copy expert_out), top-k
+ * 1..16, uniform routing
  * with -1 entries, all tokens to one expert, a rank that sends nothing,
  * n = T, invalid expert ids (reported, not trapped), 1000 back-to-back
  * dispatch / expert / combine sequences in batches without host
@@ -25,6 +27,7 @@ enum routing { UNIFORM, ONE_EXPERT, SILENT_RANK, FULL, INVALID_IDS };
 
 struct world {
   int R, E, L, T, H, K, fp8, round_scale;
+  int logfmt; /* combine rows as LogFMT */
   struct vmep_ref_rank_input in[MAX_RANKS];
   uint16_t *x[MAX_RANKS];
   int64_t *topk[MAX_RANKS];
@@ -100,8 +103,9 @@ static void free_world(struct world *w) {
 
 static struct vmep_ref_problem problem(const struct world *w) {
   struct vmep_ref_problem p = {
-      w->R,   w->E,           w->T, w->H,  w->K,
-      w->fp8, w->round_scale, NULL, w->in, VMEP_EP_SCALES_ROW_MAJOR};
+      w->R,     w->E,           w->T, w->H,  w->K,
+      w->fp8,   w->round_scale, NULL, w->in, VMEP_EP_SCALES_ROW_MAJOR,
+      w->logfmt};
   return p;
 }
 
@@ -169,9 +173,10 @@ static vmep_ep_dispatch_args dispatch_args(const struct io *b,
   return a;
 }
 
-static vmep_ep_combine_args combine_args(const struct io *b) {
+static vmep_ep_combine_args combine_args(const struct io *b, int logfmt) {
   vmep_ep_combine_args a;
   vmep_ep_combine_args_init(&a);
+  a.use_logfmt = logfmt;
   a.expert_out = b->expert_out;
   a.topk_idx = b->topk;
   a.topk_weights = b->w;
@@ -227,13 +232,20 @@ static void checked_pair(vmep_group *g, vmep_ep *ep, struct world *w,
   ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, NULL, &h));
   CUDA_OK(cudaDeviceSynchronize());
   check_dispatch(g, w, me, b, &lay);
-  /* Zero-copy: the expert outputs go straight into the buffer's area. */
+  /* Zero-copy: the expert outputs go straight into the buffer's area;
+   * LogFMT refuses that area and sends them from the caller's memory. */
   void *eo = b->expert_out;
+  vmep_ep_combine_args ca = combine_args(b, w->logfmt);
   if (zero_copy)
     ASSERT_OK(vmep_ep_combine_buffer(ep, &h, &eo));
+  if (zero_copy && w->logfmt) {
+    ca.expert_out = eo;
+    ASSERT_STATUS(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL),
+                  VMEP_ERR_UNSUPPORTED);
+    eo = b->expert_out;
+  }
   CUDA_OK(cudaMemcpy(eo, lay.eo[me], (size_t)w->L * w->R * w->T * w->H * 2,
                      cudaMemcpyHostToDevice));
-  vmep_ep_combine_args ca = combine_args(b);
   ca.expert_out = eo;
   ASSERT_OK(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL));
   CUDA_OK(cudaDeviceSynchronize());
@@ -252,12 +264,14 @@ static void shapes(vmep_group *g, uint64_t seed) {
   static const int topks[] = {1, 8, 16};
   int R = vmep_group_size(g), cases = 0;
   for (size_t hi = 0; hi < 5; hi++)
-    for (int fp8 = 0; fp8 < 2; fp8++) {
+    for (int mode = 0; mode < 3; mode++) { /* bf16, fp8, LogFMT combine */
+      int fp8 = mode == 1;
       struct world w =
-          shape(R, 32, hiddens[hi], topks[(hi + fp8) % 3], fp8, fp8 && hi % 2);
+          shape(R, 32, hiddens[hi], topks[(hi + mode) % 3], fp8, fp8 && hi % 2);
+      w.logfmt = mode == 2;
       struct io b;
       io_alloc(&b, &w);
-      int zero_copy = (int)(hi + fp8) % 2;
+      int zero_copy = (int)(hi + mode) % 2;
       vmep_ep *ep = make_ep(g, &w, zero_copy);
       for (int how = UNIFORM; how <= INVALID_IDS; how++)
         checked_pair(g, ep, &w, &b, seed + 100 * cases + how, (enum routing)how,
@@ -265,9 +279,12 @@ static void shapes(vmep_group *g, uint64_t seed) {
       ASSERT_OK(vmep_ep_destroy(ep));
       io_free(&b);
       cases++;
-      printf("H=%d K=%d %s%s%s: 5 routings exact\n", w.H, w.K,
+      printf("H=%d K=%d %s%s%s%s: 5 routings exact\n", w.H, w.K,
              fp8 ? "fp8" : "bf16", w.round_scale ? " round_scale" : "",
-             zero_copy ? " zero-copy" : "");
+             w.logfmt ? " LogFMT combine" : "",
+             zero_copy
+                 ? (w.logfmt ? " (zero-copy buffer refused)" : " zero-copy")
+                 : "");
     }
 }
 
@@ -296,7 +313,7 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
       }
       for (int j = i; j < i + 2; j++) {
         /* Odd rounds: the experts write into the zero-copy buffer. */
-        vmep_ep_combine_args ca = combine_args(&b[j]);
+        vmep_ep_combine_args ca = combine_args(&b[j], 0);
         if (round % 2)
           ASSERT_OK(vmep_ep_combine_buffer(ep, &h[j], (void **)&ca.expert_out));
         run_experts(&b[j], &w[j], me, (void *)ca.expert_out, NULL);
@@ -340,7 +357,7 @@ static void graph_replay(vmep_group *g, uint64_t seed) {
   vmep_ep_dispatch_args da = dispatch_args(&b, &w, me);
   ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, stream, &h));
   run_experts(&b, &w, me, b.expert_out, stream);
-  vmep_ep_combine_args ca = combine_args(&b);
+  vmep_ep_combine_args ca = combine_args(&b, 0);
   ASSERT_OK(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, stream));
   CUDA_OK(cudaStreamEndCapture(stream, &graph));
   CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
@@ -394,7 +411,7 @@ static void wait_counters(vmep_group *g, uint64_t seed) {
     io_load(&b, &w, me);
     vmep_ep_dispatch_args da = dispatch_args(&b, &w, me);
     da.recv_wait_ns = dev[0];
-    vmep_ep_combine_args ca = combine_args(&b);
+    vmep_ep_combine_args ca = combine_args(&b, 0);
     ca.recv_wait_ns = dev[1];
     ASSERT_OK(vmep_group_barrier(g));
     if (late && me % 2)

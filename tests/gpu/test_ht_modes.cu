@@ -95,8 +95,8 @@ static vmep_ep_handle ll_dispatch(vmep_group *g, vmep_ep *ep,
     ll->in[r] = {w->in[r].num_tokens, (const uint16_t *)w->x[r], w->topk[r],
                  w->w[r]};
   ll->p = {
-      w->R,   w->p.num_experts,        w->c.T, w->c.H, w->c.K, fp8, 0, NULL,
-      ll->in, VMEP_EP_SCALES_ROW_MAJOR};
+      w->R,   w->p.num_experts,         w->c.T, w->c.H, w->c.K, fp8, 0, NULL,
+      ll->in, VMEP_EP_SCALES_ROW_MAJOR, 0};
   io_load(io, w);
   dev_poison(ll->a.recv_x, rows * H * 2);
   dev_poison(ll->a.recv_scales, rows * groups(w) * 4);

@@ -245,7 +245,8 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
                                       k->weights,
                                       in[r].num_tokens,
                                       k->out,
-                                      s->untimed ? NULL : k->wait_ns + s->R};
+                                      s->untimed ? NULL : k->wait_ns + s->R,
+                                      0};
       if (phase == 0)
         ASSERT_OK(vmep__ll_combine_send(&p, &io, k->stream));
       else
@@ -260,7 +261,8 @@ static void make_expert_out(struct sim *s, struct host_rank *h, int d,
                             const struct vmep_ref_rank_input *in, int parity) {
   size_t RT = (size_t)s->R * s->T;
   struct vmep_ref_problem prob = {
-      s->R, s->E, s->T, s->H, s->K, 0, 0, NULL, in, VMEP_EP_SCALES_ROW_MAJOR};
+      s->R, s->E, s->T, s->H, s->K, 0, 0, NULL, in, VMEP_EP_SCALES_ROW_MAJOR,
+      0};
   struct vmep_ref_recv recv = {NULL, NULL, h[d].recv_count, h[d].src_info,
                                h[d].layout_range};
   expert_model(&prob, d, &recv, h[d].expert_out);
@@ -377,10 +379,17 @@ static void one_round(struct sim *s, int round) {
   int masked[SIM_MAX_RANKS] = {0};
   for (int r = 0; r < s->R; r++)
     masked[r] = is_dead(s, r);
-  struct vmep_ref_problem prob = {
-      s->R, s->E,           s->T,           s->H,
-      s->K, s->fp8,         s->round_scale, s->dead ? masked : NULL,
-      in,   s->scale_layout};
+  struct vmep_ref_problem prob = {s->R,
+                                  s->E,
+                                  s->T,
+                                  s->H,
+                                  s->K,
+                                  s->fp8,
+                                  s->round_scale,
+                                  s->dead ? masked : NULL,
+                                  in,
+                                  s->scale_layout,
+                                  0};
   poison_outputs(s);
   if (getenv("VMEP_TEST_VERBOSE"))
     fprintf(stderr, "round %d: dispatch\n", round);

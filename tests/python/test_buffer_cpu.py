@@ -122,8 +122,13 @@ def test_combine_argument_checks():
     x = torch.zeros(2, 16, 256, dtype=torch.bfloat16)
     topk = torch.zeros(4, 2, dtype=torch.int64)
     w = torch.zeros(4, 2, dtype=torch.float32)
-    with pytest.raises(NotImplementedError, match="LogFMT"):
-        b.low_latency_combine(x, topk, w, None, use_logfmt=True)
+    with pytest.raises(TypeError, match="use_logfmt must be a bool"):
+        b.low_latency_combine(x, topk, w, None, use_logfmt=2)
+    b.zero_copy = True  # the EP buffer's own memory: pulled as bf16
+    with pytest.raises(ValueError, match="use_logfmt with zero_copy"):
+        b.low_latency_combine(x, topk, w, None, use_logfmt=True,
+                              zero_copy=True)
+    b.zero_copy = False
     with pytest.raises(ValueError, match="handle"):
         b.low_latency_combine(x, topk, w, (None, None, 8, 256, 4))
     h = Handle((None, None, 8, 256, 4), _lib.EpHandle(), b, 4, 2)
@@ -140,6 +145,8 @@ def test_combine_argument_checks():
                               out=torch.zeros(4, 128, dtype=torch.bfloat16))
     with pytest.raises(vmep.Error, match="destroyed"):
         b.low_latency_combine(x, topk, w, h)
+    with pytest.raises(vmep.Error, match="destroyed"):  # LogFMT passes too
+        b.low_latency_combine(x, topk, w, h, use_logfmt=True)
     other = stub()
     with pytest.raises(ValueError, match="handle"):
         other.low_latency_combine(x, topk, w, h)

@@ -9,19 +9,8 @@
 #include <math.h>
 
 #include "ep/reference.h"
+#include "kernels/logfmt.h"
 #include "test.h"
-
-static uint32_t bits_of(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof(u));
-  return u;
-}
-
-static float float_of(uint32_t u) {
-  float f;
-  memcpy(&f, &u, sizeof(f));
-  return f;
-}
 
 /* 2^e in double, exactly, for -1022 <= e <= 1023. */
 static double exp2_exact(int e) {
@@ -42,7 +31,8 @@ static double bf16_magnitude(uint32_t m) {
 
 /* float -> bf16 the long way: compare the distances to both neighbours. */
 static uint16_t oracle_bf16(float f) {
-  uint32_t u = bits_of(f), sign = (u >> 16) & 0x8000, mag = u & 0x7fffffff;
+  uint32_t u = vmep_f32_bits(f), sign = (u >> 16) & 0x8000,
+           mag = u & 0x7fffffff;
   if (isnan(f))
     return 0x7fff;
   if (isinf(f))
@@ -57,7 +47,7 @@ static uint16_t oracle_bf16(float f) {
 static void test_bf16_all_values(void) {
   for (uint32_t b = 0; b < 65536; b++) {
     float f = vmep__bf16_to_float((uint16_t)b);
-    ASSERT_EQ(bits_of(f), b << 16);
+    ASSERT_EQ(vmep_f32_bits(f), b << 16);
     uint16_t back = vmep__bf16_from_float(f);
     if ((b & 0x7fff) > 0x7f80) {
       ASSERT_TRUE(isnan(f));
@@ -69,17 +59,21 @@ static void test_bf16_all_values(void) {
 }
 
 static void test_bf16_cases(void) {
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0x3f808000)), 0x3f80); /* tie */
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0x3f818000)), 0x3f82); /* tie */
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0x3f808001)), 0x3f81);
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0x7f7fffff)), 0x7f80); /* Inf */
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0xff7f8000)), 0xff80);
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0x7f7f7fff)), 0x7f7f);
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0xff800000)), 0xff80);
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0xffc00001)), 0x7fff); /* NaN */
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0x7f800001)), 0x7fff);
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0x00008000)), 0x0000);
-  ASSERT_EQ(vmep__bf16_from_float(float_of(0x80018000)), 0x8002);
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0x3f808000)),
+            0x3f80); /* tie */
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0x3f818000)),
+            0x3f82); /* tie */
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0x3f808001)), 0x3f81);
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0x7f7fffff)),
+            0x7f80); /* Inf */
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0xff7f8000)), 0xff80);
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0x7f7f7fff)), 0x7f7f);
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0xff800000)), 0xff80);
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0xffc00001)),
+            0x7fff); /* NaN */
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0x7f800001)), 0x7fff);
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0x00008000)), 0x0000);
+  ASSERT_EQ(vmep__bf16_from_float(vmep_f32_of_bits(0x80018000)), 0x8002);
 }
 
 /* Random bit patterns, exact ties and values near the top. */
@@ -87,11 +81,11 @@ static float random_bf16_input(int kind) {
   uint32_t r = (uint32_t)test_rand();
   switch (kind) {
   case 0:
-    return float_of(r);
+    return vmep_f32_of_bits(r);
   case 1:
-    return float_of((r & 0xffff0000u) | 0x8000u);
+    return vmep_f32_of_bits((r & 0xffff0000u) | 0x8000u);
   default:
-    return float_of((r & 0x80000000u) | 0x7f7f0000u | (r & 0xffffu));
+    return vmep_f32_of_bits((r & 0x80000000u) | 0x7f7f0000u | (r & 0xffffu));
   }
 }
 
@@ -101,8 +95,8 @@ static void test_bf16_random(void) {
     float f = random_bf16_input(i % 3);
     uint16_t got = vmep__bf16_from_float(f), want = oracle_bf16(f);
     if (got != want)
-      TEST_FAIL("bf16(0x%08x): 0x%04x, the oracle says 0x%04x", bits_of(f), got,
-                want);
+      TEST_FAIL("bf16(0x%08x): 0x%04x, the oracle says 0x%04x",
+                vmep_f32_bits(f), got, want);
     checked++;
   }
   printf("bf16: %ld random floats agree with the oracle\n", checked);
@@ -144,7 +138,7 @@ static void test_fp8_all_codes(void) {
     float f = vmep__fp8_to_float((uint8_t)c);
     if ((c & 0x7f) == 0x7f) {
       ASSERT_TRUE(isnan(f));
-      ASSERT_EQ(bits_of(f), 0x7fffffffu);
+      ASSERT_EQ(vmep_f32_bits(f), 0x7fffffffu);
       continue;
     }
     if ((double)f != oracle_fp8_value(c))
@@ -187,9 +181,9 @@ static float random_fp8_input(int kind) {
   case 1:
     return sign * mid;
   case 2:
-    return sign * float_of(bits_of(mid) + ((r & 2) ? 1 : -1));
+    return sign * vmep_f32_of_bits(vmep_f32_bits(mid) + ((r & 2) ? 1 : -1));
   case 3:
-    return float_of(r);
+    return vmep_f32_of_bits(r);
   default:
     return sign * (440.0f + (float)(r % 64000) / 1000.0f);
   }
@@ -202,7 +196,7 @@ static void test_fp8_random(void) {
     uint8_t got = vmep__fp8_from_float(f), want = oracle_fp8(f);
     if (got != want)
       TEST_FAIL("fp8(%.9g = 0x%08x): 0x%02x, the oracle says 0x%02x", (double)f,
-                bits_of(f), got, want);
+                vmep_f32_bits(f), got, want);
     checked++;
   }
   ASSERT_TRUE(checked >= 100000);
@@ -270,7 +264,7 @@ static float expected_scale(const uint16_t *group, int round_scale) {
 static void check_group(const uint16_t *x, const uint8_t *q, float scale,
                         int round_scale) {
   float want = expected_scale(x, round_scale);
-  if (bits_of(scale) != bits_of(want))
+  if (vmep_f32_bits(scale) != vmep_f32_bits(want))
     TEST_FAIL("scale %.9g, expected %.9g (round_scale %d)", (double)scale,
               (double)want, round_scale);
   float amax = 0.0f;
@@ -302,13 +296,13 @@ static void test_quantize_rows(void) {
       check_group(x + g * VMEP_FP8_GROUP, q + g * VMEP_FP8_GROUP, scales[g],
                   round_scale);
     /* The all-zero group: the floored scale, and every code +0. */
-    ASSERT_EQ(bits_of(scales[1]),
-              bits_of(round_scale ? 0x1p-22f : 1e-4f / 448.0f));
+    ASSERT_EQ(vmep_f32_bits(scales[1]),
+              vmep_f32_bits(round_scale ? 0x1p-22f : 1e-4f / 448.0f));
     for (int g = 0; g < ROW_GROUPS; g++)
       if (round_scale)
-        ASSERT_EQ(bits_of(scales[g]) & 0x7fffff, 0);
-    ASSERT_EQ(bits_of(vmep__fp8_group_scale(x, round_scale)),
-              bits_of(scales[0]));
+        ASSERT_EQ(vmep_f32_bits(scales[g]) & 0x7fffff, 0);
+    ASSERT_EQ(vmep_f32_bits(vmep__fp8_group_scale(x, round_scale)),
+              vmep_f32_bits(scales[0]));
   }
   ASSERT_EQ(q[VMEP_FP8_GROUP], 0);
 }
