@@ -31,7 +31,7 @@ extern "C" {
 #endif
 
 #define VMEP_VERSION_MAJOR 0
-#define VMEP_VERSION_MINOR 3
+#define VMEP_VERSION_MINOR 4
 #define VMEP_VERSION_PATCH 0
 
 /* ------------------------------------------------------------------------
@@ -71,9 +71,10 @@ VMEP_API const char *vmep_status_string(vmep_status status);
  */
 VMEP_API const char *vmep_last_error(void);
 
-/* "0.3.0". The minor number grows whenever a public struct or call changes
+/* "0.4.0". The minor number grows whenever a public struct or call changes
  * (0.2.0: elastic membership, scale layouts, wait counters; 0.3.0:
- * struct_size in the structs a caller fills in, VMEP_EP_ERR_* bits). */
+ * struct_size in the structs a caller fills in, VMEP_EP_ERR_* bits; 0.4.0:
+ * the high-throughput calls, vmep_ep_combine_args.use_logfmt). */
 VMEP_API const char *vmep_version(void);
 
 /* ------------------------------------------------------------------------
@@ -567,7 +568,7 @@ typedef struct vmep_ep_combine_args {
   void *out;                 /* bf16 [num_tokens, H] */
   int64_t *recv_wait_ns;     /* NULL, or [R]: as in dispatch, for rank r's
                                 expert outputs */
-  /* appended after 0.3.0 (struct_size 48 leaves it 0) */
+  /* appended in 0.4.0 (struct_size 48 leaves it 0) */
   int use_logfmt; /* 1: expert rows travel as LogFMT-10 (DeepEP's
                      use_logfmt; docs/EP.md): per 128 channels a range of
                      magnitudes, per channel a sign and a 9-bit log2

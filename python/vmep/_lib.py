@@ -276,7 +276,7 @@ def library_candidates():
 # number and at least this minor one serves: a newer one gives the fields
 # appended since their defaults. An older one, or another major, is
 # refused at load.
-VERSION = "0.3.0"
+VERSION = "0.4.0"
 MIRRORED = tuple(int(n) for n in VERSION.split(".")[:2])
 
 
