@@ -2,13 +2,17 @@
 # The inter-node path on one GPU (docs/INTERNODE.md): the EP test with the
 # ranks split into pretend nodes (4 ranks on 2 and on 4 nodes, 3 ranks on
 # 2), every byte between nodes through UCX over TCP on loopback and the
-# proxies, then the kernel test and the EP test without pretend nodes (the
-# mapped path the same kernels serve), then elastic plans on 2 pretend nodes.
+# proxies, then the high-throughput tests the same way (test_ht with 4 and
+# 3 ranks on 2 nodes, test_ht_modes with 4 on 2), then the kernel test and
+# the EP test without pretend nodes (the mapped path the same kernels
+# serve), then elastic plans on 2 pretend nodes.
 # Logs under $OUT (or ./gpu-logs)/nodes.
 # GPU_NODES_TIMEOUT bounds each run (seconds, default 300); GPU_NODES_SPLITS
-# picks the "ranks nodes" pairs (default "4 2,4 4,3 2"), GPU_NODES_PLANS the
-# elastic plans (default: all of tests/elastic/plans; empty: none),
-# GPU_NODES_BENCH=0 skips vmep-bench --nodes 2.
+# picks the "ranks nodes" pairs of test_ep (default "4 2,4 4,3 2"),
+# GPU_NODES_HT_SPLITS those of test_ht (default "4 2,3 2"; empty: none, nor
+# test_ht_modes), GPU_NODES_PLANS the elastic plans (default: all of
+# tests/elastic/plans; empty: none), GPU_NODES_BENCH=0 skips vmep-bench
+# --nodes 2.
 set -uo pipefail
 GPU_ENV_SUBDIR=nodes source "$(dirname "$0")/gpu-env.sh"
 limit=${GPU_NODES_TIMEOUT:-300}
@@ -26,13 +30,22 @@ run() { # name, then the command
   [ $rc = 0 ] || { status=1; tail -15 "$out/$name.log"; }
 }
 IFS=, read -ra splits <<< "${GPU_NODES_SPLITS:-4 2,4 4,3 2}"
-split_run() { # ranks nodes
-  VMEP_LOG=${VMEP_LOG:-info} run "test_ep-$1ranks-$2nodes" \
+split_run() { # ranks nodes [test, default test_ep]
+  local test=${3:-test_ep}
+  VMEP_LOG=${VMEP_LOG:-info} run "$test-$1ranks-$2nodes" \
     "$build/tools/vmep-run" -n "$1" --nodes "$2" --timeout "$limit" -- \
-    "$build/tests/gpu/test_ep"
+    "$build/tests/gpu/$test"
 }
 # shellcheck disable=SC2086 # "ranks nodes" are two words
 split_run ${splits[0]}
+# The high-throughput calls across pretend nodes: dispatch rows and weights,
+# combine slots, marks and weights through the proxies; in place too.
+IFS=, read -ra ht_splits <<< "${GPU_NODES_HT_SPLITS-4 2,3 2}"
+for split in "${ht_splits[@]}"; do
+  # shellcheck disable=SC2086
+  split_run $split test_ht
+done
+[ ${#ht_splits[@]} = 0 ] || split_run 4 2 test_ht_modes
 # The benchmark across 2 pretend nodes: intra / inter bytes, the proxy's
 # count, the engine's own ceiling.
 if [ "${GPU_NODES_BENCH:-1}" != 0 ]; then

@@ -119,9 +119,10 @@ vmep_status vmep__ep_device_sms(const struct vmep_ep_device *d, int *sms_out);
  * heartbeat, and the combine slots where remote expert ranks put the rows
  * of our tokens. An inbox of peer r holds the layout's parts before the
  * slots (flags, heartbeat, send areas) at their offsets: what r's proxy
- * puts there. An outbox of r holds the slot areas (offset slots[0] at its
- * start): the rows of r's tokens our experts made, which our proxy puts
- * into the slots of r's stage.
+ * puts there. An outbox of r holds the rest of the image (offset slots[0]
+ * at its start): the rows of r's tokens our experts made, with the
+ * high-throughput combine's weights and marks, which our proxy puts into
+ * the same parts of r's stage.
  */
 struct vmep_ep_proxy {
   vmep_engine *engine;

@@ -28,17 +28,10 @@ void vmep_ep_ht_combine_args_init(vmep_ep_ht_combine_args *args) {
   args->struct_size = sizeof(*args);
 }
 
-/* The buffer can serve a high-throughput call: every peer mapped. */
-static vmep_status check_mapped(const vmep_ep *ep, const char *call) {
-  if (!ep)
-    return vmep__ep_null_arg(call, "ep");
-  if (ep->remote)
-    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-                      "%s: this buffer reaches ranks of other nodes through "
-                      "the inter-node engine; high-throughput calls need "
-                      "every peer mapped for now (docs/HT.md)",
-                      call);
-  return VMEP_OK;
+/* A buffer given. Remote peers (other nodes) are served through the
+ * proxy as for the low-latency calls (docs/HT.md, "Across nodes"). */
+static vmep_status check_ep(const vmep_ep *ep, const char *call) {
+  return ep ? VMEP_OK : vmep__ep_null_arg(call, "ep");
 }
 
 static vmep_status check_topk(const vmep_ep *ep, const char *call,
@@ -212,13 +205,13 @@ static vmep_status launch(const vmep_ep *ep, int parity, int num_topk,
   return status;
 }
 
-/* The start of both dispatch calls: a buffer that can serve them, the
- * handle pointer `h` (named `name`) given, and the caller's args in *out. */
+/* The start of both dispatch calls: the buffer and the handle pointer `h`
+ * (named `name`) given, and the caller's args in *out. */
 static vmep_status dispatch_start(const vmep_ep *ep, const char *call,
                                   const void *h, const char *name,
                                   const vmep_ep_ht_dispatch_args *in,
                                   vmep_ep_ht_dispatch_args *out) {
-  vmep_status status = check_mapped(ep, call);
+  vmep_status status = check_ep(ep, call);
   if (status == VMEP_OK && !h)
     status = vmep__ep_null_arg(call, name);
   if (status != VMEP_OK)
@@ -366,7 +359,7 @@ static vmep_status check_in_place(const vmep_ep *ep, const char *call,
 vmep_status vmep_ep_ht_combine_buffer(vmep_ep *ep, const vmep_ep_ht_handle *h,
                                       void **buf_out, int *rows_out) {
   const char *call = "vmep_ep_ht_combine_buffer";
-  vmep_status status = check_mapped(ep, call);
+  vmep_status status = check_ep(ep, call);
   if (status == VMEP_OK)
     status = check_handle(ep, h, call, "handle");
   if (status == VMEP_OK && !buf_out)
@@ -400,7 +393,7 @@ vmep_status vmep_ep_ht_combine(vmep_ep *ep, const vmep_ep_ht_combine_args *args,
                                const vmep_ep_ht_handle *h, void *stream) {
   const char *call = "vmep_ep_ht_combine";
   vmep_ep_ht_combine_args a;
-  vmep_status status = check_mapped(ep, call);
+  vmep_status status = check_ep(ep, call);
   if (status == VMEP_OK)
     status = check_handle(ep, h, call, "handle");
   if (status != VMEP_OK)

@@ -4,10 +4,12 @@
  * one request per phase into a ring; the proxy turns each request into
  * engine puts, then the phase's flag, toward every remote peer. Bytes follow
  * the kernels' rule: a dispatched row goes once to each rank that selected
- * one of its experts, a combined row once per (token, k) to its source.
+ * one of its experts, a combined row once per (token, k) to its source
+ * (high-throughput: once per (token, rank), with its weights and mark).
  * Plain host code over the engine, so CPU tests drive it with real UCX
  * between processes, playing the kernels' part.
  */
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -45,13 +47,14 @@ size_t vmep__ep_proxy_image(const struct vmep_ll_layout *layout) {
 }
 
 /* An inbox holds the flags, the heartbeat and the send areas (all before
- * the slots); an outbox the slots alone. */
+ * the slots); an outbox the rest of the image: the slots, and the
+ * high-throughput combine's marks and weights that go with them. */
 static size_t inbox_bytes(const struct vmep_ll_layout *layout) {
   return layout->slots[0];
 }
 
 static size_t outbox_bytes(const struct vmep_ll_layout *layout) {
-  return layout->where[0] - layout->slots[0];
+  return vmep__ep_proxy_image(layout) - layout->slots[0];
 }
 
 size_t vmep__ep_proxy_host_bytes(const struct vmep_ll_layout *layout,
@@ -273,8 +276,14 @@ static vmep_status put_rows(struct vmep_ep_proxy *px, int r, int b, int t0,
   return status;
 }
 
-/* Dispatch: the header and expert ids, then each row rank r selected,
- * runs of consecutive tokens in one put. */
+/* The bytes of each staged row that request `e` ships. */
+static size_t ship_row_len(const struct vmep_ep_proxy *px,
+                           const struct vmep_ll_ring_entry *e) {
+  return e->row_len > px->layout.row_bytes ? px->layout.row_bytes : e->row_len;
+}
+
+/* Dispatch: the header and expert ids (high-throughput: and the weights),
+ * then each row rank r selected, runs of consecutive tokens in one put. */
 static vmep_status ship_dispatch(struct vmep_ep_proxy *px, int r,
                                  const struct vmep_ll_ring_entry *e) {
   const struct vmep_ll_layout *l = &px->layout;
@@ -282,44 +291,66 @@ static vmep_status ship_dispatch(struct vmep_ep_proxy *px, int r,
   const char *area = px->stage + l->send[b];
   const int n = area_tokens(px, area);
   const int32_t *topk = (const int32_t *)(area + l->send_topk);
-  size_t row_len = e->row_len > l->row_bytes ? l->row_bytes : e->row_len;
   vmep_status status =
       put(px, r, area, l->send[b], l->send_topk + (size_t)n * K * 4);
+  if (status == VMEP_OK && e->op == VMEP_LL_SHIP_HT_DISPATCH && n > 0)
+    status = put(px, r, area + l->send_weights, l->send[b] + l->send_weights,
+                 (size_t)n * K * 4);
   int run = -1;
   for (int t = 0; t <= n && status == VMEP_OK; t++) {
     int want = t < n && selects(px, topk, K, t, r);
     if (want && run < 0)
       run = t;
     if (!want && run >= 0) {
-      status = put_rows(px, r, b, run, t, row_len);
+      status = put_rows(px, r, b, run, t, ship_row_len(px, e));
       run = -1;
     }
   }
   return status;
 }
 
-/* Slots [i0, i1) of parity b that our experts filled for rank r, into
- * r's stage: one put when slots are whole, else one per slot of len
- * bytes (LogFMT rows fill 41 H / 32 bytes of a 2 H slot). */
-static vmep_status put_slots(struct vmep_ep_proxy *px, int r, int b, int i0,
-                             int i1, size_t len) {
+/* A cached high-throughput dispatch: the header and every staged row. The
+ * staged expert ids are an earlier call's (a cached dispatch gets none), so
+ * which ranks take which row is not known here. */
+static vmep_status ship_cached(struct vmep_ep_proxy *px, int r,
+                               const struct vmep_ll_ring_entry *e) {
   const struct vmep_ll_layout *l = &px->layout;
+  const int b = (int)e->parity;
+  const char *area = px->stage + l->send[b];
+  const int n = area_tokens(px, area);
+  vmep_status status = put(px, r, area, l->send[b], l->send_topk);
+  if (status == VMEP_OK && n > 0)
+    status = put_rows(px, r, b, 0, n, ship_row_len(px, e));
+  return status;
+}
+
+/* [offset, +bytes) of the layout from our outbox of rank r into r's
+ * stage: every slot of r's tokens has one expert rank, so all of r's
+ * remote peers share those areas of its stage. */
+static vmep_status put_outbox(struct vmep_ep_proxy *px, int r, size_t offset,
+                              size_t bytes) {
+  return put_at(px, r, px->outbox[r] + (offset - px->layout.slots[0]),
+                px->peer_stage[r] + offset, bytes);
+}
+
+/* Low-latency slots [i0, i1) of parity b that our experts filled for rank
+ * r: one put when slots are whole, else one per slot of len bytes (LogFMT
+ * rows fill 41 H / 32 bytes of a 2 H slot). */
+static vmep_status put_ll_slots(struct vmep_ep_proxy *px, int r, int b, int i0,
+                                int i1, size_t len) {
   const size_t row = 2 * (size_t)px->hidden;
-  size_t at = l->slots[b] + (size_t)i0 * row;
+  size_t at = px->layout.slots[b] + (size_t)i0 * row;
   if (len == row)
-    return put_at(px, r, px->outbox[r] + (at - l->slots[0]),
-                  px->peer_stage[r] + at, (size_t)(i1 - i0) * row);
+    return put_outbox(px, r, at, (size_t)(i1 - i0) * row);
   vmep_status status = VMEP_OK;
   for (int i = i0; i < i1 && status == VMEP_OK; i++, at += row)
-    status = put_at(px, r, px->outbox[r] + (at - l->slots[0]),
-                    px->peer_stage[r] + at, len);
+    status = put_outbox(px, r, at, len);
   return status;
 }
 
 /* Combine: every slot [t][k] of rank r's tokens whose expert is ours (from
  * r's expert ids in our inbox of it), runs of consecutive slots, into the
- * slots of r's stage: each slot has one expert rank, so all of r's remote
- * peers share that area. */
+ * slots of r's stage. */
 static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
                                 const struct vmep_ll_ring_entry *e) {
   const struct vmep_ll_layout *l = &px->layout;
@@ -338,8 +369,52 @@ static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
     if (want && run < 0)
       run = i;
     if (!want && run >= 0) {
-      status = put_slots(px, r, b, run, i, len);
+      status = put_ll_slots(px, r, b, run, i, len);
       run = -1;
+    }
+  }
+  return status;
+}
+
+/* High-throughput slots [i0, i1) of parity b (K per token): rows, weights,
+ * marks. */
+static vmep_status put_ht_slots(struct vmep_ep_proxy *px, int r, int b,
+                                size_t K, size_t i0, size_t i1) {
+  const struct vmep_ll_layout *l = &px->layout;
+  const size_t row = 2 * (size_t)px->hidden, n = i1 - i0;
+  vmep_status status = put_outbox(px, r, l->slots[b] + i0 * row, n * row);
+  if (status == VMEP_OK)
+    status = put_outbox(px, r, l->ht_weights[b] + i0 * K * sizeof(float),
+                        n * K * sizeof(float));
+  if (status == VMEP_OK)
+    status = put_outbox(px, r, l->ht_mark[b] + i0 * sizeof(uint64_t),
+                        n * sizeof(uint64_t));
+  return status;
+}
+
+/* High-throughput combine: every slot of rank r's tokens that our experts
+ * filled in this call, known by its mark in our outbox of r (the request's
+ * epoch; the records of which rows came from r stay on the device), runs
+ * of consecutive slots in one put per part. Rows never stay in place
+ * across nodes, so the row indices do not travel. */
+static vmep_status ship_ht_combine(struct vmep_ep_proxy *px, int r,
+                                   const struct vmep_ll_ring_entry *e) {
+  const struct vmep_ll_layout *l = &px->layout;
+  const int b = (int)e->parity;
+  const size_t K = e->num_topk, slots = (size_t)px->max_tokens * K;
+  const uint64_t *marks =
+      (const uint64_t *)(px->outbox[r] + (l->ht_mark[b] - l->slots[0]));
+  vmep_status status = VMEP_OK;
+  size_t run = SIZE_MAX;
+  for (size_t i = 0; i <= slots && status == VMEP_OK; i++) {
+    int want = i < slots && __atomic_load_n(&marks[i], __ATOMIC_RELAXED) >>
+                                    VMEP_HT_MARK_EPOCH_SHIFT ==
+                                e->value;
+    if (want && run == SIZE_MAX)
+      run = i;
+    if (!want && run != SIZE_MAX) {
+      status = put_ht_slots(px, r, b, K, run, i);
+      run = SIZE_MAX;
     }
   }
   return status;
@@ -377,10 +452,14 @@ static void serve(struct vmep_ep_proxy *px,
     if (!reachable(px, r))
       continue;
     vmep_status status = VMEP_OK;
-    if (e->op == VMEP_LL_SHIP_DISPATCH)
+    if (e->op == VMEP_LL_SHIP_DISPATCH || e->op == VMEP_LL_SHIP_HT_DISPATCH)
       status = ship_dispatch(px, r, e);
+    else if (e->op == VMEP_LL_SHIP_HT_CACHED)
+      status = ship_cached(px, r, e);
     else if (e->op == VMEP_LL_SHIP_COMBINE)
       status = ship_combine(px, r, e);
+    else if (e->op == VMEP_LL_SHIP_HT_COMBINE)
+      status = ship_ht_combine(px, r, e);
     if (status == VMEP_OK)
       status = signal(px, r, flag, e->value);
     if (status != VMEP_OK)

@@ -3,7 +3,9 @@
  * one, in three launches:
  *  send  - wait until every receiver released send[parity], stage each
  *          token once as given (bf16 row, or fp8 row and its scales), its
- *          checked expert ids and weights; raise the ready flags;
+ *          checked expert ids and weights; with remote peers, the same in
+ *          the host stage for the proxy (rows only of tokens that some
+ *          remote rank takes); raise the ready flags;
  *  count - per source: wait for its flag, mark the source's tokens that
  *          have an expert here and number them in token order (a block
  *          scan), count them per local expert; the last block turns the
@@ -34,15 +36,23 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
   ll_wait_all(p, p.layout.disp_ack, epoch - 1, NULL);
   char *area = send_area(p, p.rank);
+  /* With remote peers, the same area in host memory for the proxy. */
+  char *stage = p.stage ? p.stage + p.layout.send[p.parity] : NULL;
   const int thread = blockIdx.x * blockDim.x + threadIdx.x;
   if (thread == 0)
     *(int *)area = io.num_tokens;
-  int32_t *topk = (int32_t *)(area + p.layout.send_topk);
-  float *weights = (float *)(area + p.layout.send_weights);
+  if (thread == 0 && stage)
+    *(int *)stage = io.num_tokens;
   for (int i = thread; io.topk_idx && i < io.num_tokens * K;
        i += gridDim.x * blockDim.x) {
-    topk[i] = checked_expert(p, io.topk_idx[i]);
-    weights[i] = io.topk_weights ? io.topk_weights[i] : 0.0f;
+    int32_t e = checked_expert(p, io.topk_idx[i]);
+    float w = io.topk_weights ? io.topk_weights[i] : 0.0f;
+    ((int32_t *)(area + p.layout.send_topk))[i] = e;
+    ((float *)(area + p.layout.send_weights))[i] = w;
+    if (stage) {
+      ((int32_t *)(stage + p.layout.send_topk))[i] = e;
+      ((float *)(stage + p.layout.send_weights))[i] = w;
+    }
   }
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
   const int chunks = (int)(ht_row_bytes(p, io) / 16),
@@ -50,16 +60,30 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
        item < io.num_tokens * slices; item += warps) {
     int t = item / slices, slice = item % slices;
-    char *row = area + p.layout.send_rows + (size_t)t * p.layout.row_bytes;
-    ll_copy_slice(
+    const size_t at = p.layout.send_rows + (size_t)t * p.layout.row_bytes;
+    uint4 v[LL_UNROLL];
+    ll_load_slice(
         (const uint4 *)((const char *)io.x + (size_t)t * ht_row_bytes(p, io)),
-        (uint4 *)row, chunks, slice, lane);
-    if (io.use_fp8 && slice == 0)
-      for (int g = lane; g < groups; g += 32)
-        ((float *)(row + p.hidden))[g] = io.x_scales[(size_t)t * groups + g];
+        chunks, slice, lane, v);
+    /* A row for remote peers is staged a second time, in host memory
+     * (every row when cached: which ranks take it is not known here). */
+    const int copies =
+        stage && (io.cached || goes_remote(p, io.topk_idx, t, lane)) ? 2 : 1;
+    for (int c = 0; c < copies; c++) {
+      char *row = (c ? stage : area) + at;
+      ll_store_slice((uint4 *)row, chunks, slice, lane, v);
+      if (io.use_fp8 && slice == 0)
+        for (int g = lane; g < groups; g += 32)
+          ((float *)(row + p.hidden))[g] = io.x_scales[(size_t)t * groups + g];
+    }
   }
+  const unsigned row_len =
+      (unsigned)(ht_row_bytes(p, io) +
+                 (io.use_fp8 ? groups * sizeof(float) : 0));
   if (ll_last_block(p.state, 0))
-    ll_signal_all(p, p.layout.disp_ready, epoch, VMEP_LL_SHIP_DISPATCH, 0);
+    ll_signal_all(p, p.layout.disp_ready, epoch,
+                  io.cached ? VMEP_LL_SHIP_HT_CACHED : VMEP_LL_SHIP_HT_DISPATCH,
+                  row_len);
 }
 
 /* Whether expert id `e` (checked, or -1) is one of ours. */

@@ -95,7 +95,22 @@ enum vmep_ll_ship {
                                 filled (from its expert ids in our inbox),
                                 into its staging area; then the flag */
   VMEP_LL_SHIP_FLAG = 3,     /* the flag alone */
+  /* High-throughput dispatch: as VMEP_LL_SHIP_DISPATCH, and the weights */
+  VMEP_LL_SHIP_HT_DISPATCH = 4,
+  /* Cached high-throughput dispatch (the staged expert ids are not this
+   * call's): the header and every staged row */
+  VMEP_LL_SHIP_HT_CACHED = 5,
+  /* High-throughput combine: each remote source's slots in our outbox of
+   * it whose mark is this call's epoch (`value`): the row, the weights and
+   * the mark, into its staging area; then the flag */
+  VMEP_LL_SHIP_HT_COMBINE = 6,
 };
+
+/* A high-throughput combine slot's mark: (epoch << 12) | (the row stays
+ * in the sender's window: zero-copy) << 11 | the rank that filled it. */
+#define VMEP_HT_MARK_RANK 0x7ffu
+#define VMEP_HT_MARK_IN_PLACE (1u << 11)
+#define VMEP_HT_MARK_EPOCH_SHIFT 12
 
 #define VMEP_LL_RING_SLOTS 256
 

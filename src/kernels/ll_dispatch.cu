@@ -17,19 +17,6 @@
 
 #include "kernels/launch.cuh"
 
-/* Whether token `t` selected an expert of a remote rank (one warp). */
-__device__ __forceinline__ int goes_remote(const vmep_ll_params &p,
-                                           const vmep_ll_dispatch_io &io, int t,
-                                           int lane) {
-  int remote = 0;
-  if (lane < p.num_topk) {
-    int64_t e = io.topk_idx[(size_t)t * p.num_topk + lane];
-    remote = e >= 0 && e < p.num_experts &&
-             ll_remote(p, (int)(e / (p.num_experts / p.num_ranks)));
-  }
-  return __any_sync(LL_FULL_MASK, remote);
-}
-
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     dispatch_send_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
   uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
@@ -61,7 +48,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     const __nv_bfloat16 *x = (const __nv_bfloat16 *)io.x + (size_t)t * p.hidden;
     const size_t at = p.layout.send_rows + (size_t)t * p.layout.row_bytes;
     /* A row for remote peers is staged a second time, in host memory. */
-    const int copies = stage && goes_remote(p, io, t, lane) ? 2 : 1;
+    const int copies = stage && goes_remote(p, io.topk_idx, t, lane) ? 2 : 1;
     for (int c = 0; c < copies; c++) {
       char *row = (c ? stage : area) + at;
       if (io.use_fp8)

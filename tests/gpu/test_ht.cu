@@ -19,7 +19,10 @@
  * followed by a guard that must stay poisoned, as must the rows past N, and
  * vmep_ep_poll_errors must report exactly what each call should have. The
  * helpers are in ht_test.cuh; test_ht_modes.cu puts the calls among
- * low-latency ones and masks.
+ * low-latency ones and masks. Nothing here assumes mapped peers: over
+ * pretend nodes (CTest test_ht_<R>ranks_<N>nodes) the same checks cover the
+ * proxies' path, the in-place combine included (rows for remote sources
+ * pushed, mapped ones read in place).
  */
 #include "ht_test.cuh"
 

@@ -283,7 +283,7 @@ static void combine_args(void) {
 
 /* The high-throughput calls' checks: each bad field named, nothing
  * counted as dispatched, handles of other modes, pending or never given
- * out refused, and a buffer with remote peers refused as unsupported. */
+ * out refused. */
 static void ht_args(void) {
   struct vmep_ep ep = fake_ep();
   static uint64_t mem[1024];
@@ -394,12 +394,6 @@ static void ht_args(void) {
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STATUS(vmep_ep_ht_layout(NULL, NULL, 0, 8, NULL, NULL, NULL, NULL),
                 VMEP_ERR_INVALID_ARG);
-  /* Remote peers: not yet. */
-  ep.remote = (struct vmep_ep_remote *)mem;
-  ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, &a, VMEP_EP_SEND_RECV, NULL, &h),
-                VMEP_ERR_UNSUPPORTED);
-  ASSERT_STR_CONTAINS(vmep_last_error(), "other nodes");
-  ASSERT_STATUS(vmep_ep_ht_combine(&ep, &c, &old, NULL), VMEP_ERR_UNSUPPORTED);
   ASSERT_EQ(ep.calls, 3); /* nothing was counted as dispatched */
 }
 

@@ -4,13 +4,18 @@
  * each remote to the others, stage what they send and post ring requests
  * as ll_post does; every wait steps the proxy. Per round (both parities,
  * bf16 and fp8 rows, seeded random token counts, top-k and expert ids;
- * VMEP_TEST_SEED replays):
- *  - dispatch: the header and expert ids arrive, each row a receiver
- *    selected holds the sender's row_len bytes, every other byte of the
+ * VMEP_TEST_SEED replays; the low-latency calls, the high-throughput ones
+ * and a cached high-throughput dispatch in turn):
+ *  - dispatch: the header and expert ids arrive (high-throughput: and the
+ *    weights; cached: neither), each row a receiver selected (cached:
+ *    every row) holds the sender's row_len bytes, every other byte of the
  *    receiver's inbox stays poison; the sender's bytes_out grows by
- *    exactly the header, ids, selected rows and one flag per peer;
+ *    exactly the header, ids, weights, rows and one flag per peer;
  *  - combine: each expert rank's rows land in the source's slots of the
- *    (token, k) its experts served, and nowhere else;
+ *    (token, k) its experts served, and nowhere else; high-throughput:
+ *    the slots whose mark in the outbox is this call's, one per (token,
+ *    expert rank), with their weights and marks, and nowhere else (not the
+ *    row indices, not the slots of stale or garbage marks);
  *  - a flag request, and the heartbeat (forwarded at most every 100 us);
  *  - some rounds post more requests than the ring holds at once.
  * Then one rank is killed (SIGKILL) while the survivors stream flags
@@ -55,7 +60,7 @@ static uint64_t now_ns(void) {
 
 /* ---- what each rank writes: derived from (seed, round, ranks) ------------ */
 
-enum { TAG_SHAPE = 1, TAG_TOKENS, TAG_ROWS, TAG_COMBINE };
+enum { TAG_SHAPE = 1, TAG_TOKENS, TAG_ROWS, TAG_COMBINE, TAG_WEIGHTS };
 
 struct gen {
   uint64_t s;
@@ -83,9 +88,14 @@ static void gen_bytes(struct gen *g, unsigned char *out, size_t n) {
   }
 }
 
+/* Which calls a round makes: low-latency dispatch and combine, or the
+ * high-throughput ones, with a cached dispatch (ids not this call's). */
+enum kind { LOW_LATENCY, HIGH_THROUGHPUT, HT_CACHED };
+
 /* One round's call, the same on every rank. */
 struct shape {
   int parity, K, fp8;
+  enum kind kind;
   uint64_t epoch;
   size_t row_len;
 };
@@ -96,7 +106,8 @@ static struct shape shape_of(int round) {
   sh.parity = round % 2;
   sh.epoch = (uint64_t)round / 2 + 1;
   sh.K = round == 0 ? TOPK : 1 + (int)(gen_next(&g) % TOPK);
-  sh.fp8 = (round / 2) % 2; /* each parity in both modes */
+  sh.fp8 = (round / 2) % 2;         /* each parity in both modes */
+  sh.kind = (enum kind)(round % 3); /* each kind with both, in 12 rounds */
   sh.row_len = sh.fp8 ? HIDDEN + HIDDEN / VMEP_LL_FP8_GROUP * sizeof(float)
                       : 2 * (size_t)HIDDEN;
   return sh;
@@ -228,7 +239,10 @@ static void post(struct rank_state *s, enum vmep_ll_ship op,
   e->op = (uint32_t)op;
   e->parity = (uint32_t)sh->parity;
   e->num_topk = (uint32_t)sh->K;
-  e->row_len = op == VMEP_LL_SHIP_DISPATCH ? (uint32_t)sh->row_len : 0;
+  e->row_len = op == VMEP_LL_SHIP_DISPATCH || op == VMEP_LL_SHIP_HT_DISPATCH ||
+                       op == VMEP_LL_SHIP_HT_CACHED
+                   ? (uint32_t)sh->row_len
+                   : 0;
   e->offset = offset;
   e->value = value;
   __atomic_store_n(&e->seq, slot + 1, __ATOMIC_RELEASE);
@@ -288,30 +302,79 @@ static void compare(const struct rank_state *s, const unsigned char *got,
 
 /* ---- one round ----------------------------------------------------------- */
 
+/* The request of a round's dispatch. */
+static enum vmep_ll_ship dispatch_op(const struct shape *sh) {
+  return sh->kind == LOW_LATENCY       ? VMEP_LL_SHIP_DISPATCH
+         : sh->kind == HIGH_THROUGHPUT ? VMEP_LL_SHIP_HT_DISPATCH
+                                       : VMEP_LL_SHIP_HT_CACHED;
+}
+
+/* The bytes rank `src`'s send area of a round's dispatch (tokens tk)
+ * leaves in a receiver's inbox of it, into want (area_bytes): the header;
+ * the ids, and high-throughput the weights, unless cached; the rows the
+ * receiver `d` selected (cached: every row), row_len bytes each; poison
+ * elsewhere. */
+static void dispatch_want(struct rank_state *s, int round,
+                          const struct shape *sh, int src, int d,
+                          const struct tokens *tk, size_t area_bytes) {
+  const struct vmep_ll_layout *l = &s->px.layout;
+  const size_t ids = (size_t)tk->n * sh->K * sizeof(int32_t);
+  memset(s->want, POISON, area_bytes);
+  memset(s->want, 0, l->send_topk); /* the sender's header, zero past n */
+  memcpy(s->want, &tk->n, sizeof(int));
+  if (sh->kind != HT_CACHED)
+    memcpy(s->want + l->send_topk, tk->ids, ids);
+  if (sh->kind == HIGH_THROUGHPUT) {
+    struct gen g = gen_of(TAG_WEIGHTS, round, src, 0);
+    gen_bytes(&g, s->want + l->send_weights, ids);
+  }
+  struct gen g = gen_of(TAG_ROWS, round, src, 0);
+  gen_bytes(&g, s->rows, (size_t)tk->n * l->row_bytes);
+  for (int t = 0; t < tk->n; t++)
+    if (sh->kind == HT_CACHED || selects(tk, sh->K, t, d))
+      memcpy(s->want + l->send_rows + t * l->row_bytes,
+             s->rows + t * l->row_bytes, sh->row_len);
+}
+
 static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
+  static const char *const names[2][3] = {
+      {"dispatch (bf16)", "high-throughput dispatch (bf16)",
+       "cached dispatch (bf16)"},
+      {"dispatch (fp8)", "high-throughput dispatch (fp8)",
+       "cached dispatch (fp8)"}};
   const struct vmep_ll_layout *l = &s->px.layout;
   const int b = sh->parity, K = sh->K;
   struct tokens mine;
   tokens_of(round, s->rank, sh, &mine);
   char *area = s->px.stage + l->send[b];
+  const size_t ids = (size_t)mine.n * K * sizeof(int32_t);
   *(int *)area = mine.n;
-  memcpy(area + l->send_topk, mine.ids, (size_t)mine.n * K * sizeof(int32_t));
+  memcpy(area + l->send_topk, mine.ids, ids);
+  /* A cached dispatch's staged ids are an earlier call's: ones that select
+   * nobody, so that the proxy must not go by them. */
+  if (sh->kind == HT_CACHED)
+    memset(area + l->send_topk, 0xff, ids);
+  struct gen g = gen_of(TAG_WEIGHTS, round, s->rank, 0);
+  gen_bytes(&g, (unsigned char *)area + l->send_weights, ids);
   /* Whole rows of random bytes: past row_len they must not travel. */
-  struct gen g = gen_of(TAG_ROWS, round, s->rank, 0);
+  g = gen_of(TAG_ROWS, round, s->rank, 0);
   gen_bytes(&g, (unsigned char *)area + l->send_rows,
             (size_t)mine.n * l->row_bytes);
   uint64_t want = 0;
   for (int p = 0; p < NUM_RANKS; p++) {
     if (!s->live[p])
       continue;
-    want += l->send_topk + (size_t)mine.n * K * sizeof(int32_t) + 8;
+    want += l->send_topk + 8;
+    want += sh->kind == HT_CACHED ? 0 : ids;
+    want += sh->kind == HIGH_THROUGHPUT ? ids : 0;
     for (int t = 0; t < mine.n; t++)
-      want += selects(&mine, K, t, p) ? sh->row_len : 0;
+      want +=
+          sh->kind == HT_CACHED || selects(&mine, K, t, p) ? sh->row_len : 0;
   }
   uint64_t before = bytes_out(s);
-  post(s, VMEP_LL_SHIP_DISPATCH, sh, l->disp_ready, sh->epoch);
+  post(s, dispatch_op(sh), sh, l->disp_ready, sh->epoch);
   serve_all(s);
-  check_bytes_out(s, before, want, "dispatch", round);
+  check_bytes_out(s, before, want, names[sh->fp8][sh->kind], round);
 
   const size_t area_bytes = l->send[1] - l->send[0];
   for (int src = 0; src < NUM_RANKS; src++) {
@@ -321,19 +384,9 @@ static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
               "dispatch flag", src);
     struct tokens tk;
     tokens_of(round, src, sh, &tk);
-    memset(s->want, POISON, area_bytes);
-    memset(s->want, 0, l->send_topk); /* the sender's header, zero past n */
-    memcpy(s->want, &tk.n, sizeof(int));
-    memcpy(s->want + l->send_topk, tk.ids, (size_t)tk.n * K * sizeof(int32_t));
-    g = gen_of(TAG_ROWS, round, src, 0);
-    gen_bytes(&g, s->rows, (size_t)tk.n * l->row_bytes);
-    for (int t = 0; t < tk.n; t++)
-      if (selects(&tk, K, t, s->rank))
-        memcpy(s->want + l->send_rows + t * l->row_bytes,
-               s->rows + t * l->row_bytes, sh->row_len);
+    dispatch_want(s, round, sh, src, s->rank, &tk, area_bytes);
     compare(s, (const unsigned char *)s->px.inbox[src] + l->send[b], s->want,
-            area_bytes, round, sh->fp8 ? "dispatch (fp8)" : "dispatch (bf16)",
-            src, l->row_bytes);
+            area_bytes, round, names[sh->fp8][sh->kind], src, l->row_bytes);
   }
 }
 
@@ -388,6 +441,111 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
   }
   compare(s, (const unsigned char *)s->px.stage + l->slots[b], s->want,
           slot_bytes, round, "combine slots", s->rank, COMBINE_ROW);
+}
+
+/* The high-throughput slot expert rank d fills for token t: [t][j], j the
+ * first k whose expert is d's; -1 when none is. */
+static int ht_slot(const struct tokens *tk, int K, int t, int d) {
+  for (int k = 0; k < K; k++)
+    if (owner(tk->ids[t * K + k]) == d)
+      return t * K + k;
+  return -1;
+}
+
+/* The parts of a high-throughput slot (row, weights, mark) that travel. */
+#define HT_SLOT_BYTES(K) (COMBINE_ROW + (size_t)(K) * sizeof(float) + 8)
+
+/* High-throughput combine: each expert rank fills, in its outbox of each
+ * source, the slot of every token with an expert of its (row, weights, row
+ * index, mark of this epoch), the other slots holding garbage and marks of
+ * an earlier call or garbage; the proxy finds them by their marks. Each
+ * source's stage then holds exactly those rows, weights and marks; the
+ * row indices stay (never in place across nodes), as does the poison
+ * everywhere else. */
+static void ht_combine(struct rank_state *s, int round,
+                       const struct shape *sh) {
+  const struct vmep_ll_layout *l = &s->px.layout;
+  const int b = sh->parity, K = sh->K;
+  const size_t slots = (size_t)TOKENS * K;
+  const uint64_t mark = sh->epoch << VMEP_HT_MARK_EPOCH_SHIFT;
+  uint64_t want = 0;
+  for (int src = 0; src < NUM_RANKS; src++) {
+    if (!s->live[src])
+      continue;
+    struct tokens tk;
+    tokens_of(round, src, sh, &tk);
+    char *out = s->px.outbox[src] - l->slots[0]; /* at layout offsets */
+    unsigned char *rows = (unsigned char *)out + l->slots[b];
+    float *weights = (float *)(out + l->ht_weights[b]);
+    uint64_t *marks = (uint64_t *)(out + l->ht_mark[b]);
+    int32_t *row_index = (int32_t *)(out + l->ht_row[b]);
+    memset(rows, GARBAGE, slots * COMBINE_ROW);
+    memset(weights, GARBAGE, slots * K * sizeof(float));
+    memset(row_index, GARBAGE, slots * sizeof(int32_t));
+    for (size_t i = 0; i < slots; i++)
+      marks[i] =
+          i % 2 ? (mark - (1u << VMEP_HT_MARK_EPOCH_SHIFT)) | (uint64_t)s->rank
+                : 0x5c5c5c5c5c5c5c5cull;
+    struct gen g = gen_of(TAG_COMBINE, round, s->rank, src);
+    for (int t = 0; t < tk.n; t++) {
+      int i = ht_slot(&tk, K, t, s->rank);
+      if (i < 0)
+        continue;
+      gen_bytes(&g, rows + (size_t)i * COMBINE_ROW, COMBINE_ROW);
+      gen_bytes(&g, (unsigned char *)(weights + (size_t)i * K),
+                (size_t)K * sizeof(float));
+      row_index[i] = t;
+      marks[i] = mark | (uint64_t)s->rank;
+      want += HT_SLOT_BYTES(K);
+    }
+    want += 8;
+  }
+  uint64_t before = bytes_out(s);
+  post(s, VMEP_LL_SHIP_HT_COMBINE, sh, l->comb_ready, sh->epoch);
+  serve_all(s);
+  check_bytes_out(s, before, want, "high-throughput combine", round);
+
+  for (int d = 0; d < NUM_RANKS; d++)
+    if (s->live[d])
+      wait_word(s, s->px.inbox[d], flag_at(l->comb_ready, b, d), sh->epoch,
+                "combine flag", d);
+  struct tokens mine;
+  tokens_of(round, s->rank, sh, &mine);
+  /* The image as it must be, at the layout's offsets. */
+  memset(s->want, POISON, s->px.image);
+  for (int d = 0; d < NUM_RANKS; d++) {
+    if (!s->live[d])
+      continue;
+    struct gen g = gen_of(TAG_COMBINE, round, d, s->rank);
+    for (int t = 0; t < mine.n; t++) {
+      int i = ht_slot(&mine, K, t, d);
+      if (i < 0)
+        continue;
+      gen_bytes(&g, s->want + l->slots[b] + (size_t)i * COMBINE_ROW,
+                COMBINE_ROW);
+      gen_bytes(&g, s->want + l->ht_weights[b] + (size_t)i * K * sizeof(float),
+                (size_t)K * sizeof(float));
+      uint64_t m = mark | (uint64_t)d;
+      memcpy(s->want + l->ht_mark[b] + (size_t)i * sizeof(m), &m, sizeof(m));
+    }
+  }
+  const struct {
+    size_t offset, bytes, unit;
+    const char *what;
+  } parts[] = {
+      {l->slots[b], l->slots[1] - l->slots[0], COMBINE_ROW,
+       "high-throughput combine slots"},
+      {l->ht_weights[b], l->ht_weights[1] - l->ht_weights[0],
+       (size_t)K * sizeof(float), "high-throughput combine weights"},
+      {l->ht_mark[b], l->ht_mark[1] - l->ht_mark[0], 8,
+       "high-throughput combine marks"},
+      {l->ht_row[b], l->ht_row[1] - l->ht_row[0], 4,
+       "high-throughput combine row indices"},
+  };
+  for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+    compare(s, (const unsigned char *)s->px.stage + parts[i].offset,
+            s->want + parts[i].offset, parts[i].bytes, round, parts[i].what,
+            s->rank, parts[i].unit);
 }
 
 /* A flag alone, then two heartbeats back to back: the second goes at
@@ -465,10 +623,20 @@ static void run_round(struct rank_state *s, int round) {
       memset(s->px.inbox[p] + l->send[sh.parity], POISON,
              l->send[1] - l->send[0]);
     }
-  memset(s->px.stage + l->slots[sh.parity], POISON, l->slots[1] - l->slots[0]);
+  /* Our stage's combine parts of the parity, where peers put. */
+  const size_t parts[][2] = {
+      {l->slots[sh.parity], l->slots[1] - l->slots[0]},
+      {l->ht_mark[sh.parity], l->ht_mark[1] - l->ht_mark[0]},
+      {l->ht_weights[sh.parity], l->ht_weights[1] - l->ht_weights[0]},
+      {l->ht_row[sh.parity], l->ht_row[1] - l->ht_row[0]}};
+  for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+    memset(s->px.stage + parts[i][0], POISON, parts[i][1]);
   barrier(s, NULL); /* every inbox poisoned before anyone sends */
   dispatch(s, round, &sh);
-  combine(s, round, &sh);
+  if (sh.kind == LOW_LATENCY)
+    combine(s, round, &sh);
+  else
+    ht_combine(s, round, &sh);
   flag_and_beats(s, round, &sh);
   if (round % 4 == 3 && round < ROUNDS)
     burst(s, round, &sh);
@@ -622,9 +790,9 @@ static void setup(struct rank_state *s) {
   vmep__ep_proxy_init(&s->px, s->engine, &config, s->rank, NUM_RANKS, &remote,
                       s->host);
   /* [stage][inboxes][outboxes][ring], in rank order: a stage is the whole
-   * layout, an inbox its parts before the slots, an outbox the slots */
+   * layout, an inbox its parts before the slots, an outbox the rest */
   const size_t image = s->px.image, in = layout.slots[0];
-  const size_t out = layout.where[0] - layout.slots[0];
+  const size_t out = image - layout.slots[0];
   ASSERT_EQ(image, layout.total);
   ASSERT_TRUE(s->px.stage == s->host);
   for (int r = 0, i = 0; r < NUM_RANKS; r++) {
