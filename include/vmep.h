@@ -635,8 +635,8 @@ VMEP_API vmep_status vmep_ep_poll_errors(vmep_ep *ep, unsigned *errors_out,
  * inverse: out[t] = the sum over the ranks that received token t of the
  * row each sends back (weights already applied by the caller), in fp32 in
  * the token's expert order, then + bias0[t] + bias1[t], rounded once to
- * bf16. Buffers with remote peers (other nodes) are refused
- * (VMEP_ERR_UNSUPPORTED) for now: docs/HT.md says what remains.
+ * bf16. Peers in other nodes are reached through the inter-node proxy,
+ * with the same results (docs/HT.md, "Across nodes").
  * --------------------------------------------------------------------- */
 
 /* The routing of `num_tokens` tokens, computed locally (no communication),
@@ -739,7 +739,8 @@ VMEP_API void vmep_ep_ht_combine_args_init(vmep_ep_ht_combine_args *args);
  * last dispatch of its parity, whose capacity must fit its rows; until
  * that handle is combined, combines of other handles of the parity are
  * refused (they would push rows into it). Every rank of a combine must
- * combine in place, or none. rows_out may be NULL.
+ * combine in place, or none; rows for sources in other nodes are sent
+ * to them, not read in place. rows_out may be NULL.
  */
 VMEP_API vmep_status vmep_ep_ht_combine_buffer(vmep_ep *ep,
                                                const vmep_ep_ht_handle *handle,
