@@ -574,7 +574,10 @@ typedef struct vmep_ep_combine_args {
                      magnitudes, per channel a sign and a 9-bit log2
                      level, 41 H / 32 bytes a row instead of 2 H; at most
                      about 2.2% error per value before the weighted sum.
-                     VMEP_ERR_UNSUPPORTED with a zero-copy expert_out. */
+                     The same on every rank of a combine (the sources
+                     decode what the expert ranks encoded), as is a
+                     zero-copy expert_out, which refuses it
+                     (VMEP_ERR_UNSUPPORTED). */
 } vmep_ep_combine_args;
 
 /* Fills *args with the defaults: struct_size = sizeof, every pointer
@@ -731,16 +734,16 @@ typedef struct vmep_ep_ht_combine_args {
 VMEP_API void vmep_ep_ht_combine_args_init(vmep_ep_ht_combine_args *args);
 
 /*
- * The zero-copy combine buffer of dispatch `handle`: *rows_out (T times
- * min(max_topk, R)) rows of H bf16 in this rank's window, the combine
- * slots of the handle's parity. Expert outputs written there (row i: the
- * output for received row i) and passed as the combine's x are read by
- * their sources in place: no push, half the memory traffic. It serves the
- * last dispatch of its parity, whose capacity must fit its rows; until
- * that handle is combined, combines of other handles of the parity are
- * refused (they would push rows into it). Every rank of a combine must
- * combine in place, or none; rows for sources in other nodes are sent
- * to them, not read in place. rows_out may be NULL.
+ * The zero-copy combine buffer of dispatch `handle`: *rows_out (R*T) rows
+ * of H bf16 in this rank's window, the combine slots of the handle's
+ * parity (VMEP_ERR_UNSUPPORTED when they are too few: R > max_topk). Expert
+ * outputs written there (row i: the output for received row i) and passed as
+ * the combine's x are read by their sources in place: no push, half the memory
+ * traffic. It serves the last dispatch of its parity, whose capacity must fit
+ * its rows; until that handle is combined, combines of other handles of the
+ * parity are refused (they would push rows into it). Every rank of a combine
+ * must combine in place, or none; rows for sources in other nodes are sent to
+ * them, not read in place. rows_out may be NULL.
  */
 VMEP_API vmep_status vmep_ep_ht_combine_buffer(vmep_ep *ep,
                                                const vmep_ep_ht_handle *handle,

@@ -6,6 +6,7 @@
  * Nothing here synchronizes with the device.
  */
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "ep/ep.h"
@@ -329,19 +330,25 @@ static void *in_place_buffer(const vmep_ep *ep, int parity) {
   return (char *)vmep_window_local(ep->window) + ep->layout.slots[parity];
 }
 
-/* Its rows: the slots' T*max_topk, no more than the R*T a dispatch can
- * bring. */
+/* Its rows: R*T, all a dispatch can bring, which the slots' T*max_topk
+ * hold when R <= max_topk. */
 static int in_place_rows(const vmep_ep *ep) {
-  int T = ep->config.max_tokens_per_rank;
-  int k =
-      ep->config.max_topk < ep->num_ranks ? ep->config.max_topk : ep->num_ranks;
-  return T * k;
+  return ep->config.max_tokens_per_rank * ep->num_ranks;
 }
 
-/* Handle `h` may combine in place: its dispatch is the last of its parity
- * (a later one may have written the slots since) and its rows fit. */
+/* Handle `h` may combine in place: the buffer holds any rank's rows (a
+ * shape every rank shares, so no rank refuses alone while the others
+ * launch), its dispatch is the last of its parity (a later one may have
+ * written the slots since) and its capacity fits. */
 static vmep_status check_in_place(const vmep_ep *ep, const char *call,
                                   const vmep_ep_ht_handle *h) {
+  if (ep->num_ranks > ep->config.max_topk)
+    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                      "%s: the zero-copy buffer (the slots, T * max_topk "
+                      "rows) cannot hold the R*T rows a rank may receive "
+                      "when R = %d > max_topk = %d: combine from the "
+                      "caller's memory",
+                      call, ep->num_ranks, ep->config.max_topk);
   if (ep->parity_call[h->parity] != h->call)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: the zero-copy buffer serves the last dispatch of "
@@ -351,7 +358,7 @@ static vmep_status check_in_place(const vmep_ep *ep, const char *call,
   if (h->capacity > in_place_rows(ep))
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "%s: the handle's capacity (%d rows) exceeds the %d "
-                      "rows of the zero-copy buffer (T * min(max_topk, R))",
+                      "rows of the zero-copy buffer (R*T)",
                       call, h->capacity, in_place_rows(ep));
   return VMEP_OK;
 }
@@ -372,6 +379,23 @@ vmep_status vmep_ep_ht_combine_buffer(vmep_ep *ep, const vmep_ep_ht_handle *h,
   *buf_out = in_place_buffer(ep, h->parity);
   if (rows_out)
     *rows_out = in_place_rows(ep);
+  return VMEP_OK;
+}
+
+/* x of a combine from the caller's memory: rows pushed into the parity's
+ * slots (ours among them) must not be read from them. */
+static vmep_status check_outside_slots(const vmep_ep *ep, const char *call,
+                                       const vmep_ep_ht_handle *h,
+                                       const void *x) {
+  uintptr_t slots = (uintptr_t)in_place_buffer(ep, h->parity);
+  uintptr_t p = (uintptr_t)x;
+  size_t slot_bytes = (size_t)ep->config.max_tokens_per_rank *
+                      (size_t)ep->config.max_topk * ep->config.hidden * 2;
+  size_t x_bytes = (size_t)h->capacity * ep->config.hidden * 2;
+  if (x_bytes && p < slots + slot_bytes && slots < p + x_bytes)
+    return vmep__ep_bad_arg(call, "x overlaps the zero-copy buffer of the "
+                                  "handle's parity without being it: pass "
+                                  "the buffer itself, or other memory");
   return VMEP_OK;
 }
 
@@ -405,8 +429,10 @@ vmep_status vmep_ep_ht_combine(vmep_ep *ep, const vmep_ep_ht_combine_args *args,
     status = check_combine(ep, &a, h);
   int in_place = a.x == in_place_buffer(ep, h->parity);
   if (status == VMEP_OK)
-    status =
-        in_place ? check_in_place(ep, call, h) : check_slots_free(ep, call, h);
+    status = in_place ? check_in_place(ep, call, h)
+                      : check_outside_slots(ep, call, h, a.x);
+  if (status == VMEP_OK && !in_place)
+    status = check_slots_free(ep, call, h);
   if (status != VMEP_OK)
     return status;
   struct vmep_ht_combine_io io = {

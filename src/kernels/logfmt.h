@@ -167,8 +167,9 @@ LF_FN void vmep_logfmt_group_of(uint32_t header, struct vmep_logfmt_group *g) {
 /*
  * The 10-bit field of x: the sign bit (of -0 too) at bit 9, and the code:
  * 0 for a zero, and for magnitudes that round below level 1; 1..511
- * otherwise. A non-finite x takes code 511 (its group's largest finite
- * magnitude, or 0 in a group without one). Cannot fail.
+ * otherwise. A non-finite x takes the group's top level (code 511, or 1
+ * in a group of equal magnitudes): its largest finite magnitude, or 0 in
+ * a group without one. Cannot fail.
  */
 LF_FN unsigned vmep_logfmt_encode(const struct vmep_logfmt_group *g, float x) {
   uint32_t bits = vmep_f32_bits(x), mag = bits & 0x7fffffffu;

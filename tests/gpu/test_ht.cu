@@ -222,7 +222,8 @@ static void refusals(vmep_group *g, uint64_t seed) {
  * `old`, whose parity h took; while h holds it, old's combine (which
  * would push rows into it) is refused. */
 static void in_place_refusals(vmep_ep *ep, const vmep_ep_ht_handle *old,
-                              const vmep_ep_ht_handle *h, const struct io *io) {
+                              const vmep_ep_ht_handle *h, const struct io *io,
+                              int H) {
   void *buf = NULL;
   EXPECT_REFUSED(vmep_ep_ht_combine_buffer(ep, old, &buf, NULL),
                  "last dispatch");
@@ -236,6 +237,9 @@ static void in_place_refusals(vmep_ep *ep, const vmep_ep_ht_handle *old,
   a.x = io->recv_x;
   a.out = io->x;
   EXPECT_REFUSED(vmep_ep_ht_combine(ep, &a, old, NULL), "zero-copy");
+  /* Inside the buffer but not at its start: pushed onto itself. */
+  a.x = (const char *)buf + (size_t)2 * H;
+  EXPECT_REFUSED(vmep_ep_ht_combine(ep, &a, h, NULL), "overlaps");
 }
 
 /* Handles do not expire (docs/HT.md): the handle of a dispatch whose
@@ -253,7 +257,7 @@ static void old_handle(vmep_group *g, uint64_t seed) {
   for (int i = 0; i < 2; i++) {
     vmep_ep_ht_handle h = dispatch(ep, &later, &later_io, R * c.T, NULL);
     if (i == 1)
-      in_place_refusals(ep, &old, &h, &io);
+      in_place_refusals(ep, &old, &h, &io, c.H);
     combine(ep, &later, &h, seed + 2 + i, WITH_BIAS0 | (i ? IN_PLACE : 0));
   }
   combine(ep, &w, &old, seed + 4, WITH_WEIGHTS | WITH_BIAS1);
