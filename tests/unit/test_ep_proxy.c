@@ -12,7 +12,8 @@
  *    receiver's inbox stays poison; the sender's bytes_out grows by
  *    exactly the header, ids, weights, rows and one flag per peer;
  *  - combine: each expert rank's rows land in the source's slots of the
- *    (token, k) its experts served, and nowhere else; high-throughput:
+ *    (token, k) its experts served, and nowhere else (in fp8 rounds as
+ *    LogFMT rows: only the first 41 H / 32 bytes of a slot); high-throughput:
  *    the slots whose mark in the outbox is this call's, one per (token,
  *    expert rank), with their weights and marks, and nowhere else (not the
  *    row indices, not the slots of stale or garbage marks);
@@ -32,6 +33,7 @@
 
 #include "core/bytes.h"
 #include "ep/ep.h"
+#include "kernels/logfmt.h"
 #include "test_net_util.h"
 
 #define NUM_RANKS 3
@@ -98,6 +100,8 @@ struct shape {
   enum kind kind;
   uint64_t epoch;
   size_t row_len;
+  size_t comb_len; /* the bytes of a low-latency combine slot that travel:
+                      all, or a LogFMT row's (with fp8 dispatch rounds) */
 };
 
 static struct shape shape_of(int round) {
@@ -110,6 +114,7 @@ static struct shape shape_of(int round) {
   sh.kind = (enum kind)(round % 3); /* each kind with both, in 12 rounds */
   sh.row_len = sh.fp8 ? HIDDEN + HIDDEN / VMEP_LL_FP8_GROUP * sizeof(float)
                       : 2 * (size_t)HIDDEN;
+  sh.comb_len = sh.fp8 ? vmep_logfmt_row_bytes(HIDDEN) : COMBINE_ROW;
   return sh;
 }
 
@@ -242,6 +247,8 @@ static void post(struct rank_state *s, enum vmep_ll_ship op,
   e->row_len = op == VMEP_LL_SHIP_DISPATCH || op == VMEP_LL_SHIP_HT_DISPATCH ||
                        op == VMEP_LL_SHIP_HT_CACHED
                    ? (uint32_t)sh->row_len
+               : op == VMEP_LL_SHIP_COMBINE && sh->comb_len < COMBINE_ROW
+                   ? (uint32_t)sh->comb_len
                    : 0;
   e->offset = offset;
   e->value = value;
@@ -409,7 +416,7 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
     for (int i = 0; i < n * K; i++)
       if (owner(ids[i]) == s->rank) {
         memcpy(slots + i * COMBINE_ROW, s->rows + i * COMBINE_ROW, COMBINE_ROW);
-        want += COMBINE_ROW;
+        want += sh->comb_len;
       }
     want += 8;
   }
@@ -435,9 +442,9 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
     struct gen g = gen_of(TAG_COMBINE, round, d, s->rank);
     gen_bytes(&g, s->rows, (size_t)mine.n * K * COMBINE_ROW);
     for (int i = 0; i < mine.n * K; i++)
-      if (owner(mine.ids[i]) == d)
+      if (owner(mine.ids[i]) == d) /* a LogFMT slot's tail stays poison */
         memcpy(s->want + i * COMBINE_ROW, s->rows + i * COMBINE_ROW,
-               COMBINE_ROW);
+               sh->comb_len);
   }
   compare(s, (const unsigned char *)s->px.stage + l->slots[b], s->want,
           slot_bytes, round, "combine slots", s->rank, COMBINE_ROW);
