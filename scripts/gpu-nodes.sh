@@ -52,6 +52,10 @@ if [ "${GPU_NODES_BENCH:-1}" != 0 ]; then
   run bench-nodes2 "$build/tools/vmep-bench" --nodes 2 --check \
     --json "$out/bench-nodes2.json"
   grep -A16 "across 2 nodes" "$out/bench-nodes2.log" | sed 's/^\[rank 0\] //'
+  # The high-throughput calls the same way (T = 1024, checked first).
+  run bench-ht-nodes2 "$build/tools/vmep-bench" --mode ht --nodes 2 --check \
+    --tokens 1024 --iters 10 --json "$out/bench-ht-nodes2.json"
+  grep -A16 "across 2 nodes" "$out/bench-ht-nodes2.log" | sed 's/^\[rank 0\] //'
 fi
 # The same kernels on mapped peers only.
 run test_ll_kernels "$build/tests/gpu/test_ll_kernels"

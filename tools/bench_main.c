@@ -132,9 +132,6 @@ static int mode_refused(struct bench_options *o, int tokens_given) {
                           "bf16 (not with --mode ht)"
       : o->compare_nccl ? "--compare nccl: the NCCL baseline moves the "
                           "low-latency layout (not with --mode ht)"
-      : o->nodes > 1    ? "--nodes: the byte split by node and the engine "
-                          "ceiling follow the low-latency rules (not with "
-                          "--mode ht)"
                         : NULL;
   if (why) {
     cli_usage_error(PROG, "%s", why);

@@ -92,6 +92,8 @@ void bench_print_rank(const struct bench_result *r, int prefix) {
          gbps(r->combine_bytes, r->combine_us), r->combine_us);
   if (r->ht) {
     print_ht_rank(r);
+    if (r->nodes > 1)
+      print_nodes_rank(r, prefix);
     return;
   }
   printf(" | link: dispatch %.2f GB/s",

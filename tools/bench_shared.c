@@ -90,14 +90,45 @@ double bench_combine_row_bytes(const struct bench_options *o) {
 }
 
 /* What one mapped peer costs (bench_link_bytes' rule), from our rows and
- * selections of it: *dispatch and *combine are increased. */
+ * selections of it: *dispatch and *combine are increased. High-throughput
+ * (src/kernels/ht_*.cu): the peer reads our count and, unless cached, our
+ * ids, then each row once with its K ids and its selections' weights; it
+ * puts each row back with K weights and a mark (in place: the mark and a
+ * row index, and we read the row). */
 static void mapped_peer_bytes(const struct bench_options *o,
                               const struct bench_inputs *in, double rows,
                               double sel, double *dispatch, double *combine) {
-  const double flags = 2.0 * 8;
-  *dispatch += rows * bench_row_bytes(o) + 4.0 + 4.0 * in->n * o->topk +
+  const double flags = 2.0 * 8, K = o->topk, ids = 4.0 * in->n * K;
+  if (o->ht) {
+    *dispatch += 4.0 + rows * bench_row_bytes(o) + flags +
+                 (o->cached ? 0 : ids + rows * K * 4 + sel * 4);
+    *combine +=
+        rows * (2.0 * o->hidden + K * 4 + 8 + (o->zero_copy ? 4 : 0)) + flags;
+    return;
+  }
+  *dispatch += rows * bench_row_bytes(o) + 4.0 + ids +
                (o->zero_copy ? 4 * sel : 0) + flags;
   *combine += sel * bench_combine_row_bytes(o) + flags;
+}
+
+/* What the proxy puts to remote rank r (src/ep/proxy.c), from our rows
+ * and selections of it: the send area's header, the ids of every token
+ * (high-throughput: and their weights), each row a rank takes once (a
+ * cached high-throughput dispatch: every row); back, each selection's
+ * combine row (high-throughput: each row with its K weights and mark). */
+static void remote_peer_bytes(const struct bench_options *o,
+                              const struct vmep_ll_layout *layout,
+                              const struct bench_inputs *in, double rows,
+                              double sel, double *to, double *from) {
+  const double K = o->topk, ids = 4.0 * in->n * K;
+  if (o->ht && o->cached) {
+    *to = (double)layout->send_topk + in->n * bench_row_bytes(o);
+  } else {
+    *to = (double)layout->send_topk + ids + (o->ht ? ids : 0) +
+          rows * bench_row_bytes(o);
+  }
+  *from = o->ht ? rows * (2.0 * o->hidden + K * 4 + 8)
+                : sel * bench_combine_row_bytes(o);
 }
 
 void bench_link_bytes(const struct bench_options *o, int ranks, int experts,
@@ -123,9 +154,6 @@ void bench_node_bytes(const struct bench_options *o, int ranks, int experts,
   c.max_tokens_per_rank = in->n;
   c.max_topk = o->topk;
   vmep__ep_layout(&c, ranks, &layout);
-  /* The proxy's first put: the send area's header up to the expert ids,
-   * then the ids (int32) of every token. */
-  const double header = (double)layout.send_topk + 4.0 * in->n * o->topk;
   /* Flags through the proxies, per remote peer and phase: ours (ready)
    * and the peer's answer (ack). */
   const double flags = 2.0 * 8;
@@ -141,8 +169,8 @@ void bench_node_bytes(const struct bench_options *o, int ranks, int experts,
                         &out->intra_combine);
       continue;
     }
-    out->dispatch_to[r] = header + rows[r] * bench_row_bytes(o);
-    out->combine_from[r] = sel[r] * bench_combine_row_bytes(o);
+    remote_peer_bytes(o, &layout, in, rows[r], sel[r], &out->dispatch_to[r],
+                      &out->combine_from[r]);
     out->inter_dispatch += out->dispatch_to[r] + flags;
     out->inter_combine += out->combine_from[r] + flags;
   }

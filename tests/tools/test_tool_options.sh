@@ -83,7 +83,6 @@ bad "$bench" vmep-bench --mode --mode
 bad "$bench" vmep-bench --mode --mode fast
 bad "$bench" vmep-bench --mode --mode HT
 bad "$bench" vmep-bench --compare --mode ht --compare nccl
-bad "$bench" vmep-bench --nodes --mode ht --nodes 2
 bad "$bench" vmep-bench --cached --cached
 bad "$bench" vmep-bench --cached --mode ll --cached
 bad "$bench" vmep-bench --tokens --mode ht --tokens 0
@@ -107,6 +106,7 @@ accepted() {
 accepted --mode ht
 accepted --mode ht --fp8 --cached --check --tokens 64,128 --json "$tmp/ht.json"
 accepted --fp8 --mode ht --round-scale --nodes 1 --experts 32
+accepted --mode ht --nodes 2 --cached --zero-copy
 accepted --mode ll --zero-copy
 accepted --mode ht --mode ll --zero-copy
 accepted --mode ht --zero-copy --check
