@@ -418,17 +418,18 @@ static inline void check_dispatch(const struct world *w, const struct io *io,
 
 /* ---- dispatch and combine ------------------------------------------------ */
 
-/* The buffer of case `c`; a kernel masks a rank it waited for `timeout_ms`
- * in vain. */
+/* The buffer of case `c` (room for `max_topk` selections a token); a
+ * kernel masks a rank it waited for `timeout_ms` in vain. */
 static inline vmep_ep *make_ep(vmep_group *g, const struct ht_case *c,
-                               int timeout_ms = 60000) {
+                               int timeout_ms = 60000,
+                               int max_topk = MAX_TOPK) {
   vmep_ep_config cfg;
   vmep_ep *ep = NULL;
   vmep_ep_config_init(&cfg);
   cfg.num_experts = c->L * vmep_group_size(g);
   cfg.hidden = c->H;
   cfg.max_tokens_per_rank = c->T;
-  cfg.max_topk = MAX_TOPK;
+  cfg.max_topk = max_topk;
   cfg.timeout_ms = timeout_ms;
   ASSERT_OK(vmep_ep_create(g, &cfg, &ep));
   return ep;
@@ -639,11 +640,12 @@ static inline void combine(vmep_ep *ep, const struct world *w,
 /* The world of case `c` from `seed`, its buffer, and device arrays that
  * hold this rank's inputs. */
 static inline vmep_ep *setup(vmep_group *g, const struct ht_case *c,
-                             uint64_t seed, struct world *w, struct io *io) {
+                             uint64_t seed, struct world *w, struct io *io,
+                             int max_topk = MAX_TOPK) {
   gen_world(w, c, vmep_group_size(g), me_rank, seed);
   io_alloc(io, w);
   io_load(io, w);
-  return make_ep(g, c);
+  return make_ep(g, c, 60000, max_topk);
 }
 
 static inline void teardown(vmep_ep *ep, struct world *w, struct io *io) {

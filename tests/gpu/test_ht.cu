@@ -12,7 +12,7 @@
  * vmep_ep_ht_dispatch_recv with capacity N); a cached dispatch of new
  * rows; combines with and without weights and biases, from the caller's
  * memory and in place (the zero-copy buffer, NaNs past the rows it holds,
- * and its refusals); a capacity below N
+ * and its refusals, max_topk below R among them); a capacity below N
  * (VMEP_EP_ERR_OVERFLOW, nothing written past it); refused arguments; a
  * handle whose parity later dispatches took, still good for a combine and
  * a cached dispatch. Every output is poisoned before each call and
@@ -242,6 +242,27 @@ static void in_place_refusals(vmep_ep *ep, const vmep_ep_ht_handle *old,
   EXPECT_REFUSED(vmep_ep_ht_combine(ep, &a, h, NULL), "overlaps");
 }
 
+/* With max_topk below R the slots cannot hold all a rank may receive: the
+ * zero-copy buffer is refused on every rank alike (not by the rows each
+ * happened to get), and the combine from the caller's memory works on. */
+static void in_place_too_small(vmep_group *g, uint64_t seed) {
+  int R = vmep_group_size(g);
+  struct ht_case c = {512, 16, 2, 1, 0, 1, UNIFORM, ONE_CALL, 1, WITH_WEIGHTS};
+  struct world w;
+  struct io io;
+  vmep_ep *ep = setup(g, &c, seed, &w, &io, 1);
+  vmep_ep_ht_handle h = dispatch(ep, &w, &io, R * c.T, NULL);
+  void *buf = NULL;
+  vmep_status st = vmep_ep_ht_combine_buffer(ep, &h, &buf, NULL);
+  if (st != VMEP_ERR_UNSUPPORTED || !strstr(vmep_last_error(), "max_topk"))
+    TEST_FAIL("rank %d: with max_topk 1 < R = %d the zero-copy buffer gave "
+              "%s (\"%s\"), expected VMEP_ERR_UNSUPPORTED naming max_topk",
+              me_rank, R, vmep_status_name(st), vmep_last_error());
+  combine(ep, &w, &h, seed + 1, c.combine);
+  teardown(ep, &w, &io);
+  printf("max_topk 1 < R = %d: no zero-copy buffer; the combine works on\n", R);
+}
+
 /* Handles do not expire (docs/HT.md): the handle of a dispatch whose
  * parity two later dispatches of another routing took still serves a
  * combine and a cached dispatch, as a backward pass uses its forward's. */
@@ -289,6 +310,10 @@ int main(void) {
   refusals(g, seed + 200000);
   case_name = "old handle";
   old_handle(g, seed + 300000);
+  if (vmep_group_size(g) > 1) {
+    case_name = "in place, too few slots";
+    in_place_too_small(g, seed + 400000);
+  }
   ASSERT_OK(vmep_group_destroy(g));
   printf("%zu cases, overflow, refusals and old handles passed\n",
          sizeof(CASES) / sizeof(CASES[0]));
