@@ -148,6 +148,19 @@ uint64_t bench_proxy_bytes(const vmep_ep *ep);
 vmep_status bench_nodes_run(vmep_group *g, const struct bench_options *o,
                             int experts, struct bench_result *r);
 
+/* The proxy's bytes per timed or warm-up call since `before`, its count
+ * (bench_proxy_bytes) when they began. */
+double bench_proxy_per_call(const vmep_ep *ep, const struct bench_options *o,
+                            uint64_t before);
+
+/* The end of a run of either mode, whatever `st` its measurement gave:
+ * destroys `ep` and, across nodes with everything well, with the buffer
+ * (and its proxy) gone, adds the byte split and the engine's own ceiling
+ * (bench_nodes_run). The run's status. */
+vmep_status bench_end_run(vmep_group *g, const struct bench_options *o,
+                          vmep_ep *ep, int experts, vmep_status st,
+                          struct bench_result *r);
+
 /* The NCCL baseline (bench/nccl_run.c, or bench/nccl_none.c without
  * NCCL): 1 when built in; collective: times one token count on the same
  * inputs (checked with o->check), filling r's nccl_* fields.

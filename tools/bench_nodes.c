@@ -117,3 +117,19 @@ vmep_status bench_nodes_run(vmep_group *g, const struct bench_options *o,
   free(split.combine_from);
   return st != VMEP_OK ? st : ceil;
 }
+
+double bench_proxy_per_call(const vmep_ep *ep, const struct bench_options *o,
+                            uint64_t before) {
+  return (double)(bench_proxy_bytes(ep) - before) /
+         (double)(o->warmup + o->iters);
+}
+
+vmep_status bench_end_run(vmep_group *g, const struct bench_options *o,
+                          vmep_ep *ep, int experts, vmep_status st,
+                          struct bench_result *r) {
+  vmep_status destroyed = vmep_ep_destroy(ep);
+  st = st != VMEP_OK ? st : destroyed;
+  if (st == VMEP_OK && r->nodes > 1)
+    st = bench_nodes_run(g, o, experts, r);
+  return st;
+}

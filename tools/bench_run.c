@@ -221,8 +221,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK)
     st = time_calls(ep, o, &da, &ca, s, res);
   if (st == VMEP_OK && res->nodes > 1)
-    res->proxy_bytes = (double)(bench_proxy_bytes(ep) - proxy) /
-                       (double)(o->warmup + o->iters);
+    res->proxy_bytes = bench_proxy_per_call(ep, o, proxy);
   if (st == VMEP_OK)
     st = bench_time_ceiling(g, o, s, res);
   if (s)
@@ -272,11 +271,5 @@ vmep_status bench_run_tokens(vmep_group *g, const struct bench_options *o,
   if (st == VMEP_OK)
     st = measure(g, ep, o, &c, &b, res);
   bench_free_parts(parts, PARTS);
-  vmep_status destroyed = vmep_ep_destroy(ep);
-  st = st != VMEP_OK ? st : destroyed;
-  /* Across nodes, with the buffer (and its proxy) gone: the byte split and
-   * the engine's own ceiling of the same inter-node bytes. */
-  if (st == VMEP_OK && res->nodes > 1)
-    st = bench_nodes_run(g, o, c.num_experts, res);
-  return st;
+  return bench_end_run(g, o, ep, c.num_experts, st, res);
 }

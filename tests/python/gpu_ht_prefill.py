@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 import gpu_common as G
 import vmep
+from ht_reference import layout_by_loops
 
 H = 2048
 L = 4  # experts per rank
@@ -72,20 +73,6 @@ def values(inp, fp8):
         return inp.x.float()
     q, scale = payload(inp, fp8)
     return G.dequant_rows(q, scale)
-
-
-def expected_layout(inp, E, R):
-    """(tokens per rank, tokens per expert, in rank), one id at a time."""
-    per_rank, per_expert = [0] * R, [0] * E
-    in_rank = [[False] * R for _ in range(inp.n)]
-    for t, row in enumerate(inp.topk.tolist()):
-        for e in row:
-            if 0 <= e < E:
-                per_expert[e] += 1
-                in_rank[t][e // L] = True
-        for r in range(R):
-            per_rank[r] += in_rank[t][r]
-    return per_rank, per_expert, in_rank
 
 
 def expected_rows(ins, d, E, fp8):
@@ -228,7 +215,7 @@ def prefill_round(buf, seed, round_, E, R, fp8, sizes, alignment, bias_kind,
     x, topk, w = to_device(me, fp8)
     fresh = buf._ep is None
     per_rank, rdma, per_expert, in_rank, _ = buf.get_dispatch_layout(topk, E)
-    want = expected_layout(me, E, R)
+    want = layout_by_loops(me.topk, E, R)
     assert rdma is None
     assert per_rank.cpu().tolist() == want[0], "num_tokens_per_rank"
     assert per_expert.cpu().tolist() == want[1], "num_tokens_per_expert"

@@ -21,6 +21,7 @@ from vmep._runtime import Runtime
 from vmep.buffer import Buffer
 from vmep.ht import COUNTS_AT, HighThroughput, HtHandle
 
+from ht_reference import layout_by_loops
 from test_elastic_cpu import FakeC
 
 H, K, E, R = 256, 4, 8, 2
@@ -139,21 +140,6 @@ def inputs(n=6, seed=1):
     idx = torch.rand(n, E, generator=g).argsort(dim=1)[:, :K].contiguous()
     w = torch.rand(n, K, generator=g)
     return x, idx, w
-
-
-def layout_by_loops(idx, E, R):
-    """The spec's layout, one selection at a time."""
-    L = E // R
-    per_rank, per_expert = [0] * R, [0] * E
-    in_rank = [[False] * R for _ in range(idx.shape[0])]
-    for t, row in enumerate(idx.tolist()):
-        for e in row:
-            if 0 <= e < E:
-                per_expert[e] += 1
-                in_rank[t][e // L] = True
-        for r in range(R):
-            per_rank[r] += in_rank[t][r]
-    return per_rank, per_expert, in_rank
 
 
 # ---- routing of the shared names ---------------------------------------
