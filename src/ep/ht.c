@@ -327,7 +327,8 @@ static vmep_status check_combine(const vmep_ep *ep,
 /* The zero-copy combine buffer of `parity`: its slots in our window, which
  * a combine in place leaves to us (nobody pushes rows there). */
 static void *in_place_buffer(const vmep_ep *ep, int parity) {
-  return (char *)vmep_window_local(ep->window) + ep->layout.slots[parity];
+  char *base = vmep_window_local(ep->window);
+  return base ? base + ep->layout.slots[parity] : NULL;
 }
 
 /* Its rows: R*T, all a dispatch can bring, which the slots' T*max_topk
@@ -389,6 +390,8 @@ static vmep_status check_outside_slots(const vmep_ep *ep, const char *call,
                                        const void *x) {
   uintptr_t slots = (uintptr_t)in_place_buffer(ep, h->parity);
   uintptr_t p = (uintptr_t)x;
+  if (!slots)
+    return VMEP_OK;
   size_t slot_bytes = (size_t)ep->config.max_tokens_per_rank *
                       (size_t)ep->config.max_topk * ep->config.hidden * 2;
   size_t x_bytes = (size_t)h->capacity * ep->config.hidden * 2;
@@ -427,7 +430,7 @@ vmep_status vmep_ep_ht_combine(vmep_ep *ep, const vmep_ep_ht_combine_args *args,
                                 sizeof(a), sizeof(a), &a);
   if (status == VMEP_OK)
     status = check_combine(ep, &a, h);
-  int in_place = a.x == in_place_buffer(ep, h->parity);
+  int in_place = status == VMEP_OK && a.x == in_place_buffer(ep, h->parity);
   if (status == VMEP_OK)
     status = in_place ? check_in_place(ep, call, h)
                       : check_outside_slots(ep, call, h, a.x);

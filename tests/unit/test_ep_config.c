@@ -373,6 +373,28 @@ static void ht_args(void) {
   ASSERT_STATUS(vmep_ep_ht_dispatch_recv(&ep, &a, &old, NULL),
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "waits for its receive phase");
+  /* The zero-copy buffer: NULLs named; only for the last dispatch of a
+   * parity; only where the slots hold R*T rows. */
+  void *buf = NULL;
+  ASSERT_STATUS(vmep_ep_ht_combine_buffer(NULL, &old, &buf, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "ep");
+  ASSERT_STATUS(vmep_ep_ht_combine_buffer(&ep, NULL, &buf, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "handle");
+  ASSERT_STATUS(vmep_ep_ht_combine_buffer(&ep, &fp8, NULL, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "buf_out");
+  ASSERT_STATUS(vmep_ep_ht_combine_buffer(&ep, &old, &buf, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "last dispatch");
+  ep.config.max_topk = ep.num_ranks - 1;
+  vmep_ep_ht_handle top2 = {0, 16, 2, 0, 2, n, n, 64}; /* fits max_topk */
+  ASSERT_STATUS(vmep_ep_ht_combine_buffer(&ep, &top2, &buf, NULL),
+                VMEP_ERR_UNSUPPORTED);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "max_topk");
+  ep.config.max_topk = valid_config().max_topk;
+  ASSERT_TRUE(buf == NULL); /* nothing handed out */
   /* A low-latency call refuses a parity a high-throughput dispatch took. */
   vmep_ep_combine_args ll;
   vmep_ep_combine_args_init(&ll);
