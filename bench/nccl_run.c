@@ -105,7 +105,7 @@ static vmep_status check(nccl_a2a *a, const struct tensors *t,
   if (st == VMEP_OK)
     st = bench_cuda_check(cudaDeviceSynchronize(), "combine (check)");
   if (st == VMEP_OK && !o->fp8)
-    st = bench_check_combine(o, rank, tokens, experts, t->out);
+    st = bench_check_combine(o, ranks, rank, tokens, experts, t->out);
   return st;
 }
 

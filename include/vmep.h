@@ -31,7 +31,7 @@ extern "C" {
 #endif
 
 #define VMEP_VERSION_MAJOR 0
-#define VMEP_VERSION_MINOR 4
+#define VMEP_VERSION_MINOR 5
 #define VMEP_VERSION_PATCH 0
 
 /* ------------------------------------------------------------------------
@@ -71,10 +71,12 @@ VMEP_API const char *vmep_status_string(vmep_status status);
  */
 VMEP_API const char *vmep_last_error(void);
 
-/* "0.4.0". The minor number grows whenever a public struct or call changes
+/* "0.5.0". The minor number grows whenever a public struct or call changes
  * (0.2.0: elastic membership, scale layouts, wait counters; 0.3.0:
  * struct_size in the structs a caller fills in, VMEP_EP_ERR_* bits; 0.4.0:
- * the high-throughput calls, vmep_ep_combine_args.use_logfmt). */
+ * the high-throughput calls, vmep_ep_combine_args.use_logfmt; 0.5.0:
+ * vmep_ep_dispatch_args.topk_weights, the combine reduced at the expert
+ * side). */
 VMEP_API const char *vmep_version(void);
 
 /* ------------------------------------------------------------------------
@@ -527,6 +529,21 @@ typedef struct vmep_ep_dispatch_args {
                               tokens were there, every rank timed from the
                               same start (a late rank is charged its own
                               lateness only) */
+  /* appended in 0.5.0 (struct_size 96 leaves it NULL) */
+  const float *topk_weights; /* NULL, or [num_tokens, num_topk]: the combine
+                                is then reduced at the expert side. Each
+                                expert rank sums, per token, the rows of
+                                its local experts that the token chose,
+                                times these weights, in fp32, and sends one
+                                bf16 (or LogFMT) row per (token, expert
+                                rank) instead of one per selection; the
+                                source adds those rows. Fewer bytes cross
+                                the links; each partial sum is rounded to
+                                bf16 once more (docs/EP.md). The weights
+                                travel with the expert ids (4 K bytes a
+                                token). That combine takes topk_weights
+                                NULL and refuses a zero-copy expert_out.
+                                Given on every rank or on none. */
 } vmep_ep_dispatch_args;
 
 /* Fills *args with the defaults: struct_size = sizeof, every pointer NULL,
@@ -564,7 +581,8 @@ typedef struct vmep_ep_combine_args {
   size_t struct_size;        /* sizeof: vmep_ep_combine_args_init */
   const void *expert_out;    /* bf16 [L, R*T, H] in the dispatch layout */
   const int64_t *topk_idx;   /* [num_tokens, num_topk], as dispatched */
-  const float *topk_weights; /* [num_tokens, num_topk] */
+  const float *topk_weights; /* [num_tokens, num_topk]; NULL when the
+                                dispatch was given them */
   void *out;                 /* bf16 [num_tokens, H] */
   int64_t *recv_wait_ns;     /* NULL, or [R]: as in dispatch, for rank r's
                                 expert outputs */

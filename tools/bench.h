@@ -33,6 +33,8 @@ struct bench_options {
   int check;
   int zero_copy; /* experts write into the buffer's combine area */
   int logfmt;    /* --logfmt: combine rows travel as LogFMT (ll only) */
+  int reduce;    /* --expert-reduce: weights given to dispatch, the combine
+                    reduced at the expert side (ll only) */
   int num_sms;   /* 0: this rank's whole share of the GPU */
   uint64_t seed;
   const char *json;
@@ -47,7 +49,9 @@ struct bench_options {
 struct bench_result {
   int rank, tokens;
   /* Per call. Low-latency: the DeepEP LL accounting, every selection
-   * counted (sel * (2H + 16), fp8 sel * (H + H/32 + 16); combine sel * 2H).
+   * counted (sel * (2H + 16), fp8 sel * (H + H/32 + 16); combine sel * 2H,
+   * the rows actually sent back: LogFMT 41H/32 bytes each, reduced at the
+   * expert side one per (token, expert rank)).
    * High-throughput (ht): DeepEP's normal-mode accounting, the rows this
    * rank received, num_recv * (2H, fp8 H + H/32), and the same rows sent
    * back for combine, num_recv * 2H. */
@@ -218,6 +222,14 @@ double bench_row_bytes(const struct bench_options *o);
 /* Bytes of one combine row as it travels: 2H, or LogFMT's 41H/32. */
 double bench_combine_row_bytes(const struct bench_options *o);
 
+/* The combine rows a rank's tokens get back: one per selection, or, with
+ * o->reduce, one per (token, expert rank), from bench_count_peers' rows
+ * and sel of a rank. */
+static inline double bench_combine_rows(const struct bench_options *o,
+                                        double rows, double sel) {
+  return o->reduce ? rows : sel;
+}
+
 /* The bytes that cross between ranks per call on account of rank `me`'s
  * inputs `in` (what the kernels in src/kernels/ll_*.cu move; flags
  * included, 8 bytes per peer and signal):
@@ -322,11 +334,13 @@ vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
 
 /* Rank `me`'s combine output out_dev bf16 [tokens, H] with identity
  * experts against sum_k w[t,k] * x[t], element by element, within one
- * bf16 ulp; with o->logfmt, bit for bit against the receive kernel's sum
- * of x[t] after a trip through LogFMT. VMEP_ERR_CUDA after printing the
- * first difference. */
-vmep_status bench_check_combine(const struct bench_options *o, int me,
-                                int tokens, int experts, const void *out_dev);
+ * bf16 ulp; with o->logfmt or o->reduce, bit for bit against the kernels'
+ * sums (of x[t] after a trip through LogFMT; of each expert rank's partial
+ * sum rounded to bf16). VMEP_ERR_CUDA after printing the first
+ * difference. */
+vmep_status bench_check_combine(const struct bench_options *o, int ranks,
+                                int me, int tokens, int experts,
+                                const void *out_dev);
 
 /* ---- the high-throughput --check (bench_ht_check.c) ----------------- */
 

@@ -49,6 +49,11 @@ static void usage(FILE *out) {
           "  --logfmt         combine rows travel as LogFMT-10, 41H/32 bytes "
           "(ll only, not\n"
           "                   with --zero-copy)\n"
+          "  --expert-reduce  weights given to dispatch; combine sends one "
+          "row per (token,\n"
+          "                   expert rank), summed where the experts are "
+          "(ll only, not with\n"
+          "                   --zero-copy)\n"
           "  --compare nccl   also time the NCCL all-to-all baseline (one GPU "
           "per rank; ll only)\n"
           "  --nodes N        N pretend nodes (vmep-run --nodes; VMEP_NODES "
@@ -83,6 +88,10 @@ static enum bench_arg own_option(const char *a, const char *v,
   }
   if (!strcmp(a, "--logfmt")) {
     o->logfmt = 1;
+    return BENCH_ARG_FLAG;
+  }
+  if (!strcmp(a, "--expert-reduce")) {
+    o->reduce = 1;
     return BENCH_ARG_FLAG;
   }
   if (!strcmp(a, "--cached")) {
@@ -127,9 +136,15 @@ static int mode_refused(struct bench_options *o, int tokens_given) {
       : !o->ht && o->logfmt && o->zero_copy
           ? "--logfmt with --zero-copy: zero-copy rows are pulled as the "
             "experts wrote them (bf16)"
+      : !o->ht && o->reduce && o->zero_copy
+          ? "--expert-reduce with --zero-copy: zero-copy rows are pulled "
+            "one per selection"
       : !o->ht          ? NULL
       : o->logfmt       ? "--logfmt: the high-throughput combine sends "
                           "bf16 (not with --mode ht)"
+      : o->reduce       ? "--expert-reduce: the high-throughput combine "
+                          "already sends a row per (token, rank) (not with "
+                          "--mode ht)"
       : o->compare_nccl ? "--compare nccl: the NCCL baseline moves the "
                           "low-latency layout (not with --mode ht)"
                         : NULL;
@@ -256,10 +271,11 @@ static int run_rank(struct bench_options *o) {
     snprintf(span, sizeof(span), " in %d nodes", where.nodes);
   if (rank == 0)
     printf("vmep-bench: %s, %d ranks%s, hidden %d, top-k %d, experts %d, "
-           "%s%s%s%s, seed %llu\n",
+           "%s%s%s%s%s, seed %llu\n",
            o->ht ? "high-throughput" : "low-latency", size, span, o->hidden,
            o->topk, bench_experts(o, size), o->fp8 ? "fp8" : "bf16",
            o->logfmt ? ", LogFMT combine" : "",
+           o->reduce ? ", combine reduced at the experts" : "",
            o->zero_copy ? ", zero-copy combine" : "",
            o->cached ? ", cached dispatch" : "", (unsigned long long)o->seed);
   for (int i = 0; !failed && i < o->num_tokens_values; i++) {

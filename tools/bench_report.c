@@ -372,14 +372,14 @@ int bench_write_json(const char *path, const struct bench_options *o,
   fprintf(f,
           "{\"mode\": \"%s\", \"cached\": %s, \"ranks\": %d, \"hidden\": %d, "
           "\"topk\": %d, \"experts\": %d, \"fp8\": %s, \"logfmt\": %s, "
-          "\"zero_copy\": %s, "
+          "\"zero_copy\": %s, \"expert_reduce\": %s, "
           "\"seed\": %llu, \"iters\": %d, \"ceiling\": \"%s\", "
           "\"ceiling_bytes\": \"%s\", \"compare_nccl\": %s, \"nodes\": %d, "
           "\"results\": [\n",
           o->ht ? "ht" : "ll", o->cached ? "true" : "false", ranks, o->hidden,
           o->topk, bench_experts(o, ranks), o->fp8 ? "true" : "false",
           o->logfmt ? "true" : "false", o->zero_copy ? "true" : "false",
-          (unsigned long long)o->seed, o->iters,
+          o->reduce ? "true" : "false", (unsigned long long)o->seed, o->iters,
           all[0].ceiling ? "peer_all_pairs" : "d2d",
           all[0].ceiling ? "link" : "deepep",
           o->compare_nccl ? "true" : "false", all[0].nodes);

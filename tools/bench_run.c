@@ -13,6 +13,7 @@
 
 #include "bench.h"
 #include "ep/reference.h"
+#include "kernels/kernels.h"
 
 struct buffers {
   uint16_t *x, *expert_out, *out;
@@ -26,13 +27,15 @@ struct buffers {
 /* The combine's arguments over `b`, reading expert outputs from
  * `expert_out`. */
 static vmep_ep_combine_args combine_args(const struct buffers *b,
-                                         const void *expert_out, int logfmt) {
+                                         const void *expert_out,
+                                         const struct bench_options *o) {
   vmep_ep_combine_args ca;
   vmep_ep_combine_args_init(&ca);
-  ca.use_logfmt = logfmt;
+  ca.use_logfmt = o->logfmt;
   ca.expert_out = expert_out;
   ca.topk_idx = b->topk;
-  ca.topk_weights = b->weights;
+  /* Reduced at the expert side: the dispatch took the weights. */
+  ca.topk_weights = o->reduce ? NULL : b->weights;
   ca.out = b->out;
   return ca;
 }
@@ -80,13 +83,13 @@ static vmep_status check_call(vmep_ep *ep, const struct bench_options *o,
     st = bench_check_dispatch(o, ranks, c->num_experts, T, me, &dev);
   /* bf16: each expert returns its input; fp8: any outputs, unchecked. */
   vmep_ep_combine_args ca =
-      combine_args(b, o->fp8 ? (void *)b->expert_out : b->recv_x, o->logfmt);
+      combine_args(b, o->fp8 ? (void *)b->expert_out : b->recv_x, o);
   if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
   if (st == VMEP_OK)
     st = bench_cuda_check(cudaDeviceSynchronize(), "combine");
   if (st == VMEP_OK && !o->fp8)
-    st = bench_check_combine(o, me, T, c->num_experts, b->out);
+    st = bench_check_combine(o, ranks, me, T, c->num_experts, b->out);
   return st;
 }
 
@@ -154,7 +157,8 @@ static vmep_status time_calls(vmep_ep *ep, const struct bench_options *o,
 
 /* One dispatch, its combine buffer filled with the expert outputs, and the
  * combine that releases it: called once per parity before timing. */
-static vmep_status fill_zero_copy(vmep_ep *ep, const vmep_ep_dispatch_args *da,
+static vmep_status fill_zero_copy(vmep_ep *ep, const struct bench_options *o,
+                                  const vmep_ep_dispatch_args *da,
                                   const struct buffers *b, size_t bytes) {
   vmep_ep_handle h;
   void *buf = NULL;
@@ -165,7 +169,7 @@ static vmep_status fill_zero_copy(vmep_ep *ep, const vmep_ep_dispatch_args *da,
     st = bench_cuda_check(
         cudaMemcpy(buf, b->expert_out, bytes, cudaMemcpyDeviceToDevice),
         "zero-copy buffer");
-  vmep_ep_combine_args ca = combine_args(b, buf, 0);
+  vmep_ep_combine_args ca = combine_args(b, buf, o);
   if (st == VMEP_OK)
     st = vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL);
   return st == VMEP_OK ? bench_cuda_check(cudaDeviceSynchronize(), "fill") : st;
@@ -185,6 +189,13 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   }
   bench_link_bytes(o, R, c->num_experts, res->rank, &in,
                    &res->dispatch_link_bytes, &res->combine_link_bytes);
+  if (o->reduce) { /* a row per (token, expert rank) */
+    double rows[VMEP_LL_MAX_RANKS], sel[VMEP_LL_MAX_RANKS], back = 0;
+    bench_count_peers(o, R, c->num_experts, res->rank, &in, rows, sel);
+    for (int r = 0; r < R; r++)
+      back += rows[r];
+    res->combine_bytes = back * bench_combine_row_bytes(o);
+  }
   vmep_status st = bench_upload_inputs(&in, o, b->x, b->topk, b->weights);
   bench_free_inputs(&in);
   vmep_ep_dispatch_args da;
@@ -195,6 +206,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   da.num_topk = o->topk;
   da.use_fp8 = o->fp8;
   da.round_scale = o->round_scale;
+  da.topk_weights = o->reduce ? b->weights : NULL;
   da.recv_x = b->recv_x;
   da.recv_scales = b->recv_scales;
   da.recv_count = b->recv_count;
@@ -212,10 +224,10 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
                                      cudaMemcpyDeviceToDevice),
                           "expert_out");
   for (int parity = 0; st == VMEP_OK && o->zero_copy && parity < 2; parity++)
-    st = fill_zero_copy(ep, &da, b, eo_bytes);
+    st = fill_zero_copy(ep, o, &da, b, eo_bytes);
   if (st == VMEP_OK)
     st = bench_timing_stream(g, &s);
-  vmep_ep_combine_args ca = combine_args(b, b->expert_out, o->logfmt);
+  vmep_ep_combine_args ca = combine_args(b, b->expert_out, o);
   /* Across nodes: what the proxy puts over the warm-up and timed calls. */
   uint64_t proxy = res->nodes > 1 ? bench_proxy_bytes(ep) : 0;
   if (st == VMEP_OK)

@@ -106,16 +106,20 @@ static void mapped_peer_bytes(const struct bench_options *o,
         rows * (2.0 * o->hidden + K * 4 + 8 + (o->zero_copy ? 4 : 0)) + flags;
     return;
   }
+  /* Reduced at the expert side: the peer reads our weights of its
+   * selections, and sends a row per (token, its rank). */
   *dispatch += rows * bench_row_bytes(o) + 4.0 + ids +
-               (o->zero_copy ? 4 * sel : 0) + flags;
-  *combine += sel * bench_combine_row_bytes(o) + flags;
+               (o->zero_copy || o->reduce ? 4 * sel : 0) + flags;
+  *combine +=
+      bench_combine_rows(o, rows, sel) * bench_combine_row_bytes(o) + flags;
 }
 
 /* What the proxy puts to remote rank r (src/ep/proxy.c), from our rows
  * and selections of it: the send area's header, the ids of every token
- * (high-throughput: and their weights), each row a rank takes once (a
- * cached high-throughput dispatch: every row); back, each selection's
- * combine row (high-throughput: each row with its K weights and mark). */
+ * (high-throughput or reduced at the expert side: and their weights), each
+ * row a rank takes once (a cached high-throughput dispatch: every row);
+ * back, each selection's combine row (reduced: each token's row;
+ * high-throughput: each row with its K weights and mark). */
 static void remote_peer_bytes(const struct bench_options *o,
                               const struct vmep_ll_layout *layout,
                               const struct bench_inputs *in, double rows,
@@ -124,11 +128,11 @@ static void remote_peer_bytes(const struct bench_options *o,
   if (o->ht && o->cached) {
     *to = (double)layout->send_topk + in->n * bench_row_bytes(o);
   } else {
-    *to = (double)layout->send_topk + ids + (o->ht ? ids : 0) +
+    *to = (double)layout->send_topk + ids + (o->ht || o->reduce ? ids : 0) +
           rows * bench_row_bytes(o);
   }
   *from = o->ht ? rows * (2.0 * o->hidden + K * 4 + 8)
-                : sel * bench_combine_row_bytes(o);
+                : bench_combine_rows(o, rows, sel) * bench_combine_row_bytes(o);
 }
 
 void bench_link_bytes(const struct bench_options *o, int ranks, int experts,
@@ -230,10 +234,18 @@ vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
                                       in[r].weights};
     ref_in[r] = one;
   }
-  struct vmep_ref_problem p = {
-      ranks,  experts,        tokens, o->hidden, o->topk,
-      o->fp8, o->round_scale, NULL,   ref_in,    VMEP_EP_SCALES_ROW_MAJOR,
-      0};
+  struct vmep_ref_problem p = {ranks,
+                               experts,
+                               tokens,
+                               o->hidden,
+                               o->topk,
+                               o->fp8,
+                               o->round_scale,
+                               NULL,
+                               ref_in,
+                               VMEP_EP_SCALES_ROW_MAJOR,
+                               0,
+                               0};
   struct vmep_ref_report rep = {0, ""};
   if (st == VMEP_OK)
     st = vmep__ref_check_dispatch(&p, me, &got, &rep);
@@ -253,12 +265,53 @@ vmep_status bench_check_dispatch(const struct bench_options *o, int ranks,
   return st;
 }
 
-vmep_status bench_check_combine(const struct bench_options *o, int me,
-                                int tokens, int experts, const void *out_dev) {
+/* want[H] for token t of `in` with identity experts, reduced at the
+ * expert side: per expert rank, in the order of its first selection, the
+ * fmaf chain of its selections' w * x[t] in k order, rounded to bf16 (and
+ * with o->logfmt through LogFMT), added up: the kernels' sums. */
+static void reduced_token(const struct bench_options *o, int ranks, int experts,
+                          const struct bench_inputs *in, size_t t,
+                          float *want) {
+  const size_t H = (size_t)o->hidden, K = (size_t)o->topk;
+  const int64_t L = experts / ranks, *idx = in->topk + t * K;
+  const uint16_t *x = in->x + t * H;
+  for (size_t h = 0; h < H; h++)
+    want[h] = 0.0f;
+  for (size_t k = 0; k < K; k++) {
+    int first = 1;
+    for (size_t j = 0; j < k; j++)
+      first &= idx[j] / L != idx[k] / L;
+    for (size_t h0 = 0; first && h0 < H; h0 += VMEP_LOGFMT_GROUP) {
+      uint16_t part[VMEP_LOGFMT_GROUP];
+      float value[VMEP_LOGFMT_GROUP];
+      size_t n = H - h0;
+      if (n > VMEP_LOGFMT_GROUP)
+        n = VMEP_LOGFMT_GROUP;
+      for (size_t i = 0; i < n; i++) {
+        float sum = 0.0f;
+        for (size_t j = k; j < K; j++)
+          if (idx[j] / L == idx[k] / L)
+            sum = fmaf(in->weights[t * K + j], vmep__bf16_to_float(x[h0 + i]),
+                       sum);
+        part[i] = vmep__bf16_from_float(sum);
+        value[i] = vmep__bf16_to_float(part[i]);
+      }
+      if (o->logfmt)
+        vmep__logfmt_round_trip_group(part, value);
+      for (size_t i = 0; i < n; i++)
+        want[h0 + i] += value[i];
+    }
+  }
+}
+
+vmep_status bench_check_combine(const struct bench_options *o, int ranks,
+                                int me, int tokens, int experts,
+                                const void *out_dev) {
   struct bench_inputs in;
   size_t H = (size_t)o->hidden, K = (size_t)o->topk;
   uint16_t *out = bench_fetch(out_dev, (size_t)tokens * H * 2);
-  vmep_status st = out ? VMEP_OK : VMEP_ERR_CUDA;
+  float *reduced = malloc(H * sizeof(float));
+  vmep_status st = out && reduced ? VMEP_OK : VMEP_ERR_CUDA;
   memset(&in, 0, sizeof(in));
   if (st == VMEP_OK && bench_make_inputs(o, me, tokens, experts, &in) != 0)
     st = VMEP_ERR_OUT_OF_MEMORY;
@@ -267,12 +320,18 @@ vmep_status bench_check_combine(const struct bench_options *o, int me,
     float wsum = 0.0f;
     for (size_t k = 0; k < K; k++)
       wsum += in.weights[t * K + k];
+    if (o->reduce)
+      reduced_token(o, ranks, experts, &in, t, reduced);
     for (size_t h = 0; h < H; h++) {
       float x = vmep__bf16_to_float(in.x[t * H + h]);
       float want = vmep__bf16_to_float(vmep__bf16_from_float(wsum * x));
       float have = vmep__bf16_to_float(out[t * H + h]);
       float room = fabsf(want) * (1.0f / 128.0f);
-      if (o->logfmt) { /* every selection is valid: K terms, in k order */
+      if (o->reduce) {
+        want = vmep__bf16_to_float(vmep__bf16_from_float(reduced[h]));
+        room = 0.0f;
+      } else if (o->logfmt) { /* every selection is valid: K terms, in k
+                                 order */
         if (h % VMEP_LOGFMT_GROUP == 0)
           vmep__logfmt_round_trip_group(in.x + t * H + h, decoded);
         float sum = 0.0f;
@@ -293,6 +352,7 @@ vmep_status bench_check_combine(const struct bench_options *o, int me,
     }
   }
   bench_free_inputs(&in);
+  free(reduced);
   free(out);
   return st;
 }

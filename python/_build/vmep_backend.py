@@ -9,7 +9,7 @@ import hashlib
 import os
 import zipfile
 
-NAME, VERSION = "vmep", "0.4.0"
+NAME, VERSION = "vmep", "0.5.0"
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIST_INFO = f"{NAME}-{VERSION}.dist-info"
 TAG = "py3-none-any"

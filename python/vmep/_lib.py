@@ -92,6 +92,7 @@ class DispatchArgs(_Sized):
         ("layout_range", c_void_p),
         ("scale_layout", c_int),
         ("recv_wait_ns", c_void_p),
+        ("topk_weights", c_void_p),
     ]
 
 
@@ -276,7 +277,7 @@ def library_candidates():
 # number and at least this minor one serves: a newer one gives the fields
 # appended since their defaults. An older one, or another major, is
 # refused at load.
-VERSION = "0.4.0"
+VERSION = "0.5.0"
 MIRRORED = tuple(int(n) for n in VERSION.split(".")[:2])
 
 

@@ -255,7 +255,8 @@ static int bf16_is_nan(uint16_t bits) { return (bits & 0x7fff) > 0x7f80; }
 
 /* Whether `got` passes against the fp32 sum of `terms` products whose
  * magnitudes add up to abs_sum (the rule in ep.h); `exact`: only the sum's
- * own bits pass (LogFMT, whose reference sums as the kernel does). */
+ * own bits pass (LogFMT, expert_reduce: their reference sums as the
+ * kernels do). */
 static int combine_close(uint16_t got, float sum, float abs_sum, int terms,
                          int exact) {
   uint16_t want = vmep__bf16_from_float(sum);
@@ -286,7 +287,8 @@ static void check_token(const struct vmep_ref_problem *p, int rank, int token,
     terms += rows[(size_t)token * p->top_k + k] >= 0;
   const uint16_t *got = out + (size_t)token * (size_t)p->hidden;
   for (size_t h = 0; h < (size_t)p->hidden; h++)
-    if (!combine_close(got[h], sum[h], abs_sum[h], terms, p->use_logfmt))
+    if (!combine_close(got[h], sum[h], abs_sum[h], terms,
+                       p->use_logfmt || p->expert_reduce))
       vmep__ref_mismatch(
           report,
           "rank %d token %d channel %zu: bf16 0x%04x (%.6g), expected "

@@ -86,6 +86,7 @@ static size_t carve(vmep_ep *ep, char *base) {
       {(void **)&ep->begins, 2 * R * L * sizeof(int)},
       {(void **)&ep->recv_count_copy, 2 * L * sizeof(int)},
       {(void **)&ep->row_map, 2 * L * R * T * sizeof(unsigned int)},
+      {(void **)&ep->sel_weights, 2 * R * T * K * sizeof(float)},
   };
   size_t at = 0;
   for (size_t i = 0; i < VMEP_ARRAY_SIZE(parts); i++) {

@@ -58,6 +58,7 @@ void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,
   p->begins = ep->begins;
   p->row_map = ep->row_map;
   p->recv_count_copy = ep->recv_count_copy;
+  p->sel_weights = ep->sel_weights;
 }
 
 static vmep_status check_dispatch(const vmep_ep *ep,
@@ -80,6 +81,9 @@ static vmep_status check_dispatch(const vmep_ep *ep,
   if (vmep__ep_bad_ptr(a->topk_idx, 8, none))
     return vmep__ep_bad_arg(
         call, "topk_idx must be an 8-byte aligned device pointer");
+  if (vmep__ep_bad_ptr(a->topk_weights, 4, 1))
+    return vmep__ep_bad_arg(call,
+                            "topk_weights must be NULL or 4-byte aligned");
   if (vmep__ep_bad_ptr(a->recv_x, 16, 0))
     return vmep__ep_bad_arg(call,
                             "recv_x must be a 16-byte aligned device pointer");
@@ -185,10 +189,19 @@ vmep_status vmep_ep_dispatch(vmep_ep *ep, const vmep_ep_dispatch_args *args,
   status = vmep__ep_next_parity(ep, call, &parity);
   if (status != VMEP_OK)
     return status;
-  struct vmep_ll_dispatch_io io = {
-      a.x,           a.topk_idx,     a.num_tokens,   a.use_fp8,
-      a.round_scale, a.recv_x,       a.recv_scales,  a.recv_count,
-      a.src_info,    a.layout_range, a.scale_layout, a.recv_wait_ns};
+  struct vmep_ll_dispatch_io io = {.x = a.x,
+                                   .topk_idx = a.topk_idx,
+                                   .num_tokens = a.num_tokens,
+                                   .use_fp8 = a.use_fp8,
+                                   .round_scale = a.round_scale,
+                                   .topk_weights = a.topk_weights,
+                                   .recv_x = a.recv_x,
+                                   .recv_scales = a.recv_scales,
+                                   .recv_count = a.recv_count,
+                                   .src_info = a.src_info,
+                                   .layout_range = a.layout_range,
+                                   .scale_layout = a.scale_layout,
+                                   .recv_wait_ns = a.recv_wait_ns};
   int recv = (phases & VMEP_EP_RECV) != 0;
   status = launch(ep, LL_DISPATCH, parity, a.num_topk, &io, 1, recv, stream);
   if (status != VMEP_OK)
@@ -281,6 +294,12 @@ vmep_status vmep_ep_combine_buffer(vmep_ep *ep, const vmep_ep_handle *h,
   return VMEP_OK;
 }
 
+/* Whether the handle's dispatch was given weights: its combine is then
+ * reduced at the expert side. */
+static int reduced(const vmep_ep *ep, const vmep_ep_handle *h) {
+  return ep->pending_dispatch[h->parity].topk_weights != NULL;
+}
+
 /* The combine's own checks, after the handle's: phases, the pending
  * state of the handle's parity, and the pointers of `a`. */
 static vmep_status check_combine(const vmep_ep *ep,
@@ -301,10 +320,17 @@ static vmep_status check_combine(const vmep_ep *ep,
   if (vmep__ep_bad_ptr(a->expert_out, 16, 0))
     return vmep__ep_bad_arg(call,
                             "expert_out must be a 16-byte aligned pointer");
-  if (vmep__ep_bad_ptr(a->topk_idx, 8, none) ||
-      vmep__ep_bad_ptr(a->topk_weights, 4, none))
-    return vmep__ep_bad_arg(
-        call, "topk_idx and topk_weights must be aligned pointers");
+  if (vmep__ep_bad_ptr(a->topk_idx, 8, none))
+    return vmep__ep_bad_arg(call, "topk_idx must be an 8-byte aligned pointer");
+  /* Weights given twice could differ: which would apply? */
+  if (reduced(ep, h) && a->topk_weights)
+    return vmep__ep_bad_arg(call,
+                            "the dispatch was given topk_weights (the combine "
+                            "is reduced at the expert side with them): pass "
+                            "topk_weights NULL here");
+  if (!reduced(ep, h) && vmep__ep_bad_ptr(a->topk_weights, 4, none))
+    return vmep__ep_bad_arg(call,
+                            "topk_weights must be a 4-byte aligned pointer");
   if (vmep__ep_bad_ptr(a->out, 16, none))
     return vmep__ep_bad_arg(call, "out must be a 16-byte aligned pointer");
   if (vmep__ep_bad_ptr(a->recv_wait_ns, 8, 1))
@@ -340,9 +366,23 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
                       "(vmep_ep_combine_buffer): its rows are pulled as bf16; "
                       "pass expert_out from other memory to send LogFMT",
                       call);
-  struct vmep_ll_combine_io io = {a.expert_out,   zero_copy,     a.topk_idx,
-                                  a.topk_weights, h->num_tokens, a.out,
-                                  a.recv_wait_ns, a.use_logfmt};
+  /* Pulled rows are never summed where they lie. */
+  if (zero_copy && reduced(ep, h))
+    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
+                      "%s: expert_out in the zero-copy buffer "
+                      "(vmep_ep_combine_buffer) of a dispatch given "
+                      "topk_weights: sources pull single rows; dispatch "
+                      "without weights, or pass expert_out from other memory",
+                      call);
+  struct vmep_ll_combine_io io = {.expert_out = a.expert_out,
+                                  .zero_copy = zero_copy,
+                                  .topk_idx = a.topk_idx,
+                                  .topk_weights = a.topk_weights,
+                                  .num_tokens = h->num_tokens,
+                                  .out = a.out,
+                                  .recv_wait_ns = a.recv_wait_ns,
+                                  .use_logfmt = a.use_logfmt,
+                                  .expert_reduce = reduced(ep, h)};
   int recv = (phases & VMEP_EP_RECV) != 0;
   status = launch(ep, LL_COMBINE, h->parity, h->num_topk, &io, 1, recv, stream);
   if (status == VMEP_OK) {

@@ -282,8 +282,9 @@ static size_t ship_row_len(const struct vmep_ep_proxy *px,
   return e->row_len > px->layout.row_bytes ? px->layout.row_bytes : e->row_len;
 }
 
-/* Dispatch: the header and expert ids (high-throughput: and the weights),
- * then each row rank r selected, runs of consecutive tokens in one put. */
+/* Dispatch: the header and expert ids (and the weights when the request
+ * says), then each row rank r selected, runs of consecutive tokens in one
+ * put. */
 static vmep_status ship_dispatch(struct vmep_ep_proxy *px, int r,
                                  const struct vmep_ll_ring_entry *e) {
   const struct vmep_ll_layout *l = &px->layout;
@@ -293,7 +294,7 @@ static vmep_status ship_dispatch(struct vmep_ep_proxy *px, int r,
   const int32_t *topk = (const int32_t *)(area + l->send_topk);
   vmep_status status =
       put(px, r, area, l->send[b], l->send_topk + (size_t)n * K * 4);
-  if (status == VMEP_OK && e->op == VMEP_LL_SHIP_HT_DISPATCH && n > 0)
+  if (status == VMEP_OK && e->op == VMEP_LL_SHIP_DISPATCH_WEIGHTS && n > 0)
     status = put(px, r, area + l->send_weights, l->send[b] + l->send_weights,
                  (size_t)n * K * 4);
   int run = -1;
@@ -348,9 +349,20 @@ static vmep_status put_ll_slots(struct vmep_ep_proxy *px, int r, int b, int i0,
   return status;
 }
 
-/* Combine: every slot [t][k] of rank r's tokens whose expert is ours (from
- * r's expert ids in our inbox of it), runs of consecutive slots, into the
- * slots of r's stage. */
+/* Whether slot i = t * K + k of a combine carries a row of ours: its
+ * expert is ours (reduced: and it is the token's first such slot). */
+static int ours(const struct vmep_ep_proxy *px, const int32_t *topk, int K,
+                int i, int reduced) {
+  const int first = px->rank * px->local_experts;
+  for (int j = reduced ? i - i % K : i; j <= i; j++)
+    if (topk[j] >= first && topk[j] < first + px->local_experts)
+      return j == i;
+  return 0;
+}
+
+/* Combine: every slot [t][k] of rank r's tokens that our experts filled
+ * (from r's expert ids in our inbox of it), runs of consecutive slots,
+ * into the slots of r's stage. */
 static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
                                 const struct vmep_ll_ring_entry *e) {
   const struct vmep_ll_layout *l = &px->layout;
@@ -358,14 +370,13 @@ static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
   const char *area = px->inbox[r] + l->send[b];
   const int n = area_tokens(px, area);
   const int32_t *topk = (const int32_t *)(area + l->send_topk);
-  const int first = px->rank * px->local_experts;
+  const int reduced = e->op == VMEP_LL_SHIP_COMBINE_REDUCED;
   const size_t row = 2 * (size_t)px->hidden;
   size_t len = e->row_len && e->row_len < row ? e->row_len : row;
   vmep_status status = VMEP_OK;
   int run = -1;
   for (int i = 0; i <= n * K && status == VMEP_OK; i++) {
-    int want =
-        i < n * K && topk[i] >= first && topk[i] < first + px->local_experts;
+    int want = i < n * K && ours(px, topk, K, i, reduced);
     if (want && run < 0)
       run = i;
     if (!want && run >= 0) {
@@ -452,11 +463,13 @@ static void serve(struct vmep_ep_proxy *px,
     if (!reachable(px, r))
       continue;
     vmep_status status = VMEP_OK;
-    if (e->op == VMEP_LL_SHIP_DISPATCH || e->op == VMEP_LL_SHIP_HT_DISPATCH)
+    if (e->op == VMEP_LL_SHIP_DISPATCH ||
+        e->op == VMEP_LL_SHIP_DISPATCH_WEIGHTS)
       status = ship_dispatch(px, r, e);
     else if (e->op == VMEP_LL_SHIP_HT_CACHED)
       status = ship_cached(px, r, e);
-    else if (e->op == VMEP_LL_SHIP_COMBINE)
+    else if (e->op == VMEP_LL_SHIP_COMBINE ||
+             e->op == VMEP_LL_SHIP_COMBINE_REDUCED)
       status = ship_combine(px, r, e);
     else if (e->op == VMEP_LL_SHIP_HT_COMBINE)
       status = ship_ht_combine(px, r, e);

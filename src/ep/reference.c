@@ -387,6 +387,57 @@ vmep_status vmep__ref_combine_rows(const struct vmep_ref_problem *p, int rank,
   return st;
 }
 
+/* Adds to sum_out (and |value| to abs_out) the partial sum of expert rank
+ * d for one token with expert_reduce: its selections from k0 on, one fmaf
+ * each in k order, rounded to bf16, with use_logfmt then through LogFMT;
+ * a group of 128 channels at a time. */
+static void add_partial(const struct vmep_ref_problem *p, int rank,
+                        const int64_t *rows, const uint16_t *const *expert_out,
+                        size_t slot0, int k0, float *sum_out, float *abs_out) {
+  const struct vmep_ref_rank_input *in = &p->ranks[rank];
+  const size_t hidden = (size_t)p->hidden;
+  const int64_t d = in->topk_idx[slot0 + k0] / local_experts(p);
+  for (size_t h0 = 0; h0 < hidden; h0 += VMEP_LOGFMT_GROUP) {
+    size_t n = hidden - h0; /* the last group of a bf16 row may be short */
+    if (n > VMEP_LOGFMT_GROUP)
+      n = VMEP_LOGFMT_GROUP;
+    float partial[VMEP_LOGFMT_GROUP] = {0};
+    uint16_t rounded[VMEP_LOGFMT_GROUP];
+    for (int k = k0; k < p->top_k; k++) {
+      if (rows[slot0 + k] < 0 ||
+          in->topk_idx[slot0 + k] / local_experts(p) != d)
+        continue;
+      const uint16_t *v = expert_out[d] + (size_t)rows[slot0 + k] * hidden;
+      for (size_t i = 0; i < n; i++)
+        partial[i] = fmaf(in->topk_weights[slot0 + k],
+                          vmep__bf16_to_float(v[h0 + i]), partial[i]);
+    }
+    for (size_t i = 0; i < n; i++)
+      rounded[i] = vmep__bf16_from_float(partial[i]);
+    if (p->use_logfmt)
+      vmep__logfmt_round_trip_group(rounded, partial);
+    for (size_t i = 0; i < n; i++) {
+      float value =
+          p->use_logfmt ? partial[i] : vmep__bf16_to_float(rounded[i]);
+      sum_out[h0 + i] += value;
+      if (abs_out)
+        abs_out[h0 + i] += value < 0.0f ? -value : value;
+    }
+  }
+}
+
+/* Whether selection k of a token (slot0) is the first counted one of its
+ * expert rank. */
+static int first_of_rank(const struct vmep_ref_problem *p, int rank,
+                         const int64_t *rows, size_t slot0, int k) {
+  const int64_t *idx = p->ranks[rank].topk_idx + slot0;
+  for (int j = 0; j < k; j++)
+    if (rows[slot0 + j] >= 0 &&
+        idx[j] / local_experts(p) == idx[k] / local_experts(p))
+      return 0;
+  return 1;
+}
+
 void vmep__ref_combine_token(const struct vmep_ref_problem *p, int rank,
                              const int64_t *rows,
                              const uint16_t *const *expert_out, int token,
@@ -398,7 +449,10 @@ void vmep__ref_combine_token(const struct vmep_ref_problem *p, int rank,
     if (abs_out)
       abs_out[h] = 0.0f;
   }
-  for (int k = 0; k < p->top_k; k++) {
+  for (int k = 0; p->expert_reduce && k < p->top_k; k++)
+    if (rows[slot0 + k] >= 0 && first_of_rank(p, rank, rows, slot0, k))
+      add_partial(p, rank, rows, expert_out, slot0, k, sum_out, abs_out);
+  for (int k = 0; !p->expert_reduce && k < p->top_k; k++) {
     if (rows[slot0 + k] < 0)
       continue;
     int d = (int)(in->topk_idx[slot0 + k] / local_experts(p));

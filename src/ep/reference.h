@@ -141,10 +141,12 @@ struct vmep_ref_problem {
   int round_scale;   /* fp8 scales rounded up to powers of two */
   const int *masked; /* [R], nonzero = rank masked; NULL: none masked */
   const struct vmep_ref_rank_input *ranks; /* [R] */
-  int scale_layout; /* use_fp8: VMEP_EP_SCALES_* of recv_scales (UE8M0
-                       needs round_scale and hidden a multiple of 512) */
-  int use_logfmt;   /* combine: expert rows travel as LogFMT (hidden a
-                       multiple of 128) */
+  int scale_layout;  /* use_fp8: VMEP_EP_SCALES_* of recv_scales (UE8M0
+                        needs round_scale and hidden a multiple of 512) */
+  int use_logfmt;    /* combine: expert rows travel as LogFMT (hidden a
+                        multiple of 128) */
+  int expert_reduce; /* combine: reduced at the expert side (the dispatch
+                        was given the weights) */
 };
 
 /*
@@ -242,7 +244,11 @@ vmep_status vmep__ref_combine_rows(const struct vmep_ref_problem *p, int rank,
  * abs_out[h] (may be NULL) = the fp32 sum of |w * v|, the scale of the
  * rounding error another order could make. With use_logfmt, v is the
  * row's value after a trip through LogFMT and each term is added with one
- * fmaf, in k order: the receive kernel's sum, bit for bit. Cannot fail.
+ * fmaf, in k order: the receive kernel's sum, bit for bit. With
+ * expert_reduce, per expert rank in the order of its first selection: its
+ * partial sum, one fmaf per selection in k order, rounded to bf16 (with
+ * use_logfmt: then through LogFMT), added to the sum; abs_out sums |partial|:
+ * the kernels' sums, bit for bit. Cannot fail.
  */
 void vmep__ref_combine_token(const struct vmep_ref_problem *p, int rank,
                              const int64_t *rows,
@@ -290,7 +296,8 @@ vmep_status vmep__ref_check_dispatch(const struct vmep_ref_problem *p, int rank,
  * of the reference's fp32 sum rounded to bf16, or, for sums that cancel,
  * within one ulp plus (valid terms) * 2^-23 * sum|w * v| of the fp32 sum:
  * the rounding any order or fused multiply-add may add. With use_logfmt
- * every element must equal the reference's bits (NaN matching any NaN).
+ * or expert_reduce every element must equal the reference's bits (NaN
+ * matching any NaN).
  * Returns as vmep__ref_check_dispatch.
  */
 vmep_status vmep__ref_check_combine(const struct vmep_ref_problem *p, int rank,

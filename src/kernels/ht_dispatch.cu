@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
                  (io.use_fp8 ? groups * sizeof(float) : 0));
   if (ll_last_block(p.state, 0))
     ll_signal_all(p, p.layout.disp_ready, epoch,
-                  io.cached ? VMEP_LL_SHIP_HT_CACHED : VMEP_LL_SHIP_HT_DISPATCH,
+                  io.cached ? VMEP_LL_SHIP_HT_CACHED
+                            : VMEP_LL_SHIP_DISPATCH_WEIGHTS,
                   row_len);
 }
 

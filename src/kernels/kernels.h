@@ -45,10 +45,13 @@ struct vmep_ll_layout {
   size_t comb_ready; /* written by expert rank d at [b][d] after its rows */
   size_t comb_ack;   /* written by source s at [b][s] after reducing */
   size_t alive;      /* uint64 heartbeat, advanced by this rank's waits */
-  size_t send[2];    /* per parity: header, topk [T][K] int32, rows [T] */
+  size_t send[2];    /* per parity: header (int32 token count; int32 1 when
+                        a low-latency dispatch staged weights), topk
+                        [T][K] int32, weights [T][K] fp32, rows [T] */
   size_t send_topk;  /* offset of topk within a send area */
   size_t send_weights;  /* offset of the [T][K] fp32 weights within a send
-                           area (high-throughput dispatch) */
+                           area (high-throughput dispatch, or a low-latency
+                           one given weights) */
   size_t send_rows;     /* offset of the rows within a send area */
   size_t row_bytes;     /* one staged row: max(2H, H + 4H/128), 16-aligned */
   size_t slots[2];      /* per parity: combine slots [T][K][H] bf16 */
@@ -95,8 +98,9 @@ enum vmep_ll_ship {
                                 filled (from its expert ids in our inbox),
                                 into its staging area; then the flag */
   VMEP_LL_SHIP_FLAG = 3,     /* the flag alone */
-  /* High-throughput dispatch: as VMEP_LL_SHIP_DISPATCH, and the weights */
-  VMEP_LL_SHIP_HT_DISPATCH = 4,
+  /* As VMEP_LL_SHIP_DISPATCH, and the weights: a high-throughput dispatch,
+   * or a low-latency one given weights */
+  VMEP_LL_SHIP_DISPATCH_WEIGHTS = 4,
   /* Cached high-throughput dispatch (the staged expert ids are not this
    * call's): the header and every staged row */
   VMEP_LL_SHIP_HT_CACHED = 5,
@@ -104,6 +108,10 @@ enum vmep_ll_ship {
    * it whose mark is this call's epoch (`value`): the row, the weights and
    * the mark, into its staging area; then the flag */
   VMEP_LL_SHIP_HT_COMBINE = 6,
+  /* A low-latency combine reduced at the expert side: as
+   * VMEP_LL_SHIP_COMBINE, only the slot [t][j] of each token's first
+   * selection of our experts */
+  VMEP_LL_SHIP_COMBINE_REDUCED = 7,
 };
 
 /* A high-throughput combine slot's mark: (epoch << 12) | (the row stays
@@ -166,6 +174,9 @@ struct vmep_ll_params {
   int *begins;
   unsigned int *row_map;
   int *recv_count_copy; /* [2][L] */
+  /* [2][R][T][K]: the weight of each of our selections, entries-shaped,
+   * when the dispatch was given weights (NaN for a source that gave none) */
+  float *sel_weights;
 };
 
 struct vmep_ll_dispatch_io {
@@ -173,13 +184,14 @@ struct vmep_ll_dispatch_io {
   const int64_t *topk_idx; /* [n, K] */
   int num_tokens;
   int use_fp8, round_scale;
-  void *recv_x;          /* bf16 or fp8 [L, R*T, H] */
-  float *recv_scales;    /* fp8 only: [L, R*T, H/128] in scale_layout */
-  int *recv_count;       /* [L] */
-  int *src_info;         /* [L, R*T] */
-  int64_t *layout_range; /* [L, R] */
-  int scale_layout;      /* VMEP_EP_SCALES_* */
-  int64_t *recv_wait_ns; /* NULL or [R]: += ns waited for each source */
+  const float *topk_weights; /* [n, K] or NULL: staged for expert_reduce */
+  void *recv_x;              /* bf16 or fp8 [L, R*T, H] */
+  float *recv_scales;        /* fp8 only: [L, R*T, H/128] in scale_layout */
+  int *recv_count;           /* [L] */
+  int *src_info;             /* [L, R*T] */
+  int64_t *layout_range;     /* [L, R] */
+  int scale_layout;          /* VMEP_EP_SCALES_* */
+  int64_t *recv_wait_ns;     /* NULL or [R]: += ns waited for each source */
 };
 
 struct vmep_ll_combine_io {
@@ -193,6 +205,10 @@ struct vmep_ll_combine_io {
   int64_t *recv_wait_ns; /* NULL or [R]: += ns waited for each expert rank */
   int use_logfmt;        /* slots hold LogFMT rows (kernels/logfmt.h), not
                             bf16; never with zero_copy */
+  int expert_reduce;     /* each expert rank sends one row per (token, rank):
+                            its selections' rows times their weights (from
+                            sel_weights), summed; topk_weights unused;
+                            never with zero_copy */
 };
 
 /* Dispatch send phase: waits until every receiver released send[parity],
@@ -209,8 +225,9 @@ vmep_status vmep__ll_dispatch_recv(const struct vmep_ll_params *p,
                                    void *stream);
 
 /* Combine send phase: pushes every received row's expert output into its
- * source's slot (or, zero-copy, only announces the outputs) and raises the
- * ready flags. */
+ * source's slot (expert_reduce: each token's weighted sum of them into one
+ * slot; zero-copy: only announces the outputs) and raises the ready
+ * flags. */
 vmep_status vmep__ll_combine_send(const struct vmep_ll_params *p,
                                   const struct vmep_ll_combine_io *io,
                                   void *stream);

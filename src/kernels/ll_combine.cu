@@ -10,6 +10,10 @@
  * where dispatch recorded it landed (sel + n rows of traffic, not 3 sel + n).
  * LogFMT (use_logfmt, never zero-copy): send encodes each row into its slot
  * (41 H / 32 bytes instead of 2 H) and recv decodes before it weighs.
+ * expert_reduce (never zero-copy): send sums, per (source, token), the rows
+ * of the token's selections of our experts times their weights (kept by
+ * dispatch) in fp32, and writes that bf16 (or LogFMT) row into the slot of
+ * the first of them; recv adds those slots, one per expert rank.
  * Selections of masked ranks and invalid expert ids count as zero.
  */
 #include "kernels/logfmt.cuh"
@@ -61,6 +65,111 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
                                 : 0u);
 }
 
+/* Loads per lane of an expert_reduce item (512 channels): its fp32 sums
+ * stay within the register budget. */
+#define LL_REDUCE_LOADS 2
+
+/* The send phase of expert_reduce. Items (source, token, 512 channels); a
+ * lane holds one selection's row and weight, as in dispatch's copy. */
+__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
+    combine_reduce_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
+  const int L = p.num_experts / p.num_ranks, K = p.num_topk, T = p.max_tokens;
+  const size_t RT = (size_t)p.num_ranks * T;
+  uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
+  ll_wait_all(p, p.layout.comb_ack, epoch - 1, NULL);
+  const size_t scratch = (size_t)p.parity * p.num_ranks * T * K;
+  const int *entries = p.entries + scratch;
+  const float *weights = p.sel_weights + scratch;
+  const int *counts = p.counts + (size_t)p.parity * p.num_ranks * (L + 1);
+  const int *begins = p.begins + (size_t)p.parity * p.num_ranks * L;
+  const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
+  const int chunks = p.hidden / 8, step = 32 * LL_REDUCE_LOADS;
+  const int parts = (chunks + step - 1) / step;
+  for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
+       item < p.num_ranks * T * parts; item += warps) {
+    int pair = item / parts, part = item % parts;
+    int s = pair / T, t = pair % T;
+    if (t >= counts[s * (L + 1) + L] || ll_is_masked(p.state, s))
+      continue;
+    int entry = lane < K ? entries[(size_t)pair * K + lane] : -1;
+    unsigned int todo = __ballot_sync(LL_FULL_MASK, entry >= 0);
+    if (!todo)
+      continue;
+    const int first = __ffs(todo) - 1;
+    size_t row = 0;
+    float w = 0.0f;
+    if (entry >= 0) {
+      int l = entry >> 16;
+      row = (size_t)l * RT + begins[s * L + l] + (entry & 0xffff);
+      w = weights[(size_t)pair * K + lane];
+    }
+    const int c0 = part * step + lane; /* chunk of load j: c0 + 32 j */
+    float acc[LL_REDUCE_LOADS][8];
+#pragma unroll
+    for (int j = 0; j < LL_REDUCE_LOADS; j++)
+#pragma unroll
+      for (int i = 0; i < 8; i++)
+        acc[j][i] = 0.0f;
+    while (todo) { /* in k order: the reference's fmaf chain */
+      int k = __ffs(todo) - 1;
+      todo &= todo - 1;
+      const uint4 *src = (const uint4 *)io.expert_out +
+                         __shfl_sync(LL_FULL_MASK, row, k) * chunks;
+      float wk = __shfl_sync(LL_FULL_MASK, w, k);
+      uint4 v[LL_REDUCE_LOADS];
+#pragma unroll
+      for (int j = 0; j < LL_REDUCE_LOADS; j++)
+        if (c0 + 32 * j < chunks)
+          v[j] = __ldcg(src + c0 + 32 * j);
+#pragma unroll
+      for (int j = 0; j < LL_REDUCE_LOADS; j++) {
+        float x[8];
+        ll_bf16x8_values(v[j], x);
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+          acc[j][i] = fmaf(wk, x[i], acc[j][i]);
+      }
+    }
+    uint4 packed[LL_REDUCE_LOADS];
+#pragma unroll
+    for (int j = 0; j < LL_REDUCE_LOADS; j++) {
+      __nv_bfloat16 *o = (__nv_bfloat16 *)&packed[j];
+#pragma unroll
+      for (int i = 0; i < 8; i++)
+        o[i] = __float2bfloat16_rn(acc[j][i]);
+    }
+    char *dst = p.peers[s] + p.layout.slots[p.parity] +
+                ((size_t)t * K + first) * p.hidden * 2;
+    if (io.use_logfmt) {
+      ll_logfmt_encode_values<LL_REDUCE_LOADS>(ll_bf16_loads{packed},
+                                               (unsigned char *)dst, p.hidden,
+                                               part * step * 8, lane);
+      continue;
+    }
+#pragma unroll
+    for (int j = 0; j < LL_REDUCE_LOADS; j++)
+      if (c0 + 32 * j < chunks)
+        ((uint4 *)dst)[c0 + 32 * j] = packed[j];
+  }
+  if (ll_last_block(p.state, 3))
+    ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE_REDUCED,
+                  io.use_logfmt ? (unsigned)vmep_logfmt_row_bytes(p.hidden)
+                                : 0u);
+}
+
+/* Whether selection `lane` (< K, expert e, counted: `use`) is the first
+ * of its token's counted selections on its expert rank (one warp). */
+__device__ __forceinline__ int ll_first_of_rank(int use, int64_t e, int L,
+                                                int K, int lane) {
+  const int rank = use ? (int)(e / L) : -1;
+  int first = use;
+  for (int k = 0; k < K; k++) {
+    int other = __shfl_sync(LL_FULL_MASK, rank, k);
+    first &= !(k < lane && other == rank);
+  }
+  return first;
+}
+
 /* LOGFMT a template argument: its decoding would otherwise cost the bf16
  * path registers (spills within the 64-register budget). */
 template <bool LOGFMT>
@@ -80,11 +189,17 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     int t = item / groups, c = (item % groups) * 32 + lane;
     float w = 0.0f;
     int use = 0;
+    int64_t e = -1;
     const uint4 *row = NULL; /* selection `lane`'s row (or LogFMT slot) */
     if (lane < K) {
-      int64_t e = io.topk_idx[(size_t)t * K + lane];
+      e = io.topk_idx[(size_t)t * K + lane];
       use = e >= 0 && e < p.num_experts && !ll_is_masked(p.state, (int)(e / L));
-      w = io.topk_weights[(size_t)t * K + lane];
+    }
+    /* Reduced at the expert side: one slot per expert rank, weighed. */
+    if (io.expert_reduce)
+      use = ll_first_of_rank(use, e, L, K, lane);
+    if (lane < K) {
+      w = io.expert_reduce ? 1.0f : io.topk_weights[(size_t)t * K + lane];
       /* Remote expert ranks' rows land in the staging area's slots. */
       if (use && ll_remote(p, (int)(e / L)))
         row = (const uint4 *)(p.stage + p.layout.slots[p.parity] +
@@ -116,6 +231,11 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
 extern "C" vmep_status
 vmep__ll_combine_send(const struct vmep_ll_params *p,
                       const struct vmep_ll_combine_io *io, void *stream) {
+  if (io->expert_reduce) {
+    combine_reduce_kernel<<<p->num_blocks, LL_THREADS, 0,
+                            (cudaStream_t)stream>>>(*p, *io);
+    return ll_launched("combine reduce kernel");
+  }
   combine_send_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
       *p, *io);
   return ll_launched("combine send kernel");

@@ -1,16 +1,20 @@
 /*
  * Low-latency dispatch, pull-based, in three launches:
  *  send  - wait until every receiver released send[parity], stage each token
- *          once (bf16 copy or fp8 quantization, expert ids as int32), raise
- *          the ready flag in every receiver's buffer;
+ *          once (bf16 copy or fp8 quantization, expert ids as int32, and
+ *          the weights when given), raise the ready flag in every
+ *          receiver's buffer;
  *  count - per source: wait for its flag, read its expert ids, give each of
- *          our (token, k) selections its rank within (source, local expert);
+ *          our (token, k) selections its rank within (source, local expert)
+ *          (and, given weights, keep its weight for the combine);
  *          the last block turns counts into begins, layout_range, recv_count;
  *  copy  - per (source, token): read the staged row once and write it to
  *          every local expert that selected it; acknowledge every source.
  * No grid-wide barrier inside a kernel: ranks sharing a GPU under MPS
  * cannot starve one another of SMs into a deadlock.
  */
+#include <math_constants.h>
+
 #include "kernels/route.cuh"
 #include "kernels/rows.cuh"
 #include "kernels/sync.cuh"
@@ -27,15 +31,25 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
   int32_t *topk = (int32_t *)(area + p.layout.send_topk);
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
   const int thread = blockIdx.x * blockDim.x + threadIdx.x;
-  if (thread == 0)
-    *(int *)area = io.num_tokens;
-  if (thread == 0 && stage)
-    *(int *)stage = io.num_tokens;
+  float *weights = (float *)(area + p.layout.send_weights);
+  const int weighted = io.topk_weights != NULL;
+  if (thread == 0) {
+    ((int *)area)[0] = io.num_tokens;
+    ((int *)area)[1] = weighted;
+  }
+  if (thread == 0 && stage) {
+    ((int *)stage)[0] = io.num_tokens;
+    ((int *)stage)[1] = weighted;
+  }
   for (int i = thread; i < io.num_tokens * p.num_topk;
        i += gridDim.x * blockDim.x) {
     topk[i] = checked_expert(p, io.topk_idx[i]);
+    if (weighted)
+      weights[i] = io.topk_weights[i];
     if (stage)
       ((int32_t *)(stage + p.layout.send_topk))[i] = topk[i];
+    if (stage && weighted)
+      ((float *)(stage + p.layout.send_weights))[i] = weights[i];
   }
   /* Work items: (token, 2 KiB slice) in bf16, (token, 1024 channels) in
    * fp8. */
@@ -63,19 +77,23 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
           ? (unsigned)(p.hidden + p.hidden / VMEP_LL_FP8_GROUP * sizeof(float))
           : (unsigned)(2 * p.hidden);
   if (ll_last_block(p.state, 0))
-    ll_signal_all(p, p.layout.disp_ready, epoch, VMEP_LL_SHIP_DISPATCH,
+    ll_signal_all(p, p.layout.disp_ready, epoch,
+                  weighted ? VMEP_LL_SHIP_DISPATCH_WEIGHTS
+                           : VMEP_LL_SHIP_DISPATCH,
                   row_len);
 }
 
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     dispatch_count_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
   extern __shared__ int counts_smem[];
-  __shared__ int n_src;
+  __shared__ int n_src, weighted;
   const int L = p.num_experts / p.num_ranks, K = p.num_topk;
   const int first = p.rank * L;
   uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
   int *entries = p.entries + (size_t)p.parity * p.num_ranks * p.max_tokens * K;
   int *counts = p.counts + (size_t)p.parity * p.num_ranks * (L + 1);
+  float *sel_weights =
+      p.sel_weights + (size_t)p.parity * p.num_ranks * p.max_tokens * K;
   /* This block's sources are awaited in parallel first (the loop's waits
    * then return at once): one timeout for all of them, and with
    * recv_wait_ns each is charged its own lateness. */
@@ -87,18 +105,26 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
           p, ll_flag(p.inbox[s], p.layout.disp_ready, p.parity, p.num_ranks, s),
           epoch, s, ll_now_ns());
       n_src = ready ? __ldcg((const int *)send_area(p, s)) : 0;
+      weighted = ready && __ldcg((const int *)send_area(p, s) + 1);
     }
     for (int l = threadIdx.x; l < L; l += blockDim.x)
       counts_smem[l] = 0;
     __syncthreads();
     const int32_t *topk =
         (const int32_t *)(send_area(p, s) + p.layout.send_topk);
+    const float *weights =
+        (const float *)(send_area(p, s) + p.layout.send_weights);
     int *out = entries + (size_t)s * p.max_tokens * K;
+    float *out_weights = sel_weights + (size_t)s * p.max_tokens * K;
     for (int i = threadIdx.x; i < n_src * K; i += blockDim.x) {
       int e = __ldcg(topk + i), entry = -1;
       if (e >= first && e < first + L)
         entry = ((e - first) << 16) | atomicAdd(&counts_smem[e - first], 1);
       out[i] = entry;
+      /* A source that staged no weights cannot be reduced for: NaN shows
+       * it in the combine instead of an earlier call's weights. */
+      if (io.topk_weights && entry >= 0)
+        out_weights[i] = weighted ? __ldcg(weights + i) : CUDART_NAN_F;
     }
     __syncthreads();
     for (int l = threadIdx.x; l < L; l += blockDim.x)

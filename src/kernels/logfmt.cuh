@@ -34,28 +34,29 @@ ll_logfmt_pack(const struct vmep_logfmt_group *g, const float v[8],
 }
 
 /*
- * Encodes channels [slice * 1024, +1024) of bf16 row `src` into the
- * LogFMT row `dst` with a warp. As in ll_quantize_slice, each load gives
- * a lane 8 channels, a half-warp one group, whose amax and smallest
- * nonzero magnitude are half-warp reductions. A pair of lanes writes its
- * 20 bytes as five words: the even lane the first 80 bits and 16 of its
+ * Encodes channels [base, base + 256 LOADS) of a row (base a multiple of
+ * 256) into the LogFMT row `dst` with a warp; values(j, v) gives the
+ * lane's 8 bf16-exact values of load j (channels base + j * 256 + lane *
+ * 8, as ll_load_quant_slice and ll_load_slice place them; never past
+ * `hidden`). A half-warp holds one group, whose amax and smallest nonzero
+ * magnitude are half-warp reductions. A pair of lanes writes its 20 bytes
+ * as five words: the even lane the first 80 bits and 16 of its
  * neighbour's, the odd lane the rest.
  */
-__device__ __forceinline__ void ll_logfmt_encode_slice(const __nv_bfloat16 *src,
-                                                       unsigned char *dst,
-                                                       int hidden, int slice,
-                                                       int lane) {
-  uint4 raw[LL_UNROLL];
-  ll_load_quant_slice(src, hidden, slice, lane, raw);
+template <int LOADS, typename Values>
+__device__ __forceinline__ void
+ll_logfmt_encode_values(Values values, unsigned char *dst, int hidden, int base,
+                        int lane) {
   unsigned *header = (unsigned *)(dst + vmep_logfmt_header_offset(hidden));
 #pragma unroll
-  for (int j = 0; j < LL_UNROLL; j++) {
-    int c = slice * LL_QUANT_SLICE + j * 256 + lane * 8;
-    const __nv_bfloat16 *h = (const __nv_bfloat16 *)&raw[j];
+  for (int j = 0; j < LOADS; j++) {
+    int c = base + j * 256 + lane * 8;
     float v[8], amax = 0.0f, amin = CUDART_INF_F;
+    if (c < hidden)
+      values(j, v);
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-      v[i] = c < hidden ? __bfloat162float(h[i]) : 0.0f;
+      v[i] = c < hidden ? v[i] : 0.0f;
       float mag = fabsf(v[i]);
       if (mag < CUDART_INF_F) { /* finite magnitudes only */
         amax = fmaxf(amax, mag);
@@ -90,6 +91,34 @@ __device__ __forceinline__ void ll_logfmt_encode_slice(const __nv_bfloat16 *src,
           (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(amax)) |
           (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(amin)) << 16;
   }
+}
+
+/* The values of 8 bf16 channels packed in a uint4. */
+__device__ __forceinline__ void ll_bf16x8_values(const uint4 &packed,
+                                                 float v[8]) {
+  const __nv_bfloat16 *h = (const __nv_bfloat16 *)&packed;
+#pragma unroll
+  for (int i = 0; i < 8; i++)
+    v[i] = __bfloat162float(h[i]);
+}
+
+/* Gives ll_logfmt_encode_values the loads of a bf16 row's slice. */
+struct ll_bf16_loads {
+  const uint4 *raw;
+  __device__ void operator()(int j, float v[8]) const {
+    ll_bf16x8_values(raw[j], v);
+  }
+};
+
+/* Encodes channels [slice * 1024, +1024) of bf16 row `src`. */
+__device__ __forceinline__ void ll_logfmt_encode_slice(const __nv_bfloat16 *src,
+                                                       unsigned char *dst,
+                                                       int hidden, int slice,
+                                                       int lane) {
+  uint4 raw[LL_UNROLL];
+  ll_load_quant_slice(src, hidden, slice, lane, raw);
+  ll_logfmt_encode_values<LL_UNROLL>(ll_bf16_loads{raw}, dst, hidden,
+                                     slice * LL_QUANT_SLICE, lane);
 }
 
 /* Loads what chunk `c` of a LogFMT row needs: the three words that hold

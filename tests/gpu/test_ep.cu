@@ -4,12 +4,16 @@
  * so each can compute the reference of the whole group; layouts are
  * exchanged through the group for the combine check. Covered: hidden sizes
  * 512..8192, bf16 and fp8 (with round_scale), a LogFMT combine (bit for
- * bit against the reference, refused with a zero-copy expert_out), top-k
+ * bit against the reference, refused with a zero-copy expert_out), the
+ * combine reduced at the expert side (weights given to dispatch; bf16 and
+ * LogFMT rows, bit for bit; refused with a zero-copy expert_out or with
+ * the weights given again), top-k
  * 1..16, uniform routing
  * with -1 entries, all tokens to one expert, a rank that sends nothing,
  * n = T, invalid expert ids (reported, not trapped), 1000 back-to-back
  * dispatch / expert / combine sequences in batches without host
- * synchronization (two in flight), and a captured CUDA graph of dispatch,
+ * synchronization (two in flight; a quarter of them reduced at the expert
+ * side), and a captured CUDA graph of dispatch,
  * experts and combine replayed 100 times with new inputs copied in, the
  * receive phases' wait counters (recv_wait_ns) with ranks that come late,
  * and one store name per buffer on every rank. The expert is a device
@@ -28,6 +32,8 @@ enum routing { UNIFORM, ONE_EXPERT, SILENT_RANK, FULL, INVALID_IDS };
 struct world {
   int R, E, L, T, H, K, fp8, round_scale;
   int logfmt; /* combine rows as LogFMT */
+  int reduce; /* weights given to dispatch: the combine reduced at the
+                 expert side */
   struct vmep_ref_rank_input in[MAX_RANKS];
   uint16_t *x[MAX_RANKS];
   int64_t *topk[MAX_RANKS];
@@ -103,9 +109,9 @@ static void free_world(struct world *w) {
 
 static struct vmep_ref_problem problem(const struct world *w) {
   struct vmep_ref_problem p = {
-      w->R,     w->E,           w->T, w->H,  w->K,
-      w->fp8,   w->round_scale, NULL, w->in, VMEP_EP_SCALES_ROW_MAJOR,
-      w->logfmt};
+      w->R,      w->E,           w->T, w->H,  w->K,
+      w->fp8,    w->round_scale, NULL, w->in, VMEP_EP_SCALES_ROW_MAJOR,
+      w->logfmt, w->reduce};
   return p;
 }
 
@@ -170,16 +176,18 @@ static vmep_ep_dispatch_args dispatch_args(const struct io *b,
   a.recv_count = b->recv_count;
   a.src_info = b->src_info;
   a.layout_range = b->layout_range;
+  a.topk_weights = w->reduce ? b->w : NULL;
   return a;
 }
 
-static vmep_ep_combine_args combine_args(const struct io *b, int logfmt) {
+static vmep_ep_combine_args combine_args(const struct io *b,
+                                         const struct world *w) {
   vmep_ep_combine_args a;
   vmep_ep_combine_args_init(&a);
-  a.use_logfmt = logfmt;
+  a.use_logfmt = w->logfmt;
   a.expert_out = b->expert_out;
   a.topk_idx = b->topk;
-  a.topk_weights = b->w;
+  a.topk_weights = w->reduce ? NULL : b->w;
   a.out = b->out;
   return a;
 }
@@ -233,16 +241,24 @@ static void checked_pair(vmep_group *g, vmep_ep *ep, struct world *w,
   CUDA_OK(cudaDeviceSynchronize());
   check_dispatch(g, w, me, b, &lay);
   /* Zero-copy: the expert outputs go straight into the buffer's area;
-   * LogFMT refuses that area and sends them from the caller's memory. */
+   * LogFMT and the expert-side reduction refuse that area and send them
+   * from the caller's memory. */
   void *eo = b->expert_out;
-  vmep_ep_combine_args ca = combine_args(b, w->logfmt);
+  vmep_ep_combine_args ca = combine_args(b, w);
   if (zero_copy)
     ASSERT_OK(vmep_ep_combine_buffer(ep, &h, &eo));
-  if (zero_copy && w->logfmt) {
+  if (zero_copy && (w->logfmt || w->reduce)) {
     ca.expert_out = eo;
     ASSERT_STATUS(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL),
                   VMEP_ERR_UNSUPPORTED);
     eo = b->expert_out;
+  }
+  /* Weights given to dispatch and again to combine: which would apply? */
+  if (w->reduce) {
+    ca.topk_weights = b->w;
+    ASSERT_STATUS(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL),
+                  VMEP_ERR_INVALID_ARG);
+    ca.topk_weights = NULL;
   }
   CUDA_OK(cudaMemcpy(eo, lay.eo[me], (size_t)w->L * w->R * w->T * w->H * 2,
                      cudaMemcpyHostToDevice));
@@ -264,11 +280,14 @@ static void shapes(vmep_group *g, uint64_t seed) {
   static const int topks[] = {1, 8, 16};
   int R = vmep_group_size(g), cases = 0;
   for (size_t hi = 0; hi < 5; hi++)
-    for (int mode = 0; mode < 3; mode++) { /* bf16, fp8, LogFMT combine */
-      int fp8 = mode == 1;
+    /* bf16, fp8, LogFMT combine, reduced at the expert side (bf16 rows;
+     * LogFMT rows after an fp8 dispatch) */
+    for (int mode = 0; mode < 5; mode++) {
+      int fp8 = mode == 1 || mode == 4;
       struct world w =
           shape(R, 32, hiddens[hi], topks[(hi + mode) % 3], fp8, fp8 && hi % 2);
-      w.logfmt = mode == 2;
+      w.logfmt = mode == 2 || mode == 4;
+      w.reduce = mode >= 3;
       struct io b;
       io_alloc(&b, &w);
       int zero_copy = (int)(hi + mode) % 2;
@@ -279,12 +298,13 @@ static void shapes(vmep_group *g, uint64_t seed) {
       ASSERT_OK(vmep_ep_destroy(ep));
       io_free(&b);
       cases++;
-      printf("H=%d K=%d %s%s%s%s: 5 routings exact\n", w.H, w.K,
+      printf("H=%d K=%d %s%s%s%s%s: 5 routings exact\n", w.H, w.K,
              fp8 ? "fp8" : "bf16", w.round_scale ? " round_scale" : "",
              w.logfmt ? " LogFMT combine" : "",
-             zero_copy
-                 ? (w.logfmt ? " (zero-copy buffer refused)" : " zero-copy")
-                 : "");
+             w.reduce ? " reduced at the experts" : "",
+             zero_copy ? (w.logfmt || w.reduce ? " (zero-copy buffer refused)"
+                                               : " zero-copy")
+                       : "");
     }
 }
 
@@ -301,6 +321,7 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
   vmep_ep *ep = make_ep(g, &w[0], 1);
   for (int round = 0; round < 1000 / BATCH; round++) {
     for (int i = 0; i < BATCH; i++) {
+      w[i].reduce = round % 4 == 2;
       gen_world(&w[i], seed + round * BATCH + i, UNIFORM);
       io_load(&b[i], &w[i], me);
     }
@@ -313,7 +334,7 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
       }
       for (int j = i; j < i + 2; j++) {
         /* Odd rounds: the experts write into the zero-copy buffer. */
-        vmep_ep_combine_args ca = combine_args(&b[j], 0);
+        vmep_ep_combine_args ca = combine_args(&b[j], &w[j]);
         if (round % 2)
           ASSERT_OK(vmep_ep_combine_buffer(ep, &h[j], (void **)&ca.expert_out));
         run_experts(&b[j], &w[j], me, (void *)ca.expert_out, NULL);
@@ -336,7 +357,7 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
   for (int i = 0; i < BATCH; i++)
     io_free(&b[i]);
   printf("1000 back-to-back dispatch + combine pairs exact (half of them "
-         "zero-copy)\n");
+         "zero-copy, a quarter reduced at the experts)\n");
 }
 
 /* Dispatch + combine captured once, replayed with new inputs. */
@@ -357,7 +378,7 @@ static void graph_replay(vmep_group *g, uint64_t seed) {
   vmep_ep_dispatch_args da = dispatch_args(&b, &w, me);
   ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, stream, &h));
   run_experts(&b, &w, me, b.expert_out, stream);
-  vmep_ep_combine_args ca = combine_args(&b, 0);
+  vmep_ep_combine_args ca = combine_args(&b, &w);
   ASSERT_OK(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, stream));
   CUDA_OK(cudaStreamEndCapture(stream, &graph));
   CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
@@ -411,7 +432,7 @@ static void wait_counters(vmep_group *g, uint64_t seed) {
     io_load(&b, &w, me);
     vmep_ep_dispatch_args da = dispatch_args(&b, &w, me);
     da.recv_wait_ns = dev[0];
-    vmep_ep_combine_args ca = combine_args(&b, 0);
+    vmep_ep_combine_args ca = combine_args(&b, &w);
     ca.recv_wait_ns = dev[1];
     ASSERT_OK(vmep_group_barrier(g));
     if (late && me % 2)

@@ -96,7 +96,7 @@ static vmep_ep_handle ll_dispatch(vmep_group *g, vmep_ep *ep,
                  w->w[r]};
   ll->p = {
       w->R,   w->p.num_experts,         w->c.T, w->c.H, w->c.K, fp8, 0, NULL,
-      ll->in, VMEP_EP_SCALES_ROW_MAJOR, 0};
+      ll->in, VMEP_EP_SCALES_ROW_MAJOR, 0,      0};
   io_load(io, w);
   dev_poison(ll->a.recv_x, rows * H * 2);
   dev_poison(ll->a.recv_scales, rows * groups(w) * 4);

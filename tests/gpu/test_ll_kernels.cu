@@ -210,6 +210,7 @@ static void run_dispatch(struct sim *s, const struct vmep_ref_rank_input *in,
                                        in[r].num_tokens,
                                        s->fp8,
                                        s->round_scale,
+                                       NULL,
                                        k->recv_x,
                                        k->recv_scales,
                                        k->recv_count,
@@ -246,6 +247,7 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
                                       in[r].num_tokens,
                                       k->out,
                                       s->untimed ? NULL : k->wait_ns + s->R,
+                                      0,
                                       0};
       if (phase == 0)
         ASSERT_OK(vmep__ll_combine_send(&p, &io, k->stream));
@@ -262,7 +264,7 @@ static void make_expert_out(struct sim *s, struct host_rank *h, int d,
   size_t RT = (size_t)s->R * s->T;
   struct vmep_ref_problem prob = {
       s->R, s->E, s->T, s->H, s->K, 0, 0, NULL, in, VMEP_EP_SCALES_ROW_MAJOR,
-      0};
+      0,    0};
   struct vmep_ref_recv recv = {NULL, NULL, h[d].recv_count, h[d].src_info,
                                h[d].layout_range};
   expert_model(&prob, d, &recv, h[d].expert_out);
@@ -389,6 +391,7 @@ static void one_round(struct sim *s, int round) {
                                   s->dead ? masked : NULL,
                                   in,
                                   s->scale_layout,
+                                  0,
                                   0};
   poison_outputs(s);
   if (getenv("VMEP_TEST_VERBOSE"))

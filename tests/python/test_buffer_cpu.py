@@ -58,7 +58,7 @@ def test_buffer_refused_without_cuda():
 
 def test_package_surface():
     assert vmep.topk_idx_t is torch.int64
-    assert vmep.__version__ == "0.4.0"
+    assert vmep.__version__ == "0.5.0"
     assert isinstance(vmep.Buffer.get_dispatch_config(8), vmep.Config)
     assert vmep.Buffer.get_combine_config(8).num_sms == vmep.Buffer.num_sms
     assert vmep.Config(24).get_rdma_buffer_size_hint(7168, 8) == 0

@@ -263,7 +263,7 @@ def test_struct_size_is_checked_by_the_library(lib):
 
 
 def test_version_rule():
-    assert _lib.MIRRORED == (0, 4)
-    assert _lib.serves("0.4.0") and _lib.serves("0.5.1")
+    assert _lib.MIRRORED == (0, 5)
+    assert _lib.serves("0.5.0") and _lib.serves("0.6.1")
     assert not _lib.serves("0.3.9") and not _lib.serves("0.2.9") and not _lib.serves("1.3.0")
     assert not _lib.serves("") and not _lib.serves("a.b")

@@ -213,6 +213,11 @@ static void dispatch_args(void) {
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "UE8M0");
   b = a;
+  b.topk_weights = (float *)((char *)mem + 2); /* misaligned */
+  ASSERT_STATUS(vmep_ep_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "topk_weights");
+  b = a;
   b.recv_count = NULL;
   ASSERT_STATUS(vmep_ep_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
                 VMEP_ERR_INVALID_ARG);
@@ -270,6 +275,18 @@ static void combine_args(void) {
   b.expert_out = NULL;
   ASSERT_STATUS(vmep_ep_combine(&ep, &b, &live, VMEP_EP_SEND_RECV, NULL),
                 VMEP_ERR_INVALID_ARG);
+  b = a;
+  b.topk_weights = NULL; /* needed: the dispatch took none */
+  ASSERT_STATUS(vmep_ep_combine(&ep, &b, &live, VMEP_EP_SEND_RECV, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "topk_weights");
+  /* The dispatch took weights (reduced at the expert side): given again,
+   * they are refused. */
+  ep.pending_dispatch[0].topk_weights = (const float *)mem;
+  ASSERT_STATUS(vmep_ep_combine(&ep, &a, &live, VMEP_EP_SEND_RECV, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "pass topk_weights NULL");
+  ep.pending_dispatch[0].topk_weights = NULL;
   ep.dispatch_pending[0] = 1;
   ASSERT_STATUS(vmep_ep_combine(&ep, &a, &live, VMEP_EP_SEND_RECV, NULL),
                 VMEP_ERR_INVALID_ARG);

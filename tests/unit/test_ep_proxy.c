@@ -13,7 +13,10 @@
  *    exactly the header, ids, weights, rows and one flag per peer;
  *  - combine: each expert rank's rows land in the source's slots of the
  *    (token, k) its experts served, and nowhere else (in fp8 rounds as
- *    LogFMT rows: only the first 41 H / 32 bytes of a slot); high-throughput:
+ *    LogFMT rows: only the first 41 H / 32 bytes of a slot; in the later
+ *    low-latency rounds reduced at the expert side, after a dispatch that
+ *    shipped the weights: only each token's first slot of the rank's
+ *    experts); high-throughput:
  *    the slots whose mark in the outbox is this call's, one per (token,
  *    expert rank), with their weights and marks, and nowhere else (not the
  *    row indices, not the slots of stale or garbage marks);
@@ -98,6 +101,8 @@ enum kind { LOW_LATENCY, HIGH_THROUGHPUT, HT_CACHED };
 struct shape {
   int parity, K, fp8;
   enum kind kind;
+  int reduced; /* low-latency, weights given to dispatch: the combine is
+                  reduced at the expert side */
   uint64_t epoch;
   size_t row_len;
   size_t comb_len; /* the bytes of a low-latency combine slot that travel:
@@ -112,6 +117,8 @@ static struct shape shape_of(int round) {
   sh.K = round == 0 ? TOPK : 1 + (int)(gen_next(&g) % TOPK);
   sh.fp8 = (round / 2) % 2;         /* each parity in both modes */
   sh.kind = (enum kind)(round % 3); /* each kind with both, in 12 rounds */
+  /* rounds 6 (fp8: LogFMT slots, parity 0) and 9 (bf16, parity 1) */
+  sh.reduced = sh.kind == LOW_LATENCY && round >= 6;
   sh.row_len = sh.fp8 ? HIDDEN + HIDDEN / VMEP_LL_FP8_GROUP * sizeof(float)
                       : 2 * (size_t)HIDDEN;
   sh.comb_len = sh.fp8 ? vmep_logfmt_row_bytes(HIDDEN) : COMBINE_ROW;
@@ -149,6 +156,15 @@ static void tokens_of(int round, int rank, const struct shape *sh,
 }
 
 static int owner(int32_t expert) { return expert < 0 ? -1 : expert / LOCAL; }
+
+/* Whether expert rank d fills slot i (t * K + k) of a low-latency
+ * combine: k's expert is d's (reduced: the token's first such k). */
+static int fills(const int32_t *ids, int K, int i, int d, int reduced) {
+  for (int j = reduced ? i - i % K : i; j < i; j++)
+    if (owner(ids[j]) == d)
+      return 0;
+  return owner(ids[i]) == d;
+}
 
 /* Whether token t selected an expert of rank d (the oracle of the
  * proxy's row rule). */
@@ -244,12 +260,14 @@ static void post(struct rank_state *s, enum vmep_ll_ship op,
   e->op = (uint32_t)op;
   e->parity = (uint32_t)sh->parity;
   e->num_topk = (uint32_t)sh->K;
-  e->row_len = op == VMEP_LL_SHIP_DISPATCH || op == VMEP_LL_SHIP_HT_DISPATCH ||
-                       op == VMEP_LL_SHIP_HT_CACHED
-                   ? (uint32_t)sh->row_len
-               : op == VMEP_LL_SHIP_COMBINE && sh->comb_len < COMBINE_ROW
-                   ? (uint32_t)sh->comb_len
-                   : 0;
+  e->row_len =
+      op == VMEP_LL_SHIP_DISPATCH || op == VMEP_LL_SHIP_DISPATCH_WEIGHTS ||
+              op == VMEP_LL_SHIP_HT_CACHED
+          ? (uint32_t)sh->row_len
+      : (op == VMEP_LL_SHIP_COMBINE || op == VMEP_LL_SHIP_COMBINE_REDUCED) &&
+              sh->comb_len < COMBINE_ROW
+          ? (uint32_t)sh->comb_len
+          : 0;
   e->offset = offset;
   e->value = value;
   __atomic_store_n(&e->seq, slot + 1, __ATOMIC_RELEASE);
@@ -311,14 +329,16 @@ static void compare(const struct rank_state *s, const unsigned char *got,
 
 /* The request of a round's dispatch. */
 static enum vmep_ll_ship dispatch_op(const struct shape *sh) {
-  return sh->kind == LOW_LATENCY       ? VMEP_LL_SHIP_DISPATCH
-         : sh->kind == HIGH_THROUGHPUT ? VMEP_LL_SHIP_HT_DISPATCH
-                                       : VMEP_LL_SHIP_HT_CACHED;
+  return sh->kind == HT_CACHED ? VMEP_LL_SHIP_HT_CACHED
+         : sh->kind == HIGH_THROUGHPUT || sh->reduced
+             ? VMEP_LL_SHIP_DISPATCH_WEIGHTS
+             : VMEP_LL_SHIP_DISPATCH;
 }
 
 /* The bytes rank `src`'s send area of a round's dispatch (tokens tk)
  * leaves in a receiver's inbox of it, into want (area_bytes): the header;
- * the ids, and high-throughput the weights, unless cached; the rows the
+ * the ids, and (high-throughput or reduced) the weights, unless cached;
+ * the rows the
  * receiver `d` selected (cached: every row), row_len bytes each; poison
  * elsewhere. */
 static void dispatch_want(struct rank_state *s, int round,
@@ -331,7 +351,7 @@ static void dispatch_want(struct rank_state *s, int round,
   memcpy(s->want, &tk->n, sizeof(int));
   if (sh->kind != HT_CACHED)
     memcpy(s->want + l->send_topk, tk->ids, ids);
-  if (sh->kind == HIGH_THROUGHPUT) {
+  if (sh->kind == HIGH_THROUGHPUT || sh->reduced) {
     struct gen g = gen_of(TAG_WEIGHTS, round, src, 0);
     gen_bytes(&g, s->want + l->send_weights, ids);
   }
@@ -373,7 +393,7 @@ static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
       continue;
     want += l->send_topk + 8;
     want += sh->kind == HT_CACHED ? 0 : ids;
-    want += sh->kind == HIGH_THROUGHPUT ? ids : 0;
+    want += sh->kind == HIGH_THROUGHPUT || sh->reduced ? ids : 0;
     for (int t = 0; t < mine.n; t++)
       want +=
           sh->kind == HT_CACHED || selects(&mine, K, t, p) ? sh->row_len : 0;
@@ -414,16 +434,19 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
     struct gen g = gen_of(TAG_COMBINE, round, s->rank, src);
     gen_bytes(&g, s->rows, (size_t)n * K * COMBINE_ROW);
     for (int i = 0; i < n * K; i++)
-      if (owner(ids[i]) == s->rank) {
+      if (fills(ids, K, i, s->rank, sh->reduced)) {
         memcpy(slots + i * COMBINE_ROW, s->rows + i * COMBINE_ROW, COMBINE_ROW);
         want += sh->comb_len;
       }
     want += 8;
   }
   uint64_t before = bytes_out(s);
-  post(s, VMEP_LL_SHIP_COMBINE, sh, l->comb_ready, sh->epoch);
+  post(s, sh->reduced ? VMEP_LL_SHIP_COMBINE_REDUCED : VMEP_LL_SHIP_COMBINE, sh,
+       l->comb_ready, sh->epoch);
   serve_all(s);
-  check_bytes_out(s, before, want, "combine", round);
+  check_bytes_out(s, before, want,
+                  sh->reduced ? "combine reduced at the experts" : "combine",
+                  round);
 
   struct tokens mine;
   tokens_of(round, s->rank, sh, &mine);
@@ -441,8 +464,8 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
       continue;
     struct gen g = gen_of(TAG_COMBINE, round, d, s->rank);
     gen_bytes(&g, s->rows, (size_t)mine.n * K * COMBINE_ROW);
-    for (int i = 0; i < mine.n * K; i++)
-      if (owner(mine.ids[i]) == d) /* a LogFMT slot's tail stays poison */
+    for (int i = 0; i < mine.n * K; i++) /* a LogFMT slot's tail: poison */
+      if (fills(mine.ids, K, i, d, sh->reduced))
         memcpy(s->want + i * COMBINE_ROW, s->rows + i * COMBINE_ROW,
                sh->comb_len);
   }

@@ -37,7 +37,7 @@ static inline void world_init(struct world *w, int R, int E, int T, int H,
                               int K, const int *tokens) {
   memset(w, 0, sizeof(*w));
   w->p = (struct vmep_ref_problem){
-      R, E, T, H, K, 0, 0, w->masked, w->in, VMEP_EP_SCALES_ROW_MAJOR, 0};
+      R, E, T, H, K, 0, 0, w->masked, w->in, VMEP_EP_SCALES_ROW_MAJOR, 0, 0};
   w->single_rank = -1;
   for (int r = 0; r < R; r++) {
     size_t n = (size_t)tokens[r];

@@ -3,7 +3,9 @@
  * 2 ranks, 4 experts, H 128, with -1 slots, a token choosing two experts of
  * one rank, all tokens to one expert, a rank sending nothing, a masked
  * rank, invalid ids and a repeated expert. Every count, range, src_info and
- * combined value is written here. Then the inputs the reference refuses.
+ * combined value is written here; case A again reduced at the expert side,
+ * and a token whose expert-side partial sum rounds away what the direct
+ * sum keeps. Then the inputs the reference refuses.
  */
 #include "test_ref_util.h"
 
@@ -145,6 +147,57 @@ static void test_hand_basic(void) {
   w.p.use_fp8 = 1;
   for (w.p.round_scale = 0; w.p.round_scale < 2; w.p.round_scale++)
     check_hand(&w, want);
+  /* Reduced at the expert side: rank 1's t0 sums its two experts there
+   * (17.5, exact), every other partial is one exact term. */
+  w.p.use_fp8 = 0;
+  w.p.expert_reduce = 1;
+  check_hand(&w, want);
+  world_free(&w);
+}
+
+/* One token of rank 0 -> experts 2, 3 (rank 1) and 0 (rank 0), rows +-1,
+ * expert e scaling by e + 1. Rank 1's partial 0.25 * 3 + (2^-4 + 2^-11) *
+ * 4 = 1 + 2^-9 rounds to bf16 1; plus rank 0's 2^-8 * 1 gives 1 + 2^-8, a
+ * tie that rounds to even: 1. The direct sum 1 + 3 * 2^-9 rounds to
+ * 1 + 2^-7. Each reference gives its own, and the reduced check, exact,
+ * refuses the other. */
+static void test_reduce_rounding(void) {
+  static const int tokens[2] = {1, 0};
+  static const int64_t idx[3] = {2, 3, 0};
+  static const float weight[3] = {0.25f, 0x1p-4f + 0x1p-11f, 0x1p-8f};
+  struct world w;
+  struct vmep_ref_recv recv[2];
+  uint16_t *eo[2], direct[HAND_H], reduced[HAND_H];
+  struct vmep_ref_report report;
+  world_init(&w, 2, 4, 1, HAND_H, 3, tokens);
+  memcpy(w.idx[0], idx, sizeof(idx));
+  memcpy(w.weight[0], weight, sizeof(weight));
+  for (int h = 0; h < HAND_H; h++)
+    w.x[0][h] = vmep__bf16_from_float(h & 1 ? -1.0f : 1.0f);
+  for (int d = 0; d < 2; d++) {
+    recv_alloc(&w, &recv[d]);
+    eo[d] = malloc(2 * RT_of(&w) * HAND_H * 2);
+    ASSERT_TRUE(eo[d] != NULL);
+    ASSERT_OK(vmep__ref_dispatch(&w.p, d, &recv[d]));
+    run_experts(&w, d, &recv[d], eo[d]);
+  }
+  const uint16_t *const *eoc = (const uint16_t *const *)eo;
+  ASSERT_OK(vmep__ref_combine(&w.p, 0, recv, eoc, direct));
+  w.p.expert_reduce = 1;
+  ASSERT_OK(vmep__ref_combine(&w.p, 0, recv, eoc, reduced));
+  for (int h = 0; h < HAND_H; h++) {
+    float sign = h & 1 ? -1.0f : 1.0f;
+    ASSERT_EQ(direct[h], vmep__bf16_from_float(sign * (1.0f + 0x1p-7f)));
+    ASSERT_EQ(reduced[h], vmep__bf16_from_float(sign));
+  }
+  ASSERT_OK(vmep__ref_check_combine(&w.p, 0, recv, eoc, reduced, &report));
+  expect_clean(report);
+  ASSERT_OK(vmep__ref_check_combine(&w.p, 0, recv, eoc, direct, &report));
+  ASSERT_EQ(report.mismatches, HAND_H);
+  for (int d = 0; d < 2; d++) {
+    recv_free(&recv[d]);
+    free(eo[d]);
+  }
   world_free(&w);
 }
 
@@ -441,6 +494,7 @@ int main(void) {
   test_seed("test_reference");
   test_scale_layouts();
   test_hand_basic();
+  test_reduce_rounding();
   test_hand_fp8();
   test_hand_one_expert();
   test_hand_empty_rank();
