@@ -282,7 +282,7 @@ MIRRORED = tuple(int(n) for n in VERSION.split(".")[:2])
 
 
 def serves(library_version):
-    """True when a libvmep of `library_version` ("0.4.1") can be used by
+    """True when a libvmep of `library_version` ("0.5.1") can be used by
     this package: the same major number, a minor number >= MIRRORED's."""
     try:
         major, minor = (int(n) for n in library_version.split(".")[:2])
