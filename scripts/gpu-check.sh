@@ -3,7 +3,8 @@
 # every GPU test (the elastic plans included, three of them again with
 # VMEP_MEM_SHARE=legacy), the Python package's GPU
 # tests, the default benchmark with --check, the bf16, fp8 and
-# zero-copy sweeps (T = 128 .. 4096) as JSON, and a short high-throughput
+# zero-copy sweeps (T = 128 .. 4096) as JSON, the combine reduced at the
+# expert side and LogFMT (checked, then swept), and a short high-throughput
 # run (--mode ht --check, T = 1024 and 4096, under a minute; again with
 # --zero-copy) as JSON, with
 # logs under $OUT (or ./gpu-logs).
@@ -57,6 +58,16 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
     --json "$out/bench-fp8.json" > "$out/bench-fp8.log" 2>&1 || status=1
   timeout 300 "$bench" --zero-copy --tokens $sweep --iters 50 \
     --json "$out/bench-zc.json" > "$out/bench-zc.log" 2>&1 || status=1
+  # The combine variants: reduced at the expert side, LogFMT, both.
+  for v in reduce logfmt reduce-logfmt; do
+    case $v in
+      reduce) flags=(--expert-reduce) ;;
+      logfmt) flags=(--logfmt) ;;
+      reduce-logfmt) flags=(--expert-reduce --logfmt) ;;
+    esac
+    timeout 300 "$bench" "${flags[@]}" --check --tokens 1,$sweep --iters 50 \
+      --json "$out/bench-$v.json" > "$out/bench-$v.log" 2>&1 || status=1
+  done
   # The high-throughput calls, checked once against the host, then timed;
   # again combined in place.
   timeout 60 "$bench" --mode ht --check --tokens 1024,4096 --iters 20 \
@@ -64,7 +75,8 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
   timeout 60 "$bench" --mode ht --zero-copy --check --tokens 1024,4096 \
     --iters 20 --warmup 5 --json "$out/bench-ht-zc.json" \
     > "$out/bench-ht-zc.log" 2>&1 || status=1
-  for f in bench-default bench-bf16 bench-fp8 bench-zc bench-ht bench-ht-zc; do
+  for f in bench-default bench-bf16 bench-fp8 bench-zc bench-reduce bench-logfmt \
+    bench-reduce-logfmt bench-ht bench-ht-zc; do
     echo "== $f"; grep -A16 "summary" "$out/$f.log" | sed 's/^\[rank 0\] //'
   done
 fi
