@@ -542,8 +542,11 @@ typedef struct vmep_ep_dispatch_args {
                                 bf16 once more (docs/EP.md). The weights
                                 travel with the expert ids (4 K bytes a
                                 token). That combine takes topk_weights
-                                NULL and refuses a zero-copy expert_out.
-                                Given on every rank or on none. */
+                                NULL. Each rank chooses for its own
+                                tokens: the expert ranks reduce for the
+                                sources that gave weights and push single
+                                rows to the others (from a zero-copy
+                                expert_out too). */
 } vmep_ep_dispatch_args;
 
 /* Fills *args with the defaults: struct_size = sizeof, every pointer NULL,

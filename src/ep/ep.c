@@ -87,6 +87,7 @@ static size_t carve(vmep_ep *ep, char *base) {
       {(void **)&ep->recv_count_copy, 2 * L * sizeof(int)},
       {(void **)&ep->row_map, 2 * L * R * T * sizeof(unsigned int)},
       {(void **)&ep->sel_weights, 2 * R * T * K * sizeof(float)},
+      {(void **)&ep->src_weighted, 2 * R * sizeof(int)},
   };
   size_t at = 0;
   for (size_t i = 0; i < VMEP_ARRAY_SIZE(parts); i++) {

@@ -209,6 +209,7 @@ struct vmep_ep {
   int *entries, *counts, *begins, *recv_count_copy;
   unsigned int *row_map;
   float *sel_weights;
+  int *src_weighted;
   uint64_t calls;          /* dispatches so far */
   uint64_t parity_call[2]; /* the dispatch that last used each parity */
   int dispatch_pending[2]; /* send launched, receive not yet */

@@ -59,6 +59,7 @@ void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,
   p->row_map = ep->row_map;
   p->recv_count_copy = ep->recv_count_copy;
   p->sel_weights = ep->sel_weights;
+  p->src_weighted = ep->src_weighted;
 }
 
 static vmep_status check_dispatch(const vmep_ep *ep,
@@ -365,14 +366,6 @@ vmep_status vmep_ep_combine(vmep_ep *ep, const vmep_ep_combine_args *args,
                       "%s: use_logfmt with expert_out in the zero-copy buffer "
                       "(vmep_ep_combine_buffer): its rows are pulled as bf16; "
                       "pass expert_out from other memory to send LogFMT",
-                      call);
-  /* Pulled rows are never summed where they lie. */
-  if (zero_copy && reduced(ep, h))
-    return vmep__fail(VMEP_ERR_UNSUPPORTED, VMEP_LOG_ERROR,
-                      "%s: expert_out in the zero-copy buffer "
-                      "(vmep_ep_combine_buffer) of a dispatch given "
-                      "topk_weights: sources pull single rows; dispatch "
-                      "without weights, or pass expert_out from other memory",
                       call);
   struct vmep_ll_combine_io io = {.expert_out = a.expert_out,
                                   .zero_copy = zero_copy,

@@ -361,8 +361,9 @@ static int ours(const struct vmep_ep_proxy *px, const int32_t *topk, int K,
 }
 
 /* Combine: every slot [t][k] of rank r's tokens that our experts filled
- * (from r's expert ids in our inbox of it), runs of consecutive slots,
- * into the slots of r's stage. */
+ * (from r's expert ids in our inbox of it; reduced at the expert side when
+ * its header says it staged weights), runs of consecutive slots, into the
+ * slots of r's stage. */
 static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
                                 const struct vmep_ll_ring_entry *e) {
   const struct vmep_ll_layout *l = &px->layout;
@@ -370,7 +371,7 @@ static vmep_status ship_combine(struct vmep_ep_proxy *px, int r,
   const char *area = px->inbox[r] + l->send[b];
   const int n = area_tokens(px, area);
   const int32_t *topk = (const int32_t *)(area + l->send_topk);
-  const int reduced = e->op == VMEP_LL_SHIP_COMBINE_REDUCED;
+  const int reduced = ((const volatile int *)area)[1];
   const size_t row = 2 * (size_t)px->hidden;
   size_t len = e->row_len && e->row_len < row ? e->row_len : row;
   vmep_status status = VMEP_OK;
@@ -468,8 +469,7 @@ static void serve(struct vmep_ep_proxy *px,
       status = ship_dispatch(px, r, e);
     else if (e->op == VMEP_LL_SHIP_HT_CACHED)
       status = ship_cached(px, r, e);
-    else if (e->op == VMEP_LL_SHIP_COMBINE ||
-             e->op == VMEP_LL_SHIP_COMBINE_REDUCED)
+    else if (e->op == VMEP_LL_SHIP_COMBINE)
       status = ship_combine(px, r, e);
     else if (e->op == VMEP_LL_SHIP_HT_COMBINE)
       status = ship_ht_combine(px, r, e);

@@ -95,8 +95,11 @@ enum vmep_ll_ship {
                                 and the rows each peer selected; then the
                                 flag at `offset` */
   VMEP_LL_SHIP_COMBINE = 2,  /* each remote source's slots that our experts
-                                filled (from its expert ids in our inbox),
-                                into its staging area; then the flag */
+                                filled (from its expert ids in our inbox:
+                                every selection of ours, or, when its send
+                                area's header says it staged weights, each
+                                token's first), into its staging area; then
+                                the flag */
   VMEP_LL_SHIP_FLAG = 3,     /* the flag alone */
   /* As VMEP_LL_SHIP_DISPATCH, and the weights: a high-throughput dispatch,
    * or a low-latency one given weights */
@@ -108,10 +111,6 @@ enum vmep_ll_ship {
    * it whose mark is this call's epoch (`value`): the row, the weights and
    * the mark, into its staging area; then the flag */
   VMEP_LL_SHIP_HT_COMBINE = 6,
-  /* A low-latency combine reduced at the expert side: as
-   * VMEP_LL_SHIP_COMBINE, only the slot [t][j] of each token's first
-   * selection of our experts */
-  VMEP_LL_SHIP_COMBINE_REDUCED = 7,
 };
 
 /* A high-throughput combine slot's mark: (epoch << 12) | (the row stays
@@ -175,8 +174,10 @@ struct vmep_ll_params {
   unsigned int *row_map;
   int *recv_count_copy; /* [2][L] */
   /* [2][R][T][K]: the weight of each of our selections, entries-shaped,
-   * when the dispatch was given weights (NaN for a source that gave none) */
+   * from the sources whose dispatch staged weights; [2][R]: 1 for those
+   * sources (their combine is reduced at the expert side) */
   float *sel_weights;
+  int *src_weighted;
 };
 
 struct vmep_ll_dispatch_io {
@@ -184,7 +185,8 @@ struct vmep_ll_dispatch_io {
   const int64_t *topk_idx; /* [n, K] */
   int num_tokens;
   int use_fp8, round_scale;
-  const float *topk_weights; /* [n, K] or NULL: staged for expert_reduce */
+  const float *topk_weights; /* [n, K] or NULL: staged, so that the expert
+                                ranks reduce our combine */
   void *recv_x;              /* bf16 or fp8 [L, R*T, H] */
   float *recv_scales;        /* fp8 only: [L, R*T, H/128] in scale_layout */
   int *recv_count;           /* [L] */
@@ -205,10 +207,10 @@ struct vmep_ll_combine_io {
   int64_t *recv_wait_ns; /* NULL or [R]: += ns waited for each expert rank */
   int use_logfmt;        /* slots hold LogFMT rows (kernels/logfmt.h), not
                             bf16; never with zero_copy */
-  int expert_reduce;     /* each expert rank sends one row per (token, rank):
-                            its selections' rows times their weights (from
-                            sel_weights), summed; topk_weights unused;
-                            never with zero_copy */
+  int expert_reduce;     /* our dispatch staged weights: each expert rank
+                            sent one row per (token, rank), its selections'
+                            rows times their weights, summed; recv adds
+                            them (topk_weights unused, nothing pulled) */
 };
 
 /* Dispatch send phase: waits until every receiver released send[parity],
@@ -225,9 +227,9 @@ vmep_status vmep__ll_dispatch_recv(const struct vmep_ll_params *p,
                                    void *stream);
 
 /* Combine send phase: pushes every received row's expert output into its
- * source's slot (expert_reduce: each token's weighted sum of them into one
- * slot; zero-copy: only announces the outputs) and raises the ready
- * flags. */
+ * source's slot (a source whose dispatch staged weights: each token's
+ * weighted sum of them into one slot; zero-copy: only announces the
+ * outputs) and raises the ready flags. */
 vmep_status vmep__ll_combine_send(const struct vmep_ll_params *p,
                                   const struct vmep_ll_combine_io *io,
                                   void *stream);

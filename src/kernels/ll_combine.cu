@@ -10,10 +10,12 @@
  * where dispatch recorded it landed (sel + n rows of traffic, not 3 sel + n).
  * LogFMT (use_logfmt, never zero-copy): send encodes each row into its slot
  * (41 H / 32 bytes instead of 2 H) and recv decodes before it weighs.
- * expert_reduce (never zero-copy): send sums, per (source, token), the rows
- * of the token's selections of our experts times their weights (kept by
- * dispatch) in fp32, and writes that bf16 (or LogFMT) row into the slot of
- * the first of them; recv adds those slots, one per expert rank.
+ * Reduced at the expert side (for each source whose dispatch staged
+ * weights, whatever this rank's own dispatch did): send sums, per (source,
+ * token), the rows of the token's selections of our experts times their
+ * weights (kept by dispatch) in fp32, and writes that bf16 (or LogFMT) row
+ * into the slot of the first of them; the source (expert_reduce) adds those
+ * slots, one per expert rank, and pulls nothing even when zero-copy.
  * Selections of masked ranks and invalid expert ids count as zero.
  */
 #include "kernels/logfmt.cuh"
@@ -22,21 +24,25 @@
 
 #include "kernels/launch.cuh"
 
-__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
-    combine_send_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
+/* Whether source s's rows are reduced here (its dispatch staged weights). */
+__device__ __forceinline__ int ll_reduced_for(const vmep_ll_params &p, int s) {
+  return p.src_weighted[p.parity * p.num_ranks + s];
+}
+
+/* Pushes every received row of the sources not reduced for into its
+ * slot [t][k]. Items (row, slice) over the rows [0, recv_count[l]) of
+ * every expert, walked as one sequence: a warp's items only move forward.
+ * Zero-copy: the outputs stay where the experts wrote them; mapped
+ * sources pull them, so only remote sources get their rows pushed. */
+__device__ __forceinline__ void ll_push_rows(const vmep_ll_params &p,
+                                             const vmep_ll_combine_io &io) {
   const int L = p.num_experts / p.num_ranks, K = p.num_topk;
   const size_t RT = (size_t)p.num_ranks * p.max_tokens;
-  uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
-  ll_wait_all(p, p.layout.comb_ack, epoch - 1, NULL);
   const int *recv_count = p.recv_count_copy + p.parity * L;
   const unsigned int *row_map = p.row_map + (size_t)p.parity * L * RT;
   const int lane = threadIdx.x % 32, warps = gridDim.x * LL_WARPS;
   const int chunks = p.hidden / 8, slices = ll_slices(chunks);
-  /* Items (row, slice) over the rows [0, recv_count[l]) of every expert,
-   * walked as one sequence: a warp's items only move forward. */
   int l = 0, before = 0;
-  /* Zero-copy: the outputs stay where the experts wrote them; mapped
-   * sources pull them, so only remote sources get their rows pushed. */
   for (int item = blockIdx.x * LL_WARPS + threadIdx.x / 32;
        !io.zero_copy || p.ring; item += warps) {
     int row = item / slices, slice = item % slices;
@@ -47,7 +53,8 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     size_t local = (size_t)l * RT + (row - before);
     unsigned int m = row_map[local];
     int t = (int)(m >> 16), s = (int)((m >> 5) & 0x7ff), k = (int)(m & 31);
-    if (ll_is_masked(p.state, s) || (io.zero_copy && !ll_remote(p, s)))
+    if (ll_is_masked(p.state, s) || ll_reduced_for(p, s) ||
+        (io.zero_copy && !ll_remote(p, s)))
       continue;
     const __nv_bfloat16 *src =
         (const __nv_bfloat16 *)io.expert_out + local * p.hidden;
@@ -58,25 +65,20 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     else
       ll_copy_slice((const uint4 *)src, (uint4 *)dst, chunks, slice, lane);
   }
-  /* Remote sources get only the bytes of each slot that matter. */
-  if (ll_last_block(p.state, 3))
-    ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE,
-                  io.use_logfmt ? (unsigned)vmep_logfmt_row_bytes(p.hidden)
-                                : 0u);
 }
 
-/* Loads per lane of an expert_reduce item (512 channels): its fp32 sums
- * stay within the register budget. */
+/* Loads per lane of a reduction item (512 channels): its fp32 sums stay
+ * within the register budget. */
 #define LL_REDUCE_LOADS 2
 
-/* The send phase of expert_reduce. Items (source, token, 512 channels); a
- * lane holds one selection's row and weight, as in dispatch's copy. */
-__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
-    combine_reduce_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
+/* For the sources reduced for: per (source, token) the weighted sum of its
+ * selections' rows into the slot of the first. Items (source, token, 512
+ * channels); a lane holds one selection's row and weight, as in dispatch's
+ * copy. */
+__device__ __forceinline__ void ll_reduce_rows(const vmep_ll_params &p,
+                                               const vmep_ll_combine_io &io) {
   const int L = p.num_experts / p.num_ranks, K = p.num_topk, T = p.max_tokens;
   const size_t RT = (size_t)p.num_ranks * T;
-  uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
-  ll_wait_all(p, p.layout.comb_ack, epoch - 1, NULL);
   const size_t scratch = (size_t)p.parity * p.num_ranks * T * K;
   const int *entries = p.entries + scratch;
   const float *weights = p.sel_weights + scratch;
@@ -89,7 +91,8 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
        item < p.num_ranks * T * parts; item += warps) {
     int pair = item / parts, part = item % parts;
     int s = pair / T, t = pair % T;
-    if (t >= counts[s * (L + 1) + L] || ll_is_masked(p.state, s))
+    if (t >= counts[s * (L + 1) + L] || ll_is_masked(p.state, s) ||
+        !ll_reduced_for(p, s))
       continue;
     int entry = lane < K ? entries[(size_t)pair * K + lane] : -1;
     unsigned int todo = __ballot_sync(LL_FULL_MASK, entry >= 0);
@@ -151,8 +154,26 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
       if (c0 + 32 * j < chunks)
         ((uint4 *)dst)[c0 + 32 * j] = packed[j];
   }
+}
+
+__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
+    combine_send_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
+  uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
+  ll_wait_all(p, p.layout.comb_ack, epoch - 1, NULL);
+  /* Each walk only where some source needs it (the same in every block). */
+  int any = 0, all = 1;
+  for (int s = threadIdx.x; s < p.num_ranks; s += blockDim.x) {
+    any |= ll_reduced_for(p, s);
+    all &= ll_reduced_for(p, s);
+  }
+  if (__syncthreads_or(any))
+    ll_reduce_rows(p, io);
+  if (!__syncthreads_and(all))
+    ll_push_rows(p, io);
+  /* Remote sources get only the bytes of each slot that matter; the proxy
+   * tells reduced ones by their send area's header. */
   if (ll_last_block(p.state, 3))
-    ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE_REDUCED,
+    ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE,
                   io.use_logfmt ? (unsigned)vmep_logfmt_row_bytes(p.hidden)
                                 : 0u);
 }
@@ -204,7 +225,7 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
       if (use && ll_remote(p, (int)(e / L)))
         row = (const uint4 *)(p.stage + p.layout.slots[p.parity] +
                               ((size_t)t * K + lane) * p.hidden * 2);
-      else if (use && io.zero_copy)
+      else if (use && io.zero_copy && !io.expert_reduce)
         row =
             (const uint4 *)(p.peers[e / L] + p.layout.zero_copy[p.parity] +
                             (size_t)where[(size_t)t * K + lane] * p.hidden * 2);
@@ -231,11 +252,6 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
 extern "C" vmep_status
 vmep__ll_combine_send(const struct vmep_ll_params *p,
                       const struct vmep_ll_combine_io *io, void *stream) {
-  if (io->expert_reduce) {
-    combine_reduce_kernel<<<p->num_blocks, LL_THREADS, 0,
-                            (cudaStream_t)stream>>>(*p, *io);
-    return ll_launched("combine reduce kernel");
-  }
   combine_send_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
       *p, *io);
   return ll_launched("combine send kernel");

@@ -6,15 +6,14 @@
  *          receiver's buffer;
  *  count - per source: wait for its flag, read its expert ids, give each of
  *          our (token, k) selections its rank within (source, local expert)
- *          (and, given weights, keep its weight for the combine);
+ *          (and, when the source staged weights, its weight: the combine
+ *          then reduces that source's rows here);
  *          the last block turns counts into begins, layout_range, recv_count;
  *  copy  - per (source, token): read the staged row once and write it to
  *          every local expert that selected it; acknowledge every source.
  * No grid-wide barrier inside a kernel: ranks sharing a GPU under MPS
  * cannot starve one another of SMs into a deadlock.
  */
-#include <math_constants.h>
-
 #include "kernels/route.cuh"
 #include "kernels/rows.cuh"
 #include "kernels/sync.cuh"
@@ -121,16 +120,16 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
       if (e >= first && e < first + L)
         entry = ((e - first) << 16) | atomicAdd(&counts_smem[e - first], 1);
       out[i] = entry;
-      /* A source that staged no weights cannot be reduced for: NaN shows
-       * it in the combine instead of an earlier call's weights. */
-      if (io.topk_weights && entry >= 0)
-        out_weights[i] = weighted ? __ldcg(weights + i) : CUDART_NAN_F;
+      if (weighted && entry >= 0)
+        out_weights[i] = __ldcg(weights + i);
     }
     __syncthreads();
     for (int l = threadIdx.x; l < L; l += blockDim.x)
       counts[s * (L + 1) + l] = counts_smem[l];
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
       counts[s * (L + 1) + L] = n_src;
+      p.src_weighted[p.parity * p.num_ranks + s] = weighted;
+    }
     __syncthreads();
   }
   if (!ll_last_block(p.state, 1))

@@ -3,16 +3,15 @@
  * ranks on one GPU). Every rank derives every rank's inputs from one seed,
  * so each can compute the reference of the whole group; layouts are
  * exchanged through the group for the combine check. Covered: hidden sizes
- * 512..8192, bf16 and fp8 (with round_scale), a LogFMT combine (bit for
- * bit against the reference, refused with a zero-copy expert_out), the
- * combine reduced at the expert side (weights given to dispatch; bf16 and
- * LogFMT rows, bit for bit; refused with a zero-copy expert_out or with
- * the weights given again), top-k
- * 1..16, uniform routing
- * with -1 entries, all tokens to one expert, a rank that sends nothing,
- * n = T, invalid expert ids (reported, not trapped), 1000 back-to-back
- * dispatch / expert / combine sequences in batches without host
- * synchronization (two in flight; a quarter of them reduced at the expert
+ * 640..8192 (partial last slices and parts), bf16 and fp8 (with round_scale), a
+ * LogFMT combine (bit for bit against the reference, refused with a zero-copy
+ * expert_out), the combine reduced at the expert side (weights given to
+ * dispatch by every rank or by the odd ranks only; bf16 and LogFMT rows, from
+ * the zero-copy buffer too, bit for bit; the weights given again refused),
+ * top-k 1..16, uniform routing with -1 entries, all tokens to one expert, a
+ * rank that sends nothing, n = T, invalid expert ids (reported, not trapped),
+ * 1000 back-to-back dispatch / expert / combine sequences in batches without
+ * host synchronization (two in flight; a quarter of them reduced at the expert
  * side), and a captured CUDA graph of dispatch,
  * experts and combine replayed 100 times with new inputs copied in, the
  * receive phases' wait counters (recv_wait_ns) with ranks that come late,
@@ -32,8 +31,8 @@ enum routing { UNIFORM, ONE_EXPERT, SILENT_RANK, FULL, INVALID_IDS };
 struct world {
   int R, E, L, T, H, K, fp8, round_scale;
   int logfmt; /* combine rows as LogFMT */
-  int reduce; /* weights given to dispatch: the combine reduced at the
-                 expert side */
+  int reduce; /* weights given to dispatch (the combine reduced at the
+                 expert side): 1 by every rank, 2 by the odd ranks */
   struct vmep_ref_rank_input in[MAX_RANKS];
   uint16_t *x[MAX_RANKS];
   int64_t *topk[MAX_RANKS];
@@ -107,11 +106,18 @@ static void free_world(struct world *w) {
   }
 }
 
-static struct vmep_ref_problem problem(const struct world *w) {
+/* Whether `rank` gives its dispatch the weights. */
+static int weighted(const struct world *w, int rank) {
+  return w->reduce == 1 || (w->reduce == 2 && rank % 2);
+}
+
+/* The reference of rank `me`'s calls: its combine is reduced when its own
+ * dispatch took the weights, whatever the other ranks did. */
+static struct vmep_ref_problem problem(const struct world *w, int me) {
   struct vmep_ref_problem p = {
       w->R,      w->E,           w->T, w->H,  w->K,
       w->fp8,    w->round_scale, NULL, w->in, VMEP_EP_SCALES_ROW_MAJOR,
-      w->logfmt, w->reduce};
+      w->logfmt, weighted(w, me)};
   return p;
 }
 
@@ -176,32 +182,32 @@ static vmep_ep_dispatch_args dispatch_args(const struct io *b,
   a.recv_count = b->recv_count;
   a.src_info = b->src_info;
   a.layout_range = b->layout_range;
-  a.topk_weights = w->reduce ? b->w : NULL;
+  a.topk_weights = weighted(w, me) ? b->w : NULL;
   return a;
 }
 
 static vmep_ep_combine_args combine_args(const struct io *b,
-                                         const struct world *w) {
+                                         const struct world *w, int me) {
   vmep_ep_combine_args a;
   vmep_ep_combine_args_init(&a);
   a.use_logfmt = w->logfmt;
   a.expert_out = b->expert_out;
   a.topk_idx = b->topk;
-  a.topk_weights = w->reduce ? NULL : b->w;
+  a.topk_weights = weighted(w, me) ? NULL : b->w;
   a.out = b->out;
   return a;
 }
 
 static void check_dispatch(vmep_group *g, const struct world *w, int me,
                            const struct io *b, struct layouts *lay) {
-  struct vmep_ref_problem p = problem(w);
+  struct vmep_ref_problem p = problem(w, me);
   vmep_ep_dispatch_args a = dispatch_args(b, w, me);
   check_ll_dispatch(g, &p, &a, lay, "dispatch");
 }
 
 static void check_combine(const struct world *w, int me, const struct io *b,
                           struct layouts *lay) {
-  struct vmep_ref_problem p = problem(w);
+  struct vmep_ref_problem p = problem(w, me);
   check_ll_combine(&p, me, b->out, lay, "combine");
 }
 
@@ -241,20 +247,19 @@ static void checked_pair(vmep_group *g, vmep_ep *ep, struct world *w,
   CUDA_OK(cudaDeviceSynchronize());
   check_dispatch(g, w, me, b, &lay);
   /* Zero-copy: the expert outputs go straight into the buffer's area;
-   * LogFMT and the expert-side reduction refuse that area and send them
-   * from the caller's memory. */
+   * LogFMT refuses that area and sends them from the caller's memory. */
   void *eo = b->expert_out;
-  vmep_ep_combine_args ca = combine_args(b, w);
+  vmep_ep_combine_args ca = combine_args(b, w, me);
   if (zero_copy)
     ASSERT_OK(vmep_ep_combine_buffer(ep, &h, &eo));
-  if (zero_copy && (w->logfmt || w->reduce)) {
+  if (zero_copy && w->logfmt) {
     ca.expert_out = eo;
     ASSERT_STATUS(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL),
                   VMEP_ERR_UNSUPPORTED);
     eo = b->expert_out;
   }
   /* Weights given to dispatch and again to combine: which would apply? */
-  if (w->reduce) {
+  if (weighted(w, me)) {
     ca.topk_weights = b->w;
     ASSERT_STATUS(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, NULL),
                   VMEP_ERR_INVALID_ARG);
@@ -276,18 +281,18 @@ static void checked_pair(vmep_group *g, vmep_ep *ep, struct world *w,
 }
 
 static void shapes(vmep_group *g, uint64_t seed) {
-  static const int hiddens[] = {512, 2048, 4096, 7168, 8192};
+  static const int hiddens[] = {640, 2048, 2560, 7168, 8192};
   static const int topks[] = {1, 8, 16};
   int R = vmep_group_size(g), cases = 0;
   for (size_t hi = 0; hi < 5; hi++)
-    /* bf16, fp8, LogFMT combine, reduced at the expert side (bf16 rows;
-     * LogFMT rows after an fp8 dispatch) */
+    /* bf16, fp8, LogFMT combine, reduced at the expert side (bf16 rows,
+     * every rank; LogFMT rows after an fp8 dispatch, the odd ranks) */
     for (int mode = 0; mode < 5; mode++) {
       int fp8 = mode == 1 || mode == 4;
       struct world w =
           shape(R, 32, hiddens[hi], topks[(hi + mode) % 3], fp8, fp8 && hi % 2);
       w.logfmt = mode == 2 || mode == 4;
-      w.reduce = mode >= 3;
+      w.reduce = mode == 3 ? 1 : mode == 4 ? 2 : 0;
       struct io b;
       io_alloc(&b, &w);
       int zero_copy = (int)(hi + mode) % 2;
@@ -301,10 +306,12 @@ static void shapes(vmep_group *g, uint64_t seed) {
       printf("H=%d K=%d %s%s%s%s%s: 5 routings exact\n", w.H, w.K,
              fp8 ? "fp8" : "bf16", w.round_scale ? " round_scale" : "",
              w.logfmt ? " LogFMT combine" : "",
-             w.reduce ? " reduced at the experts" : "",
-             zero_copy ? (w.logfmt || w.reduce ? " (zero-copy buffer refused)"
-                                               : " zero-copy")
-                       : "");
+             w.reduce == 1   ? " reduced at the experts"
+             : w.reduce == 2 ? " reduced at the experts for the odd ranks"
+                             : "",
+             zero_copy
+                 ? (w.logfmt ? " (zero-copy buffer refused)" : " zero-copy")
+                 : "");
     }
 }
 
@@ -321,7 +328,8 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
   vmep_ep *ep = make_ep(g, &w[0], 1);
   for (int round = 0; round < 1000 / BATCH; round++) {
     for (int i = 0; i < BATCH; i++) {
-      w[i].reduce = round % 4 == 2;
+      /* rounds 2 mod 4: every rank weighted; 3 mod 4: the odd ranks */
+      w[i].reduce = round % 4 >= 2 ? round % 4 - 1 : 0;
       gen_world(&w[i], seed + round * BATCH + i, UNIFORM);
       io_load(&b[i], &w[i], me);
     }
@@ -334,7 +342,7 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
       }
       for (int j = i; j < i + 2; j++) {
         /* Odd rounds: the experts write into the zero-copy buffer. */
-        vmep_ep_combine_args ca = combine_args(&b[j], &w[j]);
+        vmep_ep_combine_args ca = combine_args(&b[j], &w[j], me);
         if (round % 2)
           ASSERT_OK(vmep_ep_combine_buffer(ep, &h[j], (void **)&ca.expert_out));
         run_experts(&b[j], &w[j], me, (void *)ca.expert_out, NULL);
@@ -357,7 +365,8 @@ static void back_to_back(vmep_group *g, uint64_t seed) {
   for (int i = 0; i < BATCH; i++)
     io_free(&b[i]);
   printf("1000 back-to-back dispatch + combine pairs exact (half of them "
-         "zero-copy, a quarter reduced at the experts)\n");
+         "zero-copy; reduced at the experts in a quarter, for the odd ranks "
+         "in another)\n");
 }
 
 /* Dispatch + combine captured once, replayed with new inputs. */
@@ -378,7 +387,7 @@ static void graph_replay(vmep_group *g, uint64_t seed) {
   vmep_ep_dispatch_args da = dispatch_args(&b, &w, me);
   ASSERT_OK(vmep_ep_dispatch(ep, &da, VMEP_EP_SEND_RECV, stream, &h));
   run_experts(&b, &w, me, b.expert_out, stream);
-  vmep_ep_combine_args ca = combine_args(&b, &w);
+  vmep_ep_combine_args ca = combine_args(&b, &w, me);
   ASSERT_OK(vmep_ep_combine(ep, &ca, &h, VMEP_EP_SEND_RECV, stream));
   CUDA_OK(cudaStreamEndCapture(stream, &graph));
   CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
@@ -432,7 +441,7 @@ static void wait_counters(vmep_group *g, uint64_t seed) {
     io_load(&b, &w, me);
     vmep_ep_dispatch_args da = dispatch_args(&b, &w, me);
     da.recv_wait_ns = dev[0];
-    vmep_ep_combine_args ca = combine_args(&b, &w);
+    vmep_ep_combine_args ca = combine_args(&b, &w, me);
     ca.recv_wait_ns = dev[1];
     ASSERT_OK(vmep_group_barrier(g));
     if (late && me % 2)

@@ -260,14 +260,13 @@ static void post(struct rank_state *s, enum vmep_ll_ship op,
   e->op = (uint32_t)op;
   e->parity = (uint32_t)sh->parity;
   e->num_topk = (uint32_t)sh->K;
-  e->row_len =
-      op == VMEP_LL_SHIP_DISPATCH || op == VMEP_LL_SHIP_DISPATCH_WEIGHTS ||
-              op == VMEP_LL_SHIP_HT_CACHED
-          ? (uint32_t)sh->row_len
-      : (op == VMEP_LL_SHIP_COMBINE || op == VMEP_LL_SHIP_COMBINE_REDUCED) &&
-              sh->comb_len < COMBINE_ROW
-          ? (uint32_t)sh->comb_len
-          : 0;
+  e->row_len = op == VMEP_LL_SHIP_DISPATCH ||
+                       op == VMEP_LL_SHIP_DISPATCH_WEIGHTS ||
+                       op == VMEP_LL_SHIP_HT_CACHED
+                   ? (uint32_t)sh->row_len
+               : op == VMEP_LL_SHIP_COMBINE && sh->comb_len < COMBINE_ROW
+                   ? (uint32_t)sh->comb_len
+                   : 0;
   e->offset = offset;
   e->value = value;
   __atomic_store_n(&e->seq, slot + 1, __ATOMIC_RELEASE);
@@ -347,8 +346,10 @@ static void dispatch_want(struct rank_state *s, int round,
   const struct vmep_ll_layout *l = &s->px.layout;
   const size_t ids = (size_t)tk->n * sh->K * sizeof(int32_t);
   memset(s->want, POISON, area_bytes);
-  memset(s->want, 0, l->send_topk); /* the sender's header, zero past n */
-  memcpy(s->want, &tk->n, sizeof(int));
+  /* the sender's header: n, whether it staged weights, zero past them */
+  const int header[2] = {tk->n, sh->reduced};
+  memset(s->want, 0, l->send_topk);
+  memcpy(s->want, header, sizeof(header));
   if (sh->kind != HT_CACHED)
     memcpy(s->want + l->send_topk, tk->ids, ids);
   if (sh->kind == HIGH_THROUGHPUT || sh->reduced) {
@@ -375,7 +376,8 @@ static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
   tokens_of(round, s->rank, sh, &mine);
   char *area = s->px.stage + l->send[b];
   const size_t ids = (size_t)mine.n * K * sizeof(int32_t);
-  *(int *)area = mine.n;
+  ((int *)area)[0] = mine.n;
+  ((int *)area)[1] = sh->reduced; /* staged weights: reduce our combine */
   memcpy(area + l->send_topk, mine.ids, ids);
   /* A cached dispatch's staged ids are an earlier call's: ones that select
    * nobody, so that the proxy must not go by them. */
@@ -441,8 +443,7 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
     want += 8;
   }
   uint64_t before = bytes_out(s);
-  post(s, sh->reduced ? VMEP_LL_SHIP_COMBINE_REDUCED : VMEP_LL_SHIP_COMBINE, sh,
-       l->comb_ready, sh->epoch);
+  post(s, VMEP_LL_SHIP_COMBINE, sh, l->comb_ready, sh->epoch);
   serve_all(s);
   check_bytes_out(s, before, want,
                   sh->reduced ? "combine reduced at the experts" : "combine",
