@@ -33,14 +33,19 @@ MAX_TOKENS_PER_RANK = 65535
 class Handle(tuple):
     """What a dispatch returns for its combine: the tuple DeepEP returns,
     (src_info, layout_range, num_max_dispatch_tokens_per_rank, hidden,
-    num_experts), which unpacks the same, plus vmep's C handle."""
+    num_experts), which unpacks the same, plus vmep's C handle and the
+    topk_weights tensor the dispatch was given, or None. Given weights, the
+    combine is reduced at the expert side and takes that tensor or None
+    (kept here for the identity check)."""
 
-    def __new__(cls, items, c_handle, buffer, num_tokens, num_topk):
+    def __new__(cls, items, c_handle, buffer, num_tokens, num_topk,
+                topk_weights=None):
         self = super().__new__(cls, items)
         self.c_handle = c_handle
         self.buffer_id = id(buffer)
         self.num_tokens = num_tokens
         self.num_topk = num_topk
+        self.topk_weights = topk_weights
         return self
 
 

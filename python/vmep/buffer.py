@@ -248,6 +248,24 @@ class Buffer(Runtime, Membership, HighThroughput):
             raise ValueError(f"top-k is {topk_idx.shape[1]}, expected 1..16")
         return topk_idx
 
+    def _weights(self, topk_weights, n, K):
+        self._tensor(topk_weights, "topk_weights", torch.float32, 2)
+        if tuple(topk_weights.shape) != (n, K):
+            raise ValueError(f"topk_weights has shape "
+                             f"{tuple(topk_weights.shape)}, expected {(n, K)}")
+        return topk_weights
+
+    def _refuse_reduced_zero_copy(self, handle):
+        """A dispatch given topk_weights cannot combine from the zero-copy
+        buffer of a Buffer(zero_copy=True): sources pull single rows there,
+        which nothing sums at the expert side."""
+        if self.zero_copy and handle.topk_weights is not None:
+            raise ValueError("zero_copy on a Buffer(zero_copy=True) for a "
+                             "dispatch given topk_weights: its combine is "
+                             "reduced at the expert side, which the pulled "
+                             "zero-copy rows are not; combine from x instead, "
+                             "or dispatch without topk_weights")
+
     def _launch_stream(self, async_finish):
         """(stream to launch on, its pointer); an async call's comm stream
         first waits for the current stream."""
@@ -274,7 +292,8 @@ class Buffer(Runtime, Membership, HighThroughput):
                              cumulative_local_expert_recv_stats=None,
                              dispatch_wait_recv_cost_stats=None,
                              use_fp8=True, round_scale=False, use_ue8m0=False,
-                             async_finish=False, return_recv_hook=False):
+                             async_finish=False, return_recv_hook=False, *,
+                             topk_weights=None):
         """Sends each token to the ranks of its top-k experts. Returns
         (recv_x, recv_count, handle, event, hook): recv_x bf16
         [L, T*R, H], or with use_fp8 (fp8 e4m3 [L, T*R, H], scales) with
@@ -285,12 +304,19 @@ class Buffer(Runtime, Membership, HighThroughput):
         the receive phase on the then current stream).
         dispatch_wait_recv_cost_stats (int64, R elements or more, e.g.
         DeepEP's [R, R]): element s gains the nanoseconds this rank waited
-        for rank s's tokens (DeepEP counts cycles)."""
+        for rank s's tokens (DeepEP counts cycles). topk_weights (vmep;
+        fp32 [n, top-k], given on every rank or on none): the combine is
+        reduced at the expert side with these weights (one bf16 row per
+        token and expert rank crosses the links; each partial sum is
+        rounded to bf16 once more) and takes topk_weights None or this
+        same tensor."""
         T, E = int(num_max_dispatch_tokens_per_rank), int(num_experts)
         self._tensor(x, "x", torch.bfloat16, 2)
         n, H = x.shape
         topk_idx = self._topk(topk_idx, n)
         K = topk_idx.shape[1]
+        if topk_weights is not None:
+            self._weights(topk_weights, n, K)
         if use_ue8m0 and not (use_fp8 and round_scale):
             raise ValueError("use_ue8m0 needs use_fp8 and round_scale")
         if use_ue8m0 and H % 512 != 0:
@@ -331,6 +357,12 @@ class Buffer(Runtime, Membership, HighThroughput):
         recv_count = torch.empty((L,), dtype=torch.int32, device=dev)
         src_info = torch.empty((L, R * T), dtype=torch.int32, device=dev)
         layout_range = torch.empty((L, R), dtype=torch.int64, device=dev)
+        weights_ptr = None
+        if topk_weights is not None:
+            # NULL would make this rank's dispatch unweighted (weights go on
+            # every rank or none): with n = 0, whose tensor has no address,
+            # any aligned device address says weighted; C reads no weight.
+            weights_ptr = topk_weights.data_ptr() or recv_count.data_ptr()
         args = _lib.DispatchArgs(
             x=x.data_ptr() if n else None,
             topk_idx=topk_idx.data_ptr() if n else None,
@@ -339,7 +371,8 @@ class Buffer(Runtime, Membership, HighThroughput):
             recv_scales=scales.data_ptr() if use_fp8 else None,
             recv_count=recv_count.data_ptr(), src_info=src_info.data_ptr(),
             layout_range=layout_range.data_ptr(), scale_layout=layout,
-            recv_wait_ns=waits.data_ptr() if waits is not None else None)
+            recv_wait_ns=waits.data_ptr() if waits is not None else None,
+            topk_weights=weights_ptr)
         c_handle = self._launch_dispatch(ep, args, not return_recv_hook,
                                          stream_ptr)
         stats = cumulative_local_expert_recv_stats
@@ -358,11 +391,12 @@ class Buffer(Runtime, Membership, HighThroughput):
             with torch.cuda.stream(stream):
                 add_stats()
         handle = Handle((src_info, layout_range, T, H, E), c_handle, self, n,
-                        K)
+                        K, topk_weights)
         self._remember(handle)
         event = self._finish(stream, async_finish,
-                             (x, topk_idx, recv_x, scales, recv_count,
-                              src_info, layout_range, stats, waits))
+                             (x, topk_idx, topk_weights, recv_x, scales,
+                              recv_count, src_info, layout_range, stats,
+                              waits))
         out_x = (recv_x, scales) if use_fp8 else recv_x
         return out_x, recv_count, handle, event, hook
 
@@ -381,8 +415,10 @@ class Buffer(Runtime, Membership, HighThroughput):
         dispatch with zero_copy=True: experts write their outputs into it.
         With Buffer(zero_copy=True) it is the EP buffer's own memory (valid
         while the buffer lives; combine reads it in place), else a tensor
-        per buffer parity that the combine reads like any input."""
+        per buffer parity that the combine reads like any input. Refused
+        for a dispatch given topk_weights on a Buffer(zero_copy=True)."""
         handle = self._check_handle(handle)
+        self._refuse_reduced_zero_copy(handle)
         _, _, T, H, E = handle
         L, R = E // self.group_size, self.group_size
         if self.zero_copy:
@@ -406,7 +442,11 @@ class Buffer(Runtime, Membership, HighThroughput):
         use_logfmt: the rows travel as LogFMT-10 (41 H / 32 bytes instead of
         2 H; docs/EP.md); not with zero_copy on a Buffer(zero_copy=True),
         whose rows sources pull as bf16. combine_wait_recv_cost_stats: as
-        dispatch's, for the waits for each rank's expert outputs."""
+        dispatch's, for the waits for each rank's expert outputs. When the
+        dispatch was given topk_weights, its weights apply (summed per
+        expert rank at the expert side): topk_weights must be None or that
+        same tensor, and zero_copy on a Buffer(zero_copy=True) is
+        refused."""
         if use_logfmt not in (False, True):
             raise TypeError(f"use_logfmt must be a bool, got {use_logfmt!r}")
         if use_logfmt and zero_copy and self.zero_copy:
@@ -414,6 +454,15 @@ class Buffer(Runtime, Membership, HighThroughput):
                              "Buffer(zero_copy=True): sources pull its rows "
                              "as bf16; combine from x instead")
         handle = self._check_handle(handle)
+        reduced = handle.topk_weights is not None
+        if reduced and topk_weights is not None and \
+                topk_weights is not handle.topk_weights:
+            raise ValueError("topk_weights: the dispatch was given "
+                             "topk_weights, which apply (the combine is "
+                             "reduced at the expert side); pass that same "
+                             "tensor or None")
+        if zero_copy:
+            self._refuse_reduced_zero_copy(handle)
         if async_finish and return_recv_hook:
             raise ValueError("async_finish and return_recv_hook exclude "
                              "each other")
@@ -429,10 +478,8 @@ class Buffer(Runtime, Membership, HighThroughput):
         if topk_idx.shape[1] != K:
             raise ValueError(f"topk_idx has top-k {topk_idx.shape[1]}, the "
                              f"dispatch had {K}")
-        self._tensor(topk_weights, "topk_weights", torch.float32, 2)
-        if tuple(topk_weights.shape) != (n, K):
-            raise ValueError(f"topk_weights has shape "
-                             f"{tuple(topk_weights.shape)}, expected {(n, K)}")
+        if not reduced:  # else C takes NULL: the dispatch kept its weights
+            self._weights(topk_weights, n, K)
         if out is None:
             out = torch.empty((n, H), dtype=torch.bfloat16, device=self.device)
         else:
@@ -450,7 +497,8 @@ class Buffer(Runtime, Membership, HighThroughput):
         args = _lib.CombineArgs(
             expert_out=expert_out.data_ptr(),
             topk_idx=topk_idx.data_ptr() if n else None,
-            topk_weights=topk_weights.data_ptr() if n else None,
+            topk_weights=topk_weights.data_ptr() if n and not reduced
+            else None,
             out=out.data_ptr() if n else None,
             recv_wait_ns=waits.data_ptr() if waits is not None else None,
             use_logfmt=int(use_logfmt))

@@ -4,7 +4,9 @@ return_recv_hook=True, hook, expert computation, combine with out=, hook;
 in bf16, fp8, fp8 with power-of-two scales and UE8M0; then async_finish,
 the zero-copy combine buffer, the EPLB statistics, the wait-cost
 statistics with late ranks, a LogFMT combine (use_logfmt=True) within its
-bound, and a handle rebuilt as a plain tuple."""
+bound, a handle rebuilt as a plain tuple, and combines reduced at the
+expert side (dispatch given topk_weights) against their fmaf / bf16
+reference."""
 import os
 import tempfile
 import time
@@ -103,6 +105,13 @@ def body(seed):
     # LogFMT: within its bound of the fp32 sum, with and without a hook
     G.one_round(buf, seed, 102, T, H, E, K, G.Mode(), logfmt=True)
     G.one_round(buf, seed, 103, T, H, E, K, G.Mode(), hook=False, logfmt=True)
+    # Reduced at the expert side: the combine passed the dispatch's own
+    # weights, or None (no hook, fp8, the last rank without tokens: its
+    # dispatch still counts as weighted).
+    G.one_round(buf, seed, 104, T, H, E, K, G.Mode(), reduced=True)
+    G.one_round(buf, seed, 105, T, H, E, K, G.Mode(fp8=True),
+                [T] * (G.WORLD - 1) + [0], hook=False, reduced=True,
+                weights_again=False)
     buf.destroy()
     buf.destroy()
     dist.destroy_process_group()

@@ -194,37 +194,120 @@ def expert_compute(recv, E, mode):
 LOGFMT_RHO = (2 ** (32 / 510) - 1) / (2 ** (32 / 510) + 1) + 2 ** -14
 
 
-def check_combine(ins, out, E, mode, logfmt=False):
-    """This rank's combine output against the fp32 weighted sum of the
-    expert outputs its tokens' rows became (any summation order passes);
-    with logfmt, each term may also move by LOGFMT_RHO of itself."""
-    me = ins[RANK]
-    n, H = me.x.shape
-    assert tuple(out.shape) == (n, H) and out.dtype == torch.bfloat16
-    if n == 0:
-        return
+def expert_rows(me, E, mode):
+    """Per selection k, the fp32 values of the bf16 rows [n, H] that the
+    experts return for these inputs' tokens (expert_compute), and whether
+    the selection counts ([n] bool)."""
     v = me.x.float()
     if mode.fp8:
         q, scale = quantize(me.x, mode.round_scale)
         v = dequant_rows(q, scale)
     f = factors(E)
-    ref = torch.zeros(n, H)
-    mag = torch.zeros(n, H)
-    for k in range(me.topk.shape[1]):
-        e = me.topk[:, k]
-        valid = (e >= 0).float().view(n, 1)
-        term = (v * f[e.clamp_min(0)].view(n, 1)).to(torch.bfloat16).float()
-        term = term * me.weights[:, k].view(n, 1) * valid
+    n = me.x.shape[0]
+    return [((v * f[e.clamp_min(0)].view(n, 1)).to(torch.bfloat16).float(),
+             e >= 0) for e in me.topk.unbind(1)]
+
+
+def check_shape(me, out):
+    """This rank's combine output: bf16 [n, H]; False when n is 0."""
+    n, H = me.x.shape
+    assert tuple(out.shape) == (n, H) and out.dtype == torch.bfloat16
+    return n > 0
+
+
+def check_combine(ins, out, E, mode, logfmt=False):
+    """This rank's combine output against the fp32 weighted sum of the
+    expert outputs its tokens' rows became (any summation order passes);
+    with logfmt, each term may also move by LOGFMT_RHO of itself."""
+    me = ins[RANK]
+    if not check_shape(me, out):
+        return
+    ref = torch.zeros(me.x.shape)
+    mag = torch.zeros(me.x.shape)
+    for k, (row, valid) in enumerate(expert_rows(me, E, mode)):
+        term = row * (me.weights[:, k] * valid).view(-1, 1)
         ref += term
         mag += term.abs()
     got = out.cpu().float()
     bound = ref.abs() * 2.0 ** -7 + mag * 2.0 ** -19 + 1e-30
     if logfmt:
         bound += mag * LOGFMT_RHO * (1 + 2.0 ** -7)  # and bf16's rounding
+    assert_within(got, ref, bound, "combine")
+
+
+def assert_within(got, ref, bound, what):
     bad = ((got - ref).abs() > bound) | got.isnan()
-    assert not bad.any(), f"combine: {int(bad.sum())} of {n * H} values " \
-        f"differ, first at {tuple(bad.nonzero()[0].tolist())}: got " \
+    assert not bad.any(), f"{what}: {int(bad.sum())} of {got.numel()} " \
+        f"values differ, first at {tuple(bad.nonzero()[0].tolist())}: got " \
         f"{got[bad][0]}, expected {ref[bad][0]}"
+
+
+def fma32(a, b, c):
+    """fmaf(a, b, c) of fp32 tensors, rounded once as the GPU does: a * b
+    is exact in fp64, s = a * b + c is rounded there and e is what that
+    rounding lost (two-sum). Rounding s to fp32 is then right unless s lies
+    halfway between two floats and e is not 0: the exact sum is then on
+    e's side of s."""
+    p, c = a.double() * b.double(), c.double()
+    s = p + c
+    pb = s - p
+    e = (p - (s - pb)) + (c - pb)
+    r = s.float()
+    other = 2 * s - r.double()  # r mirrored through s
+    tie = (e != 0) & (other != r.double()) & (other.float().double() == other)
+    toward_e = torch.sign(other - s) == torch.sign(e)
+    return torch.where(tie & toward_e, other.float(), r)
+
+
+def reduced_reference(me, E, R, mode):
+    """What a combine reduced at the expert side returns for inputs `me`
+    (R ranks, E experts): per expert rank, in the order of its first
+    counted selection, the fmaf chain of that rank's selections, weight
+    times expert row in k order, rounded to bf16; those partial sums added
+    in fp32 in that order and rounded to bf16. Returns (the bf16 result as
+    fp32 [n, H], the sum of |partials|)."""
+    rows = expert_rows(me, E, mode)
+    L, K = E // R, len(rows)
+    owner = me.topk.clamp_min(0) // L
+    # first[t, k]: the first counted selection of token t on k's rank
+    first = torch.full_like(me.topk, -1)
+    for k in range(K):
+        for j in range(k, -1, -1):
+            same = rows[j][1] & (owner[:, j] == owner[:, k]) & rows[k][1]
+            first[:, k] = torch.where(same, j, first[:, k])
+    partials = torch.zeros((K,) + tuple(me.x.shape))
+    for k, (row, _) in enumerate(rows):  # k order: each chain's order
+        for j in range(k + 1):
+            on = (first[:, k] == j).view(-1, 1)
+            w = me.weights[:, k].view(-1, 1).expand_as(row)
+            partials[j] = torch.where(on, fma32(w, row, partials[j]),
+                                      partials[j])
+    total, mag = torch.zeros(me.x.shape), torch.zeros(me.x.shape)
+    for j in range(K):
+        part = partials[j].to(torch.bfloat16).float()
+        head = (first[:, j] == j).view(-1, 1)
+        total = torch.where(head, total + part, total)
+        mag = torch.where(head, mag + part.abs(), mag)
+    return total.to(torch.bfloat16).float(), mag
+
+
+def check_reduced(ins, out, E, R, mode):
+    """This rank's output of a combine reduced at the expert side against
+    reduced_reference, within 2 bf16 ulps of the sum of |partials| (as the
+    other combines here, a tolerance; how many values match bit for bit is
+    printed)."""
+    me = ins[RANK]
+    if not check_shape(me, out):
+        return
+    ref, mag = reduced_reference(me, E, R, mode)
+    got = out.cpu().float()
+    _, exp = torch.frexp(mag)
+    ulp = torch.where(mag > 0, torch.ldexp(torch.ones_like(mag), exp - 8),
+                      torch.zeros_like(mag))
+    assert_within(got, ref, 2 * ulp, "reduced combine")
+    same = int((got.view(torch.int32) == ref.view(torch.int32)).sum())
+    print(f"rank {RANK} reduced combine: {same} of {got.numel()} values bit "
+          f"for bit", flush=True)
 
 
 def poison_cache(mib=64):
@@ -262,11 +345,13 @@ def restrict(ins, live, E, R=WORLD):
 
 def one_round(buf, seed, round_, T, H, E, K, mode, sizes=None, hook=True,
               zero_copy=False, stats=None, live=None, errors=None,
-              logfmt=False):
+              logfmt=False, reduced=False, weights_again=True):
     """dispatch -> (hook) -> expert -> combine(out=) -> (hook), checked.
     With `live`, this rank sends its full inputs but is checked against
     the reference over the ranks in `live` only (the others masked); with
-    `errors`, poll_errors() must then return it."""
+    `errors`, poll_errors() must then return it. With `reduced`, dispatch
+    is given the weights and the combine, reduced at the expert side, the
+    same tensor (weights_again) or None."""
     sizes = sizes or [T] * WORLD
     full = all_inputs(seed, round_, sizes, H, E, K)
     ins = full if live is None else restrict(full, live, E, buf.group_size)
@@ -274,7 +359,8 @@ def one_round(buf, seed, round_, T, H, E, K, mode, sizes=None, hook=True,
     poison_cache()
     recv, count, handle, event, rhook = buf.low_latency_dispatch(
         x, topk, T, E, cumulative_local_expert_recv_stats=stats,
-        return_recv_hook=hook, **mode.kwargs())
+        return_recv_hook=hook, topk_weights=w if reduced else None,
+        **mode.kwargs())
     assert (rhook is not None) == hook
     if hook:
         rhook()
@@ -285,12 +371,17 @@ def one_round(buf, seed, round_, T, H, E, K, mode, sizes=None, hook=True,
     out = torch.full((sizes[RANK], H), float("nan"), dtype=torch.bfloat16,
                      device="cuda")
     combined, event, chook = buf.low_latency_combine(
-        eo, topk, w, handle, zero_copy=zero_copy, return_recv_hook=hook,
-        out=out, use_logfmt=logfmt)
+        eo, topk, w if weights_again or not reduced else None, handle,
+        zero_copy=zero_copy, return_recv_hook=hook, out=out,
+        use_logfmt=logfmt)
     assert combined is out
     if hook:
         chook()
-    check_combine(ins, combined, E, mode, logfmt)
+    if reduced:
+        assert not logfmt, "no LogFMT reference for a reduced combine here"
+        check_reduced(ins, combined, E, buf.group_size, mode)
+    else:
+        check_combine(ins, combined, E, mode, logfmt)
     if errors is not None:
         got = buf.poll_errors()
         assert got == errors, f"poll_errors {got} after round {round_}, " \

@@ -230,3 +230,126 @@ def test_wait_cost_statistics_checked():
              "contiguous")]:
         with pytest.raises(error, match=text):
             b._wait_stats(bad, "dispatch_wait_recv_cost_stats")
+
+
+class Launches:
+    """The C calls of dispatch and combine replaced (on every Buffer; bound
+    methods of this, so they see no Buffer): their args structs are kept,
+    the EP buffer is a token and the launch stream None."""
+
+    def __init__(self, monkeypatch):
+        self.dispatches, self.combines = [], []
+        for name, fn in [
+                ("_ensure_ep", lambda b, *a, **k: "ep"),
+                ("_live_ep", lambda b: "ep"),
+                ("_launch_stream", lambda b, async_finish: (None, None)),
+                ("_launch_dispatch", self._dispatch),
+                ("_launch_combine", self._combine)]:
+            monkeypatch.setattr(Buffer, name, fn)
+
+    def _dispatch(self, ep, args, recv, stream_ptr):
+        self.dispatches.append(args)
+        return _lib.EpHandle(parity=len(self.dispatches) % 2,
+                             num_tokens=args.num_tokens,
+                             num_topk=args.num_topk,
+                             call=len(self.dispatches))
+
+    def _combine(self, ep, args, c_handle, recv, stream_ptr):
+        self.combines.append(args)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    return Launches(monkeypatch)
+
+
+def weighted_dispatch(b, n=4, K=2):
+    """A bf16 dispatch of n tokens given topk_weights: (handle, weights)."""
+    x = torch.zeros(n, 256, dtype=torch.bfloat16)
+    w = torch.rand(n, K)
+    _, _, handle, _, _ = call_dispatch(b, x, torch.zeros(n, K,
+                                                         dtype=torch.int64),
+                                       use_fp8=False, topk_weights=w)
+    return handle, w
+
+
+def test_dispatch_topk_weights_reach_c(launches):
+    b = stub()
+    handle, w = weighted_dispatch(b)
+    assert launches.dispatches[-1].topk_weights == w.data_ptr()
+    assert handle.topk_weights is w and len(handle) == 5
+    _, _, plain, _, _ = call_dispatch(b, use_fp8=False)
+    assert launches.dispatches[-1].topk_weights is None  # NULL
+    assert plain.topk_weights is None
+    # n = 0: no address of its own, still weighted (every rank or none)
+    empty, _ = weighted_dispatch(b, n=0)
+    args = launches.dispatches[-1]
+    assert args.topk_weights and args.x is None
+    assert empty.topk_weights is not None
+    # NIXL EP's name, topk_idx second: the low-latency call
+    b.dispatch(torch.zeros(4, 256, dtype=torch.bfloat16),
+               torch.zeros(4, 2, dtype=torch.int64), 8, 4, use_fp8=False,
+               topk_weights=w)
+    assert launches.dispatches[-1].topk_weights == w.data_ptr()
+
+
+@pytest.mark.parametrize("w,error,text", [
+    ([[0.5, 0.5]] * 4, TypeError, "topk_weights must be a torch.Tensor"),
+    (torch.zeros(4, 2, dtype=torch.float64), TypeError,
+     "topk_weights must be torch.float32"),
+    (torch.zeros(4, 2, dtype=torch.bfloat16), TypeError,
+     "topk_weights must be torch.float32"),
+    (torch.zeros(8), ValueError, "topk_weights must have 2 dimensions"),
+    (torch.zeros(3, 2), ValueError, r"topk_weights has shape \(3, 2\)"),
+    (torch.zeros(4, 3), ValueError, r"topk_weights has shape \(4, 3\)"),
+    (torch.zeros(2, 4).t(), ValueError, "topk_weights must be contiguous"),
+    (torch.zeros(4, 2, device="meta"), ValueError, "topk_weights is on meta"),
+])
+def test_dispatch_topk_weights_checked(launches, w, error, text):
+    with pytest.raises(error, match=text):
+        call_dispatch(stub(), topk_weights=w)
+    assert not launches.dispatches
+
+
+def test_combine_of_a_weighted_dispatch(launches):
+    """Reduced at the expert side: C gets NULL weights; the caller passes
+    None or the dispatch's own tensor; zero_copy is refused only where
+    the rows would be pulled (Buffer(zero_copy=True))."""
+    b = stub()
+    handle, w = weighted_dispatch(b)
+    x = torch.zeros(2, 16, 256, dtype=torch.bfloat16)
+    topk = torch.zeros(4, 2, dtype=torch.int64)
+    for weights, h in [(None, handle), (w, handle), (w, tuple(handle))]:
+        b.low_latency_combine(x, topk, weights, h)
+        assert launches.combines[-1].topk_weights is None
+        assert launches.combines[-1].expert_out == x.data_ptr()
+    launched = len(launches.combines)
+    for other in (w.clone(), w[:, :1], torch.zeros(4, 2, dtype=torch.int32)):
+        with pytest.raises(ValueError, match="topk_weights: the dispatch was "
+                           "given topk_weights.*same tensor or None"):
+            b.low_latency_combine(x, topk, other, handle)
+    b.zero_copy = True
+    for weights in (None, w):
+        with pytest.raises(ValueError, match="reduced at the expert side"):
+            b.low_latency_combine(x, topk, weights, handle, zero_copy=True)
+    with pytest.raises(ValueError, match="reduced at the expert side"):
+        b.get_next_low_latency_combine_buffer(handle)
+    assert len(launches.combines) == launched
+    b.zero_copy = False  # a tensor per parity, read like any input
+    b.low_latency_combine(x, topk, None, handle, zero_copy=True)
+    args = launches.combines[-1]
+    assert args.topk_weights is None
+    assert args.expert_out == \
+        b.get_next_low_latency_combine_buffer(handle).data_ptr()
+
+
+def test_combine_of_an_unweighted_dispatch_takes_weights(launches):
+    b = stub()
+    _, _, handle, _, _ = call_dispatch(b, use_fp8=False)
+    x = torch.zeros(2, 16, 256, dtype=torch.bfloat16)
+    topk = torch.zeros(4, 2, dtype=torch.int64)
+    w = torch.rand(4, 2)
+    b.low_latency_combine(x, topk, w, handle)
+    assert launches.combines[-1].topk_weights == w.data_ptr()
+    with pytest.raises(TypeError, match="topk_weights must be a torch"):
+        b.low_latency_combine(x, topk, None, handle)
