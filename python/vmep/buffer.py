@@ -255,17 +255,6 @@ class Buffer(Runtime, Membership, HighThroughput):
                              f"{tuple(topk_weights.shape)}, expected {(n, K)}")
         return topk_weights
 
-    def _refuse_reduced_zero_copy(self, handle):
-        """A dispatch given topk_weights cannot combine from the zero-copy
-        buffer of a Buffer(zero_copy=True): sources pull single rows there,
-        which nothing sums at the expert side."""
-        if self.zero_copy and handle.topk_weights is not None:
-            raise ValueError("zero_copy on a Buffer(zero_copy=True) for a "
-                             "dispatch given topk_weights: its combine is "
-                             "reduced at the expert side, which the pulled "
-                             "zero-copy rows are not; combine from x instead, "
-                             "or dispatch without topk_weights")
-
     def _launch_stream(self, async_finish):
         """(stream to launch on, its pointer); an async call's comm stream
         first waits for the current stream."""
@@ -305,11 +294,11 @@ class Buffer(Runtime, Membership, HighThroughput):
         dispatch_wait_recv_cost_stats (int64, R elements or more, e.g.
         DeepEP's [R, R]): element s gains the nanoseconds this rank waited
         for rank s's tokens (DeepEP counts cycles). topk_weights (vmep;
-        fp32 [n, top-k], given on every rank or on none): the combine is
-        reduced at the expert side with these weights (one bf16 row per
-        token and expert rank crosses the links; each partial sum is
-        rounded to bf16 once more) and takes topk_weights None or this
-        same tensor."""
+        fp32 [n, top-k]): the combine of this rank's tokens is reduced at
+        the expert side with these weights (one bf16 row per token and
+        expert rank crosses the links; each partial sum is rounded to bf16
+        once more) and takes topk_weights None or this same tensor; each
+        rank chooses for its own tokens."""
         T, E = int(num_max_dispatch_tokens_per_rank), int(num_experts)
         self._tensor(x, "x", torch.bfloat16, 2)
         n, H = x.shape
@@ -357,12 +346,6 @@ class Buffer(Runtime, Membership, HighThroughput):
         recv_count = torch.empty((L,), dtype=torch.int32, device=dev)
         src_info = torch.empty((L, R * T), dtype=torch.int32, device=dev)
         layout_range = torch.empty((L, R), dtype=torch.int64, device=dev)
-        weights_ptr = None
-        if topk_weights is not None:
-            # NULL would make this rank's dispatch unweighted (weights go on
-            # every rank or none): with n = 0, whose tensor has no address,
-            # any aligned device address says weighted; C reads no weight.
-            weights_ptr = topk_weights.data_ptr() or recv_count.data_ptr()
         args = _lib.DispatchArgs(
             x=x.data_ptr() if n else None,
             topk_idx=topk_idx.data_ptr() if n else None,
@@ -372,7 +355,8 @@ class Buffer(Runtime, Membership, HighThroughput):
             recv_count=recv_count.data_ptr(), src_info=src_info.data_ptr(),
             layout_range=layout_range.data_ptr(), scale_layout=layout,
             recv_wait_ns=waits.data_ptr() if waits is not None else None,
-            topk_weights=weights_ptr)
+            topk_weights=topk_weights.data_ptr()
+            if topk_weights is not None and n else None)
         c_handle = self._launch_dispatch(ep, args, not return_recv_hook,
                                          stream_ptr)
         stats = cumulative_local_expert_recv_stats
@@ -415,10 +399,8 @@ class Buffer(Runtime, Membership, HighThroughput):
         dispatch with zero_copy=True: experts write their outputs into it.
         With Buffer(zero_copy=True) it is the EP buffer's own memory (valid
         while the buffer lives; combine reads it in place), else a tensor
-        per buffer parity that the combine reads like any input. Refused
-        for a dispatch given topk_weights on a Buffer(zero_copy=True)."""
+        per buffer parity that the combine reads like any input."""
         handle = self._check_handle(handle)
-        self._refuse_reduced_zero_copy(handle)
         _, _, T, H, E = handle
         L, R = E // self.group_size, self.group_size
         if self.zero_copy:
@@ -445,8 +427,7 @@ class Buffer(Runtime, Membership, HighThroughput):
         dispatch's, for the waits for each rank's expert outputs. When the
         dispatch was given topk_weights, its weights apply (summed per
         expert rank at the expert side): topk_weights must be None or that
-        same tensor, and zero_copy on a Buffer(zero_copy=True) is
-        refused."""
+        same tensor."""
         if use_logfmt not in (False, True):
             raise TypeError(f"use_logfmt must be a bool, got {use_logfmt!r}")
         if use_logfmt and zero_copy and self.zero_copy:
@@ -461,8 +442,6 @@ class Buffer(Runtime, Membership, HighThroughput):
                              "topk_weights, which apply (the combine is "
                              "reduced at the expert side); pass that same "
                              "tensor or None")
-        if zero_copy:
-            self._refuse_reduced_zero_copy(handle)
         if async_finish and return_recv_hook:
             raise ValueError("async_finish and return_recv_hook exclude "
                              "each other")
