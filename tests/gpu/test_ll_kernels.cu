@@ -4,7 +4,10 @@
  * stream, and peers reach each other's buffers through the same pointer
  * table the real windows provide. Fresh random inputs every round, outputs
  * poisoned before each call and checked element by element; rounds
- * alternate buffer parity so the epoch protocol is exercised.
+ * alternate buffer parity so the epoch protocol is exercised. Some cases
+ * reduce the combine at the expert side in rounds 2 and 3 (weights given
+ * to dispatch by every rank, or by the odd ranks only), with zero-copy
+ * and with a dead rank.
  */
 #include <time.h>
 
@@ -16,8 +19,9 @@ struct sim_rank {
   char *buffer;
   char **inbox; /* [R]: every peer's writes land in our own buffer */
   struct vmep_ll_state *state;
-  int *entries, *counts, *begins, *recv_count_copy;
+  int *entries, *counts, *begins, *recv_count_copy, *src_weighted;
   unsigned int *row_map;
+  float *sel_weights;
   cudaStream_t stream;
   /* per-round device inputs / outputs */
   uint16_t *x;
@@ -35,9 +39,11 @@ struct sim_rank {
 
 struct sim {
   int R, E, L, T, H, K, fp8, round_scale, zero_copy, blocks;
-  int scale_layout;     /* VMEP_EP_SCALES_* */
-  unsigned dead;        /* bit r: rank r's kernels never run */
-  int untimed;          /* run without wait counters */
+  int scale_layout; /* VMEP_EP_SCALES_* */
+  unsigned dead;    /* bit r: rank r's kernels never run */
+  int untimed;      /* run without wait counters */
+  int reduce;       /* rounds 2 and 3 give dispatch the weights: 1 every rank, 2
+                       the odd ranks (their combine is reduced at the experts) */
   long long timeout_ns; /* after which the others mask a dead rank */
   struct vmep_ll_layout layout;
   char **peers; /* device array */
@@ -81,6 +87,8 @@ static void sim_init(struct sim *s) {
     k->begins = dev_alloc<int>(2 * s->R * s->L);
     k->recv_count_copy = dev_alloc<int>(2 * s->L);
     k->row_map = dev_alloc<unsigned int>(2 * s->L * RT);
+    k->sel_weights = dev_alloc<float>(2 * RT * s->K);
+    k->src_weighted = dev_alloc<int>(2 * s->R);
     k->x = dev_alloc<uint16_t>((size_t)s->T * s->H);
     k->topk = dev_alloc<int64_t>((size_t)s->T * s->K);
     k->weights = dev_alloc<float>((size_t)s->T * s->K);
@@ -133,6 +141,8 @@ static struct vmep_ll_params sim_params(const struct sim *s, int r,
   p.begins = k->begins;
   p.row_map = k->row_map;
   p.recv_count_copy = k->recv_count_copy;
+  p.sel_weights = k->sel_weights;
+  p.src_weighted = k->src_weighted;
   return p;
 }
 
@@ -197,8 +207,15 @@ static void poison_outputs(struct sim *s) {
   }
 }
 
+/* Whether rank r gives this round's dispatch the weights. */
+static int weighted(const struct sim *s, int r, int round) {
+  return (round == 2 || round == 3) &&
+         (s->reduce == 1 || (s->reduce == 2 && r % 2));
+}
+
 static void run_dispatch(struct sim *s, const struct vmep_ref_rank_input *in,
-                         int parity) {
+                         int round) {
+  const int parity = round & 1;
   for (int phase = 0; phase < 2; phase++)
     for (int r = 0; r < s->R; r++) {
       if (is_dead(s, r))
@@ -210,7 +227,8 @@ static void run_dispatch(struct sim *s, const struct vmep_ref_rank_input *in,
                                        in[r].num_tokens,
                                        s->fp8,
                                        s->round_scale,
-                                       NULL,
+                                       weighted(s, r, round) ? k->weights
+                                                             : NULL,
                                        k->recv_x,
                                        k->recv_scales,
                                        k->recv_count,
@@ -233,7 +251,8 @@ static void *expert_out_of(struct sim *s, int r, int parity) {
 }
 
 static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
-                        int parity) {
+                        int round) {
+  const int parity = round & 1;
   for (int phase = 0; phase < 2; phase++)
     for (int r = 0; r < s->R; r++) {
       if (is_dead(s, r))
@@ -243,12 +262,12 @@ static void run_combine(struct sim *s, const struct vmep_ref_rank_input *in,
       struct vmep_ll_combine_io io = {expert_out_of(s, r, parity),
                                       s->zero_copy,
                                       k->topk,
-                                      k->weights,
+                                      weighted(s, r, round) ? NULL : k->weights,
                                       in[r].num_tokens,
                                       k->out,
                                       s->untimed ? NULL : k->wait_ns + s->R,
                                       0,
-                                      0};
+                                      weighted(s, r, round)};
       if (phase == 0)
         ASSERT_OK(vmep__ll_combine_send(&p, &io, k->stream));
       else
@@ -396,7 +415,7 @@ static void one_round(struct sim *s, int round) {
   poison_outputs(s);
   if (getenv("VMEP_TEST_VERBOSE"))
     fprintf(stderr, "round %d: dispatch\n", round);
-  run_dispatch(s, in, round & 1);
+  run_dispatch(s, in, round);
   fetch_dispatch(s, h);
   for (int r = 0; r < s->R; r++)
     if (is_dead(s, r)) { /* outputs never written: an empty layout */
@@ -422,7 +441,7 @@ static void one_round(struct sim *s, int round) {
   }
   if (getenv("VMEP_TEST_VERBOSE"))
     fprintf(stderr, "round %d: combine\n", round);
-  run_combine(s, in, round & 1);
+  run_combine(s, in, round);
   for (int r = 0; r < s->R; r++) {
     struct vmep_ref_report rep;
     if (is_dead(s, r))
@@ -430,6 +449,7 @@ static void one_round(struct sim *s, int round) {
     CUDA_OK(cudaMemcpy(h[r].out, s->rank[r].out,
                        (size_t)in[r].num_tokens * s->H * 2,
                        cudaMemcpyDeviceToHost));
+    prob.expert_reduce = weighted(s, r, round);
     ASSERT_OK(vmep__ref_check_combine(&prob, r, recv, eo, h[r].out, &rep));
     if (rep.mismatches)
       TEST_FAIL("round %d rank %d combine: %lld mismatches, first: %s", round,
@@ -470,12 +490,13 @@ static void sim_free(struct sim *s) {
     CUDA_OK(cudaMemcpy(&st, k->state, sizeof(st), cudaMemcpyDeviceToHost));
     ASSERT_EQ(st.errors, s->dead && !is_dead(s, r) ? VMEP_LL_ERR_TIMEOUT : 0);
     check_wait_counters(s, r);
-    void *ptrs[] = {
-        k->buffer,     k->state,           k->entries,      k->counts,
-        k->begins,     k->recv_count_copy, k->row_map,      k->x,
-        k->topk,       k->weights,         k->recv_x,       k->recv_scales,
-        k->recv_count, k->src_info,        k->layout_range, k->expert_out,
-        k->out,        k->wait_ns,         k->inbox};
+    void *ptrs[] = {k->buffer,   k->state,        k->entries,
+                    k->counts,   k->begins,       k->recv_count_copy,
+                    k->row_map,  k->sel_weights,  k->src_weighted,
+                    k->x,        k->topk,         k->weights,
+                    k->recv_x,   k->recv_scales,  k->recv_count,
+                    k->src_info, k->layout_range, k->expert_out,
+                    k->out,      k->wait_ns,      k->inbox};
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++)
       CUDA_OK(cudaFree(ptrs[i]));
     CUDA_OK(cudaStreamDestroy(k->stream));
@@ -505,12 +526,14 @@ static struct sim with_dead(int R, int E, int T, int H, int K, unsigned dead,
  * masked rank is skipped without waiting). */
 static int dead_rank(void) {
   struct sim s = with_dead(4, 16, 64, 2048, 8, 1u << 2, 200);
+  s.reduce = 1;
   sim_init(&s);
-  for (int round = 0; round < 3; round++)
+  for (int round = 0; round < 4; round++)
     one_round(&s, round);
   sim_free(&s);
-  printf("rank 2 dead: masked by every live rank after 200 ms, 3 rounds of "
-         "dispatch + combine exact over the live ranks\n");
+  printf("rank 2 dead: masked by every live rank after 200 ms, 4 rounds of "
+         "dispatch + combine exact over the live ranks (2 reduced at the "
+         "experts)\n");
   return 1;
 }
 
@@ -549,15 +572,16 @@ int main(void) {
   gpu_test_require_device();
   CUDA_OK(cudaSetDevice(0));
   /* R, experts per rank, T, H, K, fp8, round_scale, zero_copy, scale
-   * layout (0 row-major, 1 column-major, 2 UE8M0) */
-  static const int cases[][9] = {
-      {2, 2, 16, 512, 1, 0, 0, 0, 0},   {4, 4, 64, 2048, 8, 0, 0, 0, 0},
-      {4, 4, 32, 7168, 8, 1, 0, 0, 0},  {2, 8, 24, 4096, 16, 1, 1, 0, 0},
-      {8, 2, 16, 8192, 4, 0, 0, 0, 0},  {4, 4, 128, 7168, 8, 0, 0, 0, 0},
-      {4, 4, 128, 7168, 8, 1, 1, 0, 0}, {3, 5, 40, 640, 5, 1, 0, 0, 0},
-      {4, 4, 64, 7168, 8, 0, 0, 1, 0},  {2, 8, 24, 4096, 16, 1, 1, 1, 0},
-      {4, 4, 32, 7168, 8, 1, 0, 0, 1},  {3, 5, 40, 640, 5, 1, 1, 0, 1},
-      {4, 4, 64, 7168, 8, 1, 1, 0, 2},  {2, 8, 24, 4096, 16, 1, 1, 1, 2},
+   * layout (0 row-major, 1 column-major, 2 UE8M0), reduce (rounds 2 and 3:
+   * 1 every rank weighted, 2 the odd ranks) */
+  static const int cases[][10] = {
+      {2, 2, 16, 512, 1, 0, 0, 0, 0, 0},   {4, 4, 64, 2048, 8, 0, 0, 0, 0, 1},
+      {4, 4, 32, 7168, 8, 1, 0, 0, 0, 2},  {2, 8, 24, 4096, 16, 1, 1, 0, 0, 0},
+      {8, 2, 16, 8192, 4, 0, 0, 0, 0, 2},  {4, 4, 128, 7168, 8, 0, 0, 0, 0, 0},
+      {4, 4, 128, 7168, 8, 1, 1, 0, 0, 0}, {3, 5, 40, 640, 5, 1, 0, 0, 0, 1},
+      {4, 4, 64, 7168, 8, 0, 0, 1, 0, 1},  {2, 8, 24, 4096, 16, 1, 1, 1, 0, 2},
+      {4, 4, 32, 7168, 8, 1, 0, 0, 1, 0},  {3, 5, 40, 640, 5, 1, 1, 0, 1, 0},
+      {4, 4, 64, 7168, 8, 1, 1, 0, 2, 0},  {2, 8, 24, 4096, 16, 1, 1, 1, 2, 0},
   };
   int passed = 0;
   for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -572,19 +596,23 @@ int main(void) {
     s.round_scale = cases[c][6];
     s.zero_copy = cases[c][7];
     s.scale_layout = cases[c][8];
+    s.reduce = cases[c][9];
     s.dead = 0;
     s.timeout_ns = 5ll * 1000 * 1000 * 1000; /* a stuck peer shows as masked */
     sim_init(&s);
     for (int round = 0; round < 6; round++)
       one_round(&s, round);
     sim_free(&s);
-    printf("R=%d E=%d T=%d H=%d K=%d %s%s%s%s: 6 rounds of dispatch + "
+    printf("R=%d E=%d T=%d H=%d K=%d %s%s%s%s%s: 6 rounds of dispatch + "
            "combine exact\n",
            s.R, s.E, s.T, s.H, s.K, s.fp8 ? "fp8" : "bf16",
            s.round_scale ? " round_scale" : "", s.zero_copy ? " zero-copy" : "",
            s.scale_layout == 1   ? " col-major scales"
            : s.scale_layout == 2 ? " ue8m0 scales"
-                                 : "");
+                                 : "",
+           s.reduce == 1   ? " (rounds 2, 3 reduced at the experts)"
+           : s.reduce == 2 ? " (rounds 2, 3 reduced for the odd ranks)"
+                           : "");
     passed++;
   }
   passed += dead_rank();
