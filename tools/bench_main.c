@@ -52,8 +52,7 @@ static void usage(FILE *out) {
           "  --expert-reduce  weights given to dispatch; combine sends one "
           "row per (token,\n"
           "                   expert rank), summed where the experts are "
-          "(ll only, not with\n"
-          "                   --zero-copy)\n"
+          "(ll only)\n"
           "  --compare nccl   also time the NCCL all-to-all baseline (one GPU "
           "per rank; ll only)\n"
           "  --nodes N        N pretend nodes (vmep-run --nodes; VMEP_NODES "
@@ -136,9 +135,6 @@ static int mode_refused(struct bench_options *o, int tokens_given) {
       : !o->ht && o->logfmt && o->zero_copy
           ? "--logfmt with --zero-copy: zero-copy rows are pulled as the "
             "experts wrote them (bf16)"
-      : !o->ht && o->reduce && o->zero_copy
-          ? "--expert-reduce with --zero-copy: zero-copy rows are pulled "
-            "one per selection"
       : !o->ht          ? NULL
       : o->logfmt       ? "--logfmt: the high-throughput combine sends "
                           "bf16 (not with --mode ht)"

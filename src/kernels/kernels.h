@@ -227,9 +227,10 @@ vmep_status vmep__ll_dispatch_recv(const struct vmep_ll_params *p,
                                    void *stream);
 
 /* Combine send phase: pushes every received row's expert output into its
- * source's slot (a source whose dispatch staged weights: each token's
- * weighted sum of them into one slot; zero-copy: only announces the
- * outputs) and raises the ready flags. */
+ * source's slot (zero-copy: only to remote sources, mapped ones pull),
+ * except for the sources whose dispatch staged weights: each token's
+ * weighted sum of its rows into one slot, zero-copy or not; then raises
+ * the ready flags. */
 vmep_status vmep__ll_combine_send(const struct vmep_ll_params *p,
                                   const struct vmep_ll_combine_io *io,
                                   void *stream);

@@ -34,6 +34,7 @@ __device__ __forceinline__ int ll_reduced_for(const vmep_ll_params &p, int s) {
  * every expert, walked as one sequence: a warp's items only move forward.
  * Zero-copy: the outputs stay where the experts wrote them; mapped
  * sources pull them, so only remote sources get their rows pushed. */
+template <bool LOGFMT>
 __device__ __forceinline__ void ll_push_rows(const vmep_ll_params &p,
                                              const vmep_ll_combine_io &io) {
   const int L = p.num_experts / p.num_ranks, K = p.num_topk;
@@ -60,7 +61,7 @@ __device__ __forceinline__ void ll_push_rows(const vmep_ll_params &p,
         (const __nv_bfloat16 *)io.expert_out + local * p.hidden;
     char *dst = p.peers[s] + p.layout.slots[p.parity] +
                 ((size_t)t * K + k) * p.hidden * 2;
-    if (io.use_logfmt)
+    if (LOGFMT)
       ll_logfmt_encode_slice(src, (unsigned char *)dst, p.hidden, slice, lane);
     else
       ll_copy_slice((const uint4 *)src, (uint4 *)dst, chunks, slice, lane);
@@ -75,6 +76,7 @@ __device__ __forceinline__ void ll_push_rows(const vmep_ll_params &p,
  * selections' rows into the slot of the first. Items (source, token, 512
  * channels); a lane holds one selection's row and weight, as in dispatch's
  * copy. */
+template <bool LOGFMT>
 __device__ __forceinline__ void ll_reduce_rows(const vmep_ll_params &p,
                                                const vmep_ll_combine_io &io) {
   const int L = p.num_experts / p.num_ranks, K = p.num_topk, T = p.max_tokens;
@@ -143,19 +145,20 @@ __device__ __forceinline__ void ll_reduce_rows(const vmep_ll_params &p,
     }
     char *dst = p.peers[s] + p.layout.slots[p.parity] +
                 ((size_t)t * K + first) * p.hidden * 2;
-    if (io.use_logfmt) {
+    if (LOGFMT)
       ll_logfmt_encode_values<LL_REDUCE_LOADS>(ll_bf16_loads{packed},
                                                (unsigned char *)dst, p.hidden,
                                                part * step * 8, lane);
-      continue;
-    }
-#pragma unroll
-    for (int j = 0; j < LL_REDUCE_LOADS; j++)
-      if (c0 + 32 * j < chunks)
-        ((uint4 *)dst)[c0 + 32 * j] = packed[j];
+    else
+      for (int j = 0; j < LL_REDUCE_LOADS; j++)
+        if (c0 + 32 * j < chunks)
+          ((uint4 *)dst)[c0 + 32 * j] = packed[j];
   }
 }
 
+/* LOGFMT a template argument, as in combine_recv_kernel: the encoders
+ * would cost the bf16 path registers. */
+template <bool LOGFMT>
 __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     combine_send_kernel(vmep_ll_params p, vmep_ll_combine_io io) {
   uint64_t epoch = p.state->comb_epoch[p.parity] + 1;
@@ -167,15 +170,14 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
     all &= ll_reduced_for(p, s);
   }
   if (__syncthreads_or(any))
-    ll_reduce_rows(p, io);
+    ll_reduce_rows<LOGFMT>(p, io);
   if (!__syncthreads_and(all))
-    ll_push_rows(p, io);
+    ll_push_rows<LOGFMT>(p, io);
   /* Remote sources get only the bytes of each slot that matter; the proxy
    * tells reduced ones by their send area's header. */
   if (ll_last_block(p.state, 3))
     ll_signal_all(p, p.layout.comb_ready, epoch, VMEP_LL_SHIP_COMBINE,
-                  io.use_logfmt ? (unsigned)vmep_logfmt_row_bytes(p.hidden)
-                                : 0u);
+                  LOGFMT ? (unsigned)vmep_logfmt_row_bytes(p.hidden) : 0u);
 }
 
 /* Whether selection `lane` (< K, expert e, counted: `use`) is the first
@@ -252,8 +254,12 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
 extern "C" vmep_status
 vmep__ll_combine_send(const struct vmep_ll_params *p,
                       const struct vmep_ll_combine_io *io, void *stream) {
-  combine_send_kernel<<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(
-      *p, *io);
+  if (io->use_logfmt)
+    combine_send_kernel<true>
+        <<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(*p, *io);
+  else
+    combine_send_kernel<false>
+        <<<p->num_blocks, LL_THREADS, 0, (cudaStream_t)stream>>>(*p, *io);
   return ll_launched("combine send kernel");
 }
 

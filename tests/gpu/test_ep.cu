@@ -286,13 +286,14 @@ static void shapes(vmep_group *g, uint64_t seed) {
   int R = vmep_group_size(g), cases = 0;
   for (size_t hi = 0; hi < 5; hi++)
     /* bf16, fp8, LogFMT combine, reduced at the expert side (bf16 rows,
-     * every rank; LogFMT rows after an fp8 dispatch, the odd ranks) */
-    for (int mode = 0; mode < 5; mode++) {
+     * every rank; LogFMT rows after an fp8 dispatch, the odd ranks; bf16
+     * rows, the odd ranks, zero-copy at H 640 and 2560) */
+    for (int mode = 0; mode < 6; mode++) {
       int fp8 = mode == 1 || mode == 4;
       struct world w =
           shape(R, 32, hiddens[hi], topks[(hi + mode) % 3], fp8, fp8 && hi % 2);
       w.logfmt = mode == 2 || mode == 4;
-      w.reduce = mode == 3 ? 1 : mode == 4 ? 2 : 0;
+      w.reduce = mode == 3 ? 1 : mode >= 4 ? 2 : 0;
       struct io b;
       io_alloc(&b, &w);
       int zero_copy = (int)(hi + mode) % 2;

@@ -106,8 +106,8 @@ def body(seed):
     G.one_round(buf, seed, 102, T, H, E, K, G.Mode(), logfmt=True)
     G.one_round(buf, seed, 103, T, H, E, K, G.Mode(), hook=False, logfmt=True)
     # Reduced at the expert side: the combine passed the dispatch's own
-    # weights, or None (no hook, fp8, the last rank without tokens: its
-    # dispatch still counts as weighted).
+    # weights, or None (no hook, fp8, the last rank without tokens passes
+    # no weights: a round of mixed ranks).
     G.one_round(buf, seed, 104, T, H, E, K, G.Mode(), reduced=True)
     G.one_round(buf, seed, 105, T, H, E, K, G.Mode(fp8=True),
                 [T] * (G.WORLD - 1) + [0], hook=False, reduced=True,

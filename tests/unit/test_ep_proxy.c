@@ -14,7 +14,9 @@
  *  - combine: each expert rank's rows land in the source's slots of the
  *    (token, k) its experts served, and nowhere else (in fp8 rounds as
  *    LogFMT rows: only the first 41 H / 32 bytes of a slot; in the later
- *    low-latency rounds reduced at the expert side, after a dispatch that
+ *    low-latency rounds reduced at the expert side for every source, then
+ *    for the odd ones (the proxy goes by each source's header), after a
+ *    dispatch that
  *    shipped the weights: only each token's first slot of the rank's
  *    experts); high-throughput:
  *    the slots whose mark in the outbox is this call's, one per (token,
@@ -101,8 +103,9 @@ enum kind { LOW_LATENCY, HIGH_THROUGHPUT, HT_CACHED };
 struct shape {
   int parity, K, fp8;
   enum kind kind;
-  int reduced; /* low-latency, weights given to dispatch: the combine is
-                  reduced at the expert side */
+  int reduced; /* low-latency, weights given to dispatch (the combine is
+                  reduced at the expert side): 1 by every rank, 2 by the
+                  odd ranks */
   uint64_t epoch;
   size_t row_len;
   size_t comb_len; /* the bytes of a low-latency combine slot that travel:
@@ -118,7 +121,7 @@ static struct shape shape_of(int round) {
   sh.fp8 = (round / 2) % 2;         /* each parity in both modes */
   sh.kind = (enum kind)(round % 3); /* each kind with both, in 12 rounds */
   /* rounds 6 (fp8: LogFMT slots, parity 0) and 9 (bf16, parity 1) */
-  sh.reduced = sh.kind == LOW_LATENCY && round >= 6;
+  sh.reduced = sh.kind == LOW_LATENCY && round >= 6 ? 1 + (round >= 9) : 0;
   sh.row_len = sh.fp8 ? HIDDEN + HIDDEN / VMEP_LL_FP8_GROUP * sizeof(float)
                       : 2 * (size_t)HIDDEN;
   sh.comb_len = sh.fp8 ? vmep_logfmt_row_bytes(HIDDEN) : COMBINE_ROW;
@@ -156,6 +159,11 @@ static void tokens_of(int round, int rank, const struct shape *sh,
 }
 
 static int owner(int32_t expert) { return expert < 0 ? -1 : expert / LOCAL; }
+
+/* Whether rank r's dispatch of the round took the weights. */
+static int reduces(const struct shape *sh, int r) {
+  return sh->reduced == 1 || (sh->reduced == 2 && r % 2);
+}
 
 /* Whether expert rank d fills slot i (t * K + k) of a low-latency
  * combine: k's expert is d's (reduced: the token's first such k). */
@@ -327,9 +335,9 @@ static void compare(const struct rank_state *s, const unsigned char *got,
 /* ---- one round ----------------------------------------------------------- */
 
 /* The request of a round's dispatch. */
-static enum vmep_ll_ship dispatch_op(const struct shape *sh) {
+static enum vmep_ll_ship dispatch_op(const struct shape *sh, int rank) {
   return sh->kind == HT_CACHED ? VMEP_LL_SHIP_HT_CACHED
-         : sh->kind == HIGH_THROUGHPUT || sh->reduced
+         : sh->kind == HIGH_THROUGHPUT || reduces(sh, rank)
              ? VMEP_LL_SHIP_DISPATCH_WEIGHTS
              : VMEP_LL_SHIP_DISPATCH;
 }
@@ -347,12 +355,12 @@ static void dispatch_want(struct rank_state *s, int round,
   const size_t ids = (size_t)tk->n * sh->K * sizeof(int32_t);
   memset(s->want, POISON, area_bytes);
   /* the sender's header: n, whether it staged weights, zero past them */
-  const int header[2] = {tk->n, sh->reduced};
+  const int header[2] = {tk->n, reduces(sh, src)};
   memset(s->want, 0, l->send_topk);
   memcpy(s->want, header, sizeof(header));
   if (sh->kind != HT_CACHED)
     memcpy(s->want + l->send_topk, tk->ids, ids);
-  if (sh->kind == HIGH_THROUGHPUT || sh->reduced) {
+  if (sh->kind == HIGH_THROUGHPUT || reduces(sh, src)) {
     struct gen g = gen_of(TAG_WEIGHTS, round, src, 0);
     gen_bytes(&g, s->want + l->send_weights, ids);
   }
@@ -377,7 +385,7 @@ static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
   char *area = s->px.stage + l->send[b];
   const size_t ids = (size_t)mine.n * K * sizeof(int32_t);
   ((int *)area)[0] = mine.n;
-  ((int *)area)[1] = sh->reduced; /* staged weights: reduce our combine */
+  ((int *)area)[1] = reduces(sh, s->rank); /* staged weights */
   memcpy(area + l->send_topk, mine.ids, ids);
   /* A cached dispatch's staged ids are an earlier call's: ones that select
    * nobody, so that the proxy must not go by them. */
@@ -395,13 +403,13 @@ static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
       continue;
     want += l->send_topk + 8;
     want += sh->kind == HT_CACHED ? 0 : ids;
-    want += sh->kind == HIGH_THROUGHPUT || sh->reduced ? ids : 0;
+    want += sh->kind == HIGH_THROUGHPUT || reduces(sh, s->rank) ? ids : 0;
     for (int t = 0; t < mine.n; t++)
       want +=
           sh->kind == HT_CACHED || selects(&mine, K, t, p) ? sh->row_len : 0;
   }
   uint64_t before = bytes_out(s);
-  post(s, dispatch_op(sh), sh, l->disp_ready, sh->epoch);
+  post(s, dispatch_op(sh, s->rank), sh, l->disp_ready, sh->epoch);
   serve_all(s);
   check_bytes_out(s, before, want, names[sh->fp8][sh->kind], round);
 
@@ -436,7 +444,7 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
     struct gen g = gen_of(TAG_COMBINE, round, s->rank, src);
     gen_bytes(&g, s->rows, (size_t)n * K * COMBINE_ROW);
     for (int i = 0; i < n * K; i++)
-      if (fills(ids, K, i, s->rank, sh->reduced)) {
+      if (fills(ids, K, i, s->rank, reduces(sh, src))) {
         memcpy(slots + i * COMBINE_ROW, s->rows + i * COMBINE_ROW, COMBINE_ROW);
         want += sh->comb_len;
       }
@@ -445,9 +453,9 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
   uint64_t before = bytes_out(s);
   post(s, VMEP_LL_SHIP_COMBINE, sh, l->comb_ready, sh->epoch);
   serve_all(s);
-  check_bytes_out(s, before, want,
-                  sh->reduced ? "combine reduced at the experts" : "combine",
-                  round);
+  check_bytes_out(
+      s, before, want,
+      sh->reduced ? "combine reduced at the experts (some)" : "combine", round);
 
   struct tokens mine;
   tokens_of(round, s->rank, sh, &mine);
@@ -466,7 +474,7 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
     struct gen g = gen_of(TAG_COMBINE, round, d, s->rank);
     gen_bytes(&g, s->rows, (size_t)mine.n * K * COMBINE_ROW);
     for (int i = 0; i < mine.n * K; i++) /* a LogFMT slot's tail: poison */
-      if (fills(mine.ids, K, i, d, sh->reduced))
+      if (fills(mine.ids, K, i, d, reduces(sh, s->rank)))
         memcpy(s->want + i * COMBINE_ROW, s->rows + i * COMBINE_ROW,
                sh->comb_len);
   }
