@@ -334,6 +334,13 @@ def test_combine_of_a_weighted_dispatch(launches):
     assert args.topk_weights is None
     assert args.expert_out == \
         b.get_next_low_latency_combine_buffer(handle).data_ptr()
+    # Buffer(zero_copy=True): the EP buffer's own area, reduced from there
+    area = torch.zeros(2, 16, 256, dtype=torch.bfloat16)
+    b.zero_copy = True
+    b._zero_copy_buffer = lambda c_handle, shape: area
+    b.low_latency_combine(x, topk, w, handle, zero_copy=True)
+    args = launches.combines[-1]
+    assert args.topk_weights is None and args.expert_out == area.data_ptr()
 
 
 def test_combine_of_an_unweighted_dispatch_takes_weights(launches):
