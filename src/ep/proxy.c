@@ -442,9 +442,9 @@ static void report(struct vmep_ep_proxy *px, int r, const char *why) {
                 r, why);
 }
 
+/* Whether rank r is a remote peer we can put to (masked or not). */
 static int reachable(struct vmep_ep_proxy *px, int r) {
-  if (!vmep__rank_set_has(&px->remote, r) || !px->keys[r] ||
-      __atomic_load_n(&px->ring->masked[r], __ATOMIC_ACQUIRE))
+  if (!vmep__rank_set_has(&px->remote, r) || !px->keys[r])
     return 0;
   if (vmep__engine_peer_is_failed(px->engine, r)) {
     /* The engine found it while progressing and logged why; our last
@@ -455,6 +455,24 @@ static int reachable(struct vmep_ep_proxy *px, int r) {
   return 1;
 }
 
+/* The bytes request `e` sends rank r before its flag. */
+static vmep_status ship(struct vmep_ep_proxy *px, int r,
+                        const struct vmep_ll_ring_entry *e) {
+  switch (e->op) {
+  case VMEP_LL_SHIP_DISPATCH:
+  case VMEP_LL_SHIP_DISPATCH_WEIGHTS:
+    return ship_dispatch(px, r, e);
+  case VMEP_LL_SHIP_HT_CACHED:
+    return ship_cached(px, r, e);
+  case VMEP_LL_SHIP_COMBINE:
+    return ship_combine(px, r, e);
+  case VMEP_LL_SHIP_HT_COMBINE:
+    return ship_ht_combine(px, r, e);
+  default: /* VMEP_LL_SHIP_FLAG */
+    return VMEP_OK;
+  }
+}
+
 static void serve(struct vmep_ep_proxy *px,
                   const struct vmep_ll_ring_entry *e) {
   const size_t flag =
@@ -463,16 +481,11 @@ static void serve(struct vmep_ep_proxy *px,
   for (int r = 0; r < px->num_ranks; r++) {
     if (!reachable(px, r))
       continue;
-    vmep_status status = VMEP_OK;
-    if (e->op == VMEP_LL_SHIP_DISPATCH ||
-        e->op == VMEP_LL_SHIP_DISPATCH_WEIGHTS)
-      status = ship_dispatch(px, r, e);
-    else if (e->op == VMEP_LL_SHIP_HT_CACHED)
-      status = ship_cached(px, r, e);
-    else if (e->op == VMEP_LL_SHIP_COMBINE)
-      status = ship_combine(px, r, e);
-    else if (e->op == VMEP_LL_SHIP_HT_COMBINE)
-      status = ship_ht_combine(px, r, e);
+    /* A masked rank gets the flag alone, as mapped ones do: its epochs
+     * stay in step for the calls after its mask is cleared. */
+    vmep_status status = __atomic_load_n(&px->ring->masked[r], __ATOMIC_ACQUIRE)
+                             ? VMEP_OK
+                             : ship(px, r, e);
     if (status == VMEP_OK)
       status = signal(px, r, flag, e->value);
     if (status != VMEP_OK)

@@ -23,6 +23,10 @@
  *    expert rank), with their weights and marks, and nowhere else (not the
  *    row indices, not the slots of stale or garbage marks);
  *  - a flag request, and the heartbeat (forwarded at most every 100 us);
+ *  - in the last round the others mask rank MASKED: it gets the flags and
+ *    heartbeats and no byte of the dispatch's data (its inbox stays
+ *    poison, bytes_out counts 8 B toward it), and after the mask is
+ *    cleared it gets data again (the survivors' rounds);
  *  - some rounds post more requests than the ring holds at once.
  * Then one rank is killed (SIGKILL) while the survivors stream flags
  * toward it: they notice, their steps neither hang nor crash, bytes_out
@@ -47,9 +51,10 @@
 #define HIDDEN 256
 #define TOKENS 16
 #define TOPK 4
-#define ROUNDS 12      /* all ranks */
+#define ROUNDS 13      /* all ranks; the last one masks MASKED */
 #define FAULT_ROUNDS 2 /* the survivors, after the victim died */
 #define VICTIM 2
+#define MASKED 1     /* masked by the others in round ROUNDS - 1 */
 #define POISON 0xA5  /* inboxes, before each round */
 #define GARBAGE 0x5C /* outbox slots no expert of ours filled */
 #define WAIT_MS 20000
@@ -106,6 +111,7 @@ struct shape {
   int reduced; /* low-latency, weights given to dispatch (the combine is
                   reduced at the expert side): 1 by every rank, 2 by the
                   odd ranks */
+  int masked;  /* the rank the others mask for this round's dispatch, or -1 */
   uint64_t epoch;
   size_t row_len;
   size_t comb_len; /* the bytes of a low-latency combine slot that travel:
@@ -122,6 +128,7 @@ static struct shape shape_of(int round) {
   sh.kind = (enum kind)(round % 3); /* each kind with both, in 12 rounds */
   /* rounds 6 (fp8: LogFMT slots, parity 0) and 9 (bf16, parity 1) */
   sh.reduced = sh.kind == LOW_LATENCY && round >= 6 ? 1 + (round >= 9) : 0;
+  sh.masked = round == ROUNDS - 1 ? MASKED : -1;
   sh.row_len = sh.fp8 ? HIDDEN + HIDDEN / VMEP_LL_FP8_GROUP * sizeof(float)
                       : 2 * (size_t)HIDDEN;
   sh.comb_len = sh.fp8 ? vmep_logfmt_row_bytes(HIDDEN) : COMBINE_ROW;
@@ -401,7 +408,10 @@ static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
   for (int p = 0; p < NUM_RANKS; p++) {
     if (!s->live[p])
       continue;
-    want += l->send_topk + 8;
+    want += 8; /* the flag, also to a masked rank */
+    if (p == sh->masked)
+      continue;
+    want += l->send_topk;
     want += sh->kind == HT_CACHED ? 0 : ids;
     want += sh->kind == HIGH_THROUGHPUT || reduces(sh, s->rank) ? ids : 0;
     for (int t = 0; t < mine.n; t++)
@@ -421,7 +431,10 @@ static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
               "dispatch flag", src);
     struct tokens tk;
     tokens_of(round, src, sh, &tk);
-    dispatch_want(s, round, sh, src, s->rank, &tk, area_bytes);
+    if (s->rank == sh->masked) /* the flag came, and no byte of data */
+      memset(s->want, POISON, area_bytes);
+    else
+      dispatch_want(s, round, sh, src, s->rank, &tk, area_bytes);
     compare(s, (const unsigned char *)s->px.inbox[src] + l->send[b], s->want,
             area_bytes, round, names[sh->fp8][sh->kind], src, l->row_bytes);
   }
@@ -671,12 +684,19 @@ static void run_round(struct rank_state *s, int round) {
   for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
     memset(s->px.stage + parts[i][0], POISON, parts[i][1]);
   barrier(s, NULL); /* every inbox poisoned before anyone sends */
+  /* A masked rank gets the dispatch's flag, the flag and the heartbeats,
+   * and no data: the others mask it in their rings as the kernels do. */
+  const int masks = sh.masked >= 0 && sh.masked != s->rank;
+  if (masks)
+    __atomic_store_n(&s->px.ring->masked[sh.masked], 1, __ATOMIC_RELEASE);
   dispatch(s, round, &sh);
-  if (sh.kind == LOW_LATENCY)
+  if (sh.masked < 0 && sh.kind == LOW_LATENCY)
     combine(s, round, &sh);
-  else
+  else if (sh.masked < 0)
     ht_combine(s, round, &sh);
   flag_and_beats(s, round, &sh);
+  if (masks)
+    __atomic_store_n(&s->px.ring->masked[sh.masked], 0, __ATOMIC_RELEASE);
   if (round % 4 == 3 && round < ROUNDS)
     burst(s, round, &sh);
   barrier(s, NULL); /* every check done before the areas are written again */
