@@ -64,7 +64,7 @@ void vmep__logfmt_decode_row(const uint8_t *row, int hidden, float *out) {
     for (int i = 0; i < 4; i++)
       header |= (uint32_t)row[head + 4 * (size_t)g + i] << (8 * i);
     struct vmep_logfmt_group group;
-    vmep_logfmt_group_of(header, &group);
+    vmep_logfmt_levels_of(header, &group);
     for (int i = 0; i < VMEP_LOGFMT_GROUP; i++) {
       size_t c = (size_t)g * VMEP_LOGFMT_GROUP + i;
       out[c] = vmep_logfmt_decode(&group, get_field(row, c));

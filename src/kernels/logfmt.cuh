@@ -144,7 +144,7 @@ __device__ __forceinline__ void ll_logfmt_accumulate(uint4 v, int c, float w,
     hi = v.z >> 16;
   }
   struct vmep_logfmt_group g;
-  vmep_logfmt_group_of(v.w, &g);
+  vmep_logfmt_levels_of(v.w, &g);
 #pragma unroll
   for (int i = 0; i < 8; i++) {
     const int bit = VMEP_LOGFMT_BITS * i;

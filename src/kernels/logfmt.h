@@ -2,14 +2,18 @@
  * LogFMT-10, the low-precision row format of the low-latency combine
  * (docs/EP.md, "LogFMT"): per group of 128 channels, the largest and the
  * smallest nonzero magnitude, and per channel a sign and a 9-bit code, 0
- * for zero, else the index of a level on a log2 scale between the two.
- * This is the scalar codec, one source for the kernels and the host
+ * for zero, else the index of a level between the two. The levels are
+ * evenly spaced in the bits of an fp32 magnitude, the piecewise-linear
+ * log2 that a float's exponent and mantissa spell (its error to log2 is
+ * at most 0.086 of an octave): each code costs a few integer and float
+ * operations and no transcendental function, on the device as on the
+ * host. This is the scalar codec, one source for the kernels and the host
  * reference, so that both give the same bits. Every float operation is
  * spelled out with its rounding: fmaf where fused, LF_* elsewhere (the
  * device's __f*_rn, which nvcc never fuses; plain operators on the host,
- * which is built with -ffp-contract=off). log2 and exp2 are polynomials
- * of those operations, not libm, whose last bits differ between host and
- * device. Shared by C and CUDA code.
+ * which is built with -ffp-contract=off); conversions to float round to
+ * nearest and conversions to integers truncate on both. Shared by C and
+ * CUDA code.
  */
 #ifndef VMEP_KERNELS_LOGFMT_H
 #define VMEP_KERNELS_LOGFMT_H
@@ -41,8 +45,9 @@
 #define VMEP_LOGFMT_BITS 10   /* per channel: sign (bit 9), code (0..8) */
 #define VMEP_LOGFMT_MAX_CODE 511u
 /* The range below a group's largest magnitude that codes cover, in
- * powers of two: smaller magnitudes decode as 0 or the smallest level. */
-#define VMEP_LOGFMT_RANGE 32.0f
+ * octaves (units of 2^23 in the bits): smaller magnitudes decode as 0 or
+ * the smallest level. */
+#define VMEP_LOGFMT_RANGE 32u
 
 /* Bytes of one encoded row of `hidden` channels (a multiple of 128): the
  * 10-bit fields, then one 4-byte header per group. */
@@ -69,96 +74,56 @@ LF_FN float vmep_f32_of_bits(uint32_t bits) {
   return value;
 }
 
-/* log2(x) for a positive finite x, subnormals included; within a few
- * ulps of the result. */
-LF_FN float lf_log2(float x) {
-  uint32_t bits = vmep_f32_bits(x);
-  int e = 0;
-  if (bits < 0x00800000u) { /* subnormal: scaled by 2^24, exactly */
-    bits = vmep_f32_bits(LF_MUL(x, 16777216.0f));
-    e = -24;
-  }
-  e += (int)(bits >> 23) - 127;
-  float m = vmep_f32_of_bits((bits & 0x007fffffu) | 0x3f800000u); /* [1, 2) */
-  if (m > 1.41421356f) {
-    m = LF_MUL(m, 0.5f);
-    e += 1;
-  }
-  /* log2(m) = 2 / ln 2 * atanh(s), s = (m - 1) / (m + 1), |s| < 0.172:
-   * the odd series to s^9 leaves less than 2^-30. */
-  float s = LF_DIV(LF_SUB(m, 1.0f), LF_ADD(m, 1.0f));
-  float s2 = LF_MUL(s, s);
-  float p = fmaf(s2, 0.111111111f, 0.142857143f);
-  p = fmaf(s2, p, 0.2f);
-  p = fmaf(s2, p, 0.333333333f);
-  p = fmaf(s2, p, 1.0f);
-  return fmaf(LF_MUL(s, p), 2.88539008f, (float)e);
-}
-
-/* 2^n for -126 <= n <= 127, exactly. */
-LF_FN float lf_pow2i(int n) {
-  return vmep_f32_of_bits((uint32_t)(n + 127) << 23);
-}
-
-/* 2^y for -190 < y < 129: 2^f (|f| <= 0.5, Taylor to f^7, relative error
- * below 2^-26) times 2^n, rounded once where the result is subnormal. */
-LF_FN float lf_exp2(float y) {
-  float n = floorf(LF_ADD(y, 0.5f));
-  float f = LF_SUB(y, n); /* exact (Sterbenz) */
-  float p = fmaf(f, 1.52527338e-5f, 1.54035304e-4f);
-  p = fmaf(f, p, 1.33335581e-3f);
-  p = fmaf(f, p, 9.61812911e-3f);
-  p = fmaf(f, p, 5.55041087e-2f);
-  p = fmaf(f, p, 0.240226507f);
-  p = fmaf(f, p, 0.693147181f);
-  p = fmaf(f, p, 1.0f);
-  int e = (int)n;
-  if (e > 127)
-    return LF_MUL(LF_MUL(p, lf_pow2i(127)), lf_pow2i(e - 127));
-  if (e < -126)
-    return LF_MUL(LF_MUL(p, lf_pow2i(e + 64)), lf_pow2i(-64));
-  return LF_MUL(p, lf_pow2i(e));
-}
-
 /* What both ends derive from a group's header. step == 0 marks a flat
  * group: every nonzero magnitude is `flat` (all zero when flat is 0). */
 struct vmep_logfmt_group {
-  float log_min;  /* log2 of level 1 (code 1) */
-  float step;     /* log2 distance between levels: 510 steps to amax */
-  float inv_step; /* 1 / step */
-  float bias;     /* code = floor((log2|x| - log_min) / step + bias) */
+  uint32_t lo;    /* bits of level 1 (code 1) */
+  uint32_t top;   /* bits of amax: it and larger magnitudes take code 511 */
+  float step;     /* bits between two levels: (top - lo) / 510 */
+  float inv_step; /* 510 / (top - lo): the encoder's (vmep_logfmt_group_init) */
   float flat;
 };
 
 /*
- * The group of header (amax, amin): amax the largest finite magnitude (0
- * if none), amin the smallest nonzero one (ignored when amax is 0).
- * log_min = max(log2 amin, log2 amax - 32); the 511 levels split
- * [log_min, log2 amax] evenly, and `bias` puts the boundary between two
- * levels at their mean in the linear domain, so that a value rounds to
- * the nearer level. Cannot fail.
+ * The levels of header (amax, amin), all a decoder needs: amax the
+ * largest finite magnitude (0 if none), amin the smallest nonzero one
+ * (ignored when amax is 0). lo = max(bits amin, bits amax - 32 octaves);
+ * the 511 levels split [lo, bits amax] evenly. Cannot fail.
  */
-LF_FN void vmep_logfmt_group_init(float amax, float amin,
-                                  struct vmep_logfmt_group *g) {
-  g->log_min = 0.0f;
+LF_FN void vmep_logfmt_levels(float amax, float amin,
+                              struct vmep_logfmt_group *g) {
+  g->lo = 0;
+  g->top = 0;
   g->step = 0.0f;
   g->inv_step = 0.0f;
-  g->bias = 0.0f;
   g->flat = amax;
   if (amax == 0.0f || !(amin < amax))
     return;
-  float log_max = lf_log2(amax), log_min = lf_log2(amin);
-  float clip = LF_SUB(log_max, VMEP_LOGFMT_RANGE);
-  g->log_min = log_min > clip ? log_min : clip;
-  g->step =
-      LF_DIV(LF_SUB(log_max, g->log_min), (float)(VMEP_LOGFMT_MAX_CODE - 1u));
-  g->inv_step = LF_DIV(1.0f, g->step);
-  /* Between levels i and i + 1 the linear mean sits at i + mid steps. */
-  float mid = lf_log2(LF_MUL(LF_ADD(1.0f, lf_exp2(g->step)), 0.5f));
-  g->bias = LF_SUB(2.0f, LF_MUL(mid, g->inv_step));
+  const uint32_t top = vmep_f32_bits(amax), bottom = vmep_f32_bits(amin);
+  const uint32_t range = VMEP_LOGFMT_RANGE << 23;
+  g->lo = top - bottom > range ? top - range : bottom;
+  g->top = top;
+  g->step = LF_MUL((float)(top - g->lo), 1.0f / (VMEP_LOGFMT_MAX_CODE - 1u));
 }
 
-/* The group of a 4-byte header: bf16 bits of amax | amin << 16. */
+/* The levels and what the encoder needs besides: one division, done
+ * once per group. Cannot fail. */
+LF_FN void vmep_logfmt_group_init(float amax, float amin,
+                                  struct vmep_logfmt_group *g) {
+  vmep_logfmt_levels(amax, amin, g);
+  if (g->step != 0.0f)
+    g->inv_step =
+        LF_DIV((float)(VMEP_LOGFMT_MAX_CODE - 1u), (float)(g->top - g->lo));
+}
+
+/* The group of a 4-byte header (bf16 bits of amax | amin << 16): its
+ * levels alone, for decoders (no division), or (group_of) what the
+ * encoder needs too. */
+LF_FN void vmep_logfmt_levels_of(uint32_t header, struct vmep_logfmt_group *g) {
+  vmep_logfmt_levels(vmep_f32_of_bits(header << 16),
+                     vmep_f32_of_bits(header >> 16 << 16), g);
+}
+
 LF_FN void vmep_logfmt_group_of(uint32_t header, struct vmep_logfmt_group *g) {
   vmep_logfmt_group_init(vmep_f32_of_bits(header << 16),
                          vmep_f32_of_bits(header >> 16 << 16), g);
@@ -166,10 +131,13 @@ LF_FN void vmep_logfmt_group_of(uint32_t header, struct vmep_logfmt_group *g) {
 
 /*
  * The 10-bit field of x: the sign bit (of -0 too) at bit 9, and the code:
- * 0 for a zero, and for magnitudes that round below level 1; 1..511
- * otherwise. A non-finite x takes the group's top level (code 511, or 1
- * in a group of equal magnitudes): its largest finite magnitude, or 0 in
- * a group without one. Cannot fail.
+ * 0 for a zero; for a magnitude below level 1, 0 or 1, whichever is
+ * nearer; else 1 + the number of steps from level 1, rounded to the
+ * nearer level in the bits (in the linear domain, within a binade), and
+ * 511 from amax up. A non-finite x takes the group's top level (code 511,
+ * or 1 in a group of equal magnitudes): its largest finite magnitude, or
+ * 0 in a group without one. g must come from vmep_logfmt_group_init.
+ * Cannot fail.
  */
 LF_FN unsigned vmep_logfmt_encode(const struct vmep_logfmt_group *g, float x) {
   uint32_t bits = vmep_f32_bits(x), mag = bits & 0x7fffffffu;
@@ -178,27 +146,29 @@ LF_FN unsigned vmep_logfmt_encode(const struct vmep_logfmt_group *g, float x) {
     return sign;
   if (g->step == 0.0f)
     return sign | 1u;
-  if (mag >= 0x7f800000u)
+  if (mag >= g->top)
     return sign | VMEP_LOGFMT_MAX_CODE;
-  float d = LF_SUB(lf_log2(vmep_f32_of_bits(mag)), g->log_min);
-  float v = fmaf(d, g->inv_step, g->bias);
-  if (!(v >= 1.0f))
-    return sign;
+  if (mag < g->lo) /* 2 x is exact, or +Inf, which compares right too */
+    return LF_MUL(vmep_f32_of_bits(mag), 2.0f) < vmep_f32_of_bits(g->lo)
+               ? sign
+               : sign | 1u;
+  float v = fmaf((float)(mag - g->lo), g->inv_step, 1.5f);
   return sign | (v >= (float)VMEP_LOGFMT_MAX_CODE ? VMEP_LOGFMT_MAX_CODE
                                                   : (unsigned)v);
 }
 
-/* The value of a 10-bit field: +-0 for code 0, else +-2^(log_min +
- * (code - 1) * step), or +-flat in a flat group. Cannot fail. */
+/* The value of a 10-bit field: +-0 for code 0, else the magnitude whose
+ * bits are lo + (code - 1) steps (truncated), or +-flat in a flat group.
+ * Cannot fail. */
 LF_FN float vmep_logfmt_decode(const struct vmep_logfmt_group *g,
                                unsigned field) {
   unsigned code = field & VMEP_LOGFMT_MAX_CODE;
-  float mag = 0.0f;
+  uint32_t mag = 0;
   if (code != 0 && g->step == 0.0f)
-    mag = g->flat;
+    mag = vmep_f32_bits(g->flat);
   else if (code != 0)
-    mag = lf_exp2(fmaf((float)(code - 1u), g->step, g->log_min));
-  return (field >> 9) & 1u ? -mag : mag;
+    mag = g->lo + (uint32_t)LF_MUL((float)(code - 1u), g->step);
+  return vmep_f32_of_bits(mag | (uint32_t)(field >> 9 & 1u) << 31);
 }
 
 #endif /* VMEP_KERNELS_LOGFMT_H */

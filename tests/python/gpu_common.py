@@ -189,9 +189,10 @@ def expert_compute(recv, E, mode):
 
 
 # LogFMT's largest error per value, as a fraction of the value: rounding
-# to the nearer of two levels 2^(32/510) apart, plus slack for its
-# polynomial log2 / exp2 (docs/EP.md, "LogFMT").
-LOGFMT_RHO = (2 ** (32 / 510) - 1) / (2 ** (32 / 510) + 1) + 2 ** -14
+# to the nearer of two levels at most 32/510 of a binade apart in the fp32
+# bits, plus slack for the fp32 roundings of the step (docs/EP.md,
+# "LogFMT").
+LOGFMT_RHO = 32 / 1020 + 2 ** -14
 
 
 def expert_rows(me, E, mode):
