@@ -137,11 +137,7 @@ void vmep__allocator_install(const struct vmep_allocator *allocator);
   X(NODES, "VMEP_NODES", "0", "0..65536",                                      \
     "pretend nodes: N > 0 splits the ranks of one host into N nodes, rank r "  \
     "in node r * N / ranks, whose peers are never mapped (vmep-run --nodes "   \
-    "sets it); 0: nodes from host identity")                                   \
-  X(LL_ONE_BLOCK_ROWS, "VMEP_LL_ONE_BLOCK_ROWS", "8", "0..1048576",            \
-    "a low-latency dispatch whose tokens times ranks are at most this many "   \
-    "receives in one launch of one block instead of two launches (read at "    \
-    "buffer creation; 0: never)")
+    "sets it); 0: nodes from host identity")
 
 enum vmep_config_id {
 #define VMEP_CONFIG_ENUM(id, name, def, rule, doc) VMEP_CONFIG_##id,

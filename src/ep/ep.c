@@ -203,17 +203,11 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
                       "vmep_ep_config: max_ranks = %d, expected 0 or at least "
                       "the group's %d ranks",
                       config->max_ranks, vmep_group_size(group));
-  long long one_block_rows = 0;
-  status = vmep__config_int(VMEP_CONFIG_LL_ONE_BLOCK_ROWS, 0, 1048576,
-                            &one_block_rows);
-  if (status != VMEP_OK)
-    return status;
   vmep_ep *ep = vmep__calloc(1, sizeof(*ep));
   if (!ep)
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,
                       "vmep_ep_create: host allocation failed");
   ep->group = group;
-  ep->one_block_rows = (int)one_block_rows;
   (void)vmep__ep_config_read(config, &ep->config); /* checked above */
   ep->rank = vmep_group_rank(group);
   ep->num_ranks = vmep__ep_ranks(config, vmep_group_size(group));

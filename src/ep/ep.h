@@ -203,7 +203,6 @@ struct vmep_ep {
   vmep_ep_config config; /* device, num_sms and timeout resolved */
   int rank, num_ranks, local_experts;
   long long timeout_ns;
-  int one_block_rows; /* VMEP_LL_ONE_BLOCK_ROWS, read at creation */
   struct vmep_ll_layout layout;
   void *arena; /* private device memory: peers, state, routing scratch */
   char **peers;

@@ -46,7 +46,6 @@ void vmep__ep_params(const struct vmep_ep *ep, int parity, int num_topk,
   p->max_tokens = ep->config.max_tokens_per_rank;
   p->num_topk = num_topk;
   p->num_blocks = ep->config.num_sms;
-  p->one_block_rows = ep->one_block_rows;
   p->parity = parity;
   p->timeout_ns = ep->timeout_ns;
   p->layout = ep->layout;

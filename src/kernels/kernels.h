@@ -149,10 +149,7 @@ struct vmep_ll_ring {
 struct vmep_ll_params {
   int rank, num_ranks, num_experts, hidden, max_tokens, num_topk;
   int num_blocks; /* the SM budget */
-  /* A dispatch of tokens * ranks rows up to this receives in one launch
-   * of one block (VMEP_LL_ONE_BLOCK_ROWS) */
-  int one_block_rows;
-  int parity; /* buffer parity of this call (0 or 1) */
+  int parity;     /* buffer parity of this call (0 or 1) */
   long long timeout_ns;
   struct vmep_ll_layout layout;
   /* [num_ranks] where we write what each rank receives: its buffer

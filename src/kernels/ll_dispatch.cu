@@ -1,6 +1,5 @@
 /*
- * Low-latency dispatch, pull-based, in three launches (the last two in one
- * launch of one block when the call is a few rows, p.one_block_rows):
+ * Low-latency dispatch, pull-based, in three launches:
  *  send  - wait until every receiver released send[parity], stage each token
  *          once (bf16 copy or fp8 quantization, expert ids as int32, and
  *          the weights when given), raise the ready flag in every
@@ -83,10 +82,9 @@ __global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
                   row_len);
 }
 
-/* The count launch's work (counts_smem: L ints). */
-__device__ __forceinline__ void dispatch_count(const vmep_ll_params &p,
-                                               const vmep_ll_dispatch_io &io,
-                                               int *counts_smem) {
+__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
+    dispatch_count_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
+  extern __shared__ int counts_smem[];
   __shared__ int n_src, weighted;
   const int L = p.num_experts / p.num_ranks, K = p.num_topk;
   const int first = p.rank * L;
@@ -150,9 +148,8 @@ __device__ __forceinline__ void dispatch_count(const vmep_ll_params &p,
   }
 }
 
-/* The copy launch's work: reads what dispatch_count wrote. */
-__device__ __forceinline__ void dispatch_copy(const vmep_ll_params &p,
-                                              const vmep_ll_dispatch_io &io) {
+__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
+    dispatch_copy_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
   const int L = p.num_experts / p.num_ranks, K = p.num_topk, T = p.max_tokens;
   const size_t RT = (size_t)p.num_ranks * T;
   uint64_t epoch = p.state->disp_epoch[p.parity] + 1;
@@ -215,29 +212,6 @@ __device__ __forceinline__ void dispatch_copy(const vmep_ll_params &p,
                  &p.state->disp_epoch[p.parity]);
 }
 
-__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
-    dispatch_count_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
-  extern __shared__ int counts_smem[];
-  dispatch_count(p, io, counts_smem);
-}
-
-__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
-    dispatch_copy_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
-  dispatch_copy(p, io);
-}
-
-/* Both in one launch of one block: it is the count's last block, and its
- * own writes are visible to it after a barrier, so no launch boundary is
- * needed between them. For calls of a few rows, where a launch costs more
- * than a block's copy. */
-__global__ void __launch_bounds__(LL_THREADS, LL_MIN_BLOCKS)
-    dispatch_recv_one_block_kernel(vmep_ll_params p, vmep_ll_dispatch_io io) {
-  extern __shared__ int counts_smem[];
-  dispatch_count(p, io, counts_smem);
-  __syncthreads();
-  dispatch_copy(p, io);
-}
-
 extern "C" vmep_status
 vmep__ll_dispatch_send(const struct vmep_ll_params *p,
                        const struct vmep_ll_dispatch_io *io, void *stream) {
@@ -250,11 +224,6 @@ extern "C" vmep_status
 vmep__ll_dispatch_recv(const struct vmep_ll_params *p,
                        const struct vmep_ll_dispatch_io *io, void *stream) {
   size_t smem = sizeof(int) * (size_t)(p->num_experts / p->num_ranks);
-  if ((long long)io->num_tokens * p->num_ranks <= p->one_block_rows) {
-    dispatch_recv_one_block_kernel<<<1, LL_THREADS, smem,
-                                     (cudaStream_t)stream>>>(*p, *io);
-    return ll_launched("dispatch receive kernel (one block)");
-  }
   dispatch_count_kernel<<<p->num_blocks, LL_THREADS, smem,
                           (cudaStream_t)stream>>>(*p, *io);
   vmep_status status = ll_launched("dispatch count kernel");
