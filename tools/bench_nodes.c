@@ -5,6 +5,7 @@
  * byte split by node with the engine ceiling of the same inter-node bytes
  * between the same ranks (bench_engine.c), through the group.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -50,13 +51,40 @@ uint64_t bench_proxy_bytes(const vmep_ep *ep) {
   }
 }
 
-/* The ceiling's exchange over the group. The group cannot progress the
- * engine while it waits: the ceiling flushes before every barrier. */
+/* One vmep_group_allgatherv, on a thread of its own. */
+struct gather {
+  vmep_group *g;
+  const void *send;
+  size_t bytes, capacity;
+  void *recv;
+  size_t *sizes;
+  vmep_status status;
+  int done;
+};
+
+static void *gather_thread(void *arg) {
+  struct gather *c = arg;
+  c->status = vmep_group_allgatherv(c->g, c->send, c->bytes, c->recv,
+                                    c->capacity, c->sizes);
+  __atomic_store_n(&c->done, 1, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+/* The ceiling's exchange over the group, progressing the engine until it
+ * returns: over transports that emulate RMA (UCX's TCP) a put or flush of
+ * a peer completes only while we progress, and a peer's flush before the
+ * barrier may still wait for us. Without a thread, the exchange alone. */
 static vmep_status group_allgatherv(void *ctx, vmep_engine *engine,
                                     const void *send, size_t bytes, void *recv,
                                     size_t capacity, size_t *sizes) {
-  (void)engine;
-  return vmep_group_allgatherv(ctx, send, bytes, recv, capacity, sizes);
+  struct gather c = {ctx, send, bytes, capacity, recv, sizes, VMEP_OK, 0};
+  pthread_t thread;
+  if (!engine || pthread_create(&thread, NULL, gather_thread, &c) != 0)
+    return vmep_group_allgatherv(ctx, send, bytes, recv, capacity, sizes);
+  while (!__atomic_load_n(&c.done, __ATOMIC_ACQUIRE))
+    vmep__engine_progress(engine);
+  pthread_join(thread, NULL);
+  return c.status;
 }
 
 /* The ceiling of `split`'s inter-node bytes (none when `ok` is 0: every
