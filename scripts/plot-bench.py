@@ -103,6 +103,9 @@ def describe(runs, label):
     """Legend names (what differs between the files) and the shared line."""
     def mode(d):
         kind = "fp8" if d.get("fp8") else "zero-copy" if d.get("zero_copy") else "bf16"
+        # the combine's variants (vmep-bench --logfmt, --expert-reduce)
+        kind += " LogFMT" if d.get("logfmt") else ""
+        kind += " reduced at experts" if d.get("expert_reduce") else ""
         if d.get("mode") == "ht":
             kind = f"ht {kind}{' cached' if d.get('cached') else ''}"
         return kind
