@@ -6,12 +6,13 @@
  * evenly spaced in the bits of an fp32 magnitude, the piecewise-linear
  * log2 that a float's exponent and mantissa spell (its error to log2 is
  * at most 0.086 of an octave): each code costs a few integer and float
- * operations and no transcendental function or conversion, on the device
- * as on the host. This is the scalar codec, one source for the kernels and
- * the host reference, so that both give the same bits. Every float
- * operation is spelled out with its rounding: fmaf where fused, LF_*
- * elsewhere (the device's __f*_rn, which nvcc never fuses; plain operators
- * on the host, which is built with -ffp-contract=off). Shared by C and
+ * operations and no transcendental function, on the device as on the
+ * host. This is the scalar codec, one source for the kernels and the host
+ * reference, so that both give the same bits. Every float operation is
+ * spelled out with its rounding: fmaf where fused, LF_* elsewhere (the
+ * device's __f*_rn, which nvcc never fuses; plain operators on the host,
+ * which is built with -ffp-contract=off); conversions to float round to
+ * nearest and conversions to integers truncate on both. Shared by C and
  * CUDA code.
  */
 #ifndef VMEP_KERNELS_LOGFMT_H
@@ -73,41 +74,21 @@ LF_FN float vmep_f32_of_bits(uint32_t bits) {
   return value;
 }
 
-/* Levels sit on multiples of 2^6 bits above level 1: offsets in those
- * units are at most 2^22 (the range is at most 32 octaves, 2^28 bits), so
- * they go to float and back by adding 2^23, exactly, in full-rate float
- * operations (the device converts integers at a quarter of that rate). */
-#define VMEP_LOGFMT_UNIT_SHIFT 6
-
-/* n < 2^23 as a float, exactly. */
-LF_FN float lf_small_float(uint32_t n) {
-  return LF_SUB(vmep_f32_of_bits(0x4b000000u | n), 8388608.0f);
-}
-
-/* The integer nearest a * b + c (ties to even), for a * b + c in
- * [2^23, 2^24): the low 23 bits of 2^23 + that, rounded once. */
-LF_FN uint32_t lf_round_fma(float a, float b, float c) {
-  return vmep_f32_bits(fmaf(a, b, LF_ADD(c, 8388608.0f))) & 0x7fffffu;
-}
-
 /* What both ends derive from a group's header. step == 0 marks a flat
  * group: every nonzero magnitude is `flat` (all zero when flat is 0). */
 struct vmep_logfmt_group {
   uint32_t lo;    /* bits of level 1 (code 1) */
   uint32_t top;   /* bits of amax: it and larger magnitudes take code 511 */
-  float step;     /* units of 2^6 bits between two levels: units / 510 */
-  float inv_step; /* 510 / units: the encoder's (vmep_logfmt_group_init) */
+  float step;     /* bits between two levels: (top - lo) / 510 */
+  float inv_step; /* 510 / (top - lo): the encoder's (vmep_logfmt_group_init) */
   float flat;
 };
 
 /*
  * The levels of header (amax, amin), all a decoder needs: amax the
  * largest finite magnitude (0 if none), amin the smallest nonzero one
- * (ignored when amax is 0). lo = max(bits amin, bits amax - 32 octaves),
- * units = (bits amax - lo) / 2^6 (rounded down); level c sits at
- * lo + 2^6 round((c - 1) units / 510). A group of less than a unit is
- * flat (amax), which bf16 magnitudes, 2^16 bits apart, never are.
- * Cannot fail.
+ * (ignored when amax is 0). lo = max(bits amin, bits amax - 32 octaves);
+ * the 511 levels split [lo, bits amax] evenly. Cannot fail.
  */
 LF_FN void vmep_logfmt_levels(float amax, float amin,
                               struct vmep_logfmt_group *g) {
@@ -120,13 +101,9 @@ LF_FN void vmep_logfmt_levels(float amax, float amin,
     return;
   const uint32_t top = vmep_f32_bits(amax), bottom = vmep_f32_bits(amin);
   const uint32_t range = VMEP_LOGFMT_RANGE << 23;
-  const uint32_t lo = top - bottom > range ? top - range : bottom;
-  const uint32_t units = (top - lo) >> VMEP_LOGFMT_UNIT_SHIFT;
-  if (units == 0)
-    return;
-  g->lo = lo;
+  g->lo = top - bottom > range ? top - range : bottom;
   g->top = top;
-  g->step = LF_MUL(lf_small_float(units), 1.0f / (VMEP_LOGFMT_MAX_CODE - 1u));
+  g->step = LF_MUL((float)(top - g->lo), 1.0f / (VMEP_LOGFMT_MAX_CODE - 1u));
 }
 
 /* The levels and what the encoder needs besides: one division, done
@@ -136,8 +113,7 @@ LF_FN void vmep_logfmt_group_init(float amax, float amin,
   vmep_logfmt_levels(amax, amin, g);
   if (g->step != 0.0f)
     g->inv_step =
-        LF_DIV((float)(VMEP_LOGFMT_MAX_CODE - 1u),
-               lf_small_float((g->top - g->lo) >> VMEP_LOGFMT_UNIT_SHIFT));
+        LF_DIV((float)(VMEP_LOGFMT_MAX_CODE - 1u), (float)(g->top - g->lo));
 }
 
 /* The group of a 4-byte header (bf16 bits of amax | amin << 16): its
@@ -156,12 +132,12 @@ LF_FN void vmep_logfmt_group_of(uint32_t header, struct vmep_logfmt_group *g) {
 /*
  * The 10-bit field of x: the sign bit (of -0 too) at bit 9, and the code:
  * 0 for a zero; for a magnitude below level 1, 0 or 1, whichever is
- * nearer; else 1 + its whole units above level 1 times 510 / units,
- * rounded to the nearest integer (ties to even): the nearer level in the
- * bits, which within a binade is the nearer in value; 511 from amax up. A
- * non-finite x takes the group's top level (code 511, or 1 in a flat
- * group): its largest finite magnitude, or 0 in a group without one. g
- * must come from vmep_logfmt_group_init. Cannot fail.
+ * nearer; else 1 + the number of steps from level 1, rounded to the
+ * nearer level in the bits (in the linear domain, within a binade), and
+ * 511 from amax up. A non-finite x takes the group's top level (code 511,
+ * or 1 in a group of equal magnitudes): its largest finite magnitude, or
+ * 0 in a group without one. g must come from vmep_logfmt_group_init.
+ * Cannot fail.
  */
 LF_FN unsigned vmep_logfmt_encode(const struct vmep_logfmt_group *g, float x) {
   uint32_t bits = vmep_f32_bits(x), mag = bits & 0x7fffffffu;
@@ -176,14 +152,14 @@ LF_FN unsigned vmep_logfmt_encode(const struct vmep_logfmt_group *g, float x) {
     return LF_MUL(vmep_f32_of_bits(mag), 2.0f) < vmep_f32_of_bits(g->lo)
                ? sign
                : sign | 1u;
-  uint32_t code =
-      lf_round_fma(lf_small_float((mag - g->lo) >> VMEP_LOGFMT_UNIT_SHIFT),
-                   g->inv_step, 1.0f);
-  return sign | (code < VMEP_LOGFMT_MAX_CODE ? code : VMEP_LOGFMT_MAX_CODE);
+  float v = fmaf((float)(mag - g->lo), g->inv_step, 1.5f);
+  return sign | (v >= (float)VMEP_LOGFMT_MAX_CODE ? VMEP_LOGFMT_MAX_CODE
+                                                  : (unsigned)v);
 }
 
-/* The value of a 10-bit field: +-0 for code 0, else the magnitude of
- * level `code`, or +-flat in a flat group. Cannot fail. */
+/* The value of a 10-bit field: +-0 for code 0, else the magnitude whose
+ * bits are lo + (code - 1) steps (truncated), or +-flat in a flat group.
+ * Cannot fail. */
 LF_FN float vmep_logfmt_decode(const struct vmep_logfmt_group *g,
                                unsigned field) {
   unsigned code = field & VMEP_LOGFMT_MAX_CODE;
@@ -191,8 +167,7 @@ LF_FN float vmep_logfmt_decode(const struct vmep_logfmt_group *g,
   if (code != 0 && g->step == 0.0f)
     mag = vmep_f32_bits(g->flat);
   else if (code != 0)
-    mag = g->lo + (lf_round_fma(lf_small_float(code - 1u), g->step, 0.0f)
-                   << VMEP_LOGFMT_UNIT_SHIFT);
+    mag = g->lo + (uint32_t)LF_MUL((float)(code - 1u), g->step);
   return vmep_f32_of_bits(mag | (uint32_t)(field >> 9 & 1u) << 31);
 }
 
