@@ -189,7 +189,8 @@ vmep_status vmep__ep_proxy_raise(struct vmep_ep_proxy *px, int r,
 /* One turn: serves every request published in the ring (in order), sends
  * a moved heartbeat (at most every 100 us), drives the engine once.
  * Returns the number of requests served. A rank masked (ring->masked) gets
- * the flags and heartbeats alone, no data; a peer the engine reports
+ * no combine rows, as from the kernels, and everything else (dispatch
+ * areas, flags, heartbeats); a peer the engine reports
  * failed is skipped (logged once, with its rank): the kernels mask it after
  * their timeout. */
 int vmep__ep_proxy_step(struct vmep_ep_proxy *px);

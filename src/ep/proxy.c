@@ -481,11 +481,16 @@ static void serve(struct vmep_ep_proxy *px,
   for (int r = 0; r < px->num_ranks; r++) {
     if (!reachable(px, r))
       continue;
-    /* A masked rank gets the flag alone, as mapped ones do: its epochs
-     * stay in step for the calls after its mask is cleared. */
-    vmep_status status = __atomic_load_n(&px->ring->masked[r], __ATOMIC_ACQUIRE)
-                             ? VMEP_OK
-                             : ship(px, r, e);
+    /* A masked rank gets what a mapped one would: our send area, which
+     * it pulls whatever our mask says, no combine rows (the kernels push
+     * none to a masked source), and every flag, so that its epochs stay
+     * in step for the calls after its mask is cleared. */
+    const int rows =
+        e->op == VMEP_LL_SHIP_COMBINE || e->op == VMEP_LL_SHIP_HT_COMBINE;
+    vmep_status status =
+        rows && __atomic_load_n(&px->ring->masked[r], __ATOMIC_ACQUIRE)
+            ? VMEP_OK
+            : ship(px, r, e);
     if (status == VMEP_OK)
       status = signal(px, r, flag, e->value);
     if (status != VMEP_OK)

@@ -136,8 +136,8 @@ struct vmep_ll_ring_entry {
 
 /* The ring, in host memory mapped into the device. The device reserves
  * slots with state->ring_head; the proxy writes `tail` after each request
- * it took. `masked` mirrors state->masked for the proxy, which sends
- * nothing to a masked rank (the kernels and the host write both). */
+ * it took. `masked` mirrors state->masked for the proxy, which sends a
+ * masked rank no combine rows (the kernels and the host write both). */
 struct vmep_ll_ring {
   uint64_t tail;
   uint64_t pad[7];

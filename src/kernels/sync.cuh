@@ -38,7 +38,7 @@ __device__ __forceinline__ int ll_is_masked(const struct vmep_ll_state *st,
 
 /* Masks `rank` after a timeout (idempotent across threads and blocks);
  * with remote peers the proxy's copy of the mask too, so that it stops
- * sending to the rank. */
+ * sending the rank combine rows. */
 __device__ __forceinline__ void ll_mask_rank(const struct vmep_ll_params &p,
                                              int rank) {
   atomicExch(&p.state->masked[rank], 1);

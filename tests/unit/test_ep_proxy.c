@@ -23,10 +23,11 @@
  *    expert rank), with their weights and marks, and nowhere else (not the
  *    row indices, not the slots of stale or garbage marks);
  *  - a flag request, and the heartbeat (forwarded at most every 100 us);
- *  - in the last round the others mask rank MASKED: it gets the flags and
- *    heartbeats and no byte of the dispatch's data (its inbox stays
- *    poison, bytes_out counts 8 B toward it), and after the mask is
- *    cleared it gets data again (the survivors' rounds);
+ *  - in the last round (low-latency) the others mask rank MASKED: it gets
+ *    their dispatch areas, as it pulls them when mapped, every flag and
+ *    heartbeat, and no combine row (its slots stay poison, bytes_out
+ *    counts only the flag toward it), and after the mask is cleared it
+ *    gets rows again (the survivors' rounds);
  *  - some rounds post more requests than the ring holds at once.
  * Then one rank is killed (SIGKILL) while the survivors stream flags
  * toward it: they notice, their steps neither hang nor crash, bytes_out
@@ -111,7 +112,7 @@ struct shape {
   int reduced; /* low-latency, weights given to dispatch (the combine is
                   reduced at the expert side): 1 by every rank, 2 by the
                   odd ranks */
-  int masked;  /* the rank the others mask for this round's dispatch, or -1 */
+  int masked;  /* the rank the others mask in this round, or -1 */
   uint64_t epoch;
   size_t row_len;
   size_t comb_len; /* the bytes of a low-latency combine slot that travel:
@@ -408,10 +409,7 @@ static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
   for (int p = 0; p < NUM_RANKS; p++) {
     if (!s->live[p])
       continue;
-    want += 8; /* the flag, also to a masked rank */
-    if (p == sh->masked)
-      continue;
-    want += l->send_topk;
+    want += l->send_topk + 8;
     want += sh->kind == HT_CACHED ? 0 : ids;
     want += sh->kind == HIGH_THROUGHPUT || reduces(sh, s->rank) ? ids : 0;
     for (int t = 0; t < mine.n; t++)
@@ -431,10 +429,7 @@ static void dispatch(struct rank_state *s, int round, const struct shape *sh) {
               "dispatch flag", src);
     struct tokens tk;
     tokens_of(round, src, sh, &tk);
-    if (s->rank == sh->masked) /* the flag came, and no byte of data */
-      memset(s->want, POISON, area_bytes);
-    else
-      dispatch_want(s, round, sh, src, s->rank, &tk, area_bytes);
+    dispatch_want(s, round, sh, src, s->rank, &tk, area_bytes);
     compare(s, (const unsigned char *)s->px.inbox[src] + l->send[b], s->want,
             area_bytes, round, names[sh->fp8][sh->kind], src, l->row_bytes);
   }
@@ -459,7 +454,7 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
     for (int i = 0; i < n * K; i++)
       if (fills(ids, K, i, s->rank, reduces(sh, src))) {
         memcpy(slots + i * COMBINE_ROW, s->rows + i * COMBINE_ROW, COMBINE_ROW);
-        want += sh->comb_len;
+        want += src == sh->masked ? 0 : sh->comb_len; /* its flag alone */
       }
     want += 8;
   }
@@ -482,7 +477,7 @@ static void combine(struct rank_state *s, int round, const struct shape *sh) {
                 "combine flag", d);
   memset(s->want, POISON, slot_bytes);
   for (int d = 0; d < NUM_RANKS; d++) {
-    if (!s->live[d])
+    if (!s->live[d] || s->rank == sh->masked) /* masked: no row came */
       continue;
     struct gen g = gen_of(TAG_COMBINE, round, d, s->rank);
     gen_bytes(&g, s->rows, (size_t)mine.n * K * COMBINE_ROW);
@@ -684,15 +679,16 @@ static void run_round(struct rank_state *s, int round) {
   for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
     memset(s->px.stage + parts[i][0], POISON, parts[i][1]);
   barrier(s, NULL); /* every inbox poisoned before anyone sends */
-  /* A masked rank gets the dispatch's flag, the flag and the heartbeats,
-   * and no data: the others mask it in their rings as the kernels do. */
+  /* A masked rank gets the dispatch's area, every flag and heartbeat,
+   * and no combine row: the others mask it in their rings as the kernels
+   * do. */
   const int masks = sh.masked >= 0 && sh.masked != s->rank;
   if (masks)
     __atomic_store_n(&s->px.ring->masked[sh.masked], 1, __ATOMIC_RELEASE);
   dispatch(s, round, &sh);
-  if (sh.masked < 0 && sh.kind == LOW_LATENCY)
+  if (sh.kind == LOW_LATENCY)
     combine(s, round, &sh);
-  else if (sh.masked < 0)
+  else
     ht_combine(s, round, &sh);
   flag_and_beats(s, round, &sh);
   if (masks)
