@@ -478,15 +478,15 @@ static void serve(struct vmep_ep_proxy *px,
   const size_t flag =
       e->offset +
       ((size_t)e->parity * (size_t)px->num_ranks + px->rank) * sizeof(uint64_t);
+  /* A masked rank gets what a mapped one would: our send area, which it
+   * pulls whatever our mask says, no combine rows (the kernels push none
+   * to a masked source), and every flag, so that its epochs stay in step
+   * for the calls after its mask is cleared. */
+  const int rows =
+      e->op == VMEP_LL_SHIP_COMBINE || e->op == VMEP_LL_SHIP_HT_COMBINE;
   for (int r = 0; r < px->num_ranks; r++) {
     if (!reachable(px, r))
       continue;
-    /* A masked rank gets what a mapped one would: our send area, which
-     * it pulls whatever our mask says, no combine rows (the kernels push
-     * none to a masked source), and every flag, so that its epochs stay
-     * in step for the calls after its mask is cleared. */
-    const int rows =
-        e->op == VMEP_LL_SHIP_COMBINE || e->op == VMEP_LL_SHIP_HT_COMBINE;
     vmep_status status =
         rows && __atomic_load_n(&px->ring->masked[r], __ATOMIC_ACQUIRE)
             ? VMEP_OK
