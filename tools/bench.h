@@ -152,10 +152,12 @@ uint64_t bench_proxy_bytes(const vmep_ep *ep);
 vmep_status bench_nodes_run(vmep_group *g, const struct bench_options *o,
                             int experts, struct bench_result *r);
 
-/* The proxy's bytes per timed or warm-up call since `before`, its count
- * (bench_proxy_bytes) when they began. */
-double bench_proxy_per_call(const vmep_ep *ep, const struct bench_options *o,
-                            uint64_t before);
+/* Collective: once every rank's calls are done, the proxy's bytes per
+ * timed or warm-up call since `before`, its count (bench_proxy_bytes)
+ * when they began, into r->proxy_bytes. */
+vmep_status bench_proxy_per_call(vmep_group *g, const vmep_ep *ep,
+                                 const struct bench_options *o, uint64_t before,
+                                 struct bench_result *r);
 
 /* The end of a run of either mode, whatever `st` its measurement gave:
  * destroys `ep` and, across nodes with everything well, with the buffer

@@ -350,7 +350,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK)
     st = time_calls(ep, o, b, &da, &ca, s, res);
   if (st == VMEP_OK && res->nodes > 1)
-    res->proxy_bytes = bench_proxy_per_call(ep, o, proxy);
+    st = bench_proxy_per_call(g, ep, o, proxy, res);
   if (st == VMEP_OK)
     st = account(ep, o, b, own, &errors, res);
   /* The ceiling is collective: taken even when error bits are set (the

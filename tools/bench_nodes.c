@@ -156,10 +156,18 @@ vmep_status bench_nodes_run(vmep_group *g, const struct bench_options *o,
   return st != VMEP_OK ? st : ceil;
 }
 
-double bench_proxy_per_call(const vmep_ep *ep, const struct bench_options *o,
-                            uint64_t before) {
-  return (double)(bench_proxy_bytes(ep) - before) /
-         (double)(o->warmup + o->iters);
+vmep_status bench_proxy_per_call(vmep_group *g, const vmep_ep *ep,
+                                 const struct bench_options *o, uint64_t before,
+                                 struct bench_result *r) {
+  /* Once every rank has received all its calls, every proxy has posted
+   * all its puts. A rank's own calls may end before its proxy serves
+   * their last requests, and a proxy may wait longer than the settling
+   * time for a flush before it posts the next rank's puts. */
+  vmep_status st = vmep_group_barrier(g);
+  if (st == VMEP_OK)
+    r->proxy_bytes = (double)(bench_proxy_bytes(ep) - before) /
+                     (double)(o->warmup + o->iters);
+  return st;
 }
 
 vmep_status bench_end_run(vmep_group *g, const struct bench_options *o,

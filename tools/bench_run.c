@@ -233,7 +233,7 @@ static vmep_status measure(vmep_group *g, vmep_ep *ep,
   if (st == VMEP_OK)
     st = time_calls(ep, o, &da, &ca, s, res);
   if (st == VMEP_OK && res->nodes > 1)
-    res->proxy_bytes = bench_proxy_per_call(ep, o, proxy);
+    st = bench_proxy_per_call(g, ep, o, proxy, res);
   if (st == VMEP_OK)
     st = bench_time_ceiling(g, o, s, res);
   if (s)
