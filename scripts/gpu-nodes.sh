@@ -5,8 +5,9 @@
 # proxies), vmep-bench across 2 pretend nodes in both modes, then the
 # elastic plans on 2 and on 4 pretend nodes.
 # Logs under $OUT (or ./gpu-logs)/nodes.
-# GPU_NODES_TIMEOUT bounds each run (seconds, default 300); GPU_NODES_TESTS
-# is a CTest -R pattern that picks among the `nodes` tests (default: all);
+# GPU_NODES_TIMEOUT bounds each run and each test (seconds, default 300;
+# the tests together, four times it); GPU_NODES_TESTS is a CTest -R
+# pattern that picks among the `nodes` tests (default: all);
 # GPU_NODES_PLANS the elastic plans (comma-separated names, default: all of
 # tests/elastic/plans; empty: none), GPU_NODES_PLAN_NODES the node counts
 # they run with (default "2 4"); GPU_NODES_BENCH=0 skips vmep-bench.
@@ -18,16 +19,17 @@ export UCX_WARN_UNUSED_ENV_VARS=n
 status=0
 "$build/tools/vmep-info" > "$out/vmep-info.log" 2>&1
 grep -A3 "inter-node engine" "$out/vmep-info.log"
-run() { # name, then the command
+run() { # name, then the command; run_limit bounds it (default limit + 30 s)
   local name=$1; shift
   local t0=$SECONDS
-  timeout $((limit + 30)) "$@" > "$out/$name.log" 2>&1
+  timeout "${run_limit:-$((limit + 30))}" "$@" > "$out/$name.log" 2>&1
   local rc=$?
   echo "$name: rc $rc, $((SECONDS - t0)) s"
   [ $rc = 0 ] || { status=1; tail -15 "$out/$name.log"; }
 }
-run ctest-nodes ctest --test-dir "$build" -L nodes -R "${GPU_NODES_TESTS:-.}" \
-  --output-on-failure --timeout "$limit"
+# Each test within the limit, the twelve of them within four times it.
+run_limit=$((limit * 4)) run ctest-nodes ctest --test-dir "$build" -L nodes \
+  -R "${GPU_NODES_TESTS:-.}" --output-on-failure --timeout "$limit"
 grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest-nodes.log" | tail -14
 # The benchmark across 2 pretend nodes: intra / inter bytes, the proxy's
 # count, the engine's own ceiling; then the high-throughput calls the same
