@@ -52,7 +52,16 @@ log_ctest() {
   local skipped
   skipped=$(tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" |
     grep -cE '^[[:space:]]*[0-9]+ - .*\((Skipped|Not Run)\)$' || true)
-  [ "$rc" = 0 ] || { tail -n 80 "$VMEP_LOG_FILE"; echo "full log: $VMEP_LOG_FILE"; }
+  if [ "$rc" != 0 ]; then
+    tail -n 80 "$VMEP_LOG_FILE"
+    # The tail holds ctest's summary; say why each test failed, last, so a
+    # reader who sees only the end of the output still learns it.
+    echo "== $title: the failures' own lines"
+    tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" |
+      grep -E ': FAIL: |ERROR: AddressSanitizer|runtime error: |LeakSanitizer: detected|Test +#[0-9]+: .*(Failed|Timeout|Exception)' |
+      head -n 30 || true
+    echo "full log: $VMEP_LOG_FILE"
+  fi
   tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" | grep -E 'tests passed, ' | tail -n 1
   [ "$skipped" = 0 ] || echo "   ($skipped skipped: see $VMEP_LOG_FILE for why)"
   [ "$rc" = 0 ] || { echo "FAILED: $title (full log: $VMEP_LOG_FILE)"; exit 1; }

@@ -130,14 +130,15 @@ static vmep_status collect(void *user, size_t index, const void *value,
 static void test_waits(struct vmep_store_client *c) {
   const char *present[] = {"k1", "k2", "counter"};
   ASSERT_OK(vmep__store_wait(c, present, 3, 0));
-  /* A key another client sets 150 ms later. */
+  /* A key another client sets 150 ms later. The clock starts before the
+   * thread does, so the bound holds however the two are scheduled. */
   struct later l = {"late key", 150};
   pthread_t t;
-  ASSERT_EQ(pthread_create(&t, NULL, set_later, &l), 0);
   const char *late[] = {"k1", "late key"};
   uint64_t start = test_now_ms();
+  ASSERT_EQ(pthread_create(&t, NULL, set_later, &l), 0);
   ASSERT_OK(vmep__store_wait(c, late, 2, 5000));
-  ASSERT_TRUE(test_now_ms() - start >= 100);
+  ASSERT_TRUE(test_now_ms() - start >= 149); /* whole ms on both ends */
   ASSERT_EQ(pthread_join(t, NULL), 0);
   /* A timeout names the keys that are missing, and only those. */
   const char *missing[] = {"k1", "absent one", "k2", "absent two"};
@@ -145,7 +146,8 @@ static void test_waits(struct vmep_store_client *c) {
   ASSERT_STATUS(vmep__store_wait(c, missing, 4, 300), VMEP_ERR_TIMEOUT);
   uint64_t took = test_now_ms() - start;
   printf("a 300 ms wait timed out after %llu ms\n", (unsigned long long)took);
-  ASSERT_TRUE(took >= 290 && took < 3000);
+  /* The upper bound is loose: a loaded CI machine delays the answer. */
+  ASSERT_TRUE(took >= 290 && took < 20000);
   ASSERT_STR_CONTAINS(vmep_last_error(), "2 of 4 keys: absent one, absent two");
   /* Values that need several answer frames (3 x 3.5 MiB > 8 MiB). */
   struct collected got = {0};
@@ -159,7 +161,7 @@ static void test_waits(struct vmep_store_client *c) {
     ASSERT_OK(vmep__store_set(c, big[i], value, n));
   }
   free(value);
-  ASSERT_OK(vmep__store_wait_get(c, big, 4, 2000, collect, &got));
+  ASSERT_OK(vmep__store_wait_get(c, big, 4, 10000, collect, &got));
   ASSERT_EQ(got.calls, 4);
   ASSERT_EQ(got.lens[2], 10);
   ASSERT_EQ(got.lens[3], 3670016);
@@ -214,7 +216,7 @@ int main(void) {
   ASSERT_OK(vmep__store_server_start("127.0.0.1", 0, "tok", &server));
   snprintf(addr, sizeof(addr), "127.0.0.1:%d", vmep__store_server_port(server));
   struct vmep_store_client *c = connect_as(-1), *bad = NULL;
-  ASSERT_STATUS(vmep__store_client_connect(addr, "wrong", -1, -1, 2000, &bad),
+  ASSERT_STATUS(vmep__store_client_connect(addr, "wrong", -1, -1, 10000, &bad),
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "wrong job token");
   ASSERT_TRUE(bad == NULL);
@@ -223,7 +225,7 @@ int main(void) {
   test_waits(c);
   test_gather_cleanup(server);
   vmep__store_client_close(c, 1);
-  ASSERT_OK(vmep__store_server_drain(server, 1000));
+  ASSERT_OK(vmep__store_server_drain(server, 10000));
   vmep__store_server_stop(server);
   vmep__store_server_stop(NULL);
   vmep__store_client_close(NULL, 1);

@@ -244,9 +244,10 @@ static void test_instances(void) {
   ASSERT_STATUS(vmep__store_set(b, "k", "v", 1), VMEP_ERR_PEER);
   ASSERT_STR_CONTAINS(vmep_last_error(), "rank 0 died or left");
   ASSERT_STR_CONTAINS(vmep_last_error(), "the store was replaced");
-  ASSERT_TRUE(test_now_ms() - start < 1000);
+  /* At once: before the 2 s after which a lost host counts as dead. */
+  ASSERT_TRUE(test_now_ms() - start < 2000);
   vmep__store_client_close(b, 1);
-  ASSERT_OK(vmep__store_server_drain(server, 1000)); /* nobody came in */
+  ASSERT_OK(vmep__store_server_drain(server, 10000)); /* nobody came in */
   /* Left: this process starts no session on the second instance, and
    * finds the third as soon as it serves. */
   vmep__store_left(second);
@@ -260,7 +261,7 @@ static void test_instances(void) {
   uint64_t third = vmep__store_server_instance(server);
   ASSERT_TRUE(third != second && vmep__store_client_instance(c) == third);
   vmep__store_client_close(c, 1);
-  ASSERT_OK(vmep__store_server_drain(server, 1000));
+  ASSERT_OK(vmep__store_server_drain(server, 10000));
   vmep__store_server_stop(server);
 }
 
