@@ -1037,7 +1037,7 @@ static vmep_status connect_from(struct peer *peers, int me,
   }
   uint64_t t0 = vmep__now_ms();
   vmep__engine_destroy(engine);
-  if (vmep__now_ms() - t0 > 2000)
+  if (vmep__now_ms() - t0 > 4000) /* below the engine's 5 s bound */
     TEST_FAIL("destroying rank %d's engine took %" PRIu64 " ms (%s)", me,
               vmep__now_ms() - t0, vmep_last_error());
   free(px);

@@ -196,7 +196,7 @@ static void test_records(struct vmep_store_client *obs) {
   start = test_now_ms();
   ASSERT_STATUS(vmep__member_fetch(obs, NS, 10, 30000, &rec, &len),
                 VMEP_ERR_PEER);
-  ASSERT_TRUE(test_now_ms() - start < 1000);
+  ASSERT_TRUE(test_now_ms() - start < 5000); /* at once, not after 30 s */
   ASSERT_STR_CONTAINS(vmep_last_error(), "rank 10 died (vmep/dead/10 is set)");
   ASSERT_STATUS(vmep__member_fetch(obs, NS, 6, 30000, &rec, &len),
                 VMEP_ERR_PEER);
@@ -429,7 +429,7 @@ static void test_gather_failures(struct vmep_store_client *obs) {
   ASSERT_STATUS(vmep__member_allgather(obs, "f", 1, 40, with_dead, 2, &mine, 8,
                                        all, 30000),
                 VMEP_ERR_PEER);
-  ASSERT_TRUE(test_now_ms() - start < 1000);
+  ASSERT_TRUE(test_now_ms() - start < 5000); /* at once, not after 30 s */
   ASSERT_STR_CONTAINS(vmep_last_error(), "rank 10 died");
   /* Rank 10 gave its part (tag 5: the u64 7) before it died: an allgather
    * with it completes, since every part is there. */

@@ -41,7 +41,7 @@ static void test_connect_retry(struct vmep_store_server **server) {
   ASSERT_STATUS(vmep__store_client_connect(addr, TOKEN, 0, -1, 300, &c),
                 VMEP_ERR_TIMEOUT);
   uint64_t took = test_now_ms() - start;
-  ASSERT_TRUE(took >= 300 && took < 2000);
+  ASSERT_TRUE(took >= 300 && took < 10000); /* loose: CI may be loaded */
   ASSERT_STR_CONTAINS(vmep_last_error(), addr);
   ASSERT_STR_CONTAINS(vmep_last_error(), "Connection refused");
   ASSERT_TRUE(c == NULL);
