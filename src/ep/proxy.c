@@ -446,10 +446,11 @@ static void report(struct vmep_ep_proxy *px, int r, const char *why) {
 static int reachable(struct vmep_ep_proxy *px, int r) {
   if (!vmep__rank_set_has(&px->remote, r) || !px->keys[r])
     return 0;
-  if (vmep__engine_peer_is_failed(px->engine, r)) {
-    /* The engine found it while progressing and logged why; our last
-     * error, if any, is about something else. */
-    report(px, r, "the engine marked it failed");
+  const char *why = vmep__engine_peer_failure(px->engine, r);
+  if (why) {
+    /* The engine found it while progressing; our last error, if any, is
+     * about something else. */
+    report(px, r, why);
     return 0;
   }
   return 1;

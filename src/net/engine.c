@@ -287,8 +287,14 @@ void vmep__engine_disconnect(vmep_engine *engine, int rank) {
 }
 
 int vmep__engine_peer_is_failed(const vmep_engine *engine, int rank) {
-  return engine && rank >= 0 && rank < engine->size &&
-         engine->peers[rank].failed;
+  return vmep__engine_peer_failure(engine, rank) != NULL;
+}
+
+const char *vmep__engine_peer_failure(const vmep_engine *engine, int rank) {
+  if (!engine || rank < 0 || rank >= engine->size ||
+      !engine->peers[rank].failed)
+    return NULL;
+  return engine->peers[rank].why;
 }
 
 void vmep__engine_peer_failed(vmep_engine *engine, int rank, const char *why) {

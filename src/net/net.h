@@ -1,6 +1,6 @@
 /*
- * net: the RDMA engine that reaches peers in other nodes (DESIGN.md
- * section 9). Callers see one opaque engine and the vmep__engine_* calls
+ * net: the RDMA engine that reaches peers in other nodes (docs/
+ * INTERNODE.md). Callers see one opaque engine and the vmep__engine_* calls
  * below; a transport plugs in through struct vmep_engine_ops (UCX's ucp
  * today, in ucx.c; NCCL GIN or libfabric could follow without touching
  * callers). Address and remote-key blobs travel between ranks in vmep's
@@ -202,7 +202,7 @@ vmep_status vmep__engine_put_signal(vmep_engine *engine, int rank,
  * Waits until every operation posted toward `rank` (-1: toward every
  * connected peer) is complete at the target. timeout_ms <= 0 uses the
  * engine's. VMEP_ERR_PEER naming a failed rank, VMEP_ERR_TIMEOUT naming
- * the rank (or "all peers") when the bound passes.
+ * the rank that did not complete when the bound passes.
  */
 vmep_status vmep__engine_flush(vmep_engine *engine, int rank, int timeout_ms);
 
@@ -222,8 +222,14 @@ void vmep__engine_disconnect(vmep_engine *engine, int rank);
 /* Nonzero when `rank` was marked failed. */
 int vmep__engine_peer_is_failed(const vmep_engine *engine, int rank);
 
+/* Why `rank` was marked failed (the transport's first reason), or NULL
+ * when it was not. */
+const char *vmep__engine_peer_failure(const vmep_engine *engine, int rank);
+
 /* For transports: marks `rank` failed with `why` (first reason kept); every
- * later call toward it returns VMEP_ERR_PEER. Logs at warn once. */
+ * later call toward it returns VMEP_ERR_PEER. Logs at info once: a peer
+ * that leaves first reads the same, so the engine's user says whether the
+ * failure matters (docs/INTERNODE.md, "Faults"). */
 void vmep__engine_peer_failed(vmep_engine *engine, int rank, const char *why);
 
 /* The engine's timeout in ms (for transports' waits). */
