@@ -229,9 +229,9 @@ _ELASTIC_PROTOTYPES = {
 }
 _PROTOTYPES.update(_ELASTIC_PROTOTYPES)
 
-# High-throughput dispatch / combine (include/vmep.h, "High-throughput").
-# Optional: a libvmep 0.3 built before them loads, and only the
-# high-throughput calls are refused (Library.require_high_throughput).
+# High-throughput dispatch / combine (include/vmep.h, "High-throughput"),
+# since 0.4.0: required like the rest (a library older than MIRRORED is
+# refused anyway).
 _HT_PROTOTYPES = {
     "vmep_ep_ht_layout":
         (c_int, [_P, _P, c_int, c_int, _P, _P, _P, _P]),
@@ -246,6 +246,7 @@ _HT_PROTOTYPES = {
     "vmep_ep_ht_combine_buffer":
         (c_int, [_P, POINTER(HtHandle), POINTER(_P), POINTER(c_int)]),
 }
+_PROTOTYPES.update(_HT_PROTOTYPES)
 
 
 def library_candidates():
@@ -295,9 +296,8 @@ class Library:
     """libvmep with its prototypes set; `call(name, *args)` raises the
     mapped exception for a failed status. A library that lacks an entry
     point (one built before elastic membership) is refused at load with
-    the missing names, never half bound; the high-throughput entry points
-    are bound all or none (`ht_missing` lists those absent). `cdll`
-    replaces ctypes.CDLL(path) (the CPU tests pass a fake)."""
+    the missing names, never half bound. `cdll` replaces ctypes.CDLL(path)
+    (the CPU tests pass a fake)."""
 
     def __init__(self, path, cdll=None):
         self.path = path
@@ -305,18 +305,16 @@ class Library:
         missing = [name for name in _PROTOTYPES
                    if getattr(self.cdll, name, None) is None]
         if missing:
-            elastic = [n for n in missing if n in _ELASTIC_PROTOTYPES]
-            why = (" (built before elastic membership: masks, connect / "
-                   "disconnect, vmep_group_join)" if elastic else "")
+            before = [what for what, names in (
+                ("elastic membership: masks, connect / disconnect, "
+                 "vmep_group_join", _ELASTIC_PROTOTYPES),
+                ("the high-throughput calls", _HT_PROTOTYPES))
+                if any(n in names for n in missing)]
+            why = f" (built before {' and '.join(before)})" if before else ""
             raise AttributeError(
                 f"{path} lacks {', '.join(missing)}{why}; rebuild libvmep "
                 "from a checkout that matches this package")
-        self.ht_missing = [name for name in _HT_PROTOTYPES
-                           if getattr(self.cdll, name, None) is None]
-        bound = dict(_PROTOTYPES)
-        if not self.ht_missing:
-            bound.update(_HT_PROTOTYPES)
-        for name, (restype, argtypes) in bound.items():
+        for name, (restype, argtypes) in _PROTOTYPES.items():
             fn = getattr(self.cdll, name)
             fn.restype, fn.argtypes = restype, argtypes
         version = self.cdll.vmep_version()  # bytes (a test fake: not)
@@ -329,19 +327,9 @@ class Library:
                 "package")
 
     def __getattr__(self, name):
-        if name.startswith("vmep_") and (name in _PROTOTYPES or (
-                name in _HT_PROTOTYPES and not self.ht_missing)):
+        if name.startswith("vmep_") and name in _PROTOTYPES:
             return getattr(self.cdll, name)
         raise AttributeError(name)
-
-    def require_high_throughput(self, what):
-        """Raises Error naming `what` when this library lacks the
-        high-throughput entry points."""
-        if self.ht_missing:
-            raise Error(f"{what}: {self.path} lacks "
-                        f"{', '.join(self.ht_missing)} (built before the "
-                        "high-throughput calls); rebuild libvmep from a "
-                        "checkout that implements them")
 
     def last_error(self):
         text = self.cdll.vmep_last_error()

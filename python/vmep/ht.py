@@ -296,7 +296,6 @@ class HighThroughput:
         n, K = topk_idx.shape
         event_in = self._check_overlap(previous_event, async_finish,
                                        allocate_on_comm_stream)
-        self._lib.require_high_throughput("get_dispatch_layout")
         ep = self._ep
         if ep is not None and self._shape[2] != E:
             raise ValueError(f"num_experts={E}, the buffer serves "
@@ -373,7 +372,6 @@ class HighThroughput:
             raise Error("dispatch without num_worst_tokens reads the "
                         "received row count on the host, which CUDA graph "
                         "capture cannot: pass num_worst_tokens")
-        self._lib.require_high_throughput("dispatch")
         # Every argument is checked before the first call's collective.
         ep, _ = self._ht_ep(n, H, E, K, config.num_sms if config else None)
         L = E // self.group_size
@@ -445,7 +443,6 @@ class HighThroughput:
         if (n, H) != (handle.num_tokens, handle.hidden):
             raise ValueError(f"x has shape {(n, H)}, the handle's dispatch "
                              f"had {(handle.num_tokens, handle.hidden)}")
-        self._lib.require_high_throughput("dispatch")
         ep = self._live_ep()
         stream, stream_ptr = self._ht_stream(async_finish, event_in)
         args = _lib.HtDispatchArgs(
@@ -472,7 +469,6 @@ class HighThroughput:
         that handle is combined, combines of other handles of the parity
         are refused. Every rank combines in place, or none."""
         handle = self._check_ht_handle(handle)
-        self._lib.require_high_throughput("combine")
         return self._ht_combine_buffer(handle.c_handle,
                                        (handle.rows, handle.hidden))
 
@@ -506,7 +502,6 @@ class HighThroughput:
         bias0, bias1 = self._bias(bias, n, H)
         event_in = self._check_overlap(previous_event, async_finish,
                                        allocate_on_comm_stream)
-        self._lib.require_high_throughput("combine")
         ep = self._live_ep()
         stream, stream_ptr = self._ht_stream(async_finish, event_in)
         with self._allocating(stream, allocate_on_comm_stream):
