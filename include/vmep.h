@@ -9,7 +9,9 @@
  *
  * NULL handles: a destroy / free / release of NULL is a no-op (VMEP_OK);
  * any other call given a NULL handle, or a NULL pointer it needs, returns
- * VMEP_ERR_INVALID_ARG with the message "<function>: <argument> is NULL".
+ * VMEP_ERR_INVALID_ARG with the message "<function>: <argument> is NULL"
+ * (a NULL argument struct is named by its type, e.g. "vmep_ep_dispatch:
+ * vmep_ep_dispatch_args is NULL").
  * An accessor given NULL returns -1 for an index (rank, device, node), 0
  * for a count or a size, NULL or "" for a pointer or a text, and
  * VMEP_MEM_NONE for a strategy (tests/unit/test_null_handles.c).
@@ -66,7 +68,7 @@ VMEP_API const char *vmep_status_string(vmep_status status);
  * The message of the last failure on the calling thread, written where the
  * failure was first detected, e.g.
  *   "cuMemCreate(fabric, 2097152 B, device 0): CUDA_ERROR_NOT_PERMITTED
- *    (no IMEX channel?)".
+ *    (no IMEX channel for this process?)".
  * Valid until the next vmep call on this thread fails. "" if none.
  */
 VMEP_API const char *vmep_last_error(void);
@@ -422,12 +424,16 @@ typedef struct vmep_ep vmep_ep;
  * struct_size) up to the library's sizeof. 0 (not set), a smaller value or
  * a larger one (a caller built against a newer vmep.h than the library's)
  * is VMEP_ERR_INVALID_ARG naming the struct. Start from _init, so that
- * fields a newer header adds get their defaults too.
+ * fields a newer header adds get their defaults too. The high-throughput
+ * argument structs (vmep_ep_ht_dispatch_args, vmep_ep_ht_combine_args)
+ * start with struct_size too, but take only their exact size for now.
  */
 
 typedef struct vmep_ep_config {
   size_t struct_size;      /* sizeof(vmep_ep_config): vmep_ep_config_init */
-  int num_experts;         /* E: a multiple of the group size */
+  int num_experts;         /* E: a multiple of the ranks (max_ranks, or the
+                              group's size), at most 32767 per rank,
+                              E * max_tokens_per_rank < 2^31 */
   int hidden;              /* H: a multiple of 128, 128..32768 */
   int max_tokens_per_rank; /* T: 1..65535 */
   int max_topk;            /* 1..16 */
@@ -592,9 +598,11 @@ typedef struct vmep_ep_combine_args {
   /* appended in 0.4.0 (struct_size 48 leaves it 0) */
   int use_logfmt; /* 1: expert rows travel as LogFMT-10 (DeepEP's
                      use_logfmt; docs/EP.md): per 128 channels a range of
-                     magnitudes, per channel a sign and a 9-bit log2
-                     level, 41 H / 32 bytes a row instead of 2 H; at most
-                     about 2.2% error per value before the weighted sum.
+                     magnitudes, per channel a sign and a 9-bit code,
+                     levels evenly spaced in the fp32 bits between the
+                     range's ends, 41 H / 32 bytes a row instead of 2 H;
+                     at most about 3.1% error per value before the
+                     weighted sum.
                      The same on every rank of a combine (the sources
                      decode what the expert ranks encoded), as is a
                      zero-copy expert_out, which refuses it

@@ -64,7 +64,7 @@ static void usage(FILE *out) {
           "                   the engine's own ceiling of the same bytes "
           "(engine eff); over\n"
           "                   TCP on one machine only engine eff means "
-          "anything (ll only)\n"
+          "anything\n"
           "  --seed S         random seed (default 1)\n"
           "  --json FILE      also write the results as JSON (rank 0)\n"
           "  --version        print the version; -h, --help this text\n");

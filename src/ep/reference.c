@@ -1,10 +1,10 @@
 /*
- * The host reference of low-latency dispatch and combine (DESIGN.md section
- * 6): plain loops over the inputs of every rank, written for obviousness
- * rather than speed, yet linear in the data so that T = 4096, H = 8192,
- * K = 16, R = 8 takes seconds. Dispatch produces one canonical layout;
- * combine follows whatever layout an implementation produced, so the same
- * code checks any kernel's outputs (check.c).
+ * The host reference of low-latency dispatch and combine (docs/EP.md): plain
+ * loops over the inputs of every rank, written for obviousness rather than
+ * speed, yet linear in the data so that T = 4096, H = 8192, K = 16, R = 8 takes
+ * seconds. Dispatch produces one canonical layout; combine follows whatever
+ * layout an implementation produced, so the same code checks any kernel's
+ * outputs (check.c).
  */
 #include <math.h>
 #include <string.h>

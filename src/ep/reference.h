@@ -3,7 +3,7 @@
  * fp8 e4m3 and the fp8 scales, bit for bit as the kernels compute them),
  * a plain-C reference of dispatch and combine, low-latency and
  * high-throughput, and the checkers that compare an implementation's
- * outputs with it (DESIGN.md section 6).
+ * outputs with it (docs/EP.md).
  * Tests, tools and benchmarks include it; the EP buffer itself does not
  * need it. Plain C, no CUDA headers, so that CPU tests and GPU tests (.cu,
  * C++) can include it alike.

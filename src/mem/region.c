@@ -1,6 +1,6 @@
 /*
  * Regions: device memory that peers can map, allocated through the
- * strategy chain FABRIC -> POSIX_FD -> LEGACY (DESIGN.md section 4). A
+ * strategy chain FABRIC -> POSIX_FD -> LEGACY (docs/MEMORY.md). A
  * strategy the probe found unusable, or whose allocation answers "not
  * permitted / not supported / invalid value", is skipped and the reason
  * kept; out of memory and other errors end the call.

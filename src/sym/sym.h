@@ -26,7 +26,7 @@ enum vmep_peer_kind {
   VMEP_PEER_SELF,     /* our own region */
   VMEP_PEER_MAPPED,   /* imported and mapped: kernels load and store */
   /* Not mapped: in another node (vmep__topology_class), reached through an
-   * RDMA engine (DESIGN.md section 9). Its base is NULL. */
+   * RDMA engine (docs/INTERNODE.md). Its base is NULL. */
   VMEP_PEER_REMOTE,
 };
 

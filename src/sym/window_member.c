@@ -4,8 +4,8 @@
  * the publisher's session) and serves its fd, and a rank that arrives
  * later maps the others from their records, and they map it, one at a
  * time. A record names its publisher's VMEP_NODES and node: a rank of
- * another pretend node is refused (VMEP_ERR_UNSUPPORTED), never mapped,
- * since attaching a remote peer needs the RDMA engine (docs/TOPOLOGY.md).
+ * another pretend node is marked remote, never mapped; the window's user
+ * reaches it through the RDMA engine (docs/TOPOLOGY.md).
  */
 #include <stdio.h>
 #include <string.h>

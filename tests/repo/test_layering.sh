@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fails on any #include that reaches up the layer stack (DESIGN.md section 1):
+# Fails on any #include that reaches up the layer stack (README.md, "Layout"):
 # core <- driver <- mem <- sym <- ep, core <- store <- boot <- sym, kernels
 # below ep, core <- net (the RDMA engine, core only) <- sym, ep. boot moves
 # bytes and fds and never includes mem or driver; sym (symmetric memory) is

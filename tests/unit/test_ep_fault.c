@@ -24,7 +24,7 @@
 /* Short: a trial whose rank 0 failed early ends at rank 1's timeout. */
 #define TIMEOUT_MS "400"
 
-/* What each injected CUresult must become (DESIGN.md section 4). */
+/* What each injected CUresult must become (docs/MEMORY.md). */
 struct injection {
   CUresult result;
   const char *name;

@@ -10,7 +10,7 @@
 #include "fake_driver.h"
 #include "test.h"
 
-/* What each injected CUresult must become (DESIGN.md section 4). */
+/* What each injected CUresult must become (docs/MEMORY.md). */
 static const struct {
   CUresult result;
   const char *name;
