@@ -346,7 +346,8 @@ vmep_status vmep__store_server_start(const char *host, int port,
                                      struct vmep_store_server **server_out);
 /* The port it listens on. */
 int vmep__store_server_port(const struct vmep_store_server *server);
-/* Keys it holds (as of its last loop turn). Thread-safe. */
+/* Keys it holds, as of the last request it answered or its last loop turn,
+ * whichever came later. Thread-safe. */
 size_t vmep__store_server_keys(struct vmep_store_server *server);
 /* Its state's instance id (see vmep__store_state_create). */
 uint64_t vmep__store_server_instance(const struct vmep_store_server *server);

@@ -110,6 +110,13 @@ static int answered(const struct conn *c, int next, size_t queued_before) {
 
 /* Handles the complete frames buffered, one at a time, while the client
  * is not blocked in a wait and its answers are not backed up. */
+/* The key count vmep__store_server_keys reads. */
+static void publish_keys(struct vmep_store_server *s) {
+  pthread_mutex_lock(&s->lock);
+  s->keys = vmep__store_state_keys(s->state);
+  pthread_mutex_unlock(&s->lock);
+}
+
 static void conn_process(struct vmep_store_server *s, struct conn *c) {
   while (conn_ready(c) && c->in_len > 0) {
     struct vmep_store_request q;
@@ -135,6 +142,10 @@ static void conn_process(struct vmep_store_server *s, struct conn *c) {
       }
       c->pending = next == VMEP_STORE_PEER_PENDING;
       c->closing = next == VMEP_STORE_PEER_CLOSE;
+      /* Before the answer leaves: a client that has it reads a count that
+       * holds its request and everything before it (one turn may serve
+       * several requests of a connection). */
+      publish_keys(s);
     }
     conn_flush(s, c);
   }
@@ -277,8 +288,8 @@ static void sweep(struct vmep_store_server *s) {
     s->conns[kept++] = c;
   }
   s->nconns = kept;
+  publish_keys(s);
   pthread_mutex_lock(&s->lock);
-  s->keys = vmep__store_state_keys(s->state);
   if (s->retire && !s->retired) {
     vmep__store_state_retire(s->state);
     s->retired = 1;
