@@ -55,11 +55,17 @@ vmep_status vmep_ep_ht_layout(vmep_ep *ep, const int64_t *topk_idx,
   vmep_status status = check_topk(ep, call, num_topk);
   if (status != VMEP_OK)
     return status;
-  if (num_tokens < 0)
+  /* T bounds the tokens of every call on the buffer (vmep.h), and keeps
+   * the launch's block count within an int. */
+  if (num_tokens < 0 || num_tokens > ep->config.max_tokens_per_rank)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "%s: num_tokens = %d, expected >= 0", call, num_tokens);
-  if (vmep__ep_bad_ptr(topk_idx, 8, num_tokens == 0))
-    return vmep__ep_bad_arg(call, "topk_idx must be an 8-byte aligned pointer");
+                      "%s: num_tokens = %d, expected 0..%d "
+                      "(max_tokens_per_rank)",
+                      call, num_tokens, ep->config.max_tokens_per_rank);
+  if (!topk_idx && num_tokens > 0)
+    return vmep__ep_null_arg(call, "topk_idx");
+  if (vmep__ep_bad_ptr(topk_idx, 8, 1))
+    return vmep__ep_bad_arg(call, "topk_idx must be 8-byte aligned");
   if (vmep__ep_bad_ptr(tokens_per_rank, 4, 1) ||
       vmep__ep_bad_ptr(tokens_per_expert, 4, 1))
     return vmep__ep_bad_arg(call, "tokens_per_rank and tokens_per_expert "

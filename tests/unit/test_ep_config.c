@@ -436,6 +436,31 @@ static void ht_args(void) {
   ASSERT_EQ(ep.calls, 3); /* nothing was counted as dispatched */
 }
 
+/* The layout's direct arguments: num_tokens bounded by the buffer's T as
+ * in the dispatch (a count near INT_MAX overflowed the launch's block
+ * count), a NULL topk_idx named as NULL, a misaligned one as such. */
+static void ht_layout_args(void) {
+  struct vmep_ep ep = fake_ep();
+  static uint64_t mem[64];
+  int32_t *per_rank = (int32_t *)mem;
+  int bad_tokens[] = {129, 0x7fffffff};
+  for (size_t i = 0; i < VMEP_ARRAY_SIZE(bad_tokens); i++) {
+    ASSERT_STATUS(vmep_ep_ht_layout(&ep, (int64_t *)mem, bad_tokens[i], 8,
+                                    per_rank, NULL, NULL, NULL),
+                  VMEP_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(vmep_last_error(), "vmep_ep_ht_layout: num_tokens = ");
+    ASSERT_STR_CONTAINS(vmep_last_error(), "expected 0..128");
+  }
+  ASSERT_STATUS(vmep_ep_ht_layout(&ep, NULL, 4, 8, NULL, NULL, NULL, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "vmep_ep_ht_layout: topk_idx is NULL");
+  ASSERT_STATUS(vmep_ep_ht_layout(&ep, (int64_t *)((char *)mem + 4), 4, 8, NULL,
+                                  NULL, NULL, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(),
+                      "vmep_ep_ht_layout: topk_idx must be 8-byte aligned");
+}
+
 /* The structs that grow: _init sets struct_size and the defaults; 0, a
  * size below the 0.3.0 layout or one above the library's sizeof is
  * refused naming the struct, by every call that reads it. */
@@ -592,9 +617,10 @@ int main(void) {
   dispatch_args();
   combine_args();
   ht_args();
+  ht_layout_args();
   struct_sizes();
   struct_read();
   membership_refusals();
-  printf("9 passed, 0 failed\n");
+  printf("10 passed, 0 failed\n");
   return 0;
 }
