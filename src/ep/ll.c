@@ -236,12 +236,16 @@ void vmep__ep_dispatched(struct vmep_ep *ep, int parity, int pending, int ht) {
   ep->parity_ht[parity] = ht;
 }
 
-/* A handle from this buffer whose parity no later dispatch reused. */
+/* A handle from this buffer whose parity no later dispatch reused. Its
+ * token and top-k counts size the launches: they must be ones a dispatch
+ * of this buffer could have had. */
 static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_handle *h,
                                 const char *call) {
   if (!ep || !h)
     return vmep__ep_null_arg(call, ep ? "handle" : "ep");
-  if (h->parity < 0 || h->parity > 1 || h->call == 0 || h->call > ep->calls)
+  if (h->parity < 0 || h->parity > 1 || h->call == 0 || h->call > ep->calls ||
+      h->num_topk < 1 || h->num_topk > ep->config.max_topk ||
+      h->num_tokens < 0 || h->num_tokens > ep->config.max_tokens_per_rank)
     return vmep__ep_bad_arg(call, "not a handle of this buffer's dispatches");
   if (ep->parity_call[h->parity] != h->call || ep->parity_ht[h->parity])
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,

@@ -298,6 +298,52 @@ static void combine_args(void) {
   ASSERT_STATUS(vmep_ep_dispatch_recv(&ep, &stale, NULL), VMEP_ERR_INVALID_ARG);
 }
 
+/* A low-latency handle's token and top-k counts size the launches of its
+ * receive phases and combine: counts no dispatch of the buffer could have
+ * had are refused, as a high-throughput handle's are, before anything is
+ * launched. */
+static void ll_handle_fields(void) {
+  struct vmep_ep ep = fake_ep();
+  static uint64_t mem[1024];
+  vmep_ep_combine_args a;
+  vmep_ep_combine_args_init(&a);
+  a.expert_out = mem;
+  a.topk_idx = (int64_t *)mem;
+  a.topk_weights = (float *)mem;
+  a.out = mem;
+  void *buf = NULL;
+  ep.calls = 2;
+  ep.parity_call[0] = 2;
+  ep.parity_call[1] = 1;
+  /* num_topk above max_topk (8) or below 1, num_tokens above T (128) or
+   * negative; the call and parity are dispatch 2's */
+  vmep_ep_handle bad[] = {
+      {0, 16, 17, 2}, {0, 16, 0, 2}, {0, 129, 8, 2}, {0, -1, 8, 2}};
+  for (size_t i = 0; i < VMEP_ARRAY_SIZE(bad); i++) {
+    ASSERT_STATUS(vmep_ep_combine(&ep, &a, &bad[i], VMEP_EP_SEND_RECV, NULL),
+                  VMEP_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(vmep_last_error(),
+                        "vmep_ep_combine: not a handle of this buffer's");
+    ASSERT_STATUS(vmep_ep_combine_buffer(&ep, &bad[i], &buf),
+                  VMEP_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(vmep_last_error(),
+                        "vmep_ep_combine_buffer: not a handle");
+    ep.dispatch_pending[0] = 1; /* its receive phase waits */
+    ASSERT_STATUS(vmep_ep_dispatch_recv(&ep, &bad[i], NULL),
+                  VMEP_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(vmep_last_error(),
+                        "vmep_ep_dispatch_recv: not a handle");
+    ep.dispatch_pending[0] = 0;
+    ep.combine_pending[0] = 1; /* its combine's receive phase waits */
+    ASSERT_STATUS(vmep_ep_combine_recv(&ep, &bad[i], NULL),
+                  VMEP_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(vmep_last_error(),
+                        "vmep_ep_combine_recv: not a handle");
+    ep.combine_pending[0] = 0;
+  }
+  ASSERT_TRUE(buf == NULL);
+}
+
 /* The high-throughput calls' checks: each bad field named, nothing
  * counted as dispatched, handles of other modes, pending or never given
  * out refused. */
@@ -616,11 +662,12 @@ int main(void) {
   sizes();
   dispatch_args();
   combine_args();
+  ll_handle_fields();
   ht_args();
   ht_layout_args();
   struct_sizes();
   struct_read();
   membership_refusals();
-  printf("10 passed, 0 failed\n");
+  printf("11 passed, 0 failed\n");
   return 0;
 }
