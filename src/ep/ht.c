@@ -102,14 +102,11 @@ static vmep_status check_recv(const char *call,
   return VMEP_OK;
 }
 
-/* A handle of one of this buffer's high-throughput dispatches whose
- * receive phase was launched. Handles do not expire: a combine or a cached
- * dispatch reads only what the handle names (the caller keeps recv_src and
- * num_recv), not the dispatch's buffer parity. */
-static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_ht_handle *h,
-                                const char *call, const char *name) {
-  if (!h)
-    return vmep__ep_null_arg(call, name);
+/* Handle `h` (named `name`) has fields a high-throughput dispatch of this
+ * buffer could have given it: the launches size what they read by them. */
+static vmep_status check_handle_fields(const vmep_ep *ep,
+                                       const vmep_ep_ht_handle *h,
+                                       const char *call, const char *name) {
   if (h->parity < 0 || h->parity > 1 || h->call == 0 || h->call > ep->calls ||
       !h->num_recv || (h->capacity > 0 && !h->recv_src) || h->capacity < 0 ||
       h->num_topk < 1 || h->num_topk > ep->config.max_topk ||
@@ -118,6 +115,20 @@ static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_ht_handle *h,
                       "%s: %s is not a handle of this buffer's "
                       "high-throughput dispatches",
                       call, name);
+  return VMEP_OK;
+}
+
+/* A handle of one of this buffer's high-throughput dispatches whose
+ * receive phase was launched. Handles do not expire: a combine or a cached
+ * dispatch reads only what the handle names (the caller keeps recv_src and
+ * num_recv), not the dispatch's buffer parity. */
+static vmep_status check_handle(const vmep_ep *ep, const vmep_ep_ht_handle *h,
+                                const char *call, const char *name) {
+  if (!h)
+    return vmep__ep_null_arg(call, name);
+  vmep_status status = check_handle_fields(ep, h, call, name);
+  if (status != VMEP_OK)
+    return status;
   /* Its records name the ranks of then: a membership change since makes
    * them meaningless to the others. */
   if (h->call <= ep->calls_at_change)
@@ -281,10 +292,11 @@ vmep_status vmep_ep_ht_dispatch_recv(vmep_ep *ep,
   const char *call = "vmep_ep_ht_dispatch_recv";
   vmep_ep_ht_dispatch_args a;
   vmep_status status = dispatch_start(ep, call, handle, "handle", args, &a);
+  if (status == VMEP_OK)
+    status = check_handle_fields(ep, handle, call, "handle");
   if (status != VMEP_OK)
     return status;
-  if (handle->parity < 0 || handle->parity > 1 ||
-      ep->parity_call[handle->parity] != handle->call ||
+  if (ep->parity_call[handle->parity] != handle->call ||
       !ep->parity_ht[handle->parity] || !ep->dispatch_pending[handle->parity])
     return vmep__ep_bad_arg(call, "handle: no high-throughput dispatch of "
                                   "this handle waits for its receive phase");

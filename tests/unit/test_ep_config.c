@@ -482,6 +482,40 @@ static void ht_args(void) {
   ASSERT_EQ(ep.calls, 3); /* nothing was counted as dispatched */
 }
 
+/* The receive phase of a high-throughput dispatch launches with its
+ * handle's num_topk: a handle whose fields no dispatch of the buffer could
+ * have had is refused, as the combine refuses it, even when its call
+ * number names the dispatch that waits. */
+static void ht_recv_handle(void) {
+  struct vmep_ep ep = fake_ep();
+  static uint64_t mem[1024];
+  int32_t *n = (int32_t *)mem;
+  vmep_ep_ht_dispatch_args a;
+  vmep_ep_ht_dispatch_args_init(&a);
+  a.capacity = 64;
+  a.recv_x = mem;
+  a.recv_src = n;
+  ep.calls = 1;
+  ep.parity_call[1] = 1;
+  ep.parity_ht[1] = 1;
+  ep.dispatch_pending[1] = 1; /* dispatch 1 waits for its receive phase */
+  vmep_ep_ht_handle bad[] = {
+      {1, 16, 17, 0, 1, n, n, 0},   /* num_topk above max_topk (8) */
+      {1, 16, 0, 0, 1, n, n, 0},    /* num_topk 0 */
+      {1, 129, 8, 0, 1, n, n, 0},   /* num_tokens above T (128) */
+      {1, 16, 8, 0, 1, NULL, n, 0}, /* no num_recv */
+      {1, 16, 8, 0, 1, n, n, -1},   /* capacity < 0 */
+  };
+  for (size_t i = 0; i < VMEP_ARRAY_SIZE(bad); i++) {
+    ASSERT_STATUS(vmep_ep_ht_dispatch_recv(&ep, &a, &bad[i], NULL),
+                  VMEP_ERR_INVALID_ARG);
+    ASSERT_STR_CONTAINS(vmep_last_error(),
+                        "vmep_ep_ht_dispatch_recv: handle is not a handle of "
+                        "this buffer's high-throughput dispatches");
+  }
+  ASSERT_EQ(ep.dispatch_pending[1], 1); /* nothing was launched */
+}
+
 /* The layout's direct arguments: num_tokens bounded by the buffer's T as
  * in the dispatch (a count near INT_MAX overflowed the launch's block
  * count), a NULL topk_idx named as NULL, a misaligned one as such. */
@@ -664,10 +698,11 @@ int main(void) {
   combine_args();
   ll_handle_fields();
   ht_args();
+  ht_recv_handle();
   ht_layout_args();
   struct_sizes();
   struct_read();
   membership_refusals();
-  printf("11 passed, 0 failed\n");
+  printf("12 passed, 0 failed\n");
   return 0;
 }
