@@ -173,6 +173,12 @@ static vmep_status check_dispatch(const vmep_ep *ep,
                               a->cached->use_fp8 != a->use_fp8))
       return vmep__ep_bad_arg(call, "cached: the handle's num_topk and "
                                     "use_fp8 differ from this dispatch's");
+    /* The same routing: its records name this many tokens of ours. */
+    if (status == VMEP_OK && a->cached->num_tokens != a->num_tokens)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "%s: num_tokens = %d, the cached handle's dispatch "
+                        "had %d (a cached dispatch repeats its routing)",
+                        call, a->num_tokens, a->cached->num_tokens);
     return status == VMEP_OK && (phases & VMEP_EP_RECV)
                ? check_recv(call, a, a->use_fp8, 1)
                : status;

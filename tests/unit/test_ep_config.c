@@ -425,6 +425,14 @@ static void ht_args(void) {
   ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STR_CONTAINS(vmep_last_error(), "use_fp8");
+  /* A cached dispatch repeats its handle's routing: of as many tokens. */
+  vmep_ep_ht_handle fewer = {0, 12, 8, 0, 2, n, n, 64};
+  b.cached = &fewer;
+  ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, &b, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(),
+                      "vmep_ep_ht_dispatch: num_tokens = 16, the cached "
+                      "handle's dispatch had 12");
   vmep_ep_ht_combine_args d = c;
   d.bias0 = (char *)mem + 4;
   ASSERT_STATUS(vmep_ep_ht_combine(&ep, &d, &old, NULL), VMEP_ERR_INVALID_ARG);
