@@ -76,9 +76,16 @@ static vmep_status check_fields(const vmep_ep_config *c, int group_size) {
     return bad_field("max_ranks", c->max_ranks,
                      "0 (the group's size) or "
                      "1..1024");
+  /* The group's size itself: a capacity does not make a group of no
+   * ranks, nor one larger than it, valid. */
+  if (group_size < 1 || group_size > VMEP_LL_MAX_RANKS)
+    return bad_field("number of ranks", group_size, "1..1024");
+  if (c->max_ranks && c->max_ranks < group_size)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_ep_config: max_ranks = %d, expected 0 or at least "
+                      "the group's %d ranks",
+                      c->max_ranks, group_size);
   int num_ranks = vmep__ep_ranks(c, group_size);
-  if (num_ranks < 1 || num_ranks > VMEP_LL_MAX_RANKS)
-    return bad_field("number of ranks", num_ranks, "1..1024");
   if (c->num_experts < num_ranks || c->num_experts % num_ranks != 0)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
                       "vmep_ep_config: num_experts = %d, expected a positive "

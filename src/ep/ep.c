@@ -198,11 +198,6 @@ vmep_status vmep_ep_create(vmep_group *group, const vmep_ep_config *config,
   vmep_status status = vmep__ep_config_check(config, vmep_group_size(group));
   if (status != VMEP_OK)
     return status;
-  if (config->max_ranks && config->max_ranks < vmep_group_size(group))
-    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "vmep_ep_config: max_ranks = %d, expected 0 or at least "
-                      "the group's %d ranks",
-                      config->max_ranks, vmep_group_size(group));
   vmep_ep *ep = vmep__calloc(1, sizeof(*ep));
   if (!ep)
     return vmep__fail(VMEP_ERR_OUT_OF_MEMORY, VMEP_LOG_ERROR,

@@ -86,6 +86,21 @@ static void config_fields(void) {
   c = valid_config();
   expect_bad(c, 0, "number of ranks");
   expect_bad(c, 1025, "number of ranks");
+  /* A capacity below the group's size, and a group of no ranks beside a
+   * capacity: refused by the size calls as by vmep_ep_create. */
+  c.max_ranks = 4;
+  expect_bad(c, 8,
+             "vmep_ep_config: max_ranks = 4, expected 0 or at least the "
+             "group's 8 ranks");
+  expect_bad(c, 0, "vmep_ep_config: number of ranks = 0, expected 1..1024");
+  expect_bad(c, -5, "vmep_ep_config: number of ranks = -5, expected 1..1024");
+  bytes = 12345;
+  ASSERT_STATUS(vmep_ep_deepep_bytes(&c, 8, &bytes), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "max_ranks = 4");
+  ASSERT_STATUS(vmep_ep_deepep_bytes(&c, -5, &bytes), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "number of ranks = -5");
+  ASSERT_EQ(bytes, 12345);
+  ASSERT_OK(vmep_ep_buffer_bytes(&c, 2, &bytes)); /* room for 2 more */
   ASSERT_STATUS(vmep_ep_buffer_bytes(NULL, 4, &bytes), VMEP_ERR_INVALID_ARG);
   ASSERT_STATUS(vmep_ep_buffer_bytes(&c, 4, NULL), VMEP_ERR_INVALID_ARG);
   vmep_ep_config_init(NULL); /* a no-op */
