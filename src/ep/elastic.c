@@ -385,14 +385,20 @@ static vmep_status check_ep(const vmep_ep *ep, const char *call) {
 
 static vmep_status check_ranks(const vmep_ep *ep, const int *ranks, int n,
                                const char *call) {
-  if (n < 0 || (n > 0 && !ranks))
+  if (n < 0)
     return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                      "%s: %d ranks at %p", call, n, (const void *)ranks);
-  for (int i = 0; i < n; i++)
-    if (ranks[i] < 0 || ranks[i] >= ep->num_ranks || ranks[i] == ep->rank)
+                      "%s: n = %d, expected >= 0", call, n);
+  if (n > 0 && !ranks)
+    return vmep__ep_null_arg(call, "ranks");
+  for (int i = 0; i < n; i++) {
+    if (ranks[i] < 0 || ranks[i] >= ep->num_ranks)
       return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
-                        "%s: rank %d, expected another rank in 0..%d", call,
-                        ranks[i], ep->num_ranks - 1);
+                        "%s: ranks[%d] = %d, expected 0..%d", call, i, ranks[i],
+                        ep->num_ranks - 1);
+    if (ranks[i] == ep->rank)
+      return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                        "%s: ranks[%d] = %d is this rank", call, i, ranks[i]);
+  }
   return VMEP_OK;
 }
 

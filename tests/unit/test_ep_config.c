@@ -712,6 +712,37 @@ static void membership_refusals(void) {
   ASSERT_STR_CONTAINS(vmep_last_error(), "vmep_ep_barrier: ep is NULL");
 }
 
+/* vmep_ep_connect_ranks (which 0) or vmep_ep_disconnect_ranks (1). */
+static vmep_status change_ranks(vmep_ep *ep, int which, const int *ranks,
+                                int n) {
+  return which == 0 ? vmep_ep_connect_ranks(ep, ranks, n, 1)
+                    : vmep_ep_disconnect_ranks(ep, ranks, n);
+}
+
+/* The rank lists of connect and disconnect: a NULL list, a negative
+ * count, a rank out of range and this rank are each named, by the call
+ * and the element, before the store or the device is touched. */
+static void rank_list_refusals(void) {
+  struct vmep_ep ep = fake_ep(); /* rank 0 of 4 */
+  int out_of_range[2] = {1, 4}, self[3] = {2, 3, 0};
+  const char *calls[2] = {"vmep_ep_connect_ranks", "vmep_ep_disconnect_ranks"};
+  char says[128];
+  for (int i = 0; i < 2; i++) {
+    ASSERT_STATUS(change_ranks(&ep, i, NULL, 2), VMEP_ERR_INVALID_ARG);
+    snprintf(says, sizeof(says), "%s: ranks is NULL", calls[i]);
+    ASSERT_STR_CONTAINS(vmep_last_error(), says);
+    ASSERT_STATUS(change_ranks(&ep, i, self, -1), VMEP_ERR_INVALID_ARG);
+    snprintf(says, sizeof(says), "%s: n = -1, expected >= 0", calls[i]);
+    ASSERT_STR_CONTAINS(vmep_last_error(), says);
+    ASSERT_STATUS(change_ranks(&ep, i, out_of_range, 2), VMEP_ERR_INVALID_ARG);
+    snprintf(says, sizeof(says), "%s: ranks[1] = 4, expected 0..3", calls[i]);
+    ASSERT_STR_CONTAINS(vmep_last_error(), says);
+    ASSERT_STATUS(change_ranks(&ep, i, self, 3), VMEP_ERR_INVALID_ARG);
+    snprintf(says, sizeof(says), "%s: ranks[2] = 0 is this rank", calls[i]);
+    ASSERT_STR_CONTAINS(vmep_last_error(), says);
+  }
+}
+
 int main(void) {
   test_seed("test_ep_config");
   create_refusals();
@@ -726,6 +757,7 @@ int main(void) {
   struct_sizes();
   struct_read();
   membership_refusals();
-  printf("12 passed, 0 failed\n");
+  rank_list_refusals();
+  printf("13 passed, 0 failed\n");
   return 0;
 }
