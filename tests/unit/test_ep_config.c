@@ -3,11 +3,13 @@
  * message naming it; the buffer size matches a hand computation of the
  * layout (and DeepEP's low-latency size its published formula); and the
  * dispatch / combine entry points refuse bad arguments (NULL or misaligned
- * pointers, n > T, K > max_topk, bad phases, stale or foreign handles)
- * before anything is launched; creating a buffer or a window refuses bad
- * arguments and, without a driver, fails cleanly leaving no output. The
- * structs that grow are refused with a bad struct_size, and read with
- * defaults past a smaller one.
+ * pointers, n > T, K > max_topk, bad phases, stale or foreign handles,
+ * handles whose counts no dispatch could have had) before anything is
+ * launched, as do the membership calls (NULL buffers, bad rank lists);
+ * creating a buffer or a window refuses bad arguments and, without a
+ * driver, fails cleanly leaving no output. The structs that grow are
+ * refused with a bad struct_size, and read with defaults past a smaller
+ * one.
  */
 #include <stddef.h>
 #include <string.h>
@@ -502,6 +504,21 @@ static void ht_args(void) {
                 VMEP_ERR_INVALID_ARG);
   ASSERT_STATUS(vmep_ep_ht_layout(NULL, NULL, 0, 8, NULL, NULL, NULL, NULL),
                 VMEP_ERR_INVALID_ARG);
+  /* NULL argument structs and handles, named (vmep.h's convention). */
+  ASSERT_STATUS(vmep_ep_ht_dispatch(&ep, NULL, VMEP_EP_SEND_RECV, NULL, &h),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(),
+                      "vmep_ep_ht_dispatch: vmep_ep_ht_dispatch_args is NULL");
+  ASSERT_STATUS(vmep_ep_ht_dispatch_recv(&ep, &a, NULL, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(),
+                      "vmep_ep_ht_dispatch_recv: handle is NULL");
+  ASSERT_STATUS(vmep_ep_ht_combine(&ep, NULL, &old, NULL),
+                VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(),
+                      "vmep_ep_ht_combine: vmep_ep_ht_combine_args is NULL");
+  ASSERT_STATUS(vmep_ep_ht_combine(&ep, &c, NULL, NULL), VMEP_ERR_INVALID_ARG);
+  ASSERT_STR_CONTAINS(vmep_last_error(), "vmep_ep_ht_combine: handle is NULL");
   ASSERT_EQ(ep.calls, 3); /* nothing was counted as dispatched */
 }
 

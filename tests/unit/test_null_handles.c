@@ -158,11 +158,39 @@ static void ep_buffer(void) {
   ASSERT_NULL_REFUSED(vmep_ep_barrier(NULL), "vmep_ep_barrier: ep is NULL");
 }
 
+/* The high-throughput calls: a NULL buffer, and a NULL argument struct
+ * named by its type. */
+static void ep_high_throughput(void) {
+  vmep_ep_ht_dispatch_args dargs;
+  vmep_ep_ht_combine_args cargs;
+  vmep_ep_ht_handle h = {0, 0, 1, 0, 1, NULL, NULL, 0};
+  void *buf = NULL;
+  int rows = 0;
+  vmep_ep_ht_dispatch_args_init(&dargs);
+  vmep_ep_ht_combine_args_init(&cargs);
+  vmep_ep_ht_dispatch_args_init(NULL); /* no-ops */
+  vmep_ep_ht_combine_args_init(NULL);
+  ASSERT_NULL_REFUSED(
+      vmep_ep_ht_layout(NULL, NULL, 0, 1, NULL, NULL, NULL, NULL),
+      "vmep_ep_ht_layout: ep is NULL");
+  ASSERT_NULL_REFUSED(
+      vmep_ep_ht_dispatch(NULL, &dargs, VMEP_EP_SEND_RECV, NULL, &h),
+      "vmep_ep_ht_dispatch: ep is NULL");
+  ASSERT_NULL_REFUSED(vmep_ep_ht_dispatch_recv(NULL, &dargs, &h, NULL),
+                      "vmep_ep_ht_dispatch_recv: ep is NULL");
+  ASSERT_NULL_REFUSED(vmep_ep_ht_combine_buffer(NULL, &h, &buf, &rows),
+                      "vmep_ep_ht_combine_buffer: ep is NULL");
+  ASSERT_NULL_REFUSED(vmep_ep_ht_combine(NULL, &cargs, &h, NULL),
+                      "vmep_ep_ht_combine: ep is NULL");
+  ASSERT_TRUE(buf == NULL && rows == 0);
+}
+
 int main(void) {
   test_seed("test_null_handles");
   driver_and_mem();
   groups_and_windows();
   ep_buffer();
-  printf("3 passed, 0 failed\n");
+  ep_high_throughput();
+  printf("4 passed, 0 failed\n");
   return 0;
 }
