@@ -720,8 +720,10 @@ typedef struct vmep_ep_ht_dispatch_args {
   float *recv_topk_weights;        /* [capacity, num_topk], or NULL */
   int32_t *recv_src;               /* [capacity]: kept by the handle */
   const vmep_ep_ht_handle *cached; /* a handle of an earlier dispatch of the
-                             same routing: the layout is not exchanged
-                             again; topk_idx, topk_weights, num_recv,
+                             same routing (num_tokens, num_topk and
+                             use_fp8 as it had them, else refused): the
+                             layout is not exchanged again; topk_idx,
+                             topk_weights, num_recv,
                              recv_expert_count and recv_src are then
                              ignored, recv_topk_* not written */
 } vmep_ep_ht_dispatch_args;
