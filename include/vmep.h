@@ -432,7 +432,7 @@ typedef struct vmep_ep vmep_ep;
 typedef struct vmep_ep_config {
   size_t struct_size;      /* sizeof(vmep_ep_config): vmep_ep_config_init */
   int num_experts;         /* E: a multiple of the ranks (max_ranks, or the
-                              group's size), at most 32767 per rank,
+                              group's size), at most 8192 per rank,
                               E * max_tokens_per_rank < 2^31 */
   int hidden;              /* H: a multiple of 128, 128..32768 */
   int max_tokens_per_rank; /* T: 1..65535 */

@@ -91,9 +91,11 @@ static vmep_status check_fields(const vmep_ep_config *c, int group_size) {
                       "vmep_ep_config: num_experts = %d, expected a positive "
                       "multiple of the %d ranks",
                       c->num_experts, num_ranks);
-  if (c->num_experts / num_ranks > 32767)
-    return bad_field("num_experts", c->num_experts,
-                     "at most 32767 local experts per rank");
+  if (c->num_experts / num_ranks > VMEP_LL_MAX_LOCAL_EXPERTS)
+    return vmep__fail(VMEP_ERR_INVALID_ARG, VMEP_LOG_ERROR,
+                      "vmep_ep_config: num_experts = %d, expected at most "
+                      "%d local experts on each of the %d ranks",
+                      c->num_experts, VMEP_LL_MAX_LOCAL_EXPERTS, num_ranks);
   if (c->hidden < VMEP_LL_FP8_GROUP || c->hidden > HIDDEN_MAX ||
       c->hidden % VMEP_LL_FP8_GROUP != 0)
     return bad_field("hidden", c->hidden, "a multiple of 128 in 128..32768");

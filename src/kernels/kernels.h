@@ -28,6 +28,9 @@ extern "C" {
 
 #define VMEP_LL_MAX_TOPK 16
 #define VMEP_LL_MAX_RANKS 1024
+/* The dispatch count kernels keep a 4-byte counter per local expert in
+ * shared memory: 32 KiB, within the 48 KiB a launch gets unasked. */
+#define VMEP_LL_MAX_LOCAL_EXPERTS 8192
 #define VMEP_LL_FP8_GROUP 128
 
 /* Device error word bits: the public VMEP_EP_ERR_* of vmep.h, which

@@ -43,6 +43,13 @@ static void config_fields(void) {
   c = valid_config();
   c.num_experts = 0;
   expect_bad(c, 4, "num_experts");
+  /* The count kernels' shared counters bound the local experts. */
+  c = valid_config();
+  c.num_experts = 4 * 8192;
+  c.max_tokens_per_rank = 64;
+  ASSERT_OK(vmep_ep_buffer_bytes(&c, 4, &bytes));
+  c.num_experts = 4 * 8193;
+  expect_bad(c, 4, "at most 8192 local experts on each of the 4 ranks");
   int bad_hidden[] = {0, 100, 129, 32768 + 128, -128};
   for (size_t i = 0; i < VMEP_ARRAY_SIZE(bad_hidden); i++) {
     c = valid_config();
