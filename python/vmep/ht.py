@@ -280,10 +280,12 @@ class HighThroughput:
                             async_finish=False, allocate_on_comm_stream=False):
         """Where each token goes, computed locally (no communication).
         Returns (num_tokens_per_rank int32 [R], num_tokens_per_rdma_rank
-        None (one node), num_tokens_per_expert int32 [E], is_token_in_rank
-        bool [n, R], event). Ids outside 0..E-1 count nowhere.
-        vmep_ep_ht_layout once the EP buffer exists; before (the first
-        dispatch makes it) the same in torch ops."""
+        always None (other nodes are reached through the same calls),
+        num_tokens_per_expert int32 [E], is_token_in_rank bool [n, R],
+        event). Ids outside 0..E-1 count nowhere. vmep_ep_ht_layout once
+        the EP buffer exists and n is at most its T; otherwise (before the
+        first dispatch makes it, or more tokens than a dispatch takes) the
+        same in torch ops."""
         self._needcapacity("get_dispatch_layout")
         R = self.group_size
         E = compat.positive_int(num_experts, "num_experts")
@@ -306,7 +308,7 @@ class HighThroughput:
             per_rank = torch.empty((R,), dtype=torch.int32, device=dev)
             per_expert = torch.empty((E,), dtype=torch.int32, device=dev)
             in_rank = torch.empty((n, R), dtype=torch.bool, device=dev)
-        if ep is not None:
+        if ep is not None and n <= self._shape[0]:
             self._ht_layout(ep, _ptr(topk_idx), n, K,
                             (_ptr(per_rank), _ptr(per_expert), _ptr(in_rank)),
                             stream_ptr)

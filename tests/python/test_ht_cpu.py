@@ -224,6 +224,15 @@ def test_layout_with_the_ep_buffer_is_vmep_ep_ht_layout(fake):
     assert per_expert.tolist() == list(range(E))
     with pytest.raises(ValueError, match="the buffer serves 8"):
         b.get_dispatch_layout(idx, 2 * E)
+    # More tokens than the buffer's T (64): no dispatch takes them, but the
+    # layout is local, so torch computes it as before the buffer existed.
+    _, many, _ = inputs(n=65, seed=2)
+    per_rank, _, per_expert, in_rank, _ = b.get_dispatch_layout(many, E)
+    assert len(fake.named("vmep_ep_ht_layout")) == 1
+    want = layout_by_loops(many, E, R)
+    assert per_rank.tolist() == want[0]
+    assert per_expert.tolist() == want[1]
+    assert in_rank.tolist() == want[2]
 
 
 @pytest.mark.parametrize("kwargs,error,text", [
