@@ -27,11 +27,18 @@ log_step() {
   "$@" >>"$VMEP_LOG_FILE" 2>&1 || log_fail "$title"
 }
 
+# since MARK PATTERN: the count of log lines after line MARK that match
+# the extended regex PATTERN (0 when none; a count, not grep -q, so that a
+# match early in a long log cannot end the pipe's reader with SIGPIPE).
+since() {
+  tail -n +"$(($1 + 1))" "$VMEP_LOG_FILE" | grep -cE "$2" || true
+}
+
 # log_ctest TITLE DIR CTEST_ARGS...: runs ctest in DIR into the log and
 # prints its closing "N% tests passed, N tests failed out of M" line (and
 # the skipped count), on success and on failure.
 log_ctest() {
-  local title=$1 dir=$2 rc=0 mark
+  local title=$1 dir=$2 rc=0 mark last
   shift 2
   echo "== $title"
   mark=$(wc -l <"$VMEP_LOG_FILE")
@@ -41,28 +48,30 @@ log_ctest() {
   # process's threads at exit ("Tracer caught signal 11", then "has
   # encountered a fatal error"): no leak was found or reported. The failed
   # tests then run once more; a leak report, or any other failure, stands.
+  last=$mark
   if [ "$rc" != 0 ] &&
-    tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" | grep -q 'LeakSanitizer has encountered a fatal error' &&
-    ! tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" | grep -q 'LeakSanitizer: detected memory leaks'; then
+    [ "$(since "$mark" 'LeakSanitizer has encountered a fatal error')" != 0 ] &&
+    [ "$(since "$mark" 'LeakSanitizer: detected memory leaks')" = 0 ]; then
     echo "== $title: LeakSanitizer's tracer crashed (no leak reported): the failed tests once more" |
       tee -a "$VMEP_LOG_FILE"
+    last=$(wc -l <"$VMEP_LOG_FILE")
     rc=0
     (cd "$dir" && ctest --rerun-failed "$@") >>"$VMEP_LOG_FILE" 2>&1 || rc=$?
   fi
   local skipped
-  skipped=$(tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" |
-    grep -cE '^[[:space:]]*[0-9]+ - .*\((Skipped|Not Run)\)$' || true)
+  skipped=$(since "$mark" '^[[:space:]]*[0-9]+ - .*\((Skipped|Not Run)\)$')
   if [ "$rc" != 0 ]; then
     tail -n 80 "$VMEP_LOG_FILE"
     # The tail holds ctest's summary; say why each test failed, last, so a
-    # reader who sees only the end of the output still learns it.
+    # reader who sees only the end of the output still learns it (after a
+    # rerun, the rerun's failures).
     echo "== $title: the failures' own lines"
-    tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" |
+    tail -n +"$((last + 1))" "$VMEP_LOG_FILE" |
       grep -E ': FAIL: |ERROR: AddressSanitizer|runtime error: |LeakSanitizer: detected|Test +#[0-9]+: .*(Failed|Timeout|Exception)' |
       head -n 30 || true
     echo "full log: $VMEP_LOG_FILE"
   fi
-  tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" | grep -E 'tests passed, ' | tail -n 1
+  tail -n +"$((mark + 1))" "$VMEP_LOG_FILE" | grep -E 'tests passed, ' | tail -n 1 || true
   [ "$skipped" = 0 ] || echo "   ($skipped skipped: see $VMEP_LOG_FILE for why)"
   [ "$rc" = 0 ] || { echo "FAILED: $title (full log: $VMEP_LOG_FILE)"; exit 1; }
 }

@@ -108,8 +108,6 @@ static int answered(const struct conn *c, int next, size_t queued_before) {
   return VMEP_STORE_PEER_CLOSE;
 }
 
-/* Handles the complete frames buffered, one at a time, while the client
- * is not blocked in a wait and its answers are not backed up. */
 /* The key count vmep__store_server_keys reads. */
 static void publish_keys(struct vmep_store_server *s) {
   pthread_mutex_lock(&s->lock);
@@ -117,6 +115,8 @@ static void publish_keys(struct vmep_store_server *s) {
   pthread_mutex_unlock(&s->lock);
 }
 
+/* Handles the complete frames buffered, one at a time, while the client
+ * is not blocked in a wait and its answers are not backed up. */
 static void conn_process(struct vmep_store_server *s, struct conn *c) {
   while (conn_ready(c) && c->in_len > 0) {
     struct vmep_store_request q;
