@@ -258,15 +258,21 @@ static void dispatch_args(void) {
   ASSERT_EQ(ep.calls, 0); /* nothing was counted as dispatched */
 }
 
-static void combine_args(void) {
-  struct vmep_ep ep = fake_ep();
-  static uint64_t mem[1024];
+/* Combine arguments the checks accept, all pointing into `mem`. */
+static vmep_ep_combine_args valid_combine_args(uint64_t *mem) {
   vmep_ep_combine_args a;
   vmep_ep_combine_args_init(&a);
   a.expert_out = mem;
   a.topk_idx = (int64_t *)mem;
   a.topk_weights = (float *)mem;
   a.out = mem;
+  return a;
+}
+
+static void combine_args(void) {
+  struct vmep_ep ep = fake_ep();
+  static uint64_t mem[1024];
+  vmep_ep_combine_args a = valid_combine_args(mem);
   void *buf = NULL;
   /* Handles this buffer never gave out. */
   vmep_ep_handle never = {0, 16, 8, 1}, bad_parity = {2, 16, 8, 1};
@@ -329,12 +335,7 @@ static void combine_args(void) {
 static void ll_handle_fields(void) {
   struct vmep_ep ep = fake_ep();
   static uint64_t mem[1024];
-  vmep_ep_combine_args a;
-  vmep_ep_combine_args_init(&a);
-  a.expert_out = mem;
-  a.topk_idx = (int64_t *)mem;
-  a.topk_weights = (float *)mem;
-  a.out = mem;
+  vmep_ep_combine_args a = valid_combine_args(mem);
   void *buf = NULL;
   ep.calls = 2;
   ep.parity_call[0] = 2;
